@@ -1,0 +1,113 @@
+"""The contract: Sedna's resources, status documents, wire messages, the weights codec and topics.
+
+Depends on pydantic, PyYAML and numpy only; never on paho, TensorFlow or service code.
+"""
+
+from schemas._documents import (
+    check_parameters,
+    check_references,
+    closest_name,
+    describe_document,
+    load_yaml_documents,
+    parse_documents,
+    parse_for_topic,
+    parse_resource,
+)
+from schemas._errors import Problem, SchemaError, SpecError, TopicError, WireError
+from schemas._resources import (
+    API_VERSION,
+    Dataset,
+    EffectiveWorker,
+    FederatedLearningJob,
+    Model,
+    Resource,
+)
+from schemas._status import (
+    Condition,
+    ConditionType,
+    Event,
+    JobStatus,
+    NodeState,
+    NodeStatus,
+    Phase,
+    ResourceStatus,
+    RoundRecord,
+    WorkerState,
+    WorkerStatus,
+    now,
+)
+from schemas._tensors import (
+    TensorSpec,
+    WeightsHeader,
+    decode_weights,
+    encode_weights,
+    read_header,
+    weights_digest,
+)
+from schemas._topics import Channel, Kind, ParsedTopic, Topics, check_name
+from schemas._wire import (
+    DatasetRef,
+    JobPlan,
+    ModelRef,
+    PlannedWorker,
+    ScriptRef,
+    TransferManifest,
+    UpdateAck,
+    WorkerFrame,
+)
+from schemas._worker_env import BaseConfig, Context
+
+__all__ = [
+    "API_VERSION",
+    "BaseConfig",
+    "Channel",
+    "Condition",
+    "ConditionType",
+    "Context",
+    "Dataset",
+    "DatasetRef",
+    "EffectiveWorker",
+    "Event",
+    "FederatedLearningJob",
+    "JobPlan",
+    "JobStatus",
+    "Kind",
+    "Model",
+    "ModelRef",
+    "NodeState",
+    "NodeStatus",
+    "ParsedTopic",
+    "Phase",
+    "PlannedWorker",
+    "Problem",
+    "Resource",
+    "ResourceStatus",
+    "RoundRecord",
+    "SchemaError",
+    "ScriptRef",
+    "SpecError",
+    "TensorSpec",
+    "TopicError",
+    "Topics",
+    "TransferManifest",
+    "UpdateAck",
+    "WeightsHeader",
+    "WireError",
+    "WorkerFrame",
+    "WorkerState",
+    "WorkerStatus",
+    "check_name",
+    "check_parameters",
+    "check_references",
+    "closest_name",
+    "decode_weights",
+    "describe_document",
+    "encode_weights",
+    "load_yaml_documents",
+    "now",
+    "parse_documents",
+    "parse_for_topic",
+    "parse_resource",
+    "read_header",
+    "weights_digest",
+]

@@ -1,0 +1,207 @@
+"""Turning YAML or JSON text into validated resources, with errors a user can act on.
+
+Every error names the document (its source, its position in a multi-document file, and its kind and
+name when those could be read) and the field, in the dotted path a Kubernetes user knows
+(``spec.trainingWorkers[0].dataset.name``), and says what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from schemas._errors import Problem, SpecError
+from schemas._resources import (
+    API_VERSION,
+    PARAMETER_CHECKS,
+    Dataset,
+    FederatedLearningJob,
+    Model,
+    Resource,
+    WorkerBase,
+)
+from schemas._topics import Kind
+
+_MODELS: dict[str, type[BaseModel]] = {
+    "Dataset": Dataset,
+    "Model": Model,
+    "FederatedLearningJob": FederatedLearningJob,
+}
+MAX_DOCUMENT_BYTES = 1 << 20
+
+
+def describe_document(source: str, index: int, total: int, data: Any) -> str:
+    """`job.yaml document 4/4 (FederatedLearningJob "surface-defect-detection")`."""
+    where = f"{source} document {index + 1}/{total}" if total > 1 else source
+    if isinstance(data, dict):
+        kind = data.get("kind")
+        meta = data.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if isinstance(kind, str) and isinstance(name, str):
+            return f'{where} ({kind} "{name}")'
+        if isinstance(kind, str):
+            return f"{where} ({kind})"
+    return where
+
+
+def load_yaml_documents(text: str | bytes, source: str) -> list[Any]:
+    """Split multi-document YAML (JSON is YAML too) into plain data; empty documents are skipped."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise SpecError(source, [Problem(None, f"{len(text)} bytes is over the {MAX_DOCUMENT_BYTES}-byte limit")])
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(source, [Problem(None, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from exc
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(source, [Problem(None, f"invalid YAML{where}: {problem}")]) from exc
+    if not docs:
+        raise SpecError(source, [Problem(None, "no document found (empty input)")])
+    return docs
+
+
+def parse_resource(data: Any, document: str) -> Resource:
+    """Validate one document's data as a Sedna resource; raise SpecError naming every bad field."""
+    if not isinstance(data, dict):
+        raise SpecError(
+            document,
+            [Problem(None, f"expected a mapping with apiVersion, kind, metadata and spec, got {type(data).__name__}")],
+        )
+    api = data.get("apiVersion")
+    kind = data.get("kind")
+    if api != API_VERSION:
+        raise SpecError(document, [Problem("apiVersion", f"expected {API_VERSION!r}, got {api!r}")])
+    model = _MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise SpecError(document, [Problem("kind", f"expected one of {', '.join(_MODELS)}, got {kind!r}")])
+    try:
+        resource: Resource = model.model_validate(data)  # type: ignore[assignment]
+    except ValidationError as exc:
+        raise SpecError(document, [_problem(err) for err in exc.errors()]) from exc
+    problems = check_parameters(resource) if isinstance(resource, FederatedLearningJob) else []
+    if problems:
+        raise SpecError(document, problems)
+    return resource
+
+
+def parse_documents(text: str | bytes, source: str) -> list[Resource]:
+    """Parse every document of a (multi-document) YAML text; the first bad document raises."""
+    docs = load_yaml_documents(text, source)
+    return [parse_resource(d, describe_document(source, i, len(docs), d)) for i, d in enumerate(docs)]
+
+
+def parse_for_topic(payload: bytes, topic: str, kind: Kind, name: str) -> Resource:
+    """Parse a spec published raw on ``<prefix>/<kind>/<name>/spec``: one document that matches the topic."""
+    docs = load_yaml_documents(payload, f"topic {topic}")
+    if len(docs) != 1:
+        raise SpecError(
+            f"topic {topic}",
+            [
+                Problem(
+                    None,
+                    f"carries {len(docs)} documents; publish one document per spec topic (flctl create splits files)",
+                )
+            ],
+        )
+    document = describe_document(f"topic {topic}", 0, 1, docs[0])
+    resource = parse_resource(docs[0], document)
+    if resource.kind != kind.kind:
+        raise SpecError(document, [Problem("kind", f"the topic is for {kind.kind} documents, got {resource.kind}")])
+    if resource.metadata.name != name:
+        raise SpecError(
+            document,
+            [Problem("metadata.name", f"the topic is for {name!r}, the document is named {resource.metadata.name!r}")],
+        )
+    return resource
+
+
+def check_parameters(job: FederatedLearningJob) -> list[Problem]:
+    """Known parameters must have sensible values and no key may appear twice in one worker."""
+    problems: list[Problem] = []
+    workers: list[tuple[str, WorkerBase]] = [("spec.aggregationWorker", job.spec.aggregation_worker)]
+    workers += [(f"spec.trainingWorkers[{i}]", w) for i, w in enumerate(job.spec.training_workers)]
+    for path, worker in workers:
+        if worker.worker_spec is None:
+            continue
+        seen: set[str] = set()
+        for j, param in enumerate(worker.worker_spec.parameters):
+            field = f"{path}.workerSpec.parameters[{j}]"
+            if param.key in seen:
+                problems.append(Problem(f"{field}.key", f"parameter {param.key!r} is given twice"))
+            seen.add(param.key)
+            check = PARAMETER_CHECKS.get(param.key)
+            reason = check(param.value) if check else None
+            if reason:
+                problems.append(Problem(f"{field}.value", f"{param.key}={param.value!r}: {reason}"))
+    return problems
+
+
+def check_references(
+    job: FederatedLearningJob, datasets: Mapping[str, Dataset], models: Mapping[str, Model]
+) -> list[Problem]:
+    """Cross-reference checks: every named Dataset and Model exists and sits where the job says."""
+    problems: list[Problem] = []
+    model_ref = job.spec.aggregation_worker.model.name
+    if model_ref not in models:
+        problems.append(_missing("spec.aggregationWorker.model.name", "Model", model_ref, models))
+    if job.spec.pretrained_model and job.spec.pretrained_model.name not in models:
+        problems.append(_missing("spec.pretrainedModel.name", "Model", job.spec.pretrained_model.name, models))
+    for i, worker in enumerate(job.spec.training_workers):
+        ref = worker.dataset.name
+        dataset = datasets.get(ref)
+        field = f"spec.trainingWorkers[{i}].dataset.name"
+        if dataset is None:
+            problems.append(_missing(field, "Dataset", ref, datasets))
+        elif dataset.spec.node_name != worker.effective_node():
+            problems.append(
+                Problem(
+                    field,
+                    f'Dataset "{ref}" lives on node {dataset.spec.node_name!r} but this worker runs on '
+                    f"node {worker.effective_node()!r}; data never leaves its node",
+                )
+            )
+    return problems
+
+
+def closest_name(name: str, candidates: Mapping[str, object] | list[str]) -> str | None:
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _missing(field: str, kind: str, name: str, existing: Mapping[str, object]) -> Problem:
+    hint = closest_name(name, existing)
+    if hint:
+        return Problem(field, f'{kind} "{name}" not found; did you mean "{hint}"?')
+    known = ", ".join(f'"{n}"' for n in sorted(existing)) or "none"
+    return Problem(field, f'{kind} "{name}" not found (existing {kind}s: {known})')
+
+
+def _problem(err: Any) -> Problem:
+    loc = err.get("loc", ())
+    field = ""
+    for part in loc:
+        if isinstance(part, int):
+            field += f"[{part}]"
+        elif str(part).startswith(("function-after", "function-before", "tagged-union")):
+            continue
+        else:
+            field += f".{part}" if field else str(part)
+    message = str(err.get("msg", "invalid"))
+    if err.get("type") == "missing":
+        message = "required field is missing"
+    elif err.get("type") == "extra_forbidden":
+        message = "unknown field (check its spelling and case)"
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    if "input" in err and err.get("type") not in {"missing", "extra_forbidden"} and not isinstance(err["input"], dict):
+        message += f" (got {err['input']!r})"
+    return Problem(field or None, message)

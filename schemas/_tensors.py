@@ -1,0 +1,184 @@
+"""The weights codec: model weights as binary tensors behind a small typed header.
+
+A blob is::
+
+    b"FLW1" | u32 big-endian header length | header (UTF-8 JSON, `WeightsHeader`) | tensor bytes
+
+The tensor bytes are each tensor's little-endian, C-order bytes, one after another, in header order.
+The header names every tensor with its dtype and shape, says who sent it for which job and round,
+and carries the SHA-256 of the tensor bytes. The blob is within a kilobyte or two of the raw
+float32 size (Sedna's JSON float lists are about five times larger) and is never pickled.
+
+This is the one module of the contract that needs numpy: the codec is part of the wire format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schemas._errors import WireError
+
+MAGIC = b"FLW1"
+_PREFIX = struct.Struct(">4sI")
+MAX_HEADER_BYTES = 1 << 20
+MAX_TENSORS = 100_000
+MAX_DIMS = 8
+
+DType = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
+WeightsKind = Literal["init", "update", "global"]
+
+
+class TensorSpec(BaseModel):
+    """One tensor's name, dtype and shape."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=512)
+    dtype: DType
+    shape: tuple[int, ...] = Field(max_length=MAX_DIMS)
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * np.dtype(self.dtype).itemsize
+
+
+class WeightsHeader(BaseModel):
+    """The typed header in front of the tensor bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    version: Literal[1] = 1
+    kind: WeightsKind
+    job: str
+    round: int = Field(ge=0)
+    sender: str
+    num_samples: int = Field(ge=0, alias="numSamples")
+    tensors: tuple[TensorSpec, ...] = Field(max_length=MAX_TENSORS)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    created_at: datetime = Field(alias="createdAt")
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def layout(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+        """Names, dtypes and shapes: what two blobs must share to be averaged together."""
+        return tuple((t.name, t.dtype, t.shape) for t in self.tensors)
+
+
+def tensor_specs(arrays: Sequence[npt.NDArray[np.generic]], names: Sequence[str] | None = None) -> list[TensorSpec]:
+    """Describe arrays; unnamed tensors are called ``w0``, ``w1``, ... in order."""
+    if names is not None and len(names) != len(arrays):
+        raise WireError("weights", f"{len(names)} names for {len(arrays)} tensors")
+    specs = []
+    for i, arr in enumerate(arrays):
+        dtype = np.dtype(arr.dtype).name
+        try:
+            specs.append(TensorSpec(name=names[i] if names else f"w{i}", dtype=dtype, shape=arr.shape))
+        except ValidationError as exc:
+            raise WireError("weights", f"tensor {i}: unsupported dtype or shape ({dtype}, {arr.shape})") from exc
+    return specs
+
+
+def encode_weights(
+    arrays: Sequence[npt.NDArray[np.generic]],
+    *,
+    kind: WeightsKind,
+    job: str,
+    round_: int,
+    sender: str,
+    num_samples: int,
+    names: Sequence[str] | None = None,
+) -> bytes:
+    """Encode arrays as a blob. The arrays are copied once into the payload, little-endian, C order."""
+    specs = tensor_specs(arrays, names)
+    digest = hashlib.sha256()
+    parts: list[bytes] = []
+    for spec, arr in zip(specs, arrays, strict=True):
+        data = np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype).newbyteorder("<")).tobytes()
+        digest.update(data)
+        parts.append(data)
+    header = WeightsHeader(
+        kind=kind,
+        job=job,
+        round=round_,
+        sender=sender,
+        num_samples=num_samples,
+        tensors=tuple(specs),
+        sha256=digest.hexdigest(),
+        created_at=datetime.now(timezone.utc),
+    )
+    head = header.model_dump_json(by_alias=True).encode()
+    return b"".join([_PREFIX.pack(MAGIC, len(head)), head, *parts])
+
+
+def read_header(blob: bytes | memoryview) -> tuple[WeightsHeader, int]:
+    """Parse and check the header; return it and the offset of the tensor bytes."""
+    view = memoryview(blob)
+    if len(view) < _PREFIX.size:
+        raise WireError("weights", f"blob of {len(view)} bytes is shorter than its {_PREFIX.size}-byte prefix")
+    magic, head_len = _PREFIX.unpack_from(view)
+    if magic != MAGIC:
+        raise WireError("weights", f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if head_len > MAX_HEADER_BYTES or _PREFIX.size + head_len > len(view):
+        raise WireError("weights", f"header length {head_len} does not fit the blob of {len(view)} bytes")
+    start = _PREFIX.size + head_len
+    try:
+        header = WeightsHeader.model_validate_json(bytes(view[_PREFIX.size : start]))
+    except ValidationError as exc:
+        raise WireError("weights header", _first_error(exc)) from exc
+    if header.payload_bytes != len(view) - start:
+        raise WireError(
+            "weights",
+            f"tensors declare {header.payload_bytes} bytes but the blob carries {len(view) - start}",
+        )
+    return header, start
+
+
+def decode_weights(
+    blob: bytes | memoryview, *, verify: bool = True
+) -> tuple[WeightsHeader, list[npt.NDArray[np.generic]]]:
+    """Decode a blob into its header and arrays (read-only views into a private copy of the blob)."""
+    header, offset = read_header(blob)
+    payload = bytes(memoryview(blob)[offset:])
+    if verify and hashlib.sha256(payload).hexdigest() != header.sha256:
+        raise WireError("weights", "tensor bytes do not match the header's sha256")
+    arrays: list[npt.NDArray[np.generic]] = []
+    pos = 0
+    for spec in header.tensors:
+        dtype = np.dtype(spec.dtype).newbyteorder("<")
+        arr = np.frombuffer(payload, dtype=dtype, count=spec.nbytes // dtype.itemsize, offset=pos)
+        arrays.append(arr.reshape(spec.shape))
+        pos += spec.nbytes
+    return header, arrays
+
+
+def weights_digest(arrays: Sequence[npt.NDArray[np.generic]]) -> str:
+    """SHA-256 over the tensors' canonical bytes: equal digests mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for arr in arrays:
+        digest.update(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+    return digest.hexdigest()
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else str(err["msg"])
+
+
+def header_json(header: WeightsHeader) -> str:
+    """The header as readable JSON (for logs and `mosquitto_sub`-style debugging)."""
+    return json.dumps(header.model_dump(mode="json", by_alias=True), indent=2)

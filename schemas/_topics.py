@@ -1,0 +1,283 @@
+"""The MQTT topic layout, defined here and nowhere else.
+
+Every topic lives under a prefix (default ``fl``). Resources are addressed like Kubernetes API paths,
+by plural kind and name; a job's runtime traffic lives under the job's own path, per round:
+
+    fl/<kind>/<name>/spec                                   resource document (YAML or JSON), retained
+    fl/<kind>/<name>/status                                 status JSON, retained
+    fl/federatedlearningjobs/<job>/plan                     the validated, resolved job, retained
+    fl/federatedlearningjobs/<job>/workers/<node>/status    one worker's state, retained
+    fl/federatedlearningjobs/<job>/rounds/<r>/global/manifest       global model of round r, retained
+    fl/federatedlearningjobs/<job>/rounds/<r>/global/chunks/<i>     its chunks, retained
+    fl/federatedlearningjobs/<job>/rounds/<r>/updates/<node>/<transfer>/manifest   an update
+    fl/federatedlearningjobs/<job>/rounds/<r>/updates/<node>/<transfer>/chunks/<i> its chunks
+    fl/federatedlearningjobs/<job>/rounds/<r>/acks/<node>   the aggregator's receipt for an update
+    fl/nodes/<node>/status                                  node presence (last will), retained
+    fl/clients/<client>/sync                                a client's own barrier topic
+
+The node name is a whole topic level wherever a node publishes, so broker ACLs can key on it
+(``pattern write fl/federatedlearningjobs/+/rounds/+/updates/%u/#``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from schemas._errors import TopicError
+
+# RFC 1123 label/subdomain names, as Kubernetes requires for object and node names. They can
+# never contain the MQTT separators or wildcards, which is what makes them safe topic levels.
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_TRANSFER_RE = re.compile(r"^[0-9a-f]{8,64}$")
+# A client id for the barrier topic is an MQTT client id, which is freer than a node name.
+_CLIENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class Kind(str, Enum):
+    """Resource kinds, by the plural name that appears in topics (as in Kubernetes API paths)."""
+
+    DATASET = "datasets"
+    MODEL = "models"
+    JOB = "federatedlearningjobs"
+
+    @property
+    def kind(self) -> str:
+        """The `kind:` of the document, e.g. ``FederatedLearningJob``."""
+        return _KIND_NAMES[self]
+
+    @classmethod
+    def from_kind(cls, kind: str) -> Kind:
+        for member, name in _KIND_NAMES.items():
+            if name == kind:
+                return member
+        raise KeyError(kind)
+
+
+_KIND_NAMES = {Kind.DATASET: "Dataset", Kind.MODEL: "Model", Kind.JOB: "FederatedLearningJob"}
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Return `value` if it is a valid resource or node name, else raise ValueError saying why."""
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not a valid name: expected lowercase letters, digits, '-' or '.', "
+            "starting and ending with a letter or digit, at most 253 characters"
+        )
+    return value
+
+
+class Channel(str, Enum):
+    """What a received topic carries; `ParsedTopic.channel`."""
+
+    SPEC = "spec"
+    STATUS = "status"
+    PLAN = "plan"
+    WORKER_STATUS = "worker-status"
+    GLOBAL_MANIFEST = "global-manifest"
+    GLOBAL_CHUNK = "global-chunk"
+    UPDATE_MANIFEST = "update-manifest"
+    UPDATE_CHUNK = "update-chunk"
+    ACK = "ack"
+    NODE_STATUS = "node-status"
+    SYNC = "sync"
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    """A received topic taken apart. Fields that the channel does not have are None."""
+
+    channel: Channel
+    kind: Kind | None = None
+    name: str | None = None
+    round: int | None = None
+    node: str | None = None
+    transfer: str | None = None
+    chunk: int | None = None
+
+    @property
+    def job(self) -> str:
+        """The job name of a job-runtime topic."""
+        if self.kind is not Kind.JOB or self.name is None:
+            raise TopicError(self.channel.value, "not a job topic")
+        return self.name
+
+
+class Topics:
+    """Builds every topic and subscription filter of one deployment (one prefix)."""
+
+    def __init__(self, prefix: str = "fl") -> None:
+        levels = prefix.split("/")
+        if not prefix or any(not lvl or "+" in lvl or "#" in lvl for lvl in levels):
+            raise TopicError(prefix, "prefix must be non-empty levels without '+' or '#'")
+        self.prefix = prefix
+        self._depth = len(levels)
+
+    # -- publish topics ------------------------------------------------------------------------
+
+    def spec(self, kind: Kind, name: str) -> str:
+        return self._build(kind.value, _name(name), "spec")
+
+    def status(self, kind: Kind, name: str) -> str:
+        return self._build(kind.value, _name(name), "status")
+
+    def plan(self, job: str) -> str:
+        return self._build(Kind.JOB.value, _name(job), "plan")
+
+    def worker_status(self, job: str, node: str) -> str:
+        return self._build(Kind.JOB.value, _name(job), "workers", _name(node), "status")
+
+    def global_manifest(self, job: str, round_: int) -> str:
+        return self._build(*self._round(job, round_), "global", "manifest")
+
+    def global_chunk(self, job: str, round_: int, index: int) -> str:
+        return self._build(*self._round(job, round_), "global", "chunks", _index(index))
+
+    def update_manifest(self, job: str, round_: int, node: str, transfer: str) -> str:
+        return self._build(*self._update(job, round_, node, transfer), "manifest")
+
+    def update_chunk(self, job: str, round_: int, node: str, transfer: str, index: int) -> str:
+        return self._build(*self._update(job, round_, node, transfer), "chunks", _index(index))
+
+    def ack(self, job: str, round_: int, node: str) -> str:
+        return self._build(*self._round(job, round_), "acks", _name(node))
+
+    def node_status(self, node: str) -> str:
+        return self._build("nodes", _name(node), "status")
+
+    def sync(self, client_id: str) -> str:
+        if not _CLIENT_RE.match(client_id):
+            raise TopicError(client_id, "client id must be 1-128 of [A-Za-z0-9_.:-]")
+        return self._build("clients", client_id, "sync")
+
+    # -- subscription filters ------------------------------------------------------------------
+
+    def all_specs(self) -> str:
+        return self._build("+", "+", "spec")
+
+    def all_statuses(self) -> str:
+        return self._build("+", "+", "status")
+
+    def all_plans(self) -> str:
+        return self._build(Kind.JOB.value, "+", "plan")
+
+    def all_worker_statuses(self) -> str:
+        return self._build(Kind.JOB.value, "+", "workers", "+", "status")
+
+    def all_updates(self) -> str:
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "updates", "#")
+
+    def all_globals(self) -> str:
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "global", "#")
+
+    def job_globals(self, job: str) -> str:
+        return self._build(Kind.JOB.value, _name(job), "rounds", "+", "global", "#")
+
+    def acks_for(self, node: str) -> str:
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "acks", _name(node))
+
+    def all_node_statuses(self) -> str:
+        return self._build("nodes", "+", "status")
+
+    def job_tree(self, job: str) -> str:
+        """Everything of one job: what `mosquitto_sub` needs to watch or a delete needs to clear."""
+        return self._build(Kind.JOB.value, _name(job), "#")
+
+    def everything(self) -> str:
+        return self._build("#")
+
+    # -- parsing -------------------------------------------------------------------------------
+
+    def parse(self, topic: str) -> ParsedTopic:
+        """Take a received topic apart; raise TopicError if it is not part of this layout."""
+        levels = topic.split("/")
+        if "/".join(levels[: self._depth]) != self.prefix:
+            raise TopicError(topic, f"not under prefix {self.prefix!r}")
+        rest = levels[self._depth :]
+        try:
+            parsed = _parse_levels(rest)
+        except (ValueError, KeyError) as exc:
+            raise TopicError(topic, f"not part of the topic layout ({exc})") from exc
+        if parsed is None:
+            raise TopicError(topic, "not part of the topic layout")
+        return parsed
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _build(self, *levels: str) -> str:
+        return "/".join((self.prefix, *levels))
+
+    @staticmethod
+    def _round(job: str, round_: int) -> tuple[str, ...]:
+        if round_ < 0:
+            raise TopicError(str(round_), "round must be >= 0")
+        return (Kind.JOB.value, _name(job), "rounds", str(round_))
+
+    def _update(self, job: str, round_: int, node: str, transfer: str) -> tuple[str, ...]:
+        if not _TRANSFER_RE.match(transfer):
+            raise TopicError(transfer, "transfer id must be 8-64 lowercase hex digits")
+        return (*self._round(job, round_), "updates", _name(node), transfer)
+
+
+def _name(value: str) -> str:
+    try:
+        return check_name(value)
+    except ValueError as exc:
+        raise TopicError(value, str(exc)) from exc
+
+
+def _index(index: int) -> str:
+    if index < 0:
+        raise TopicError(str(index), "chunk index must be >= 0")
+    return str(index)
+
+
+def _int(level: str) -> int:
+    if not level.isdigit():
+        raise ValueError(f"{level!r} is not a non-negative integer")
+    return int(level)
+
+
+def _parse_levels(rest: list[str]) -> ParsedTopic | None:  # noqa: PLR0911, PLR0912 - one branch per layout row
+    n = len(rest)
+    if n == 3 and rest[0] == "nodes" and rest[2] == "status":
+        return ParsedTopic(Channel.NODE_STATUS, node=check_name(rest[1]))
+    if n == 3 and rest[0] == "clients" and rest[2] == "sync":
+        return ParsedTopic(Channel.SYNC, name=rest[1])
+    if n < 3:
+        return None
+    kind = Kind(rest[0])
+    name = check_name(rest[1])
+    if n == 3 and rest[2] == "spec":
+        return ParsedTopic(Channel.SPEC, kind, name)
+    if n == 3 and rest[2] == "status":
+        return ParsedTopic(Channel.STATUS, kind, name)
+    if kind is not Kind.JOB:
+        return None
+    if n == 3 and rest[2] == "plan":
+        return ParsedTopic(Channel.PLAN, kind, name)
+    if n == 5 and rest[2] == "workers" and rest[4] == "status":
+        return ParsedTopic(Channel.WORKER_STATUS, kind, name, node=check_name(rest[3]))
+    if n < 6 or rest[2] != "rounds":
+        return None
+    round_ = _int(rest[3])
+    section = rest[4]
+    if section == "global":
+        if n == 6 and rest[5] == "manifest":
+            return ParsedTopic(Channel.GLOBAL_MANIFEST, kind, name, round_)
+        if n == 7 and rest[5] == "chunks":
+            return ParsedTopic(Channel.GLOBAL_CHUNK, kind, name, round_, chunk=_int(rest[6]))
+        return None
+    if section == "acks" and n == 6:
+        return ParsedTopic(Channel.ACK, kind, name, round_, node=check_name(rest[5]))
+    if section == "updates" and n >= 8:
+        node = check_name(rest[5])
+        transfer = rest[6]
+        if not _TRANSFER_RE.match(transfer):
+            raise ValueError(f"transfer id {transfer!r} is not 8-64 lowercase hex digits")
+        if n == 8 and rest[7] == "manifest":
+            return ParsedTopic(Channel.UPDATE_MANIFEST, kind, name, round_, node, transfer)
+        if n == 9 and rest[7] == "chunks":
+            return ParsedTopic(Channel.UPDATE_CHUNK, kind, name, round_, node, transfer, _int(rest[8]))
+    return None

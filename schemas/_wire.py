@@ -1,0 +1,141 @@
+"""Wire messages between the services (JSON on MQTT) and between a service and its worker script.
+
+MQTT:
+- `JobPlan` (``.../plan``, retained): the job as the controller validated and resolved it. Edges act
+  on the plan, never on the raw spec, so a job that fails validation never starts training.
+- `TransferManifest` (``.../manifest``): describes one chunked transfer of a weights blob.
+- `UpdateAck` (``.../acks/<node>``): the aggregator's receipt for an update.
+
+Worker channel (a local socket pair between a node service and the script it runs):
+- `WorkerFrame`: a JSON header, optionally followed by a weights blob.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from schemas._status import now
+from schemas._tensors import WeightsKind
+
+_SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+PLAN_API = "fl.edge.io/v1"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class ScriptRef(_Wire):
+    dir: str
+    boot_file: str
+    framework_type: str
+    framework_version: str | None = None
+
+
+class DatasetRef(_Wire):
+    name: str
+    url: str
+    format: str
+    node_name: str
+
+
+class ModelRef(_Wire):
+    name: str
+    url: str
+    format: str
+
+
+class PlannedWorker(_Wire):
+    node: str
+    dataset: DatasetRef
+    script: ScriptRef
+    parameters: dict[str, str]
+
+
+class JobPlan(_Wire):
+    """Everything an edge needs to run its part of a job, fixed when the job started."""
+
+    api_version: Literal["fl.edge.io/v1"] = "fl.edge.io/v1"
+    job: str
+    namespace: str = "default"
+    uid: str
+    created_at: datetime = Field(default_factory=now)
+    aggregation_node: str
+    aggregation: str
+    exit_round: int = Field(ge=1)
+    participants: list[str]
+    model: ModelRef
+    pretrained_model: ModelRef | None = None
+    workers: list[PlannedWorker]
+    chunk_size: int = Field(ge=1024)
+
+    def worker(self, node: str) -> PlannedWorker | None:
+        return next((w for w in self.workers if w.node == node), None)
+
+
+class TransferManifest(_Wire):
+    """One chunked transfer. Chunk i carries bytes [i*chunkSize, (i+1)*chunkSize) of the blob."""
+
+    transfer: str = Field(pattern=r"^[0-9a-f]{8,64}$")
+    kind: WeightsKind
+    job: str
+    uid: str
+    round: int = Field(ge=0)
+    sender: str
+    total_bytes: int = Field(ge=1)
+    chunk_size: int = Field(ge=1)
+    chunks: int = Field(ge=1)
+    sha256: _SHA256
+    chunk_sha256: list[_SHA256]
+    num_samples: int = Field(ge=0)
+    final: bool = False
+    created_at: datetime = Field(default_factory=now)
+
+
+class UpdateAck(_Wire):
+    job: str
+    uid: str
+    round: int
+    node: str
+    transfer: str
+    accepted: bool
+    reason: str = ""
+
+
+# -- worker channel ------------------------------------------------------------------------------
+
+FrameType = Literal[
+    "hello",  # worker -> service: started; body = initial weights (training workers)
+    "config",  # aggregation worker -> service: the AggregationServer settings
+    "train",  # service -> worker: train one round from the body's weights
+    "update",  # worker -> service: trained weights in the body
+    "finish",  # service -> worker: final weights in the body; save the model and exit
+    "saved",  # worker -> service: the model is written
+    "stop",  # service -> worker: the job ended (deleted or failed); exit now
+    "error",  # worker -> service: the script failed; message says why
+]
+
+
+class WorkerFrame(_Wire):
+    """Header of one frame on the worker channel. A weights blob may follow (`has_body`)."""
+
+    type: FrameType
+    round: int = 0
+    num_samples: int | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    message: str = ""
+    # config (aggregation worker)
+    aggregation: str | None = None
+    exit_round: int | None = None
+    participants_count: int | None = None
+    # saved
+    model_path: str | None = None
+    model_digest: str | None = None
+    has_body: bool = False

@@ -1,0 +1,87 @@
+"""The environment a worker script runs in: Sedna's variable names, read through Sedna's helpers.
+
+A node service starts the job's script with these variables set, as Sedna's controller sets them on
+a pod, plus every ``parameters`` entry of the workerSpec under its own key. Scripts read them the
+Sedna way (``Context.get_parameters("exit_round", 3)``, ``BaseConfig.train_dataset_url``), so the
+example's scripts port by changing their import lines only.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set by the node service for every worker.
+JOB_NAME = "JOB_NAME"
+NAMESPACE = "NAMESPACE"
+WORKER_NAME = "WORKER_NAME"
+NODE_NAME = "NODE_NAME"
+MODEL_URL = "MODEL_URL"
+MODEL_NAME = "MODEL_NAME"
+MODEL_FORMAT = "MODEL_FORMAT"
+PARTICIPANTS_COUNT = "PARTICIPANTS_COUNT"
+PRETRAINED_MODEL_URL = "PRETRAINED_MODEL_URL"
+# Training workers only.
+TRAIN_DATASET_URL = "TRAIN_DATASET_URL"
+DATASET_NAME = "DATASET_NAME"
+# Read by scripts when set by the user (Sedna's library knobs).
+TEST_DATASET_URL = "TEST_DATASET_URL"
+ORIGINAL_DATASET_URL = "ORIGINAL_DATASET_URL"
+# This system's own: the node's root folder and the worker channel's file descriptor.
+NODE_ROOT = "FL_NODE_ROOT"
+WORKER_FD = "FL_WORKER_FD"
+
+
+class Context:
+    """Sedna's ``sedna.common.config.Context``: parameters by exact name, then by UPPERCASE name."""
+
+    @staticmethod
+    def get_parameters(param: str, default: str | int | float | None = None) -> str | None:
+        value = os.environ.get(param)
+        if value is None:
+            value = os.environ.get(param.upper())
+        if value is None:
+            return None if default is None else str(default)
+        return value
+
+
+class _BaseConfigMeta(type):
+    # Class attributes read the environment when asked, so a script sees what its process was given.
+    @property
+    def job_name(cls) -> str | None:
+        return os.environ.get(JOB_NAME)
+
+    @property
+    def namespace(cls) -> str | None:
+        return os.environ.get(NAMESPACE)
+
+    @property
+    def worker_name(cls) -> str | None:
+        return os.environ.get(WORKER_NAME)
+
+    @property
+    def model_url(cls) -> str | None:
+        return os.environ.get(MODEL_URL)
+
+    @property
+    def model_name(cls) -> str | None:
+        return os.environ.get(MODEL_NAME)
+
+    @property
+    def pretrained_model_url(cls) -> str | None:
+        return os.environ.get(PRETRAINED_MODEL_URL)
+
+    @property
+    def train_dataset_url(cls) -> str | None:
+        return os.environ.get(TRAIN_DATASET_URL)
+
+    @property
+    def test_dataset_url(cls) -> str | None:
+        return os.environ.get(TEST_DATASET_URL)
+
+    @property
+    def original_dataset_url(cls) -> str | None:
+        return os.environ.get(ORIGINAL_DATASET_URL)
+
+
+class BaseConfig(metaclass=_BaseConfigMeta):
+    """Sedna's ``sedna.common.config.BaseConfig``: the worker's URLs and names as class attributes."""
