@@ -32,6 +32,13 @@ _MODELS: dict[str, type[BaseModel]] = {
     "FederatedLearningJob": FederatedLearningJob,
 }
 MAX_DOCUMENT_BYTES = 1 << 20
+# Limits on the loaded data (added in test review). YAML aliases let a few hundred bytes stand for
+# billions of nodes (`b: &b [*a, *a, ...]`): PyYAML shares them, but dumping the spec (`spec_hash`)
+# expanded them: a 600-byte job kept the controller busy for about 12 s, one more level for minutes.
+# Without aliases every node takes at least two bytes, so no honest document within
+# MAX_DOCUMENT_BYTES reaches MAX_NODES. Deep nesting made PyYAML's composer raise RecursionError.
+MAX_NODES = MAX_DOCUMENT_BYTES
+MAX_DEPTH = 100
 
 
 def describe_document(source: str, index: int, total: int, data: Any) -> str:
@@ -64,9 +71,29 @@ def load_yaml_documents(text: str | bytes, source: str) -> list[Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(source, [Problem(None, f"invalid YAML{where}: {problem}")]) from exc
+    except RecursionError as exc:
+        raise SpecError(source, [Problem(None, f"nested more than {MAX_DEPTH} levels deep")]) from exc
     if not docs:
         raise SpecError(source, [Problem(None, "no document found (empty input)")])
+    _check_size(docs, source)
     return docs
+
+
+def _check_size(docs: list[Any], source: str) -> None:
+    """Refuse data that expands (through aliases) past MAX_NODES nodes or nests past MAX_DEPTH."""
+    budget = MAX_NODES
+    stack: list[tuple[Any, int]] = [(d, 1) for d in docs]
+    while stack:
+        node, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise SpecError(source, [Problem(None, f"expands to more than {MAX_NODES} YAML nodes (alias bomb?)")])
+        if depth > MAX_DEPTH:
+            raise SpecError(source, [Problem(None, f"nested more than {MAX_DEPTH} levels deep")])
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
 
 
 def parse_resource(data: Any, document: str) -> Resource:
@@ -125,23 +152,39 @@ def parse_for_topic(payload: bytes, topic: str, kind: Kind, name: str) -> Resour
 
 
 def check_parameters(job: FederatedLearningJob) -> list[Problem]:
-    """Known parameters must have sensible values and no key may appear twice in one worker."""
+    """Known parameters must have sensible values and no key may appear twice in one worker.
+
+    Parameters come from ``workerSpec.parameters`` or, for a worker written as a pod template, from
+    ``template.spec.containers[0].env`` (what `WorkerBase.effective()` reads). Until test review
+    only the first form was checked, so a template's ``batch_size: "-1"`` reached the edge.
+    """
     problems: list[Problem] = []
     workers: list[tuple[str, WorkerBase]] = [("spec.aggregationWorker", job.spec.aggregation_worker)]
     workers += [(f"spec.trainingWorkers[{i}]", w) for i, w in enumerate(job.spec.training_workers)]
     for path, worker in workers:
-        if worker.worker_spec is None:
+        # (field path of the entry, name of its key field, key, value)
+        entries: list[tuple[str, str, str, str]]
+        if worker.worker_spec is not None:
+            entries = [
+                (f"{path}.workerSpec.parameters[{j}]", "key", p.key, p.value)
+                for j, p in enumerate(worker.worker_spec.parameters)
+            ]
+        elif worker.template is not None and worker.template.spec.containers:
+            entries = [
+                (f"{path}.template.spec.containers[0].env[{j}]", "name", e.name, e.value or "")
+                for j, e in enumerate(worker.template.spec.containers[0].env)
+            ]
+        else:
             continue
         seen: set[str] = set()
-        for j, param in enumerate(worker.worker_spec.parameters):
-            field = f"{path}.workerSpec.parameters[{j}]"
-            if param.key in seen:
-                problems.append(Problem(f"{field}.key", f"parameter {param.key!r} is given twice"))
-            seen.add(param.key)
-            check = PARAMETER_CHECKS.get(param.key)
-            reason = check(param.value) if check else None
+        for field, key_field, key, value in entries:
+            if key in seen:
+                problems.append(Problem(f"{field}.{key_field}", f"parameter {key!r} is given twice"))
+            seen.add(key)
+            check = PARAMETER_CHECKS.get(key)
+            reason = check(value) if check else None
             if reason:
-                problems.append(Problem(f"{field}.value", f"{param.key}={param.value!r}: {reason}"))
+                problems.append(Problem(f"{field}.value", f"{key}={value!r}: {reason}"))
     return problems
 
 

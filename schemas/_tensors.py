@@ -19,7 +19,7 @@ import json
 import struct
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +44,10 @@ class TensorSpec(BaseModel):
 
     name: str = Field(min_length=1, max_length=512)
     dtype: DType
-    shape: tuple[int, ...] = Field(max_length=MAX_DIMS)
+    # Dimensions are >= 0. A negative one made `payload_bytes` negative, so a header could balance
+    # a bad dimension against another tensor and reach numpy, which raised ValueError instead of
+    # WireError (found and fixed in test review).
+    shape: tuple[Annotated[int, Field(ge=0)], ...] = Field(max_length=MAX_DIMS)
 
     @property
     def nbytes(self) -> int:

@@ -21,6 +21,7 @@ The node name is a whole topic level wherever a node publishes, so broker ACLs c
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -33,6 +34,11 @@ NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _TRANSFER_RE = re.compile(r"^[0-9a-f]{8,64}$")
 # A client id for the barrier topic is an MQTT client id, which is freer than a node name.
 _CLIENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# Match these patterns with `fullmatch`, never `match`: with `match`, `$` also matches before a
+# trailing newline, so "edge1\n" passed as a name and became a topic level (fixed in test review).
+# Round and chunk levels are canonical decimals (what the builders write): no leading zeros and no
+# non-ASCII digits (str.isdigit accepts "\u0661", which int() reads as 1).
+_UINT_RE = re.compile(r"0|[1-9][0-9]*")
 
 
 class Kind(str, Enum):
@@ -60,7 +66,7 @@ _KIND_NAMES = {Kind.DATASET: "Dataset", Kind.MODEL: "Model", Kind.JOB: "Federate
 
 def check_name(value: str, what: str = "name") -> str:
     """Return `value` if it is a valid resource or node name, else raise ValueError saying why."""
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} is not a valid name: expected lowercase letters, digits, '-' or '.', "
             "starting and ending with a letter or digit, at most 253 characters"
@@ -147,7 +153,7 @@ class Topics:
         return self._build("nodes", _name(node), "status")
 
     def sync(self, client_id: str) -> str:
-        if not _CLIENT_RE.match(client_id):
+        if not _CLIENT_RE.fullmatch(client_id):
             raise TopicError(client_id, "client id must be 1-128 of [A-Za-z0-9_.:-]")
         return self._build("clients", client_id, "sync")
 
@@ -210,12 +216,10 @@ class Topics:
 
     @staticmethod
     def _round(job: str, round_: int) -> tuple[str, ...]:
-        if round_ < 0:
-            raise TopicError(str(round_), "round must be >= 0")
-        return (Kind.JOB.value, _name(job), "rounds", str(round_))
+        return (Kind.JOB.value, _name(job), "rounds", _uint(round_, "round"))
 
     def _update(self, job: str, round_: int, node: str, transfer: str) -> tuple[str, ...]:
-        if not _TRANSFER_RE.match(transfer):
+        if not _TRANSFER_RE.fullmatch(transfer):
             raise TopicError(transfer, "transfer id must be 8-64 lowercase hex digits")
         return (*self._round(job, round_), "updates", _name(node), transfer)
 
@@ -228,14 +232,26 @@ def _name(value: str) -> str:
 
 
 def _index(index: int) -> str:
-    if index < 0:
-        raise TopicError(str(index), "chunk index must be >= 0")
-    return str(index)
+    return _uint(index, "chunk index")
+
+
+def _uint(value: int, what: str) -> str:
+    # operator.index: an int (or numpy integer) but not a float, whose str() ("1.0") parse() would
+    # refuse; a bool is refused too, as str(True) would have become the level "True".
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise TopicError(repr(value), f"{what} must be an integer") from None
+    if number < 0:
+        raise TopicError(str(number), f"{what} must be >= 0")
+    return str(number)
 
 
 def _int(level: str) -> int:
-    if not level.isdigit():
-        raise ValueError(f"{level!r} is not a non-negative integer")
+    if not _UINT_RE.fullmatch(level):
+        raise ValueError(f"{level!r} is not a non-negative integer in canonical decimal form")
     return int(level)
 
 
@@ -244,6 +260,9 @@ def _parse_levels(rest: list[str]) -> ParsedTopic | None:  # noqa: PLR0911, PLR0
     if n == 3 and rest[0] == "nodes" and rest[2] == "status":
         return ParsedTopic(Channel.NODE_STATUS, node=check_name(rest[1]))
     if n == 3 and rest[0] == "clients" and rest[2] == "sync":
+        # Validate the client id as sync() does, so parse() accepts only what the builders write.
+        if not _CLIENT_RE.fullmatch(rest[1]):
+            raise ValueError(f"client id {rest[1]!r} is not 1-128 of [A-Za-z0-9_.:-]")
         return ParsedTopic(Channel.SYNC, name=rest[1])
     if n < 3:
         return None
@@ -274,7 +293,7 @@ def _parse_levels(rest: list[str]) -> ParsedTopic | None:  # noqa: PLR0911, PLR0
     if section == "updates" and n >= 8:
         node = check_name(rest[5])
         transfer = rest[6]
-        if not _TRANSFER_RE.match(transfer):
+        if not _TRANSFER_RE.fullmatch(transfer):
             raise ValueError(f"transfer id {transfer!r} is not 8-64 lowercase hex digits")
         if n == 8 and rest[7] == "manifest":
             return ParsedTopic(Channel.UPDATE_MANIFEST, kind, name, round_, node, transfer)

@@ -36,10 +36,11 @@ class Context:
 
     @staticmethod
     def get_parameters(param: str, default: str | int | float | None = None) -> str | None:
-        value = os.environ.get(param)
-        if value is None:
-            value = os.environ.get(param.upper())
-        if value is None:
+        # As Sedna's `parameters.get(param) or parameters.get(param.upper())`: an empty value counts
+        # as unset. Returning "" (before test review) made `int(get_parameters("epochs", 1))` fail
+        # where Sedna's scripts get the default. Unlike Sedna, the default comes back as a string.
+        value = os.environ.get(param) or os.environ.get(param.upper())
+        if not value:
             return None if default is None else str(default)
         return value
 
