@@ -1,0 +1,48 @@
+"""The medium: Mosquitto configuration and launcher, the MQTT session, chunked transfer, the worker channel.
+
+The public API is re-exported here (see docs/dev/internal-apis.md); the modules behind it are private.
+"""
+
+from broker._channel import WorkerChannel, spawn_channel_pair
+from broker._config import BrokerConfig, render_config
+from broker._errors import BrokerError, ChannelClosed, ConnectError, PayloadTooLarge, PublishError, TransferError
+from broker._launcher import LocalBroker, find_mosquitto
+from broker._logging import configure_logging, get_logger
+from broker._session import Inbound, MqttSettings, PublishResult, Session
+from broker._transfer import (
+    Assembler,
+    BlobSender,
+    CompletedTransfer,
+    chunk_index,
+    manifest_from_payload,
+    new_transfer_id,
+    transfer_key,
+)
+
+__all__ = [
+    "Assembler",
+    "BlobSender",
+    "BrokerConfig",
+    "BrokerError",
+    "ChannelClosed",
+    "CompletedTransfer",
+    "ConnectError",
+    "Inbound",
+    "LocalBroker",
+    "MqttSettings",
+    "PayloadTooLarge",
+    "PublishError",
+    "PublishResult",
+    "Session",
+    "TransferError",
+    "WorkerChannel",
+    "chunk_index",
+    "configure_logging",
+    "find_mosquitto",
+    "get_logger",
+    "manifest_from_payload",
+    "new_transfer_id",
+    "render_config",
+    "spawn_channel_pair",
+    "transfer_key",
+]
