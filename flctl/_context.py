@@ -1,0 +1,47 @@
+"""What every command gets: broker options, the output streams, a logger for the session, the clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TextIO
+
+from structlog.typing import FilteringBoundLogger
+
+from flctl._client import BrokerClient, BrokerOptions
+from flctl._errors import FlctlError
+from schemas import now
+
+
+@dataclass
+class Context:
+    options: BrokerOptions
+    out: TextIO
+    err: TextIO
+    stdin: TextIO
+    log: FilteringBoundLogger | None = None
+    clock: Callable[[], datetime] = field(default=now)
+
+    def client(self) -> BrokerClient:
+        """A new, not yet connected client (use it as a context manager)."""
+        return BrokerClient(self.options, log=self.log)
+
+    def say(self, text: str) -> None:
+        """A line (or block) of normal output on stdout, flushed: `--watch` output must not wait."""
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        """A remark on stderr that is not output (kubectl's "No resources found.")."""
+        self.err.write(text + "\n")
+        self.err.flush()
+
+    def warn(self, text: str) -> None:
+        self.err.write(f"Warning: {text}\n")
+        self.err.flush()
+
+    def fail(self, error: FlctlError) -> None:
+        """Report one failure of a multi-resource request and carry on (the exit code says it failed)."""
+        self.err.write(error.render() + "\n")
+        self.err.flush()

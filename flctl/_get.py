@@ -1,0 +1,229 @@
+"""`flctl get` (with `--watch`) and `flctl describe`: read the retained topics, render them.
+
+Reading is: subscribe to the spec and status topics of the type (or of the named resources only),
+wait for the broker's retained messages with a barrier, decode (`_views`), render (`_render`,
+`_describe`). A watch keeps the session open and re-renders whenever a payload changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from flctl._client import BrokerClient
+from flctl._context import Context
+from flctl._describe import describe_job, describe_node, describe_resource
+from flctl._errors import FlctlError, NotFoundError, resource_ref
+from flctl._kinds import DATASETS, JOBS, MODELS, NODES, ResourceType, resolve
+from flctl._render import datasets_table, dump, jobs_table, models_table, nodes_table
+from flctl._views import (
+    JobView,
+    NodeView,
+    ResourceView,
+    Retained,
+    collect_jobs,
+    collect_nodes,
+    collect_resources,
+    job_document,
+    list_document,
+    node_document,
+    resource_document,
+)
+from schemas import Kind, Topics
+
+OUTPUTS = ("wide", "json", "yaml", "name")
+View = JobView | ResourceView | NodeView
+# Renders for change detection use a fixed "now": every age becomes the same placeholder.
+_NO_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_WATCH_SLICE = 1.0
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def _filters(topics: Topics, rtype: ResourceType, names: Sequence[str], *, related: bool = False) -> list[str]:
+    """The subscriptions that hold the type's (or the named resources') spec and status."""
+    if rtype is NODES:
+        return [topics.node_status(n) for n in names] if names else [topics.all_node_statuses()]
+    assert rtype.kind is not None  # every other type has a spec topic
+    if names and not related:
+        return [t for n in names for t in (topics.spec(rtype.kind, n), topics.status(rtype.kind, n))]
+    return [topics.all_specs(), topics.all_statuses()]
+
+
+def _collect(topics: Topics, rtype: ResourceType, retained: Mapping[str, Retained]) -> list[View]:
+    if rtype is JOBS:
+        return list(collect_jobs(topics, retained))
+    if rtype is NODES:
+        return list(collect_nodes(topics, retained))
+    assert rtype.kind is not None
+    return list(collect_resources(topics, rtype.kind, retained))
+
+
+def _select(views: list[View], names: Sequence[str]) -> tuple[list[View], list[str]]:
+    """The named views in the order asked (all when no names), and the names not found."""
+    if not names:
+        return views, []
+    by_name = {v.name: v for v in views}
+    found = [by_name[n] for n in dict.fromkeys(names) if n in by_name]
+    return found, [n for n in dict.fromkeys(names) if n not in by_name]
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+
+def _document(view: View) -> dict[str, Any]:
+    if isinstance(view, JobView):
+        return job_document(view)
+    if isinstance(view, ResourceView):
+        return resource_document(view)
+    return node_document(view)
+
+
+def render(
+    rtype: ResourceType, views: Sequence[View], output: str | None, now: datetime, *, single: bool = False
+) -> str:
+    """The text `get` prints for these views (`single`: one named resource, printed without a List)."""
+    if output in ("json", "yaml"):
+        docs = [_document(v) for v in views]
+        return dump(docs[0] if single and len(docs) == 1 else list_document(docs), output)
+    if output == "name":
+        return "\n".join(f"{rtype.qualified}/{v.name}" for v in views)
+    wide = output == "wide"
+    if rtype is JOBS:
+        return jobs_table([v for v in views if isinstance(v, JobView)], now, wide=wide)
+    if rtype is NODES:
+        return nodes_table([v for v in views if isinstance(v, NodeView)], now, wide=wide)
+    resources = [v for v in views if isinstance(v, ResourceView)]
+    if rtype is DATASETS:
+        return datasets_table(resources, now, wide=wide)
+    return models_table(resources, now, wide=wide)
+
+
+# -- get -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GetRequest:
+    type_word: str
+    names: tuple[str, ...] = ()
+    output: str | None = None
+    watch: bool = False
+    watch_timeout: float | None = None
+
+
+def get(ctx: Context, request: GetRequest) -> int:
+    rtype = resolve(request.type_word)
+    names = request.names
+    with ctx.client() as client:
+        views = _read(client, rtype, names)
+        found, missing = _select(views, names)
+        for name in missing:
+            ctx.fail(NotFoundError(rtype.plural, name))
+        single = len(names) == 1
+        if found:
+            ctx.say(render(rtype, found, request.output, ctx.clock(), single=single))
+        elif not names:
+            ctx.note("No resources found.")
+        if not request.watch or (names and not found):
+            return 1 if missing else 0
+        if names:  # watch the names that exist; the missing ones were reported
+            request = replace(request, names=tuple(v.name for v in found))
+        code = _watch(ctx, client, rtype, request, found)
+        return code or (1 if missing else 0)
+
+
+def _read(client: BrokerClient, rtype: ResourceType, names: Sequence[str]) -> list[View]:
+    retained = client.snapshot(_filters(client.topics, rtype, names))
+    return _collect(client.topics, rtype, retained)
+
+
+def _finished(rtype: ResourceType, views: Sequence[View], names: Sequence[str]) -> bool:
+    """A watch of named jobs ends when every one of them has Succeeded or Failed."""
+    return bool(names) and rtype is JOBS and all(isinstance(v, JobView) and v.phase.finished for v in views)
+
+
+def _watch(ctx: Context, client: BrokerClient, rtype: ResourceType, request: GetRequest, shown: list[View]) -> int:
+    names = request.names
+    single = len(names) == 1
+    last = render(rtype, shown, request.output, _NO_TIME, single=single)
+    if _finished(rtype, shown, names):
+        return 0
+    deadline = None if request.watch_timeout is None else time.monotonic() + request.watch_timeout
+    try:
+        while True:
+            remaining = _WATCH_SLICE if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return _watch_timed_out(rtype, shown, names, request.watch_timeout)
+            if not client.changes(min(remaining, _WATCH_SLICE)):
+                continue
+            views, _ = _select(_collect(client.topics, rtype, client.latest), names)
+            gone = [n for n in names if n not in {v.name for v in views}]
+            if names and gone:
+                raise FlctlError(f"{resource_ref(rtype.plural, gone[0])} was deleted while being watched")
+            current = render(rtype, views, request.output, _NO_TIME, single=single)
+            if current != last:
+                last, shown = current, views
+                text = render(rtype, views, request.output, ctx.clock(), single=single)
+                ctx.say("\n" + text if text else "\nNo resources found.")
+            if _finished(rtype, views, names):
+                return 0
+    except KeyboardInterrupt:
+        return 0
+
+
+def _watch_timed_out(rtype: ResourceType, views: Sequence[View], names: Sequence[str], timeout: float | None) -> int:
+    if rtype is not JOBS or not names:
+        return 0  # watching a list for a while is the normal way to end it
+    running = [v for v in views if isinstance(v, JobView) and not v.phase.finished]
+    what = ", ".join(f"{resource_ref(rtype.plural, v.name)} (phase {v.phase.value})" for v in running)
+    raise FlctlError(f"timed out after {timeout:g}s waiting for {what} to finish")
+
+
+# -- describe --------------------------------------------------------------------------------------
+
+
+def describe(ctx: Context, type_word: str, names: Sequence[str]) -> int:
+    rtype = resolve(type_word)
+    with ctx.client() as client:
+        retained = client.snapshot(_filters(client.topics, rtype, names, related=rtype in (DATASETS, MODELS)))
+        views = _collect(client.topics, rtype, retained)
+        jobs = collect_jobs(client.topics, retained) if rtype in (DATASETS, MODELS) else []
+    found, missing = _select(views, names)
+    now = ctx.clock()
+    blocks = []
+    for view in found:
+        if isinstance(view, JobView):
+            blocks.append(describe_job(view, now))
+        elif isinstance(view, NodeView):
+            blocks.append(describe_node(view, now))
+        else:
+            blocks.append(describe_resource(view, now, _used_by(rtype, view.name, jobs)))
+    if blocks:
+        ctx.say("\n\n".join(blocks))
+    elif not names:
+        ctx.note("No resources found.")
+    for name in missing:
+        ctx.fail(NotFoundError(rtype.plural, name))
+    return 1 if missing else 0
+
+
+def _used_by(rtype: ResourceType, name: str, jobs: Sequence[JobView]) -> list[str]:
+    """`federatedlearningjob.sedna.io/x` for every job whose spec names this Dataset or Model."""
+    users = []
+    for view in jobs:
+        job = view.job
+        if job is None:
+            continue
+        if rtype.kind is Kind.DATASET:
+            refs = {w.dataset.name for w in job.spec.training_workers}
+        else:
+            refs = {job.spec.aggregation_worker.model.name}
+            if job.spec.pretrained_model is not None:
+                refs.add(job.spec.pretrained_model.name)
+        if name in refs:
+            users.append(f"{JOBS.qualified}/{view.name}")
+    return users

@@ -1,0 +1,341 @@
+"""The `flctl` command line: kubectl's verbs for Sedna's resources, over MQTT.
+
+`main(argv)` parses, runs one command and returns the exit code (0 ok, 1 input/not found/refused,
+2 usage, 3 broker unreachable); it never calls `sys.exit` itself, so tests and the demo call it in
+process. Global options may come before or after the command, as with kubectl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from flctl import __version__
+from flctl._client import BrokerOptions, default_client_id
+from flctl._context import Context
+from flctl._create import create
+from flctl._dataset import split, synth
+from flctl._delete import delete
+from flctl._errors import EXIT_USAGE, FlctlError, InputError, UsageError
+from flctl._get import OUTPUTS, GetRequest, describe, get
+from schemas import API_VERSION, TopicError, Topics
+
+ENV_PREFIX = "FLCTL_"
+DEFAULT_TIMEOUT = 10.0
+_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_TYPES_HELP = "federatedlearningjobs (fl), datasets (ds), models, nodes"
+
+Handler = Callable[[Context, argparse.Namespace], int]
+
+
+# -- option types ----------------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 1-65535, got {value}")
+    return value
+
+
+def _size_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI in pixels (e.g. 40,64), got {text!r}") from None
+    return lo, hi
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def _global_options(*, with_defaults: bool) -> argparse.ArgumentParser:
+    """The connection options, accepted before and after the command (defaults only at the top level)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    d: Any = None if with_defaults else argparse.SUPPRESS
+    g = parser.add_argument_group("global options (before or after the command)")
+    g.add_argument("--host", default=d, help="MQTT broker host (env FLCTL_HOST, default 127.0.0.1)")
+    g.add_argument("--port", type=_port, default=d, help="MQTT broker port (env FLCTL_PORT, default 1883)")
+    g.add_argument("--prefix", default=d, help="topic prefix (env FLCTL_PREFIX, default fl)")
+    g.add_argument("--username", default=d, help="MQTT username (env FLCTL_USERNAME)")
+    g.add_argument("--password", default=d, help="MQTT password (env FLCTL_PASSWORD; prefer the variable)")
+    g.add_argument(
+        "--tls-ca",
+        default=d,
+        metavar="FILE",
+        help="CA certificate to verify the broker; enables TLS (env FLCTL_TLS_CA)",
+    )
+    g.add_argument(
+        "--tls-cert", default=d, metavar="FILE", help="client certificate, with --tls-key (env FLCTL_TLS_CERT)"
+    )
+    g.add_argument(
+        "--tls-key", default=d, metavar="FILE", help="client private key, with --tls-cert (env FLCTL_TLS_KEY)"
+    )
+    g.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=d,
+        metavar="SECONDS",
+        help=f"bound on every broker wait: connect, retained read, publish ack (default {DEFAULT_TIMEOUT:g})",
+    )
+    g.add_argument("--client-id", default=d, help="MQTT client id (default flctl-<user>-<pid>)")
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if with_defaults else argparse.SUPPRESS,
+        help="log the MQTT session to stderr",
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options(with_defaults=False)
+    parser = argparse.ArgumentParser(
+        prog="flctl",
+        description="Manage Sedna FederatedLearningJobs, Datasets and Models over MQTT, the kubectl way.",
+        parents=[_global_options(with_defaults=True)],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  flctl create -f surface-defect-detection.yaml\n"
+            "  flctl get fl -o wide\n"
+            "  flctl get fl surface-defect-detection --watch\n"
+            "  flctl describe fl surface-defect-detection\n"
+            "  flctl delete fl surface-defect-detection\n"
+            "  flctl --host broker.example get nodes"
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_: str, handler: Handler, epilog: str = "") -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            parents=[common],
+            epilog=epilog or None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    p = command(
+        "create",
+        "Validate documents and publish each, retained, on its spec topic.",
+        _run_create,
+        "examples:\n  flctl create -f job.yaml\n  cat job.yaml | flctl create -f -",
+    )
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="YAML/JSON file, directory, or - for stdin (repeatable)",
+    )
+
+    p = command(
+        "get",
+        "Show resources as a table (or JSON/YAML).",
+        _run_get,
+        f"types: {_TYPES_HELP}\n\nexamples:\n  flctl get fl\n  flctl get fl surface-defect-detection -o yaml\n  flctl get fl surface-defect-detection -w",
+    )
+    p.add_argument("type", nargs="?", metavar="TYPE", help=_TYPES_HELP)
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("-o", "--output", choices=OUTPUTS, help="wide, json, yaml or name")
+    p.add_argument(
+        "-w", "--watch", action="store_true", help="print again on every change (a named job: until it finishes)"
+    )
+    p.add_argument("--watch-timeout", type=_positive_float, metavar="SECONDS", help="stop watching after this long")
+
+    p = command(
+        "describe", "Show everything known about resources: status, workers, rounds, events, spec.", _run_describe
+    )
+    p.add_argument("type", nargs="?", metavar="TYPE", help=_TYPES_HELP)
+    p.add_argument("names", nargs="*", metavar="NAME")
+
+    p = command(
+        "delete",
+        "Delete resources (clear their retained spec).",
+        _run_delete,
+        "examples:\n  flctl delete fl surface-defect-detection\n  flctl delete -f job.yaml",
+    )
+    p.add_argument("type", nargs="?", metavar="TYPE", help="federatedlearningjobs (fl), datasets (ds), models")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument(
+        "-f", "--filename", action="append", default=[], metavar="FILE", help="delete every resource of this file"
+    )
+
+    p = command("dataset", "Synthetic magnetic-tile data and per-edge shares.", _run_missing_subcommand)
+    tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    s = tools.add_parser("synth", help="write a synthetic dataset with 1.txt, 2.txt and test.txt", parents=[common])
+    s.set_defaults(handler=_run_synth)
+    s.add_argument("--out", required=True, type=Path, metavar="DIR")
+    s.add_argument("--scale", type=_positive_float, default=1.0, help="size relative to the real dataset (default 1.0)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--size-range", type=_size_range, metavar="LO,HI", help="draw image sides from [LO, HI] pixels (small = fast)"
+    )
+    s = tools.add_parser("split", help="copy one label file and exactly the images it lists", parents=[common])
+    s.set_defaults(handler=_run_split)
+    s.add_argument(
+        "--dataset-root", required=True, type=Path, metavar="ROOT", help="folder the label file's paths are relative to"
+    )
+    s.add_argument("--labels", required=True, type=Path, metavar="FILE", help="e.g. ROOT/1.txt")
+    s.add_argument("--dest", required=True, type=Path, metavar="DIR")
+
+    command("version", "Print the client version.", _run_version)
+    return parser
+
+
+# -- handlers --------------------------------------------------------------------------------------
+
+
+def _run_create(ctx: Context, args: argparse.Namespace) -> int:
+    return create(ctx, args.filename)
+
+
+def _require_type(args: argparse.Namespace) -> str:
+    if args.type is None:
+        raise UsageError(f"you must specify the type of resource to {args.command}: {_TYPES_HELP}")
+    return str(args.type)
+
+
+def _run_get(ctx: Context, args: argparse.Namespace) -> int:
+    type_word = _require_type(args)
+    if args.watch_timeout is not None and not args.watch:
+        raise UsageError("--watch-timeout needs --watch")
+    return get(ctx, GetRequest(type_word, tuple(args.names), args.output, args.watch, args.watch_timeout))
+
+
+def _run_describe(ctx: Context, args: argparse.Namespace) -> int:
+    return describe(ctx, _require_type(args), args.names)
+
+
+def _run_delete(ctx: Context, args: argparse.Namespace) -> int:
+    return delete(ctx, args.type, args.names, args.filename)
+
+
+def _run_synth(ctx: Context, args: argparse.Namespace) -> int:
+    return synth(ctx, args.out, scale=args.scale, seed=args.seed, size_range=args.size_range)
+
+
+def _run_split(ctx: Context, args: argparse.Namespace) -> int:
+    return split(ctx, args.dataset_root, args.labels, args.dest)
+
+
+def _run_version(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.say(f"Client Version: {__version__}\nAPI Version: {API_VERSION}")
+    return 0
+
+
+def _run_missing_subcommand(ctx: Context, args: argparse.Namespace) -> int:  # pragma: no cover - argparse requires one
+    raise UsageError("missing a subcommand")
+
+
+# -- settings --------------------------------------------------------------------------------------
+
+
+def _setting(args: argparse.Namespace, name: str) -> str | None:
+    value = getattr(args, name, None)
+    if value is not None:
+        return str(value)
+    return os.environ.get(ENV_PREFIX + name.upper()) or None
+
+
+def broker_options(args: argparse.Namespace) -> BrokerOptions:
+    """Command line first, then FLCTL_* variables, then defaults; UsageError for values that cannot work."""
+    port_text = _setting(args, "port")
+    try:
+        port = _port(port_text) if port_text is not None else 1883
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{ENV_PREFIX}PORT: {exc}") from exc
+    prefix = _setting(args, "prefix") or "fl"
+    try:
+        Topics(prefix)
+    except TopicError as exc:
+        raise UsageError(f"--prefix {prefix!r}: {exc.reason}") from exc
+    client_id = args.client_id or default_client_id()
+    if not _CLIENT_ID_RE.match(client_id):
+        raise UsageError(f"--client-id {client_id!r}: expected 1-128 of A-Z a-z 0-9 _ . : -")
+    tls = {name: _setting(args, name) for name in ("tls_ca", "tls_cert", "tls_key")}
+    if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    for name, path in tls.items():
+        if path is not None and not os.path.isfile(path):
+            raise InputError(f'--{name.replace("_", "-")}: the path "{path}" does not exist')
+    return BrokerOptions(
+        host=_setting(args, "host") or "127.0.0.1",
+        port=port,
+        prefix=prefix,
+        username=_setting(args, "username"),
+        password=_setting(args, "password"),
+        tls_ca=tls["tls_ca"],
+        tls_cert=tls["tls_cert"],
+        tls_key=tls["tls_key"],
+        timeout=args.timeout if args.timeout is not None else DEFAULT_TIMEOUT,
+        client_id=client_id,
+    )
+
+
+def session_logger(verbose: bool, err: TextIO) -> FilteringBoundLogger:
+    """The MQTT session's logger: silent unless -v, then readable lines on stderr (never stdout)."""
+    if not verbose:
+        logger = structlog.wrap_logger(
+            structlog.ReturnLogger(),
+            wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
+            processors=[],
+        )
+    else:
+        logger = structlog.wrap_logger(
+            structlog.PrintLogger(err),
+            wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+        )
+    return cast(FilteringBoundLogger, logger)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run flctl with `argv` (default: the process arguments); return the exit code."""
+    out, err, stdin = sys.stdout, sys.stderr, sys.stdin
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        ctx = Context(broker_options(args), out, err, stdin, log=session_logger(args.verbose, err))
+        handler: Handler = args.handler
+        return handler(ctx, args)
+    except FlctlError as exc:
+        err.write(exc.render() + "\n")
+        err.flush()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
