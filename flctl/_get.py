@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from flctl._client import BrokerClient
@@ -37,7 +37,7 @@ from schemas import Kind, Topics
 OUTPUTS = ("wide", "json", "yaml", "name")
 View = JobView | ResourceView | NodeView
 # Renders for change detection use a fixed "now": every age becomes the same placeholder.
-_NO_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 _WATCH_SLICE = 1.0
 
 

@@ -7,8 +7,8 @@ round, every worker's state, a record per closed round, and the job's recent eve
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,7 +19,7 @@ MAX_EVENTS = 100
 
 def now() -> datetime:
     """Timezone-aware UTC now; every timestamp in status is RFC 3339 UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _Wire(BaseModel):
@@ -29,7 +29,7 @@ class _Wire(BaseModel):
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode()
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
@@ -40,7 +40,7 @@ class Phase(str, Enum):
         return self in (Phase.SUCCEEDED, Phase.FAILED)
 
 
-class ConditionType(str, Enum):
+class ConditionType(StrEnum):
     TRAINING = "Training"
     COMPLETE = "Complete"
     FAILED = "Failed"
@@ -64,7 +64,7 @@ class Event(_Wire):
     node: str | None = None
 
 
-class WorkerState(str, Enum):
+class WorkerState(StrEnum):
     PENDING = "Pending"  # named by the job, not heard from yet
     STARTING = "Starting"  # script starting, dataset loading
     READY = "Ready"  # waiting for a global model
@@ -149,7 +149,7 @@ class ResourceStatus(_Wire):
     observed_at: datetime = Field(default_factory=now)
 
 
-class NodeState(str, Enum):
+class NodeState(StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
 

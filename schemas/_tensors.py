@@ -18,7 +18,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import numpy as np
@@ -121,7 +121,7 @@ def encode_weights(
         num_samples=num_samples,
         tensors=tuple(specs),
         sha256=digest.hexdigest(),
-        created_at=datetime.now(timezone.utc),
+        created_at=datetime.now(UTC),
     )
     head = header.model_dump_json(by_alias=True).encode()
     return b"".join([_PREFIX.pack(MAGIC, len(head)), head, *parts])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from schemas._errors import TopicError
 
@@ -41,7 +41,7 @@ _CLIENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _UINT_RE = re.compile(r"0|[1-9][0-9]*")
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """Resource kinds, by the plural name that appears in topics (as in Kubernetes API paths)."""
 
     DATASET = "datasets"
@@ -74,7 +74,7 @@ def check_name(value: str, what: str = "name") -> str:
     return value
 
 
-class Channel(str, Enum):
+class Channel(StrEnum):
     """What a received topic carries; `ParsedTopic.channel`."""
 
     SPEC = "spec"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -153,7 +153,7 @@ def test_header_fields() -> None:
     """The header carries version, kind, job, round, sender, samples, tensors, sha256 and time."""
     # Arrange
     arrays = sample_arrays()
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
 
     # Act
     blob = encode(arrays, kind="global", job="surface-defect-detection", round_=3, sender="cloud0", num_samples=1045)
@@ -166,7 +166,7 @@ def test_header_fields() -> None:
     assert header.payload_bytes == sum(a.nbytes for a in arrays) == len(blob) - offset
     assert header.sha256 == hashlib.sha256(blob[offset:]).hexdigest()
     assert header.created_at.tzinfo is not None
-    assert before - timedelta(seconds=1) <= header.created_at <= datetime.now(timezone.utc)
+    assert before - timedelta(seconds=1) <= header.created_at <= datetime.now(UTC)
 
 
 def test_header_is_camel_case_json() -> None:

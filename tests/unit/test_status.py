@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -33,7 +33,7 @@ from schemas import (
 )
 from schemas._status import MAX_EVENTS
 
-T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 SHA = "ab" * 32
 JOB = "surface-defect-detection"
 CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
