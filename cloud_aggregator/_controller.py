@@ -1,0 +1,470 @@
+"""The controller: the resource registry, spec validation, reference checks and the jobs' pre-start status.
+
+It is a plain object driven by method calls (one per received message, plus `tick`), with its side
+effects behind a `Port`, so tests drive it without a broker. What it decides:
+
+- **Specs** (``<kind>/<name>/spec``, retained) are parsed with `schemas.parse_for_topic`. A bad document
+  gets a status naming the document and the field (a Dataset or Model: ``valid: false``; a job: phase
+  Failed, condition Failed/InvalidSpec). An empty payload deletes the resource; for a job that stops
+  everything and clears its retained plan, status and global models.
+- **Jobs** are identified by their spec hash. The same spec again is a no-op. A different spec for a job
+  that has started is rejected (Warning event, the running spec is published back on the spec topic):
+  delete and re-create the job to change it. A job that has not started yet (waiting for its
+  references) is simply replaced. Jobs whose aggregation worker runs on another node are ignored.
+- **References** (Datasets, Models) are checked with `schemas.check_references`. Documents published
+  together arrive in any order, so a job whose references are missing is Pending ("waiting for Dataset
+  X") for a grace period, then Failed with the exact problems and the closest existing names.
+- **Restart**: before `ready()`, the service feeds the retained specs, job statuses and plans. A job whose
+  retained status is already Succeeded or Failed with the same spec hash is not run again; retained
+  plans and statuses of jobs whose spec is gone are cleared.
+
+Valid jobs are handed to a `Job` (`_job.py`), which owns the job's status from then on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+from pydantic import ValidationError
+from structlog.typing import FilteringBoundLogger
+
+from cloud_aggregator._job import Job, Stage
+from cloud_aggregator._ports import Port
+from schemas import (
+    Condition,
+    ConditionType,
+    Dataset,
+    Event,
+    FederatedLearningJob,
+    JobPlan,
+    JobStatus,
+    Kind,
+    Model,
+    NodeStatus,
+    ParsedTopic,
+    Phase,
+    ResourceStatus,
+    SpecError,
+    TransferManifest,
+    WorkerFrame,
+    WorkerStatus,
+    check_references,
+    parse_for_topic,
+)
+
+__all__ = ["Controller"]
+
+
+@dataclass
+class _Entry:
+    """One job spec this controller is responsible for."""
+
+    name: str
+    spec: FederatedLearningJob
+    payload: bytes
+    spec_hash: str
+    engine: Job | None = None
+    waiting_until: float | None = None
+    finished: JobStatus | None = None  # the retained terminal status of an earlier run (not re-run)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def started(self) -> bool:
+        """Whether this spec ran (here, or in an earlier process whose terminal status is retained)."""
+        return self.engine is not None or (self.finished is not None and self.finished.uid is not None)
+
+
+class Controller:
+    """Owns every resource's status and every job of this aggregation node."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        port: Port,
+        chunk_size: int = 512 * 1024,
+        reference_grace: float = 5.0,
+        config_timeout: float = 120.0,
+        new_uid: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self.node = node
+        self._port = port
+        self._chunk_size = chunk_size
+        self._grace = reference_grace
+        self._config_timeout = config_timeout
+        self._new_uid = new_uid
+        self._log: FilteringBoundLogger = structlog.get_logger("cloud_aggregator.controller")
+        self.datasets: dict[str, Dataset] = {}
+        self.models: dict[str, Model] = {}
+        self._jobs: dict[str, _Entry] = {}
+        self._invalid_jobs: set[str] = set()  # jobs whose spec is invalid: we own their Failed status
+        self._resource_statuses: set[tuple[Kind, str]] = set()
+        self._ready = False
+        self._old_status: dict[tuple[Kind, str], bytes] = {}
+        self._old_plans: dict[str, bytes] = {}
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def job(self, name: str) -> Job | None:
+        """The running (or finished) engine of job `name`, if it started in this process."""
+        entry = self._jobs.get(name)
+        return entry.engine if entry else None
+
+    def engines(self) -> list[Job]:
+        return [e.engine for e in self._jobs.values() if e.engine is not None]
+
+    # -- startup ---------------------------------------------------------------------------------
+
+    def on_retained_status(self, kind: Kind, name: str, payload: bytes) -> None:
+        """A retained status seen before `ready()`: remembered for the restart rules."""
+        if not self._ready and payload:
+            self._old_status[(kind, name)] = payload
+
+    def on_retained_plan(self, job: str, payload: bytes) -> None:
+        """A retained plan seen before `ready()`: cleared at `ready()` if its job's spec is gone."""
+        if not self._ready and payload:
+            self._old_plans[job] = payload
+
+    def ready(self, now_s: float) -> None:
+        """Every retained message is in: evaluate the jobs and clear what deleted jobs left behind."""
+        if self._ready:
+            return
+        self._ready = True
+        for entry in list(self._jobs.values()):
+            self._evaluate(entry, now_s)
+        self._clear_orphans()
+        self._old_status.clear()
+        self._old_plans.clear()
+        self._log.info(
+            "controller ready", jobs=sorted(self._jobs), datasets=len(self.datasets), models=len(self.models)
+        )
+
+    def _clear_orphans(self) -> None:
+        for kind, name in self._old_status:
+            if kind is Kind.JOB:
+                continue
+            if (kind, name) not in self._resource_statuses:
+                self._log.info("clearing the status of a deleted resource", kind=kind.value, name=name)
+                self._port.publish_status(kind, name, None)
+        orphans: set[str] = set()
+        for (kind, name), payload in self._old_status.items():
+            if kind is Kind.JOB and name not in self._jobs and name not in self._invalid_jobs:
+                try:
+                    status = JobStatus.model_validate_json(payload)
+                except ValidationError:
+                    continue
+                if status.aggregation_node in (self.node, None):
+                    orphans.add(name)
+        for name, payload in self._old_plans.items():
+            if name not in self._jobs:
+                try:
+                    plan = JobPlan.model_validate_json(payload)
+                except ValidationError:
+                    continue
+                if plan.aggregation_node == self.node:
+                    orphans.add(name)
+        for name in sorted(orphans):
+            self._log.info("clearing what a deleted job left behind", job=name)
+            self._port.publish_plan(name, None)
+            self._port.clear_globals(name)
+            self._port.publish_status(Kind.JOB, name, None)
+
+    # -- specs -----------------------------------------------------------------------------------
+
+    def on_spec(self, kind: Kind, name: str, topic: str, payload: bytes, now_s: float) -> None:
+        """A spec message (retained): create, replace or (empty payload) delete a resource."""
+        if not payload:
+            self._delete(kind, name)
+            return
+        try:
+            resource = parse_for_topic(payload, topic, kind, name)
+        except SpecError as exc:
+            self._invalid(kind, name, exc)
+            return
+        if isinstance(resource, Dataset):
+            self.datasets[name] = resource
+            self._resource_status(kind, name, valid=True, message=f"on node {resource.spec.node_name}")
+        elif isinstance(resource, Model):
+            self.models[name] = resource
+            self._resource_status(kind, name, valid=True, message="")
+        else:
+            self._job_spec(name, resource, payload, now_s)
+            return
+        self._recheck(now_s)
+
+    def _invalid(self, kind: Kind, name: str, exc: SpecError) -> None:
+        self._log.warning("invalid spec", kind=kind.value, name=name, error=str(exc))
+        if kind is not Kind.JOB:
+            if kind is Kind.DATASET:
+                self.datasets.pop(name, None)
+            else:
+                self.models.pop(name, None)
+            self._resource_status(kind, name, valid=False, message=str(exc))
+            return
+        entry = self._jobs.get(name)
+        if entry is not None and entry.started:
+            self._reject_change(
+                entry,
+                f"an invalid spec was published for this job and was not applied (the job keeps its original "
+                f"spec; delete and re-create the job to change it): {exc}",
+            )
+            return
+        self._jobs.pop(name, None)
+        self._invalid_jobs.add(name)
+        status = JobStatus(name=name, phase=Phase.FAILED, message=str(exc))
+        status.conditions.append(Condition(type=ConditionType.FAILED, reason="InvalidSpec", message=str(exc)))
+        status.add_event(Event(type="Warning", reason="InvalidSpec", message=str(exc)))
+        self._port.publish_status(Kind.JOB, name, status)
+
+    def _reject_change(self, entry: _Entry, message: str) -> None:
+        """Keep the job as it is: a Warning event, and its spec published back on the spec topic."""
+        if entry.engine is not None:
+            entry.engine.reject_spec(message)
+        elif entry.finished is not None:
+            entry.finished.add_event(Event(type="Warning", reason="SpecRejected", message=message))
+            self._port.publish_status(Kind.JOB, entry.name, entry.finished)
+        self._port.restore_spec(Kind.JOB, entry.name, entry.payload)
+
+    def _resource_status(self, kind: Kind, name: str, *, valid: bool, message: str) -> None:
+        self._resource_statuses.add((kind, name))
+        status = ResourceStatus(kind=kind.kind, name=name, valid=valid, message=message)
+        self._port.publish_status(kind, name, status)
+
+    def _job_spec(self, name: str, spec: FederatedLearningJob, payload: bytes, now_s: float) -> None:
+        spec_hash = spec.spec_hash()
+        entry = self._jobs.get(name)
+        if entry is not None and entry.spec_hash == spec_hash:
+            self._log.info("the same job spec was published again: nothing to do", job=name)
+            return
+        if entry is not None and entry.started:
+            self._log.warning("a different spec for a started job was rejected", job=name)
+            self._reject_change(
+                entry,
+                "a different spec was published for this job and was not applied (the job keeps its "
+                "original spec): delete and re-create the job to change it",
+            )
+            return
+        self._invalid_jobs.discard(name)
+        node = spec.spec.aggregation_worker.effective_node()
+        if node != self.node:
+            self._jobs.pop(name, None)
+            self._log.info("job ignored: its aggregation worker runs on another node", job=name, aggregation_node=node)
+            return
+        entry = _Entry(name=name, spec=spec, payload=payload, spec_hash=spec_hash)
+        self._jobs[name] = entry
+        if self._ready:
+            self._evaluate(entry, now_s)
+
+    def _delete(self, kind: Kind, name: str) -> None:
+        if kind is Kind.DATASET or kind is Kind.MODEL:
+            if kind is Kind.DATASET:
+                self.datasets.pop(name, None)
+            else:
+                self.models.pop(name, None)
+            self._resource_statuses.discard((kind, name))
+            self._log.info("resource deleted", kind=kind.value, name=name)
+            self._port.publish_status(kind, name, None)
+            return
+        entry = self._jobs.pop(name, None)
+        if entry is not None and entry.engine is not None:
+            entry.engine.delete()
+            return
+        if entry is not None and entry.started:
+            # Finished before this process started: its plan and last global model may still be retained.
+            self._port.publish_plan(name, None)
+            self._port.clear_globals(name)
+        if entry is not None or name in self._invalid_jobs:
+            self._invalid_jobs.discard(name)
+            self._log.info("job deleted", job=name)
+            self._port.publish_status(Kind.JOB, name, None)
+
+    # -- references ------------------------------------------------------------------------------
+
+    def _evaluate(self, entry: _Entry, now_s: float) -> None:
+        old = self._old_status.pop((Kind.JOB, entry.name), None)
+        if old is not None:
+            try:
+                previous = JobStatus.model_validate_json(old)
+            except ValidationError:
+                previous = None
+            if previous is not None and previous.phase.finished and previous.spec_hash == entry.spec_hash:
+                entry.finished = previous
+                self._log.info(
+                    "job already finished with this spec; not run again", job=entry.name, phase=previous.phase.value
+                )
+                return
+        problems = check_references(entry.spec, self.datasets, self.models)
+        if not problems:
+            self._start(entry, now_s)
+            return
+        entry.problems = [str(p) for p in problems]
+        entry.waiting_until = now_s + self._grace
+        self._publish_waiting(entry)
+
+    def _publish_waiting(self, entry: _Entry) -> None:
+        waiting = self._missing(entry.spec)
+        what = ", ".join(waiting) if waiting else "; ".join(entry.problems)
+        message = f"waiting for {what} (fails after {self._grace:g} s)"
+        status = self._pre_start_status(entry, Phase.PENDING, message)
+        status.add_event(Event(type="Normal", reason="WaitingForReferences", message=message))
+        self._log.info("job waits for its references", job=entry.name, problems=entry.problems)
+        self._port.publish_status(Kind.JOB, entry.name, status)
+
+    def _missing(self, spec: FederatedLearningJob) -> list[str]:
+        missing: list[str] = []
+        names = [spec.spec.aggregation_worker.model.name]
+        if spec.spec.pretrained_model:
+            names.append(spec.spec.pretrained_model.name)
+        missing += [f'Model "{n}"' for n in dict.fromkeys(names) if n not in self.models]
+        datasets = [w.dataset.name for w in spec.spec.training_workers]
+        missing += [f'Dataset "{n}"' for n in dict.fromkeys(datasets) if n not in self.datasets]
+        return missing
+
+    def _recheck(self, now_s: float) -> None:
+        """A Dataset or Model changed: start the waiting jobs that are complete now, update the others."""
+        if not self._ready:
+            return
+        for entry in list(self._jobs.values()):
+            if entry.waiting_until is None:
+                continue
+            problems = check_references(entry.spec, self.datasets, self.models)
+            if not problems:
+                self._start(entry, now_s)
+            elif [str(p) for p in problems] != entry.problems:
+                entry.problems = [str(p) for p in problems]
+                self._publish_waiting(entry)
+
+    def _start(self, entry: _Entry, now_s: float) -> None:
+        entry.waiting_until = None
+        entry.problems = []
+        engine = Job(
+            spec=entry.spec,
+            datasets=self.datasets,
+            models=self.models,
+            node=self.node,
+            port=self._port,
+            uid=self._new_uid(),
+            chunk_size=self._chunk_size,
+            config_timeout=self._config_timeout,
+        )
+        entry.engine = engine
+        self._log.info("job starts", job=entry.name, uid=engine.uid)
+        engine.start(now_s)
+
+    def _pre_start_status(self, entry: _Entry, phase: Phase, message: str) -> JobStatus:
+        return JobStatus(
+            name=entry.name,
+            namespace=entry.spec.metadata.namespace,
+            phase=phase,
+            message=message,
+            aggregation_node=self.node,
+            spec_hash=entry.spec_hash,
+        )
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def tick(self, now_s: float) -> None:
+        """Fail jobs whose references are still missing after the grace period; run the jobs' timers."""
+        if not self._ready:
+            return
+        for entry in list(self._jobs.values()):
+            if entry.waiting_until is not None and now_s >= entry.waiting_until:
+                problems = check_references(entry.spec, self.datasets, self.models)
+                if not problems:
+                    self._start(entry, now_s)
+                    continue
+                entry.waiting_until = None
+                message = "; ".join(str(p) for p in problems)
+                status = self._pre_start_status(entry, Phase.FAILED, message)
+                status.conditions.append(
+                    Condition(type=ConditionType.FAILED, reason="InvalidReference", message=message)
+                )
+                status.add_event(Event(type="Warning", reason="InvalidReference", message=message))
+                entry.finished = status
+                self._log.warning(
+                    "job failed: references missing after the grace period", job=entry.name, problems=message
+                )
+                self._port.publish_status(Kind.JOB, entry.name, status)
+            elif entry.engine is not None and not entry.engine.finished:
+                entry.engine.tick(now_s)
+
+    # -- job runtime -----------------------------------------------------------------------------
+
+    def _running(self, job: str) -> Job | None:
+        engine = self.job(job)
+        return engine if engine is not None and not engine.finished else None
+
+    def on_worker_status(self, job: str, node: str, payload: bytes, *, retained: bool) -> None:
+        """A worker's status (``.../workers/<node>/status``), for a job this node runs."""
+        engine = self.job(job)
+        if engine is None or not payload:
+            return
+        try:
+            status = WorkerStatus.model_validate_json(payload)
+        except ValidationError as exc:
+            self._log.warning("unreadable worker status", job=job, worker=node, error=str(exc).splitlines()[0])
+            return
+        engine.on_worker_status(node, status, retained=retained)
+
+    def on_node_status(self, node: str, payload: bytes) -> None:
+        """A node's presence (``nodes/<node>/status``)."""
+        if not payload:
+            return
+        try:
+            status = NodeStatus.model_validate_json(payload)
+        except ValidationError:
+            self._log.warning("unreadable node status", node=node)
+            return
+        if status.node != node:
+            return
+        for engine in self.engines():
+            engine.on_node_status(node, status.state)
+
+    def wants_transfer(self, job: str, round_: int) -> bool:
+        """Whether chunks for (job, round) are worth assembling here."""
+        engine = self._running(job)
+        return engine is not None and engine.wants_transfer(round_)
+
+    def on_manifest(self, topic: ParsedTopic, manifest: TransferManifest) -> bool:
+        """An update manifest; False means the transfer was rejected at once (drop its chunks)."""
+        engine = self._running(topic.job)
+        if engine is None or topic.node is None or topic.round is None:
+            return False
+        return engine.on_manifest(topic.node, topic.round, manifest)
+
+    def reject_transfer(self, topic: ParsedTopic, manifest: TransferManifest, reason: str) -> None:
+        """A transfer the service could not assemble: acknowledged as rejected, with a Warning event."""
+        engine = self._running(topic.job)
+        if engine is not None and topic.node is not None:
+            engine.reject_transfer(topic.node, manifest, reason)
+
+    def on_transfer(self, topic: ParsedTopic, manifest: TransferManifest, blob: bytes) -> None:
+        """A complete, hash-checked transfer (an init or an update) for a job this node runs."""
+        engine = self._running(topic.job)
+        if engine is None or topic.node is None or topic.round is None:
+            return
+        if manifest.kind == "init":
+            engine.on_init_transfer(topic.node, topic.round, manifest, blob)
+        else:
+            engine.on_update(topic.node, topic.round, manifest, blob)
+
+    def on_script_frame(self, job: str, uid: str, frame: WorkerFrame, now_s: float) -> None:
+        engine = self.job(job)
+        if engine is not None and engine.uid == uid:
+            engine.on_script_frame(frame, now_s)
+
+    def on_script_exit(self, job: str, uid: str, code: int | None, tail: str, now_s: float) -> None:
+        engine = self.job(job)
+        if engine is not None and engine.uid == uid:
+            engine.on_script_exit(code, tail, now_s)
+
+    def stage(self, job: str) -> Stage | None:
+        engine = self.job(job)
+        return engine.stage if engine else None

@@ -1,0 +1,79 @@
+"""What the controller and the round engine need from the outside world, as one small interface.
+
+The controller (`_controller.py`) and the job engine (`_job.py`) never touch MQTT, processes or files:
+they call a `Port`. The service implements it over a broker session, the worker channel and the node
+root (`_service.MqttPort`); unit tests implement it in memory and look at what was published.
+
+Every method may raise `AggregatorError` (the service maps broker and OS errors to it); the engine
+turns such an error into a failed job or a Warning event, never into a crash of the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas import EffectiveWorker, JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, UpdateAck
+
+__all__ = ["Port", "ScriptRequest", "ScriptSignal"]
+
+ScriptSignal = Literal["finish", "stop"]
+
+
+@dataclass(frozen=True)
+class ScriptRequest:
+    """Everything needed to start one job's aggregation script (Sedna's aggregation worker)."""
+
+    job: str
+    uid: str
+    namespace: str
+    worker: EffectiveWorker
+    model: ModelRef
+    pretrained_model: ModelRef | None
+    participants_count: int
+
+
+class Port(Protocol):
+    """The side effects of the controller and the round engine."""
+
+    def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
+        """Publish a resource's status, retained; None clears it."""
+
+    def publish_plan(self, job: str, plan: JobPlan | None) -> None:
+        """Publish a job's plan, retained; None clears it (the edges stop the job)."""
+
+    def restore_spec(self, kind: Kind, name: str, payload: bytes) -> None:
+        """Publish `payload` back on the spec topic, retained (a rejected change leaves the running spec)."""
+
+    def publish_global(self, job: str, round_: int, blob: bytes, *, uid: str, num_samples: int, final: bool) -> None:
+        """Publish the global model of `round_` as a retained chunked transfer (kind global)."""
+
+    def clear_globals(self, job: str, keep: int | None = None) -> None:
+        """Clear every retained global model of `job` this node knows of, except round `keep`."""
+
+    def send_ack(self, ack: UpdateAck) -> None:
+        """Tell an edge what became of its update (not retained)."""
+
+    def discard_transfers(self, job: str) -> None:
+        """Drop every partly received transfer of `job`."""
+
+    def start_script(self, request: ScriptRequest) -> None:
+        """Start the aggregation script; its frames and exit come back as controller calls."""
+
+    def signal_script(self, job: str, uid: str, signal: ScriptSignal) -> None:
+        """Send `finish` or `stop` to the job's aggregation script and reap it (kill it if it hangs)."""
+
+    def write_model(
+        self,
+        job: str,
+        model: ModelRef,
+        arrays: Sequence[npt.NDArray[np.generic]],
+        names: Sequence[str],
+        meta: Mapping[str, Any],
+    ) -> str:
+        """Write the final weights under the Model url (`<url>/<model>.npz` plus a JSON); return the path."""
+        ...

@@ -1,0 +1,100 @@
+"""`fl-cloud-aggregator --node cloud0 --root DIR [--host --port --prefix --log-level ...]`.
+
+MQTT credentials and TLS files come from the environment (FL_MQTT_USERNAME, FL_MQTT_PASSWORD,
+FL_MQTT_TLS_CA, ...; see `broker.MqttSettings.from_env`); --host and --port override FL_MQTT_HOST and
+FL_MQTT_PORT. SIGTERM and SIGINT stop the service cleanly (exit code 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from broker import MqttSettings, configure_logging
+from schemas import Topics, check_name
+
+__all__ = ["build_parser", "main"]
+
+
+def _node(value: str) -> str:
+    try:
+        return check_name(value, "node name")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be > 0")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fl-cloud-aggregator",
+        description="The controller and aggregator of federated-learning jobs over MQTT (Sedna's FederatedLearningJob).",
+    )
+    parser.add_argument("--node", required=True, type=_node, help="this node's name (also the MQTT client id)")
+    parser.add_argument("--root", required=True, type=Path, help="the node's root folder: spec paths resolve under it")
+    parser.add_argument("--host", default=None, help="broker host (default: FL_MQTT_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="broker port (default: FL_MQTT_PORT or 1883)")
+    parser.add_argument("--prefix", default="fl", help="topic prefix (default: fl)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    parser.add_argument(
+        "--reference-grace",
+        type=_positive,
+        default=5.0,
+        help="seconds a job waits for a missing Dataset or Model before it fails (default: 5)",
+    )
+    parser.add_argument(
+        "--config-timeout",
+        type=_positive,
+        default=120.0,
+        help="seconds the aggregation script has to call AggregationServer(...).start() (default: 120)",
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=512 * 1024, help="bytes per chunk of a weights transfer (default: 524288)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the service until SIGTERM or SIGINT; return the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        configure_logging(node=args.node, role="aggregator", level=args.log_level)
+        Topics(args.prefix)
+        overrides: dict[str, Any] = {"client_id": args.node}
+        if args.host:
+            overrides["host"] = args.host
+        if args.port is not None:
+            overrides["port"] = args.port
+        settings = MqttSettings.from_env(**overrides)
+    except (ValueError, TypeError) as exc:
+        print(f"fl-cloud-aggregator: {exc}", file=sys.stderr)
+        return 2
+
+    from cloud_aggregator._service import AggregatorService
+
+    service = AggregatorService(
+        node=args.node,
+        root=args.root,
+        settings=settings,
+        prefix=args.prefix,
+        reference_grace=args.reference_grace,
+        config_timeout=args.config_timeout,
+        chunk_size=max(1024, args.chunk_size),
+    )
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        service.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return service.run()

@@ -1,0 +1,179 @@
+"""Test doubles for the controller and the round engine: an in-memory `Port` and transfer builders.
+
+    port = MemoryPort()
+    controller = Controller(node="cloud0", port=port)
+    ...
+    assert port.status(Kind.JOB, "job").phase is Phase.RUNNING
+
+Nothing here touches a broker, a process or a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_aggregator._errors import AggregatorError
+from cloud_aggregator._ports import ScriptRequest, ScriptSignal
+from schemas import (
+    JobPlan,
+    JobStatus,
+    Kind,
+    ModelRef,
+    ResourceStatus,
+    TransferManifest,
+    UpdateAck,
+    decode_weights,
+    encode_weights,
+)
+from schemas._tensors import WeightsKind
+
+__all__ = ["GlobalModel", "MemoryPort", "make_transfer"]
+
+
+@dataclass(frozen=True)
+class GlobalModel:
+    """A global model as the engine published it."""
+
+    job: str
+    round: int
+    uid: str
+    num_samples: int
+    final: bool
+    blob: bytes = field(repr=False)
+
+    @property
+    def arrays(self) -> list[npt.NDArray[Any]]:
+        return decode_weights(self.blob)[1]
+
+
+@dataclass
+class MemoryPort:
+    """Records every side effect; `fail_*` fields make the next such call raise."""
+
+    statuses: dict[tuple[Kind, str], JobStatus | ResourceStatus | None] = field(default_factory=dict)
+    status_history: list[tuple[Kind, str, JobStatus | ResourceStatus | None]] = field(default_factory=list)
+    plans: dict[str, JobPlan | None] = field(default_factory=dict)
+    restored_specs: list[tuple[Kind, str, bytes]] = field(default_factory=list)
+    retained_globals: dict[str, dict[int, GlobalModel]] = field(default_factory=dict)
+    published_globals: list[GlobalModel] = field(default_factory=list)
+    acks: list[UpdateAck] = field(default_factory=list)
+    discarded: list[str] = field(default_factory=list)
+    scripts: list[ScriptRequest] = field(default_factory=list)
+    signals: list[tuple[str, str, ScriptSignal]] = field(default_factory=list)
+    models: list[tuple[str, ModelRef, list[npt.NDArray[Any]], list[str], dict[str, Any]]] = field(default_factory=list)
+    fail_start: AggregatorError | None = None
+    fail_publish_global: AggregatorError | None = None
+    fail_write_model: AggregatorError | None = None
+
+    # -- Port ------------------------------------------------------------------------------------
+
+    def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
+        copy = status.model_copy(deep=True) if status is not None else None
+        self.statuses[(kind, name)] = copy
+        self.status_history.append((kind, name, copy))
+
+    def publish_plan(self, job: str, plan: JobPlan | None) -> None:
+        self.plans[job] = plan
+
+    def restore_spec(self, kind: Kind, name: str, payload: bytes) -> None:
+        self.restored_specs.append((kind, name, payload))
+
+    def publish_global(self, job: str, round_: int, blob: bytes, *, uid: str, num_samples: int, final: bool) -> None:
+        if self.fail_publish_global is not None:
+            raise self.fail_publish_global
+        model = GlobalModel(job, round_, uid, num_samples, final, blob)
+        self.published_globals.append(model)
+        self.retained_globals.setdefault(job, {})[round_] = model
+
+    def clear_globals(self, job: str, keep: int | None = None) -> None:
+        kept = {r: m for r, m in self.retained_globals.get(job, {}).items() if r == keep}
+        if kept:
+            self.retained_globals[job] = kept
+        else:
+            self.retained_globals.pop(job, None)
+
+    def send_ack(self, ack: UpdateAck) -> None:
+        self.acks.append(ack)
+
+    def discard_transfers(self, job: str) -> None:
+        self.discarded.append(job)
+
+    def start_script(self, request: ScriptRequest) -> None:
+        if self.fail_start is not None:
+            raise self.fail_start
+        self.scripts.append(request)
+
+    def signal_script(self, job: str, uid: str, signal: ScriptSignal) -> None:
+        self.signals.append((job, uid, signal))
+
+    def write_model(
+        self,
+        job: str,
+        model: ModelRef,
+        arrays: Sequence[npt.NDArray[np.generic]],
+        names: Sequence[str],
+        meta: Mapping[str, Any],
+    ) -> str:
+        if self.fail_write_model is not None:
+            raise self.fail_write_model
+        self.models.append((job, model, [np.array(a) for a in arrays], list(names), dict(meta)))
+        return f"/memory{model.url.rstrip('/')}/{model.name}.npz"
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def job_status(self, name: str) -> JobStatus:
+        """The job's latest published status (AssertionError if there is none or it was cleared)."""
+        status = self.statuses.get((Kind.JOB, name))
+        assert isinstance(status, JobStatus), f"no status published for job {name!r}"
+        return status
+
+    def resource_status(self, kind: Kind, name: str) -> ResourceStatus:
+        status = self.statuses.get((kind, name))
+        assert isinstance(status, ResourceStatus), f"no status published for {kind.value}/{name}"
+        return status
+
+    def acks_for(self, node: str) -> list[UpdateAck]:
+        return [a for a in self.acks if a.node == node]
+
+
+def make_transfer(
+    arrays: Sequence[npt.NDArray[Any]],
+    *,
+    kind: WeightsKind,
+    job: str,
+    uid: str,
+    round_: int,
+    sender: str,
+    num_samples: int,
+    names: Sequence[str] | None = None,
+    chunk_size: int = 64 * 1024,
+    transfer: str | None = None,
+    manifest_sender: str | None = None,
+) -> tuple[TransferManifest, bytes]:
+    """A weights blob and the manifest of its chunked transfer, as an edge would send them."""
+    blob = encode_weights(
+        arrays, kind=kind, job=job, round_=round_, sender=sender, num_samples=num_samples, names=names
+    )
+    chunks = [blob[i : i + chunk_size] for i in range(0, len(blob), chunk_size)]
+    digest = hashlib.sha256(blob).hexdigest()
+    manifest = TransferManifest(
+        transfer=transfer or digest[:16],
+        kind=kind,
+        job=job,
+        uid=uid,
+        round=round_,
+        sender=manifest_sender or sender,
+        total_bytes=len(blob),
+        chunk_size=chunk_size,
+        chunks=len(chunks),
+        sha256=digest,
+        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
+        num_samples=num_samples,
+    )
+    return manifest, blob
