@@ -1,0 +1,418 @@
+"""One job on one edge: a plain state machine, driven by events, testable without a broker.
+
+The service feeds it four kinds of events and gives it two ports (`JobPorts`: publish a worker
+status, upload a weights blob) and a launcher that starts the script (`WorkerHandle`):
+
+    start()                     check the plan locally; start the script      -> Starting | Failed
+    on_frame(hello)             script ready; upload its initial weights      -> Uploading (round 0)
+    on_uploaded(init)                                                         -> Ready
+    on_global(round r)          train round r+1 from the global model         -> Training (r+1)
+    on_frame(update)            upload the trained weights for round r+1      -> Uploading
+    on_uploaded(update)                                                       -> Waiting
+    on_global(final)            save the final model                          -> Saving
+    on_frame(saved)                                                           -> Completed
+    on_frame(error) / on_exit(non-zero) / a failed upload                     -> Failed (+ log tail)
+
+Global models: older than the newest one handed to the script are ignored (duplicates, retained
+rounds of the past); while the script is busy (training, saving) or not ready yet (no hello) only
+the newest one is kept and used as soon as it is free, so an edge that fell behind jumps to the
+newest round (catch-up) instead of replaying every round it missed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from structlog.typing import FilteringBoundLogger
+
+from broker import get_logger
+from edge_trainer._errors import PlanRejectedError
+from edge_trainer._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
+from edge_trainer._paths import NodeRoot
+from schemas import (
+    JobPlan,
+    TransferManifest,
+    WeightsHeader,
+    WireError,
+    WorkerFrame,
+    WorkerState,
+    WorkerStatus,
+    decode_weights,
+    read_header,
+)
+from schemas._tensors import WeightsKind
+
+__all__ = ["EdgeJob", "JobPorts", "Launcher", "UploadDone", "UploadRequest", "WorkerHandle"]
+
+
+@dataclass(frozen=True)
+class UploadRequest:
+    """Upload `blob` as this node's `kind` weights of `round` (a chunked transfer)."""
+
+    job: str
+    uid: str
+    run_id: str
+    kind: WeightsKind
+    round: int
+    num_samples: int
+    blob: bytes
+    chunk_size: int
+
+
+@dataclass(frozen=True)
+class UploadDone:
+    """An upload finished; `error` says why it failed (None: the aggregator's broker has it)."""
+
+    job: str
+    run_id: str
+    kind: WeightsKind
+    round: int
+    error: str | None = None
+
+
+class JobPorts(Protocol):
+    """What a job needs from the outside world. Both calls return at once."""
+
+    def publish_status(self, status: WorkerStatus) -> None: ...
+
+    def upload(self, request: UploadRequest) -> None:
+        """Start the upload; its `UploadDone` comes back through `EdgeJob.on_uploaded`."""
+        ...
+
+
+class WorkerHandle(Protocol):
+    """The running script, as `WorkerProcess` provides it."""
+
+    def send(self, frame: WorkerFrame, body: bytes | None = None) -> None: ...
+
+    def stop(self, grace: float = 10.0) -> None: ...
+
+    def wait(self, timeout: float | None) -> bool: ...
+
+    def log_tail(self, lines: int = 20, max_chars: int = 2000) -> str: ...
+
+
+Launcher = Callable[[LaunchSpec, str], WorkerHandle]
+
+
+class EdgeJob:
+    """This node's part of one job (one plan uid). All methods run on the service's logic thread."""
+
+    def __init__(
+        self,
+        plan: JobPlan,
+        *,
+        node: str,
+        root: NodeRoot,
+        ports: JobPorts,
+        launcher: Launcher,
+        tf_version: Callable[[], str | None] = installed_tensorflow_version,
+        stop_grace: float = 10.0,
+        log: FilteringBoundLogger | None = None,
+    ) -> None:
+        self.plan = plan
+        self.node = node
+        self.run_id = uuid.uuid4().hex
+        self.state = WorkerState.PENDING
+        self.round = 0
+        self.used_global = -1  # newest global round handed to the script
+        self.trained_round = 0  # newest round the script was asked to train
+        self.num_samples: int | None = None
+        self.metrics: dict[str, float] = {}
+        self.message = ""
+        self.model_path: str | None = None
+        self.model_digest: str | None = None
+        self.launch: LaunchSpec | None = None
+        self._root = root
+        self._ports = ports
+        self._launcher = launcher
+        self._tf_version = tf_version
+        self._stop_grace = stop_grace
+        self._log = (log or get_logger()).bind(job=plan.job, uid=plan.uid)
+        self._worker: WorkerHandle | None = None
+        self._hello = False
+        self._busy = False  # the script is training or saving: it reads no frame until it answers
+        self._pending: tuple[TransferManifest, bytes] | None = None
+        self._notice = ""  # warnings shown in every non-failure status (framework version)
+        self._error: str | None = None  # what the script reported before exiting
+        self._retired = False  # deleted or shut down: events of the old run are ignored
+
+    # -- properties --------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.plan.job
+
+    @property
+    def uid(self) -> str:
+        return self.plan.uid
+
+    @property
+    def finished(self) -> bool:
+        return self.state.terminal
+
+    @property
+    def active(self) -> bool:
+        """True while events for this run should be handled."""
+        return not self._retired and not self.state.terminal
+
+    @property
+    def worker(self) -> WorkerHandle | None:
+        return self._worker
+
+    @property
+    def newest_global(self) -> int:
+        """The newest global round this job holds (handed to the script or kept for it); -1 for none."""
+        return max(self.used_global, self._pending[0].round if self._pending is not None else -1)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Check the plan locally and start the script; publish Starting, or Failed saying why not."""
+        try:
+            self.launch = prepare_launch(self.plan, self.node, self._root, tf_version=self._tf_version())
+        except PlanRejectedError as exc:
+            self._log.warning("plan refused", reason=exc.reason)
+            self._fail(exc.reason)
+            return False
+        for warning in self.launch.warnings:
+            self._log.warning("plan accepted with a warning", warning=warning)
+        self._notice = "; ".join(self.launch.warnings)
+        self._set(WorkerState.STARTING, 0, f"starting {self.launch.script.name}")
+        try:
+            self._worker = self._launcher(self.launch, self.run_id)
+        except OSError as exc:
+            self._fail(f"cannot start the training script {self.launch.script}: {exc}")
+            return False
+        return True
+
+    def delete(self) -> None:
+        """The job is gone (empty plan, or replaced by a new uid): stop the script, publish nothing more."""
+        self._retired = True
+        if self._worker is not None:
+            self._worker.stop(self._stop_grace)
+
+    def shutdown(self) -> None:
+        """The node service stops: stop the script; an unfinished worker goes Offline."""
+        if not self._retired and not self.state.terminal and self.state is not WorkerState.PENDING:
+            self._set(WorkerState.OFFLINE, self.round, "the node service stopped")
+        self._retired = True
+        if self._worker is not None:
+            self._worker.stop(self._stop_grace)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def on_frame(self, frame: WorkerFrame, body: bytes | None) -> None:
+        """A frame from the script."""
+        if not self.active:
+            self._log.debug("frame after the job ended ignored", type=frame.type)
+            return
+        if frame.type == "hello":
+            self._on_hello(frame, body)
+        elif frame.type == "update":
+            self._on_update(frame, body)
+        elif frame.type == "saved":
+            self._on_saved(frame)
+        elif frame.type == "error":
+            # Failed is published at exit, when the log holds the traceback; make sure the exit comes.
+            self._error = frame.message or "the training script reported an error"
+            self._log.warning("training script reported an error", message=self._error)
+            if self._worker is not None:
+                self._worker.stop(self._stop_grace)
+        else:
+            self._protocol_error(f"unexpected {frame.type!r} frame from the training script")
+
+    def on_exit(self, returncode: int) -> None:
+        """The script exited."""
+        if not self.active:
+            return
+        if self._error is not None:
+            reason = self._error
+        elif returncode < 0:
+            reason = f"the training script was killed by signal {-returncode}"
+        elif returncode > 0:
+            reason = f"the training script exited with code {returncode}"
+        else:
+            reason = (
+                "the training script exited before the job finished (does it call FederatedLearning(...).train(...)?)"
+            )
+        tail = self._worker.log_tail() if self._worker is not None else ""
+        where = self.launch.log_path if self.launch is not None else "worker.log"
+        self._fail(f"{reason}\nlast lines of {where}:\n{tail}" if tail else reason)
+
+    def on_global(self, manifest: TransferManifest, blob: bytes) -> None:
+        """A complete global model transfer of this job (already checked against its manifest's hashes)."""
+        if not self.active:
+            return
+        if manifest.job != self.plan.job or manifest.uid != self.plan.uid or manifest.kind != "global":
+            self._log.info(
+                "global model of another job run ignored", uid=manifest.uid, kind=manifest.kind, round=manifest.round
+            )
+            return
+        if manifest.round <= self.newest_global:
+            self._log.debug("global model ignored: not newer than what the script has", round=manifest.round)
+            return
+        try:
+            header, _ = decode_weights(blob)
+        except WireError as exc:
+            self._log.error("global model ignored: bad weights blob", round=manifest.round, error=str(exc))
+            return
+        if header.kind != "global" or header.round != manifest.round:
+            self._log.error("global model ignored: header does not match its manifest", round=manifest.round)
+            return
+        if not self._hello or self._busy:
+            self._pending = (manifest, blob)
+            return
+        self._use_global(manifest, blob)
+
+    def on_uploaded(self, done: UploadDone) -> None:
+        """An upload this job asked for finished."""
+        if not self.active:
+            return
+        if done.error is not None:
+            self._fail(f"uploading the {done.kind} weights of round {done.round} failed: {done.error}")
+            if self._worker is not None:
+                self._worker.stop(self._stop_grace)
+            return
+        if self.state is WorkerState.UPLOADING and self.round == done.round:
+            if done.kind == "init":
+                self._set(WorkerState.READY, 0, "waiting for the first global model")
+            else:
+                self._set(
+                    WorkerState.WAITING,
+                    done.round,
+                    f"update of round {done.round} sent; waiting for the round to close",
+                )
+
+    # -- frames ------------------------------------------------------------------------------------
+
+    def _on_hello(self, frame: WorkerFrame, body: bytes | None) -> None:
+        if self._hello:
+            self._protocol_error("the training script said hello twice")
+            return
+        header = self._check_body(body, "init", 0, "hello")
+        if header is None or body is None:
+            return
+        self._hello = True
+        self.num_samples = frame.num_samples if frame.num_samples is not None else header.num_samples
+        self._set(WorkerState.UPLOADING, 0, "uploading the initial weights")
+        self._upload("init", 0, body)
+        self._use_pending()
+
+    def _on_update(self, frame: WorkerFrame, body: bytes | None) -> None:
+        if not self._busy or self.state is not WorkerState.TRAINING or frame.round != self.trained_round:
+            self._protocol_error(f"unexpected update for round {frame.round} (training round {self.trained_round})")
+            return
+        if self._check_body(body, "update", frame.round, "update") is None or body is None:
+            return
+        self._busy = False
+        if frame.num_samples is not None:
+            self.num_samples = frame.num_samples
+        self.metrics = dict(frame.metrics)
+        self._set(WorkerState.UPLOADING, frame.round, f"uploading the update of round {frame.round}")
+        self._upload("update", frame.round, body)
+        self._use_pending()
+
+    def _on_saved(self, frame: WorkerFrame) -> None:
+        if self.state is not WorkerState.SAVING:
+            self._protocol_error("the training script reported a saved model it was not asked to save")
+            return
+        self._busy = False
+        self.model_path = self._root.to_url(frame.model_path) if frame.model_path else None
+        self.model_digest = frame.model_digest
+        self._set(WorkerState.COMPLETED, self.round, f"final model saved at {self.model_path}")
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _use_pending(self) -> None:
+        if self._pending is not None and not self._busy:
+            manifest, blob = self._pending
+            self._pending = None
+            self._use_global(manifest, blob)
+
+    def _use_global(self, manifest: TransferManifest, blob: bytes) -> None:
+        if self._worker is None:  # cannot happen: the hello came from it
+            return
+        r = manifest.round
+        if self.used_global >= 0 and r > self.used_global + 1:
+            self._log.info("catching up: newer global model than expected", expected=self.used_global + 1, got=r)
+        self.used_global = r
+        if manifest.final:
+            self._busy = True
+            self._worker.send(WorkerFrame(type="finish", round=r, has_body=True), blob)
+            self._set(WorkerState.SAVING, r, f"saving the final model of round {r}")
+            return
+        if self.trained_round >= r + 1:
+            return
+        self.trained_round = r + 1
+        self._busy = True
+        self._worker.send(WorkerFrame(type="train", round=r + 1, has_body=True), blob)
+        self._set(WorkerState.TRAINING, r + 1, f"training round {r + 1}")
+
+    def _check_body(self, body: bytes | None, kind: str, round_: int, what: str) -> WeightsHeader | None:
+        if not body:
+            self._protocol_error(f"the {what} frame carries no weights")
+            return None
+        try:
+            header, _ = read_header(body)
+        except WireError as exc:
+            self._protocol_error(f"the {what} frame's weights are malformed: {exc}")
+            return None
+        if header.kind != kind or header.round != round_ or header.job != self.plan.job:
+            self._protocol_error(
+                f"the {what} frame's weights say {header.kind} of job {header.job} round {header.round}, "
+                f"expected {kind} of job {self.plan.job} round {round_}"
+            )
+            return None
+        return header
+
+    def _upload(self, kind: WeightsKind, round_: int, blob: bytes) -> None:
+        self._ports.upload(
+            UploadRequest(
+                job=self.plan.job,
+                uid=self.plan.uid,
+                run_id=self.run_id,
+                kind=kind,
+                round=round_,
+                num_samples=self.num_samples or 0,
+                blob=blob,
+                chunk_size=self.plan.chunk_size,
+            )
+        )
+
+    def _protocol_error(self, reason: str) -> None:
+        self._log.error("worker protocol error", reason=reason)
+        self._fail(reason)
+        if self._worker is not None:
+            self._worker.stop(self._stop_grace)
+
+    def _fail(self, message: str) -> None:
+        self._busy = False
+        self._pending = None
+        self.state = WorkerState.FAILED
+        self.message = message
+        self._publish()
+
+    def _set(self, state: WorkerState, round_: int, message: str) -> None:
+        self.state = state
+        self.round = round_
+        self.message = f"{message} ({self._notice})" if self._notice else message
+        self._publish()
+
+    def _publish(self) -> None:
+        self._ports.publish_status(
+            WorkerStatus(
+                job=self.plan.job,
+                node=self.node,
+                state=self.state,
+                round=self.round,
+                num_samples=self.num_samples,
+                message=self.message,
+                model_path=self.model_path,
+                model_digest=self.model_digest,
+                metrics=self.metrics,
+            )
+        )

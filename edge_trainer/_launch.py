@@ -1,0 +1,157 @@
+"""From a job plan to a runnable training script: local checks, resolved paths and Sedna's environment.
+
+`prepare_launch` is where an edge decides whether it can run its part of a plan. It refuses (raises
+`PlanRejectedError` with a reason the user reads in the worker status) when the planned Dataset is not on
+this node, the framework is not TensorFlow, a path escapes the node root, or the script or label
+file is missing. A frameworkVersion other than the installed TensorFlow's only yields a warning:
+scripts written for TF 2.3 usually run on newer versions, and refusing would block every job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+
+from edge_trainer._errors import PathEscapeError, PlanRejectedError
+from edge_trainer._paths import NodeRoot
+from schemas import JobPlan, PlannedWorker
+from schemas import _worker_env as env_names
+
+__all__ = ["LaunchSpec", "installed_tensorflow_version", "prepare_launch"]
+
+# Distributions that provide the `tensorflow` package. Checked through their metadata, never by
+# importing TensorFlow: the service must stay fast and light.
+_TF_DISTRIBUTIONS = (
+    "tensorflow",
+    "tensorflow-cpu",
+    "tensorflow-intel",
+    "tensorflow-macos",
+    "tf-nightly",
+    "tf-nightly-cpu",
+)
+_ENV_NAME = re.compile(r"[^=\x00]+")
+_VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start one job's training script on this node."""
+
+    job: str
+    script: Path
+    cwd: Path
+    env: dict[str, str]  # Sedna's worker variables and the plan's parameters, added to the service's environment
+    log_path: Path
+    model_path: Path
+    dataset_path: Path
+    warnings: tuple[str, ...] = ()
+
+
+def installed_tensorflow_version() -> str | None:
+    """The installed TensorFlow version from package metadata, or None if none is installed."""
+    for name in _TF_DISTRIBUTIONS:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def prepare_launch(plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str | None) -> LaunchSpec:
+    """Check this node's part of `plan` and build its launch; raise PlanRejectedError saying why not."""
+    worker = plan.worker(node)
+    if worker is None:
+        raise PlanRejectedError(plan.job, f"the plan has no training worker on node {node}")
+    warnings = [*_check_framework(plan.job, worker, tf_version)]
+    dataset = worker.dataset
+    if dataset.node_name != node:
+        raise PlanRejectedError(
+            plan.job,
+            f'Dataset "{dataset.name}" belongs to node {dataset.node_name}, not {node}: data never leaves its node',
+        )
+    try:
+        dataset_path = root.resolve(dataset.url, f'Dataset "{dataset.name}" url')
+        script_dir = root.resolve(worker.script.dir, "scriptDir")
+        script = root.resolve(str(PurePosixPath(worker.script.dir) / worker.script.boot_file), "scriptBootFile")
+        model_path = root.resolve(plan.model.url, f'Model "{plan.model.name}" url')
+        pretrained = (
+            root.resolve(plan.pretrained_model.url, f'pretrained Model "{plan.pretrained_model.name}" url')
+            if plan.pretrained_model is not None
+            else None
+        )
+    except PathEscapeError as exc:
+        raise PlanRejectedError(plan.job, str(exc)) from exc
+    if model_path == root.path:
+        raise PlanRejectedError(
+            plan.job,
+            f'Model "{plan.model.name}" url {plan.model.url} is the node root itself; give the model its own folder, e.g. /model',
+        )
+    if not dataset_path.is_file():
+        raise PlanRejectedError(
+            plan.job, f'label file of Dataset "{dataset.name}" not found: {dataset.url} (looked at {dataset_path})'
+        )
+    if not script.is_file():
+        raise PlanRejectedError(
+            plan.job,
+            f"training script {worker.script.boot_file} not found in scriptDir {worker.script.dir} (looked at {script})",
+        )
+    env = {
+        env_names.JOB_NAME: plan.job,
+        env_names.NAMESPACE: plan.namespace,
+        env_names.WORKER_NAME: node,
+        env_names.NODE_NAME: node,
+        env_names.MODEL_URL: str(model_path),
+        env_names.MODEL_NAME: plan.model.name,
+        env_names.MODEL_FORMAT: plan.model.format,
+        env_names.TRAIN_DATASET_URL: str(dataset_path),
+        env_names.DATASET_NAME: dataset.name,
+        env_names.PARTICIPANTS_COUNT: str(len(plan.workers)),
+        env_names.NODE_ROOT: str(root.path),
+    }
+    if pretrained is not None:
+        env[env_names.PRETRAINED_MODEL_URL] = str(pretrained)
+    reserved = {*env, env_names.WORKER_FD}
+    for key, value in worker.parameters.items():
+        if not _ENV_NAME.fullmatch(key) or "\x00" in value:
+            raise PlanRejectedError(plan.job, f"parameter {key!r} cannot be passed as an environment variable")
+        if key in reserved:
+            warnings.append(f"parameter {key} is ignored: the node service sets {key} itself")
+            continue
+        env[key] = value
+    return LaunchSpec(
+        job=plan.job,
+        script=script,
+        cwd=script_dir,
+        env=env,
+        log_path=root.path / "logs" / plan.job / "worker.log",
+        model_path=model_path,
+        dataset_path=dataset_path,
+        warnings=tuple(warnings),
+    )
+
+
+def _check_framework(job: str, worker: PlannedWorker, tf_version: str | None) -> list[str]:
+    framework = worker.script.framework_type
+    if framework.lower() != "tensorflow":
+        raise PlanRejectedError(
+            job, f'frameworkType "{framework}" is not supported on this node: only "tensorflow" scripts run here'
+        )
+    if tf_version is None:
+        raise PlanRejectedError(job, "TensorFlow is not installed on this node")
+    wanted = worker.script.framework_version
+    if wanted and not _same_release(wanted, tf_version):
+        return [f"frameworkVersion {wanted} requested, TensorFlow {tf_version} is installed: running with {tf_version}"]
+    return []
+
+
+def _same_release(wanted: str, installed: str) -> bool:
+    """Equal major.minor (or equal major when `wanted` names only a major version)."""
+    want = _VERSION.match(wanted.strip().removeprefix("v"))
+    have = _VERSION.match(installed)
+    if want is None or have is None:
+        return wanted.strip() == installed
+    if want.group(2) is None:
+        return want.group(1) == have.group(1)
+    return (want.group(1), want.group(2)) == (have.group(1), have.group(2))

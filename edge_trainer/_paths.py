@@ -1,0 +1,76 @@
+"""A node's root folder: where every absolute path of a plan lives on this node.
+
+A plan says ``/data/1.txt`` and ``/model`` the way Sedna's resources do; a node reads them under its
+``--root``: with root ``.demo/edge1``, ``/data/1.txt`` is ``.demo/edge1/data/1.txt``. A path that
+leads out of the root once ``..`` and symlinks are followed is refused, so a plan can never make a
+node read or write outside the folder its operator gave it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from edge_trainer._errors import PathEscapeError
+
+__all__ = ["NodeRoot"]
+
+# URLs that name remote storage. Sedna downloads these with an init container; here data never
+# leaves its node and nothing is downloaded, so they are refused with a clear reason.
+_REMOTE_SCHEMES = ("s3://", "http://", "https://", "hdfs://", "gs://", "oss://")
+
+
+class NodeRoot:
+    """Resolves plan paths under one root folder, refusing any that escape it."""
+
+    def __init__(self, root: Path | str) -> None:
+        # The root itself may be a symlink (e.g. /srv/edge -> /mnt/disk/edge): compare against its
+        # real location, since that is what resolved paths are compared with.
+        self.path = Path(root).resolve()
+
+    def __repr__(self) -> str:
+        return f"NodeRoot({str(self.path)!r})"
+
+    def resolve(self, url: str, what: str = "path") -> Path:
+        """The real location of ``url`` under the root; raise PathEscapeError if it is not under it.
+
+        ``what`` names the path in the message (``Dataset "d1" url``). ``file://`` is accepted; remote
+        URLs are not. The path need not exist yet (a Model url is created when the model is saved).
+        """
+        text = url.removeprefix("file://")
+        if not text.strip():
+            raise PathEscapeError(f"{what} is empty", url=url, root=self.path)
+        if text.startswith(_REMOTE_SCHEMES) or "://" in text:
+            raise PathEscapeError(
+                f"{what} {url!r} is not a local path: this node reads datasets, scripts and models only "
+                f"from its root folder {self.path}",
+                url=url,
+                root=self.path,
+            )
+        relative = PurePosixPath(text.replace("\\", "/"))
+        lexical = self.path.joinpath(*(p for p in relative.parts if p != "/"))
+        try:
+            resolved = lexical.resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, NUL bytes
+            raise PathEscapeError(
+                f"{what} {url!r} cannot be resolved under {self.path}: {exc}", url=url, root=self.path
+            ) from exc
+        if resolved.is_relative_to(self.path):
+            return resolved
+        if Path(os.path.normpath(lexical)).is_relative_to(self.path):
+            reason = f"a symlink under the root points to {resolved}"
+        else:
+            reason = f"it resolves to {resolved}" + (" ('..' leaves the root)" if ".." in relative.parts else "")
+        raise PathEscapeError(
+            f"{what} {url!r} escapes the node root {self.path}: {reason}",
+            url=url,
+            root=self.path,
+            resolved=resolved,
+        )
+
+    def to_url(self, path: Path | str) -> str:
+        """The plan-style path of a location under the root (``ROOT/model/x`` -> ``/model/x``)."""
+        real = Path(path).resolve()
+        if not real.is_relative_to(self.path):
+            return str(path)
+        return "/" + real.relative_to(self.path).as_posix() if real != self.path else "/"

@@ -1,0 +1,234 @@
+"""``FederatedLearning``: Sedna's training-worker API, spoken over the worker channel.
+
+Runs in the training script's process, which the node service started (it never touches MQTT).
+The script calls ``FederatedLearning(estimator=Estimator).train(train_data, ...)`` exactly as with
+Sedna; ``train`` then
+
+1. sends ``hello`` with the number of samples and the estimator's initial weights;
+2. on ``train`` (round r): sets the weights from the global model, runs ``estimator.train`` (local
+   epochs) and sends ``update`` with the new weights, the sample count and the last value of each
+   metric of the training history;
+3. on ``finish``: sets the final weights, saves the model at ``MODEL_URL`` in ``MODEL_FORMAT``,
+   sends ``saved`` (path and weights digest) and returns the estimator;
+4. on ``stop``: returns at once.
+
+Any exception is reported to the service as an ``error`` frame (best effort) and re-raised, so the
+script exits non-zero with its traceback in the job's worker.log. TensorFlow is not imported here;
+only saving a Keras model imports it (`edge_trainer._model_io`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from broker import ChannelClosed, WorkerChannel
+from edge_trainer._errors import WorkerError
+from edge_trainer._model_io import save_model
+from schemas import WorkerFrame, decode_weights, encode_weights, weights_digest
+from schemas import _worker_env as env_names
+from schemas._tensors import WeightsKind
+
+__all__ = ["FederatedLearning"]
+
+Arrays = list[npt.NDArray[Any]]
+
+
+class FederatedLearning:
+    """Sedna's ``sedna.core.federated_learning.FederatedLearning`` for a script run by ``fl-edge-trainer``.
+
+    ``estimator`` is an estimator class (instantiated without arguments, as Sedna's backend does) or an
+    instance, with ``train``, ``get_weights``, ``set_weights`` and ``save``/``predict``. The
+    ``aggregation`` name is kept for parity: the job's aggregation worker decides the algorithm.
+    """
+
+    def __init__(self, estimator: Any, aggregation: str = "FedAvg") -> None:
+        self.estimator = estimator() if isinstance(estimator, type) else estimator
+        self.aggregation = aggregation
+        self.job_name = os.environ.get(env_names.JOB_NAME, "")
+        self.worker_name = os.environ.get(env_names.WORKER_NAME, "")
+
+    def train(
+        self,
+        train_data: Any,
+        valid_data: Any = None,
+        post_process: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Train federatedly until the job's final round; return the estimator (holding the final weights).
+
+        ``post_process``, if given, is applied to each ``estimator.train`` result before its metrics are
+        read (Sedna names a registered callback here; pass the callable itself). Other keyword
+        arguments go to ``estimator.train`` (epochs, batch_size, ...).
+        """
+        if post_process is not None and not callable(post_process):
+            raise WorkerError(f"post_process must be a callable, got {type(post_process).__name__}")
+        channel = _open_channel()
+        try:
+            return self._run(channel, train_data, valid_data, post_process, kwargs)
+        except BaseException as exc:
+            message = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):  # best effort: the channel may be what failed
+                channel.send(WorkerFrame(type="error", message=message[:4000]))
+            raise
+        finally:
+            channel.close()
+
+    def inference(self, data: Any, post_process: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
+        """Predict with the estimator (Sedna parity): ``estimator.predict(data, **kwargs)``, then ``post_process``."""
+        result = self.estimator.predict(data, **kwargs)
+        return post_process(result) if post_process is not None else result
+
+    # -- the round loop ------------------------------------------------------------------------------
+
+    def _run(
+        self,
+        channel: WorkerChannel,
+        train_data: Any,
+        valid_data: Any,
+        post_process: Callable[[Any], Any] | None,
+        kwargs: dict[str, Any],
+    ) -> Any:
+        try:
+            num_samples = len(train_data)
+        except TypeError as exc:
+            raise WorkerError(f"train_data has no length ({type(train_data).__name__}); pass a parsed dataset") from exc
+        weights = self._get_weights()
+        names = _tensor_names(self.estimator, len(weights))
+        shapes = [w.shape for w in weights]
+        channel.send(
+            WorkerFrame(type="hello", num_samples=num_samples, has_body=True),
+            self._encode(weights, "init", 0, num_samples, names),
+        )
+        while True:
+            try:
+                frame, body = channel.recv()
+            except ChannelClosed as exc:
+                raise WorkerError(f"the node service closed the worker channel (it stopped or died): {exc}") from exc
+            if frame.type == "train":
+                self._set_weights(body, frame.round, shapes)
+                result = self.estimator.train(train_data=train_data, valid_data=valid_data, **kwargs)
+                if post_process is not None:
+                    result = post_process(result)
+                weights = self._get_weights()
+                channel.send(
+                    WorkerFrame(
+                        type="update",
+                        round=frame.round,
+                        num_samples=num_samples,
+                        metrics=_metrics(result),
+                        has_body=True,
+                    ),
+                    self._encode(weights, "update", frame.round, num_samples, names),
+                )
+            elif frame.type == "finish":
+                self._set_weights(body, frame.round, shapes)
+                final = self._get_weights()
+                digest = weights_digest(final)
+                saved = save_model(
+                    self.estimator,
+                    _required_env(env_names.MODEL_URL),
+                    os.environ.get(env_names.MODEL_FORMAT) or "ckpt",
+                    job=self.job_name,
+                    round_=frame.round,
+                    digest=digest,
+                    num_tensors=len(final),
+                    model_name=os.environ.get(env_names.MODEL_NAME),
+                )
+                channel.send(
+                    WorkerFrame(type="saved", round=frame.round, model_path=str(saved.path), model_digest=digest)
+                )
+                return self.estimator
+            elif frame.type == "stop":
+                return self.estimator
+            else:
+                raise WorkerError(f"unexpected {frame.type!r} frame from the node service")
+
+    # -- weights -------------------------------------------------------------------------------------
+
+    def _get_weights(self) -> Arrays:
+        return [np.asarray(w) for w in self.estimator.get_weights()]
+
+    def _set_weights(self, body: bytes | None, round_: int, shapes: list[tuple[int, ...]]) -> None:
+        if not body:
+            raise WorkerError(f"the node service sent no weights for round {round_}")
+        _header, arrays = decode_weights(body)
+        got = [a.shape for a in arrays]
+        if got != shapes:
+            raise WorkerError(
+                f"the global model of round {round_} has {len(got)} tensors shaped {got}, but this model has "
+                f"{len(shapes)} shaped {shapes}: do all edges run the same training script?"
+            )
+        # Writable copies: the decoded arrays are read-only views of the blob.
+        self.estimator.set_weights([np.array(a) for a in arrays])
+
+    def _encode(
+        self, weights: Arrays, kind: WeightsKind, round_: int, num_samples: int, names: list[str] | None
+    ) -> bytes:
+        return encode_weights(
+            weights,
+            kind=kind,
+            job=self.job_name,
+            round_=round_,
+            sender=self.worker_name,
+            num_samples=num_samples,
+            names=names,
+        )
+
+
+def _open_channel() -> WorkerChannel:
+    raw = os.environ.get(env_names.WORKER_FD)
+    if not raw:
+        raise WorkerError(
+            f"{env_names.WORKER_FD} is not set: start this script through fl-edge-trainer "
+            "(the node service runs a job's training script and talks to it over a local channel)"
+        )
+    try:
+        return WorkerChannel.from_fd(int(raw))
+    except (ValueError, ChannelClosed) as exc:
+        raise WorkerError(
+            f"{env_names.WORKER_FD}={raw!r} is not an open worker channel: start this script through fl-edge-trainer"
+        ) from exc
+
+
+def _required_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise WorkerError(f"{name} is not set: start this script through fl-edge-trainer")
+    return value
+
+
+def _tensor_names(estimator: Any, count: int) -> list[str] | None:
+    """Keras variable paths (``sequential/dense/kernel``) when the estimator has a Keras ``.model``
+    whose weights line up with ``get_weights()``; None (``w0``, ``w1``, ...) otherwise."""
+    variables = getattr(getattr(estimator, "model", None), "weights", None)
+    if not isinstance(variables, Sequence) or len(variables) != count:
+        return None
+    names = [getattr(v, "path", None) or getattr(v, "name", None) for v in variables]
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != count:
+        return None
+    return [str(n) for n in names]
+
+
+def _metrics(result: Any) -> dict[str, float]:
+    """The last value of each metric of a training result (a history dict or a Keras History)."""
+    history = getattr(result, "history", result)
+    if not isinstance(history, Mapping):
+        return {}
+    metrics: dict[str, float] = {}
+    for key, raw in history.items():
+        values = raw.ravel().tolist() if isinstance(raw, np.ndarray) else raw
+        value = values[-1] if isinstance(values, Sequence) and not isinstance(values, str) and values else values
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):  # NaN and inf do not survive JSON
+            metrics[str(key)] = number
+    return metrics

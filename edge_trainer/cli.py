@@ -1,0 +1,68 @@
+"""``fl-edge-trainer --node edge1 --root DIR``: the edge node service (also ``python -m edge_trainer``)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from broker import BrokerError, MqttSettings, configure_logging, get_logger
+from edge_trainer._service import EdgeService
+from schemas import TopicError, Topics, check_name
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fl-edge-trainer",
+        description="Edge node service: runs this node's training worker of every federated learning job that names it.",
+    )
+    parser.add_argument("--node", required=True, help="this node's name (also its MQTT client id), e.g. edge1")
+    parser.add_argument(
+        "--root", required=True, type=Path, help="the node's root folder: plan paths such as /data/1.txt live under it"
+    )
+    parser.add_argument("--host", default=None, help="MQTT broker host (default: $FL_MQTT_HOST or 127.0.0.1)")
+    parser.add_argument("--port", default=None, type=int, help="MQTT broker port (default: $FL_MQTT_PORT or 1883)")
+    parser.add_argument("--prefix", default="fl", help="topic prefix (default: fl)")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], type=str.upper
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the service until SIGTERM or SIGINT; exit status 0 after a clean stop, 2 on bad arguments."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        node = check_name(args.node, "node name")
+        topics = Topics(args.prefix)
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        settings = MqttSettings.from_env(client_id=node, **overrides)
+    except (ValueError, TopicError) as exc:
+        parser.error(str(exc))
+    configure_logging(node=node, role="edge", level=args.log_level)
+    log = get_logger()
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stop.set()  # only sets a flag: safe in a signal handler; the logic thread looks at it often
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        service = EdgeService(node, args.root, settings, topics=topics, log=log)
+        service.run(stop)
+    except (BrokerError, OSError) as exc:
+        log.error("edge trainer failed", error=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""The per-job state machine of an edge, without a broker or a child process (fake ports and worker)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_trainer._job import EdgeJob, UploadDone, UploadRequest
+from edge_trainer._launch import LaunchSpec
+from edge_trainer._paths import NodeRoot
+from schemas import (
+    DatasetRef,
+    JobPlan,
+    ModelRef,
+    PlannedWorker,
+    ScriptRef,
+    TransferManifest,
+    WorkerFrame,
+    WorkerState,
+    WorkerStatus,
+    encode_weights,
+)
+from schemas._tensors import WeightsKind
+
+JOB = "sdd"
+UID = "uid-1"
+NODE = "edge1"
+
+
+@dataclass
+class FakePorts:
+    statuses: list[WorkerStatus] = field(default_factory=list)
+    uploads: list[UploadRequest] = field(default_factory=list)
+
+    def publish_status(self, status: WorkerStatus) -> None:
+        self.statuses.append(status)
+
+    def upload(self, request: UploadRequest) -> None:
+        self.uploads.append(request)
+
+    @property
+    def last(self) -> WorkerStatus:
+        return self.statuses[-1]
+
+    def state(self) -> WorkerState:
+        """The newest published state (a call, so type checkers do not narrow it between events)."""
+        return self.statuses[-1].state
+
+
+@dataclass
+class FakeWorker:
+    sent: list[tuple[WorkerFrame, bytes | None]] = field(default_factory=list)
+    stopped: bool = False
+    tail: str = "Traceback (most recent call last):\nValueError: boom"
+
+    def send(self, frame: WorkerFrame, body: bytes | None = None) -> None:
+        self.sent.append((frame, body))
+
+    def stop(self, grace: float = 10.0) -> None:
+        self.stopped = True
+
+    def wait(self, timeout: float | None) -> bool:
+        return True
+
+    def log_tail(self, lines: int = 20, max_chars: int = 2000) -> str:
+        return self.tail
+
+    def types(self) -> list[tuple[str, int]]:
+        return [(f.type, f.round) for f, _ in self.sent]
+
+
+@dataclass
+class Harness:
+    job: EdgeJob
+    ports: FakePorts
+    worker: FakeWorker
+    launches: list[LaunchSpec]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    node = tmp_path / NODE
+    (node / "data").mkdir(parents=True)
+    (node / "data" / "1.txt").write_text("a.jpg,0\n")
+    (node / "code").mkdir()
+    (node / "code" / "train.py").write_text("print('hi')\n")
+    return node
+
+
+def make_plan(
+    *,
+    dataset_node: str = NODE,
+    dataset_url: str = "/data/1.txt",
+    framework: str = "tensorflow",
+    version: str | None = None,
+    uid: str = UID,
+) -> JobPlan:
+    return JobPlan(
+        job=JOB,
+        uid=uid,
+        aggregation_node="cloud0",
+        aggregation="FedAvg",
+        exit_round=3,
+        participants=[NODE, "edge2"],
+        model=ModelRef(name="m", url="/model", format="ckpt"),
+        workers=[
+            PlannedWorker(
+                node=NODE,
+                dataset=DatasetRef(name="d1", url=dataset_url, format="txt", node_name=dataset_node),
+                script=ScriptRef(
+                    dir="/code", boot_file="train.py", framework_type=framework, framework_version=version
+                ),
+                parameters={"batch_size": "32", "epochs": "1"},
+            )
+        ],
+        chunk_size=64 * 1024,
+    )
+
+
+def make_job(root: Path, plan: JobPlan | None = None, tf_version: str | None = "2.21.0") -> Harness:
+    ports, worker, launches = FakePorts(), FakeWorker(), []
+
+    def launcher(spec: LaunchSpec, run_id: str) -> FakeWorker:
+        launches.append(spec)
+        return worker
+
+    job = EdgeJob(
+        plan or make_plan(),
+        node=NODE,
+        root=NodeRoot(root),
+        ports=ports,
+        launcher=launcher,
+        tf_version=lambda: tf_version,
+    )
+    return Harness(job, ports, worker, launches)
+
+
+def weights_blob(kind: WeightsKind, round_: int, value: float = 0.0) -> bytes:
+    arrays = [np.full((2, 3), value, dtype=np.float32), np.zeros(3, dtype=np.float32)]
+    return encode_weights(arrays, kind=kind, job=JOB, round_=round_, sender=NODE, num_samples=8)
+
+
+def global_model(round_: int, *, final: bool = False, uid: str = UID) -> tuple[TransferManifest, bytes]:
+    blob = encode_weights(
+        [np.full((2, 3), float(round_), dtype=np.float32)],
+        kind="global",
+        job=JOB,
+        round_=round_,
+        sender="cloud0",
+        num_samples=16,
+    )
+    digest = hashlib.sha256(blob).hexdigest()
+    manifest = TransferManifest(
+        transfer=f"{round_:016x}",
+        kind="global",
+        job=JOB,
+        uid=uid,
+        round=round_,
+        sender="cloud0",
+        total_bytes=len(blob),
+        chunk_size=len(blob),
+        chunks=1,
+        sha256=digest,
+        chunk_sha256=[digest],
+        num_samples=16,
+        final=final,
+    )
+    return manifest, blob
+
+
+def started(root: Path) -> Harness:
+    h = make_job(root)
+    assert h.job.start()
+    h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), weights_blob("init", 0))
+    return h
+
+
+def test_plan_for_another_nodes_dataset_is_refused(root: Path) -> None:
+    """A plan whose Dataset lives on another node fails here, naming the Dataset and its node; nothing starts."""
+    h = make_job(root, make_plan(dataset_node="edge2"))
+    assert not h.job.start()
+    assert h.ports.last.state is WorkerState.FAILED
+    assert 'Dataset "d1" belongs to node edge2' in h.ports.last.message
+    assert h.launches == []
+
+
+def test_framework_other_than_tensorflow_is_refused(root: Path) -> None:
+    """frameworkType pytorch is refused with a clear reason."""
+    h = make_job(root, make_plan(framework="pytorch"))
+    assert not h.job.start()
+    assert h.ports.last.state is WorkerState.FAILED
+    assert 'frameworkType "pytorch" is not supported' in h.ports.last.message
+    assert h.launches == []
+
+
+def test_missing_tensorflow_is_refused(root: Path) -> None:
+    """A node without TensorFlow refuses TensorFlow jobs."""
+    h = make_job(root, tf_version=None)
+    assert not h.job.start()
+    assert "TensorFlow is not installed" in h.ports.last.message
+
+
+def test_framework_version_mismatch_is_only_a_warning(root: Path) -> None:
+    """frameworkVersion 2.3 on a node with TF 2.21 starts the script and says so in the status."""
+    h = make_job(root, make_plan(version="2.3"), tf_version="2.21.0")
+    assert h.job.start()
+    assert h.ports.last.state is WorkerState.STARTING
+    assert "frameworkVersion 2.3 requested, TensorFlow 2.21.0 is installed" in h.ports.last.message
+    assert len(h.launches) == 1
+
+
+def test_matching_framework_version_has_no_warning(root: Path) -> None:
+    """frameworkVersion 2.21 on TF 2.21.0 starts without a warning."""
+    h = make_job(root, make_plan(version="2.21"), tf_version="2.21.0")
+    assert h.job.start()
+    assert "frameworkVersion" not in h.ports.last.message
+
+
+def test_dataset_path_escaping_the_root_is_refused(root: Path) -> None:
+    """A Dataset url with '..' out of the root fails the worker with the path in the message."""
+    h = make_job(root, make_plan(dataset_url="/../../etc/passwd"))
+    assert not h.job.start()
+    assert "escapes the node root" in h.ports.last.message
+    assert h.launches == []
+
+
+def test_missing_label_file_is_refused(root: Path) -> None:
+    """A Dataset url that is not a file under the root is refused before the script starts."""
+    h = make_job(root, make_plan(dataset_url="/data/2.txt"))
+    assert not h.job.start()
+    assert 'label file of Dataset "d1" not found: /data/2.txt' in h.ports.last.message
+
+
+def test_missing_script_is_refused(root: Path) -> None:
+    """A scriptBootFile that does not exist is refused."""
+    (root / "code" / "train.py").unlink()
+    h = make_job(root)
+    assert not h.job.start()
+    assert "training script train.py not found in scriptDir /code" in h.ports.last.message
+
+
+def test_launch_gets_sedna_environment_and_parameters(root: Path) -> None:
+    """The script gets Sedna's variables with resolved paths, and every parameter under its own key."""
+    h = make_job(root)
+    assert h.job.start()
+    env = h.launches[0].env
+    real = root.resolve()
+    assert env["JOB_NAME"] == JOB and env["WORKER_NAME"] == NODE and env["NODE_NAME"] == NODE
+    assert env["TRAIN_DATASET_URL"] == str(real / "data" / "1.txt")
+    assert env["MODEL_URL"] == str(real / "model")
+    assert env["MODEL_FORMAT"] == "ckpt" and env["MODEL_NAME"] == "m" and env["DATASET_NAME"] == "d1"
+    assert env["PARTICIPANTS_COUNT"] == "1" and env["FL_NODE_ROOT"] == str(real)
+    assert env["batch_size"] == "32" and env["epochs"] == "1"
+    assert h.launches[0].cwd == real / "code"
+    assert h.launches[0].log_path == real / "logs" / JOB / "worker.log"
+
+
+def test_hello_uploads_the_initial_weights(root: Path) -> None:
+    """hello's weights go up as the round-0 init update; once through, the worker is Ready."""
+    h = make_job(root)
+    assert h.job.start()
+    blob = weights_blob("init", 0)
+    h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), blob)
+    [upload] = h.ports.uploads
+    assert (upload.kind, upload.round, upload.num_samples, upload.uid) == ("init", 0, 8, UID)
+    assert upload.blob == blob
+    assert h.ports.state() is WorkerState.UPLOADING
+    h.job.on_uploaded(UploadDone(JOB, h.job.run_id, "init", 0))
+    assert h.ports.state() is WorkerState.READY
+
+
+def test_global_round_r_trains_round_r_plus_1(root: Path) -> None:
+    """The global model of round 0 makes the script train round 1 from it."""
+    h = started(root)
+    manifest, blob = global_model(0)
+    h.job.on_global(manifest, blob)
+    assert h.worker.types() == [("train", 1)]
+    assert h.worker.sent[0][1] == blob
+    assert (h.ports.last.state, h.ports.last.round) == (WorkerState.TRAINING, 1)
+
+
+def test_update_is_uploaded_for_its_round(root: Path) -> None:
+    """The script's update of round 1 is uploaded with its metrics; then the worker waits."""
+    h = started(root)
+    h.job.on_global(*global_model(0))
+    h.job.on_frame(
+        WorkerFrame(type="update", round=1, num_samples=8, metrics={"loss": 0.5}, has_body=True),
+        weights_blob("update", 1),
+    )
+    assert [(u.kind, u.round) for u in h.ports.uploads] == [("init", 0), ("update", 1)]
+    assert h.ports.last.state is WorkerState.UPLOADING and h.ports.last.metrics == {"loss": 0.5}
+    h.job.on_uploaded(UploadDone(JOB, h.job.run_id, "update", 1))
+    assert (h.ports.last.state, h.ports.last.round) == (WorkerState.WAITING, 1)
+
+
+def test_final_global_finishes_and_saved_completes(root: Path) -> None:
+    """The final global model makes the script save; its saved frame turns the worker Completed."""
+    h = started(root)
+    h.job.on_global(*global_model(0))
+    h.job.on_frame(WorkerFrame(type="update", round=1, num_samples=8, has_body=True), weights_blob("update", 1))
+    manifest, blob = global_model(1, final=True)
+    h.job.on_global(manifest, blob)
+    assert h.worker.types() == [("train", 1), ("finish", 1)]
+    assert h.worker.sent[-1][1] == blob
+    assert h.ports.state() is WorkerState.SAVING
+    model_file = root.resolve() / "model" / "model.ckpt"
+    h.job.on_frame(WorkerFrame(type="saved", round=1, model_path=str(model_file), model_digest="ab" * 32), None)
+    assert h.ports.state() is WorkerState.COMPLETED
+    assert h.ports.last.model_path == "/model/model.ckpt"
+    assert h.ports.last.model_digest == "ab" * 32
+    h.job.on_exit(0)
+    assert h.ports.last.state is WorkerState.COMPLETED
+
+
+def test_edge_behind_catches_up_to_the_newest_global(root: Path) -> None:
+    """Waiting for global 1 but getting global 3: the script trains round 4 from it."""
+    h = started(root)
+    h.job.on_global(*global_model(0))
+    h.job.on_frame(WorkerFrame(type="update", round=1, num_samples=8, has_body=True), weights_blob("update", 1))
+    h.job.on_global(*global_model(3))
+    assert h.worker.types() == [("train", 1), ("train", 4)]
+    assert h.ports.last.round == 4
+
+
+def test_globals_before_hello_use_only_the_newest(root: Path) -> None:
+    """Retained globals 0..2 that arrive while the script loads data lead to one train, of round 3."""
+    h = make_job(root)
+    assert h.job.start()
+    for r in (0, 2, 1):
+        h.job.on_global(*global_model(r))
+    assert h.worker.sent == []
+    h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), weights_blob("init", 0))
+    assert h.worker.types() == [("train", 3)]
+
+
+def test_global_while_training_waits_for_the_update(root: Path) -> None:
+    """A newer global that arrives while the script trains is used right after its update."""
+    h = started(root)
+    h.job.on_global(*global_model(0))
+    h.job.on_global(*global_model(1))
+    assert h.worker.types() == [("train", 1)]
+    h.job.on_frame(WorkerFrame(type="update", round=1, num_samples=8, has_body=True), weights_blob("update", 1))
+    assert h.worker.types() == [("train", 1), ("train", 2)]
+
+
+def test_duplicate_and_older_globals_are_ignored(root: Path) -> None:
+    """The same global twice, or an older one, never trains a round again."""
+    h = started(root)
+    h.job.on_global(*global_model(1))
+    h.job.on_frame(WorkerFrame(type="update", round=2, num_samples=8, has_body=True), weights_blob("update", 2))
+    h.job.on_global(*global_model(1))
+    h.job.on_global(*global_model(0))
+    assert h.worker.types() == [("train", 2)]
+
+
+def test_global_of_another_job_run_is_ignored(root: Path) -> None:
+    """A global model with another uid (an earlier run of the same job name) is ignored."""
+    h = started(root)
+    h.job.on_global(*global_model(0, uid="uid-old"))
+    assert h.worker.sent == []
+
+
+def test_error_frame_then_exit_fails_with_message_and_log_tail(root: Path) -> None:
+    """The script's error message and the tail of its log end up in the Failed status."""
+    h = started(root)
+    h.job.on_frame(WorkerFrame(type="error", message="ValueError: boom"), None)
+    assert h.worker.stopped
+    h.job.on_exit(1)
+    assert h.ports.last.state is WorkerState.FAILED
+    assert h.ports.last.message.startswith("ValueError: boom")
+    assert "worker.log" in h.ports.last.message and "Traceback" in h.ports.last.message
+
+
+def test_crash_without_error_frame_reports_exit_code(root: Path) -> None:
+    """A script that dies (no error frame) fails with its exit code and the log tail."""
+    h = started(root)
+    h.job.on_exit(-9)
+    assert h.ports.last.state is WorkerState.FAILED
+    assert "killed by signal 9" in h.ports.last.message
+
+
+def test_failed_upload_fails_the_worker(root: Path) -> None:
+    """An upload that cannot get through fails the worker and stops the script."""
+    h = started(root)
+    h.job.on_uploaded(UploadDone(JOB, h.job.run_id, "init", 0, error="not acknowledged"))
+    assert h.ports.last.state is WorkerState.FAILED
+    assert "uploading the init weights of round 0 failed: not acknowledged" in h.ports.last.message
+    assert h.worker.stopped
+
+
+def test_unexpected_frame_is_a_protocol_error(root: Path) -> None:
+    """An update nobody asked for fails the worker instead of uploading it."""
+    h = started(root)
+    h.job.on_frame(WorkerFrame(type="update", round=1, num_samples=8, has_body=True), weights_blob("update", 1))
+    assert h.ports.last.state is WorkerState.FAILED
+    assert [u.kind for u in h.ports.uploads] == ["init"]
+
+
+def test_deleted_job_stops_the_script_and_publishes_nothing_more(root: Path) -> None:
+    """After delete, the script is stopped and later events change nothing."""
+    h = started(root)
+    count = len(h.ports.statuses)
+    h.job.delete()
+    h.job.on_exit(-15)
+    h.job.on_global(*global_model(0))
+    assert h.worker.stopped
+    assert len(h.ports.statuses) == count
+    assert h.worker.sent == []
