@@ -3,7 +3,6 @@
     AggregatorError             root: everything `cloud_aggregator` raises on purpose
     ├── StrategyError           unknown aggregation name; arrays that do not fit the strategy's layout
     ├── ControllerError         a job cannot run as written on this node
-    │   └── PathEscapeError     a spec path resolves outside the node root (`..`, a symlink out); `.path`
     ├── WorkerScriptError       the aggregation script cannot start, failed, or runs outside the service
     ├── PublishFailedError      the broker did not take a plan, status or global model in time
     └── UpdateRejectedError     a weights transfer fails its checks; `.reason` says why (job engine only)
@@ -18,7 +17,6 @@ from __future__ import annotations
 __all__ = [
     "AggregatorError",
     "ControllerError",
-    "PathEscapeError",
     "PublishFailedError",
     "StrategyError",
     "UpdateRejectedError",
@@ -36,14 +34,6 @@ class StrategyError(AggregatorError):
 
 class ControllerError(AggregatorError):
     """A job cannot run as written on this node (a path, a script, the model folder)."""
-
-
-class PathEscapeError(ControllerError):
-    """A path from a spec resolves outside the node root; `path` is the path as written in the spec."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 class WorkerScriptError(AggregatorError):

@@ -51,6 +51,7 @@ from schemas import (
     Model,
     ModelRef,
     NodeState,
+    PathEscapeError,
     Phase,
     PlannedWorker,
     RoundRecord,
@@ -207,7 +208,7 @@ class Job:
                     participants_count=len(self.participants),
                 )
             )
-        except AggregatorError as exc:
+        except (AggregatorError, PathEscapeError) as exc:
             self._set_agg_worker(WorkerState.FAILED, str(exc))
             self._fail("AggregationWorkerFailed", f"cannot start the aggregation script: {exc}")
         self._publish()

@@ -30,8 +30,7 @@ from structlog.typing import FilteringBoundLogger
 from broker import BrokerError, ChannelClosed, WorkerChannel, spawn_channel_pair
 from cloud_aggregator._errors import AggregatorError, WorkerScriptError
 from cloud_aggregator._ports import ScriptRequest, ScriptSignal
-from cloud_aggregator._storage import resolve_under_root
-from schemas import SchemaError, WorkerFrame, now
+from schemas import NodeRoot, SchemaError, WorkerFrame, now
 from schemas import _worker_env as env_names
 
 __all__ = ["ScriptExited", "ScriptFrame", "ScriptSupervisor", "script_environment"]
@@ -136,6 +135,7 @@ class ScriptSupervisor:
         stop_grace: float = 10.0,
     ) -> None:
         self._root = root
+        self._node_root = NodeRoot(root)
         self._node = node
         self._emit = emit
         self._clock = clock
@@ -147,9 +147,8 @@ class ScriptSupervisor:
     def start(self, request: ScriptRequest) -> None:
         """Start the job's aggregation script; raise an AggregatorError saying why it cannot start."""
         worker = request.worker
-        script_dir = resolve_under_root(self._root, worker.script_dir, "spec.aggregationWorker scriptDir")
-        script = resolve_under_root(
-            self._root,
+        script_dir = self._node_root.resolve(worker.script_dir, "spec.aggregationWorker scriptDir")
+        script = self._node_root.resolve(
             posixpath.join(worker.script_dir, worker.script_boot_file),
             "spec.aggregationWorker scriptBootFile",
         )
@@ -158,10 +157,10 @@ class ScriptSupervisor:
                 f"aggregation script {posixpath.join(worker.script_dir, worker.script_boot_file)} not found "
                 f"(looked for {script} under the node root {self._root})"
             )
-        model_url = resolve_under_root(self._root, request.model.url, f'Model "{request.model.name}" url')
+        model_url = self._node_root.resolve(request.model.url, f'Model "{request.model.name}" url')
         pretrained = request.pretrained_model
         pretrained_url = (
-            resolve_under_root(self._root, pretrained.url, f'Model "{pretrained.name}" url') if pretrained else None
+            self._node_root.resolve(pretrained.url, f'Model "{pretrained.name}" url') if pretrained else None
         )
         log_dir = self._root / "logs" / request.job
         try:

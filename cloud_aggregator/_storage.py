@@ -1,9 +1,4 @@
-"""The node root: resolving spec paths under it, and writing the final model there.
-
-Every path in a spec is resolved under the node's root folder, as a container sees its mounts: with
-root ``/srv/cloud0`` the Model url ``/model`` is ``/srv/cloud0/model``. A path that ends up outside the
-root, through ``..`` or a symlink, is refused (`PathEscapeError`); so are URLs with a scheme (``s3://``).
-"""
+"""Writing the final global model under the node root (paths resolve through `schemas.NodeRoot`)."""
 
 from __future__ import annotations
 
@@ -17,28 +12,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cloud_aggregator._errors import ControllerError, PathEscapeError
+from cloud_aggregator._errors import ControllerError
+from schemas import NodeRoot
 
-__all__ = ["resolve_under_root", "write_model"]
-
-
-def resolve_under_root(root: Path, path: str, what: str) -> Path:
-    """`path` (absolute or relative, as written in a spec) resolved under `root`, symlinks followed.
-
-    Raises PathEscapeError when the result is outside the root or `path` is a URL. `what` names the
-    field for the message (e.g. ``Model "m" url``).
-    """
-    if "://" in path:
-        raise PathEscapeError(path, f"{what} {path!r}: only local paths are supported on this node, not URLs")
-    if "\x00" in path:
-        raise PathEscapeError(path, f"{what} {path!r}: contains a NUL byte")
-    real_root = Path(os.path.realpath(root))
-    candidate = Path(os.path.realpath(real_root / path.lstrip("/")))
-    if candidate != real_root and real_root not in candidate.parents:
-        raise PathEscapeError(
-            path, f"{what} {path!r} resolves to {candidate}, outside the node root {real_root} ('..' or a symlink out)"
-        )
-    return candidate
+__all__ = ["write_model"]
 
 
 def _unique_names(names: Sequence[str], count: int) -> list[str]:
@@ -67,7 +44,7 @@ def write_model(
     keys in layout order (a repeated name gets ``_<index>``). Both files are written to a temporary
     name first and renamed, so a reader never sees half a model. Returns the ``.npz`` path.
     """
-    folder = resolve_under_root(root, url, f'Model "{model_name}" url')
+    folder = NodeRoot(root).resolve(url, f'Model "{model_name}" url')
     npz = folder / f"{model_name}.npz"
     side = folder / f"{model_name}.json"
     keys = _unique_names(names, len(arrays))

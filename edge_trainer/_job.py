@@ -31,9 +31,9 @@ from structlog.typing import FilteringBoundLogger
 from broker import get_logger
 from edge_trainer._errors import PlanRejectedError
 from edge_trainer._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
-from edge_trainer._paths import NodeRoot
 from schemas import (
     JobPlan,
+    NodeRoot,
     TransferManifest,
     WeightsHeader,
     WireError,

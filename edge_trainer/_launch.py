@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
-from edge_trainer._errors import PathEscapeError, PlanRejectedError
-from edge_trainer._paths import NodeRoot
-from schemas import JobPlan, PlannedWorker
+from edge_trainer._errors import PlanRejectedError
+from schemas import JobPlan, NodeRoot, PathEscapeError, PlannedWorker
 from schemas import _worker_env as env_names
 
 __all__ = ["LaunchSpec", "installed_tensorflow_version", "prepare_launch"]

@@ -42,11 +42,11 @@ from broker import (
 )
 from edge_trainer._job import EdgeJob, UploadDone, UploadRequest
 from edge_trainer._launch import LaunchSpec, installed_tensorflow_version
-from edge_trainer._paths import NodeRoot
 from edge_trainer._runner import WorkerExitEvent, WorkerFrameEvent, WorkerProcess
 from schemas import (
     Channel,
     JobPlan,
+    NodeRoot,
     NodeState,
     NodeStatus,
     ParsedTopic,

@@ -13,7 +13,8 @@ from schemas._documents import (
     parse_for_topic,
     parse_resource,
 )
-from schemas._errors import Problem, SchemaError, SpecError, TopicError, WireError
+from schemas._errors import PathEscapeError, Problem, SchemaError, SpecError, TopicError, WireError
+from schemas._node_root import NodeRoot
 from schemas._resources import (
     API_VERSION,
     Dataset,
@@ -74,9 +75,11 @@ __all__ = [
     "Kind",
     "Model",
     "ModelRef",
+    "NodeRoot",
     "NodeState",
     "NodeStatus",
     "ParsedTopic",
+    "PathEscapeError",
     "Phase",
     "PlannedWorker",
     "Problem",

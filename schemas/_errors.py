@@ -3,6 +3,7 @@
     SchemaError                 root: everything `schemas` raises
     ├── SpecError               a resource document is not valid (YAML, kind, field, value, reference)
     ├── TopicError              a topic cannot be built or is not part of the layout
+    ├── PathEscapeError         a spec path leads outside the node's root folder
     └── WireError               a binary or JSON wire message is malformed (codec, manifest, frame)
 
 Every error carries the context a user needs to fix the input: the document and field for specs,
@@ -12,6 +13,7 @@ the topic for topics, and what was expected.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class SchemaError(Exception):
@@ -50,6 +52,16 @@ class TopicError(SchemaError):
         self.topic = topic
         self.reason = reason
         super().__init__(f"topic {topic!r}: {reason}")
+
+
+class PathEscapeError(SchemaError):
+    """A path from a spec does not stay under the node's root: `url` as written, `root`, and where it led."""
+
+    def __init__(self, message: str, *, url: str, root: Path, resolved: Path | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.root = root
+        self.resolved = resolved
 
 
 class WireError(SchemaError):

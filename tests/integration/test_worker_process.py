@@ -24,12 +24,12 @@ from PIL import Image
 from edge_trainer import FederatedLearning, WorkerError
 from edge_trainer._job import EdgeJob, UploadDone, UploadRequest
 from edge_trainer._launch import LaunchSpec
-from edge_trainer._paths import NodeRoot
 from edge_trainer._runner import WorkerExitEvent, WorkerFrameEvent, WorkerProcess
 from schemas import (
     DatasetRef,
     JobPlan,
     ModelRef,
+    NodeRoot,
     PlannedWorker,
     ScriptRef,
     TransferManifest,

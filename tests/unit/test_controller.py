@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from cloud_aggregator._controller import Controller
-from cloud_aggregator._errors import PathEscapeError, WorkerScriptError
+from cloud_aggregator._errors import WorkerScriptError
 from cloud_aggregator._job import Stage
 from cloud_aggregator._ports import ScriptRequest
 from cloud_aggregator._scripts import ScriptEvent, ScriptExited, ScriptFrame, ScriptSupervisor, script_environment
-from cloud_aggregator._storage import resolve_under_root, write_model
+from cloud_aggregator._storage import write_model
 from cloud_aggregator.testing import MemoryPort
 from schemas import (
     ConditionType,
@@ -26,6 +26,8 @@ from schemas import (
     JobStatus,
     Kind,
     ModelRef,
+    NodeRoot,
+    PathEscapeError,
     Phase,
     ResourceStatus,
     Topics,
@@ -372,12 +374,12 @@ def test_paths_resolve_under_the_root_and_escapes_are_refused(tmp_path: Path) ->
     (root / "code").mkdir(parents=True)
     (root / "code" / "out").symlink_to(tmp_path)
 
-    assert resolve_under_root(root, "/model", "Model url") == (root / "model").resolve()
-    assert resolve_under_root(root, "code/x/../y", "scriptDir") == (root / "code" / "y").resolve()
+    assert NodeRoot(root).resolve("/model", "Model url") == (root / "model").resolve()
+    assert NodeRoot(root).resolve("code/x/../y", "scriptDir") == (root / "code" / "y").resolve()
     for bad in ("/../etc", "/code/../../etc", "/code/out/secret", "s3://bucket/model"):
         with pytest.raises(PathEscapeError) as info:
-            resolve_under_root(root, bad, "Model url")
-        assert info.value.path == bad and "Model url" in str(info.value)
+            NodeRoot(root).resolve(bad, "Model url")
+        assert info.value.url == bad and "Model url" in str(info.value)
 
 
 def test_final_model_is_written_as_npz_with_a_json_beside_it(tmp_path: Path) -> None:

@@ -11,11 +11,11 @@ import pytest
 
 from edge_trainer._job import EdgeJob, UploadDone, UploadRequest
 from edge_trainer._launch import LaunchSpec
-from edge_trainer._paths import NodeRoot
 from schemas import (
     DatasetRef,
     JobPlan,
     ModelRef,
+    NodeRoot,
     PlannedWorker,
     ScriptRef,
     TransferManifest,

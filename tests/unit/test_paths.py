@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_trainer import PathEscapeError
-from edge_trainer._paths import NodeRoot
+from schemas import NodeRoot, PathEscapeError
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""A node's root folder: where every absolute path of a plan lives on this node.
+"""A node's root folder: where every absolute path of a spec or plan lives on that node.
+
+Both node services resolve paths through this one class, so the cloud and the edges agree on what a
+Sedna URL means on a node and on what escapes it.
 
 A plan says ``/data/1.txt`` and ``/model`` the way Sedna's resources do; a node reads them under its
 ``--root``: with root ``.demo/edge1``, ``/data/1.txt`` is ``.demo/edge1/data/1.txt``. A path that
@@ -11,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from edge_trainer._errors import PathEscapeError
+from schemas._errors import PathEscapeError
 
 __all__ = ["NodeRoot"]
 
