@@ -394,6 +394,9 @@ class Job:
         if self.stage is Stage.STARTING:
             self._log.info("worker status ignored: the job has not started yet", worker=node)
             return
+        if worker.uid is not None and worker.uid != self.uid:
+            self._log.info("worker status of another run of this job ignored", worker=node, uid=worker.uid)
+            return
         started = self.status.start_time
         if retained and started is not None and worker.updated_at < started:
             self._log.info("stale retained worker status ignored", worker=node, state=worker.state.value)

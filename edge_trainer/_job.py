@@ -406,6 +406,7 @@ class EdgeJob:
         self._ports.publish_status(
             WorkerStatus(
                 job=self.plan.job,
+                uid=self.plan.uid,
                 node=self.node,
                 state=self.state,
                 round=self.round,

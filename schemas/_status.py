@@ -86,6 +86,9 @@ class WorkerStatus(_Wire):
 
     job: str
     node: str
+    # The run of the job (JobPlan.uid) this status belongs to: a retained status of an earlier run of a
+    # job with the same name must not be taken for the current one.
+    uid: str | None = None
     role: Literal["training", "aggregation"] = "training"
     state: WorkerState
     round: int = 0
