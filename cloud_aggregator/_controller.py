@@ -14,9 +14,11 @@ effects behind a `Port`, so tests drive it without a broker. What it decides:
 - **References** (Datasets, Models) are checked with `schemas.check_references`. Documents published
   together arrive in any order, so a job whose references are missing is Pending ("waiting for Dataset
   X") for a grace period, then Failed with the exact problems and the closest existing names.
-- **Restart**: before `ready()`, the service feeds the retained specs, job statuses and plans. A job whose
-  retained status is already Succeeded or Failed with the same spec hash is not run again; retained
-  plans and statuses of jobs whose spec is gone are cleared.
+- **Restart**: before `ready()`, the service feeds the retained specs, job statuses, plans and worker
+  statuses. A job whose retained status is already Succeeded or Failed with the same spec hash is not
+  run again; one whose retained status is Running (this node, same spec hash) resumes with the same uid
+  from its checkpoint (`Job(resume=True)`); retained plans and statuses of jobs whose spec is gone are
+  cleared.
 
 Valid jobs are handed to a `Job` (`_job.py`), which owns the job's status from then on.
 """
@@ -31,7 +33,7 @@ import structlog
 from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
-from cloud_aggregator._job import Job, Stage
+from cloud_aggregator._job import DEFAULT_RESUME_AFTER, Job, Stage
 from cloud_aggregator._ports import Port
 from schemas import (
     Condition,
@@ -69,6 +71,7 @@ class _Entry:
     engine: Job | None = None
     waiting_until: float | None = None
     finished: JobStatus | None = None  # the retained terminal status of an earlier run (not re-run)
+    resume_from: JobStatus | None = None  # the retained Running status of the run to resume
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -88,6 +91,7 @@ class Controller:
         chunk_size: int = 512 * 1024,
         reference_grace: float = 5.0,
         config_timeout: float = 120.0,
+        resume_after: float = DEFAULT_RESUME_AFTER,
         new_uid: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.node = node
@@ -95,6 +99,7 @@ class Controller:
         self._chunk_size = chunk_size
         self._grace = reference_grace
         self._config_timeout = config_timeout
+        self._resume_after = resume_after
         self._new_uid = new_uid
         self._log: FilteringBoundLogger = structlog.get_logger("cloud_aggregator.controller")
         self.datasets: dict[str, Dataset] = {}
@@ -105,6 +110,7 @@ class Controller:
         self._ready = False
         self._old_status: dict[tuple[Kind, str], bytes] = {}
         self._old_plans: dict[str, bytes] = {}
+        self._old_worker_statuses: dict[tuple[str, str], bytes] = {}
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -142,6 +148,7 @@ class Controller:
         self._clear_orphans()
         self._old_status.clear()
         self._old_plans.clear()
+        self._old_worker_statuses.clear()
         self._log.info(
             "controller ready", jobs=sorted(self._jobs), datasets=len(self.datasets), models=len(self.models)
         )
@@ -280,6 +287,7 @@ class Controller:
             # Finished before this process started: its plan and last global model may still be retained.
             self._port.publish_plan(name, None)
             self._port.clear_globals(name)
+            self._port.clear_state(name)
         if entry is not None or name in self._invalid_jobs:
             self._invalid_jobs.discard(name)
             self._log.info("job deleted", job=name)
@@ -300,6 +308,14 @@ class Controller:
                     "job already finished with this spec; not run again", job=entry.name, phase=previous.phase.value
                 )
                 return
+            if (
+                previous is not None
+                and previous.phase is Phase.RUNNING
+                and previous.spec_hash == entry.spec_hash
+                and previous.uid
+                and previous.aggregation_node in (self.node, None)
+            ):
+                entry.resume_from = previous
         problems = check_references(entry.spec, self.datasets, self.models)
         if not problems:
             self._start(entry, now_s)
@@ -344,19 +360,27 @@ class Controller:
     def _start(self, entry: _Entry, now_s: float) -> None:
         entry.waiting_until = None
         entry.problems = []
+        previous, entry.resume_from = entry.resume_from, None
         engine = Job(
             spec=entry.spec,
             datasets=self.datasets,
             models=self.models,
             node=self.node,
             port=self._port,
-            uid=self._new_uid(),
+            uid=previous.uid if previous is not None and previous.uid else self._new_uid(),
             chunk_size=self._chunk_size,
             config_timeout=self._config_timeout,
+            resume_after=self._resume_after,
+            resume=previous is not None,
+            previous_status=previous,
         )
         entry.engine = engine
-        self._log.info("job starts", job=entry.name, uid=engine.uid)
+        self._log.info("job resumes" if previous is not None else "job starts", job=entry.name, uid=engine.uid)
         engine.start(now_s)
+        for (job, node), payload in list(self._old_worker_statuses.items()):
+            if job == entry.name:
+                del self._old_worker_statuses[(job, node)]
+                self.on_worker_status(job, node, payload, retained=True)
 
     def _pre_start_status(self, entry: _Entry, phase: Phase, message: str) -> JobStatus:
         return JobStatus(
@@ -404,6 +428,9 @@ class Controller:
     def on_worker_status(self, job: str, node: str, payload: bytes, *, retained: bool) -> None:
         """A worker's status (``.../workers/<node>/status``), for a job this node runs."""
         engine = self.job(job)
+        if engine is None and not self._ready and payload:
+            self._old_worker_statuses[(job, node)] = payload  # for a job that resumes at ready()
+            return
         if engine is None or not payload:
             return
         try:
@@ -427,33 +454,21 @@ class Controller:
         for engine in self.engines():
             engine.on_node_status(node, status.state)
 
-    def wants_transfer(self, job: str, round_: int) -> bool:
-        """Whether chunks for (job, round) are worth assembling here."""
-        engine = self._running(job)
-        return engine is not None and engine.wants_transfer(round_)
-
-    def on_manifest(self, topic: ParsedTopic, manifest: TransferManifest) -> bool:
-        """An update manifest; False means the transfer was rejected at once (drop its chunks)."""
-        engine = self._running(topic.job)
-        if engine is None or topic.node is None or topic.round is None:
-            return False
-        return engine.on_manifest(topic.node, topic.round, manifest)
-
-    def reject_transfer(self, topic: ParsedTopic, manifest: TransferManifest, reason: str) -> None:
-        """A transfer the service could not assemble: acknowledged as rejected, with a Warning event."""
-        engine = self._running(topic.job)
-        if engine is not None and topic.node is not None:
-            engine.reject_transfer(topic.node, manifest, reason)
-
-    def on_transfer(self, topic: ParsedTopic, manifest: TransferManifest, blob: bytes) -> None:
-        """A complete, hash-checked transfer (an init or an update) for a job this node runs."""
-        engine = self._running(topic.job)
+    def on_update_manifest(self, topic: ParsedTopic, manifest: TransferManifest, now_s: float) -> None:
+        """An update (or init) manifest; a finished job still answers for what it stored."""
+        engine = self.job(topic.job)
         if engine is None or topic.node is None or topic.round is None:
             return
-        if manifest.kind == "init":
-            engine.on_init_transfer(topic.node, topic.round, manifest, blob)
-        else:
-            engine.on_update(topic.node, topic.round, manifest, blob)
+        engine.on_update_manifest(topic.node, topic.round, manifest, now_s)
+
+    def on_update_chunk(self, topic: ParsedTopic, data: bytes, now_s: float) -> None:
+        """One chunk of an update transfer, for a running job of this node."""
+        engine = self._running(topic.job)
+        if engine is None or topic.node is None or topic.round is None or topic.transfer is None:
+            return
+        if topic.chunk is None:
+            return
+        engine.on_update_chunk(topic.node, topic.round, topic.transfer, topic.chunk, data, now_s=now_s)
 
     def on_script_frame(self, job: str, uid: str, frame: WorkerFrame, now_s: float) -> None:
         engine = self.job(job)

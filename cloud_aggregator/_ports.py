@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from cloud_aggregator._checkpoint import Checkpoint, SpooledUpdate
 from schemas import EffectiveWorker, JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, UpdateAck
 
 __all__ = ["Port", "ScriptRequest", "ScriptSignal"]
@@ -58,9 +59,6 @@ class Port(Protocol):
     def send_ack(self, ack: UpdateAck) -> None:
         """Tell an edge what became of its update (not retained)."""
 
-    def discard_transfers(self, job: str) -> None:
-        """Drop every partly received transfer of `job`."""
-
     def start_script(self, request: ScriptRequest) -> None:
         """Start the aggregation script; its frames and exit come back as controller calls."""
 
@@ -77,3 +75,25 @@ class Port(Protocol):
     ) -> str:
         """Write the final weights under the Model url (`<url>/<model>.npz` plus a JSON); return the path."""
         ...
+
+    # -- durable state (ROOT/state/<job>/, `_checkpoint.StateStore`) -----------------------------
+
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+        """Store an accepted update durably (spool/<round>/<node>-<transfer>.blob) before it is folded."""
+
+    def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
+        """The updates stored for `round_` (oldest first)."""
+        ...
+
+    def drop_spool(self, job: str, upto: int) -> None:
+        """Delete the spooled updates of every round <= `upto`."""
+
+    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes) -> None:
+        """Write global-<r>.blob, then checkpoint.json, atomically."""
+
+    def load_checkpoint(self, job: str) -> tuple[Checkpoint, bytes] | None:
+        """The job's last checkpoint and its global blob, or None."""
+        ...
+
+    def clear_state(self, job: str) -> None:
+        """Delete the job's state folder (a new run, or the job was deleted)."""

@@ -27,16 +27,14 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from broker import (
-    Assembler,
     BlobSender,
     BrokerError,
     Inbound,
     MqttSettings,
     Session,
-    TransferError,
     manifest_from_payload,
-    transfer_key,
 )
+from cloud_aggregator._checkpoint import Checkpoint, SpooledUpdate, StateStore
 from cloud_aggregator._controller import Controller
 from cloud_aggregator._errors import AggregatorError, PublishFailedError
 from cloud_aggregator._ports import ScriptRequest, ScriptSignal
@@ -88,8 +86,7 @@ class MqttPort:
         self._sender = BlobSender(session, chunk_size=chunk_size)
         self._timeout = publish_timeout
         self._log = log
-        self.assembler = Assembler(log=log)
-        self.transfer_keys: dict[str, set[str]] = {}
+        self._state = StateStore(root)
         # Retained global models this node knows of: job -> round -> chunk count.
         self.retained_globals: dict[str, dict[int, int]] = {}
 
@@ -155,10 +152,6 @@ class MqttPort:
     def send_ack(self, ack: UpdateAck) -> None:
         self._publish(self._topics.ack(ack.job, ack.round, ack.node), ack.to_json(), retain=False)
 
-    def discard_transfers(self, job: str) -> None:
-        for key in self.transfer_keys.pop(job, set()):
-            self.assembler.discard(key)
-
     def start_script(self, request: ScriptRequest) -> None:
         self._scripts.start(request)
 
@@ -174,6 +167,24 @@ class MqttPort:
         meta: Mapping[str, Any],
     ) -> str:
         return str(write_model(self._root, url=model.url, model_name=model.name, arrays=arrays, names=names, meta=meta))
+
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+        self._state.store_update(job, round_, node, transfer, blob)
+
+    def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
+        return self._state.spooled_updates(job, round_)
+
+    def drop_spool(self, job: str, upto: int) -> None:
+        self._state.drop_spool(job, upto)
+
+    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes) -> None:
+        self._state.save_checkpoint(checkpoint, global_blob)
+
+    def load_checkpoint(self, job: str) -> tuple[Checkpoint, bytes] | None:
+        return self._state.load_checkpoint(job)
+
+    def clear_state(self, job: str) -> None:
+        self._state.clear_state(job)
 
 
 class AggregatorService:
@@ -191,6 +202,7 @@ class AggregatorService:
         chunk_size: int = 512 * 1024,
         publish_timeout: float = 120.0,
         script_stop_grace: float = 10.0,
+        resume_after: float = 3.0,
     ) -> None:
         self.node = node
         self.root = root.resolve()
@@ -200,6 +212,7 @@ class AggregatorService:
         self._config_timeout = config_timeout
         self._chunk_size = chunk_size
         self._publish_timeout = publish_timeout
+        self._resume_after = resume_after
         self._log: FilteringBoundLogger = structlog.get_logger("cloud_aggregator").bind(component="service")
         # One queue for everything the logic thread handles: Inbound messages and script events.
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -273,6 +286,7 @@ class AggregatorService:
             chunk_size=chunk_size,
             reference_grace=self._grace,
             config_timeout=self._config_timeout,
+            resume_after=self._resume_after,
         )
         online = NodeStatus(node=self.node, role="aggregator", state=NodeState.ONLINE)
         session.publish(self.topics.node_status(self.node), online.to_json(), retain=True)
@@ -390,41 +404,21 @@ class AggregatorService:
             self._port.retained_globals.setdefault(parsed.job, {})[parsed.round] = manifest.chunks
 
     def _transfer(self, parsed: ParsedTopic, msg: Inbound) -> None:
-        controller, port = self._controller, self._port
-        assert controller is not None and port is not None and parsed.round is not None
-        job = parsed.job
-        key = transfer_key(msg.topic)
-        if not controller.wants_transfer(job, parsed.round):
-            port.assembler.discard(key)
-            return
+        """An update manifest or chunk: the job engine assembles, stores and acknowledges (before our MQTT ack)."""
+        controller = self._controller
+        assert controller is not None and parsed.round is not None
+        now_s = time.monotonic()
         if parsed.channel is Channel.UPDATE_MANIFEST:
+            if not msg.payload:
+                return
             try:
                 manifest = manifest_from_payload(msg.payload)
             except WireError as exc:
                 self._log.warning("bad update manifest ignored", topic=msg.topic, error=str(exc))
                 return
-            if not controller.on_manifest(parsed, manifest):
-                port.assembler.discard(key)
-                return
-            try:
-                done = port.assembler.add_manifest(key, manifest)
-            except TransferError as exc:
-                port.assembler.discard(key)
-                controller.reject_transfer(parsed, manifest, str(exc))
-                return
+            controller.on_update_manifest(parsed, manifest, now_s)
         else:
-            assert parsed.chunk is not None
-            try:
-                done = port.assembler.add_chunk(key, parsed.chunk, msg.payload)
-            except TransferError as exc:  # every chunk matched, the whole blob did not: a bad manifest
-                self._log.warning("transfer failed its final check", key=key, error=str(exc))
-                return
-        keys = port.transfer_keys.setdefault(job, set())
-        if done is None:
-            keys.add(key)
-            return
-        keys.discard(key)
-        controller.on_transfer(parsed, done.manifest, done.blob)
+            controller.on_update_chunk(parsed, msg.payload, now_s)
 
     # -- shutdown --------------------------------------------------------------------------------
 

@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds the aggregation script has to call AggregationServer(...).start() (default: 120)",
     )
     parser.add_argument(
+        "--resume-after",
+        type=_positive,
+        default=3.0,
+        help="seconds without progress before the aggregator asks an edge for the missing chunks of an "
+        "incomplete update (default: 3)",
+    )
+    parser.add_argument(
         "--chunk-size", type=int, default=512 * 1024, help="bytes per chunk of a weights transfer (default: 524288)"
     )
     return parser
@@ -90,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference_grace=args.reference_grace,
         config_timeout=args.config_timeout,
         chunk_size=max(1024, args.chunk_size),
+        resume_after=args.resume_after,
     )
 
     def _stop(_signum: int, _frame: FrameType | None) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cloud_aggregator._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator._errors import AggregatorError
 from cloud_aggregator._ports import ScriptRequest, ScriptSignal
 from schemas import (
@@ -33,7 +34,7 @@ from schemas import (
 )
 from schemas._tensors import WeightsKind
 
-__all__ = ["GlobalModel", "MemoryPort", "make_transfer"]
+__all__ = ["GlobalModel", "MemoryDisk", "MemoryPort", "chunks_of", "make_transfer"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,14 @@ class GlobalModel:
 
 
 @dataclass
+class MemoryDisk:
+    """What `StateStore` keeps under ROOT/state, in memory."""
+
+    spool: dict[str, dict[int, list[SpooledUpdate]]] = field(default_factory=dict)
+    checkpoints: dict[str, tuple[Checkpoint, bytes]] = field(default_factory=dict)
+
+
+@dataclass
 class MemoryPort:
     """Records every side effect; `fail_*` fields make the next such call raise."""
 
@@ -63,13 +72,16 @@ class MemoryPort:
     retained_globals: dict[str, dict[int, GlobalModel]] = field(default_factory=dict)
     published_globals: list[GlobalModel] = field(default_factory=list)
     acks: list[UpdateAck] = field(default_factory=list)
-    discarded: list[str] = field(default_factory=list)
+    # The "disk": job -> round -> [(node, transfer, blob)], and job -> (checkpoint, global blob).
+    # Share `disk` between two ports to simulate a restart on the same node root.
+    disk: MemoryDisk = field(default_factory=MemoryDisk)
     scripts: list[ScriptRequest] = field(default_factory=list)
     signals: list[tuple[str, str, ScriptSignal]] = field(default_factory=list)
     models: list[tuple[str, ModelRef, list[npt.NDArray[Any]], list[str], dict[str, Any]]] = field(default_factory=list)
     fail_start: AggregatorError | None = None
     fail_publish_global: AggregatorError | None = None
     fail_write_model: AggregatorError | None = None
+    fail_store: AggregatorError | None = None
 
     # -- Port ------------------------------------------------------------------------------------
 
@@ -101,9 +113,6 @@ class MemoryPort:
     def send_ack(self, ack: UpdateAck) -> None:
         self.acks.append(ack)
 
-    def discard_transfers(self, job: str) -> None:
-        self.discarded.append(job)
-
     def start_script(self, request: ScriptRequest) -> None:
         if self.fail_start is not None:
             raise self.fail_start
@@ -124,6 +133,31 @@ class MemoryPort:
             raise self.fail_write_model
         self.models.append((job, model, [np.array(a) for a in arrays], list(names), dict(meta)))
         return f"/memory{model.url.rstrip('/')}/{model.name}.npz"
+
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+        if self.fail_store is not None:
+            raise self.fail_store
+        entries = self.disk.spool.setdefault(job, {}).setdefault(round_, [])
+        if not any(e.node == node and e.transfer == transfer for e in entries):
+            entries.append(SpooledUpdate(node, transfer, blob))
+
+    def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
+        return list(self.disk.spool.get(job, {}).get(round_, []))
+
+    def drop_spool(self, job: str, upto: int) -> None:
+        rounds = self.disk.spool.get(job, {})
+        for r in [r for r in rounds if r <= upto]:
+            del rounds[r]
+
+    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes) -> None:
+        self.disk.checkpoints[checkpoint.job] = (Checkpoint.model_validate_json(checkpoint.to_json()), global_blob)
+
+    def load_checkpoint(self, job: str) -> tuple[Checkpoint, bytes] | None:
+        return self.disk.checkpoints.get(job)
+
+    def clear_state(self, job: str) -> None:
+        self.disk.spool.pop(job, None)
+        self.disk.checkpoints.pop(job, None)
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -177,3 +211,9 @@ def make_transfer(
         num_samples=num_samples,
     )
     return manifest, blob
+
+
+def chunks_of(manifest: TransferManifest, blob: bytes) -> list[bytes]:
+    """The chunks of a transfer, as its manifest cuts them."""
+    size = manifest.chunk_size
+    return [blob[i * size : (i + 1) * size] for i in range(manifest.chunks)]

@@ -126,6 +126,8 @@ class JobStatus(_Wire):
     succeeded: int = 0
     failed: int = 0
     aggregation_node: str | None = None
+    # Participants whose update for the current round has not arrived yet.
+    waiting_for: list[str] = Field(default_factory=list)
     workers: list[WorkerStatus] = Field(default_factory=list)
     rounds: list[RoundRecord] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)

@@ -100,6 +100,13 @@ class TransferManifest(_Wire):
 
 
 class UpdateAck(_Wire):
+    """The aggregator's answer to one update transfer.
+
+    `accepted` true: the update is stored durably (or was already counted); the edge may drop its copy.
+    `accepted` false with `missing`: the transfer is incomplete; resend exactly these chunks.
+    `accepted` false without `missing`: the update is refused for good (`reason` says why).
+    """
+
     job: str
     uid: str
     round: int
@@ -107,6 +114,7 @@ class UpdateAck(_Wire):
     transfer: str
     accepted: bool
     reason: str = ""
+    missing: list[int] = Field(default_factory=list)
 
 
 # -- worker channel ------------------------------------------------------------------------------

@@ -273,13 +273,27 @@ def test_finished_job_is_not_rerun_after_a_restart() -> None:
     assert (Kind.JOB, JOB) not in port.statuses
 
 
-def test_running_job_is_rerun_after_a_restart() -> None:
-    """A retained Running status (the aggregator died mid-job) means the job starts again with a new uid."""
+def test_running_job_resumes_with_its_uid_after_a_restart() -> None:
+    """A retained Running status with the same spec hash (the aggregator died mid-job): the run resumes, same uid."""
     port = MemoryPort()
     controller = Controller(node="cloud0", port=port, new_uid=lambda: "b" * 32)
     for doc in documents(FIXED):
         publish(controller, *doc)
     old = JobStatus(name=JOB, uid="c" * 32, phase=Phase.RUNNING, spec_hash=fixed_spec_hash())
+    controller.on_retained_status(Kind.JOB, JOB, old.to_json())
+
+    controller.ready(0.0)
+
+    assert [s.uid for s in port.scripts] == ["c" * 32]
+
+
+def test_running_job_with_another_spec_hash_starts_a_new_run() -> None:
+    """A retained Running status of another spec is not resumed: a new run with a new uid."""
+    port = MemoryPort()
+    controller = Controller(node="cloud0", port=port, new_uid=lambda: "b" * 32)
+    for doc in documents(FIXED):
+        publish(controller, *doc)
+    old = JobStatus(name=JOB, uid="c" * 32, phase=Phase.RUNNING, spec_hash="0" * 64)
     controller.on_retained_status(Kind.JOB, JOB, old.to_json())
 
     controller.ready(0.0)

@@ -216,8 +216,9 @@ def test_manifest_for_a_future_round_is_dropped_early() -> None:
     manifest, _ = make_transfer(weights(1.0), kind="update", job=JOB, uid=UID, round_=2, sender="edge1", num_samples=5)
 
     assert not job.wants_transfer(2)
-    assert not job.on_manifest("edge1", 2, manifest)
-    assert "has not started" in port.acks_for("edge1")[-1].reason
+    job.on_update_manifest("edge1", 2, manifest, 1.0)
+    ack = port.acks_for("edge1")[-1]
+    assert not ack.accepted and not ack.missing and "has not started" in ack.reason
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,171 @@
+"""The aggregator's durable state under the node root: spooled updates and per-round checkpoints.
+
+Layout (one folder per job, ``ROOT/state/<job>/``)::
+
+    spool/<round>/<node>-<transfer>.blob   every accepted update, stored before it is folded and acknowledged
+    global-<r>.blob                        the global model of the last closed round r (a weights blob)
+    checkpoint.json                        `Checkpoint`: which round closed, what was folded, the JobStatus
+
+Every file is written to a temporary sibling, fsynced, renamed over its name (``os.replace``) and its
+folder fsynced, so a reader (the aggregator restarted after kill -9) sees either the old or the new
+file, never half of one. The order of a round's commit is: global blob, checkpoint, (publish), spool
+deleted; a crash anywhere in between leaves a state the restart can resume from.
+
+`StateStore` is the file side; the job engine reaches it only through the `Port` (`store_update`,
+`spooled_updates`, `drop_spool`, `save_checkpoint`, `load_checkpoint`, `clear_state`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from cloud_aggregator._errors import AggregatorError
+from schemas import JobStatus
+
+__all__ = ["Checkpoint", "SpooledUpdate", "StateError", "StateStore"]
+
+_SPOOL_NAME = re.compile(r"^(?P<node>[a-z0-9]([a-z0-9.-]*[a-z0-9])?)-(?P<transfer>[0-9a-f]{8,64})\.blob$")
+
+
+class StateError(AggregatorError):
+    """The aggregator's state folder cannot be written or read."""
+
+
+class Checkpoint(BaseModel):
+    """What a restarted aggregator needs to resume a job after its last closed round."""
+
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
+
+    version: int = 1
+    job: str
+    uid: str
+    spec_hash: str
+    closed_round: int = Field(ge=0)
+    exit_round: int = Field(ge=1)
+    participants: list[str]
+    strategy: str
+    # round (as a string: JSON keys) -> [[node, transfer], ...] folded into that round's global model
+    folded: dict[str, list[tuple[str, str]]] = Field(default_factory=dict)
+    status: JobStatus
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode()
+
+
+@dataclass(frozen=True)
+class SpooledUpdate:
+    node: str
+    transfer: str
+    blob: bytes
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves the old file or the new one: temp, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class StateStore:
+    """The files under ``ROOT/state``; every OSError becomes a `StateError`."""
+
+    def __init__(self, root: Path) -> None:
+        self.base = root / "state"
+
+    def job_dir(self, job: str) -> Path:
+        return self.base / job
+
+    def _spool(self, job: str, round_: int) -> Path:
+        return self.job_dir(job) / "spool" / str(round_)
+
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+        path = self._spool(job, round_) / f"{node}-{transfer}.blob"
+        try:
+            write_atomic(path, blob)
+            _fsync_dir(path.parent.parent)
+        except OSError as exc:
+            raise StateError(f"cannot store the update of {node} for round {round_}: {exc}") from exc
+
+    def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
+        folder = self._spool(job, round_)
+        out: list[SpooledUpdate] = []
+        try:
+            entries = sorted(folder.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name)) if folder.is_dir() else []
+            for path in entries:
+                match = _SPOOL_NAME.match(path.name)
+                if match is None:
+                    continue  # temporaries of an interrupted write, foreign files
+                out.append(SpooledUpdate(match["node"], match["transfer"], path.read_bytes()))
+        except OSError as exc:
+            raise StateError(f"cannot read the spool of round {round_}: {exc}") from exc
+        return out
+
+    def drop_spool(self, job: str, upto: int) -> None:
+        """Delete the spool of every round <= `upto` (those rounds are in a checkpoint now)."""
+        spool = self.job_dir(job) / "spool"
+        try:
+            if not spool.is_dir():
+                return
+            for folder in spool.iterdir():
+                if folder.name.isdigit() and int(folder.name) <= upto:
+                    shutil.rmtree(folder, ignore_errors=True)
+        except OSError as exc:
+            raise StateError(f"cannot clean the spool: {exc}") from exc
+
+    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes) -> None:
+        folder = self.job_dir(checkpoint.job)
+        r = checkpoint.closed_round
+        try:
+            write_atomic(folder / f"global-{r}.blob", global_blob)
+            write_atomic(folder / "checkpoint.json", checkpoint.to_json())
+            for old in folder.glob("global-*.blob"):
+                number = old.name[len("global-") : -len(".blob")]
+                if number.isdigit() and int(number) != r:
+                    old.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot write the checkpoint of round {r}: {exc}") from exc
+
+    def load_checkpoint(self, job: str) -> tuple[Checkpoint, bytes] | None:
+        folder = self.job_dir(job)
+        path = folder / "checkpoint.json"
+        try:
+            if not path.is_file():
+                return None
+            checkpoint = Checkpoint.model_validate_json(path.read_bytes())
+            blob = (folder / f"global-{checkpoint.closed_round}.blob").read_bytes()
+        except (OSError, ValidationError) as exc:
+            raise StateError(f"cannot read the checkpoint of job {job}: {exc}") from exc
+        return checkpoint, blob
+
+    def clear_state(self, job: str) -> None:
+        try:
+            shutil.rmtree(self.job_dir(job), ignore_errors=False)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StateError(f"cannot clear the state of job {job}: {exc}") from exc
