@@ -34,7 +34,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import pydantic
@@ -183,6 +183,84 @@ class BlobSender:
             timeout,
         )
         return manifest
+
+    def prepare(
+        self,
+        blob: bytes,
+        *,
+        kind: WeightsKind,
+        job: str,
+        uid: str,
+        round_: int,
+        sender_name: str,
+        num_samples: int,
+        final: bool = False,
+        transfer: str | None = None,
+    ) -> TransferManifest:
+        """The manifest `send` would publish for `blob` (same chunking), without publishing anything:
+        for a sender that stores the transfer before it publishes it (then `resend` with all indices)."""
+        if not blob:
+            raise TransferError("cannot send an empty blob")
+        chunk_size = max(1, min(self.chunk_size, self.session.max_payload))
+        chunks = [blob[i : i + chunk_size] for i in range(0, len(blob), chunk_size)]
+        return TransferManifest(
+            transfer=transfer or new_transfer_id(),
+            kind=kind,
+            job=job,
+            uid=uid,
+            round=round_,
+            sender=sender_name,
+            total_bytes=len(blob),
+            chunk_size=chunk_size,
+            chunks=len(chunks),
+            sha256=hashlib.sha256(blob).hexdigest(),
+            chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
+            num_samples=num_samples,
+            final=final,
+        )
+
+    def resend(
+        self,
+        manifest_topic: str,
+        chunk_topic: Callable[[int], str],
+        blob: bytes,
+        manifest: TransferManifest,
+        indices: Iterable[int] | None = None,
+        *,
+        retain: bool = False,
+        timeout: float = 120.0,
+    ) -> None:
+        """Publish chunks `indices` of `blob` as `manifest` cut it (all of them if None, none if empty),
+        with the same bounded window, then `manifest` itself (the same bytes every time); return once the
+        broker acknowledged everything. For resuming a transfer: the receiver names what it misses.
+
+        Raises TransferError if `blob` is not the manifest's blob, an index is out of range, or the broker
+        does not acknowledge within `timeout`; PublishError if it refuses a message.
+        """
+        if len(blob) != manifest.total_bytes or hashlib.sha256(blob).hexdigest() != manifest.sha256:
+            raise TransferError(f"transfer {manifest.transfer}: the blob does not match its manifest")
+        wanted = range(manifest.chunks) if indices is None else sorted(set(indices))
+        bad = [i for i in wanted if not 0 <= i < manifest.chunks]
+        if bad:
+            raise TransferError(
+                f"transfer {manifest.transfer}: chunk indices {bad} out of range 0..{manifest.chunks - 1}"
+            )
+        deadline = time.monotonic() + timeout
+        size = manifest.chunk_size
+        in_flight: deque[tuple[int, PublishResult]] = deque()
+        for index in wanted:
+            if len(in_flight) >= self.window:
+                self._wait(in_flight.popleft(), deadline, manifest, timeout)
+            chunk = blob[index * size : (index + 1) * size]
+            in_flight.append((index, self.session.publish(chunk_topic(index), chunk, qos=1, retain=retain)))
+        while in_flight:
+            self._wait(in_flight.popleft(), deadline, manifest, timeout)
+        self._wait(
+            (-1, self.session.publish(manifest_topic, manifest.to_json(), qos=1, retain=retain)),
+            deadline,
+            manifest,
+            timeout,
+        )
 
     def clear(
         self, manifest_topic: str, chunk_topic: Callable[[int], str], chunks: int, *, timeout: float = 30.0

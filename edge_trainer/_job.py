@@ -8,10 +8,18 @@ status, upload a weights blob) and a launcher that starts the script (`WorkerHan
     on_uploaded(init)                                                         -> Ready
     on_global(round r)          train round r+1 from the global model         -> Training (r+1)
     on_frame(update)            upload the trained weights for round r+1      -> Uploading
-    on_uploaded(update)                                                       -> Waiting
+    on_uploaded(update)         the broker has it                             -> Waiting
+    on_acked / on_refused       the aggregator stored it / refused it for good   (message)
     on_global(final)            save the final model                          -> Saving
     on_frame(saved)                                                           -> Completed
     on_frame(error) / on_exit(non-zero) / a failed upload                     -> Failed (+ log tail)
+
+Uploads go through the service's outbox (`JobPorts.upload`): an update stays on disk until the
+aggregator confirms it, and is sent again after a restart. So the job asks the outbox
+(the `pending_rounds` callable) before producing an update: the init upload is skipped when a global
+model is already known or an update is pending, and a global model of round r whose round-r+1 update
+is still in the outbox does not train round r+1 again (the outbox resends it instead).
+A job this node already completed (`resume_completed`) starts no script at all.
 
 Global models: older than the newest one handed to the script are ignored (duplicates, retained
 rounds of the past); while the script is busy (training, saving) or not ready yet (no hello) only
@@ -71,6 +79,10 @@ class UploadDone:
     kind: WeightsKind
     round: int
     error: str | None = None
+    transfer: str | None = None  # the outbox entry's transfer id (None: nothing was stored)
+    # True: stored in the outbox, but the broker has not acknowledged all of it yet (link down); the
+    # outbox sends it again, so this is no failure.
+    pending: bool = False
 
 
 class JobPorts(Protocol):
@@ -79,7 +91,8 @@ class JobPorts(Protocol):
     def publish_status(self, status: WorkerStatus) -> None: ...
 
     def upload(self, request: UploadRequest) -> None:
-        """Start the upload; its `UploadDone` comes back through `EdgeJob.on_uploaded`."""
+        """Store the update in the outbox and start publishing it; its `UploadDone` comes back through
+        `EdgeJob.on_uploaded`, the aggregator's verdict through `on_acked` / `on_refused`."""
         ...
 
 
@@ -111,8 +124,11 @@ class EdgeJob:
         launcher: Launcher,
         tf_version: Callable[[], str | None] = installed_tensorflow_version,
         stop_grace: float = 10.0,
+        pending_rounds: Callable[[], set[int]] | None = None,
         log: FilteringBoundLogger | None = None,
     ) -> None:
+        """`pending_rounds`: rounds whose update of this run (round 0: the init) is in the node's outbox,
+        not confirmed by the aggregator yet (None: an outbox that is always empty)."""
         self.plan = plan
         self.node = node
         self.run_id = uuid.uuid4().hex
@@ -131,6 +147,7 @@ class EdgeJob:
         self._launcher = launcher
         self._tf_version = tf_version
         self._stop_grace = stop_grace
+        self._pending_rounds = pending_rounds or set
         self._log = (log or get_logger()).bind(job=plan.job, uid=plan.uid)
         self._worker: WorkerHandle | None = None
         self._hello = False
@@ -188,6 +205,18 @@ class EdgeJob:
             self._fail(f"cannot start the training script {self.launch.script}: {exc}")
             return False
         return True
+
+    def resume_completed(self, status: WorkerStatus) -> None:
+        """This node already completed this job run (its retained status says so and the model it saved is
+        there): take that state over without starting the script or publishing anything."""
+        self.state = WorkerState.COMPLETED
+        self.round = status.round
+        self.num_samples = status.num_samples
+        self.message = status.message
+        self.model_path = status.model_path
+        self.model_digest = status.model_digest
+        self.metrics = dict(status.metrics)
+        self._log.info("job already completed on this node; not run again", model_path=status.model_path)
 
     def delete(self) -> None:
         """The job is gone (empty plan, or replaced by a new uid): stop the script, publish nothing more."""
@@ -278,7 +307,14 @@ class EdgeJob:
                 self._worker.stop(self._stop_grace)
             return
         if self.state is WorkerState.UPLOADING and self.round == done.round:
-            if done.kind == "init":
+            if done.pending:
+                self._set(
+                    WorkerState.UPLOADING,
+                    done.round,
+                    f"the {done.kind} of round {done.round} is not through yet (link down?); "
+                    "it is kept in the outbox and sent again",
+                )
+            elif done.kind == "init":
                 self._set(WorkerState.READY, 0, "waiting for the first global model")
             else:
                 self._set(
@@ -286,6 +322,32 @@ class EdgeJob:
                     done.round,
                     f"update of round {done.round} sent; waiting for the round to close",
                 )
+
+    def on_acked(self, kind: WeightsKind, round_: int) -> None:
+        """The aggregator confirmed it stored this node's `kind` weights of `round_`."""
+        if not self.active or self.round != round_:
+            return
+        if kind == "init" and self.state is WorkerState.UPLOADING:
+            self._set(WorkerState.READY, 0, "waiting for the first global model")
+        elif kind == "update" and self.state in (WorkerState.UPLOADING, WorkerState.WAITING):
+            self._set(
+                WorkerState.WAITING,
+                round_,
+                f"update of round {round_} stored by the aggregator; waiting for the round to close",
+            )
+
+    def on_refused(self, kind: WeightsKind, round_: int, reason: str) -> None:
+        """The aggregator refused this node's `kind` weights of `round_` for good (e.g. the round closed):
+        say so; the job goes on with the next global model (catch-up)."""
+        if not self.active or self.round != round_:
+            return
+        if self.state in (WorkerState.UPLOADING, WorkerState.WAITING, WorkerState.READY):
+            state = WorkerState.READY if kind == "init" else WorkerState.WAITING
+            self._set(
+                state,
+                round_,
+                f"the aggregator refused the {kind} of round {round_}: {reason}; waiting for the next global model",
+            )
 
     # -- frames ------------------------------------------------------------------------------------
 
@@ -298,8 +360,13 @@ class EdgeJob:
             return
         self._hello = True
         self.num_samples = frame.num_samples if frame.num_samples is not None else header.num_samples
-        self._set(WorkerState.UPLOADING, 0, "uploading the initial weights")
-        self._upload("init", 0, body)
+        if self.newest_global >= 0 or self._outbox_rounds():
+            # A restart: the round-0 model exists already (or an update of ours is pending, which
+            # implies it), so the initial weights are not needed.
+            self._set(WorkerState.READY, 0, "waiting for the newest global model")
+        else:
+            self._set(WorkerState.UPLOADING, 0, "uploading the initial weights")
+            self._upload("init", 0, body)
         self._use_pending()
 
     def _on_update(self, frame: WorkerFrame, body: bytes | None) -> None:
@@ -347,6 +414,15 @@ class EdgeJob:
             return
         if self.trained_round >= r + 1:
             return
+        if r + 1 in self._outbox_rounds():
+            # Trained before a restart and still in the outbox: resend that, do not train it again.
+            self.trained_round = r + 1
+            self._set(
+                WorkerState.WAITING,
+                r + 1,
+                f"update of round {r + 1} is in the outbox; waiting for the aggregator to confirm it",
+            )
+            return
         self.trained_round = r + 1
         self._busy = True
         self._worker.send(WorkerFrame(type="train", round=r + 1, has_body=True), blob)
@@ -383,6 +459,9 @@ class EdgeJob:
             )
         )
 
+    def _outbox_rounds(self) -> set[int]:
+        return self._pending_rounds()
+
     def _protocol_error(self, reason: str) -> None:
         self._log.error("worker protocol error", reason=reason)
         self._fail(reason)
@@ -399,7 +478,10 @@ class EdgeJob:
     def _set(self, state: WorkerState, round_: int, message: str) -> None:
         self.state = state
         self.round = round_
-        self.message = f"{message} ({self._notice})" if self._notice else message
+        # The notice (e.g. a frameworkVersion mismatch) is said when the script starts and when the job
+        # ends, not repeated on every state in between.
+        noted = state in (WorkerState.STARTING, WorkerState.COMPLETED) and self._notice
+        self.message = f"{message} ({self._notice})" if noted else message
         self._publish()
 
     def _publish(self) -> None:

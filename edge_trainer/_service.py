@@ -4,12 +4,23 @@ Threads:
 
 - paho's network thread puts every received message (`broker.Inbound`) on the event queue;
 - each job's worker threads (`WorkerProcess`) put the script's frames and its exit there too;
-- the uploader thread sends weights blobs as chunked transfers (it waits for the broker's acks, which
-  may take long on a slow link) and puts an `UploadDone` there when a transfer is through;
+- the uploader thread stores each update in the outbox (`_outbox.Outbox`: on disk, fsynced) and then
+  publishes it as a chunked transfer (it waits for the broker's acks, which may take long on a slow
+  link); it also republishes chunks and manifests of stored entries. It reports `OutboxWritten`,
+  `UploadDone` and `ResendDone` on the event queue;
 - the logic thread (`EdgeService.run`, the caller's thread) takes one event at a time and hands it to
-  the job's `EdgeJob`; an MQTT message is acknowledged only after it was handled.
+  the job's `EdgeJob`; an MQTT message is acknowledged only after it was handled. It also owns the
+  outbox bookkeeping (`_outbox.Deliveries`) and its timers: an entry is deleted when the aggregator's
+  `UpdateAck` accepts it or refuses it for good; the chunks it names missing are republished (same
+  transfer), and an entry without an ack within ``ack_timeout`` gets its manifest republished.
 
-Subscriptions: every plan (a plan is small and retained; the ones naming this node matter), this
+Restarts: when a plan arrives, the job's outbox entries of the same run (uid) are loaded and their
+manifests republished (the aggregator answers with an ack or with what it misses); entries of another
+run are deleted. A job whose retained worker status says Completed for the same uid, and whose saved
+model (its model.json digest) is on disk, is not run again.
+
+Subscriptions, in this order: this node's worker statuses (so a retained Completed is known before the
+plan it belongs to), every plan (a plan is small and retained; the ones naming this node matter), this
 node's acks, this node's own presence topic (to put ``online`` back after the broker published the
 last will), and the global models of each job this node runs.
 """
@@ -17,10 +28,12 @@ last will), and the global models of each job this node runs.
 from __future__ import annotations
 
 import functools
+import json
 import queue
 import threading
 import time
-import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
@@ -34,14 +47,18 @@ from broker import (
     BrokerError,
     Inbound,
     MqttSettings,
+    PublishError,
     Session,
     TransferError,
     get_logger,
     manifest_from_payload,
+    new_transfer_id,
     transfer_key,
 )
 from edge_trainer._job import EdgeJob, UploadDone, UploadRequest
 from edge_trainer._launch import LaunchSpec, installed_tensorflow_version
+from edge_trainer._model_io import METADATA_FILE
+from edge_trainer._outbox import AckOutcome, Deliveries, Delivery, Outbox, OutboxEntry, OutboxError
 from edge_trainer._runner import WorkerExitEvent, WorkerFrameEvent, WorkerProcess
 from schemas import (
     Channel,
@@ -52,14 +69,42 @@ from schemas import (
     ParsedTopic,
     TopicError,
     Topics,
+    UpdateAck,
     WireError,
+    WorkerState,
     WorkerStatus,
 )
 
 __all__ = ["EdgeService"]
 
 _POLL = 0.5  # how often the logic thread looks at the stop flag and the connection when idle
-_UPLOAD_ATTEMPTS = 3
+_WINDOW = 16  # unacknowledged chunks in flight per transfer
+
+
+@dataclass(frozen=True)
+class OutboxWritten:
+    """The uploader stored an update in the outbox and is about to publish it."""
+
+    entry: OutboxEntry
+    run_id: str
+
+
+@dataclass(frozen=True)
+class ResendDone:
+    """A republish of an outbox entry ended; `complete`: the broker acknowledged all of it."""
+
+    job: str
+    transfer: str
+    complete: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Resend:
+    """Uploader work: publish chunks `indices` of a stored entry (None: all; empty: none), then its manifest."""
+
+    entry: OutboxEntry
+    indices: list[int] | None
 
 
 def _version() -> str | None:
@@ -81,6 +126,8 @@ class EdgeService:
         topics: Topics | None = None,
         stop_grace: float = 10.0,
         upload_timeout: float = 120.0,
+        ack_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
         log: FilteringBoundLogger | None = None,
     ) -> None:
         self.node = node
@@ -102,7 +149,11 @@ class EdgeService:
         self._jobs: dict[str, EdgeJob] = {}
         self._transfer_keys: dict[str, set[str]] = {}
         self._workers: dict[str, WorkerProcess] = {}
-        self._uploads: queue.SimpleQueue[UploadRequest | None] = queue.SimpleQueue()
+        self._uploads: queue.SimpleQueue[UploadRequest | _Resend | None] = queue.SimpleQueue()
+        self._outbox = Outbox(self.root.path / "state")
+        self._deliveries = Deliveries(ack_timeout, clock)
+        self._clock = clock
+        self._own_status: dict[str, WorkerStatus] = {}  # job -> this node's retained worker status
         self._closing = threading.Event()
         self._tf_version = installed_tensorflow_version()
 
@@ -112,6 +163,7 @@ class EdgeService:
         """Serve until `stop` is set, then stop the scripts, publish offline and disconnect."""
         self._log.info("edge trainer starting", root=str(self.root.path), tensorflow=self._tf_version)
         threading.Thread(target=self._upload_loop, name="uploader", daemon=True).start()
+        self._session.subscribe(self.own_statuses_filter())
         self._session.subscribe(self.topics.all_plans())
         self._session.subscribe(self.topics.acks_for(self.node))
         self._session.subscribe(self.topics.node_status(self.node))
@@ -124,10 +176,12 @@ class EdgeService:
                     if online:
                         self._announce()
                 try:
-                    event = self._events.get(timeout=_POLL)
+                    event = self._events.get(timeout=self._wait_time())
                 except queue.Empty:
-                    continue
-                self.handle(event)
+                    event = None
+                if event is not None:
+                    self.handle(event)
+                self.tick()
         finally:
             self._shutdown()
 
@@ -148,10 +202,11 @@ class EdgeService:
                     job.on_exit(event.returncode)
                     self._after(job)
             elif isinstance(event, UploadDone):
-                job = self._job_of(event.job, event.run_id)
-                if job is not None:
-                    job.on_uploaded(event)
-                    self._after(job)
+                self._on_upload_done(event)
+            elif isinstance(event, OutboxWritten):
+                self._on_outbox_written(event)
+            elif isinstance(event, ResendDone):
+                self._on_resend_done(event)
         except Exception as exc:  # one bad event must not take the node down
             self._log.exception("event handling failed", kind=type(event).__name__, error=str(exc))
         finally:
@@ -185,7 +240,10 @@ class EdgeService:
             self._on_global_part(parsed, msg)
         elif parsed.channel is Channel.NODE_STATUS and parsed.node == self.node:
             self._on_own_presence(msg.payload)
-        # Channel.ACK: the aggregator's receipts are used by the outbox (next issue).
+        elif parsed.channel is Channel.ACK and parsed.node == self.node:
+            self._on_ack(msg.payload)
+        elif parsed.channel is Channel.WORKER_STATUS and parsed.node == self.node:
+            self._on_own_status(parsed.job, msg.payload)
 
     def _on_plan(self, name: str, payload: bytes) -> None:
         current = self._jobs.get(name)
@@ -218,10 +276,16 @@ class EdgeService:
             launcher=self._launch,
             tf_version=lambda: self._tf_version,
             stop_grace=self._stop_grace,
+            pending_rounds=functools.partial(self._deliveries.rounds, plan.job, plan.uid),
             log=self._log,
         )
         self._jobs[name] = job
         self._log.info("job planned on this node", job=name, uid=plan.uid, exit_round=plan.exit_round)
+        self._resume_outbox(job)
+        completed = self._completed_before(plan)
+        if completed is not None:
+            job.resume_completed(completed)
+            return
         if job.start():
             self._session.subscribe(self.topics.job_globals(name))
 
@@ -280,6 +344,9 @@ class EdgeService:
         job.delete()
         self._jobs.pop(job.name, None)
         self._forget_transfers(job.name)
+        # The run is gone (deleted, replaced, or no longer ours): its pending updates mean nothing now.
+        self._deliveries.drop_job(job.name)
+        self._outbox.clear(job.name)
         self._session.unsubscribe(self.topics.job_globals(job.name))
         if clear_status:
             self._publish(self.topics.worker_status(job.name, self.node), b"", retain=True)
@@ -304,49 +371,230 @@ class EdgeService:
     def upload(self, request: UploadRequest) -> None:
         self._uploads.put(request)
 
+    # -- outbox (logic thread) ---------------------------------------------------------------------
+
+    def own_statuses_filter(self) -> str:
+        """This node's worker status of every job (a topic filter)."""
+        return self.topics.all_worker_statuses().replace("/workers/+/status", f"/workers/{self.node}/status")
+
+    def tick(self) -> None:
+        """Timers: republish the manifest of every entry whose ack did not come within the ack timeout."""
+        for delivery in self._deliveries.due():
+            if not self._session.connected:
+                self._deliveries.rearm(delivery)  # offline: paho holds what was sent; try when back
+                continue
+            delivery.resends += 1
+            self._log.info(
+                "no ack for an update; republishing its manifest",
+                job=delivery.entry.job,
+                round=delivery.entry.round,
+                transfer=delivery.entry.transfer,
+                after=self._deliveries.ack_timeout,
+                times=delivery.resends,
+            )
+            self._resend(delivery, [])
+
+    def _wait_time(self) -> float:
+        deadline = self._deliveries.next_deadline()
+        if deadline is None:
+            return _POLL
+        return max(0.0, min(_POLL, deadline - self._clock()))
+
+    def _resend(self, delivery: Delivery, indices: list[int] | None) -> None:
+        self._deliveries.start_publish(delivery)
+        self._uploads.put(_Resend(delivery.entry, indices))
+
+    def _resume_outbox(self, job: EdgeJob) -> None:
+        """After a restart: take over the job's stored updates of this run and ask the aggregator about each."""
+        for entry in self._outbox.entries(job.name):
+            if entry.uid != job.uid or entry.manifest.sender != self.node:
+                self._log.info("outbox entry of another run deleted", job=job.name, uid=entry.uid, round=entry.round)
+                self._outbox.remove(entry)
+                continue
+            if self._deliveries.get(entry.job, entry.transfer) is not None:
+                continue
+            self._log.info(
+                "outbox entry resumed; republishing its manifest",
+                job=job.name,
+                round=entry.round,
+                kind=entry.manifest.kind,
+                transfer=entry.transfer,
+            )
+            self._resend(self._deliveries.add(entry, job.run_id), [])
+
+    def _completed_before(self, plan: JobPlan) -> WorkerStatus | None:
+        """This node's retained Completed status of this run, if the model it names is on disk with that digest."""
+        status = self._own_status.get(plan.job)
+        if status is None or status.uid != plan.uid or status.state is not WorkerState.COMPLETED:
+            return None
+        if not status.model_path or not status.model_digest:
+            return None
+        try:
+            meta_path = self.root.resolve(status.model_path, "model path").parent / METADATA_FILE
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            self._log.info("completed before, but the saved model is not readable: running again", error=str(exc))
+            return None
+        if not isinstance(meta, dict) or meta.get("digest") != status.model_digest or meta.get("job") != plan.job:
+            self._log.info("completed before, but the saved model differs: running again", job=plan.job)
+            return None
+        return status
+
+    def _on_own_status(self, job: str, payload: bytes) -> None:
+        if not payload:
+            self._own_status.pop(job, None)
+            return
+        try:
+            self._own_status[job] = WorkerStatus.model_validate_json(payload)
+        except ValidationError:
+            self._own_status.pop(job, None)
+
+    def _on_outbox_written(self, event: OutboxWritten) -> None:
+        entry = event.entry
+        job = self._jobs.get(entry.job)
+        if job is None or job.uid != entry.uid:
+            self._outbox.remove(entry)  # the run ended while it was being stored
+            return
+        self._deliveries.add(entry, event.run_id)
+
+    def _on_upload_done(self, done: UploadDone) -> None:
+        if done.transfer is not None:
+            if done.error is not None:
+                self._deliveries.remove(done.job, done.transfer)
+            else:
+                self._deliveries.published(done.job, done.transfer, complete=not done.pending)
+        job = self._job_of(done.job, done.run_id)
+        if job is not None:
+            job.on_uploaded(done)
+            self._after(job)
+
+    def _on_resend_done(self, done: ResendDone) -> None:
+        delivery = self._deliveries.published(done.job, done.transfer, complete=done.complete)
+        if delivery is None or done.error is None:
+            return
+        self._log.error(
+            "outbox entry cannot be sent again; dropped", job=done.job, transfer=done.transfer, error=done.error
+        )
+        self._deliveries.remove(done.job, done.transfer)
+        self._outbox.remove(delivery.entry)
+        job = self._jobs.get(done.job)
+        if job is not None and job.uid == delivery.entry.uid:
+            job.on_refused(delivery.entry.manifest.kind, delivery.entry.round, done.error)
+
+    def _on_ack(self, payload: bytes) -> None:
+        try:
+            ack = UpdateAck.model_validate_json(payload)
+        except ValidationError:
+            self._log.warning("ack ignored: not a valid UpdateAck")
+            return
+        if ack.node != self.node:
+            return
+        outcome, delivery = self._deliveries.on_ack(ack)
+        log = self._log.bind(job=ack.job, round=ack.round, transfer=ack.transfer)
+        if delivery is None or outcome is AckOutcome.IGNORED:
+            log.debug("ack for no pending update ignored", accepted=ack.accepted)
+            return
+        entry = delivery.entry
+        job = self._jobs.get(ack.job)
+        job = job if job is not None and job.uid == entry.uid else None
+        if outcome is AckOutcome.ACCEPTED:
+            log.info("update confirmed by the aggregator", kind=entry.manifest.kind, reason=ack.reason)
+            self._outbox.remove(entry)
+            if job is not None:
+                job.on_acked(entry.manifest.kind, entry.round)
+        elif outcome is AckOutcome.REFUSED:
+            log.warning("update refused by the aggregator", kind=entry.manifest.kind, reason=ack.reason)
+            self._outbox.remove(entry)
+            if job is not None:
+                job.on_refused(entry.manifest.kind, entry.round, ack.reason or "no reason given")
+        elif outcome is AckOutcome.RESEND:
+            log.info("aggregator misses chunks; resending them", missing=len(delivery.missing))
+            self._resend(delivery, list(delivery.missing))
+        else:
+            log.debug("aggregator misses chunks while they are being sent", missing=len(ack.missing))
+
+    # -- the uploader thread -----------------------------------------------------------------------
+
     def _upload_loop(self) -> None:
         while True:
-            request = self._uploads.get()
-            if request is None:
+            work = self._uploads.get()
+            if work is None:
                 return
-            self._events.put(self._upload_one(request))
+            try:
+                if isinstance(work, _Resend):
+                    self._events.put(self._resend_one(work))
+                else:
+                    self._events.put(self._upload_one(work))
+            except Exception as exc:  # the uploader must outlive any one transfer
+                self._log.exception("uploader failed on one transfer", error=str(exc))
 
     def _upload_one(self, req: UploadRequest) -> UploadDone:
-        sender = BlobSender(self._session, chunk_size=req.chunk_size)
-        error = "not attempted"
-        for attempt in range(1, _UPLOAD_ATTEMPTS + 1):
-            if self._closing.is_set():
-                error = "the node service is stopping"
-                break
-            transfer = uuid.uuid4().hex
-            try:
-                manifest = sender.send(
-                    self.topics.update_manifest(req.job, req.round, self.node, transfer),
-                    functools.partial(self.topics.update_chunk, req.job, req.round, self.node, transfer),
-                    req.blob,
-                    kind=req.kind,
-                    job=req.job,
-                    uid=req.uid,
-                    round_=req.round,
-                    sender_name=self.node,
-                    num_samples=req.num_samples,
-                    timeout=self._upload_timeout,
-                    transfer=transfer,
-                )
-            except BrokerError as exc:
-                error = str(exc)
-                self._log.warning("upload failed", job=req.job, round=req.round, attempt=attempt, error=error)
-                continue
+        """Store the update in the outbox, then publish it whole."""
+        sender = BlobSender(self._session, chunk_size=req.chunk_size, window=_WINDOW)
+        try:
+            manifest = sender.prepare(
+                req.blob,
+                kind=req.kind,
+                job=req.job,
+                uid=req.uid,
+                round_=req.round,
+                sender_name=self.node,
+                num_samples=req.num_samples,
+                transfer=new_transfer_id(),
+            )
+            entry = self._outbox.put(manifest, req.blob)
+        except (BrokerError, OutboxError) as exc:
+            return UploadDone(req.job, req.run_id, req.kind, req.round, error=str(exc))
+        self._events.put(OutboxWritten(entry, req.run_id))
+        complete, error = self._publish_entry(sender, entry, req.blob, None)
+        if complete:
             self._log.info(
                 "weights uploaded",
                 job=req.job,
                 round=req.round,
                 kind=req.kind,
-                transfer=transfer,
+                transfer=manifest.transfer,
                 bytes=manifest.total_bytes,
             )
-            return UploadDone(req.job, req.run_id, req.kind, req.round)
-        return UploadDone(req.job, req.run_id, req.kind, req.round, error=f"{error} (after {attempt} attempts)")
+        return UploadDone(
+            req.job, req.run_id, req.kind, req.round, error=error, transfer=manifest.transfer, pending=not complete
+        )
+
+    def _resend_one(self, work: _Resend) -> ResendDone:
+        entry = work.entry
+        try:
+            blob = self._outbox.read(entry)
+        except OutboxError as exc:
+            gone = not entry.meta_path.exists()  # confirmed (and deleted) meanwhile: nothing to send
+            return ResendDone(entry.job, entry.transfer, complete=gone, error=None if gone else str(exc))
+        sender = BlobSender(self._session, chunk_size=entry.manifest.chunk_size, window=_WINDOW)
+        complete, error = self._publish_entry(sender, entry, blob, work.indices)
+        return ResendDone(entry.job, entry.transfer, complete=complete, error=error)
+
+    def _publish_entry(
+        self, sender: BlobSender, entry: OutboxEntry, blob: bytes, indices: list[int] | None
+    ) -> tuple[bool, str | None]:
+        """(complete, permanent error). A timeout is no error: the entry stays and is sent again."""
+        m = entry.manifest
+        try:
+            sender.resend(
+                self.topics.update_manifest(m.job, m.round, self.node, m.transfer),
+                functools.partial(self.topics.update_chunk, m.job, m.round, self.node, m.transfer),
+                blob,
+                m,
+                indices,
+                timeout=self._upload_timeout,
+            )
+        except TransferError as exc:
+            self._log.warning(
+                "publish not acknowledged in time; kept in the outbox", job=m.job, round=m.round, error=str(exc)
+            )
+            return False, None
+        except PublishError as exc:
+            if self._closing.is_set():
+                return False, None
+            return False, str(exc)
+        return True, None
 
     # -- publishing --------------------------------------------------------------------------------
 

@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", default=None, type=int, help="MQTT broker port (default: $FL_MQTT_PORT or 1883)")
     parser.add_argument("--prefix", default="fl", help="topic prefix (default: fl)")
     parser.add_argument(
+        "--ack-timeout",
+        default=30.0,
+        type=float,
+        help="seconds to wait for the aggregator's receipt of an update before its manifest is republished "
+        "(default: 30)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], type=str.upper
     )
     return parser
@@ -44,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         topics = Topics(args.prefix)
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         settings = MqttSettings.from_env(client_id=node, **overrides)
+        if args.ack_timeout <= 0:
+            raise ValueError(f"--ack-timeout must be > 0, not {args.ack_timeout}")
     except (ValueError, TopicError) as exc:
         parser.error(str(exc))
     configure_logging(node=node, role="edge", level=args.log_level)
@@ -56,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        service = EdgeService(node, args.root, settings, topics=topics, log=log)
+        service = EdgeService(node, args.root, settings, topics=topics, ack_timeout=args.ack_timeout, log=log)
         service.run(stop)
     except (BrokerError, OSError) as exc:
         log.error("edge trainer failed", error=str(exc))

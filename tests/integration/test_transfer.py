@@ -257,3 +257,69 @@ def test_transfer_key_names_the_topic_prefix() -> None:
     assert transfer_key(topic) == T.update_manifest(JOB, 2, "edge1", "abcdef0123").removesuffix("/manifest")
     assert chunk_index(topic) == 7
     assert chunk_index(T.global_manifest(JOB, 2)) is None
+
+
+def test_resend_publishes_exactly_the_missing_chunks_then_the_same_manifest(session_factory: SessionFactory) -> None:
+    """prepare + resend(indices): only the named chunks go out again, then the very same manifest; the
+    receiver that lost them completes the transfer with the same transfer id."""
+    agg, inbox = session_factory("aggregator")
+    agg.subscribe(T.all_updates())
+    agg.barrier(5.0)
+    edge, _ = session_factory("edge1")
+    sender = BlobSender(edge, chunk_size=1000, window=4)
+    blob = os.urandom(5500)
+    transfer = new_transfer_id()
+    manifest = sender.prepare(
+        blob, kind="update", job=JOB, uid=UID, round_=1, sender_name="edge1", num_samples=10, transfer=transfer
+    )
+    manifest_topic = T.update_manifest(JOB, 1, "edge1", transfer)
+
+    def chunk_topic(i: int) -> str:
+        return T.update_chunk(JOB, 1, "edge1", transfer, i)
+
+    assert manifest.chunks == 6 and manifest.transfer == transfer
+    sender.resend(manifest_topic, chunk_topic, blob, manifest, timeout=10.0)  # indices None: everything
+    first = [inbox.get(timeout=5.0) for _ in range(7)]
+    asm = Assembler()
+    for msg in first:  # the receiver lost chunks 2 and 5
+        index = chunk_index(msg.topic)
+        if index in (2, 5):
+            continue
+        if index is None:
+            assert asm.add_manifest(transfer_key(msg.topic), manifest_from_payload(msg.payload)) is None
+        else:
+            assert asm.add_chunk(transfer_key(msg.topic), index, msg.payload) is None
+        agg.ack(msg)
+    key = transfer_key(manifest_topic)
+    assert asm.missing(key) == [2, 5]
+
+    sender.resend(manifest_topic, chunk_topic, blob, manifest, [5, 2], timeout=10.0)
+
+    again = [inbox.get(timeout=5.0) for _ in range(3)]
+    assert [chunk_index(m.topic) for m in again] == [2, 5, None]
+    assert again[-1].payload == manifest.to_json()
+    done = receive(agg, queue_of(again), asm)
+    assert done.blob == blob and done.manifest.transfer == transfer
+    sender.resend(manifest_topic, chunk_topic, blob, manifest, [], timeout=10.0)  # manifest only
+    assert [chunk_index(m.topic) for m in [inbox.get(timeout=5.0)]] == [None]
+    assert take_all(inbox) == []
+
+
+def test_resend_refuses_a_foreign_blob_and_bad_indices(session_factory: SessionFactory) -> None:
+    """resend checks that the blob is the manifest's and that every index is one of its chunks."""
+    edge, _ = session_factory("edge1")
+    sender = BlobSender(edge, chunk_size=1000)
+    blob = os.urandom(2500)
+    manifest = sender.prepare(blob, kind="update", job=JOB, uid=UID, round_=1, sender_name="edge1", num_samples=1)
+    topic = T.update_manifest(JOB, 1, "edge1", manifest.transfer)
+    with pytest.raises(TransferError, match="does not match its manifest"):
+        sender.resend(topic, lambda i: f"{topic}/{i}", os.urandom(2500), manifest)
+    with pytest.raises(TransferError, match=r"chunk indices \[3\] out of range"):
+        sender.resend(topic, lambda i: f"{topic}/{i}", blob, manifest, [0, 3])
+
+
+def queue_of(messages: list[Inbound]) -> queue.Queue[Inbound]:
+    q: queue.Queue[Inbound] = queue.Queue()
+    for m in messages:
+        q.put(m)
+    return q

@@ -35,6 +35,7 @@ NODE = "edge1"
 class FakePorts:
     statuses: list[WorkerStatus] = field(default_factory=list)
     uploads: list[UploadRequest] = field(default_factory=list)
+    outbox: set[int] = field(default_factory=set)  # rounds whose update the outbox still holds
 
     def publish_status(self, status: WorkerStatus) -> None:
         self.statuses.append(status)
@@ -135,6 +136,7 @@ def make_job(root: Path, plan: JobPlan | None = None, tf_version: str | None = "
         ports=ports,
         launcher=launcher,
         tf_version=lambda: tf_version,
+        pending_rounds=lambda: set(ports.outbox),
     )
     return Harness(job, ports, worker, launches)
 
@@ -409,4 +411,107 @@ def test_deleted_job_stops_the_script_and_publishes_nothing_more(root: Path) -> 
     h.job.on_global(*global_model(0))
     assert h.worker.stopped
     assert len(h.ports.statuses) == count
+    assert h.worker.sent == []
+
+
+def test_update_pending_in_the_broker_stays_uploading_until_the_aggregator_confirms(root: Path) -> None:
+    """An upload the broker has not fully acknowledged (link down) is no failure; the ack moves the worker on."""
+    h = started(root)
+    h.job.on_global(*global_model(0))
+    h.job.on_frame(WorkerFrame(type="update", round=1, num_samples=8, has_body=True), weights_blob("update", 1))
+    h.job.on_uploaded(UploadDone(JOB, h.job.run_id, "update", 1, transfer="ab" * 8, pending=True))
+    assert (h.ports.state(), h.ports.last.round) == (WorkerState.UPLOADING, 1)
+    assert "kept in the outbox" in h.ports.last.message
+    h.job.on_acked("update", 1)
+    assert (h.ports.state(), h.ports.last.round) == (WorkerState.WAITING, 1)
+    assert "stored by the aggregator" in h.ports.last.message
+
+
+def test_refused_update_is_said_and_the_next_global_trains_on(root: Path) -> None:
+    """A final refusal (e.g. the round closed) shows in the status; the next global model is trained from."""
+    h = started(root)
+    h.job.on_global(*global_model(0))
+    h.job.on_frame(WorkerFrame(type="update", round=1, num_samples=8, has_body=True), weights_blob("update", 1))
+    h.job.on_refused("update", 1, "round 1 is closed")
+    assert h.ports.state() is WorkerState.WAITING
+    assert "refused the update of round 1: round 1 is closed" in h.ports.last.message
+    h.job.on_global(*global_model(1))
+    assert h.worker.types() == [("train", 1), ("train", 2)]
+
+
+def test_acks_of_another_round_change_nothing(root: Path) -> None:
+    """A late ack of the init while training round 1 does not move the worker."""
+    h = started(root)
+    h.job.on_global(*global_model(0))
+    count = len(h.ports.statuses)
+    h.job.on_acked("init", 0)
+    h.job.on_refused("init", 0, "x")
+    assert len(h.ports.statuses) == count and h.ports.state() is WorkerState.TRAINING
+
+
+def test_restart_skips_the_init_when_a_global_model_is_known(root: Path) -> None:
+    """A restarted script's hello uploads nothing when the retained global model came first; it trains from it."""
+    h = make_job(root)
+    assert h.job.start()
+    h.job.on_global(*global_model(2))
+    h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), weights_blob("init", 0))
+    assert h.ports.uploads == []
+    assert h.worker.types() == [("train", 3)]
+
+
+def test_restart_skips_the_init_when_the_outbox_holds_an_update(root: Path) -> None:
+    """An update pending in the outbox implies a round-0 model: no init upload after the restart."""
+    h = make_job(root)
+    h.ports.outbox = {2}
+    assert h.job.start()
+    h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), weights_blob("init", 0))
+    assert h.ports.uploads == []
+    assert h.ports.state() is WorkerState.READY
+
+
+def test_restart_does_not_retrain_a_round_whose_update_is_in_the_outbox(root: Path) -> None:
+    """Global 1 with the round-2 update still in the outbox: no training; it waits for the confirmation,
+    and global 2 then trains round 3."""
+    h = make_job(root)
+    h.ports.outbox = {2}
+    assert h.job.start()
+    h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), weights_blob("init", 0))
+    h.job.on_global(*global_model(1))
+    assert h.worker.sent == []
+    assert (h.ports.state(), h.ports.last.round) == (WorkerState.WAITING, 2)
+    assert "in the outbox" in h.ports.last.message
+    h.ports.outbox = set()
+    h.job.on_acked("update", 2)
+    assert "stored by the aggregator" in h.ports.last.message
+    h.job.on_global(*global_model(1))  # the same global again: still nothing to train
+    assert h.worker.sent == []
+    h.job.on_global(*global_model(2))
+    assert h.worker.types() == [("train", 3)]
+
+
+def test_restart_catches_up_when_the_outbox_is_empty(root: Path) -> None:
+    """Global 1 after a restart with nothing in the outbox: round 2 is trained (catch-up)."""
+    h = make_job(root)
+    assert h.job.start()
+    h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), weights_blob("init", 0))
+    h.job.on_global(*global_model(1))
+    assert h.worker.types() == [("train", 2)]
+
+
+def test_resume_completed_starts_nothing_and_publishes_nothing(root: Path) -> None:
+    """A job run this node already completed takes over that state; no script, no status."""
+    h = make_job(root)
+    done = WorkerStatus(
+        job=JOB,
+        uid=UID,
+        node=NODE,
+        state=WorkerState.COMPLETED,
+        round=3,
+        model_path="/model/model.ckpt",
+        model_digest="ab" * 32,
+    )
+    h.job.resume_completed(done)
+    assert h.job.finished and h.job.model_digest == "ab" * 32
+    assert h.launches == [] and h.ports.statuses == []
+    h.job.on_global(*global_model(3, final=True))
     assert h.worker.sent == []
