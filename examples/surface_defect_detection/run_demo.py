@@ -1,0 +1,183 @@
+"""`make demo`: Sedna's surface-defect-detection federated learning job, end to end, on this machine.
+
+What it does, in order:
+1. wipes ``.demo/`` and writes a synthetic magnetic-tile dataset in the real dataset's layout;
+2. gives each edge only its own share (edge1: the images of 1.txt, edge2: those of 2.txt) under
+   ``.demo/<edge>/data``, and keeps test.txt's images aside in ``.demo/testset`` for evaluation;
+3. copies the example's scripts to each node's ``/code`` (``.demo/<node>/code``);
+4. starts a Mosquitto broker, the cloud aggregator on node cloud0 and edge trainers on edge1 and edge2;
+5. publishes the page's Dataset, Model and FederatedLearningJob with ``flctl create``;
+6. follows the job's status topic round by round until it is Succeeded or Failed;
+7. prints ``flctl get fl``, where each edge wrote its model, and the model's scores on the held-out set.
+
+Exit code 0 when the job Succeeded and both edges hold the model, non-zero with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from broker import configure_logging
+from flctl import cli as flctl_cli
+from flctl._cluster import LocalCluster
+from flctl._errors import FlctlError
+from flctl._synth import copy_split, synthesize
+from schemas import JobStatus, Phase
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+JOB = "surface-defect-detection"
+EDGES = {"edge1": "1.txt", "edge2": "2.txt"}
+AGGREGATOR = "cloud0"
+
+
+def say(text: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def prepare(workdir: Path, scale: float, seed: int) -> Path:
+    """Lay out every node's root folder; return the held-out test label file."""
+    if workdir.exists():
+        say(f"removing the previous run's state in {workdir}")
+        shutil.rmtree(workdir)
+    source = workdir / "dataset-source"
+    report = synthesize(source, scale=scale, seed=seed)
+    say(f"synthetic magnetic-tile dataset written to {source}: {report}")
+    for edge, labels in EDGES.items():
+        count = copy_split(source, source / labels, workdir / edge / "data")
+        say(f"{edge}: {count} labelled images in {workdir / edge / 'data'} ({labels}); they never leave {edge}")
+        code = workdir / edge / "code"
+        code.mkdir(parents=True)
+        for script in ("train.py", "interface.py", "evaluate.py"):
+            shutil.copy2(HERE / "training_worker" / script, code / script)
+    copy_split(source, source / "test.txt", workdir / "testset")
+    cloud_code = workdir / AGGREGATOR / "code"
+    cloud_code.mkdir(parents=True)
+    shutil.copy2(HERE / "aggregation_worker" / "aggregate.py", cloud_code / "aggregate.py")
+    return workdir / "testset" / "test.txt"
+
+
+class Progress:
+    """Prints what changed in the job's status: phase, closed rounds, worker states."""
+
+    def __init__(self) -> None:
+        self.phase: Phase | None = None
+        self.rounds = 0
+        self.states: dict[str, str] = {}
+
+    def __call__(self, status: JobStatus) -> None:
+        if status.phase != self.phase:
+            self.phase = status.phase
+            say(f"job {status.name}: {status.phase.value}" + (f" ({status.message})" if status.message else ""))
+        for record in status.rounds[self.rounds :]:
+            parts = ", ".join(record.participants)
+            say(f"round {record.round}/{status.exit_round} aggregated: {parts} ({record.total_samples} samples)")
+        self.rounds = len(status.rounds)
+        for worker in status.workers:
+            state = worker.state.value
+            if self.states.get(worker.node) != state:
+                self.states[worker.node] = state
+                detail = f" round {worker.round}" if worker.round else ""
+                say(f"  {worker.node}: {state}{detail}" + (f" - {worker.message}" if worker.message else ""))
+
+
+def evaluate(workdir: Path, test_labels: Path) -> dict[str, float] | None:
+    """Score edge1's saved model on the held-out images with the example's evaluate.py."""
+    cmd = [
+        sys.executable,
+        str(workdir / "edge1" / "code" / "evaluate.py"),
+        "--checkpoint",
+        str(workdir / "edge1" / "model"),
+        "--labels",
+        str(test_labels),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        say(f"evaluation failed: {result.stderr.strip()[-800:]}")
+        return None
+    for line in result.stdout.splitlines():
+        if line.startswith("{"):
+            scores: dict[str, float] = json.loads(line)
+            return scores
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=REPO / ".demo")
+    parser.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
+    parser.add_argument("--scale", type=float, default=1.0, help="dataset size relative to the real one")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the job may take")
+    args = parser.parse_args(argv)
+
+    workdir: Path = args.workdir.resolve()
+    # The demo's own MQTT sessions (flctl, the status watcher) log only problems; the services log to
+    # their own files.
+    configure_logging(node="demo", role="cli", level="WARNING")
+    test_labels = prepare(workdir, args.scale, args.seed)
+    with LocalCluster(workdir, port=args.port) as cluster:
+        cluster.start_broker()
+        say(f"mosquitto listening on 127.0.0.1:{cluster.port} (config: {workdir / 'mosquitto'})")
+        cluster.start_node(AGGREGATOR, "aggregator")
+        for edge in EDGES:
+            cluster.start_node(edge, "edge")
+        say(
+            f"services started: {AGGREGATOR} (aggregator), {', '.join(EDGES)} (edge trainers); logs in {workdir}/<node>/service.log"
+        )
+        say(f"watch it yourself: mosquitto_sub -p {cluster.port} -v -t 'fl/federatedlearningjobs/{JOB}/status'")
+
+        spec = HERE / "surface-defect-detection.yaml"
+        say(f"flctl create -f {spec.relative_to(REPO)}")
+        if flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) != 0:
+            say("flctl create failed")
+            return 1
+        try:
+            status = cluster.wait_for_job(JOB, timeout=args.timeout, on_change=Progress())
+        except FlctlError as exc:
+            say(f"FAILED: {exc}")
+            return 1
+
+        print()
+        flctl_cli.main([*cluster.flctl_args(), "get", "fl"])
+        print()
+        if status.phase is not Phase.SUCCEEDED:
+            say(f"job ended {status.phase.value}: {status.message}")
+            flctl_cli.main([*cluster.flctl_args(), "describe", "fl", JOB])
+            return 1
+
+        missing = []
+        for edge in EDGES:
+            worker = status.worker(edge)
+            # The worker reports the path the way the spec says it (/model/...); on this machine it is
+            # under the edge's root folder.
+            path = workdir / edge / "model"
+            files = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+            if not files:
+                missing.append(edge)
+            digest = worker.model_digest[:16] if worker and worker.model_digest else "?"
+            say(f"{edge}: final model in {path} ({', '.join(files)}; weights sha256 {digest}...)")
+        if status.model_path:
+            say(f"{AGGREGATOR}: final global weights in {status.model_path}")
+        if missing:
+            say(f"FAILED: no model written on {', '.join(missing)}")
+            return 1
+
+    scores = evaluate(workdir, test_labels)
+    if scores:
+        say(
+            "held-out test set: accuracy {accuracy:.3f}, balanced accuracy {balanced_accuracy:.3f} "
+            "(always 'no defect' would score {majority_baseline:.3f})".format(**scores)
+        )
+    say("job Succeeded")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

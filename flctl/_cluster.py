@@ -1,0 +1,286 @@
+"""A whole deployment on one machine: a Mosquitto broker and the node services as real processes.
+
+The demo and the end-to-end tests both run through this, so what the tests check is what a user runs.
+Every node gets its own root folder under the work directory (``.demo/edge1`` ...), the same layout
+a real host has under ``/``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from pydantic import ValidationError
+
+from broker import BrokerConfig, Inbound, LocalBroker, MqttSettings, Session
+from flctl._errors import FlctlError
+from schemas import JobStatus, Kind, Topics
+
+# role -> (console script, module): the commands the README documents for real hosts.
+_SERVICES = {
+    "aggregator": ("fl-cloud-aggregator", "cloud_aggregator"),
+    "edge": ("fl-edge-trainer", "edge_trainer"),
+}
+
+
+@dataclass
+class NodeProcess:
+    """One node service running as a child process, its output in `log_path`."""
+
+    name: str
+    role: str
+    root: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    _log: IO[bytes] = field(repr=False)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, *, hard: bool = False, timeout: float = 20.0) -> int | None:
+        """SIGTERM (or SIGKILL) the service and wait; a service that ignores SIGTERM is killed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        self._log.close()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class LocalCluster:
+    """A broker plus node services under one work directory; stops everything on exit."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        prefix: str = "fl",
+        broker_config: dict[str, object] | None = None,
+        service_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir.resolve()
+        self.prefix = prefix
+        self.topics = Topics(prefix)
+        self._port = port
+        self._broker_config = broker_config or {}
+        self._service_args = service_args or []
+        self._env = env or {}
+        self.broker: LocalBroker | None = None
+        self.nodes: dict[str, NodeProcess] = {}
+        # Processes of nodes that were killed or restarted (fault tests): stopped, kept for their exit codes.
+        self.retired: list[NodeProcess] = []
+        # name -> (role, extra_args, port): how each node was started, so it can be started again alike.
+        self._launches: dict[str, tuple[str, list[str], int | None]] = {}
+
+    # -- broker ------------------------------------------------------------------------------
+
+    def start_broker(self) -> LocalBroker:
+        """Start the broker; once started and then stopped (`stop_broker`), start it again on the same port
+        with the same data (persistence keeps sessions, queued and retained messages)."""
+        if self.broker is not None:
+            if not self.broker.running:
+                self.broker.start()
+            return self.broker
+        # Not "broker": a folder of that name in a process's working directory would shadow the package.
+        broker_dir = self.workdir / "mosquitto"
+        broker_dir.mkdir(parents=True, exist_ok=True)
+        cfg = BrokerConfig(port=self._port or free_port(), data_dir=broker_dir / "data", **self._broker_config)  # type: ignore[arg-type]
+        self.broker = LocalBroker(cfg, broker_dir)
+        self.broker.start()
+        return self.broker
+
+    def stop_broker(self, *, hard: bool = False) -> None:
+        """Stop the broker (SIGTERM saves its persistence database; `hard` is SIGKILL); `start_broker` brings it back."""
+        if self.broker is None:
+            raise FlctlError("the broker is not started")
+        self.broker.stop(hard=hard)
+
+    def restart_broker(self, *, hard: bool = False) -> None:
+        """Stop the broker and start it again on the same port with the same data."""
+        self.stop_broker(hard=hard)
+        self.start_broker()
+
+    @property
+    def port(self) -> int:
+        if self.broker is None:
+            raise FlctlError("the broker is not started")
+        return self.broker.port
+
+    def settings(self, client_id: str) -> MqttSettings:
+        return MqttSettings(host="127.0.0.1", port=self.port, client_id=client_id)
+
+    def flctl_args(self) -> list[str]:
+        """Global flctl options that point at this cluster's broker."""
+        return ["--host", "127.0.0.1", "--port", str(self.port), "--prefix", self.prefix]
+
+    # -- node services -----------------------------------------------------------------------
+
+    def start_node(
+        self, name: str, role: str, *, extra_args: list[str] | None = None, port: int | None = None
+    ) -> NodeProcess:
+        """Start `fl-cloud-aggregator` or `fl-edge-trainer` for node `name` with root workdir/name.
+
+        `port` (default: the broker's) lets a node connect somewhere else on 127.0.0.1, e.g. through a
+        fault-injecting proxy in front of the broker.
+        """
+        if name in self.nodes and self.nodes[name].alive():
+            raise FlctlError(f"node {name} is already running")
+        script, module = _SERVICES[role]
+        root = self.workdir / name
+        root.mkdir(parents=True, exist_ok=True)
+        log_path = root / "service.log"
+        log = log_path.open("ab")
+        installed = Path(sys.executable).parent / script
+        # `python -P -m` keeps the working directory off the import path, like the console script does.
+        command = [str(installed)] if installed.exists() else [sys.executable, "-P", "-m", module]
+        argv = [
+            *command,
+            "--node",
+            name,
+            "--root",
+            str(root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port if port is not None else self.port),
+            "--prefix",
+            self.prefix,
+            *self._service_args,
+            *(extra_args or []),
+        ]
+        env = {**os.environ, **self._env}
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+        node = NodeProcess(name, role, root, log_path, proc, log)
+        previous = self.nodes.get(name)
+        if previous is not None:
+            self.retired.append(previous)
+        self.nodes[name] = node
+        self._launches[name] = (role, list(extra_args or []), port)
+        return node
+
+    def kill_node(self, name: str, *, hard: bool = True) -> int | None:
+        """Stop node `name` (SIGKILL by default: no clean shutdown, no final status) and forget it.
+
+        The process moves to `retired`; `start_node` or `restart_node` can start the node again later with
+        the same root. Returns the exit code (-9 after SIGKILL).
+        """
+        node = self.nodes.pop(name)
+        code = node.stop(hard=hard)
+        self.retired.append(node)
+        return code
+
+    def restart_node(self, name: str, *, hard: bool = True) -> NodeProcess:
+        """Kill node `name` (SIGKILL unless `hard` is False) and start it again with the same root and arguments."""
+        role, extra_args, port = self._launches[name]
+        if name in self.nodes:
+            self.kill_node(name, hard=hard)
+        return self.start_node(name, role, extra_args=extra_args, port=port)
+
+    def stop(self) -> None:
+        """Stop every node service, then the broker."""
+        for node in list(self.nodes.values()):
+            node.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object | TracebackType | None) -> None:
+        self.stop()
+
+    # -- following a job ---------------------------------------------------------------------
+
+    @contextmanager
+    def watch(self, client_id: str, *filters: str) -> Iterator[queue.Queue[Inbound]]:
+        """A session subscribed to `filters`; yields its inbox (messages are acknowledged on receipt)."""
+        inbox: queue.Queue[Inbound] = queue.Queue()
+        session = Session(self.settings(client_id), inbox=inbox, topics=self.topics)
+        for flt in filters:
+            session.subscribe(flt)
+        session.start()
+        if not session.wait_connected(10.0):
+            session.stop()
+            raise FlctlError(f"cannot reach the broker on port {self.port}")
+        try:
+            yield inbox
+        finally:
+            session.stop()
+
+    def wait_for_job(
+        self,
+        job: str,
+        *,
+        timeout: float,
+        on_change: Callable[[JobStatus], None] | None = None,
+        check_alive: bool = True,
+    ) -> JobStatus:
+        """Follow a job's status topic until it is Succeeded or Failed; raise FlctlError on timeout.
+
+        A node service that dies while the job runs ends the wait with its log tail: waiting out the
+        timeout would only hide the reason.
+        """
+        topic = self.topics.status(Kind.JOB, job)
+        deadline = time.monotonic() + timeout
+        last: JobStatus | None = None
+        with self.watch(f"watch-{job}-{os.getpid()}", topic) as inbox:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    phase = last.phase.value if last else "no status"
+                    raise FlctlError(f"job {job!r} did not finish within {timeout:.0f} s (last phase: {phase})")
+                if check_alive:
+                    self._raise_if_dead()
+                try:
+                    msg = inbox.get(timeout=min(remaining, 1.0))
+                except queue.Empty:
+                    continue
+                if not msg.payload:
+                    continue
+                try:
+                    status = JobStatus.model_validate_json(msg.payload)
+                except ValidationError:
+                    continue
+                last = status
+                if on_change is not None:
+                    on_change(status)
+                if status.phase.finished:
+                    return status
+
+    def _raise_if_dead(self) -> None:
+        for node in self.nodes.values():
+            if not node.alive():
+                raise FlctlError(
+                    f"the {node.role} service of node {node.name} exited with code {node.proc.returncode}; "
+                    f"last lines of {node.log_path}:\n{node.log_tail()}"
+                )
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (Mosquitto cannot bind port 0 itself)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
