@@ -3,6 +3,7 @@
 The public API is re-exported here (see docs/dev/internal-apis.md); the modules behind it are private.
 """
 
+from broker._args import add_mqtt_arguments, mqtt_settings_from_args
 from broker._channel import WorkerChannel, spawn_channel_pair
 from broker._config import BrokerConfig, render_config
 from broker._errors import BrokerError, ChannelClosed, ConnectError, PayloadTooLarge, PublishError, TransferError
@@ -36,11 +37,13 @@ __all__ = [
     "Session",
     "TransferError",
     "WorkerChannel",
+    "add_mqtt_arguments",
     "chunk_index",
     "configure_logging",
     "find_mosquitto",
     "get_logger",
     "manifest_from_payload",
+    "mqtt_settings_from_args",
     "new_transfer_id",
     "render_config",
     "spawn_channel_pair",

@@ -114,20 +114,21 @@ class MqttSettings:
     def from_env(
         cls, prefix: str = "FL_MQTT_", environ: Mapping[str, str] | None = None, **overrides: Any
     ) -> MqttSettings:
-        """Settings from ``{prefix}HOST``, ``_PORT``, ``_USERNAME``, ``_PASSWORD``, ``_TLS_CA``, ``_TLS_CERT``,
-        ``_TLS_KEY``; keyword `overrides` win (pass ``client_id=`` there)."""
+        """Settings from ``{prefix}HOST``, ``_PORT``, ``_KEEPALIVE``, ``_USERNAME``, ``_PASSWORD``, ``_TLS_CA``,
+        ``_TLS_CERT``, ``_TLS_KEY``; keyword `overrides` win (pass ``client_id=`` there)."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in ("host", "username", "password", "tls_ca", "tls_cert", "tls_key"):
             raw = env.get(prefix + name.upper())
             if raw:
                 values[name] = raw
-        raw_port = env.get(prefix + "PORT")
-        if raw_port:
-            try:
-                values["port"] = int(raw_port)
-            except ValueError as exc:
-                raise ValueError(f"{prefix}PORT={raw_port!r} is not a port number") from exc
+        for name, what in (("port", "a port number"), ("keepalive", "a whole number of seconds")):
+            raw = env.get(prefix + name.upper())
+            if raw:
+                try:
+                    values[name] = int(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{prefix}{name.upper()}={raw!r} is not {what}") from exc
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:

@@ -13,9 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-from broker import MqttSettings, configure_logging
+from broker import add_mqtt_arguments, configure_logging, mqtt_settings_from_args
 from schemas import Topics, check_name
 
 __all__ = ["build_parser", "main"]
@@ -42,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--node", required=True, type=_node, help="this node's name (also the MQTT client id)")
     parser.add_argument("--root", required=True, type=Path, help="the node's root folder: spec paths resolve under it")
-    parser.add_argument("--host", default=None, help="broker host (default: FL_MQTT_HOST or 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="broker port (default: FL_MQTT_PORT or 1883)")
     parser.add_argument("--prefix", default="fl", help="topic prefix (default: fl)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     parser.add_argument(
@@ -68,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--chunk-size", type=int, default=512 * 1024, help="bytes per chunk of a weights transfer (default: 524288)"
     )
+    add_mqtt_arguments(parser)
     return parser
 
 
@@ -77,12 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         configure_logging(node=args.node, role="aggregator", level=args.log_level)
         Topics(args.prefix)
-        overrides: dict[str, Any] = {"client_id": args.node}
-        if args.host:
-            overrides["host"] = args.host
-        if args.port is not None:
-            overrides["port"] = args.port
-        settings = MqttSettings.from_env(**overrides)
+        settings = mqtt_settings_from_args(args, args.node)
     except (ValueError, TypeError) as exc:
         print(f"fl-cloud-aggregator: {exc}", file=sys.stderr)
         return 2

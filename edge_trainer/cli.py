@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from broker import BrokerError, MqttSettings, configure_logging, get_logger
+from broker import BrokerError, add_mqtt_arguments, configure_logging, get_logger, mqtt_settings_from_args
 from edge_trainer._service import EdgeService
 from schemas import TopicError, Topics, check_name
 
@@ -26,8 +26,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--root", required=True, type=Path, help="the node's root folder: plan paths such as /data/1.txt live under it"
     )
-    parser.add_argument("--host", default=None, help="MQTT broker host (default: $FL_MQTT_HOST or 127.0.0.1)")
-    parser.add_argument("--port", default=None, type=int, help="MQTT broker port (default: $FL_MQTT_PORT or 1883)")
     parser.add_argument("--prefix", default="fl", help="topic prefix (default: fl)")
     parser.add_argument(
         "--ack-timeout",
@@ -39,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], type=str.upper
     )
+    add_mqtt_arguments(parser)
     return parser
 
 
@@ -49,8 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         node = check_name(args.node, "node name")
         topics = Topics(args.prefix)
-        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-        settings = MqttSettings.from_env(client_id=node, **overrides)
+        settings = mqtt_settings_from_args(args, node)
         if args.ack_timeout <= 0:
             raise ValueError(f"--ack-timeout must be > 0, not {args.ack_timeout}")
     except (ValueError, TopicError) as exc:
