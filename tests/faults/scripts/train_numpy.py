@@ -1,0 +1,59 @@
+"""Numpy-only training worker for the many-edges fault test.
+
+Twenty edges means twenty training scripts at once on a two-core machine: each Keras script costs
+seconds of CPU and hundreds of MB just to import TensorFlow, which would make the scenario about
+process start-up instead of about the broker. This estimator (a linear least-squares model trained
+with one gradient step per round) has the same surface the worker API drives (get_weights,
+set_weights, train, save), and its weights are as large as the scenario wants (``features`` x
+``hidden``), so the transfers carry the many chunks the scenario is about. Saved with
+``estimator.save(path)`` (no Keras ``.model``): ``<path>.npz``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from _common import load_samples, wait_gate
+
+from edge_trainer import BaseConfig, Context, FederatedLearning
+
+FEATURES = int(Context.get_parameters("features", 8))
+HIDDEN = int(Context.get_parameters("hidden", 16))
+
+
+class Estimator:
+    def __init__(self) -> None:
+        rng = np.random.default_rng(7)
+        self.w = (rng.standard_normal((FEATURES, HIDDEN)) * 0.1).astype(np.float32)
+        self.b = np.zeros(HIDDEN, dtype=np.float32)
+        self.calls = 0
+
+    def train(self, train_data, valid_data=None, learning_rate=0.01, **kwargs):
+        self.calls += 1
+        wait_gate(self.calls)
+        x = train_data.x
+        target = np.repeat(train_data.y.astype(np.float32)[:, None], HIDDEN, axis=1)
+        error = x @ self.w + self.b - target
+        self.w = (self.w - learning_rate * x.T @ error / len(x)).astype(np.float32)
+        self.b = (self.b - learning_rate * error.mean(axis=0)).astype(np.float32)
+        return {"loss": [float((error**2).mean())]}
+
+    def get_weights(self):
+        return [self.w, self.b]
+
+    def set_weights(self, weights):
+        self.w, self.b = (np.array(w, dtype=np.float32) for w in weights)
+
+    def save(self, model_path):
+        path = f"{model_path}.npz"
+        with open(path, "wb") as f:
+            np.savez(f, w=self.w, b=self.b)
+        return path
+
+
+def main() -> None:
+    data = load_samples(BaseConfig.train_dataset_url, FEATURES)
+    FederatedLearning(estimator=Estimator).train(train_data=data)
+
+
+if __name__ == "__main__":
+    main()
