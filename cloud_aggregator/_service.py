@@ -308,13 +308,19 @@ class AggregatorService:
                 break
             except (TimeoutError, BrokerError) as exc:
                 self._log.warning("waiting for the retained messages", error=str(exc))
-        # Everything retained is queued now: handle it before any job is evaluated.
+        # Everything retained is queued now: handle it before any job is evaluated. Runtime traffic
+        # (updates, worker and node statuses) that came in meanwhile is kept, unacknowledged, until the
+        # jobs are known: dropping it would leave edges waiting for an ack timeout to resend.
+        deferred: list[Inbound] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            self._handle(item)
+            if isinstance(item, Inbound) and self._is_runtime(item.topic):
+                deferred.append(item)
+            else:
+                self._handle(item)
         for flt in startup_only:
             try:
                 session.unsubscribe(flt)
@@ -322,7 +328,16 @@ class AggregatorService:
                 self._log.warning("cannot drop a startup subscription", filter=flt, error=str(exc))
         assert self._controller is not None
         self._controller.ready(time.monotonic())
-        self._log.info("ready", node=self.node)
+        self._log.info("ready", node=self.node, deferred=len(deferred))
+        for item in deferred:
+            self._handle(item)
+
+    def _is_runtime(self, topic: str) -> bool:
+        try:
+            channel = self.topics.parse(topic).channel
+        except TopicError:
+            return False
+        return channel in (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK, Channel.NODE_STATUS)
 
     # -- the loop --------------------------------------------------------------------------------
 
