@@ -6,6 +6,7 @@ The public API is re-exported here (see docs/dev/internal-apis.md); the modules 
 from broker._args import add_mqtt_arguments, mqtt_settings_from_args
 from broker._channel import WorkerChannel, spawn_channel_pair
 from broker._config import BrokerConfig, render_config
+from broker._durable import TMP_PREFIX, fsync_dir, write_atomic
 from broker._errors import BrokerError, ChannelClosed, ConnectError, PayloadTooLarge, PublishError, TransferError
 from broker._launcher import LocalBroker, find_mosquitto
 from broker._logging import configure_logging, get_logger
@@ -21,6 +22,7 @@ from broker._transfer import (
 )
 
 __all__ = [
+    "TMP_PREFIX",
     "Assembler",
     "BlobSender",
     "BrokerConfig",
@@ -41,6 +43,7 @@ __all__ = [
     "chunk_index",
     "configure_logging",
     "find_mosquitto",
+    "fsync_dir",
     "get_logger",
     "manifest_from_payload",
     "mqtt_settings_from_args",
@@ -48,4 +51,5 @@ __all__ = [
     "render_config",
     "spawn_channel_pair",
     "transfer_key",
+    "write_atomic",
 ]

@@ -17,7 +17,6 @@ deleted; a crash anywhere in between leaves a state the restart can resume from.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from broker import fsync_dir, write_atomic
 from cloud_aggregator._errors import AggregatorError
 from schemas import JobStatus
 
@@ -66,31 +66,6 @@ class SpooledUpdate:
     blob: bytes
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves the old file or the new one: temp, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 class StateStore:
     """The files under ``ROOT/state``; every OSError becomes a `StateError`."""
 
@@ -107,7 +82,7 @@ class StateStore:
         path = self._spool(job, round_) / f"{node}-{transfer}.blob"
         try:
             write_atomic(path, blob)
-            _fsync_dir(path.parent.parent)
+            fsync_dir(path.parent.parent)
         except OSError as exc:
             raise StateError(f"cannot store the update of {node} for round {round_}: {exc}") from exc
 

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from broker import fsync_dir
 from edge_trainer._errors import ModelSaveError
 from schemas._worker_env import NODE_ROOT
 
@@ -216,13 +217,13 @@ def _replace_files(staging: Path, directory: Path) -> None:
     )
     for name in [*names, METADATA_FILE]:
         os.replace(staging / name, directory / name)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _replace_dir(staging: Path, directory: Path) -> None:
     if not directory.exists():
         os.rename(staging, directory)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
         return
     produced = {p.name for p in staging.iterdir()}
     for entry in directory.iterdir():
@@ -231,7 +232,7 @@ def _replace_dir(staging: Path, directory: Path) -> None:
     old = directory.parent / f".{directory.name}{_OLD}{uuid.uuid4().hex[:12]}"
     os.rename(directory, old)
     os.rename(staging, directory)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -253,17 +254,4 @@ def _sync_tree(root: Path) -> None:
         if path.is_file() and not path.is_symlink():
             with path.open("rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(root)

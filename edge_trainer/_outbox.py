@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from broker import TMP_PREFIX, fsync_dir, write_atomic
 from edge_trainer._errors import EdgeTrainerError
 from schemas import TransferManifest, UpdateAck, check_name
 
@@ -39,7 +39,6 @@ __all__ = ["AckOutcome", "Deliveries", "Delivery", "Outbox", "OutboxEntry", "Out
 
 _BLOB = ".blob"
 _META = ".json"
-_TMP = ".tmp-"
 
 
 class OutboxError(EdgeTrainerError):
@@ -74,25 +73,6 @@ class OutboxEntry:
         return self.blob_path.with_suffix(_META)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{_TMP}{path.name}")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Outbox:
     """The outbox folders under ``ROOT/state``. Thread-safe in the sense the service needs: the uploader
     thread writes and reads entries, the logic thread lists and removes them; no two touch one file at once
@@ -110,9 +90,9 @@ class Outbox:
         blob_path = folder / f"{manifest.transfer}{_BLOB}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(blob_path, blob)
-            _write_atomic(blob_path.with_suffix(_META), manifest.to_json())
-            _fsync_dir(folder)
+            write_atomic(blob_path, blob, sync_dir=False)
+            write_atomic(blob_path.with_suffix(_META), manifest.to_json(), sync_dir=False)
+            fsync_dir(folder)
         except OSError as exc:
             raise OutboxError(f"cannot store the {manifest.kind} of round {manifest.round} in {folder}: {exc}") from exc
         return OutboxEntry(manifest, blob_path)
@@ -124,7 +104,7 @@ class Outbox:
             return []
         found: list[OutboxEntry] = []
         for path in sorted(folder.iterdir()):
-            if path.name.startswith(_TMP):
+            if path.name.startswith(TMP_PREFIX):
                 path.unlink(missing_ok=True)
             elif path.suffix == _BLOB and not path.with_suffix(_META).exists():
                 path.unlink(missing_ok=True)  # the write stopped before its manifest: never published
