@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ def write_labels(folder: Path, text: str, name: str = "labels.txt") -> Path:
     return path
 
 
-def sedna_image_process(base: Path) -> object:
+def sedna_image_process(base: Path) -> Callable[[str], list[np.ndarray]]:
     """Sedna's example func: ``(image array, inverted one-hot label)`` for one line."""
 
     def func(line: str) -> list[np.ndarray]:
@@ -274,7 +274,12 @@ def test_txtdataparse_validates_lines_before_calling_func(tmp_path: Path) -> Non
     """A malformed line raises DatasetError with file and line; func is never called with it."""
     labels = write_labels(tmp_path, "a.jpg,0\na.jpg,yes\n")
     calls: list[str] = []
-    data = TxtDataParse(data_type="train", func=lambda line: calls.append(line) or [line, 0])
+
+    def func(line: str) -> list[object]:
+        calls.append(line)
+        return [line, 0]
+
+    data = TxtDataParse(data_type="train", func=func)
     with pytest.raises(DatasetError, match=r"labels\.txt:2: label must be 0 or 1"):
         data.parse(labels)
     assert calls == ["a.jpg,0"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -47,12 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         x, y = load_dataset(args.labels, image_root=args.image_root)
         estimator = Estimator()
         estimator.load(args.checkpoint)
-    except (DatasetError, FileNotFoundError) as exc:
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
     metrics = estimator.evaluate(_Data(x, y), batch_size=args.batch_size)
     report = {"checkpoint": str(Path(args.checkpoint)), "labels": str(Path(args.labels)), **metrics}
-    print(json.dumps(report, sort_keys=True))
+    # A recall of a class absent from the labels is NaN, which strict JSON cannot carry: null.
+    clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in report.items()}
+    print(json.dumps(clean, sort_keys=True))
     print(
         f"accuracy {metrics['accuracy']:.3f} | balanced accuracy {metrics['balanced_accuracy']:.3f}"
         f" | majority-class baseline {metrics['majority_baseline']:.3f}"
