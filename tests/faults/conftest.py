@@ -12,8 +12,6 @@ import contextlib
 import functools
 import itertools
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,41 +31,10 @@ SCRIPTS = Path(__file__).resolve().parent / "scripts"
 JOB = "faults"
 # Short keepalive so a silent link is noticed within seconds (scenario 2); resumes and resends fast.
 KEEPALIVE = 2
-WANTED_FLAGS: dict[str, list[str]] = {
+SERVICE_FLAGS: dict[str, list[str]] = {
     "aggregator": ["--keepalive", str(KEEPALIVE), "--resume-after", "1"],
     "edge": ["--keepalive", str(KEEPALIVE), "--ack-timeout", "5"],
 }
-_COMMANDS = {"aggregator": "fl-cloud-aggregator", "edge": "fl-edge-trainer"}
-
-
-@functools.cache
-def service_help(role: str) -> str:
-    """The `--help` text of a service CLI (which fault-tolerance flags exist yet)."""
-    command = Path(sys.executable).parent / _COMMANDS[role]
-    done = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=60, check=False)
-    return done.stdout
-
-
-def keepalive_settable(role: str) -> bool:
-    """Whether a short MQTT keepalive can be given to the `role` service (--keepalive, or FL_MQTT_KEEPALIVE)."""
-    if "--keepalive" in service_help(role):
-        return True
-    from broker import MqttSettings
-
-    return (
-        MqttSettings.from_env(environ={"FL_MQTT_KEEPALIVE": str(KEEPALIVE)}, client_id="probe").keepalive == KEEPALIVE
-    )
-
-
-def supported_flags(role: str) -> list[str]:
-    """The WANTED_FLAGS of `role` that its CLI has (flag and value pairs)."""
-    text = service_help(role)
-    wanted = WANTED_FLAGS[role]
-    out: list[str] = []
-    for flag, value in zip(wanted[::2], wanted[1::2], strict=True):
-        if flag in text:
-            out += [flag, value]
-    return out
 
 
 def samples_of(index: int) -> int:
@@ -341,13 +308,13 @@ def rig(tmp_path: Path) -> Iterator[RigFactory]:
             cluster.settings("fault-capture"), f"{r.topics.prefix}/federatedlearningjobs/{JOB}/rounds/#"
         )
         r.capture.__enter__()
-        cluster.start_node("cloud0", "aggregator", extra_args=[*supported_flags("aggregator"), *agg_args])
+        cluster.start_node("cloud0", "aggregator", extra_args=[*SERVICE_FLAGS["aggregator"], *agg_args])
         for edge in start if start is not None else names:
             port = None
             if proxies:
                 r.proxies[edge] = FlakyProxy(cluster.port)
                 port = r.proxies[edge].port
-            cluster.start_node(edge, "edge", extra_args=supported_flags("edge"), port=port)
+            cluster.start_node(edge, "edge", extra_args=SERVICE_FLAGS["edge"], port=port)
         assert flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) == 0
         return r
 
