@@ -5,8 +5,11 @@ What it does, in order:
 2. gives each edge only its own share (edge1: the images of 1.txt, edge2: those of 2.txt) under
    ``.demo/<edge>/data``, and keeps test.txt's images aside in ``.demo/testset`` for evaluation;
 3. copies the example's scripts to each node's ``/code`` (``.demo/<node>/code``);
-4. starts a Mosquitto broker, the cloud aggregator on node cloud0 and edge trainers on edge1 and edge2;
-5. publishes the page's Dataset, Model and FederatedLearningJob with ``flctl create``;
+4. provisions the deployment like ``flctl broker init`` (``.demo/secrets``: CA, TLS certificates, passwords,
+   ACL, one node.yaml per node), starts Mosquitto with the generated config (TLS, no anonymous access,
+   per-node ACLs), the cloud aggregator on node cloud0 and edge trainers on edge1 and edge2, each with
+   ``--config`` its node.yaml;
+5. publishes the page's Dataset, Model and FederatedLearningJob with ``flctl create`` as the admin;
 6. follows the job's status topic round by round until it is Succeeded or Failed;
 7. prints ``flctl get fl``, where each edge wrote its model, and the model's scores on the held-out set.
 
@@ -28,13 +31,16 @@ from flctl import cli as flctl_cli
 from flctl._cluster import LocalCluster
 from flctl._errors import FlctlError
 from flctl._synth import copy_split, synthesize
-from schemas import JobStatus, Phase
+from schemas import JobStatus, Phase, WorkerState
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 JOB = "surface-defect-detection"
 EDGES = {"edge1": "1.txt", "edge2": "2.txt"}
 AGGREGATOR = "cloud0"
+# An admin identity for the user to follow the job with (one connection per identity: the broker forces
+# the client id to the username).
+VIEWER = "viewer"
 
 
 def say(text: str) -> None:
@@ -85,6 +91,10 @@ class Progress:
                 self.states[worker.node] = state
                 detail = f" round {worker.round}" if worker.round else ""
                 say(f"  {worker.node}: {state}{detail}" + (f" - {worker.message}" if worker.message else ""))
+                if worker.state is WorkerState.WAITING and worker.metrics:
+                    # What the edge's local training reported for this round (Keras history, last epoch).
+                    scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(worker.metrics.items()))
+                    say(f"  {worker.node}: round {worker.round} local training: {scores}")
 
 
 def evaluate(workdir: Path, test_labels: Path) -> dict[str, float] | None:
@@ -108,10 +118,37 @@ def evaluate(workdir: Path, test_labels: Path) -> dict[str, float] | None:
     return None
 
 
+def start_cluster(cluster: LocalCluster, workdir: Path) -> None:
+    """Provision (as `flctl broker init` does), start the broker and every node service with its node.yaml."""
+    nodes = [AGGREGATOR, *EDGES]
+    cluster.start_broker()
+    secrets = workdir / "secrets"
+    assert cluster.provisioned is not None
+    say(
+        f"provisioned like `flctl broker init --nodes {','.join(nodes)} --admin admin,monitor,{VIEWER} --out {secrets}`: "
+        "a CA, TLS certificates, a password and an ACL entry per identity (files 0600, never printed)"
+    )
+    say(
+        f"mosquitto: TLS on 127.0.0.1:{cluster.port}, anonymous refused, per-node ACLs "
+        f"(config: {cluster.provisioned.conf_path})"
+    )
+    cluster.start_node(AGGREGATOR, "aggregator")
+    for edge in EDGES:
+        cluster.start_node(edge, "edge")
+    say(
+        f"services started with --config {secrets}/nodes/<node>/node.yaml: {AGGREGATOR} (aggregator), "
+        f"{', '.join(EDGES)} (edge trainers); logs in {workdir}/<node>/service.log"
+    )
+    say(
+        f"watch it yourself: flctl --config {secrets}/admin/{VIEWER}.yaml --host 127.0.0.1 --port {cluster.port} "
+        f"get fl {JOB} -w"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=REPO / ".demo")
-    parser.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
+    parser.add_argument("--port", type=int, default=None, help="the broker's TLS port (default: a free one)")
     parser.add_argument("--scale", type=float, default=1.0, help="dataset size relative to the real one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the job may take")
@@ -122,17 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     # their own files.
     configure_logging(node="demo", role="cli", level="WARNING")
     test_labels = prepare(workdir, args.scale, args.seed)
-    with LocalCluster(workdir, port=args.port) as cluster:
-        cluster.start_broker()
-        say(f"mosquitto listening on 127.0.0.1:{cluster.port} (config: {workdir / 'mosquitto'})")
-        cluster.start_node(AGGREGATOR, "aggregator")
-        for edge in EDGES:
-            cluster.start_node(edge, "edge")
-        say(
-            f"services started: {AGGREGATOR} (aggregator), {', '.join(EDGES)} (edge trainers); logs in {workdir}/<node>/service.log"
-        )
-        say(f"watch it yourself: mosquitto_sub -p {cluster.port} -v -t 'fl/federatedlearningjobs/{JOB}/status'")
-
+    with LocalCluster(workdir, port=args.port, secure=True, nodes=[AGGREGATOR, *EDGES], admins=[VIEWER]) as cluster:
+        start_cluster(cluster, workdir)
         spec = HERE / "surface-defect-detection.yaml"
         say(f"flctl create -f {spec.relative_to(REPO)}")
         if flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) != 0:
