@@ -3,13 +3,14 @@
 The public API is re-exported here (see docs/dev/internal-apis.md); the modules behind it are private.
 """
 
-from broker._args import add_mqtt_arguments, mqtt_settings_from_args
+from broker._args import add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
 from broker._channel import WorkerChannel, spawn_channel_pair
-from broker._config import BrokerConfig, render_config
+from broker._config import BrokerConfig, TlsListener, render_config
 from broker._durable import TMP_PREFIX, fsync_dir, write_atomic
 from broker._errors import BrokerError, ChannelClosed, ConnectError, PayloadTooLarge, PublishError, TransferError
 from broker._launcher import LocalBroker, find_mosquitto
 from broker._logging import configure_logging, get_logger
+from broker._nodeconfig import NODE_CONFIG_ENV, BrokerAddress, NodeConfig, NodeTls, load_node_config
 from broker._session import Inbound, MqttSettings, PublishResult, Session
 from broker._transfer import (
     Assembler,
@@ -22,9 +23,11 @@ from broker._transfer import (
 )
 
 __all__ = [
+    "NODE_CONFIG_ENV",
     "TMP_PREFIX",
     "Assembler",
     "BlobSender",
+    "BrokerAddress",
     "BrokerConfig",
     "BrokerError",
     "ChannelClosed",
@@ -33,10 +36,13 @@ __all__ = [
     "Inbound",
     "LocalBroker",
     "MqttSettings",
+    "NodeConfig",
+    "NodeTls",
     "PayloadTooLarge",
     "PublishError",
     "PublishResult",
     "Session",
+    "TlsListener",
     "TransferError",
     "WorkerChannel",
     "add_mqtt_arguments",
@@ -45,9 +51,12 @@ __all__ = [
     "find_mosquitto",
     "fsync_dir",
     "get_logger",
+    "load_node_config",
     "manifest_from_payload",
     "mqtt_settings_from_args",
     "new_transfer_id",
+    "node_config_from_args",
+    "node_from_args",
     "render_config",
     "spawn_channel_pair",
     "transfer_key",

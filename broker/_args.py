@@ -1,25 +1,40 @@
 """Command-line options for a service's MQTT connection, shared by every node service.
 
-Credentials and TLS files come only from the environment (`MqttSettings.from_env`: FL_MQTT_USERNAME,
-FL_MQTT_PASSWORD, FL_MQTT_TLS_CA, ...), never from flags, so they do not show in `ps`. Flags override
-the environment's FL_MQTT_HOST, FL_MQTT_PORT and FL_MQTT_KEEPALIVE.
+Where each setting comes from, first match wins: the flags (--host, --port, --keepalive), the
+environment (FL_MQTT_HOST, FL_MQTT_PORT, FL_MQTT_KEEPALIVE, FL_MQTT_USERNAME, FL_MQTT_PASSWORD,
+FL_MQTT_TLS_CA, FL_MQTT_TLS_CERT, FL_MQTT_TLS_KEY), the node config (`--config FILE` or FL_NODE_CONFIG:
+the node.yaml `flctl broker init` writes), the defaults. Credentials and TLS files never come from
+flags, so they do not show in `ps`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
+from broker._nodeconfig import NODE_CONFIG_ENV, NodeConfig, load_node_config
 from broker._session import MqttSettings
 
-__all__ = ["add_mqtt_arguments", "mqtt_settings_from_args"]
+__all__ = ["add_mqtt_arguments", "mqtt_settings_from_args", "node_config_from_args", "node_from_args"]
 
 
 def add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --host, --port and --keepalive to a service's parser."""
-    group = parser.add_argument_group("MQTT connection (credentials and TLS: FL_MQTT_* environment variables)")
-    group.add_argument("--host", default=None, help="broker host (default: $FL_MQTT_HOST or 127.0.0.1)")
-    group.add_argument("--port", type=int, default=None, help="broker port (default: $FL_MQTT_PORT or 1883)")
+    """Add --config, --host, --port and --keepalive to a service's parser."""
+    group = parser.add_argument_group(
+        "MQTT connection (flags > FL_MQTT_* environment variables > --config file > defaults)"
+    )
+    group.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help=f"the node's node.yaml from `flctl broker init`: node name, broker, credentials, TLS files "
+        f"(default: ${NODE_CONFIG_ENV})",
+    )
+    group.add_argument("--host", default=None, help="broker host (default: $FL_MQTT_HOST, the config, or 127.0.0.1)")
+    group.add_argument(
+        "--port", type=int, default=None, help="broker port (default: $FL_MQTT_PORT, the config, or 1883)"
+    )
     group.add_argument(
         "--keepalive",
         type=int,
@@ -29,11 +44,39 @@ def add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def mqtt_settings_from_args(args: argparse.Namespace, client_id: str) -> MqttSettings:
-    """The session settings: environment first, then the flags that were given. Raises ValueError."""
-    overrides: dict[str, Any] = {"client_id": client_id}
+def node_config_from_args(args: argparse.Namespace) -> NodeConfig | None:
+    """The node config named by --config or FL_NODE_CONFIG, loaded (ValueError if unreadable), or None."""
+    path = getattr(args, "config", None) or os.environ.get(NODE_CONFIG_ENV) or None
+    return load_node_config(path) if path else None
+
+
+def node_from_args(args: argparse.Namespace, config: NodeConfig | None, *, roles: tuple[str, ...]) -> str:
+    """The node name: --node, else the config's; ValueError when there is none, when they disagree, or when
+    the config is for another role (an edge's credentials on the aggregator, say)."""
+    node: str | None = getattr(args, "node", None)
+    if config is not None:
+        if config.role not in roles:
+            raise ValueError(
+                f"the node config is for a node of role {config.role!r}, this service needs {' or '.join(roles)}"
+            )
+        if node is not None and node != config.node:
+            raise ValueError(f"--node {node} disagrees with the node config, which is for {config.node}")
+        return config.node
+    if node is None:
+        raise ValueError(f"give --node, or --config FILE (or ${NODE_CONFIG_ENV}) with the node's node.yaml")
+    return node
+
+
+def mqtt_settings_from_args(args: argparse.Namespace, client_id: str, config: NodeConfig | None = None) -> MqttSettings:
+    """The session settings: flags, then the environment, then `config` (default: the one --config or
+    FL_NODE_CONFIG names), then defaults. Raises ValueError."""
+    if config is None:
+        config = node_config_from_args(args)
+    values: dict[str, Any] = config.mqtt_values() if config is not None else {}
+    values.update(MqttSettings.env_values())
     for name in ("host", "port", "keepalive"):
         value = getattr(args, name, None)
         if value is not None:
-            overrides[name] = value
-    return MqttSettings.from_env(**overrides)
+            values[name] = value
+    values["client_id"] = client_id
+    return MqttSettings(**values)

@@ -11,10 +11,45 @@ import os
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
-__all__ = ["BrokerConfig", "render_config"]
+__all__ = ["BrokerConfig", "TlsListener", "render_config"]
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """A second, TLS listener (the nodes' door). `bind` None or "" listens on every interface.
+
+    `require_certificate` makes clients present a certificate signed by `cafile` (mutual TLS);
+    `use_identity_as_username` then takes the username from the certificate's CN (the password file
+    is not consulted on this listener).
+    """
+
+    port: int
+    _: KW_ONLY
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    bind: str | None = None
+    tls_version: str = "tlsv1.2"
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.port <= 65535:
+            problems.append(f"TLS port {self.port} is not in 1..65535")
+        if self.tls_version not in ("tlsv1.2", "tlsv1.3"):
+            problems.append(f"tls_version {self.tls_version!r} must be tlsv1.2 or tlsv1.3")
+        if self.use_identity_as_username and not self.require_certificate:
+            problems.append("use_identity_as_username needs require_certificate")
+        for name in ("cafile", "certfile", "keyfile", "bind"):
+            value = getattr(self, name)
+            if value is not None and any(ch.isspace() for ch in str(value)):
+                problems.append(f"{name} {str(value)!r} contains whitespace, which mosquitto.conf cannot express")
+        if problems:
+            raise ValueError("invalid TLS listener: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -36,6 +71,10 @@ class BrokerConfig:
     allow_anonymous: bool = True
     password_file: Path | None = None
     acl_file: Path | None = None
+    # Replace every client's id by its username, so no one can take over another node's id (and session).
+    use_username_as_clientid: bool = False
+    # A second listener with TLS; `port`/`bind` stay the plain one (loopback for local tools, when secured).
+    tls: TlsListener | None = None
     run_as_root: bool | None = None  # None: `user root` exactly when running as root
     extra: str = ""
 
@@ -60,8 +99,16 @@ class BrokerConfig:
             value = getattr(self, name)
             if value is not None and any(ch.isspace() for ch in str(value)):
                 problems.append(f"{name} {str(value)!r} contains whitespace, which mosquitto.conf cannot express")
+        if self.tls is not None and self.tls.port == self.port and self.tls.bind in (None, "", self.bind):
+            problems.append(f"the TLS listener and the plain listener both use port {self.port}")
         if problems:
             raise ValueError("invalid broker config: " + "; ".join(problems))
+
+
+_CLIENTID_LINES = [
+    "# The client id is replaced by the username: no one can take over another node's id or session.",
+    "use_username_as_clientid true",
+]
 
 
 def render_config(cfg: BrokerConfig) -> str:
@@ -83,8 +130,31 @@ def render_config(cfg: BrokerConfig) -> str:
         ]
     lines += [
         "",
-        "# -- listener and authentication ----------------------------------------------------------------",
+        "# -- listeners ----------------------------------------------------------------------------------",
         f"listener {cfg.port} {cfg.bind}",
+    ]
+    if cfg.use_username_as_clientid:
+        lines += _CLIENTID_LINES
+    if cfg.tls is not None:
+        tls = cfg.tls
+        lines += [
+            "# TLS listener for the nodes: the broker proves itself with server.crt, signed by the deployment's CA.",
+            f"listener {tls.port}" + (f" {tls.bind}" if tls.bind else ""),
+            f"cafile {tls.cafile}",
+            f"certfile {tls.certfile}",
+            f"keyfile {tls.keyfile}",
+            "# The minimum TLS version (Mosquitto 2.0).",
+            f"tls_version {tls.tls_version}",
+        ]
+        if tls.require_certificate:
+            lines += ["# Mutual TLS: every client presents a certificate issued by the CA.", "require_certificate true"]
+        if tls.use_identity_as_username:
+            lines += ["# The certificate's CN is the username the ACL keys on.", "use_identity_as_username true"]
+        if cfg.use_username_as_clientid:
+            lines += _CLIENTID_LINES
+    lines += [
+        "",
+        "# -- authentication (every listener) -------------------------------------------------------------",
         "# Anonymous clients are " + ("allowed (development)." if cfg.allow_anonymous else "refused."),
         f"allow_anonymous {'true' if cfg.allow_anonymous else 'false'}",
     ]

@@ -110,12 +110,10 @@ class MqttSettings:
         if problems:
             raise ValueError("invalid MQTT settings: " + "; ".join(problems))
 
-    @classmethod
-    def from_env(
-        cls, prefix: str = "FL_MQTT_", environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> MqttSettings:
-        """Settings from ``{prefix}HOST``, ``_PORT``, ``_KEEPALIVE``, ``_USERNAME``, ``_PASSWORD``, ``_TLS_CA``,
-        ``_TLS_CERT``, ``_TLS_KEY``; keyword `overrides` win (pass ``client_id=`` there)."""
+    @staticmethod
+    def env_values(prefix: str = "FL_MQTT_", environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The settings the environment gives (``{prefix}HOST``, ``_PORT``, ...), by field name; ValueError
+        for a port or keepalive that is not a number."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in ("host", "username", "password", "tls_ca", "tls_cert", "tls_key"):
@@ -129,6 +127,15 @@ class MqttSettings:
                     values[name] = int(raw)
                 except ValueError as exc:
                     raise ValueError(f"{prefix}{name.upper()}={raw!r} is not {what}") from exc
+        return values
+
+    @classmethod
+    def from_env(
+        cls, prefix: str = "FL_MQTT_", environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> MqttSettings:
+        """Settings from ``{prefix}HOST``, ``_PORT``, ``_KEEPALIVE``, ``_USERNAME``, ``_PASSWORD``, ``_TLS_CA``,
+        ``_TLS_CERT``, ``_TLS_KEY``; keyword `overrides` win (pass ``client_id=`` there)."""
+        values = cls.env_values(prefix, environ)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:

@@ -1,8 +1,8 @@
 """`fl-cloud-aggregator --node cloud0 --root DIR [--host --port --prefix --log-level ...]`.
 
-MQTT credentials and TLS files come from the environment (FL_MQTT_USERNAME, FL_MQTT_PASSWORD,
-FL_MQTT_TLS_CA, ...; see `broker.MqttSettings.from_env`); --host and --port override FL_MQTT_HOST and
-FL_MQTT_PORT. SIGTERM and SIGINT stop the service cleanly (exit code 0).
+MQTT credentials and TLS files come from the node config (`--config node.yaml` or FL_NODE_CONFIG,
+written by `flctl broker init`; it also gives the node name) and the environment (FL_MQTT_USERNAME,
+FL_MQTT_PASSWORD, FL_MQTT_TLS_CA, ..., which override the file); --host and --port override both. SIGTERM and SIGINT stop the service cleanly (exit code 0).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from broker import add_mqtt_arguments, configure_logging, mqtt_settings_from_args
+from broker import add_mqtt_arguments, configure_logging, mqtt_settings_from_args, node_config_from_args, node_from_args
 from schemas import Topics, check_name
 
 __all__ = ["build_parser", "main"]
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fl-cloud-aggregator",
         description="The controller and aggregator of federated-learning jobs over MQTT (Sedna's FederatedLearningJob).",
     )
-    parser.add_argument("--node", required=True, type=_node, help="this node's name (also the MQTT client id)")
+    parser.add_argument(
+        "--node", type=_node, help="this node's name (also the MQTT client id; default: the --config file's node)"
+    )
     parser.add_argument("--root", required=True, type=Path, help="the node's root folder: spec paths resolve under it")
     parser.add_argument("--prefix", default="fl", help="topic prefix (default: fl)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
@@ -73,17 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the service until SIGTERM or SIGINT; return the process exit code."""
     args = build_parser().parse_args(argv)
     try:
-        configure_logging(node=args.node, role="aggregator", level=args.log_level)
         Topics(args.prefix)
-        settings = mqtt_settings_from_args(args, args.node)
+        config = node_config_from_args(args)
+        node = node_from_args(args, config, roles=("aggregator",))
+        settings = mqtt_settings_from_args(args, node, config)
     except (ValueError, TypeError) as exc:
         print(f"fl-cloud-aggregator: {exc}", file=sys.stderr)
         return 2
+    configure_logging(node=node, role="aggregator", level=args.log_level)
 
     from cloud_aggregator._service import AggregatorService
 
     service = AggregatorService(
-        node=args.node,
+        node=node,
         root=args.root,
         settings=settings,
         prefix=args.prefix,

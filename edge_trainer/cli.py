@@ -1,4 +1,8 @@
-"""``fl-edge-trainer --node edge1 --root DIR``: the edge node service (also ``python -m edge_trainer``)."""
+"""``fl-edge-trainer --node edge1 --root DIR``: the edge node service (also ``python -m edge_trainer``).
+
+``fl-edge-trainer --config /etc/fl/node.yaml --root /`` takes the node name, broker, credentials and TLS
+files from the node.yaml that `flctl broker init` wrote (FL_MQTT_* variables and flags override it).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from broker import BrokerError, add_mqtt_arguments, configure_logging, get_logger, mqtt_settings_from_args
+from broker import (
+    BrokerError,
+    add_mqtt_arguments,
+    configure_logging,
+    get_logger,
+    mqtt_settings_from_args,
+    node_config_from_args,
+    node_from_args,
+)
 from edge_trainer._service import EdgeService
 from schemas import TopicError, Topics, check_name
 
@@ -22,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="fl-edge-trainer",
         description="Edge node service: runs this node's training worker of every federated learning job that names it.",
     )
-    parser.add_argument("--node", required=True, help="this node's name (also its MQTT client id), e.g. edge1")
+    parser.add_argument(
+        "--node", help="this node's name (also its MQTT client id), e.g. edge1 (default: the --config file's node)"
+    )
     parser.add_argument(
         "--root", required=True, type=Path, help="the node's root folder: plan paths such as /data/1.txt live under it"
     )
@@ -46,9 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        node = check_name(args.node, "node name")
+        config = node_config_from_args(args)
+        node = check_name(node_from_args(args, config, roles=("edge",)), "node name")
         topics = Topics(args.prefix)
-        settings = mqtt_settings_from_args(args, node)
+        settings = mqtt_settings_from_args(args, node, config)
         if args.ack_timeout <= 0:
             raise ValueError(f"--ack-timeout must be > 0, not {args.ack_timeout}")
     except (ValueError, TopicError) as exc:

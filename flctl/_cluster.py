@@ -7,13 +7,14 @@ a real host has under ``/``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,14 @@ from typing import IO
 
 from pydantic import ValidationError
 
-from broker import BrokerConfig, Inbound, LocalBroker, MqttSettings, Session
+from broker import BrokerConfig, Inbound, LocalBroker, MqttSettings, Session, load_node_config
 from flctl._errors import FlctlError
+from flctl._provision import Provisioned, provision
 from schemas import JobStatus, Kind, Topics
+
+# Identities a secure cluster provisions besides its nodes: flctl's, and the one its own watchers use.
+ADMIN = "admin"
+MONITOR = "monitor"
 
 # role -> (console script, module): the commands the README documents for real hosts.
 _SERVICES = {
@@ -78,8 +84,22 @@ class LocalCluster:
         broker_config: dict[str, object] | None = None,
         service_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        secure: bool = False,
+        nodes: Sequence[str] = (),
+        admins: Sequence[str] = (),
     ) -> None:
+        """`secure=True` provisions the deployment the way `flctl broker init` does (into workdir/secrets,
+        for `nodes` plus the admins `admin`, `monitor` and any `admins`): the broker refuses anonymous clients and applies
+        the ACL, every service connects over TLS with its own node.yaml (`--config`), flctl with the admin's
+        config, and this object's own sessions (`watch`, `settings`) as `monitor` unless they name an identity.
+        """
+        if secure and not nodes:
+            raise ValueError("secure=True needs the node names (nodes=[...]): provisioning issues their credentials")
         self.workdir = workdir.resolve()
+        self.secure = secure
+        self._node_names = list(nodes)
+        self._admins = [ADMIN, MONITOR, *(a for a in admins if a not in (ADMIN, MONITOR))]
+        self.provisioned: Provisioned | None = None
         self.prefix = prefix
         self.topics = Topics(prefix)
         self._port = port
@@ -105,7 +125,14 @@ class LocalCluster:
         # Not "broker": a folder of that name in a process's working directory would shadow the package.
         broker_dir = self.workdir / "mosquitto"
         broker_dir.mkdir(parents=True, exist_ok=True)
-        cfg = BrokerConfig(port=self._port or free_port(), data_dir=broker_dir / "data", **self._broker_config)  # type: ignore[arg-type]
+        if self.secure:
+            self.provisioned = self._provision()
+            cfg = self.provisioned.broker_config
+            if self._broker_config:
+                cfg = dataclasses.replace(cfg, **self._broker_config)  # type: ignore[arg-type]
+            broker_dir = self.provisioned.out / "broker"
+        else:
+            cfg = BrokerConfig(port=self._port or free_port(), data_dir=broker_dir / "data", **self._broker_config)  # type: ignore[arg-type]
         self.broker = LocalBroker(cfg, broker_dir)
         self.broker.start()
         return self.broker
@@ -121,18 +148,53 @@ class LocalCluster:
         self.stop_broker(hard=hard)
         self.start_broker()
 
+    def _provision(self) -> Provisioned:
+        """`flctl broker init --nodes ... --admin admin,monitor --out workdir/secrets` on free loopback ports."""
+        return provision(
+            self.workdir / "secrets",
+            self._node_names,
+            admins=self._admins,
+            port=self._port or free_port(),
+            plain_port=free_port(),
+            bind="127.0.0.1",
+            prefix=self.prefix,
+            force=True,
+        )
+
     @property
     def port(self) -> int:
+        """Where the nodes connect: the broker's TLS port when secure, else its only port."""
         if self.broker is None:
             raise FlctlError("the broker is not started")
+        if self.provisioned is not None:
+            return self.provisioned.tls_port
         return self.broker.port
 
+    def node_config(self, identity: str) -> Path:
+        """The node.yaml (or admin config) of a provisioned identity (secure clusters only)."""
+        if self.provisioned is None:
+            raise FlctlError("the cluster is not secure (or its broker is not started)")
+        try:
+            return self.provisioned.configs[identity]
+        except KeyError:
+            raise FlctlError(f"no provisioned identity {identity!r}") from None
+
     def settings(self, client_id: str) -> MqttSettings:
-        return MqttSettings(host="127.0.0.1", port=self.port, client_id=client_id)
+        """Settings for a session of this process. Secure: the identity `client_id` if it was provisioned,
+        else `monitor` (the broker replaces the client id by the username anyway)."""
+        if self.provisioned is None:
+            return MqttSettings(host="127.0.0.1", port=self.port, client_id=client_id)
+        identity = client_id if client_id in self.provisioned.configs else MONITOR
+        values = load_node_config(self.node_config(identity)).mqtt_values()
+        values.update(host="127.0.0.1", port=self.port)
+        return MqttSettings(client_id=identity, **values)
 
     def flctl_args(self) -> list[str]:
-        """Global flctl options that point at this cluster's broker."""
-        return ["--host", "127.0.0.1", "--port", str(self.port), "--prefix", self.prefix]
+        """Global flctl options that point at this cluster's broker (secure: as the admin, over TLS)."""
+        args = ["--host", "127.0.0.1", "--port", str(self.port), "--prefix", self.prefix]
+        if self.provisioned is not None:
+            args = ["--config", str(self.node_config(ADMIN)), *args]
+        return args
 
     # -- node services -----------------------------------------------------------------------
 
@@ -166,6 +228,7 @@ class LocalCluster:
             str(port if port is not None else self.port),
             "--prefix",
             self.prefix,
+            *(["--config", str(self.node_config(name))] if self.provisioned is not None else []),
             *self._service_args,
             *(extra_args or []),
         ]

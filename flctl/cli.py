@@ -19,6 +19,7 @@ from typing import Any, TextIO, cast
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from broker import NODE_CONFIG_ENV, load_node_config
 from flctl import __version__
 from flctl._client import BrokerOptions, default_client_id
 from flctl._context import Context
@@ -27,6 +28,7 @@ from flctl._dataset import split, synth
 from flctl._delete import delete
 from flctl._errors import EXIT_USAGE, FlctlError, InputError, UsageError
 from flctl._get import OUTPUTS, GetRequest, describe, get
+from flctl._provision import provision
 from schemas import API_VERSION, TopicError, Topics
 
 ENV_PREFIX = "FLCTL_"
@@ -76,6 +78,13 @@ def _global_options(*, with_defaults: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     d: Any = None if with_defaults else argparse.SUPPRESS
     g = parser.add_argument_group("global options (before or after the command)")
+    g.add_argument(
+        "--config",
+        default=d,
+        metavar="FILE",
+        help="a node config from `flctl broker init` (e.g. DIR/admin/flctl.yaml): broker, credentials, TLS "
+        "files; flags and FLCTL_* variables override it (env FLCTL_CONFIG or FL_NODE_CONFIG)",
+    )
     g.add_argument("--host", default=d, help="MQTT broker host (env FLCTL_HOST, default 127.0.0.1)")
     g.add_argument("--port", type=_port, default=d, help="MQTT broker port (env FLCTL_PORT, default 1883)")
     g.add_argument("--prefix", default=d, help="topic prefix (env FLCTL_PREFIX, default fl)")
@@ -100,7 +109,12 @@ def _global_options(*, with_defaults: bool) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"bound on every broker wait: connect, retained read, publish ack (default {DEFAULT_TIMEOUT:g})",
     )
-    g.add_argument("--client-id", default=d, help="MQTT client id (default flctl-<user>-<pid>)")
+    g.add_argument(
+        "--client-id",
+        default=d,
+        help="MQTT client id (default: the username when there is one, as brokers from `flctl broker init` "
+        "require; else flctl-<user>-<pid>)",
+    )
     g.add_argument(
         "-v",
         "--verbose",
@@ -109,6 +123,71 @@ def _global_options(*, with_defaults: bool) -> argparse.ArgumentParser:
         help="log the MQTT session to stderr",
     )
     return parser
+
+
+def _add_broker_init(p: argparse.ArgumentParser) -> None:
+    """`flctl broker init` and its options (docs/dev/security-plan.md)."""
+    tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    s = tools.add_parser(
+        "init",
+        help="write the broker config, CA and certificates, passwords, ACL and one config per node",
+        description="Write everything a secured deployment needs under --out (docs/dev/security-plan.md): "
+        "DIR/broker/ (mosquitto.conf, passwd, acl, ca.crt, server.crt, server.key), DIR/ca/ca.key (keep it "
+        "offline), DIR/nodes/<node>/ (node.yaml, ca.crt), DIR/admin/flctl.yaml. Secrets are 0600 and never printed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  flctl broker init --nodes cloud0,edge1,edge2 --hostname broker.example.com --out ./fl-secrets",
+    )
+    s.set_defaults(handler=_run_broker_init)
+    # Not the global options: --port here is the broker's TLS port, not where flctl connects.
+    s.add_argument("--prefix", default=argparse.SUPPRESS, help="topic prefix the ACL is written for (default fl)")
+    s.add_argument("--nodes", required=True, action="append", metavar="N1,N2", help="node names (comma-separated)")
+    s.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="folder to write (must not exist, or be empty)"
+    )
+    s.add_argument(
+        "--aggregators",
+        action="append",
+        metavar="N1,..",
+        help="nodes with the aggregator role (default: the nodes whose name starts with 'cloud')",
+    )
+    s.add_argument(
+        "--admin",
+        action="append",
+        metavar="NAME",
+        help="the job publisher's identity (default admin); more names (comma-separated) get DIR/admin/<name>.yaml",
+    )
+    s.add_argument(
+        "--hostname",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="the broker's name or address as nodes reach it (repeatable; the first goes into every node.yaml; "
+        "the server certificate also names localhost and 127.0.0.1)",
+    )
+    s.add_argument("--port", dest="tls_port", type=_port, default=8883, help="TLS listener port (default 8883)")
+    s.add_argument(
+        "--plain-port", type=_port, default=1883, help="plain listener on 127.0.0.1, for local tools (default 1883)"
+    )
+    s.add_argument("--bind", metavar="ADDR", help="address of the TLS listener (default: every interface)")
+    s.add_argument(
+        "--client-certs",
+        action="store_true",
+        help="mutual TLS: issue each node a certificate (CN = node); the broker requires it on the TLS listener",
+    )
+    s.add_argument(
+        "--broker-dir",
+        type=Path,
+        metavar="PATH",
+        help="where DIR/broker will live on the broker host; mosquitto.conf names its files there "
+        "(default: DIR/broker as written)",
+    )
+    s.add_argument(
+        "--run-as-root",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write `user root` into mosquitto.conf (default: exactly when this command runs as root)",
+    )
+    s.add_argument("--force", action="store_true", help="replace the layout in an existing DIR (new CA and secrets)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", required=True, type=Path, metavar="FILE", help="e.g. ROOT/1.txt")
     s.add_argument("--dest", required=True, type=Path, metavar="DIR")
 
+    p = command("broker", "Set up a secured broker deployment.", _run_missing_subcommand)
+    _add_broker_init(p)
+
     command("version", "Print the client version.", _run_version)
     return parser
 
@@ -247,6 +329,31 @@ def _run_split(ctx: Context, args: argparse.Namespace) -> int:
     return split(ctx, args.dataset_root, args.labels, args.dest)
 
 
+def _run_broker_init(ctx: Context, args: argparse.Namespace) -> int:
+    done = provision(
+        args.out,
+        args.nodes,
+        aggregators=args.aggregators,
+        admins=args.admin or ["admin"],
+        hostnames=args.hostname,
+        port=args.tls_port,
+        plain_port=args.plain_port,
+        bind=args.bind,
+        client_certs=args.client_certs,
+        broker_dir=args.broker_dir,
+        prefix=ctx.options.prefix,
+        run_as_root=args.run_as_root,
+        force=args.force,
+    )
+    ctx.say(f"wrote a secured deployment to {done.out} (secrets are 0600; none is printed):")
+    ctx.say(f"  broker:   {done.conf_path}  (mosquitto -c {done.conf_path})")
+    ctx.say(f"            TLS on port {done.tls_port}, plain on 127.0.0.1:{done.plain_port}, anonymous refused")
+    for name, path in done.configs.items():
+        ctx.say(f"  {done.roles[name]:<9} {name}: {path}")
+    ctx.say(f"  CA key:   {done.out / 'ca' / 'ca.key'}  (keep it offline; needed only to issue certificates)")
+    return 0
+
+
 def _run_version(ctx: Context, args: argparse.Namespace) -> int:
     ctx.say(f"Client Version: {__version__}\nAPI Version: {API_VERSION}")
     return 0
@@ -266,9 +373,29 @@ def _setting(args: argparse.Namespace, name: str) -> str | None:
     return os.environ.get(ENV_PREFIX + name.upper()) or None
 
 
+def _node_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings from the node config (--config, FLCTL_CONFIG or FL_NODE_CONFIG), by option name."""
+    path = _setting(args, "config") or os.environ.get(NODE_CONFIG_ENV) or None
+    if path is None:
+        return {}
+    try:
+        values = load_node_config(path).mqtt_values()
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    values["port"] = str(values["port"])
+    return values
+
+
 def broker_options(args: argparse.Namespace) -> BrokerOptions:
-    """Command line first, then FLCTL_* variables, then defaults; UsageError for values that cannot work."""
-    port_text = _setting(args, "port")
+    """Command line first, then FLCTL_* variables, then the node config, then defaults; UsageError for
+    values that cannot work."""
+    from_file = _node_config(args)
+
+    def setting(name: str) -> str | None:
+        value = _setting(args, name)
+        return value if value is not None else from_file.get(name)
+
+    port_text = setting("port")
     try:
         port = _port(port_text) if port_text is not None else 1883
     except argparse.ArgumentTypeError as exc:
@@ -278,21 +405,24 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
         Topics(prefix)
     except TopicError as exc:
         raise UsageError(f"--prefix {prefix!r}: {exc.reason}") from exc
-    client_id = args.client_id or default_client_id()
+    username = setting("username")
+    # A broker from `flctl broker init` replaces the client id by the username and lets a user use only
+    # its own sync topic (fl/clients/<username>/...): so the username is the default id.
+    client_id = args.client_id or username or default_client_id()
     if not _CLIENT_ID_RE.match(client_id):
         raise UsageError(f"--client-id {client_id!r}: expected 1-128 of A-Z a-z 0-9 _ . : -")
-    tls = {name: _setting(args, name) for name in ("tls_ca", "tls_cert", "tls_key")}
+    tls = {name: setting(name) for name in ("tls_ca", "tls_cert", "tls_key")}
     if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
         raise UsageError("--tls-cert and --tls-key go together")
     for name, path in tls.items():
         if path is not None and not os.path.isfile(path):
             raise InputError(f'--{name.replace("_", "-")}: the path "{path}" does not exist')
     return BrokerOptions(
-        host=_setting(args, "host") or "127.0.0.1",
+        host=setting("host") or "127.0.0.1",
         port=port,
         prefix=prefix,
-        username=_setting(args, "username"),
-        password=_setting(args, "password"),
+        username=username,
+        password=setting("password"),
         tls_ca=tls["tls_ca"],
         tls_cert=tls["tls_cert"],
         tls_key=tls["tls_key"],

@@ -1,0 +1,121 @@
+"""node.yaml: loading, relative paths, and where each connection setting comes from (flags > env > file)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from broker import add_mqtt_arguments, load_node_config, mqtt_settings_from_args, node_config_from_args, node_from_args
+from flctl.cli import broker_options, build_parser
+
+NODE_YAML = """\
+node: edge1
+role: edge
+broker: {host: broker.example.com, port: 8883}
+username: edge1
+password: "from-the-file"
+tls: {ca: ca.crt}
+"""
+
+
+@pytest.fixture
+def node_yaml(tmp_path: Path) -> Path:
+    folder = tmp_path / "edge1"
+    folder.mkdir()
+    (folder / "ca.crt").write_text("not really a certificate")
+    path = folder / "node.yaml"
+    path.write_text(NODE_YAML)
+    return path
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--node")
+    add_mqtt_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_relative_paths_resolve_next_to_the_file(node_yaml: Path) -> None:
+    cfg = load_node_config(node_yaml)
+    assert cfg.tls is not None and cfg.tls.ca == str(node_yaml.parent / "ca.crt")
+    assert "from-the-file" not in repr(cfg)
+
+
+def test_password_file_is_read_relative_to_the_config(node_yaml: Path) -> None:
+    (node_yaml.parent / "pw").write_text("from-a-file\n")
+    node_yaml.write_text(NODE_YAML.replace('password: "from-the-file"', "password_file: pw"))
+    assert load_node_config(node_yaml).mqtt_values()["password"] == "from-a-file"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("username: edge1", "username: edge2"), "must equal node"),
+        (("role: edge", "role: boss"), "role"),
+        (("node: edge1", "node: Edge_1"), "not a valid name"),
+        (("tls: {ca: ca.crt}", "tls: {cert: x.crt}"), "go together"),
+        (("port: 8883", "port: 99999"), "port"),
+        (("username: edge1", "usrname: edge1"), "usrname"),
+    ],
+)
+def test_bad_configs_name_the_file_and_the_problem(node_yaml: Path, change: tuple[str, str], message: str) -> None:
+    node_yaml.write_text(NODE_YAML.replace(*change))
+    with pytest.raises(ValueError, match=message) as err:
+        load_node_config(node_yaml)
+    assert str(node_yaml) in str(err.value) and "from-the-file" not in str(err.value)
+
+
+def test_service_settings_flags_beat_env_beat_file(node_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FL_NODE_CONFIG", raising=False)
+    for name in ("HOST", "PORT", "USERNAME", "PASSWORD", "TLS_CA", "KEEPALIVE"):
+        monkeypatch.delenv(f"FL_MQTT_{name}", raising=False)
+    args = parse("--config", str(node_yaml))
+    s = mqtt_settings_from_args(args, "edge1")
+    assert (s.host, s.port, s.username, s.password) == ("broker.example.com", 8883, "edge1", "from-the-file")
+    assert s.tls_ca == str(node_yaml.parent / "ca.crt")
+
+    monkeypatch.setenv("FL_MQTT_HOST", "env-host")
+    monkeypatch.setenv("FL_MQTT_PASSWORD", "from-env")
+    s = mqtt_settings_from_args(args, "edge1")
+    assert (s.host, s.port, s.password) == ("env-host", 8883, "from-env")
+
+    s = mqtt_settings_from_args(parse("--config", str(node_yaml), "--host", "flag-host", "--port", "1"), "edge1")
+    assert (s.host, s.port, s.password) == ("flag-host", 1, "from-env")
+
+    monkeypatch.setenv("FL_NODE_CONFIG", str(node_yaml))
+    assert node_config_from_args(parse()) is not None
+
+
+def test_service_node_name_comes_from_the_config(node_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FL_NODE_CONFIG", raising=False)
+    cfg = node_config_from_args(parse("--config", str(node_yaml)))
+    assert node_from_args(parse(), cfg, roles=("edge",)) == "edge1"
+    assert node_from_args(parse("--node", "edge1"), cfg, roles=("edge",)) == "edge1"
+    with pytest.raises(ValueError, match="disagrees"):
+        node_from_args(parse("--node", "edge2"), cfg, roles=("edge",))
+    with pytest.raises(ValueError, match="role"):
+        node_from_args(parse(), cfg, roles=("aggregator",))
+    with pytest.raises(ValueError, match="--node"):
+        node_from_args(parse(), None, roles=("edge",))
+
+
+def test_flctl_reads_the_config_and_flags_and_env_win(node_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HOST", "PORT", "USERNAME", "PASSWORD", "TLS_CA", "CONFIG"):
+        monkeypatch.delenv(f"FLCTL_{name}", raising=False)
+    monkeypatch.delenv("FL_NODE_CONFIG", raising=False)
+    opts = broker_options(build_parser().parse_args(["--config", str(node_yaml), "get", "fl"]))
+    assert (opts.host, opts.port, opts.username, opts.password) == (
+        "broker.example.com",
+        8883,
+        "edge1",
+        "from-the-file",
+    )
+    assert opts.client_id == "edge1"  # the username: brokers from `flctl broker init` force it anyway
+    assert opts.tls_ca == str(node_yaml.parent / "ca.crt")
+
+    monkeypatch.setenv("FLCTL_CONFIG", str(node_yaml))
+    monkeypatch.setenv("FLCTL_PORT", "1884")
+    opts = broker_options(build_parser().parse_args(["get", "fl", "--host", "h"]))
+    assert (opts.host, opts.port, opts.password) == ("h", 1884, "from-the-file")
