@@ -461,6 +461,13 @@ class Controller:
             return
         engine.on_update_manifest(topic.node, topic.round, manifest, now_s)
 
+    def on_malformed_manifest(self, topic: ParsedTopic, reason: str) -> None:
+        """An update manifest that does not validate: the running job refuses it with a Warning event."""
+        engine = self._running(topic.job)
+        if engine is None or topic.node is None or topic.round is None or topic.transfer is None:
+            return
+        engine.on_malformed_manifest(topic.node, topic.round, topic.transfer, reason)
+
     def on_update_chunk(self, topic: ParsedTopic, data: bytes, now_s: float) -> None:
         """One chunk of an update transfer, for a running job of this node."""
         engine = self._running(topic.job)

@@ -431,6 +431,24 @@ class Job:
             return
         self._take_manifest(node, round_, manifest, now_s)
 
+    def on_malformed_manifest(self, node: str, round_: int, transfer: str, reason: str) -> None:
+        """A manifest on this job's update topic that is not a valid manifest: refused, and said so."""
+        if self.finished:
+            self._log.info("malformed manifest after the end ignored", worker=node, reason=reason)
+            return
+        ack = UpdateAck(
+            job=self.name, uid=self.uid, round=round_, node=node, transfer=transfer, accepted=False, reason=reason
+        )
+        self._safely(self._port.send_ack, ack)
+        self._event(
+            "Warning",
+            "UpdateRejected",
+            f"update from {node} for round {round_} rejected: malformed manifest: {reason}",
+            node=node,
+            round_=round_,
+        )
+        self._publish()
+
     def _take_manifest(self, node: str, round_: int, manifest: TransferManifest, now_s: float) -> None:
         ident = (round_, node, manifest.transfer)
         key = self._key(*ident)

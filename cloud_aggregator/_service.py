@@ -429,7 +429,7 @@ class AggregatorService:
             try:
                 manifest = manifest_from_payload(msg.payload)
             except WireError as exc:
-                self._log.warning("bad update manifest ignored", topic=msg.topic, error=str(exc))
+                controller.on_malformed_manifest(parsed, exc.reason)
                 return
             controller.on_update_manifest(parsed, manifest, now_s)
         else:

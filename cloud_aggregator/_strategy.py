@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_aggregator._errors import StrategyError
+from schemas import MAX_NUM_SAMPLES
 
 __all__ = [
     "AggregationState",
@@ -141,6 +142,10 @@ class Strategy(ABC):
             raise StrategyError(f"state belongs to strategy {state.strategy!r}, not {self.name!r}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer) or num_samples <= 0:
             raise StrategyError(f"num_samples must be a whole number > 0, got {num_samples!r}")
+        # The wire already caps sample counts; the strategy checks again because it is also called
+        # directly: 10**400 made `fold` raise OverflowError, 10**300 let one update outweigh the rest.
+        if num_samples > MAX_NUM_SAMPLES:
+            raise StrategyError(f"num_samples {num_samples} is absurd (more than {MAX_NUM_SAMPLES})")
         if len(arrays) != len(state.layout):
             raise StrategyError(f"expected {len(state.layout)} tensors, got {len(arrays)}")
         for i, (array, (name, dtype, shape)) in enumerate(zip(arrays, state.layout, strict=True)):

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 from structlog.typing import FilteringBoundLogger
 
 from broker import get_logger
@@ -285,12 +286,20 @@ class EdgeJob:
             self._log.debug("global model ignored: not newer than what the script has", round=manifest.round)
             return
         try:
-            header, _ = decode_weights(blob)
+            header, arrays = decode_weights(blob)
         except WireError as exc:
             self._log.error("global model ignored: bad weights blob", round=manifest.round, error=str(exc))
             return
-        if header.kind != "global" or header.round != manifest.round:
-            self._log.error("global model ignored: header does not match its manifest", round=manifest.round)
+        # The header's job is checked too, and the values must be finite (found in test review, property
+        # tests): a blob naming another job, or carrying NaN/inf, went to the training script.
+        if header.kind != "global" or header.round != manifest.round or header.job != self.plan.job:
+            problem = "header does not match its manifest"
+        elif not all(bool(np.isfinite(a).all()) for a in arrays if a.dtype.kind in "fc"):
+            problem = "non-finite values (NaN or inf)"
+        else:
+            problem = None
+        if problem is not None:
+            self._log.error(f"global model ignored: {problem}", round=manifest.round)
             return
         if not self._hello or self._busy:
             self._pending = (manifest, blob)

@@ -38,6 +38,7 @@ from schemas._status import (
     now,
 )
 from schemas._tensors import (
+    MAX_NUM_SAMPLES,
     TensorSpec,
     WeightsHeader,
     decode_weights,
@@ -60,6 +61,7 @@ from schemas._worker_env import BaseConfig, Context
 
 __all__ = [
     "API_VERSION",
+    "MAX_NUM_SAMPLES",
     "BaseConfig",
     "Channel",
     "Condition",

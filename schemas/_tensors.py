@@ -32,6 +32,9 @@ _PREFIX = struct.Struct(">4sI")
 MAX_HEADER_BYTES = 1 << 20
 MAX_TENSORS = 100_000
 MAX_DIMS = 8
+# FedAvg weights each update by its sample count: one absurd count would outweigh every other edge.
+# No edge inspection dataset comes near a billion images.
+MAX_NUM_SAMPLES = 10**9
 
 DType = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
 WeightsKind = Literal["init", "update", "global"]
@@ -67,7 +70,7 @@ class WeightsHeader(BaseModel):
     job: str
     round: int = Field(ge=0)
     sender: str
-    num_samples: int = Field(ge=0, alias="numSamples")
+    num_samples: int = Field(ge=0, le=MAX_NUM_SAMPLES, alias="numSamples")
     tensors: tuple[TensorSpec, ...] = Field(max_length=MAX_TENSORS)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: datetime = Field(alias="createdAt")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from schemas._status import now
-from schemas._tensors import WeightsKind
+from schemas._tensors import MAX_NUM_SAMPLES, WeightsKind
 
 _SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 PLAN_API = "fl.edge.io/v1"
@@ -94,7 +94,7 @@ class TransferManifest(_Wire):
     chunks: int = Field(ge=1)
     sha256: _SHA256
     chunk_sha256: list[_SHA256]
-    num_samples: int = Field(ge=0)
+    num_samples: int = Field(ge=0, le=MAX_NUM_SAMPLES)
     final: bool = False
     created_at: datetime = Field(default_factory=now)
 
