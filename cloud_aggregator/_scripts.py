@@ -1,7 +1,8 @@
 """Starting, signalling and reaping the jobs' aggregation scripts (Sedna's aggregation worker).
 
 A script runs as ``sys.executable <scriptDir>/<scriptBootFile>`` with cwd = its scriptDir, both
-resolved under the node root, and Sedna's environment (`script_environment`): JOB_NAME, NAMESPACE,
+resolved under the node root and required to be inside the node's code root (``--code-root`` /
+FL_CODE_ROOT, default ``/code``: a folder under the root; `resolve_in_code_root`), and Sedna's environment (`script_environment`): JOB_NAME, NAMESPACE,
 WORKER_NAME, NODE_NAME, MODEL_URL (resolved under the root), MODEL_NAME, MODEL_FORMAT,
 PARTICIPANTS_COUNT, PRETRAINED_MODEL_URL when set, FL_NODE_ROOT, FL_WORKER_FD, and every parameter of
 the aggregationWorker under its own key. It inherits the service's environment except the MQTT
@@ -30,10 +31,22 @@ from structlog.typing import FilteringBoundLogger
 from broker import BrokerError, ChannelClosed, WorkerChannel, spawn_channel_pair
 from cloud_aggregator._errors import AggregatorError, WorkerScriptError
 from cloud_aggregator._ports import ScriptRequest, ScriptSignal
-from schemas import NodeRoot, SchemaError, WorkerFrame, now
+from schemas import NodeRoot, PathEscapeError, SchemaError, WorkerFrame, now
 from schemas import _worker_env as env_names
 
-__all__ = ["ScriptExited", "ScriptFrame", "ScriptSupervisor", "script_environment"]
+__all__ = [
+    "CODE_ROOT_ENV",
+    "DEFAULT_CODE_ROOT",
+    "ScriptExited",
+    "ScriptFrame",
+    "ScriptSupervisor",
+    "code_root_from_env",
+    "resolve_in_code_root",
+    "script_environment",
+]
+
+DEFAULT_CODE_ROOT = "/code"
+CODE_ROOT_ENV = "FL_CODE_ROOT"
 
 TAIL_LINES = 20
 TAIL_BYTES = 4096
@@ -95,6 +108,35 @@ def script_environment(
     return env
 
 
+def code_root_from_env() -> str:
+    """The code root the environment sets (FL_CODE_ROOT; `fl-cloud-aggregator --code-root` sets it), or /code."""
+    return os.environ.get(CODE_ROOT_ENV) or DEFAULT_CODE_ROOT
+
+
+def resolve_in_code_root(root: NodeRoot, code_root: str, url: str, *, job: str, field: str) -> Path:
+    """The real location of spec path `url` if it lies inside the code root; WorkerScriptError saying why not.
+
+    ``..`` and symlinks are followed first, so a link in the code root that points elsewhere is refused.
+    """
+    try:
+        code_dir = root.resolve(code_root, "the code root")
+    except PathEscapeError as exc:
+        raise WorkerScriptError(f"job {job}: the node's code root is unusable: {exc}") from exc
+    where = f"the code root {code_root} ({code_dir})"
+    if code_dir == root.path:
+        raise WorkerScriptError(f"job {job}: {where} is the node root itself; give the scripts their own folder")
+    try:
+        resolved = root.resolve(url, field)
+    except PathEscapeError as exc:
+        raise WorkerScriptError(f"job {job}: {field} {url!r} is outside {where}: {exc}") from exc
+    if not resolved.is_relative_to(code_dir):
+        raise WorkerScriptError(
+            f"job {job}: {field} {url!r} is outside {where}: it resolves to {resolved}; "
+            "this node runs scripts only from its code root"
+        )
+    return resolved
+
+
 def read_tail(path: Path, offset: int) -> str:
     """The last lines the script wrote to its log (from `offset`, where this run began)."""
     try:
@@ -133,8 +175,10 @@ class ScriptSupervisor:
         emit: Callable[[ScriptEvent], None],
         clock: Callable[[], float],
         stop_grace: float = 10.0,
+        code_root: str | None = None,
     ) -> None:
         self._root = root
+        self.code_root = code_root if code_root is not None else code_root_from_env()
         self._node_root = NodeRoot(root)
         self._node = node
         self._emit = emit
@@ -147,10 +191,16 @@ class ScriptSupervisor:
     def start(self, request: ScriptRequest) -> None:
         """Start the job's aggregation script; raise an AggregatorError saying why it cannot start."""
         worker = request.worker
-        script_dir = self._node_root.resolve(worker.script_dir, "spec.aggregationWorker scriptDir")
-        script = self._node_root.resolve(
+        field = "spec.aggregationWorker.workerSpec"
+        script_dir = resolve_in_code_root(
+            self._node_root, self.code_root, worker.script_dir, job=request.job, field=f"{field}.scriptDir"
+        )
+        script = resolve_in_code_root(
+            self._node_root,
+            self.code_root,
             posixpath.join(worker.script_dir, worker.script_boot_file),
-            "spec.aggregationWorker scriptBootFile",
+            job=request.job,
+            field=f"{field}.scriptBootFile",
         )
         if not script.is_file():
             raise WorkerScriptError(

@@ -2,12 +2,14 @@
 
 MQTT credentials and TLS files come from the node config (`--config node.yaml` or FL_NODE_CONFIG,
 written by `flctl broker init`; it also gives the node name) and the environment (FL_MQTT_USERNAME,
-FL_MQTT_PASSWORD, FL_MQTT_TLS_CA, ..., which override the file); --host and --port override both. SIGTERM and SIGINT stop the service cleanly (exit code 0).
+FL_MQTT_PASSWORD, FL_MQTT_TLS_CA, ..., which override the file); --host and --port override both. `--code-root /code` (or FL_CODE_ROOT): the folder under the root that
+aggregation scripts must be in. SIGTERM and SIGINT stop the service cleanly (exit code 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,7 +17,8 @@ from pathlib import Path
 from types import FrameType
 
 from broker import add_mqtt_arguments, configure_logging, mqtt_settings_from_args, node_config_from_args, node_from_args
-from schemas import Topics, check_name
+from cloud_aggregator._scripts import CODE_ROOT_ENV, code_root_from_env
+from schemas import NodeRoot, PathEscapeError, Topics, check_name
 
 __all__ = ["build_parser", "main"]
 
@@ -43,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--node", type=_node, help="this node's name (also the MQTT client id; default: the --config file's node)"
     )
     parser.add_argument("--root", required=True, type=Path, help="the node's root folder: spec paths resolve under it")
+    parser.add_argument(
+        "--code-root",
+        default=code_root_from_env(),
+        help="the folder, under the node root like spec paths, that aggregation scripts must be in: a job whose "
+        "aggregationWorker scriptDir or scriptBootFile resolves elsewhere fails "
+        "(default: $FL_CODE_ROOT or /code, i.e. ROOT/code)",
+    )
     parser.add_argument("--prefix", default="fl", help="topic prefix (default: fl)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     parser.add_argument(
@@ -79,10 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = node_config_from_args(args)
         node = node_from_args(args, config, roles=("aggregator",))
         settings = mqtt_settings_from_args(args, node, config)
-    except (ValueError, TypeError) as exc:
+        root = NodeRoot(args.root)
+        if root.resolve(args.code_root, "--code-root") == root.path:
+            raise ValueError(f"--code-root {args.code_root} is the node root itself; give the scripts their own folder")
+    except (ValueError, TypeError, PathEscapeError) as exc:
         print(f"fl-cloud-aggregator: {exc}", file=sys.stderr)
         return 2
     configure_logging(node=node, role="aggregator", level=args.log_level)
+    os.environ[CODE_ROOT_ENV] = args.code_root  # what the service's ScriptSupervisor reads
 
     from cloud_aggregator._service import AggregatorService
 

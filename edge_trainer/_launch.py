@@ -3,7 +3,9 @@
 `prepare_launch` is where an edge decides whether it can run its part of a plan. It refuses (raises
 `PlanRejectedError` with a reason the user reads in the worker status) when the planned Dataset is not on
 this node, the framework is not TensorFlow, a path escapes the node root, or the script or label
-file is missing. A frameworkVersion other than the installed TensorFlow's only yields a warning:
+file is missing. Training scripts run only from the node's code root (``--code-root``, default
+``/code``, a folder under the node root): a scriptDir or boot file that resolves elsewhere (another
+folder of the root such as /data, ``..``, a symlink out) is refused. A frameworkVersion other than the installed TensorFlow's only yields a warning:
 scripts written for TF 2.3 usually run on newer versions, and refusing would block every job.
 """
 
@@ -18,7 +20,18 @@ from edge_trainer._errors import PlanRejectedError
 from schemas import JobPlan, NodeRoot, PathEscapeError, PlannedWorker
 from schemas import _worker_env as env_names
 
-__all__ = ["LaunchSpec", "installed_tensorflow_version", "prepare_launch"]
+__all__ = [
+    "DEFAULT_CODE_ROOT",
+    "CodeRootError",
+    "EdgeRoot",
+    "LaunchSpec",
+    "check_code_root",
+    "installed_tensorflow_version",
+    "prepare_launch",
+    "resolve_in_code_root",
+]
+
+DEFAULT_CODE_ROOT = "/code"
 
 # Distributions that provide the `tensorflow` package. Checked through their metadata, never by
 # importing TensorFlow: the service must stay fast and light.
@@ -32,6 +45,53 @@ _TF_DISTRIBUTIONS = (
 )
 _ENV_NAME = re.compile(r"[^=\x00]+")
 _VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
+
+
+class CodeRootError(ValueError):
+    """A scriptDir or boot file is not inside the code root; the message names job, field, path and code root."""
+
+
+class EdgeRoot(NodeRoot):
+    """The node root plus this node's code root: the plan-style folder (e.g. ``/code``) scripts must live in."""
+
+    def __init__(self, root: Path | str, code_root: str = DEFAULT_CODE_ROOT) -> None:
+        super().__init__(root)
+        self.code_root = code_root
+
+
+def check_code_root(root: NodeRoot, code_root: str) -> Path:
+    """The real location of the code root under the node root; PathEscapeError if it leaves the root."""
+    resolved = root.resolve(code_root, "the code root")
+    if resolved == root.path:
+        raise PathEscapeError(
+            f"the code root {code_root!r} is the node root itself: give the scripts their own folder, e.g. /code",
+            url=code_root,
+            root=root.path,
+        )
+    return resolved
+
+
+def resolve_in_code_root(root: NodeRoot, code_root: str, url: str, *, job: str, field: str) -> Path:
+    """The real location of `url` (a spec path) if it lies inside the code root; CodeRootError saying why not.
+
+    `field` names the spec field (``spec.trainingWorkers[0].workerSpec.scriptDir``). ``..`` and symlinks
+    are followed before the check, so a link inside the code root that points elsewhere is refused too.
+    """
+    try:
+        code_dir = check_code_root(root, code_root)
+    except PathEscapeError as exc:
+        raise CodeRootError(f"job {job}: the node's code root is unusable: {exc}") from exc
+    where = f"the code root {code_root} ({code_dir})"
+    try:
+        resolved = root.resolve(url, field)
+    except PathEscapeError as exc:
+        raise CodeRootError(f"job {job}: {field} {url!r} is outside {where}: {exc}") from exc
+    if not resolved.is_relative_to(code_dir):
+        raise CodeRootError(
+            f"job {job}: {field} {url!r} is outside {where}: it resolves to {resolved}; "
+            "this node runs scripts only from its code root"
+        )
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -58,11 +118,19 @@ def installed_tensorflow_version() -> str | None:
     return None
 
 
-def prepare_launch(plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str | None) -> LaunchSpec:
-    """Check this node's part of `plan` and build its launch; raise PlanRejectedError saying why not."""
+def prepare_launch(
+    plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str | None, code_root: str | None = None
+) -> LaunchSpec:
+    """Check this node's part of `plan` and build its launch; raise PlanRejectedError saying why not.
+
+    `code_root` (plan-style, under `root`) defaults to the root's own (`EdgeRoot`) or ``/code``.
+    """
     worker = plan.worker(node)
     if worker is None:
         raise PlanRejectedError(plan.job, f"the plan has no training worker on node {node}")
+    if code_root is None:
+        code_root = root.code_root if isinstance(root, EdgeRoot) else DEFAULT_CODE_ROOT
+    field = f"spec.trainingWorkers[{plan.workers.index(worker)}].workerSpec"
     warnings = [*_check_framework(plan.job, worker, tf_version)]
     dataset = worker.dataset
     if dataset.node_name != node:
@@ -72,15 +140,21 @@ def prepare_launch(plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str 
         )
     try:
         dataset_path = root.resolve(dataset.url, f'Dataset "{dataset.name}" url')
-        script_dir = root.resolve(worker.script.dir, "scriptDir")
-        script = root.resolve(str(PurePosixPath(worker.script.dir) / worker.script.boot_file), "scriptBootFile")
+        script_dir = resolve_in_code_root(root, code_root, worker.script.dir, job=plan.job, field=f"{field}.scriptDir")
+        script = resolve_in_code_root(
+            root,
+            code_root,
+            str(PurePosixPath(worker.script.dir) / worker.script.boot_file),
+            job=plan.job,
+            field=f"{field}.scriptBootFile",
+        )
         model_path = root.resolve(plan.model.url, f'Model "{plan.model.name}" url')
         pretrained = (
             root.resolve(plan.pretrained_model.url, f'pretrained Model "{plan.pretrained_model.name}" url')
             if plan.pretrained_model is not None
             else None
         )
-    except PathEscapeError as exc:
+    except (PathEscapeError, CodeRootError) as exc:
         raise PlanRejectedError(plan.job, str(exc)) from exc
     if model_path == root.path:
         raise PlanRejectedError(

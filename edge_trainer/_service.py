@@ -56,7 +56,7 @@ from broker import (
     transfer_key,
 )
 from edge_trainer._job import EdgeJob, UploadDone, UploadRequest
-from edge_trainer._launch import LaunchSpec, installed_tensorflow_version
+from edge_trainer._launch import DEFAULT_CODE_ROOT, EdgeRoot, LaunchSpec, installed_tensorflow_version
 from edge_trainer._model_io import METADATA_FILE
 from edge_trainer._outbox import AckOutcome, Deliveries, Delivery, Outbox, OutboxEntry, OutboxError
 from edge_trainer._runner import WorkerExitEvent, WorkerFrameEvent, WorkerProcess
@@ -129,10 +129,11 @@ class EdgeService:
         ack_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         log: FilteringBoundLogger | None = None,
+        code_root: str = DEFAULT_CODE_ROOT,
     ) -> None:
         self.node = node
         Path(root).mkdir(parents=True, exist_ok=True)
-        self.root = NodeRoot(root)
+        self.root: NodeRoot = EdgeRoot(root, code_root)  # training scripts run only from its code root
         self.topics = topics or Topics()
         self._stop_grace = stop_grace
         self._upload_timeout = upload_timeout

@@ -2,11 +2,13 @@
 
 ``fl-edge-trainer --config /etc/fl/node.yaml --root /`` takes the node name, broker, credentials and TLS
 files from the node.yaml that `flctl broker init` wrote (FL_MQTT_* variables and flags override it).
+``--code-root /code`` (or FL_CODE_ROOT) is the folder under the root that training scripts must be in.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -23,8 +25,9 @@ from broker import (
     node_config_from_args,
     node_from_args,
 )
+from edge_trainer._launch import DEFAULT_CODE_ROOT, check_code_root
 from edge_trainer._service import EdgeService
-from schemas import TopicError, Topics, check_name
+from schemas import NodeRoot, PathEscapeError, TopicError, Topics, check_name
 
 __all__ = ["main"]
 
@@ -39,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--root", required=True, type=Path, help="the node's root folder: plan paths such as /data/1.txt live under it"
+    )
+    parser.add_argument(
+        "--code-root",
+        default=os.environ.get("FL_CODE_ROOT") or DEFAULT_CODE_ROOT,
+        help="the folder, under the node root like plan paths, that training scripts must be in: a plan whose "
+        "scriptDir or scriptBootFile resolves elsewhere is refused (default: $FL_CODE_ROOT or /code, i.e. ROOT/code)",
     )
     parser.add_argument("--prefix", default="fl", help="topic prefix (default: fl)")
     parser.add_argument(
@@ -66,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = mqtt_settings_from_args(args, node, config)
         if args.ack_timeout <= 0:
             raise ValueError(f"--ack-timeout must be > 0, not {args.ack_timeout}")
-    except (ValueError, TopicError) as exc:
+        check_code_root(NodeRoot(args.root), args.code_root)
+    except (ValueError, TopicError, PathEscapeError) as exc:
         parser.error(str(exc))
     configure_logging(node=node, role="edge", level=args.log_level)
     log = get_logger()
@@ -78,7 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        service = EdgeService(node, args.root, settings, topics=topics, ack_timeout=args.ack_timeout, log=log)
+        service = EdgeService(
+            node,
+            args.root,
+            settings,
+            topics=topics,
+            ack_timeout=args.ack_timeout,
+            log=log,
+            code_root=args.code_root,
+        )
         service.run(stop)
     except (BrokerError, OSError) as exc:
         log.error("edge trainer failed", error=str(exc))
