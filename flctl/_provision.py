@@ -1,4 +1,4 @@
-"""`flctl broker init`: everything a secured deployment needs, in one folder (docs/dev/security-plan.md).
+"""`flctl broker init`: everything a secured deployment needs, in one folder (docs/security.md).
 
     DIR/broker/mosquitto.conf   allow_anonymous false, password_file, acl_file, use_username_as_clientid,
                                 a TLS listener on --port and a plain listener on 127.0.0.1:--plain-port

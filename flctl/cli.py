@@ -126,12 +126,12 @@ def _global_options(*, with_defaults: bool) -> argparse.ArgumentParser:
 
 
 def _add_broker_init(p: argparse.ArgumentParser) -> None:
-    """`flctl broker init` and its options (docs/dev/security-plan.md)."""
+    """`flctl broker init` and its options (docs/security.md)."""
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
     s = tools.add_parser(
         "init",
         help="write the broker config, CA and certificates, passwords, ACL and one config per node",
-        description="Write everything a secured deployment needs under --out (docs/dev/security-plan.md): "
+        description="Write everything a secured deployment needs under --out (docs/security.md): "
         "DIR/broker/ (mosquitto.conf, passwd, acl, ca.crt, server.crt, server.key), DIR/ca/ca.key (keep it "
         "offline), DIR/nodes/<node>/ (node.yaml, ca.crt), DIR/admin/flctl.yaml. Secrets are 0600 and never printed.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

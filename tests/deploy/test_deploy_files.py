@@ -1,6 +1,6 @@
 """deploy/ checked against the project itself: every file parses, every command is a real console script
 with flags its real argparse parser accepts, and every mounted path is one `flctl broker init` writes
-(docs/dev/security-plan.md). Fast, no network, no Docker, no Kubernetes.
+(docs/security.md). Fast, no network, no Docker, no Kubernetes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 KUBE = DEPLOY / "kubernetes"
 DOCS = (DEPLOY / "README.md", REPO / "docs" / "operations.md")
 
-# -- the provisioning layout (docs/dev/security-plan.md) ---------------------------------------------
+# -- the provisioning layout (docs/security.md) ---------------------------------------------
 
 NODES = ("cloud0", "edge1", "edge2")
 BROKER_FILES = frozenset({"mosquitto.conf", "passwd", "acl", "ca.crt", "server.crt", "server.key"})
@@ -57,7 +57,7 @@ def provision_relative(path: str) -> tuple[str, str, str]:
         return "admin", "admin", parts[1]
     if len(parts) == 3 and parts[0] == "nodes" and parts[1] in NODES and parts[2] in NODE_FILES:
         return "node", parts[1], parts[2]
-    pytest.fail(f"{path!r} is not a file of the provisioning layout (docs/dev/security-plan.md)")
+    pytest.fail(f"{path!r} is not a file of the provisioning layout (docs/security.md)")
 
 
 # -- the project's real command-line parsers -----------------------------------------------------------
