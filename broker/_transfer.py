@@ -149,38 +149,19 @@ class BlobSender:
         Raises TransferError if the broker does not acknowledge within `timeout` seconds, PublishError if
         it refuses a message (e.g. not authorized).
         """
-        if not blob:
-            raise TransferError("cannot send an empty blob")
-        deadline = time.monotonic() + timeout
-        chunk_size = max(1, min(self.chunk_size, self.session.max_payload))
-        chunks = [blob[i : i + chunk_size] for i in range(0, len(blob), chunk_size)]
-        manifest = TransferManifest(
-            transfer=transfer or new_transfer_id(),
+        manifest = self.prepare(
+            blob,
             kind=kind,
             job=job,
             uid=uid,
-            round=round_,
-            sender=sender_name,
-            total_bytes=len(blob),
-            chunk_size=chunk_size,
-            chunks=len(chunks),
-            sha256=hashlib.sha256(blob).hexdigest(),
-            chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
+            round_=round_,
+            sender_name=sender_name,
             num_samples=num_samples,
             final=final,
+            transfer=transfer,
         )
-        in_flight: deque[tuple[int, PublishResult]] = deque()
-        for index, chunk in enumerate(chunks):
-            if len(in_flight) >= self.window:
-                self._wait(in_flight.popleft(), deadline, manifest, timeout)
-            in_flight.append((index, self.session.publish(chunk_topic(index), chunk, qos=1, retain=retain)))
-        while in_flight:
-            self._wait(in_flight.popleft(), deadline, manifest, timeout)
-        self._wait(
-            (-1, self.session.publish(manifest_topic, manifest.to_json(), qos=1, retain=retain)),
-            deadline,
-            manifest,
-            timeout,
+        self._publish(
+            manifest_topic, chunk_topic, blob, manifest, range(manifest.chunks), retain=retain, timeout=timeout
         )
         return manifest
 
@@ -245,10 +226,24 @@ class BlobSender:
             raise TransferError(
                 f"transfer {manifest.transfer}: chunk indices {bad} out of range 0..{manifest.chunks - 1}"
             )
+        self._publish(manifest_topic, chunk_topic, blob, manifest, wanted, retain=retain, timeout=timeout)
+
+    def _publish(
+        self,
+        manifest_topic: str,
+        chunk_topic: Callable[[int], str],
+        blob: bytes,
+        manifest: TransferManifest,
+        indices: Iterable[int],
+        *,
+        retain: bool,
+        timeout: float,
+    ) -> None:
+        """Chunks `indices` with at most `window` unacknowledged, then the manifest; all within `timeout`."""
         deadline = time.monotonic() + timeout
         size = manifest.chunk_size
         in_flight: deque[tuple[int, PublishResult]] = deque()
-        for index in wanted:
+        for index in indices:
             if len(in_flight) >= self.window:
                 self._wait(in_flight.popleft(), deadline, manifest, timeout)
             chunk = blob[index * size : (index + 1) * size]
