@@ -119,22 +119,9 @@ def resolve_in_code_root(root: NodeRoot, code_root: str, url: str, *, job: str, 
     ``..`` and symlinks are followed first, so a link in the code root that points elsewhere is refused.
     """
     try:
-        code_dir = root.resolve(code_root, "the code root")
+        return root.resolve_script(url, code_root, job=job, field=field)
     except PathEscapeError as exc:
-        raise WorkerScriptError(f"job {job}: the node's code root is unusable: {exc}") from exc
-    where = f"the code root {code_root} ({code_dir})"
-    if code_dir == root.path:
-        raise WorkerScriptError(f"job {job}: {where} is the node root itself; give the scripts their own folder")
-    try:
-        resolved = root.resolve(url, field)
-    except PathEscapeError as exc:
-        raise WorkerScriptError(f"job {job}: {field} {url!r} is outside {where}: {exc}") from exc
-    if not resolved.is_relative_to(code_dir):
-        raise WorkerScriptError(
-            f"job {job}: {field} {url!r} is outside {where}: it resolves to {resolved}; "
-            "this node runs scripts only from its code root"
-        )
-    return resolved
+        raise WorkerScriptError(str(exc)) from exc
 
 
 def read_tail(path: Path, offset: int) -> str:

@@ -61,14 +61,7 @@ class EdgeRoot(NodeRoot):
 
 def check_code_root(root: NodeRoot, code_root: str) -> Path:
     """The real location of the code root under the node root; PathEscapeError if it leaves the root."""
-    resolved = root.resolve(code_root, "the code root")
-    if resolved == root.path:
-        raise PathEscapeError(
-            f"the code root {code_root!r} is the node root itself: give the scripts their own folder, e.g. /code",
-            url=code_root,
-            root=root.path,
-        )
-    return resolved
+    return root.code_dir(code_root)
 
 
 def resolve_in_code_root(root: NodeRoot, code_root: str, url: str, *, job: str, field: str) -> Path:
@@ -78,20 +71,9 @@ def resolve_in_code_root(root: NodeRoot, code_root: str, url: str, *, job: str, 
     are followed before the check, so a link inside the code root that points elsewhere is refused too.
     """
     try:
-        code_dir = check_code_root(root, code_root)
+        return root.resolve_script(url, code_root, job=job, field=field)
     except PathEscapeError as exc:
-        raise CodeRootError(f"job {job}: the node's code root is unusable: {exc}") from exc
-    where = f"the code root {code_root} ({code_dir})"
-    try:
-        resolved = root.resolve(url, field)
-    except PathEscapeError as exc:
-        raise CodeRootError(f"job {job}: {field} {url!r} is outside {where}: {exc}") from exc
-    if not resolved.is_relative_to(code_dir):
-        raise CodeRootError(
-            f"job {job}: {field} {url!r} is outside {where}: it resolves to {resolved}; "
-            "this node runs scripts only from its code root"
-        )
-    return resolved
+        raise CodeRootError(str(exc)) from exc
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,46 @@ class NodeRoot:
             resolved=resolved,
         )
 
+    def code_dir(self, code_root: str) -> Path:
+        """The real location of the node's code root (a folder under the root, not the root itself)."""
+        resolved = self.resolve(code_root, "the code root")
+        if resolved == self.path:
+            raise PathEscapeError(
+                f"the code root {code_root!r} is the node root itself: give the scripts their own folder, e.g. /code",
+                url=code_root,
+                root=self.path,
+            )
+        return resolved
+
+    def resolve_script(self, url: str, code_root: str, *, job: str, field: str) -> Path:
+        """The real location of a script path if it lies inside the code root; PathEscapeError saying why not.
+
+        `field` names the spec field (``spec.trainingWorkers[0].workerSpec.scriptDir``). ``..`` and
+        symlinks are followed first, so a link inside the code root that points elsewhere is refused too.
+        """
+        try:
+            code_dir = self.code_dir(code_root)
+        except PathEscapeError as exc:
+            raise PathEscapeError(
+                f"job {job}: the node's code root is unusable: {exc}", url=code_root, root=self.path
+            ) from exc
+        where = f"the code root {code_root} ({code_dir})"
+        try:
+            resolved = self.resolve(url, field)
+        except PathEscapeError as exc:
+            raise PathEscapeError(
+                f"job {job}: {field} {url!r} is outside {where}: {exc}", url=url, root=code_dir
+            ) from exc
+        if not resolved.is_relative_to(code_dir):
+            raise PathEscapeError(
+                f"job {job}: {field} {url!r} is outside {where}: it resolves to {resolved}; "
+                "this node runs scripts only from its code root",
+                url=url,
+                root=code_dir,
+                resolved=resolved,
+            )
+        return resolved
+
     def to_url(self, path: Path | str) -> str:
         """The plan-style path of a location under the root (``ROOT/model/x`` -> ``/model/x``)."""
         real = Path(path).resolve()
