@@ -20,7 +20,10 @@ __all__ = ["add_mqtt_arguments", "mqtt_settings_from_args", "node_config_from_ar
 
 
 def add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --config, --host, --port and --keepalive to a service's parser."""
+    """Add --config, --host, --port, --keepalive and the TLS file options to a service's parser.
+
+    There is deliberately no --password: a secret on a command line shows in `ps` and shell history.
+    """
     group = parser.add_argument_group(
         "MQTT connection (flags > FL_MQTT_* environment variables > --config file > defaults)"
     )
@@ -41,6 +44,18 @@ def add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds of silence before the link counts as dead; the broker notices after 1.5x this and "
         "publishes the node's last will (default: $FL_MQTT_KEEPALIVE or 30)",
+    )
+    group.add_argument(
+        "--tls-ca", default=None, metavar="FILE", help="CA certificate (default: $FL_MQTT_TLS_CA or the config)"
+    )
+    group.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="FILE",
+        help="client certificate for mutual TLS (default: $FL_MQTT_TLS_CERT or the config)",
+    )
+    group.add_argument(
+        "--tls-key", default=None, metavar="FILE", help="its private key (default: $FL_MQTT_TLS_KEY or the config)"
     )
 
 
@@ -74,7 +89,7 @@ def mqtt_settings_from_args(args: argparse.Namespace, client_id: str, config: No
         config = node_config_from_args(args)
     values: dict[str, Any] = config.mqtt_values() if config is not None else {}
     values.update(MqttSettings.env_values())
-    for name in ("host", "port", "keepalive"):
+    for name in ("host", "port", "keepalive", "tls_ca", "tls_cert", "tls_key"):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value

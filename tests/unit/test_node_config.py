@@ -119,3 +119,19 @@ def test_flctl_reads_the_config_and_flags_and_env_win(node_yaml: Path, monkeypat
     monkeypatch.setenv("FLCTL_PORT", "1884")
     opts = broker_options(build_parser().parse_args(["get", "fl", "--host", "h"]))
     assert (opts.host, opts.port, opts.password) == ("h", 1884, "from-the-file")
+
+
+def test_service_tls_files_come_from_flags_env_or_the_file(node_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service takes its TLS files from --tls-* flags, else FL_MQTT_TLS_*, else the node config."""
+    for name in ("TLS_CA", "TLS_CERT", "TLS_KEY"):
+        monkeypatch.delenv(f"FL_MQTT_{name}", raising=False)
+    assert mqtt_settings_from_args(parse("--config", str(node_yaml)), "edge1").tls_ca == str(
+        node_yaml.parent / "ca.crt"
+    )
+
+    monkeypatch.setenv("FL_MQTT_TLS_CA", "/env/ca.crt")
+    assert mqtt_settings_from_args(parse("--config", str(node_yaml)), "edge1").tls_ca == "/env/ca.crt"
+
+    flags = parse("--config", str(node_yaml), "--tls-ca", "/flag/ca.crt", "--tls-cert", "e.crt", "--tls-key", "e.key")
+    s = mqtt_settings_from_args(flags, "edge1")
+    assert (s.tls_ca, s.tls_cert, s.tls_key) == ("/flag/ca.crt", "e.crt", "e.key")
