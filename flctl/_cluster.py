@@ -122,9 +122,6 @@ class LocalCluster:
             if not self.broker.running:
                 self.broker.start()
             return self.broker
-        # Not "broker": a folder of that name in a process's working directory would shadow the package.
-        broker_dir = self.workdir / "mosquitto"
-        broker_dir.mkdir(parents=True, exist_ok=True)
         if self.secure:
             self.provisioned = self._provision()
             cfg = self.provisioned.broker_config
@@ -132,6 +129,9 @@ class LocalCluster:
                 cfg = dataclasses.replace(cfg, **self._broker_config)  # type: ignore[arg-type]
             broker_dir = self.provisioned.out / "broker"
         else:
+            # Not "broker": a folder of that name in a process's working directory would shadow the package.
+            broker_dir = self.workdir / "mosquitto"
+            broker_dir.mkdir(parents=True, exist_ok=True)
             cfg = BrokerConfig(port=self._port or free_port(), data_dir=broker_dir / "data", **self._broker_config)  # type: ignore[arg-type]
         self.broker = LocalBroker(cfg, broker_dir)
         self.broker.start()
