@@ -189,8 +189,10 @@ def make_transfer(
     chunk_size: int = 64 * 1024,
     transfer: str | None = None,
     manifest_sender: str | None = None,
+    final: bool = False,
 ) -> tuple[TransferManifest, bytes]:
-    """A weights blob and the manifest of its chunked transfer, as an edge would send them."""
+    """A weights blob and the manifest of its chunked transfer, as an edge (or, for kind global with
+    `final`, the aggregator) would send them."""
     blob = encode_weights(
         arrays, kind=kind, job=job, round_=round_, sender=sender, num_samples=num_samples, names=names
     )
@@ -209,6 +211,7 @@ def make_transfer(
         sha256=digest,
         chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
         num_samples=num_samples,
+        final=final,
     )
     return manifest, blob
 

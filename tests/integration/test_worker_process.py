@@ -7,7 +7,6 @@ generated with pillow, so TensorFlow's import dominates the run time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import queue
 import time
@@ -21,6 +20,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
+from cloud_aggregator.testing import make_transfer
 from edge_trainer import FederatedLearning, WorkerError
 from edge_trainer._job import EdgeJob, UploadDone, UploadRequest
 from edge_trainer._launch import LaunchSpec
@@ -36,7 +36,6 @@ from schemas import (
     WorkerState,
     WorkerStatus,
     decode_weights,
-    encode_weights,
     weights_digest,
 )
 
@@ -236,24 +235,18 @@ def start_edge(tmp_path: Path, script: str) -> Edge:
 def global_model(
     arrays: Sequence[npt.NDArray[Any]], names: list[str], round_: int, *, final: bool
 ) -> tuple[TransferManifest, bytes]:
-    blob = encode_weights(arrays, kind="global", job=JOB, round_=round_, sender="cloud0", num_samples=8, names=names)
-    digest = hashlib.sha256(blob).hexdigest()
-    manifest = TransferManifest(
-        transfer=f"{round_ + 1:016x}",
+    return make_transfer(
+        arrays,
         kind="global",
         job=JOB,
         uid="uid-tiny",
-        round=round_,
+        round_=round_,
         sender="cloud0",
-        total_bytes=len(blob),
-        chunk_size=len(blob),
-        chunks=1,
-        sha256=digest,
-        chunk_sha256=[digest],
         num_samples=8,
+        names=names,
+        transfer=f"{round_ + 1:016x}",
         final=final,
     )
-    return manifest, blob
 
 
 @pytest.fixture

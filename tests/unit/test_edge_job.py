@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cloud_aggregator.testing import make_transfer
 from edge_trainer._job import EdgeJob, UploadDone, UploadRequest
 from edge_trainer._launch import LaunchSpec
 from schemas import (
@@ -147,31 +147,17 @@ def weights_blob(kind: WeightsKind, round_: int, value: float = 0.0) -> bytes:
 
 
 def global_model(round_: int, *, final: bool = False, uid: str = UID) -> tuple[TransferManifest, bytes]:
-    blob = encode_weights(
+    return make_transfer(
         [np.full((2, 3), float(round_), dtype=np.float32)],
         kind="global",
         job=JOB,
+        uid=uid,
         round_=round_,
         sender="cloud0",
         num_samples=16,
-    )
-    digest = hashlib.sha256(blob).hexdigest()
-    manifest = TransferManifest(
         transfer=f"{round_:016x}",
-        kind="global",
-        job=JOB,
-        uid=uid,
-        round=round_,
-        sender="cloud0",
-        total_bytes=len(blob),
-        chunk_size=len(blob),
-        chunks=1,
-        sha256=digest,
-        chunk_sha256=[digest],
-        num_samples=16,
         final=final,
     )
-    return manifest, blob
 
 
 def started(root: Path) -> Harness:

@@ -272,21 +272,15 @@ def test_mutated_updates_are_rejected_and_the_round_averages_the_honest_ones(  #
 
 def global_of(round_: int, value: float, *, final: bool = False) -> tuple[TransferManifest, bytes, Arrays]:
     arrays = [np.full((2, 3), value, np.float32)]
-    blob = encode_weights(arrays, kind="global", job=EDGE_JOB, round_=round_, sender="cloud0", num_samples=16)
-    digest = hashlib.sha256(blob).hexdigest()
-    manifest = TransferManifest(
-        transfer=f"{round_:016x}",
+    manifest, blob = make_transfer(
+        arrays,
         kind="global",
         job=EDGE_JOB,
         uid=EDGE_UID,
-        round=round_,
+        round_=round_,
         sender="cloud0",
-        total_bytes=len(blob),
-        chunk_size=len(blob),
-        chunks=1,
-        sha256=digest,
-        chunk_sha256=[digest],
         num_samples=16,
+        transfer=f"{round_:016x}",
         final=final,
     )
     return manifest, blob, arrays
