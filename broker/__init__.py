@@ -1,15 +1,11 @@
-"""The medium: Mosquitto configuration and launcher, the MQTT session, chunked transfer, the worker channel.
+"""The medium: the MQTT session (paho-mqtt 2.x, MQTT v5), chunked transfer, node connection settings.
 
-The public API is re-exported here (see docs/dev/internal-apis.md); the modules behind it are private.
+`broker.mosquitto` is the broker server itself (configuration, launcher, `fl-broker`). The public API
+is re-exported here (see docs/dev/internal-apis.md); the modules behind it are private.
 """
 
 from broker._args import add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
-from broker._channel import WorkerChannel, spawn_channel_pair
-from broker._config import BrokerConfig, TlsListener, render_config
-from broker._durable import TMP_PREFIX, fsync_dir, write_atomic
-from broker._errors import BrokerError, ChannelClosed, ConnectError, PayloadTooLarge, PublishError, TransferError
-from broker._launcher import LocalBroker, find_mosquitto
-from broker._logging import configure_logging, get_logger
+from broker._errors import BrokerError, ConnectError, PayloadTooLarge, PublishError, TransferError
 from broker._nodeconfig import NODE_CONFIG_ENV, BrokerAddress, NodeConfig, NodeTls, load_node_config
 from broker._session import Inbound, MqttSettings, PublishResult, Session
 from broker._transfer import (
@@ -24,17 +20,13 @@ from broker._transfer import (
 
 __all__ = [
     "NODE_CONFIG_ENV",
-    "TMP_PREFIX",
     "Assembler",
     "BlobSender",
     "BrokerAddress",
-    "BrokerConfig",
     "BrokerError",
-    "ChannelClosed",
     "CompletedTransfer",
     "ConnectError",
     "Inbound",
-    "LocalBroker",
     "MqttSettings",
     "NodeConfig",
     "NodeTls",
@@ -42,23 +34,14 @@ __all__ = [
     "PublishError",
     "PublishResult",
     "Session",
-    "TlsListener",
     "TransferError",
-    "WorkerChannel",
     "add_mqtt_arguments",
     "chunk_index",
-    "configure_logging",
-    "find_mosquitto",
-    "fsync_dir",
-    "get_logger",
     "load_node_config",
     "manifest_from_payload",
     "mqtt_settings_from_args",
     "new_transfer_id",
     "node_config_from_args",
     "node_from_args",
-    "render_config",
-    "spawn_channel_pair",
     "transfer_key",
-    "write_atomic",
 ]

@@ -6,8 +6,7 @@
     │   │                       `.reason_code`
     │   └── PayloadTooLarge     the packet would exceed the connection's packet limit; raised before
     │                           anything is sent; `.topic`, `.size`, `.limit`
-    ├── TransferError           a chunked transfer failed (timeout, inconsistent manifest, bad blob)
-    └── ChannelClosed           the worker channel's peer went away (EOF, broken pipe)
+    └── TransferError           a chunked transfer failed (timeout, inconsistent manifest, bad blob)
 
 Third-party errors (OSError, ssl.SSLError, paho reason codes) are translated into these at one
 boundary, the session module (`broker._session`), with ``raise ... from exc``. Timeouts are the
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerError",
-    "ChannelClosed",
     "ConnectError",
     "PayloadTooLarge",
     "PublishError",
@@ -74,7 +72,3 @@ class PayloadTooLarge(PublishError):  # noqa: N818 - name fixed by docs/dev/inte
 
 class TransferError(BrokerError):
     """A chunked transfer failed: not acknowledged in time, an inconsistent manifest, a blob that fails its hash."""
-
-
-class ChannelClosed(BrokerError):  # noqa: N818 - name fixed by docs/dev/internal-apis.md
-    """The other end of the worker channel closed it (EOF, broken pipe), or it was closed locally."""

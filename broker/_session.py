@@ -45,7 +45,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from structlog.typing import FilteringBoundLogger
 
 from broker._errors import BrokerError, ConnectError, PayloadTooLarge, PublishError
-from broker._logging import get_logger
+from runtime import get_logger
 from schemas import TopicError, Topics
 
 __all__ = ["Inbound", "MqttSettings", "PublishResult", "Session"]

@@ -41,10 +41,9 @@ import pydantic
 from structlog.typing import FilteringBoundLogger
 
 from broker._errors import TransferError
-from broker._logging import get_logger
 from broker._session import PublishResult, Session
-from schemas import TopicError, TransferManifest, WireError
-from schemas._tensors import WeightsKind
+from runtime import get_logger
+from schemas import TopicError, TransferManifest, WeightsKind, WireError
 
 __all__ = [
     "Assembler",

@@ -25,8 +25,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from broker import fsync_dir, write_atomic
 from cloud_aggregator._errors import AggregatorError
+from runtime import fsync_dir, write_atomic
 from schemas import JobStatus
 
 __all__ = ["Checkpoint", "SpooledUpdate", "StateError", "StateStore"]

@@ -28,11 +28,10 @@ from pathlib import Path
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from broker import BrokerError, ChannelClosed, WorkerChannel, spawn_channel_pair
 from cloud_aggregator._errors import AggregatorError, WorkerScriptError
 from cloud_aggregator._ports import ScriptRequest, ScriptSignal
-from schemas import NodeRoot, PathEscapeError, SchemaError, WorkerFrame, now
-from schemas import _worker_env as env_names
+from runtime import ChannelClosed, ChannelError, WorkerChannel, spawn_channel_pair
+from schemas import NodeRoot, PathEscapeError, SchemaError, WorkerEnv, WorkerFrame, now
 
 __all__ = [
     "CODE_ROOT_ENV",
@@ -90,21 +89,21 @@ def script_environment(
     env.update(request.worker.parameters)
     env.update(
         {
-            env_names.JOB_NAME: request.job,
-            env_names.NAMESPACE: request.namespace,
-            env_names.WORKER_NAME: f"aggworker-{request.uid[:5]}",
-            env_names.NODE_NAME: node,
-            env_names.MODEL_URL: str(model_url),
-            env_names.MODEL_NAME: request.model.name,
-            env_names.MODEL_FORMAT: request.model.format,
-            env_names.PARTICIPANTS_COUNT: str(request.participants_count),
-            env_names.NODE_ROOT: str(root),
-            env_names.WORKER_FD: str(fd),
+            WorkerEnv.JOB_NAME: request.job,
+            WorkerEnv.NAMESPACE: request.namespace,
+            WorkerEnv.WORKER_NAME: f"aggworker-{request.uid[:5]}",
+            WorkerEnv.NODE_NAME: node,
+            WorkerEnv.MODEL_URL: str(model_url),
+            WorkerEnv.MODEL_NAME: request.model.name,
+            WorkerEnv.MODEL_FORMAT: request.model.format,
+            WorkerEnv.PARTICIPANTS_COUNT: str(request.participants_count),
+            WorkerEnv.NODE_ROOT: str(root),
+            WorkerEnv.WORKER_FD: str(fd),
             "PYTHONUNBUFFERED": "1",
         }
     )
     if pretrained_url is not None:
-        env[env_names.PRETRAINED_MODEL_URL] = str(pretrained_url)
+        env[WorkerEnv.PRETRAINED_MODEL_URL] = str(pretrained_url)
     return env
 
 
@@ -249,7 +248,7 @@ class ScriptSupervisor:
         handle.signalled_at = self._clock()
         try:
             handle.channel.send(WorkerFrame(type=signal))
-        except (ChannelClosed, BrokerError) as exc:
+        except ChannelError as exc:
             self._log.info(
                 "aggregation script gone before it could be signalled", job=job, signal=signal, error=str(exc)
             )
@@ -304,7 +303,7 @@ class ScriptSupervisor:
                     frame, _body = handle.channel.recv()
                 except ChannelClosed:
                     break
-                except (BrokerError, SchemaError, AggregatorError) as exc:
+                except (ChannelError, SchemaError, AggregatorError) as exc:
                     log.warning("unreadable frame from the aggregation script; channel closed", error=str(exc))
                     break
                 self._emit(ScriptFrame(handle.job, handle.uid, frame))

@@ -18,10 +18,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from broker import ChannelClosed, WorkerChannel
 from cloud_aggregator._errors import WorkerScriptError
-from schemas import Context, WorkerFrame
-from schemas._worker_env import WORKER_FD
+from runtime import ChannelClosed, WorkerChannel
+from schemas import Context, WorkerEnv, WorkerFrame
 
 __all__ = ["AggregationServer", "Context"]
 
@@ -63,17 +62,17 @@ class AggregationServer:
 
     def start(self) -> None:
         """Send the settings to fl-cloud-aggregator and block until the job ends (`finish`, `stop` or EOF)."""
-        raw = os.environ.get(WORKER_FD)
+        raw = os.environ.get(WorkerEnv.WORKER_FD)
         if not raw:
             raise WorkerScriptError(
-                f"AggregationServer.start() needs the worker channel ({WORKER_FD} is not set): the aggregation "
+                f"AggregationServer.start() needs the worker channel ({WorkerEnv.WORKER_FD} is not set): the aggregation "
                 "script must be started by fl-cloud-aggregator, which runs the job's aggregationWorker "
                 "scriptDir/scriptBootFile; create the job with flctl instead of running the script by hand"
             )
         try:
             fd = int(raw)
         except ValueError as exc:
-            raise WorkerScriptError(f"{WORKER_FD}={raw!r} is not a file descriptor number") from exc
+            raise WorkerScriptError(f"{WorkerEnv.WORKER_FD}={raw!r} is not a file descriptor number") from exc
         channel = WorkerChannel.from_fd(fd)
         try:
             try:

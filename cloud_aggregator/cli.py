@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from broker import add_mqtt_arguments, configure_logging, mqtt_settings_from_args, node_config_from_args, node_from_args
+from broker import add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
 from cloud_aggregator._scripts import CODE_ROOT_ENV, code_root_from_env
+from runtime import configure_logging
 from schemas import NodeRoot, PathEscapeError, Topics, check_name
 
 __all__ = ["build_parser", "main"]

@@ -29,10 +29,10 @@ from schemas import (
     ResourceStatus,
     TransferManifest,
     UpdateAck,
+    WeightsKind,
     decode_weights,
     encode_weights,
 )
-from schemas._tensors import WeightsKind
 
 __all__ = ["GlobalModel", "MemoryDisk", "MemoryPort", "chunks_of", "make_transfer"]
 

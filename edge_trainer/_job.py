@@ -37,14 +37,15 @@ from typing import Protocol
 import numpy as np
 from structlog.typing import FilteringBoundLogger
 
-from broker import get_logger
 from edge_trainer._errors import PlanRejectedError
 from edge_trainer._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
+from runtime import get_logger
 from schemas import (
     JobPlan,
     NodeRoot,
     TransferManifest,
     WeightsHeader,
+    WeightsKind,
     WireError,
     WorkerFrame,
     WorkerState,
@@ -52,7 +53,6 @@ from schemas import (
     decode_weights,
     read_header,
 )
-from schemas._tensors import WeightsKind
 
 __all__ = ["EdgeJob", "JobPorts", "Launcher", "UploadDone", "UploadRequest", "WorkerHandle"]
 

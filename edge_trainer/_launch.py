@@ -17,8 +17,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from edge_trainer._errors import PlanRejectedError
-from schemas import JobPlan, NodeRoot, PathEscapeError, PlannedWorker
-from schemas import _worker_env as env_names
+from schemas import JobPlan, NodeRoot, PathEscapeError, PlannedWorker, WorkerEnv
 
 __all__ = [
     "DEFAULT_CODE_ROOT",
@@ -153,21 +152,21 @@ def prepare_launch(
             f"training script {worker.script.boot_file} not found in scriptDir {worker.script.dir} (looked at {script})",
         )
     env = {
-        env_names.JOB_NAME: plan.job,
-        env_names.NAMESPACE: plan.namespace,
-        env_names.WORKER_NAME: node,
-        env_names.NODE_NAME: node,
-        env_names.MODEL_URL: str(model_path),
-        env_names.MODEL_NAME: plan.model.name,
-        env_names.MODEL_FORMAT: plan.model.format,
-        env_names.TRAIN_DATASET_URL: str(dataset_path),
-        env_names.DATASET_NAME: dataset.name,
-        env_names.PARTICIPANTS_COUNT: str(len(plan.workers)),
-        env_names.NODE_ROOT: str(root.path),
+        WorkerEnv.JOB_NAME: plan.job,
+        WorkerEnv.NAMESPACE: plan.namespace,
+        WorkerEnv.WORKER_NAME: node,
+        WorkerEnv.NODE_NAME: node,
+        WorkerEnv.MODEL_URL: str(model_path),
+        WorkerEnv.MODEL_NAME: plan.model.name,
+        WorkerEnv.MODEL_FORMAT: plan.model.format,
+        WorkerEnv.TRAIN_DATASET_URL: str(dataset_path),
+        WorkerEnv.DATASET_NAME: dataset.name,
+        WorkerEnv.PARTICIPANTS_COUNT: str(len(plan.workers)),
+        WorkerEnv.NODE_ROOT: str(root.path),
     }
     if pretrained is not None:
-        env[env_names.PRETRAINED_MODEL_URL] = str(pretrained)
-    reserved = {*env, env_names.WORKER_FD}
+        env[WorkerEnv.PRETRAINED_MODEL_URL] = str(pretrained)
+    reserved = {*env, WorkerEnv.WORKER_FD}
     for key, value in worker.parameters.items():
         if not _ENV_NAME.fullmatch(key) or "\x00" in value:
             raise PlanRejectedError(plan.job, f"parameter {key!r} cannot be passed as an environment variable")

@@ -38,9 +38,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker import fsync_dir
 from edge_trainer._errors import ModelSaveError
-from schemas._worker_env import NODE_ROOT
+from runtime import fsync_dir
+from schemas import WorkerEnv
 
 __all__ = ["FORMATS", "SavedModel", "save_model"]
 
@@ -91,7 +91,7 @@ def save_model(
         raise ModelSaveError(
             f"Model url {directory} is a file; expected a folder or a path ending in {suffixes or '/'}"
         )
-    node_root = os.environ.get(NODE_ROOT)
+    node_root = os.environ.get(WorkerEnv.NODE_ROOT)
     if node_root and directory.resolve() == Path(node_root).resolve():
         raise ModelSaveError(f"Model url {url} is the node root itself; give the model its own folder, e.g. /model")
     file_form = directory != target  # the url names the file itself

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from broker import TMP_PREFIX, fsync_dir, write_atomic
 from edge_trainer._errors import EdgeTrainerError
+from runtime import TMP_PREFIX, fsync_dir, write_atomic
 from schemas import TransferManifest, UpdateAck, check_name
 
 __all__ = ["AckOutcome", "Deliveries", "Delivery", "Outbox", "OutboxEntry", "OutboxError"]

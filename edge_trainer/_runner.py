@@ -27,10 +27,9 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
-from broker import BrokerError, ChannelClosed, WorkerChannel, get_logger, spawn_channel_pair
 from edge_trainer._launch import LaunchSpec
-from schemas import SchemaError, WorkerFrame, now
-from schemas import _worker_env as env_names
+from runtime import ChannelClosed, ChannelError, WorkerChannel, get_logger, spawn_channel_pair
+from schemas import SchemaError, WorkerEnv, WorkerFrame, now
 
 __all__ = ["WorkerExitEvent", "WorkerFrameEvent", "WorkerProcess"]
 
@@ -110,7 +109,7 @@ class WorkerProcess:
         try:
             env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
             env.update(spec.env)
-            env[env_names.WORKER_FD] = str(child_fd)
+            env[WorkerEnv.WORKER_FD] = str(child_fd)
             env.setdefault("PYTHONUNBUFFERED", "1")  # the log tail in a failure message must be current
             source = _source_checkout()
             if source is not None:
@@ -193,7 +192,7 @@ class WorkerProcess:
                 self._emit(WorkerFrameEvent(self.spec.job, self.run_id, frame, body))
         except ChannelClosed:
             pass
-        except (BrokerError, SchemaError, ValueError, OSError) as exc:
+        except (ChannelError, SchemaError, ValueError, OSError) as exc:
             # A frame that does not parse: the script speaks another protocol (or is not ours).
             self._log.error("bad frame from the training script", error=str(exc))
             message = f"the node service could not read a frame from the training script: {exc}"
@@ -215,7 +214,7 @@ class WorkerProcess:
             frame, body = item
             try:
                 self._channel.send(frame, body)
-            except (BrokerError, OSError) as exc:
+            except (ChannelError, OSError) as exc:
                 # The script is gone or going; its exit event tells the rest.
                 self._log.debug("frame not delivered to the training script", type=frame.type, error=str(exc))
                 return

@@ -50,7 +50,6 @@ from broker import (
     PublishError,
     Session,
     TransferError,
-    get_logger,
     manifest_from_payload,
     new_transfer_id,
     transfer_key,
@@ -60,6 +59,7 @@ from edge_trainer._launch import DEFAULT_CODE_ROOT, EdgeRoot, LaunchSpec, instal
 from edge_trainer._model_io import METADATA_FILE
 from edge_trainer._outbox import AckOutcome, Deliveries, Delivery, Outbox, OutboxEntry, OutboxError
 from edge_trainer._runner import WorkerExitEvent, WorkerFrameEvent, WorkerProcess
+from runtime import get_logger
 from schemas import (
     Channel,
     JobPlan,
@@ -376,7 +376,7 @@ class EdgeService:
 
     def own_statuses_filter(self) -> str:
         """This node's worker status of every job (a topic filter)."""
-        return self.topics.all_worker_statuses().replace("/workers/+/status", f"/workers/{self.node}/status")
+        return self.topics.worker_statuses_of(self.node)
 
     def tick(self) -> None:
         """Timers: republish the manifest of every entry whose ack did not come within the ack timeout."""

@@ -28,12 +28,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from broker import ChannelClosed, WorkerChannel
 from edge_trainer._errors import WorkerError
 from edge_trainer._model_io import save_model
-from schemas import WorkerFrame, decode_weights, encode_weights, weights_digest
-from schemas import _worker_env as env_names
-from schemas._tensors import WeightsKind
+from runtime import ChannelClosed, WorkerChannel
+from schemas import WeightsKind, WorkerEnv, WorkerFrame, decode_weights, encode_weights, weights_digest
 
 __all__ = ["FederatedLearning"]
 
@@ -51,8 +49,8 @@ class FederatedLearning:
     def __init__(self, estimator: Any, aggregation: str = "FedAvg") -> None:
         self.estimator = estimator() if isinstance(estimator, type) else estimator
         self.aggregation = aggregation
-        self.job_name = os.environ.get(env_names.JOB_NAME, "")
-        self.worker_name = os.environ.get(env_names.WORKER_NAME, "")
+        self.job_name = os.environ.get(WorkerEnv.JOB_NAME, "")
+        self.worker_name = os.environ.get(WorkerEnv.WORKER_NAME, "")
 
     def train(
         self,
@@ -133,13 +131,13 @@ class FederatedLearning:
                 digest = weights_digest(final)
                 saved = save_model(
                     self.estimator,
-                    _required_env(env_names.MODEL_URL),
-                    os.environ.get(env_names.MODEL_FORMAT) or "ckpt",
+                    _required_env(WorkerEnv.MODEL_URL),
+                    os.environ.get(WorkerEnv.MODEL_FORMAT) or "ckpt",
                     job=self.job_name,
                     round_=frame.round,
                     digest=digest,
                     num_tensors=len(final),
-                    model_name=os.environ.get(env_names.MODEL_NAME),
+                    model_name=os.environ.get(WorkerEnv.MODEL_NAME),
                 )
                 channel.send(
                     WorkerFrame(type="saved", round=frame.round, model_path=str(saved.path), model_digest=digest)
@@ -183,17 +181,17 @@ class FederatedLearning:
 
 
 def _open_channel() -> WorkerChannel:
-    raw = os.environ.get(env_names.WORKER_FD)
+    raw = os.environ.get(WorkerEnv.WORKER_FD)
     if not raw:
         raise WorkerError(
-            f"{env_names.WORKER_FD} is not set: start this script through fl-edge-trainer "
+            f"{WorkerEnv.WORKER_FD} is not set: start this script through fl-edge-trainer "
             "(the node service runs a job's training script and talks to it over a local channel)"
         )
     try:
         return WorkerChannel.from_fd(int(raw))
     except (ValueError, ChannelClosed) as exc:
         raise WorkerError(
-            f"{env_names.WORKER_FD}={raw!r} is not an open worker channel: start this script through fl-edge-trainer"
+            f"{WorkerEnv.WORKER_FD}={raw!r} is not an open worker channel: start this script through fl-edge-trainer"
         ) from exc
 
 

@@ -16,17 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from broker import (
-    BrokerError,
-    add_mqtt_arguments,
-    configure_logging,
-    get_logger,
-    mqtt_settings_from_args,
-    node_config_from_args,
-    node_from_args,
-)
+from broker import BrokerError, add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
 from edge_trainer._launch import DEFAULT_CODE_ROOT, check_code_root
 from edge_trainer._service import EdgeService
+from runtime import configure_logging, get_logger
 from schemas import NodeRoot, PathEscapeError, TopicError, Topics, check_name
 
 __all__ = ["main"]

@@ -23,7 +23,8 @@ from typing import IO
 
 from pydantic import ValidationError
 
-from broker import BrokerConfig, Inbound, LocalBroker, MqttSettings, Session, load_node_config
+from broker import Inbound, MqttSettings, Session, load_node_config
+from broker.mosquitto import BrokerConfig, LocalBroker
 from flctl._errors import FlctlError
 from flctl._provision import Provisioned, provision
 from schemas import JobStatus, Kind, Topics

@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker import BrokerAddress, BrokerConfig, NodeConfig, NodeTls, TlsListener, render_config
+from broker import BrokerAddress, NodeConfig, NodeTls
+from broker.mosquitto import BrokerConfig, TlsListener, render_config
 from flctl._errors import InputError, UsageError
 from schemas import Topics, check_name
 

@@ -24,6 +24,7 @@ from schemas._resources import (
     Resource,
 )
 from schemas._status import (
+    MAX_EVENTS,
     Condition,
     ConditionType,
     Event,
@@ -41,6 +42,7 @@ from schemas._tensors import (
     MAX_NUM_SAMPLES,
     TensorSpec,
     WeightsHeader,
+    WeightsKind,
     decode_weights,
     encode_weights,
     read_header,
@@ -57,10 +59,11 @@ from schemas._wire import (
     UpdateAck,
     WorkerFrame,
 )
-from schemas._worker_env import BaseConfig, Context
+from schemas._worker_env import BaseConfig, Context, WorkerEnv
 
 __all__ = [
     "API_VERSION",
+    "MAX_EVENTS",
     "MAX_NUM_SAMPLES",
     "BaseConfig",
     "Channel",
@@ -97,7 +100,9 @@ __all__ = [
     "TransferManifest",
     "UpdateAck",
     "WeightsHeader",
+    "WeightsKind",
     "WireError",
+    "WorkerEnv",
     "WorkerFrame",
     "WorkerState",
     "WorkerStatus",

@@ -171,6 +171,10 @@ class Topics:
     def all_worker_statuses(self) -> str:
         return self._build(Kind.JOB.value, "+", "workers", "+", "status")
 
+    def worker_statuses_of(self, node: str) -> str:
+        """One node's worker status in every job."""
+        return self._build(Kind.JOB.value, "+", "workers", _name(node), "status")
+
     def all_updates(self) -> str:
         return self._build(Kind.JOB.value, "+", "rounds", "+", "updates", "#")
 

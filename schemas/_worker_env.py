@@ -10,25 +10,31 @@ from __future__ import annotations
 
 import os
 
-# Set by the node service for every worker.
-JOB_NAME = "JOB_NAME"
-NAMESPACE = "NAMESPACE"
-WORKER_NAME = "WORKER_NAME"
-NODE_NAME = "NODE_NAME"
-MODEL_URL = "MODEL_URL"
-MODEL_NAME = "MODEL_NAME"
-MODEL_FORMAT = "MODEL_FORMAT"
-PARTICIPANTS_COUNT = "PARTICIPANTS_COUNT"
-PRETRAINED_MODEL_URL = "PRETRAINED_MODEL_URL"
-# Training workers only.
-TRAIN_DATASET_URL = "TRAIN_DATASET_URL"
-DATASET_NAME = "DATASET_NAME"
-# Read by scripts when set by the user (Sedna's library knobs).
-TEST_DATASET_URL = "TEST_DATASET_URL"
-ORIGINAL_DATASET_URL = "ORIGINAL_DATASET_URL"
-# This system's own: the node's root folder and the worker channel's file descriptor.
-NODE_ROOT = "FL_NODE_ROOT"
-WORKER_FD = "FL_WORKER_FD"
+__all__ = ["BaseConfig", "Context", "WorkerEnv"]
+
+
+class WorkerEnv:
+    """The names of the variables a node service sets for its worker scripts (Sedna's, then this system's)."""
+
+    # Set by the node service for every worker.
+    JOB_NAME = "JOB_NAME"
+    NAMESPACE = "NAMESPACE"
+    WORKER_NAME = "WORKER_NAME"
+    NODE_NAME = "NODE_NAME"
+    MODEL_URL = "MODEL_URL"
+    MODEL_NAME = "MODEL_NAME"
+    MODEL_FORMAT = "MODEL_FORMAT"
+    PARTICIPANTS_COUNT = "PARTICIPANTS_COUNT"
+    PRETRAINED_MODEL_URL = "PRETRAINED_MODEL_URL"
+    # Training workers only.
+    TRAIN_DATASET_URL = "TRAIN_DATASET_URL"
+    DATASET_NAME = "DATASET_NAME"
+    # Read by scripts when set by the user (Sedna's library knobs).
+    TEST_DATASET_URL = "TEST_DATASET_URL"
+    ORIGINAL_DATASET_URL = "ORIGINAL_DATASET_URL"
+    # This system's own: the node's root folder and the worker channel's file descriptor.
+    NODE_ROOT = "FL_NODE_ROOT"
+    WORKER_FD = "FL_WORKER_FD"
 
 
 class Context:
@@ -49,39 +55,39 @@ class _BaseConfigMeta(type):
     # Class attributes read the environment when asked, so a script sees what its process was given.
     @property
     def job_name(cls) -> str | None:
-        return os.environ.get(JOB_NAME)
+        return os.environ.get(WorkerEnv.JOB_NAME)
 
     @property
     def namespace(cls) -> str | None:
-        return os.environ.get(NAMESPACE)
+        return os.environ.get(WorkerEnv.NAMESPACE)
 
     @property
     def worker_name(cls) -> str | None:
-        return os.environ.get(WORKER_NAME)
+        return os.environ.get(WorkerEnv.WORKER_NAME)
 
     @property
     def model_url(cls) -> str | None:
-        return os.environ.get(MODEL_URL)
+        return os.environ.get(WorkerEnv.MODEL_URL)
 
     @property
     def model_name(cls) -> str | None:
-        return os.environ.get(MODEL_NAME)
+        return os.environ.get(WorkerEnv.MODEL_NAME)
 
     @property
     def pretrained_model_url(cls) -> str | None:
-        return os.environ.get(PRETRAINED_MODEL_URL)
+        return os.environ.get(WorkerEnv.PRETRAINED_MODEL_URL)
 
     @property
     def train_dataset_url(cls) -> str | None:
-        return os.environ.get(TRAIN_DATASET_URL)
+        return os.environ.get(WorkerEnv.TRAIN_DATASET_URL)
 
     @property
     def test_dataset_url(cls) -> str | None:
-        return os.environ.get(TEST_DATASET_URL)
+        return os.environ.get(WorkerEnv.TEST_DATASET_URL)
 
     @property
     def original_dataset_url(cls) -> str | None:
-        return os.environ.get(ORIGINAL_DATASET_URL)
+        return os.environ.get(WorkerEnv.ORIGINAL_DATASET_URL)
 
 
 class BaseConfig(metaclass=_BaseConfigMeta):

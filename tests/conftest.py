@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from broker import MqttSettings, find_mosquitto
+from broker import MqttSettings
+from broker.mosquitto import find_mosquitto
 from tests.helpers.mqtt import TEST_RECONNECT_MAX, TEST_RECONNECT_MIN, BrokerHandle, SessionFactory, start_local_broker
 
 
@@ -38,7 +39,7 @@ def _container_broker(workdir: Path, overrides: dict[str, Any]) -> Iterator[Brok
         from testcontainers.community.mqtt import MosquittoContainer
     except ImportError:
         pytest.fail("no mosquitto binary (apt-get install mosquitto, or set MOSQUITTO_BIN) and no testcontainers")
-    from broker import BrokerConfig, render_config
+    from broker.mosquitto import BrokerConfig, render_config
 
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = BrokerConfig(1883, bind="0.0.0.0", data_dir=Path("/mosquitto/data"), run_as_root=False, **overrides)

@@ -26,11 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from broker import configure_logging
 from flctl import cli as flctl_cli
 from flctl._cluster import LocalCluster
 from flctl._errors import FlctlError
 from flctl._synth import copy_split, synthesize
+from runtime import configure_logging
 from schemas import JobStatus, Phase, WorkerState
 
 HERE = Path(__file__).resolve().parent

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker import BrokerConfig, BrokerError, Inbound, LocalBroker, MqttSettings, Session
+from broker import BrokerError, Inbound, MqttSettings, Session
+from broker.mosquitto import BrokerConfig, LocalBroker
 
 # Test timings: reconnect fast, detect dead links in a few seconds.
 TEST_RECONNECT_MIN = 0.1

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from broker import Inbound, LocalBroker, MqttSettings, Session, load_node_config
+from broker import Inbound, MqttSettings, Session, load_node_config
+from broker.mosquitto import LocalBroker
 from flctl._provision import Provisioned, provision
 from tests.helpers.mqtt import TEST_RECONNECT_MAX, TEST_RECONNECT_MIN, free_port
 

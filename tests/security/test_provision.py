@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from broker import Inbound, MqttSettings, Session, find_mosquitto, load_node_config
-from broker._launcher import port_open
+from broker import Inbound, MqttSettings, Session, load_node_config
+from broker.mosquitto import find_mosquitto, port_open
 from tests.helpers.mqtt import free_port, wait_until
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(120)]

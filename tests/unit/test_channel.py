@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import BrokerError, ChannelClosed, WorkerChannel, spawn_channel_pair
+from runtime import ChannelClosed, ChannelError, WorkerChannel, spawn_channel_pair
 from schemas import WireError, WorkerFrame
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,11 +116,11 @@ def test_send_after_peer_closed_raises_channel_closed(pair: tuple[WorkerChannel,
 def test_oversized_frames_raise_broker_error(
     raw_pair: tuple[socket.socket, WorkerChannel], data: bytes, message: str
 ) -> None:
-    """A header over 1 MiB or a body over 2 GiB is refused with BrokerError, and the channel is closed."""
+    """A header over 1 MiB or a body over 2 GiB is refused with ChannelError, and the channel is closed."""
     raw, chan = raw_pair
     raw.sendall(data)
 
-    with pytest.raises(BrokerError, match=message):
+    with pytest.raises(ChannelError, match=message):
         chan.recv(timeout=5.0)
     assert chan.closed
 
@@ -158,7 +158,7 @@ def test_concurrent_senders_never_interleave_frames(pair: tuple[WorkerChannel, W
 
 CHILD = """
 import os
-from broker import WorkerChannel
+from runtime import WorkerChannel
 from schemas import WorkerFrame
 chan = WorkerChannel.from_fd(int(os.environ["FL_WORKER_FD"]))
 frame, body = chan.recv(timeout=10)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from broker import BrokerConfig, BrokerError, Inbound, LocalBroker, MqttSettings, Session, render_config
-from broker.cli import main
+from broker import BrokerError, Inbound, MqttSettings, Session
+from broker.mosquitto import BrokerConfig, LocalBroker, render_config
+from broker.mosquitto.cli import main
 from tests.helpers.mqtt import free_port, wait_until
 from tests.helpers.mqtt import start_local_broker as start_broker
 
@@ -156,7 +157,7 @@ def test_cli_run_serves_until_sigterm(tmp_path: Path) -> None:
     port = free_port()
     conf = tmp_path / "out" / "broker.conf"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "broker.cli", "run", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    cmd = [sys.executable, "-m", "broker.mosquitto.cli", "run", "--port", str(port), "--data-dir", str(tmp_path / "data")]
     proc = subprocess.Popen([*cmd, "--conf-out", str(conf)], env=env, stderr=subprocess.PIPE)
     try:
         inbox: queue.Queue[Inbound] = queue.Queue()

@@ -19,12 +19,12 @@ from schemas import (
     PlannedWorker,
     ScriptRef,
     TransferManifest,
+    WeightsKind,
     WorkerFrame,
     WorkerState,
     WorkerStatus,
     encode_weights,
 )
-from schemas._tensors import WeightsKind
 
 JOB = "sdd"
 UID = "uid-1"

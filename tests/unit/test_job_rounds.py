@@ -12,11 +12,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from broker import WorkerChannel
 from cloud_aggregator import AggregationServer
 from cloud_aggregator._errors import WorkerScriptError
 from cloud_aggregator._job import Job, Stage
 from cloud_aggregator.testing import MemoryPort, make_transfer
+from runtime import WorkerChannel
 from schemas import (
     ConditionType,
     Dataset,

@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from schemas import (
+    MAX_EVENTS,
     Condition,
     ConditionType,
     DatasetRef,
@@ -31,7 +32,6 @@ from schemas import (
     WorkerState,
     WorkerStatus,
 )
-from schemas._status import MAX_EVENTS
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 SHA = "ab" * 32

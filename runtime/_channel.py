@@ -32,7 +32,7 @@ import time
 
 import pydantic
 
-from broker._errors import BrokerError, ChannelClosed
+from runtime._errors import ChannelClosed, ChannelError
 from schemas import WireError, WorkerFrame
 
 __all__ = ["MAX_BODY", "MAX_HEADER", "WorkerChannel", "spawn_channel_pair"]
@@ -86,11 +86,11 @@ class WorkerChannel:
             frame = frame.model_copy(update={"has_body": body is not None})
         header = frame.to_json()
         if len(header) > MAX_HEADER:
-            raise BrokerError(f"worker frame header of {len(header)} bytes exceeds {MAX_HEADER}")
+            raise ChannelError(f"worker frame header of {len(header)} bytes exceeds {MAX_HEADER}")
         parts = [_U32.pack(len(header)), header]
         if body is not None:
             if len(body) > MAX_BODY:
-                raise BrokerError(f"worker frame body of {len(body)} bytes exceeds {MAX_BODY}")
+                raise ChannelError(f"worker frame body of {len(body)} bytes exceeds {MAX_BODY}")
             parts.append(_U64.pack(len(body)))
         prefix = b"".join(parts)
         with self._send_lock:
@@ -153,7 +153,7 @@ class WorkerChannel:
             (length,) = _U32.unpack(self._buf)
             if length > MAX_HEADER:
                 self._fail()
-                raise BrokerError(f"worker frame header of {length} bytes exceeds {MAX_HEADER}; channel closed")
+                raise ChannelError(f"worker frame header of {length} bytes exceeds {MAX_HEADER}; channel closed")
             self._expect(1, length)
             return None
         if self._stage == 1:
@@ -175,12 +175,12 @@ class WorkerChannel:
             (length,) = _U64.unpack(self._buf)
             if length > MAX_BODY:
                 self._fail()
-                raise BrokerError(f"worker frame body of {length} bytes exceeds {MAX_BODY}; channel closed")
+                raise ChannelError(f"worker frame body of {length} bytes exceeds {MAX_BODY}; channel closed")
             self._expect(3, length)
             return None
         header, body = self._frame, bytes(self._buf)
         if header is None:  # stage 3 is only entered with a header; never happens
-            raise BrokerError("worker channel receive state lost its frame header")
+            raise ChannelError("worker channel receive state lost its frame header")
         self._frame = None
         self._expect(0, _U32.size)
         return header, body

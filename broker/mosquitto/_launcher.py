@@ -17,10 +17,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from broker._config import BrokerConfig, render_config
 from broker._errors import BrokerError
+from broker.mosquitto._config import BrokerConfig, render_config
 
-__all__ = ["LocalBroker", "find_mosquitto"]
+__all__ = ["LocalBroker", "find_mosquitto", "port_open"]
 
 _DEBIAN_PATH = "/usr/sbin/mosquitto"
 _POLL = 0.02

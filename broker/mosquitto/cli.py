@@ -16,8 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from broker._config import BrokerConfig, render_config
-from broker._launcher import find_mosquitto
+from broker.mosquitto._config import BrokerConfig, render_config
+from broker.mosquitto._launcher import find_mosquitto
 
 __all__ = ["main"]
 
