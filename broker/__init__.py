@@ -7,7 +7,7 @@ is re-exported here (see docs/dev/internal-apis.md); the modules behind it are p
 from broker._args import add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
 from broker._errors import BrokerError, ConnectError, PayloadTooLarge, PublishError, TransferError
 from broker._nodeconfig import NODE_CONFIG_ENV, BrokerAddress, NodeConfig, NodeTls, load_node_config
-from broker._session import Inbound, MqttSettings, PublishResult, Session
+from broker._session import Inbound, Inbox, MqttSettings, PublishResult, Session
 from broker._transfer import (
     Assembler,
     BlobSender,
@@ -27,6 +27,7 @@ __all__ = [
     "CompletedTransfer",
     "ConnectError",
     "Inbound",
+    "Inbox",
     "MqttSettings",
     "NodeConfig",
     "NodeTls",

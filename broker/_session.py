@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -48,7 +48,7 @@ from broker._errors import BrokerError, ConnectError, PayloadTooLarge, PublishEr
 from runtime import get_logger
 from schemas import TopicError, Topics
 
-__all__ = ["Inbound", "MqttSettings", "PublishResult", "Session"]
+__all__ = ["Inbound", "Inbox", "MqttSettings", "PublishResult", "Session"]
 
 # Room left in every packet for the fixed header, topic, packet id and properties: `max_payload`
 # is the packet limit minus this. Topics of the layout are < 300 bytes; properties a few dozen.
@@ -160,6 +160,16 @@ class Inbound:
     user_properties: dict[str, str] = field(default_factory=dict)
     # Which connection delivered it: a mid is only meaningful on the connection that assigned it.
     connection: int = field(default=0, compare=False, repr=False)
+
+
+class Inbox(Protocol):
+    """Where a session delivers messages: a `queue.Queue[Inbound]`, or a service's event loop.
+
+    ``put_nowait`` runs on paho's network thread, so it must never block; `queue.Full` means the
+    message is dropped unacknowledged (the broker redelivers it on the next connection).
+    """
+
+    def put_nowait(self, item: Inbound, /) -> None: ...
 
 
 class PublishResult:
@@ -322,7 +332,7 @@ class Session:
         self,
         settings: MqttSettings,
         *,
-        inbox: queue.Queue[Inbound],
+        inbox: Inbox,
         will: tuple[str, bytes] | None = None,
         log: FilteringBoundLogger | None = None,
         topics: Topics | None = None,

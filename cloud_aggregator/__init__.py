@@ -1,21 +1,18 @@
 """The cloud side: the controller (resources, validation, job status) and the aggregator (rounds, strategies).
 
-`fl-cloud-aggregator --node cloud0 --root DIR` runs `AggregatorService`. Aggregation scripts use
-`AggregationServer` and `Context`, as Sedna's do. Strategies (`Strategy`, `FedAvg`, `get_strategy`) are
-pure and can be used on their own.
+This root is what aggregation scripts import, Sedna's way: `AggregationServer` and `Context`; it also
+holds the strategies (`Strategy`, `FedAvg`, `get_strategy`), pure and usable on their own. It never
+imports paho-mqtt. The job engine is `cloud_aggregator.engine`; the process `fl-cloud-aggregator`
+(`cloud_aggregator.cli.main`) runs `cloud_aggregator.service.AggregatorService`.
 """
 
-from cloud_aggregator._service import AggregatorService
 from cloud_aggregator._strategy import FedAvg, Strategy, get_strategy
 from cloud_aggregator._worker_api import AggregationServer, Context
-from cloud_aggregator.cli import main
 
 __all__ = [
     "AggregationServer",
-    "AggregatorService",
     "Context",
     "FedAvg",
     "Strategy",
     "get_strategy",
-    "main",
 ]

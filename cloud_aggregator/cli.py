@@ -17,9 +17,8 @@ from pathlib import Path
 from types import FrameType
 
 from broker import add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
-from cloud_aggregator._scripts import CODE_ROOT_ENV, code_root_from_env
 from runtime import configure_logging
-from schemas import NodeRoot, PathEscapeError, Topics, check_name
+from schemas import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot, PathEscapeError, Topics, check_name
 
 __all__ = ["build_parser", "main"]
 
@@ -49,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", required=True, type=Path, help="the node's root folder: spec paths resolve under it")
     parser.add_argument(
         "--code-root",
-        default=code_root_from_env(),
+        default=os.environ.get(CODE_ROOT_ENV) or DEFAULT_CODE_ROOT,
         help="the folder, under the node root like spec paths, that aggregation scripts must be in: a job whose "
         "aggregationWorker scriptDir or scriptBootFile resolves elsewhere fails "
         "(default: $FL_CODE_ROOT or /code, i.e. ROOT/code)",
@@ -90,22 +89,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = node_config_from_args(args)
         node = node_from_args(args, config, roles=("aggregator",))
         settings = mqtt_settings_from_args(args, node, config)
-        root = NodeRoot(args.root)
-        if root.resolve(args.code_root, "--code-root") == root.path:
-            raise ValueError(f"--code-root {args.code_root} is the node root itself; give the scripts their own folder")
+        NodeRoot(args.root, args.code_root).code_dir()
     except (ValueError, TypeError, PathEscapeError) as exc:
         print(f"fl-cloud-aggregator: {exc}", file=sys.stderr)
         return 2
     configure_logging(node=node, role="aggregator", level=args.log_level)
-    os.environ[CODE_ROOT_ENV] = args.code_root  # what the service's ScriptSupervisor reads
 
-    from cloud_aggregator._service import AggregatorService
+    # Imported here so that `--help` and bad arguments answer before paho and the engine are loaded.
+    from cloud_aggregator.service import AggregatorService
 
     service = AggregatorService(
         node=node,
         root=args.root,
         settings=settings,
         prefix=args.prefix,
+        code_root=args.code_root,
         reference_grace=args.reference_grace,
         config_timeout=args.config_timeout,
         chunk_size=max(1024, args.chunk_size),

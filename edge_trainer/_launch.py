@@ -20,17 +20,10 @@ from edge_trainer._errors import PlanRejectedError
 from schemas import JobPlan, NodeRoot, PathEscapeError, PlannedWorker, WorkerEnv
 
 __all__ = [
-    "DEFAULT_CODE_ROOT",
-    "CodeRootError",
-    "EdgeRoot",
     "LaunchSpec",
-    "check_code_root",
     "installed_tensorflow_version",
     "prepare_launch",
-    "resolve_in_code_root",
 ]
-
-DEFAULT_CODE_ROOT = "/code"
 
 # Distributions that provide the `tensorflow` package. Checked through their metadata, never by
 # importing TensorFlow: the service must stay fast and light.
@@ -44,35 +37,6 @@ _TF_DISTRIBUTIONS = (
 )
 _ENV_NAME = re.compile(r"[^=\x00]+")
 _VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
-
-
-class CodeRootError(ValueError):
-    """A scriptDir or boot file is not inside the code root; the message names job, field, path and code root."""
-
-
-class EdgeRoot(NodeRoot):
-    """The node root plus this node's code root: the plan-style folder (e.g. ``/code``) scripts must live in."""
-
-    def __init__(self, root: Path | str, code_root: str = DEFAULT_CODE_ROOT) -> None:
-        super().__init__(root)
-        self.code_root = code_root
-
-
-def check_code_root(root: NodeRoot, code_root: str) -> Path:
-    """The real location of the code root under the node root; PathEscapeError if it leaves the root."""
-    return root.code_dir(code_root)
-
-
-def resolve_in_code_root(root: NodeRoot, code_root: str, url: str, *, job: str, field: str) -> Path:
-    """The real location of `url` (a spec path) if it lies inside the code root; CodeRootError saying why not.
-
-    `field` names the spec field (``spec.trainingWorkers[0].workerSpec.scriptDir``). ``..`` and symlinks
-    are followed before the check, so a link inside the code root that points elsewhere is refused too.
-    """
-    try:
-        return root.resolve_script(url, code_root, job=job, field=field)
-    except PathEscapeError as exc:
-        raise CodeRootError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -99,18 +63,14 @@ def installed_tensorflow_version() -> str | None:
     return None
 
 
-def prepare_launch(
-    plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str | None, code_root: str | None = None
-) -> LaunchSpec:
+def prepare_launch(plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str | None) -> LaunchSpec:
     """Check this node's part of `plan` and build its launch; raise PlanRejectedError saying why not.
 
-    `code_root` (plan-style, under `root`) defaults to the root's own (`EdgeRoot`) or ``/code``.
+    Scripts must lie in the root's code root (`NodeRoot.script`).
     """
     worker = plan.worker(node)
     if worker is None:
         raise PlanRejectedError(plan.job, f"the plan has no training worker on node {node}")
-    if code_root is None:
-        code_root = root.code_root if isinstance(root, EdgeRoot) else DEFAULT_CODE_ROOT
     field = f"spec.trainingWorkers[{plan.workers.index(worker)}].workerSpec"
     warnings = [*_check_framework(plan.job, worker, tf_version)]
     dataset = worker.dataset
@@ -121,10 +81,8 @@ def prepare_launch(
         )
     try:
         dataset_path = root.resolve(dataset.url, f'Dataset "{dataset.name}" url')
-        script_dir = resolve_in_code_root(root, code_root, worker.script.dir, job=plan.job, field=f"{field}.scriptDir")
-        script = resolve_in_code_root(
-            root,
-            code_root,
+        script_dir = root.script(worker.script.dir, job=plan.job, field=f"{field}.scriptDir")
+        script = root.script(
             str(PurePosixPath(worker.script.dir) / worker.script.boot_file),
             job=plan.job,
             field=f"{field}.scriptBootFile",
@@ -135,7 +93,7 @@ def prepare_launch(
             if plan.pretrained_model is not None
             else None
         )
-    except (PathEscapeError, CodeRootError) as exc:
+    except PathEscapeError as exc:
         raise PlanRejectedError(plan.job, str(exc)) from exc
     if model_path == root.path:
         raise PlanRejectedError(

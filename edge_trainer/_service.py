@@ -55,12 +55,13 @@ from broker import (
     transfer_key,
 )
 from edge_trainer._job import EdgeJob, UploadDone, UploadRequest
-from edge_trainer._launch import DEFAULT_CODE_ROOT, EdgeRoot, LaunchSpec, installed_tensorflow_version
+from edge_trainer._launch import LaunchSpec, installed_tensorflow_version
 from edge_trainer._model_io import METADATA_FILE
 from edge_trainer._outbox import AckOutcome, Deliveries, Delivery, Outbox, OutboxEntry, OutboxError
 from edge_trainer._runner import WorkerExitEvent, WorkerFrameEvent, WorkerProcess
 from runtime import get_logger
 from schemas import (
+    DEFAULT_CODE_ROOT,
     Channel,
     JobPlan,
     NodeRoot,
@@ -133,7 +134,7 @@ class EdgeService:
     ) -> None:
         self.node = node
         Path(root).mkdir(parents=True, exist_ok=True)
-        self.root: NodeRoot = EdgeRoot(root, code_root)  # training scripts run only from its code root
+        self.root = NodeRoot(root, code_root)  # training scripts run only from its code root
         self.topics = topics or Topics()
         self._stop_grace = stop_grace
         self._upload_timeout = upload_timeout

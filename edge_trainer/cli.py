@@ -17,10 +17,9 @@ from pathlib import Path
 from types import FrameType
 
 from broker import BrokerError, add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
-from edge_trainer._launch import DEFAULT_CODE_ROOT, check_code_root
 from edge_trainer._service import EdgeService
 from runtime import configure_logging, get_logger
-from schemas import NodeRoot, PathEscapeError, TopicError, Topics, check_name
+from schemas import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot, PathEscapeError, TopicError, Topics, check_name
 
 __all__ = ["main"]
 
@@ -38,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--code-root",
-        default=os.environ.get("FL_CODE_ROOT") or DEFAULT_CODE_ROOT,
+        default=os.environ.get(CODE_ROOT_ENV) or DEFAULT_CODE_ROOT,
         help="the folder, under the node root like plan paths, that training scripts must be in: a plan whose "
         "scriptDir or scriptBootFile resolves elsewhere is refused (default: $FL_CODE_ROOT or /code, i.e. ROOT/code)",
     )
@@ -68,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = mqtt_settings_from_args(args, node, config)
         if args.ack_timeout <= 0:
             raise ValueError(f"--ack-timeout must be > 0, not {args.ack_timeout}")
-        check_code_root(NodeRoot(args.root), args.code_root)
+        NodeRoot(args.root, args.code_root).code_dir()
     except (ValueError, TopicError, PathEscapeError) as exc:
         parser.error(str(exc))
     configure_logging(node=node, role="edge", level=args.log_level)

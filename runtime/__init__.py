@@ -1,8 +1,10 @@
 """The node runtime: what every process of this system needs besides the network.
 
 Structured logging (`configure_logging`, `get_logger`), crash-safe files (`write_atomic`, `fsync_dir`),
-and the worker link: the local channel between a node service and the job script it runs
-(`WorkerChannel`, `spawn_channel_pair`). Nothing here imports paho-mqtt or TensorFlow, so a worker
+the worker link (the local channel between a node service and the job script it runs:
+`WorkerChannel`; the one supervisor both services run scripts with: `ScriptSupervisor`,
+`ScriptProcess`, `ScriptLaunch`; the script's environment: `script_environment`), and the one shape of
+a service's logic thread (`EventLoop`). Nothing here imports paho-mqtt or TensorFlow, so a worker
 script that imports the worker API loads only this and `schemas`.
 """
 
@@ -10,19 +12,40 @@ from runtime._channel import MAX_BODY, MAX_HEADER, WorkerChannel, spawn_channel_
 from runtime._errors import ChannelClosed, ChannelError, NodeRuntimeError, ScriptStartError
 from runtime._files import TMP_PREFIX, fsync_dir, write_atomic
 from runtime._logging import configure_logging, get_logger
+from runtime._loop import EventLoop
+from runtime._script_env import PRIVATE_ENV_PREFIXES, script_environment, script_parameters, source_checkout
+from runtime._supervisor import (
+    ScriptEvent,
+    ScriptExited,
+    ScriptFrame,
+    ScriptLaunch,
+    ScriptProcess,
+    ScriptSupervisor,
+)
 
 __all__ = [
     "MAX_BODY",
     "MAX_HEADER",
+    "PRIVATE_ENV_PREFIXES",
     "TMP_PREFIX",
     "ChannelClosed",
     "ChannelError",
+    "EventLoop",
     "NodeRuntimeError",
+    "ScriptEvent",
+    "ScriptExited",
+    "ScriptFrame",
+    "ScriptLaunch",
+    "ScriptProcess",
     "ScriptStartError",
+    "ScriptSupervisor",
     "WorkerChannel",
     "configure_logging",
     "fsync_dir",
     "get_logger",
+    "script_environment",
+    "script_parameters",
+    "source_checkout",
     "spawn_channel_pair",
     "write_atomic",
 ]

@@ -14,7 +14,7 @@ from schemas._documents import (
     parse_resource,
 )
 from schemas._errors import PathEscapeError, Problem, SchemaError, SpecError, TopicError, WireError
-from schemas._node_root import NodeRoot
+from schemas._node_root import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot
 from schemas._resources import (
     API_VERSION,
     Dataset,
@@ -63,6 +63,8 @@ from schemas._worker_env import BaseConfig, Context, WorkerEnv
 
 __all__ = [
     "API_VERSION",
+    "CODE_ROOT_ENV",
+    "DEFAULT_CODE_ROOT",
     "MAX_EVENTS",
     "MAX_NUM_SAMPLES",
     "BaseConfig",

@@ -7,6 +7,10 @@ A plan says ``/data/1.txt`` and ``/model`` the way Sedna's resources do; a node 
 ``--root``: with root ``.demo/edge1``, ``/data/1.txt`` is ``.demo/edge1/data/1.txt``. A path that
 leads out of the root once ``..`` and symlinks are followed is refused, so a plan can never make a
 node read or write outside the folder its operator gave it.
+
+Scripts are held to a tighter rule: they must lie inside the node's code root (``--code-root``,
+default ``/code``, a folder under the root), so a spec cannot run a file it placed in /data or /model.
+`NodeRoot.script` is the one place both services check that.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ from pathlib import Path, PurePosixPath
 
 from schemas._errors import PathEscapeError
 
-__all__ = ["NodeRoot"]
+__all__ = ["CODE_ROOT_ENV", "DEFAULT_CODE_ROOT", "NodeRoot"]
+
+#: The code root when a node is given none; the environment variable that gives one.
+DEFAULT_CODE_ROOT = "/code"
+CODE_ROOT_ENV = "FL_CODE_ROOT"
 
 # URLs that name remote storage. Sedna downloads these with an init container; here data never
 # leaves its node and nothing is downloaded, so they are refused with a clear reason.
@@ -24,15 +32,16 @@ _REMOTE_SCHEMES = ("s3://", "http://", "https://", "hdfs://", "gs://", "oss://")
 
 
 class NodeRoot:
-    """Resolves plan paths under one root folder, refusing any that escape it."""
+    """Resolves plan paths under one root folder, refusing any that escape it; scripts only in its code root."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, code_root: str = DEFAULT_CODE_ROOT) -> None:
         # The root itself may be a symlink (e.g. /srv/edge -> /mnt/disk/edge): compare against its
         # real location, since that is what resolved paths are compared with.
         self.path = Path(root).resolve()
+        self.code_root = code_root
 
     def __repr__(self) -> str:
-        return f"NodeRoot({str(self.path)!r})"
+        return f"NodeRoot({str(self.path)!r}, code_root={self.code_root!r})"
 
     def resolve(self, url: str, what: str = "path") -> Path:
         """The real location of ``url`` under the root; raise PathEscapeError if it is not under it.
@@ -71,8 +80,9 @@ class NodeRoot:
             resolved=resolved,
         )
 
-    def code_dir(self, code_root: str) -> Path:
+    def code_dir(self) -> Path:
         """The real location of the node's code root (a folder under the root, not the root itself)."""
+        code_root = self.code_root
         resolved = self.resolve(code_root, "the code root")
         if resolved == self.path:
             raise PathEscapeError(
@@ -82,14 +92,15 @@ class NodeRoot:
             )
         return resolved
 
-    def resolve_script(self, url: str, code_root: str, *, job: str, field: str) -> Path:
+    def script(self, url: str, *, job: str, field: str) -> Path:
         """The real location of a script path if it lies inside the code root; PathEscapeError saying why not.
 
         `field` names the spec field (``spec.trainingWorkers[0].workerSpec.scriptDir``). ``..`` and
         symlinks are followed first, so a link inside the code root that points elsewhere is refused too.
         """
+        code_root = self.code_root
         try:
-            code_dir = self.code_dir(code_root)
+            code_dir = self.code_dir()
         except PathEscapeError as exc:
             raise PathEscapeError(
                 f"job {job}: the node's code root is unusable: {exc}", url=code_root, root=self.path

@@ -15,12 +15,20 @@ import pytest
 
 from cloud_aggregator._errors import WorkerScriptError
 from cloud_aggregator._ports import ScriptRequest
-from cloud_aggregator._scripts import ScriptSupervisor
-from cloud_aggregator._scripts import resolve_in_code_root as agg_resolve
+from cloud_aggregator.cli import build_parser
+from cloud_aggregator.service import AggregationScripts, aggregation_launch
 from edge_trainer import PlanRejectedError
-from edge_trainer._launch import EdgeRoot, prepare_launch
-from edge_trainer._launch import resolve_in_code_root as edge_resolve
-from schemas import DatasetRef, EffectiveWorker, JobPlan, ModelRef, NodeRoot, PlannedWorker, ScriptRef
+from edge_trainer._launch import prepare_launch
+from schemas import (
+    DEFAULT_CODE_ROOT,
+    DatasetRef,
+    EffectiveWorker,
+    JobPlan,
+    ModelRef,
+    NodeRoot,
+    PlannedWorker,
+    ScriptRef,
+)
 
 JOB = "job1"
 NODE = "edge1"
@@ -67,7 +75,7 @@ def plan(script_dir: str = "/code", boot: str = "train.py", *, dataset_url: str 
 
 def refuse(root: Path, job_plan: JobPlan, **kwargs: str) -> str:
     with pytest.raises(PlanRejectedError) as err:
-        prepare_launch(job_plan, NODE, EdgeRoot(root, **kwargs), tf_version="2.21.0")
+        prepare_launch(job_plan, NODE, NodeRoot(root, **kwargs), tf_version="2.21.0")
     return err.value.reason
 
 
@@ -78,10 +86,10 @@ def test_script_inside_the_code_root_is_accepted(tmp_path: Path) -> None:
     root = lay_out(tmp_path / "edge1")
     (root / "code" / "sub").mkdir()
     (root / "code" / "sub" / "train.py").write_text("")
-    launch = prepare_launch(plan(), NODE, EdgeRoot(root), tf_version="2.21.0")
+    launch = prepare_launch(plan(), NODE, NodeRoot(root), tf_version="2.21.0")
     assert launch.script == (root / "code" / "train.py").resolve()
     assert launch.cwd == (root / "code").resolve()
-    launch = prepare_launch(plan("/code/x/../sub"), NODE, EdgeRoot(root), tf_version="2.21.0")
+    launch = prepare_launch(plan("/code/x/../sub"), NODE, NodeRoot(root), tf_version="2.21.0")
     assert launch.script == (root / "code" / "sub" / "train.py").resolve()
     # a plain NodeRoot means the default code root /code
     assert prepare_launch(plan(), NODE, NodeRoot(root), tf_version="2.21.0").script == launch.cwd.parent / "train.py"
@@ -134,7 +142,7 @@ def test_a_code_root_that_is_itself_a_symlink_inside_the_root_works(tmp_path: Pa
     (root / "srv").mkdir()
     (root / "srv" / "train.py").write_text("")
     (root / "scripts").symlink_to(root / "srv")
-    launch = prepare_launch(plan("/scripts"), NODE, EdgeRoot(root, "/scripts"), tf_version="2.21.0")
+    launch = prepare_launch(plan("/scripts"), NODE, NodeRoot(root, "/scripts"), tf_version="2.21.0")
     assert launch.script == (root / "srv" / "train.py").resolve()
 
 
@@ -142,7 +150,7 @@ def test_custom_code_root(tmp_path: Path) -> None:
     root = lay_out(tmp_path / "edge1")
     (root / "opt" / "fl").mkdir(parents=True)
     (root / "opt" / "fl" / "train.py").write_text("")
-    launch = prepare_launch(plan("/opt/fl"), NODE, EdgeRoot(root, "/opt/fl"), tf_version="2.21.0")
+    launch = prepare_launch(plan("/opt/fl"), NODE, NodeRoot(root, "/opt/fl"), tf_version="2.21.0")
     assert launch.script == (root / "opt" / "fl" / "train.py").resolve()
     # /code is not special any more: it is outside this node's code root
     reason = refuse(root, plan("/code"), code_root="/opt/fl")
@@ -165,20 +173,25 @@ def test_dataset_and_model_urls_stay_checked_against_the_node_root(tmp_path: Pat
     reason = refuse(root, plan(model_url="/model/../../m"))
     assert "Model \"m\" url '/model/../../m' escapes the node root" in reason
     # a Dataset url outside the code root but inside the node root is fine (data lives in /data)
-    assert prepare_launch(plan(), NODE, EdgeRoot(root), tf_version="2.21.0").dataset_path.name == "train.txt"
+    assert prepare_launch(plan(), NODE, NodeRoot(root), tf_version="2.21.0").dataset_path.name == "train.txt"
 
 
 def test_edge_and_aggregator_helpers_agree(tmp_path: Path) -> None:
+    """Both services check scripts with the one resolver (NodeRoot.script): the same urls pass and fail."""
     root = lay_out(tmp_path / "n")
-    node_root = NodeRoot(root)
     for url, ok in [("/code", True), ("/code/sub/../", True), ("/data", False), ("/code/../..", False)]:
+        (root / "code" / "sub").mkdir(exist_ok=True)
         results = []
-        for resolve, err in ((edge_resolve, ValueError), (agg_resolve, WorkerScriptError)):
-            try:
-                resolve(node_root, "/code", url, job=JOB, field="f")
-                results.append(True)
-            except err:
-                results.append(False)
+        try:
+            prepare_launch(plan(url), NODE, NodeRoot(root), tf_version="2.21.0")
+            results.append(True)
+        except PlanRejectedError:
+            results.append(False)
+        try:
+            aggregation_launch(agg_request(url), root=NodeRoot(root), node="cloud0")
+            results.append(True)
+        except WorkerScriptError:
+            results.append(False)
         assert results == [ok, ok], url
 
 
@@ -204,11 +217,9 @@ def agg_request(script_dir: str, boot: str = "aggregate.py") -> ScriptRequest:
     )
 
 
-def supervisor(root: Path, code_root: str | None = None) -> tuple[ScriptSupervisor, list[object]]:
+def supervisor(root: Path, code_root: str = DEFAULT_CODE_ROOT) -> tuple[AggregationScripts, list[object]]:
     events: list[object] = []
-    return ScriptSupervisor(
-        root=root, node="cloud0", emit=events.append, clock=lambda: 0.0, code_root=code_root
-    ), events
+    return AggregationScripts(root=NodeRoot(root, code_root), node="cloud0", emit=events.append), events
 
 
 AGG = "spec.aggregationWorker.workerSpec"
@@ -245,12 +256,16 @@ def test_aggregator_code_root_comes_from_the_argument_or_fl_code_root(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = lay_out(tmp_path / "cloud0")
+
+    def code_root(*args: str) -> str:
+        return str(build_parser().parse_args(["--root", str(root), *args]).code_root)
+
     monkeypatch.delenv("FL_CODE_ROOT", raising=False)
-    assert supervisor(root)[0].code_root == "/code"
+    assert supervisor(root, code_root())[0].code_root == "/code"
     monkeypatch.setenv("FL_CODE_ROOT", "/opt/fl")
-    assert supervisor(root)[0].code_root == "/opt/fl"
-    assert supervisor(root, "/srv")[0].code_root == "/srv"
-    scripts, _ = supervisor(root)
+    assert supervisor(root, code_root())[0].code_root == "/opt/fl"
+    assert supervisor(root, code_root("--code-root", "/srv"))[0].code_root == "/srv"
+    scripts, _ = supervisor(root, code_root())
     with pytest.raises(WorkerScriptError, match="is outside the code root /opt/fl"):
         scripts.start(agg_request("/code"))
 

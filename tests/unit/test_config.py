@@ -157,7 +157,16 @@ def test_cli_run_serves_until_sigterm(tmp_path: Path) -> None:
     port = free_port()
     conf = tmp_path / "out" / "broker.conf"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "broker.mosquitto.cli", "run", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "broker.mosquitto.cli",
+        "run",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
     proc = subprocess.Popen([*cmd, "--conf-out", str(conf)], env=env, stderr=subprocess.PIPE)
     try:
         inbox: queue.Queue[Inbound] = queue.Queue()

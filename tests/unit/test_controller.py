@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import queue
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ from cloud_aggregator._controller import Controller
 from cloud_aggregator._errors import WorkerScriptError
 from cloud_aggregator._job import Stage
 from cloud_aggregator._ports import ScriptRequest
-from cloud_aggregator._scripts import ScriptEvent, ScriptExited, ScriptFrame, ScriptSupervisor, script_environment
-from cloud_aggregator._storage import write_model
+from cloud_aggregator.service import AggregationScripts, aggregation_launch, write_model
 from cloud_aggregator.testing import MemoryPort
+from runtime import ScriptEvent, ScriptExited, ScriptFrame, script_environment
 from schemas import (
     ConditionType,
     FederatedLearningJob,
@@ -430,22 +429,23 @@ def test_script_environment_is_sednas(tmp_path: Path) -> None:
     """The script sees Sedna's variables and its parameters, never the service's MQTT settings."""
     base = {"PATH": "/usr/bin", "FL_MQTT_PASSWORD": "secret", "exit_round": "99"}
 
-    env = script_environment(
-        script_request(),
-        root=tmp_path,
-        node="cloud0",
-        fd=7,
-        model_url=tmp_path / "model",
-        pretrained_url=None,
-        base=base,
-    )
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "aggregate.py").write_text("")
+    launch, warnings = aggregation_launch(script_request(), root=NodeRoot(tmp_path), node="cloud0")
+    env = script_environment(launch.variables, fd=7, base=base)
 
     assert env["JOB_NAME"] == JOB and env["NAMESPACE"] == "default" and env["WORKER_NAME"].startswith("aggworker-")
-    assert env["MODEL_URL"] == str(tmp_path / "model") and env["MODEL_NAME"] == "surface-defect-detection-model"
-    assert env["PARTICIPANTS_COUNT"] == "2" and env["FL_WORKER_FD"] == "7" and env["FL_NODE_ROOT"] == str(tmp_path)
+    assert (
+        env["MODEL_URL"] == str(tmp_path.resolve() / "model") and env["MODEL_NAME"] == "surface-defect-detection-model"
+    )
+    assert (
+        env["PARTICIPANTS_COUNT"] == "2"
+        and env["FL_WORKER_FD"] == "7"
+        and env["FL_NODE_ROOT"] == str(tmp_path.resolve())
+    )
     assert env["exit_round"] == "3"  # the job's parameter, under its own key
     assert env["PATH"] == "/usr/bin" and "FL_MQTT_PASSWORD" not in env
-    assert "PRETRAINED_MODEL_URL" not in env
+    assert "PRETRAINED_MODEL_URL" not in env and warnings == []
 
 
 def test_example_aggregation_script_runs_under_the_supervisor(tmp_path: Path) -> None:
@@ -453,7 +453,7 @@ def test_example_aggregation_script_runs_under_the_supervisor(tmp_path: Path) ->
     (tmp_path / "code").mkdir()
     shutil.copy2(EXAMPLES / "aggregation_worker" / "aggregate.py", tmp_path / "code" / "aggregate.py")
     events: queue.Queue[ScriptEvent] = queue.Queue()
-    supervisor = ScriptSupervisor(root=tmp_path, node="cloud0", emit=events.put, clock=time.monotonic)
+    supervisor = AggregationScripts(root=NodeRoot(tmp_path), node="cloud0", emit=events.put)
 
     supervisor.start(script_request())
     config = events.get(timeout=60)
@@ -469,7 +469,7 @@ def test_example_aggregation_script_runs_under_the_supervisor(tmp_path: Path) ->
 
 def test_missing_aggregation_script_cannot_start(tmp_path: Path) -> None:
     """A scriptBootFile that does not exist under the root is a clear WorkerScriptError."""
-    supervisor = ScriptSupervisor(root=tmp_path, node="cloud0", emit=lambda _e: None, clock=time.monotonic)
+    supervisor = AggregationScripts(root=NodeRoot(tmp_path), node="cloud0", emit=lambda _e: None)
 
     with pytest.raises(WorkerScriptError, match=r"aggregate\.py not found"):
         supervisor.start(script_request())

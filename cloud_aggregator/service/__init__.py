@@ -1,0 +1,21 @@
+"""`fl-cloud-aggregator`, the process: the service loop, the job engine's `Port` over MQTT, the node's files.
+
+`AggregatorService` runs the controller (`cloud_aggregator.engine`) on one logic thread over one MQTT
+session; `MqttPort` is how the engine's decisions reach the broker, the aggregation scripts
+(`AggregationScripts`, on `runtime.ScriptSupervisor`) and the disk (`write_model`, the state store).
+"""
+
+from cloud_aggregator.service._model_files import write_model
+from cloud_aggregator.service._port import MqttPort
+from cloud_aggregator.service._scripts import AggregationScripts, aggregation_launch, aggregation_variables
+from cloud_aggregator.service._service import AggregatorService, Event
+
+__all__ = [
+    "AggregationScripts",
+    "AggregatorService",
+    "Event",
+    "MqttPort",
+    "aggregation_launch",
+    "aggregation_variables",
+    "write_model",
+]

@@ -1,0 +1,150 @@
+"""The job engine's `Port` over this node's broker session, its aggregation scripts and its node root.
+
+Every broker error becomes a `PublishFailedError` (an `AggregatorError`), which the engine turns into a
+failed job or a Warning event; global models travel as retained chunked transfers (`broker.BlobSender`),
+and this port remembers which rounds it left retained so it can clear them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from structlog.typing import FilteringBoundLogger
+
+from broker import BlobSender, BrokerError, Session
+from cloud_aggregator._checkpoint import Checkpoint, SpooledUpdate, StateStore
+from cloud_aggregator._errors import PublishFailedError
+from cloud_aggregator._ports import ScriptRequest, ScriptSignal
+from cloud_aggregator.service._model_files import write_model
+from cloud_aggregator.service._scripts import AggregationScripts
+from schemas import JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, Topics, UpdateAck
+
+__all__ = ["MqttPort"]
+
+
+class MqttPort:
+    """The `Port` over a broker session, the script supervisor and the node root."""
+
+    def __init__(
+        self,
+        *,
+        session: Session,
+        topics: Topics,
+        node: str,
+        root: Path,
+        scripts: AggregationScripts,
+        chunk_size: int,
+        publish_timeout: float,
+        log: FilteringBoundLogger,
+    ) -> None:
+        self._session = session
+        self._topics = topics
+        self._node = node
+        self._root = root
+        self._scripts = scripts
+        self._sender = BlobSender(session, chunk_size=chunk_size)
+        self._timeout = publish_timeout
+        self._log = log
+        self._state = StateStore(root)
+        # Retained global models this node knows of: job -> round -> chunk count.
+        self.retained_globals: dict[str, dict[int, int]] = {}
+
+    def _publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        try:
+            self._session.publish(topic, payload, qos=1, retain=retain)
+        except BrokerError as exc:
+            raise PublishFailedError(str(exc)) from exc
+
+    def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
+        self._publish(self._topics.status(kind, name), status.to_json() if status else b"", retain=True)
+
+    def publish_plan(self, job: str, plan: JobPlan | None) -> None:
+        self._publish(self._topics.plan(job), plan.to_json() if plan else b"", retain=True)
+
+    def restore_spec(self, kind: Kind, name: str, payload: bytes) -> None:
+        self._publish(self._topics.spec(kind, name), payload, retain=True)
+
+    def publish_global(self, job: str, round_: int, blob: bytes, *, uid: str, num_samples: int, final: bool) -> None:
+        try:
+            manifest = self._sender.send(
+                self._topics.global_manifest(job, round_),
+                self._chunk_topics(job, round_),
+                blob,
+                kind="global",
+                job=job,
+                uid=uid,
+                round_=round_,
+                sender_name=self._node,
+                num_samples=num_samples,
+                final=final,
+                retain=True,
+                timeout=self._timeout,
+            )
+        except (BrokerError, TimeoutError) as exc:
+            raise PublishFailedError(str(exc)) from exc
+        self.retained_globals.setdefault(job, {})[round_] = manifest.chunks
+
+    def clear_globals(self, job: str, keep: int | None = None) -> None:
+        known = self.retained_globals.get(job, {})
+        for round_, chunks in sorted(known.items()):
+            if round_ == keep:
+                continue
+            try:
+                self._sender.clear(
+                    self._topics.global_manifest(job, round_),
+                    self._chunk_topics(job, round_),
+                    chunks,
+                    timeout=self._timeout,
+                )
+            except (BrokerError, TimeoutError) as exc:
+                raise PublishFailedError(f"cannot clear the global model of round {round_}: {exc}") from exc
+            del known[round_]
+        if not known:
+            self.retained_globals.pop(job, None)
+
+    def _chunk_topics(self, job: str, round_: int) -> Callable[[int], str]:
+        def chunk_topic(index: int) -> str:
+            return self._topics.global_chunk(job, round_, index)
+
+        return chunk_topic
+
+    def send_ack(self, ack: UpdateAck) -> None:
+        self._publish(self._topics.ack(ack.job, ack.round, ack.node), ack.to_json(), retain=False)
+
+    def start_script(self, request: ScriptRequest) -> None:
+        self._scripts.start(request)
+
+    def signal_script(self, job: str, uid: str, signal: ScriptSignal) -> None:
+        self._scripts.signal(job, uid, signal)
+
+    def write_model(
+        self,
+        job: str,
+        model: ModelRef,
+        arrays: Sequence[npt.NDArray[np.generic]],
+        names: Sequence[str],
+        meta: Mapping[str, Any],
+    ) -> str:
+        return str(write_model(self._root, url=model.url, model_name=model.name, arrays=arrays, names=names, meta=meta))
+
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+        self._state.store_update(job, round_, node, transfer, blob)
+
+    def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
+        return self._state.spooled_updates(job, round_)
+
+    def drop_spool(self, job: str, upto: int) -> None:
+        self._state.drop_spool(job, upto)
+
+    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes) -> None:
+        self._state.save_checkpoint(checkpoint, global_blob)
+
+    def load_checkpoint(self, job: str) -> tuple[Checkpoint, bytes] | None:
+        return self._state.load_checkpoint(job)
+
+    def clear_state(self, job: str) -> None:
+        self._state.clear_state(job)

@@ -1,0 +1,291 @@
+"""`fl-cloud-aggregator`: one MQTT session, one logic thread, the controller and the aggregation scripts.
+
+Threads: paho's network thread and the session's reconciler only put `broker.Inbound` messages on the
+service's `runtime.EventLoop`; each script's reader thread puts `runtime.ScriptFrame` /
+`runtime.ScriptExited` events there too. ONE thread (`run`) takes them in order, dispatches by
+`Topics.parse(topic).channel`, runs the controller's timers, and acknowledges each MQTT message after
+handling it. No work happens in callbacks.
+
+Startup: connect, announce the node online (offline is the last will), subscribe to every spec, status,
+plan, global model, worker status, update and node status, then `Session.barrier` so every retained
+message is in before any job is evaluated (a job published together with its datasets must not fail
+because a dataset's retained message came later). Statuses, plans and global models are only read at
+startup (restart rules, clearing what deleted jobs left); those subscriptions are then dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from structlog.typing import FilteringBoundLogger
+
+from broker import BrokerError, Inbound, MqttSettings, Session, manifest_from_payload
+from cloud_aggregator._controller import Controller
+from cloud_aggregator._errors import AggregatorError
+from cloud_aggregator.service._port import MqttPort
+from cloud_aggregator.service._scripts import AggregationScripts
+from runtime import EventLoop, ScriptExited, ScriptFrame, get_logger
+from schemas import (
+    DEFAULT_CODE_ROOT,
+    Channel,
+    NodeRoot,
+    NodeState,
+    NodeStatus,
+    ParsedTopic,
+    SchemaError,
+    TopicError,
+    Topics,
+    WireError,
+)
+
+__all__ = ["AggregatorService", "Event"]
+
+POLL_SECONDS = 0.2
+BARRIER_TIMEOUT = 30.0
+SHUTDOWN_GRACE = 5.0
+
+#: Everything the logic thread handles.
+Event = Inbound | ScriptFrame | ScriptExited
+
+_RUNTIME_CHANNELS = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK, Channel.NODE_STATUS)
+
+
+class AggregatorService:
+    """`fl-cloud-aggregator`: the controller for every resource, the aggregator for this node's jobs."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        root: Path,
+        settings: MqttSettings,
+        prefix: str = "fl",
+        code_root: str = DEFAULT_CODE_ROOT,
+        reference_grace: float = 5.0,
+        config_timeout: float = 120.0,
+        chunk_size: int = 512 * 1024,
+        publish_timeout: float = 120.0,
+        script_stop_grace: float = 10.0,
+        resume_after: float = 3.0,
+    ) -> None:
+        self.node = node
+        self.root = root.resolve()
+        self.settings = settings
+        self.topics = Topics(prefix)
+        self._grace = reference_grace
+        self._config_timeout = config_timeout
+        self._chunk_size = chunk_size
+        self._publish_timeout = publish_timeout
+        self._resume_after = resume_after
+        self._log: FilteringBoundLogger = get_logger(component="service")
+        self._loop: EventLoop[Event] = EventLoop(
+            self._handle,
+            tick=self._tick,
+            poll=POLL_SECONDS,
+            expected=(AggregatorError, SchemaError, BrokerError),
+            log=self._log,
+        )
+        self._stopping = threading.Event()
+        self._scripts = AggregationScripts(
+            root=NodeRoot(self.root, code_root),
+            node=node,
+            emit=self._loop.put,
+            stop_grace=script_stop_grace,
+            log=self._log,
+        )
+        self._session: Session | None = None
+        self._port: MqttPort | None = None
+        self._controller: Controller | None = None
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `run` to return (safe from signal handlers and other threads)."""
+        self._stopping.set()
+
+    @property
+    def controller(self) -> Controller | None:
+        return self._controller
+
+    def run(self) -> int:
+        """Connect, catch up with the retained state, then handle messages until `stop`. Returns an exit code."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        offline = NodeStatus(node=self.node, role="aggregator", state=NodeState.OFFLINE).to_json()
+        session = Session(
+            self.settings,
+            inbox=self._loop,
+            will=(self.topics.node_status(self.node), offline),
+            topics=self.topics,
+        )
+        self._session = session
+        session.start()
+        try:
+            if not self._connect(session):
+                return 0 if self._stopping.is_set() else 1
+            self._catch_up(session)
+            if not self._stopping.is_set():
+                self._loop.run(self._stopping)
+            return 0
+        finally:
+            self._shutdown(session, offline)
+
+    # -- startup ---------------------------------------------------------------------------------
+
+    def _connect(self, session: Session) -> bool:
+        self._log.info("connecting", host=self.settings.host, port=self.settings.port, root=str(self.root))
+        while not self._stopping.is_set():
+            if session.wait_connected(1.0):
+                break
+            if session.connect_error is not None:
+                self._log.error("the broker refused the connection", error=str(session.connect_error))
+                return False
+        else:
+            return False
+        chunk_size = max(1024, min(self._chunk_size, session.max_payload))
+        self._port = MqttPort(
+            session=session,
+            topics=self.topics,
+            node=self.node,
+            root=self.root,
+            scripts=self._scripts,
+            chunk_size=chunk_size,
+            publish_timeout=self._publish_timeout,
+            log=self._log,
+        )
+        self._controller = Controller(
+            node=self.node,
+            port=self._port,
+            chunk_size=chunk_size,
+            reference_grace=self._grace,
+            config_timeout=self._config_timeout,
+            resume_after=self._resume_after,
+        )
+        online = NodeStatus(node=self.node, role="aggregator", state=NodeState.ONLINE)
+        session.publish(self.topics.node_status(self.node), online.to_json(), retain=True)
+        return True
+
+    def _catch_up(self, session: Session) -> None:
+        startup_only = [self.topics.all_statuses(), self.topics.all_plans(), self.topics.all_globals()]
+        for flt in (
+            self.topics.all_specs(),
+            *startup_only,
+            self.topics.all_worker_statuses(),
+            self.topics.all_updates(),
+            self.topics.all_node_statuses(),
+        ):
+            session.subscribe(flt)
+        while not self._stopping.is_set():
+            try:
+                session.barrier(BARRIER_TIMEOUT)
+                break
+            except (TimeoutError, BrokerError) as exc:
+                self._log.warning("waiting for the retained messages", error=str(exc))
+        # Everything retained is queued now: handle it before any job is evaluated. Runtime traffic
+        # (updates, worker and node statuses) that came in meanwhile is kept, unacknowledged, until the
+        # jobs are known: dropping it would leave edges waiting for an ack timeout to resend.
+        deferred: list[Event] = []
+        for event in self._loop.take_pending():
+            if isinstance(event, Inbound) and self._is_runtime(event.topic):
+                deferred.append(event)
+            else:
+                self._loop.handle(event)
+        for flt in startup_only:
+            try:
+                session.unsubscribe(flt)
+            except BrokerError as exc:
+                self._log.warning("cannot drop a startup subscription", filter=flt, error=str(exc))
+        self._ready_controller().ready(time.monotonic())
+        self._log.info("ready", node=self.node, deferred=len(deferred))
+        for event in deferred:
+            self._loop.handle(event)
+
+    def _is_runtime(self, topic: str) -> bool:
+        try:
+            return self.topics.parse(topic).channel in _RUNTIME_CHANNELS
+        except TopicError:
+            return False
+
+    # -- the logic thread ------------------------------------------------------------------------
+
+    def _ready_controller(self) -> Controller:
+        if self._controller is None:  # events are only handled after _connect made it
+            raise AggregatorError("the controller is not set up yet")
+        return self._controller
+
+    def _tick(self, now_s: float) -> None:
+        if self._controller is not None:
+            self._controller.tick(now_s)
+
+    def _handle(self, event: Event) -> None:
+        controller = self._ready_controller()
+        match event:
+            case ScriptFrame():
+                controller.on_script_frame(event.job, event.run_id, event.frame, time.monotonic())
+            case ScriptExited():
+                controller.on_script_exit(event.job, event.run_id, event.code, event.tail, time.monotonic())
+            case Inbound():
+                try:
+                    self._dispatch(controller, event)
+                finally:
+                    if self._session is not None:
+                        self._session.ack(event)
+
+    def _dispatch(self, controller: Controller, msg: Inbound) -> None:
+        try:
+            parsed = self.topics.parse(msg.topic)
+        except TopicError as exc:
+            self._log.warning("message on a topic outside the layout ignored", topic=msg.topic, error=exc.reason)
+            return
+        channel = parsed.channel
+        if channel is Channel.SPEC and parsed.kind is not None and parsed.name is not None:
+            controller.on_spec(parsed.kind, parsed.name, msg.topic, msg.payload, time.monotonic())
+        elif channel is Channel.STATUS and parsed.kind is not None and parsed.name is not None:
+            controller.on_retained_status(parsed.kind, parsed.name, msg.payload)
+        elif channel is Channel.PLAN:
+            controller.on_retained_plan(parsed.job, msg.payload)
+        elif channel is Channel.GLOBAL_MANIFEST:
+            self._seen_global(controller, parsed, msg)
+        elif not controller.is_ready:
+            return  # runtime traffic before the catch-up belongs to earlier runs
+        elif channel is Channel.WORKER_STATUS and parsed.node is not None:
+            controller.on_worker_status(parsed.job, parsed.node, msg.payload, retained=msg.retain)
+        elif channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
+            self._transfer(controller, parsed, msg)
+        elif channel is Channel.NODE_STATUS and parsed.node is not None:
+            controller.on_node_status(parsed.node, msg.payload)
+
+    def _seen_global(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
+        """A retained global manifest at startup: remembered so the job's globals can be cleared later."""
+        if controller.is_ready or not msg.payload or self._port is None or parsed.round is None:
+            return
+        try:
+            manifest = manifest_from_payload(msg.payload)
+        except WireError:
+            return
+        if manifest.sender == self.node:
+            self._port.retained_globals.setdefault(parsed.job, {})[parsed.round] = manifest.chunks
+
+    def _transfer(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
+        """An update manifest or chunk: the job engine assembles, stores and acknowledges (before our MQTT ack)."""
+        now_s = time.monotonic()
+        if parsed.channel is Channel.UPDATE_MANIFEST:
+            if not msg.payload:
+                return
+            try:
+                manifest = manifest_from_payload(msg.payload)
+            except WireError as exc:
+                controller.on_malformed_manifest(parsed, exc.reason)
+                return
+            controller.on_update_manifest(parsed, manifest, now_s)
+        else:
+            controller.on_update_chunk(parsed, msg.payload, now_s)
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    def _shutdown(self, session: Session, offline: bytes) -> None:
+        self._log.info("stopping")
+        self._scripts.stop_all(SHUTDOWN_GRACE)
+        session.stop(timeout=5.0, final=(self.topics.node_status(self.node), offline))
+        self._log.info("stopped")
