@@ -4,28 +4,41 @@
 is re-exported here (see docs/dev/internal-apis.md); the modules behind it are private.
 """
 
-from broker._args import add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
+from broker._assembler import Assembler, CompletedTransfer, chunk_index, manifest_from_payload, transfer_key
 from broker._errors import BrokerError, ConnectError, PayloadTooLarge, PublishError, TransferError
-from broker._nodeconfig import NODE_CONFIG_ENV, BrokerAddress, NodeConfig, NodeTls, load_node_config
-from broker._session import Inbound, Inbox, MqttSettings, PublishResult, Session
-from broker._transfer import (
-    Assembler,
-    BlobSender,
-    CompletedTransfer,
-    chunk_index,
-    manifest_from_payload,
-    new_transfer_id,
-    transfer_key,
+from broker._messages import Inbound, Inbox, PublishResult
+from broker._nodeconfig import BrokerAddress, NodeConfig, NodeTls, load_node_config
+from broker._options import (
+    add_connection_options,
+    add_mqtt_arguments,
+    connection_flags,
+    mqtt_settings_from_args,
+    node_config_from_args,
+    node_from_args,
+    port_number,
+)
+from broker._sender import BlobSender, new_transfer_id
+from broker._session import Session
+from broker._settings import (
+    FLCTL_ENV_PREFIX,
+    NODE_CONFIG_ENV,
+    SERVICE_ENV_PREFIX,
+    ConnectionSettings,
+    MqttSettings,
+    node_config_from,
 )
 
 __all__ = [
+    "FLCTL_ENV_PREFIX",
     "NODE_CONFIG_ENV",
+    "SERVICE_ENV_PREFIX",
     "Assembler",
     "BlobSender",
     "BrokerAddress",
     "BrokerError",
     "CompletedTransfer",
     "ConnectError",
+    "ConnectionSettings",
     "Inbound",
     "Inbox",
     "MqttSettings",
@@ -36,13 +49,17 @@ __all__ = [
     "PublishResult",
     "Session",
     "TransferError",
+    "add_connection_options",
     "add_mqtt_arguments",
     "chunk_index",
+    "connection_flags",
     "load_node_config",
     "manifest_from_payload",
     "mqtt_settings_from_args",
     "new_transfer_id",
+    "node_config_from",
     "node_config_from_args",
     "node_from_args",
+    "port_number",
     "transfer_key",
 ]

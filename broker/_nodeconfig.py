@@ -10,7 +10,7 @@ FL_NODE_CONFIG).
     tls: {ca: ca.crt, cert: edge1.crt, key: edge1.key}
 
 Relative paths (password_file, tls.*) are relative to the file's folder. Flags and environment variables
-override what the file says (see `broker._args`). The password is never part of a repr or a log line.
+override what the file says (`broker.ConnectionSettings`). The password is never part of a repr or a log line.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from schemas import check_name
 
-__all__ = ["NODE_CONFIG_ENV", "BrokerAddress", "NodeConfig", "NodeTls", "load_node_config"]
+__all__ = ["BrokerAddress", "NodeConfig", "NodeTls", "load_node_config"]
 
-NODE_CONFIG_ENV = "FL_NODE_CONFIG"
 Role = Literal["edge", "aggregator", "admin"]
 
 

@@ -215,7 +215,7 @@ class Job:
         self._refused: dict[tuple[int, str, str], str] = {}  # rejected for good: the same answer again
         self._folded: dict[int, list[tuple[str, str]]] = {}  # closed round -> (node, transfer) folded
         self._final_participants: list[str] = []
-        self._assembler = Assembler(log=self._log)
+        self._assembler: Assembler[str] = Assembler(log=self._log)
         self._incoming: dict[str, _Incoming] = {}
         self._retries: dict[str, int] = {}
         self._round_opened = 0.0

@@ -70,6 +70,7 @@ from schemas import (
     ParsedTopic,
     TopicError,
     Topics,
+    TransferOrigin,
     UpdateAck,
     WireError,
     WorkerState,
@@ -147,7 +148,7 @@ class EdgeService:
             log=self._log,
             topics=self.topics,
         )
-        self._assembler = Assembler(log=self._log)
+        self._assembler: Assembler[str] = Assembler(log=self._log)
         self._jobs: dict[str, EdgeJob] = {}
         self._transfer_keys: dict[str, set[str]] = {}
         self._workers: dict[str, WorkerProcess] = {}
@@ -534,16 +535,8 @@ class EdgeService:
         """Store the update in the outbox, then publish it whole."""
         sender = BlobSender(self._session, chunk_size=req.chunk_size, window=_WINDOW)
         try:
-            manifest = sender.prepare(
-                req.blob,
-                kind=req.kind,
-                job=req.job,
-                uid=req.uid,
-                round_=req.round,
-                sender_name=self.node,
-                num_samples=req.num_samples,
-                transfer=new_transfer_id(),
-            )
+            origin = TransferOrigin(req.kind, req.job, req.uid, req.round, self.node, req.num_samples)
+            manifest = sender.prepare(req.blob, origin, transfer=new_transfer_id())
             entry = self._outbox.put(manifest, req.blob)
         except (BrokerError, OutboxError) as exc:
             return UploadDone(req.job, req.run_id, req.kind, req.round, error=str(exc))

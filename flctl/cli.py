@@ -19,7 +19,15 @@ from typing import Any, TextIO, cast
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from broker import NODE_CONFIG_ENV, load_node_config
+from broker import (
+    FLCTL_ENV_PREFIX,
+    NODE_CONFIG_ENV,
+    ConnectionSettings,
+    add_connection_options,
+    connection_flags,
+    node_config_from,
+    port_number,
+)
 from flctl import __version__
 from flctl._client import BrokerOptions, default_client_id
 from flctl._context import Context
@@ -31,7 +39,8 @@ from flctl._get import OUTPUTS, GetRequest, describe, get
 from flctl._provision import provision
 from schemas import API_VERSION, TopicError, Topics
 
-ENV_PREFIX = "FLCTL_"
+# Where flctl finds a node config when --config is not given: its own variable first, then the services'.
+CONFIG_ENVS = (f"{FLCTL_ENV_PREFIX}CONFIG", NODE_CONFIG_ENV)
 DEFAULT_TIMEOUT = 10.0
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _TYPES_HELP = "federatedlearningjobs (fl), datasets (ds), models, nodes"
@@ -52,16 +61,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number in 1-65535, got {value}")
-    return value
-
-
 def _size_range(text: str) -> tuple[int, int]:
     try:
         lo, hi = (int(part) for part in text.split(","))
@@ -78,30 +77,15 @@ def _global_options(*, with_defaults: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     d: Any = None if with_defaults else argparse.SUPPRESS
     g = parser.add_argument_group("global options (before or after the command)")
-    g.add_argument(
-        "--config",
+    add_connection_options(
+        g,
+        env_prefix=FLCTL_ENV_PREFIX,
+        config_envs=CONFIG_ENVS,
         default=d,
-        metavar="FILE",
-        help="a node config from `flctl broker init` (e.g. DIR/admin/flctl.yaml): broker, credentials, TLS "
-        "files; flags and FLCTL_* variables override it (env FLCTL_CONFIG or FL_NODE_CONFIG)",
+        keepalive=False,
+        credentials=True,
     )
-    g.add_argument("--host", default=d, help="MQTT broker host (env FLCTL_HOST, default 127.0.0.1)")
-    g.add_argument("--port", type=_port, default=d, help="MQTT broker port (env FLCTL_PORT, default 1883)")
     g.add_argument("--prefix", default=d, help="topic prefix (env FLCTL_PREFIX, default fl)")
-    g.add_argument("--username", default=d, help="MQTT username (env FLCTL_USERNAME)")
-    g.add_argument("--password", default=d, help="MQTT password (env FLCTL_PASSWORD; prefer the variable)")
-    g.add_argument(
-        "--tls-ca",
-        default=d,
-        metavar="FILE",
-        help="CA certificate to verify the broker; enables TLS (env FLCTL_TLS_CA)",
-    )
-    g.add_argument(
-        "--tls-cert", default=d, metavar="FILE", help="client certificate, with --tls-key (env FLCTL_TLS_CERT)"
-    )
-    g.add_argument(
-        "--tls-key", default=d, metavar="FILE", help="client private key, with --tls-cert (env FLCTL_TLS_KEY)"
-    )
     g.add_argument(
         "--timeout",
         type=_positive_float,
@@ -164,9 +148,12 @@ def _add_broker_init(p: argparse.ArgumentParser) -> None:
         help="the broker's name or address as nodes reach it (repeatable; the first goes into every node.yaml; "
         "the server certificate also names localhost and 127.0.0.1)",
     )
-    s.add_argument("--port", dest="tls_port", type=_port, default=8883, help="TLS listener port (default 8883)")
+    s.add_argument("--port", dest="tls_port", type=port_number, default=8883, help="TLS listener port (default 8883)")
     s.add_argument(
-        "--plain-port", type=_port, default=1883, help="plain listener on 127.0.0.1, for local tools (default 1883)"
+        "--plain-port",
+        type=port_number,
+        default=1883,
+        help="plain listener on 127.0.0.1, for local tools (default 1883)",
     )
     s.add_argument("--bind", metavar="ADDR", help="address of the TLS listener (default: every interface)")
     s.add_argument(
@@ -366,66 +353,42 @@ def _run_missing_subcommand(ctx: Context, args: argparse.Namespace) -> int:  # p
 # -- settings --------------------------------------------------------------------------------------
 
 
-def _setting(args: argparse.Namespace, name: str) -> str | None:
-    value = getattr(args, name, None)
-    if value is not None:
-        return str(value)
-    return os.environ.get(ENV_PREFIX + name.upper()) or None
-
-
-def _node_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings from the node config (--config, FLCTL_CONFIG or FL_NODE_CONFIG), by option name."""
-    path = _setting(args, "config") or os.environ.get(NODE_CONFIG_ENV) or None
-    if path is None:
-        return {}
+def broker_options(args: argparse.Namespace) -> BrokerOptions:
+    """Where and how to connect: `broker.ConnectionSettings` (flags > FLCTL_* > the node config > defaults)
+    plus flctl's own options; UsageError for values that cannot work, InputError for an unreadable config."""
     try:
-        values = load_node_config(path).mqtt_values()
+        config = node_config_from(args.config, CONFIG_ENVS)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
-    values["port"] = str(values["port"])
-    return values
-
-
-def broker_options(args: argparse.Namespace) -> BrokerOptions:
-    """Command line first, then FLCTL_* variables, then the node config, then defaults; UsageError for
-    values that cannot work."""
-    from_file = _node_config(args)
-
-    def setting(name: str) -> str | None:
-        value = _setting(args, name)
-        return value if value is not None else from_file.get(name)
-
-    port_text = setting("port")
     try:
-        port = _port(port_text) if port_text is not None else 1883
-    except argparse.ArgumentTypeError as exc:
-        raise UsageError(f"{ENV_PREFIX}PORT: {exc}") from exc
-    prefix = _setting(args, "prefix") or "fl"
+        conn = ConnectionSettings.load(connection_flags(args), env_prefix=FLCTL_ENV_PREFIX, node_config=config)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    prefix = args.prefix or os.environ.get(f"{FLCTL_ENV_PREFIX}PREFIX") or "fl"
     try:
         Topics(prefix)
     except TopicError as exc:
         raise UsageError(f"--prefix {prefix!r}: {exc.reason}") from exc
-    username = setting("username")
     # A broker from `flctl broker init` replaces the client id by the username and lets a user use only
     # its own sync topic (fl/clients/<username>/...): so the username is the default id.
-    client_id = args.client_id or username or default_client_id()
+    client_id = args.client_id or conn.username or default_client_id()
     if not _CLIENT_ID_RE.match(client_id):
         raise UsageError(f"--client-id {client_id!r}: expected 1-128 of A-Z a-z 0-9 _ . : -")
-    tls = {name: setting(name) for name in ("tls_ca", "tls_cert", "tls_key")}
-    if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
+    if (conn.tls_cert is None) != (conn.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
-    for name, path in tls.items():
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(conn, name)
         if path is not None and not os.path.isfile(path):
             raise InputError(f'--{name.replace("_", "-")}: the path "{path}" does not exist')
     return BrokerOptions(
-        host=setting("host") or "127.0.0.1",
-        port=port,
+        host=conn.host,
+        port=conn.port,
         prefix=prefix,
-        username=username,
-        password=setting("password"),
-        tls_ca=tls["tls_ca"],
-        tls_cert=tls["tls_cert"],
-        tls_key=tls["tls_key"],
+        username=conn.username,
+        password=conn.password,
+        tls_ca=conn.tls_ca,
+        tls_cert=conn.tls_cert,
+        tls_key=conn.tls_key,
         timeout=args.timeout if args.timeout is not None else DEFAULT_TIMEOUT,
         client_id=client_id,
     )

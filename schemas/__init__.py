@@ -56,8 +56,10 @@ from schemas._wire import (
     PlannedWorker,
     ScriptRef,
     TransferManifest,
+    TransferOrigin,
     UpdateAck,
     WorkerFrame,
+    manifest_for,
 )
 from schemas._worker_env import BaseConfig, Context, WorkerEnv
 
@@ -100,6 +102,7 @@ __all__ = [
     "TopicError",
     "Topics",
     "TransferManifest",
+    "TransferOrigin",
     "UpdateAck",
     "WeightsHeader",
     "WeightsKind",
@@ -116,6 +119,7 @@ __all__ = [
     "describe_document",
     "encode_weights",
     "load_yaml_documents",
+    "manifest_for",
     "now",
     "parse_documents",
     "parse_for_topic",

@@ -3,7 +3,8 @@
 MQTT:
 - `JobPlan` (``.../plan``, retained): the job as the controller validated and resolved it. Edges act
   on the plan, never on the raw spec, so a job that fails validation never starts training.
-- `TransferManifest` (``.../manifest``): describes one chunked transfer of a weights blob.
+- `TransferManifest` (``.../manifest``): describes one chunked transfer of a weights blob; built by
+  `manifest_for` from the blob and its `TransferOrigin` (whose blob, for which job run and round).
 - `UpdateAck` (``.../acks/<node>``): the aggregator's receipt for an update.
 
 Worker channel (a local socket pair between a node service and the script it runs):
@@ -12,6 +13,9 @@ Worker channel (a local socket pair between a node service and the script it run
 
 from __future__ import annotations
 
+import hashlib
+import math
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -97,6 +101,48 @@ class TransferManifest(_Wire):
     num_samples: int = Field(ge=0, le=MAX_NUM_SAMPLES)
     final: bool = False
     created_at: datetime = Field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class TransferOrigin:
+    """Whose weights blob a transfer carries and what it is for: what every manifest of it repeats."""
+
+    kind: WeightsKind
+    job: str
+    uid: str
+    round: int
+    sender: str
+    num_samples: int
+    final: bool = False
+
+
+def manifest_for(blob: bytes, origin: TransferOrigin, *, chunk_size: int, transfer: str) -> TransferManifest:
+    """The manifest of `blob` cut into chunks of `chunk_size` bytes: sizes, the blob's SHA-256 and each chunk's.
+
+    Chunks are hashed through a memoryview, so no chunk is copied. Raises ValueError for an empty blob or a
+    chunk size below 1 (and pydantic's ValidationError for fields out of range).
+    """
+    if not blob:
+        raise ValueError("a transfer needs a non-empty blob")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size {chunk_size} must be >= 1")
+    view = memoryview(blob)
+    count = math.ceil(len(blob) / chunk_size)
+    return TransferManifest(
+        transfer=transfer,
+        kind=origin.kind,
+        job=origin.job,
+        uid=origin.uid,
+        round=origin.round,
+        sender=origin.sender,
+        total_bytes=len(blob),
+        chunk_size=chunk_size,
+        chunks=count,
+        sha256=hashlib.sha256(view).hexdigest(),
+        chunk_sha256=[hashlib.sha256(view[i * chunk_size : (i + 1) * chunk_size]).hexdigest() for i in range(count)],
+        num_samples=origin.num_samples,
+        final=origin.final,
+    )
 
 
 class UpdateAck(_Wire):

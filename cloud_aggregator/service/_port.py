@@ -21,7 +21,7 @@ from cloud_aggregator._errors import PublishFailedError
 from cloud_aggregator._ports import ScriptRequest, ScriptSignal
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._scripts import AggregationScripts
-from schemas import JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, Topics, UpdateAck
+from schemas import JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, Topics, TransferOrigin, UpdateAck
 
 __all__ = ["MqttPort"]
 
@@ -74,13 +74,7 @@ class MqttPort:
                 self._topics.global_manifest(job, round_),
                 self._chunk_topics(job, round_),
                 blob,
-                kind="global",
-                job=job,
-                uid=uid,
-                round_=round_,
-                sender_name=self._node,
-                num_samples=num_samples,
-                final=final,
+                TransferOrigin("global", job, uid, round_, self._node, num_samples, final),
                 retain=True,
                 timeout=self._timeout,
             )

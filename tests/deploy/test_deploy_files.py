@@ -270,13 +270,13 @@ ALLOWED_OTHER_ENV = frozenset({"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "H
 
 
 def assert_env_names_known(names: list[str], where: str) -> None:
-    """FL_MQTT_* names must be ones MqttSettings reads, FLCTL_* ones flctl reads, others well known."""
-    from broker import MqttSettings
+    """FL_MQTT_* names must be ones the services' ConnectionSettings reads, FLCTL_* ones flctl reads, others well known."""
+    from broker import SERVICE_ENV_PREFIX, ConnectionSettings
 
     for name in names:
-        if name.startswith("FL_MQTT_"):
-            sample = "8883" if name.endswith(("PORT", "KEEPALIVE")) else "probe"
-            assert MqttSettings.env_values(environ={name: sample}), f"{where}: {name} is not read by the services"
+        if name.startswith(SERVICE_ENV_PREFIX):
+            field = name.removeprefix(SERVICE_ENV_PREFIX).lower()
+            assert field in ConnectionSettings.model_fields, f"{where}: {name} is not read by the services"
         elif name.startswith("FLCTL_"):
             dests = {a.dest for a in real_parser("flctl")._actions}
             assert name.removeprefix("FLCTL_").lower() in dests, f"{where}: {name} is not read by flctl"

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from broker import BlobSender, Inbound, Session
-from schemas import Channel, TransferManifest
+from schemas import Channel, TransferManifest, TransferOrigin
 from tests.faults.conftest import JOB, Rig, RigFactory, reassemble
 from tests.helpers.mqtt import wait_until
 
@@ -78,12 +78,9 @@ def test_duplicate_update_and_update_for_closed_round(rig: RigFactory) -> None:
             r.topics.update_manifest(JOB, 1, "edge1", late),
             functools.partial(r.topics.update_chunk, JOB, 1, "edge1", late),
             round1_blob,
-            kind="update",
-            job=JOB,
-            uid=w.status.uid if w.status and w.status.uid else "",
-            round_=1,
-            sender_name="edge1",
-            num_samples=r.samples("edge1"),
+            TransferOrigin(
+                "update", JOB, w.status.uid if w.status and w.status.uid else "", 1, "edge1", r.samples("edge1")
+            ),
             timeout=20,
             transfer=late,
         )

@@ -34,6 +34,7 @@ from schemas import (
     PlannedWorker,
     ScriptRef,
     Topics,
+    TransferOrigin,
     UpdateAck,
     WorkerFrame,
     WorkerState,
@@ -247,13 +248,7 @@ class FakeAggregator:
             T.global_manifest(JOB, round_),
             lambda i: T.global_chunk(JOB, round_, i),
             gblob,
-            kind="global",
-            job=JOB,
-            uid=UID,
-            round_=round_,
-            sender_name="cloud0",
-            num_samples=8,
-            final=round_ == self.plan.exit_round,
+            TransferOrigin("global", JOB, UID, round_, "cloud0", 8, round_ == self.plan.exit_round),
             retain=True,
             timeout=10.0,
         )
@@ -477,7 +472,8 @@ def test_offline_edge_keeps_handling_events_and_stores_its_update_first(
             lambda: len(service.scripts) == 1 and service._jobs[JOB].state is WorkerState.UPLOADING, 5.0, "uploading"
         )
         wait_until(lambda: len(outbox_files(edge_root)) == 2, 5.0, "init stored")
-        assert service._deliveries.rounds(JOB, UID) == {0}
+        # The uploader writes the entry, then tells the logic thread: the bookkeeping follows the files.
+        wait_until(lambda: service._deliveries.rounds(JOB, UID) == {0}, 5.0, "init tracked as pending")
     finally:
         stop.set()
         thread.join(20.0)

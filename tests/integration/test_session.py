@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import ConnectError, Inbound, MqttSettings, PayloadTooLarge, PublishError, Session
+from broker import ConnectError, ConnectionSettings, Inbound, MqttSettings, PayloadTooLarge, PublishError, Session
 from schemas import Topics
 from tests.helpers.mqtt import BrokerHandle, SessionFactory, start_local_broker, take, take_all, wait_until
 from tests.helpers.proxy import FlakyProxy
@@ -194,13 +194,17 @@ def test_publish_refused_by_the_broker_raises_publish_error(tmp_path: Path) -> N
         local.stop()
 
 
-def test_settings_from_env_reads_the_documented_variables() -> None:
-    """MqttSettings.from_env reads FL_MQTT_* and keyword overrides win; a bad port is a ValueError naming it."""
+def test_settings_from_env_reads_the_documented_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ConnectionSettings reads FL_MQTT_* and flags win over it; a bad port is a ValueError naming it."""
     env = {"FL_MQTT_HOST": "broker.local", "FL_MQTT_PORT": "8883", "FL_MQTT_USERNAME": "edge1", "FL_MQTT_TLS_CA": "/ca"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FL_MQTT_KEEPALIVE", "99")
 
-    settings = MqttSettings.from_env(environ=env, client_id="edge1", keepalive=10)
+    settings = ConnectionSettings.load({"keepalive": 10}).mqtt("edge1")
 
     assert (settings.host, settings.port, settings.username, settings.tls_ca) == ("broker.local", 8883, "edge1", "/ca")
     assert (settings.client_id, settings.keepalive, settings.clean_start) == ("edge1", 10, False)
+    monkeypatch.setenv("FL_MQTT_PORT", "x")
     with pytest.raises(ValueError, match="FL_MQTT_PORT"):
-        MqttSettings.from_env(environ={"FL_MQTT_PORT": "x"}, client_id="edge1")
+        ConnectionSettings.load().mqtt("edge1")

@@ -22,7 +22,7 @@ from broker import (
     new_transfer_id,
     transfer_key,
 )
-from schemas import Topics, TransferManifest, WireError
+from schemas import Topics, TransferManifest, TransferOrigin, WireError
 from tests.helpers.mqtt import SessionFactory, take_all
 
 T = Topics("fltest")
@@ -49,12 +49,7 @@ def send_update(session: Session, blob: bytes, transfer: str, *, chunk_size: int
         T.update_manifest(JOB, 1, "edge1", transfer),
         lambda i: T.update_chunk(JOB, 1, "edge1", transfer, i),
         blob,
-        kind="update",
-        job=JOB,
-        uid=UID,
-        round_=1,
-        sender_name="edge1",
-        num_samples=10,
+        TransferOrigin("update", JOB, UID, 1, "edge1", 10),
         transfer=transfer,
         timeout=10.0,
     )
@@ -160,12 +155,7 @@ def test_retained_global_transfer_reaches_a_late_subscriber(session_factory: Ses
         T.global_manifest(JOB, 3),
         lambda i: T.global_chunk(JOB, 3, i),
         blob,
-        kind="global",
-        job=JOB,
-        uid=UID,
-        round_=3,
-        sender_name="cloud0",
-        num_samples=20,
+        TransferOrigin("global", JOB, UID, 3, "cloud0", 20),
         retain=True,
         timeout=10.0,
     )
@@ -186,12 +176,7 @@ def test_clear_removes_a_retained_transfer(session_factory: SessionFactory) -> N
         T.global_manifest(JOB, 1),
         lambda i: T.global_chunk(JOB, 1, i),
         os.urandom(20_000),
-        kind="global",
-        job=JOB,
-        uid=UID,
-        round_=1,
-        sender_name="cloud0",
-        num_samples=1,
+        TransferOrigin("global", JOB, UID, 1, "cloud0", 1),
         retain=True,
         timeout=10.0,
     )
@@ -269,9 +254,7 @@ def test_resend_publishes_exactly_the_missing_chunks_then_the_same_manifest(sess
     sender = BlobSender(edge, chunk_size=1000, window=4)
     blob = os.urandom(5500)
     transfer = new_transfer_id()
-    manifest = sender.prepare(
-        blob, kind="update", job=JOB, uid=UID, round_=1, sender_name="edge1", num_samples=10, transfer=transfer
-    )
+    manifest = sender.prepare(blob, TransferOrigin("update", JOB, UID, 1, "edge1", 10), transfer=transfer)
     manifest_topic = T.update_manifest(JOB, 1, "edge1", transfer)
 
     def chunk_topic(i: int) -> str:
@@ -310,7 +293,10 @@ def test_resend_refuses_a_foreign_blob_and_bad_indices(session_factory: SessionF
     edge, _ = session_factory("edge1")
     sender = BlobSender(edge, chunk_size=1000)
     blob = os.urandom(2500)
-    manifest = sender.prepare(blob, kind="update", job=JOB, uid=UID, round_=1, sender_name="edge1", num_samples=1)
+    manifest = sender.prepare(
+        blob,
+        TransferOrigin("update", JOB, UID, 1, "edge1", 1),
+    )
     topic = T.update_manifest(JOB, 1, "edge1", manifest.transfer)
     with pytest.raises(TransferError, match="does not match its manifest"):
         sender.resend(topic, lambda i: f"{topic}/{i}", os.urandom(2500), manifest)

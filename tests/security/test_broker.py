@@ -12,7 +12,7 @@ import time
 import pytest
 
 from broker import BlobSender, Inbound, PublishError
-from schemas import Kind, Topics
+from schemas import Kind, Topics, TransferOrigin
 from tests.helpers.mqtt import take, take_all, wait_until
 from tests.security.conftest import SecureBroker, provision_for_test
 
@@ -81,12 +81,7 @@ def test_edge_subscribed_to_other_updates_receives_nothing(secure: SecureBroker)
         T.update_manifest("job", 1, "edge2", "feedf00d"),
         lambda i: T.update_chunk("job", 1, "edge2", "feedf00d", i),
         blob,
-        kind="update",
-        job="job",
-        uid="u1",
-        round_=1,
-        sender_name="edge2",
-        num_samples=10,
+        TransferOrigin("update", "job", "u1", 1, "edge2", 10),
     )
     assert len(take(cloud_inbox, 6)) == 6  # 5 chunks + manifest
     assert quiet(spy_inbox) == []

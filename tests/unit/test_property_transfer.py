@@ -17,8 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker import Assembler, TransferError
-from broker._transfer import chunk_index, manifest_from_payload, transfer_key
+from broker import Assembler, TransferError, chunk_index, manifest_from_payload, transfer_key
 from schemas import TopicError, TransferManifest, WireError
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,23 +1,12 @@
-"""Chunked transfer of weights blobs: a manifest plus chunks, each on its own topic.
+"""Receiving chunked transfers: the manifest and the chunks in any order, every hash verified, memory bounded.
 
-Sender (`BlobSender.send`):
-
-1. split the blob into chunks of ``min(chunk_size, session.max_payload)`` bytes; chunk ``i`` is bytes
-   ``[i*chunk_size, (i+1)*chunk_size)``;
-2. publish the chunks (QoS 1) keeping at most `window` of them un-acknowledged, waiting on their
-   `PublishResult`s, all bounded by `timeout`;
-3. publish the manifest (`schemas.TransferManifest`: sizes, the blob's SHA-256 and every chunk's) once
-   every chunk is acknowledged, and wait for its acknowledgement;
-4. global models are sent with ``retain=True`` so a late subscriber still gets them; `clear` deletes
-   such a transfer again (empty retained payloads).
-
-Receiver (`Assembler`): takes the manifest and the chunks in any order, keyed by `transfer_key(topic)`
-(the topic before ``/manifest`` or ``/chunks/<i>``). A chunk is kept only if its SHA-256 matches the
-manifest's entry for its index (once both are known): a mismatching chunk may be a stale retained
-one, so it is dropped and the transfer waits for the right one. The blob is handed over
-(`CompletedTransfer`) only when every chunk is present and the whole SHA-256 matches. Memory is
-bounded: at most `max_bytes` buffered and `max_transfers` incomplete transfers; beyond that the oldest
-incomplete transfer is evicted with a warning.
+`Assembler` takes the manifest and the chunks of each transfer under a key of the receiver's choosing
+(any hashable: the topic prefix `transfer_key(topic)`, or a tuple such as (round, node, transfer)). A
+chunk is kept only if its SHA-256 matches the manifest's entry for its index (once both are known): a
+mismatching chunk may be a stale retained one, so it is dropped and the transfer waits for the right
+one. The blob is handed over (`CompletedTransfer`) only when every chunk is present and the whole
+SHA-256 matches. Memory is bounded: at most `max_bytes` buffered and `max_transfers` incomplete
+transfers; beyond that the oldest incomplete transfer is evicted with a warning.
 
 Duplicates (QoS 1 redelivery, retained messages re-sent on every resubscribe) of a transfer completed
 recently are recognised by key and hash and ignored, so they neither complete it twice nor pile up as
@@ -31,38 +20,26 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import secrets
-import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import pydantic
 from structlog.typing import FilteringBoundLogger
 
 from broker._errors import TransferError
-from broker._session import PublishResult, Session
 from runtime import get_logger
-from schemas import TopicError, TransferManifest, WeightsKind, WireError
+from schemas import TopicError, TransferManifest, WireError
 
-__all__ = [
-    "Assembler",
-    "BlobSender",
-    "CompletedTransfer",
-    "manifest_from_payload",
-    "new_transfer_id",
-    "transfer_key",
-]
+__all__ = ["Assembler", "CompletedTransfer", "chunk_index", "manifest_from_payload", "transfer_key"]
 
 _KEY_RE = re.compile(r"^(?P<key>.+)/(?:manifest|chunks/(?P<index>\d+))$")
 # Candidates kept per chunk index while the manifest is unknown (a stale retained copy and the
 # right one may both arrive before it).
 _CANDIDATES_PER_INDEX = 2
 
-
-def new_transfer_id() -> str:
-    """A random transfer id (16 lowercase hex digits), valid in topics and manifests."""
-    return secrets.token_hex(8)
+K = TypeVar("K", bound=Hashable)
 
 
 def transfer_key(topic: str) -> str:
@@ -110,183 +87,11 @@ def manifest_from_payload(payload: bytes) -> TransferManifest:
     return manifest
 
 
-# -- sender ----------------------------------------------------------------------------------------
-
-
-class BlobSender:
-    """Publishes blobs as chunked transfers through a `Session`."""
-
-    def __init__(self, session: Session, chunk_size: int = 512 * 1024, window: int = 16) -> None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size {chunk_size} must be >= 1")
-        if not 1 <= window <= 20:
-            raise ValueError(f"window {window} must be in 1..20 (paho's and the broker's in-flight limit)")
-        self.session = session
-        self.chunk_size = chunk_size
-        self.window = window
-
-    def send(
-        self,
-        manifest_topic: str,
-        chunk_topic: Callable[[int], str],
-        blob: bytes,
-        *,
-        kind: WeightsKind,
-        job: str,
-        uid: str,
-        round_: int,
-        sender_name: str,
-        num_samples: int,
-        final: bool = False,
-        retain: bool = False,
-        timeout: float = 120.0,
-        transfer: str | None = None,
-    ) -> TransferManifest:
-        """Publish `blob`'s chunks (bounded window), then its manifest; return the manifest once the broker
-        acknowledged everything. `transfer` is the id (random if None; pass the one in the topic).
-
-        Raises TransferError if the broker does not acknowledge within `timeout` seconds, PublishError if
-        it refuses a message (e.g. not authorized).
-        """
-        manifest = self.prepare(
-            blob,
-            kind=kind,
-            job=job,
-            uid=uid,
-            round_=round_,
-            sender_name=sender_name,
-            num_samples=num_samples,
-            final=final,
-            transfer=transfer,
-        )
-        self._publish(
-            manifest_topic, chunk_topic, blob, manifest, range(manifest.chunks), retain=retain, timeout=timeout
-        )
-        return manifest
-
-    def prepare(
-        self,
-        blob: bytes,
-        *,
-        kind: WeightsKind,
-        job: str,
-        uid: str,
-        round_: int,
-        sender_name: str,
-        num_samples: int,
-        final: bool = False,
-        transfer: str | None = None,
-    ) -> TransferManifest:
-        """The manifest `send` would publish for `blob` (same chunking), without publishing anything:
-        for a sender that stores the transfer before it publishes it (then `resend` with all indices)."""
-        if not blob:
-            raise TransferError("cannot send an empty blob")
-        chunk_size = max(1, min(self.chunk_size, self.session.max_payload))
-        chunks = [blob[i : i + chunk_size] for i in range(0, len(blob), chunk_size)]
-        return TransferManifest(
-            transfer=transfer or new_transfer_id(),
-            kind=kind,
-            job=job,
-            uid=uid,
-            round=round_,
-            sender=sender_name,
-            total_bytes=len(blob),
-            chunk_size=chunk_size,
-            chunks=len(chunks),
-            sha256=hashlib.sha256(blob).hexdigest(),
-            chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
-            num_samples=num_samples,
-            final=final,
-        )
-
-    def resend(
-        self,
-        manifest_topic: str,
-        chunk_topic: Callable[[int], str],
-        blob: bytes,
-        manifest: TransferManifest,
-        indices: Iterable[int] | None = None,
-        *,
-        retain: bool = False,
-        timeout: float = 120.0,
-    ) -> None:
-        """Publish chunks `indices` of `blob` as `manifest` cut it (all of them if None, none if empty),
-        with the same bounded window, then `manifest` itself (the same bytes every time); return once the
-        broker acknowledged everything. For resuming a transfer: the receiver names what it misses.
-
-        Raises TransferError if `blob` is not the manifest's blob, an index is out of range, or the broker
-        does not acknowledge within `timeout`; PublishError if it refuses a message.
-        """
-        if len(blob) != manifest.total_bytes or hashlib.sha256(blob).hexdigest() != manifest.sha256:
-            raise TransferError(f"transfer {manifest.transfer}: the blob does not match its manifest")
-        wanted = range(manifest.chunks) if indices is None else sorted(set(indices))
-        bad = [i for i in wanted if not 0 <= i < manifest.chunks]
-        if bad:
-            raise TransferError(
-                f"transfer {manifest.transfer}: chunk indices {bad} out of range 0..{manifest.chunks - 1}"
-            )
-        self._publish(manifest_topic, chunk_topic, blob, manifest, wanted, retain=retain, timeout=timeout)
-
-    def _publish(
-        self,
-        manifest_topic: str,
-        chunk_topic: Callable[[int], str],
-        blob: bytes,
-        manifest: TransferManifest,
-        indices: Iterable[int],
-        *,
-        retain: bool,
-        timeout: float,
-    ) -> None:
-        """Chunks `indices` with at most `window` unacknowledged, then the manifest; all within `timeout`."""
-        deadline = time.monotonic() + timeout
-        size = manifest.chunk_size
-        in_flight: deque[tuple[int, PublishResult]] = deque()
-        for index in indices:
-            if len(in_flight) >= self.window:
-                self._wait(in_flight.popleft(), deadline, manifest, timeout)
-            chunk = blob[index * size : (index + 1) * size]
-            in_flight.append((index, self.session.publish(chunk_topic(index), chunk, qos=1, retain=retain)))
-        while in_flight:
-            self._wait(in_flight.popleft(), deadline, manifest, timeout)
-        self._wait(
-            (-1, self.session.publish(manifest_topic, manifest.to_json(), qos=1, retain=retain)),
-            deadline,
-            manifest,
-            timeout,
-        )
-
-    def clear(
-        self, manifest_topic: str, chunk_topic: Callable[[int], str], chunks: int, *, timeout: float = 30.0
-    ) -> None:
-        """Delete a retained transfer: empty retained payloads on the manifest (first) and every chunk topic."""
-        deadline = time.monotonic() + timeout
-        results = [self.session.publish(manifest_topic, b"", qos=1, retain=True)]
-        results += [self.session.publish(chunk_topic(i), b"", qos=1, retain=True) for i in range(chunks)]
-        for result in results:
-            try:
-                result.wait(max(0.0, deadline - time.monotonic()))
-            except TimeoutError as exc:
-                raise TransferError(f"clearing {manifest_topic!r}: not acknowledged within {timeout} s") from exc
-
-    @staticmethod
-    def _wait(item: tuple[int, PublishResult], deadline: float, manifest: TransferManifest, timeout: float) -> None:
-        index, result = item
-        try:
-            result.wait(max(0.0, deadline - time.monotonic()))
-        except TimeoutError as exc:
-            what = "manifest" if index < 0 else f"chunk {index}/{manifest.chunks}"
-            raise TransferError(f"transfer {manifest.transfer}: {what} not acknowledged within {timeout} s") from exc
-
-
-# -- receiver --------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
-class CompletedTransfer:
+class CompletedTransfer(Generic[K]):
     """A verified blob: every chunk matched its hash and the whole SHA-256 matched the manifest."""
 
-    key: str
+    key: K
     manifest: TransferManifest
     blob: bytes = field(repr=False)
 
@@ -300,7 +105,7 @@ class _Pending:
     size: int = 0
 
 
-class Assembler:
+class Assembler(Generic[K]):
     """Reassembles chunked transfers received in any order, verifying every hash, with bounded memory.
 
     Not thread-safe: feed it from the one thread that handles the inbox.
@@ -314,10 +119,10 @@ class Assembler:
         self.max_bytes = max_bytes
         self.max_transfers = max_transfers
         self._log = log.bind(component="assembler") if log is not None else get_logger(component="assembler")
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()  # oldest first
+        self._pending: OrderedDict[K, _Pending] = OrderedDict()  # oldest first
         self._buffered = 0
         # Recently completed transfers, to recognise duplicates (QoS 1 redelivery, retained re-delivery).
-        self._completed: OrderedDict[str, TransferManifest] = OrderedDict()
+        self._completed: OrderedDict[K, TransferManifest] = OrderedDict()
         self._completed_max = 4 * max_transfers
 
     @property
@@ -325,18 +130,18 @@ class Assembler:
         return self._buffered
 
     @property
-    def pending(self) -> list[str]:
+    def pending(self) -> list[K]:
         """Keys of incomplete transfers, oldest first."""
         return list(self._pending)
 
-    def missing(self, key: str) -> list[int] | None:
+    def missing(self, key: K) -> list[int] | None:
         """Chunk indexes still missing for `key`, or None if its manifest is unknown or it is not pending."""
         pending = self._pending.get(key)
         if pending is None or pending.manifest is None:
             return None
         return [i for i in range(pending.manifest.chunks) if i not in pending.chunks]
 
-    def add_manifest(self, key: str, manifest: TransferManifest) -> CompletedTransfer | None:
+    def add_manifest(self, key: K, manifest: TransferManifest) -> CompletedTransfer[K] | None:
         """Record the manifest of `key`; return the transfer if it completes it. TransferError if the
         manifest is inconsistent or larger than `max_bytes`."""
         problem = _check_manifest(manifest)
@@ -383,7 +188,7 @@ class Assembler:
         pending.candidates = {}
         return self._finish_if_complete(key, pending)
 
-    def add_chunk(self, key: str, index: int, data: bytes) -> CompletedTransfer | None:
+    def add_chunk(self, key: K, index: int, data: bytes) -> CompletedTransfer[K] | None:
         """Record chunk `index` of `key`; return the transfer if it completes it. A chunk that does not
         match the manifest's hash is dropped (the transfer keeps waiting for the right one)."""
         if index < 0 or not data:
@@ -410,21 +215,28 @@ class Assembler:
             return completed
         return None
 
-    def discard(self, key: str) -> None:
+    def discard(self, key: K) -> None:
         """Forget an incomplete transfer (e.g. its round closed)."""
         pending = self._pending.pop(key, None)
         if pending is not None:
             self._buffered -= pending.size
 
+    def discard_where(self, predicate: Callable[[K], bool]) -> list[K]:
+        """Forget every incomplete transfer whose key matches (e.g. all of a job, or of a round); return their keys."""
+        keys = [key for key in self._pending if predicate(key)]
+        for key in keys:
+            self.discard(key)
+        return keys
+
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _is_completed_duplicate(self, key: str, index: int, data: bytes) -> bool:
+    def _is_completed_duplicate(self, key: K, index: int, data: bytes) -> bool:
         done = self._completed.get(key)
         if done is None or key in self._pending or index >= done.chunks:
             return False
         return hashlib.sha256(data).hexdigest() == done.chunk_sha256[index]
 
-    def _add_candidate(self, key: str, pending: _Pending, index: int, data: bytes) -> None:
+    def _add_candidate(self, key: K, pending: _Pending, index: int, data: bytes) -> None:
         """Keep a chunk whose manifest is unknown: the newest few per index, by hash."""
         digest = hashlib.sha256(data).hexdigest()
         candidates = pending.candidates.setdefault(index, OrderedDict())
@@ -437,7 +249,7 @@ class Assembler:
             self._account(pending, -len(old_data))
         self._enforce_limits(keep=key)
 
-    def _new(self, key: str) -> _Pending:
+    def _new(self, key: K) -> _Pending:
         pending = _Pending()
         self._pending[key] = pending
         self._enforce_limits(keep=key)
@@ -447,7 +259,7 @@ class Assembler:
         pending.size += delta
         self._buffered += delta
 
-    def _finish_if_complete(self, key: str, pending: _Pending) -> CompletedTransfer | None:
+    def _finish_if_complete(self, key: K, pending: _Pending) -> CompletedTransfer[K] | None:
         manifest = pending.manifest
         if manifest is None or len(pending.chunks) < manifest.chunks:
             return None
@@ -464,7 +276,7 @@ class Assembler:
             self._completed.popitem(last=False)
         return CompletedTransfer(key=key, manifest=manifest, blob=blob)
 
-    def _enforce_limits(self, keep: str) -> None:
+    def _enforce_limits(self, keep: K) -> None:
         while len(self._pending) > self.max_transfers or self._buffered > self.max_bytes:
             victim = next((k for k in self._pending if k != keep), None)
             if victim is None:
