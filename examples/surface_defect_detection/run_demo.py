@@ -29,7 +29,7 @@ from pathlib import Path
 from flctl import cli as flctl_cli
 from flctl._cluster import LocalCluster
 from flctl._errors import FlctlError
-from flctl._synth import copy_split, synthesize
+from flctl.synth import copy_split, synthesize
 from runtime import configure_logging
 from schemas import JobStatus, Phase, WorkerState
 

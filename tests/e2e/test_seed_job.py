@@ -15,7 +15,7 @@ import pytest
 
 from flctl import cli as flctl_cli
 from flctl._cluster import LocalCluster
-from flctl._synth import copy_split, synthesize
+from flctl.synth import copy_split, synthesize
 from schemas import Channel, Kind, Phase, Topics, TransferManifest
 from tests.helpers.capture import Capture
 
