@@ -20,7 +20,6 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from broker import NODE_CONFIG_ENV, load_node_config
-from flctl import __version__
 from flctl._client import BrokerOptions, default_client_id
 from flctl._context import Context
 from flctl._create import create
@@ -28,7 +27,8 @@ from flctl._dataset import split, synth
 from flctl._delete import delete
 from flctl._errors import EXIT_USAGE, FlctlError, InputError, UsageError
 from flctl._get import OUTPUTS, GetRequest, describe, get
-from flctl._provision import provision
+from flctl._version import __version__
+from flctl.provision import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, provision
 from schemas import API_VERSION, TopicError, Topics
 
 ENV_PREFIX = "FLCTL_"
@@ -164,9 +164,18 @@ def _add_broker_init(p: argparse.ArgumentParser) -> None:
         help="the broker's name or address as nodes reach it (repeatable; the first goes into every node.yaml; "
         "the server certificate also names localhost and 127.0.0.1)",
     )
-    s.add_argument("--port", dest="tls_port", type=_port, default=8883, help="TLS listener port (default 8883)")
     s.add_argument(
-        "--plain-port", type=_port, default=1883, help="plain listener on 127.0.0.1, for local tools (default 1883)"
+        "--port",
+        dest="tls_port",
+        type=_port,
+        default=DEFAULT_TLS_PORT,
+        help=f"TLS listener port (default {DEFAULT_TLS_PORT})",
+    )
+    s.add_argument(
+        "--plain-port",
+        type=_port,
+        default=DEFAULT_PLAIN_PORT,
+        help=f"plain listener on 127.0.0.1, for local tools (default {DEFAULT_PLAIN_PORT})",
     )
     s.add_argument("--bind", metavar="ADDR", help="address of the TLS listener (default: every interface)")
     s.add_argument(
