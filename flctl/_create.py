@@ -19,8 +19,7 @@ import yaml
 from flctl._context import Context
 from flctl._errors import AlreadyExistsError, InputError, PublishFailedError
 from flctl._kinds import for_kind
-from flctl._render import action_line, timestamp
-from flctl._views import CREATED_AT, CREATED_BY, Retained, collect_resources
+from flctl.printers import CREATED_AT, CREATED_BY, Retained, action_line, collect_resources, timestamp
 from schemas import (
     Dataset,
     FederatedLearningJob,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flctl._context import Context
 from flctl._errors import DatasetToolError
-from flctl._render import table
+from flctl.printers import table
 
 
 def _unavailable(exc: ImportError) -> DatasetToolError:

@@ -13,7 +13,7 @@ from flctl._context import Context
 from flctl._create import load_documents
 from flctl._errors import NotFoundError, PublishFailedError, UsageError
 from flctl._kinds import DATASETS, JOBS, MODELS, ResourceType, for_kind, resolve
-from flctl._render import deleted_line
+from flctl.printers import deleted_line
 
 _ORDER = {JOBS: 0, MODELS: 1, DATASETS: 2}
 

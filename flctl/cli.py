@@ -26,8 +26,9 @@ from flctl._create import create
 from flctl._dataset import split, synth
 from flctl._delete import delete
 from flctl._errors import EXIT_USAGE, FlctlError, InputError, UsageError
-from flctl._get import OUTPUTS, GetRequest, describe, get
+from flctl._get import GetRequest, describe, get
 from flctl._version import __version__
+from flctl.printers import OUTPUTS
 from flctl.provision import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, provision
 from schemas import API_VERSION, TopicError, Topics
 
