@@ -39,6 +39,8 @@ _TYPES_HELP = "federatedlearningjobs (fl), datasets (ds), models, nodes"
 
 Handler = Callable[[Context, argparse.Namespace], int]
 
+__all__ = ["broker_options", "build_parser", "main"]
+
 
 # -- option types ----------------------------------------------------------------------------------
 

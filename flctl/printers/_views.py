@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
@@ -43,15 +43,6 @@ _Status = TypeVar("_Status", JobStatus, ResourceStatus)
 _View = TypeVar("_View")
 
 
-def _status_message(status: JobStatus | ResourceStatus | None, status_error: str | None) -> str:
-    """The controller's message, or why its status cannot be read, or that there is none yet."""
-    if status is not None:
-        return status.message
-    if status_error is not None:
-        return f"unreadable status: {status_error}"
-    return NO_STATUS_MESSAGE
-
-
 @dataclass(frozen=True)
 class Retained:
     """The newest message seen on one topic (a retained one, or a live one that replaced it)."""
@@ -74,11 +65,27 @@ class SpecView:
 
 
 @dataclass(frozen=True)
-class JobView:
+class _ObjectView(Generic[_Status]):
+    """A resource with a spec (a job, a Dataset, a Model) and the controller's status of it, if any."""
+
     name: str
     spec: SpecView
-    status: JobStatus | None
+    status: _Status | None
     status_error: str | None = None
+
+    @property
+    def message(self) -> str:
+        """The controller's message, or why its status cannot be read, or that there is none yet."""
+        if self.status is not None:
+            return self.status.message
+        if self.status_error is not None:
+            return f"unreadable status: {self.status_error}"
+        return NO_STATUS_MESSAGE
+
+
+@dataclass(frozen=True)
+class JobView(_ObjectView[JobStatus]):
+    """A FederatedLearningJob with its JobStatus."""
 
     @property
     def job(self) -> FederatedLearningJob | None:
@@ -88,10 +95,6 @@ class JobView:
     @property
     def phase(self) -> Phase:
         return self.status.phase if self.status is not None else Phase.PENDING
-
-    @property
-    def message(self) -> str:
-        return _status_message(self.status, self.status_error)
 
     @property
     def participants(self) -> int | None:
@@ -111,23 +114,14 @@ class JobView:
 
 
 @dataclass(frozen=True)
-class ResourceView:
+class ResourceView(_ObjectView[ResourceStatus]):
     """A Dataset or a Model with the controller's verdict on it."""
-
-    name: str
-    spec: SpecView
-    status: ResourceStatus | None
-    status_error: str | None = None
 
     @property
     def valid(self) -> str:
         if self.status is None:
             return "Unknown"
         return "True" if self.status.valid else "False"
-
-    @property
-    def message(self) -> str:
-        return _status_message(self.status, self.status_error)
 
 
 @dataclass(frozen=True)

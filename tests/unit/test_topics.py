@@ -558,14 +558,23 @@ def test_one_node_filters_match_exactly_that_nodes_topics() -> None:
     assert not matches(t.client_tree("edge1"), t.sync("edge2"))
 
 
+#: Every builder of one node's (or client's) topic or filter: the ones an ACL `pattern` line needs.
+ONE_NODE_BUILDERS: list[Callable[[Topics, Any], str]] = [
+    Topics.updates_of,
+    Topics.worker_statuses_of,
+    Topics.node_status,
+    Topics.acks_for,
+    Topics.client_tree,
+]
+
+
 def test_acl_pattern_stands_for_the_node_level() -> None:
     """With AclPattern.USERNAME the one-node builders write the broker's `%u` pattern lines."""
     # Arrange
     t = Topics("org/fl")
-    u = AclPattern.USERNAME
 
     # Act
-    patterns = [t.updates_of(u), t.worker_statuses_of(u), t.node_status(u), t.acks_for(u), t.client_tree(u)]
+    patterns = [build(t, AclPattern.USERNAME) for build in ONE_NODE_BUILDERS]
 
     # Assert
     assert patterns == [
@@ -581,45 +590,30 @@ def test_acl_pattern_with_the_username_covers_exactly_that_nodes_topics() -> Non
     """Each `%u` pattern, read as the broker does for user edge1, matches edge1's topics and not edge2's."""
     # Arrange
     t = Topics()
-    u = AclPattern.USERNAME
-    cases = [
-        (t.updates_of(u), lambda n: t.update_chunk(JOB, 2, n, TRANSFER, 0)),
-        (t.worker_statuses_of(u), lambda n: t.worker_status(JOB, n)),
-        (t.node_status(u), t.node_status),
-        (t.acks_for(u), lambda n: t.ack(JOB, 2, n)),
-        (t.client_tree(u), t.sync),
+    topic_of: list[Callable[[str], str]] = [
+        lambda n: t.update_chunk(JOB, 2, n, TRANSFER, 0),
+        lambda n: t.worker_status(JOB, n),
+        t.node_status,
+        lambda n: t.ack(JOB, 2, n),
+        t.sync,
     ]
 
     # Act
-    for_edge1 = [(pattern.replace("%u", "edge1"), build) for pattern, build in cases]
+    for_edge1 = [build(t, AclPattern.USERNAME).replace("%u", "edge1") for build in ONE_NODE_BUILDERS]
 
     # Assert
-    assert all(matches(acl, build("edge1")) for acl, build in for_edge1)
-    assert not any(matches(acl, build("edge2")) for acl, build in for_edge1)
+    assert all(matches(acl, topic("edge1")) for acl, topic in zip(for_edge1, topic_of, strict=True))
+    assert not any(matches(acl, topic("edge2")) for acl, topic in zip(for_edge1, topic_of, strict=True))
 
 
 @pytest.mark.parametrize("placeholder", ["%u", "%c", "+", "#"])
-def test_acl_placeholder_as_a_string_is_refused(placeholder: str) -> None:
+@pytest.mark.parametrize("build", ONE_NODE_BUILDERS, ids=lambda build: build.__name__)
+def test_acl_placeholder_as_a_string_is_refused(build: Callable[[Topics, Any], str], placeholder: str) -> None:
     """Only the explicit AclPattern stands for a level: the same text as a name is an invalid name."""
-    # Arrange
-    t = Topics()
-    builders: list[Callable[[], str]] = [
-        lambda: t.updates_of(placeholder),
-        lambda: t.worker_statuses_of(placeholder),
-        lambda: t.node_status(placeholder),
-        lambda: t.acks_for(placeholder),
-        lambda: t.client_tree(placeholder),
-    ]
+    with pytest.raises(TopicError) as info:
+        build(Topics(), placeholder)
 
-    # Act
-    raised = []
-    for build in builders:
-        with pytest.raises(TopicError) as info:
-            build()
-        raised.append(info.value)
-
-    # Assert
-    assert [err.topic for err in raised] == [placeholder] * len(builders)
+    assert info.value.topic == placeholder
 
 
 # -- properties --------------------------------------------------------------------------------
