@@ -7,7 +7,7 @@ weights weighted by each edge's sample count (FedAvg), and after ``--rounds`` ro
 model is evaluated on the held-out ``test.txt``. Reports accuracy, balanced accuracy, the
 majority-class baseline and the seconds per local epoch.
 
-The synthetic generator (``flctl._synth``) is tuned so this lands clearly above chance (balanced
+The synthetic generator (``flctl.synth``) is tuned so this lands clearly above chance (balanced
 accuracy >= ~0.75) and clearly below perfect (< ~0.98). Not a test: about 20 s to generate the
 data and 10-20 s per training repeat on 2 cores.
 
@@ -42,8 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from edge_trainer._data import load_dataset  # noqa: E402
-from flctl._synth import synthesize  # noqa: E402
+from edge_trainer import load_dataset  # noqa: E402
+from flctl.synth import DEFAULT_CONTRAST, synthesize  # noqa: E402
 
 INTERFACE = REPO / "examples" / "surface_defect_detection" / "training_worker" / "interface.py"
 
@@ -159,19 +159,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="training repeats with different TF seeds")
     parser.add_argument("--tf-seed", type=int, default=1)
     parser.add_argument(
-        "--contrast", type=float, default=None, help="tuning only: override the generator's defect contrast"
+        "--contrast",
+        type=float,
+        default=None,
+        help=f"tuning only: the generator's defect contrast (default {DEFAULT_CONTRAST}); regenerates the data",
     )
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
     generated = False
     if args.contrast is not None:
-        import flctl._synth
-
-        flctl._synth._DEFECT_CONTRAST = args.contrast
-        args.regenerate = True
+        args.regenerate = True  # data already in --out may have been drawn with another contrast
+    contrast = DEFAULT_CONTRAST if args.contrast is None else args.contrast
     if args.regenerate or not (args.out / "test.txt").is_file():
-        report = synthesize(args.out, scale=args.scale, seed=args.seed)
+        report = synthesize(args.out, scale=args.scale, seed=args.seed, contrast=contrast)
         generated = True
         print(
             f"generated {report.total_images} images in {time.perf_counter() - t0:.1f} s: {dict(report.split_counts)}"
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         # Only known when this run generated the data (see SYNTHETIC.md in the dataset otherwise).
         "scale": args.scale if generated else None,
         "dataset_seed": args.seed if generated else None,
+        "contrast": contrast if generated else None,
         "class_weight": args.class_weight,
         "init": args.init,
         "rounds": args.rounds,

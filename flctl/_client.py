@@ -27,7 +27,7 @@ from structlog.typing import FilteringBoundLogger
 
 import broker
 from flctl._errors import BrokerUnreachableError, PublishFailedError, UsageError
-from flctl._views import Retained
+from flctl.printers import Retained
 from schemas import Topics
 
 # The socket-level check runs once, this long after the first connection attempt had its chance.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TextIO
@@ -10,7 +10,7 @@ from typing import TextIO
 from structlog.typing import FilteringBoundLogger
 
 from flctl._client import BrokerClient, BrokerOptions
-from flctl._errors import FlctlError
+from flctl._errors import FlctlError, PublishFailedError
 from schemas import now
 
 
@@ -45,3 +45,17 @@ class Context:
         """Report one failure of a multi-resource request and carry on (the exit code says it failed)."""
         self.err.write(error.render() + "\n")
         self.err.flush()
+
+    def publish_one(
+        self, client: BrokerClient, topic: str, payload: bytes, user_properties: Mapping[str, str] | None = None
+    ) -> bool:
+        """Publish one resource of a multi-resource request (retained, acknowledged). A refusal is reported
+        and the request carries on (False); a broker that does not answer at all ends it (exit 3)."""
+        try:
+            client.publish_retained(topic, payload, user_properties)
+        except PublishFailedError as exc:
+            if exc.timed_out:
+                raise
+            self.fail(exc)
+            return False
+        return True

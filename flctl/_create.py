@@ -17,10 +17,9 @@ from typing import Any
 import yaml
 
 from flctl._context import Context
-from flctl._errors import AlreadyExistsError, InputError, PublishFailedError
+from flctl._errors import AlreadyExistsError, InputError
 from flctl._kinds import for_kind
-from flctl._render import action_line, timestamp
-from flctl._views import CREATED_AT, CREATED_BY, Retained, collect_resources
+from flctl.printers import CREATED_AT, CREATED_BY, Retained, action_line, collect_resources, timestamp
 from schemas import (
     Dataset,
     FederatedLearningJob,
@@ -216,13 +215,8 @@ def create(ctx: Context, paths: Sequence[str]) -> int:
                 continue
             _warn_references(ctx, doc, known)
             stamp = {CREATED_AT: timestamp(ctx.clock()), CREATED_BY: ctx.options.client_id}
-            try:
-                client.publish_retained(topic, doc.payload, stamp)
-            except PublishFailedError as exc:
-                if exc.timed_out:
-                    raise
-                ctx.fail(exc)
+            if ctx.publish_one(client, topic, doc.payload, stamp):
+                ctx.say(action_line(rtype.qualified, doc.name, "created"))
+            else:
                 failures += 1
-                continue
-            ctx.say(action_line(rtype.qualified, doc.name, "created"))
     return 1 if failures else 0

@@ -1,6 +1,6 @@
 """`flctl dataset synth` and `flctl dataset split`: the synthetic magnetic-tile data and per-edge shares.
 
-The generator (`flctl._synth`, numpy and pillow) is imported only when one of these commands runs, so
+The generator (`flctl.synth`, numpy and pillow) is imported only when one of these commands runs, so
 every other command works without it.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flctl._context import Context
 from flctl._errors import DatasetToolError
-from flctl._render import table
+from flctl.printers import table
 
 
 def _unavailable(exc: ImportError) -> DatasetToolError:
@@ -19,7 +19,7 @@ def _unavailable(exc: ImportError) -> DatasetToolError:
 
 def synth(ctx: Context, out: Path, *, scale: float, seed: int, size_range: tuple[int, int] | None) -> int:
     try:
-        from flctl._synth import DEFECT_CLASSES, synthesize
+        from flctl.synth import DEFECT_CLASSES, synthesize
     except ImportError as exc:
         raise _unavailable(exc) from exc
     try:
@@ -45,7 +45,7 @@ def synth(ctx: Context, out: Path, *, scale: float, seed: int, size_range: tuple
 
 def split(ctx: Context, dataset_root: Path, labels: Path, dest: Path) -> int:
     try:
-        from flctl._synth import copy_split
+        from flctl.synth import copy_split
     except ImportError as exc:
         raise _unavailable(exc) from exc
     try:

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from flctl._context import Context
 from flctl._create import load_documents
-from flctl._errors import NotFoundError, PublishFailedError, UsageError
+from flctl._errors import NotFoundError, UsageError
 from flctl._kinds import DATASETS, JOBS, MODELS, ResourceType, for_kind, resolve
-from flctl._render import deleted_line
+from flctl.printers import deleted_line
 
 _ORDER = {JOBS: 0, MODELS: 1, DATASETS: 2}
 
@@ -42,13 +42,8 @@ def delete(ctx: Context, type_word: str | None, names: Sequence[str], files: Seq
                 ctx.fail(NotFoundError(rtype.plural, name))
                 failures += 1
                 continue
-            try:
-                client.publish_retained(topic, b"")
-            except PublishFailedError as exc:
-                if exc.timed_out:
-                    raise
-                ctx.fail(exc)
+            if ctx.publish_one(client, topic, b""):
+                ctx.say(deleted_line(rtype.qualified, name))
+            else:
                 failures += 1
-                continue
-            ctx.say(deleted_line(rtype.qualified, name))
     return 1 if failures else 0

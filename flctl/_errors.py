@@ -49,26 +49,30 @@ def resource_ref(plural: str, name: str) -> str:
     return f'{plural} "{name}"'
 
 
-class NotFoundError(FlctlError):
+class _ResourceRefusedError(FlctlError):
+    """kubectl's ``Error from server (<Reason>): <plural> "<name>" <what>`` about one named resource."""
+
+    #: The end of the message, after the resource: "not found", "already exists".
+    what = ""
+
+    def __init__(self, plural: str, name: str) -> None:
+        self.plural = plural
+        self.name = name
+        super().__init__(f"{resource_ref(plural, name)} {self.what}")
+
+
+class NotFoundError(_ResourceRefusedError):
     """No retained spec under this name: ``Error from server (NotFound): datasets "x" not found``."""
 
     prefix = "Error from server (NotFound): "
-
-    def __init__(self, plural: str, name: str) -> None:
-        self.plural = plural
-        self.name = name
-        super().__init__(f"{resource_ref(plural, name)} not found")
+    what = "not found"
 
 
-class AlreadyExistsError(FlctlError):
+class AlreadyExistsError(_ResourceRefusedError):
     """A different spec is retained under this name; `flctl delete` it first."""
 
     prefix = "Error from server (AlreadyExists): "
-
-    def __init__(self, plural: str, name: str) -> None:
-        self.plural = plural
-        self.name = name
-        super().__init__(f"{resource_ref(plural, name)} already exists")
+    what = "already exists"
 
 
 class DatasetToolError(FlctlError):

@@ -1,8 +1,8 @@
-"""`flctl get` (with `--watch`) and `flctl describe`: read the retained topics, render them.
+"""`flctl get` (with `--watch`) and `flctl describe`: read the retained topics, print them.
 
 Reading is: subscribe to the spec and status topics of the type (or of the named resources only),
-wait for the broker's retained messages with a barrier, decode (`_views`), render (`_render`,
-`_describe`). A watch keeps the session open and re-renders whenever a payload changes.
+wait for the broker's retained messages with a barrier, then decode and print (`flctl.printers`).
+A watch keeps the session open and prints again whenever the output changes.
 """
 
 from __future__ import annotations
@@ -11,31 +11,26 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from flctl._client import BrokerClient
 from flctl._context import Context
-from flctl._describe import describe_job, describe_node, describe_resource
 from flctl._errors import FlctlError, NotFoundError, resource_ref
 from flctl._kinds import DATASETS, JOBS, MODELS, NODES, ResourceType, resolve
-from flctl._render import datasets_table, dump, jobs_table, models_table, nodes_table
-from flctl._views import (
+from flctl.printers import (
     JobView,
     NodeView,
-    ResourceView,
     Retained,
+    View,
     collect_jobs,
     collect_nodes,
     collect_resources,
-    job_document,
-    list_document,
-    node_document,
-    resource_document,
+    describe_job,
+    describe_node,
+    describe_resource,
+    render_views,
 )
 from schemas import Kind, Topics
 
-OUTPUTS = ("wide", "json", "yaml", "name")
-View = JobView | ResourceView | NodeView
 # Renders for change detection use a fixed "now": every age becomes the same placeholder.
 _NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 _WATCH_SLICE = 1.0
@@ -72,37 +67,6 @@ def _select(views: list[View], names: Sequence[str]) -> tuple[list[View], list[s
     return found, [n for n in dict.fromkeys(names) if n not in by_name]
 
 
-# -- rendering -------------------------------------------------------------------------------------
-
-
-def _document(view: View) -> dict[str, Any]:
-    if isinstance(view, JobView):
-        return job_document(view)
-    if isinstance(view, ResourceView):
-        return resource_document(view)
-    return node_document(view)
-
-
-def render(
-    rtype: ResourceType, views: Sequence[View], output: str | None, now: datetime, *, single: bool = False
-) -> str:
-    """The text `get` prints for these views (`single`: one named resource, printed without a List)."""
-    if output in ("json", "yaml"):
-        docs = [_document(v) for v in views]
-        return dump(docs[0] if single and len(docs) == 1 else list_document(docs), output)
-    if output == "name":
-        return "\n".join(f"{rtype.qualified}/{v.name}" for v in views)
-    wide = output == "wide"
-    if rtype is JOBS:
-        return jobs_table([v for v in views if isinstance(v, JobView)], now, wide=wide)
-    if rtype is NODES:
-        return nodes_table([v for v in views if isinstance(v, NodeView)], now, wide=wide)
-    resources = [v for v in views if isinstance(v, ResourceView)]
-    if rtype is DATASETS:
-        return datasets_table(resources, now, wide=wide)
-    return models_table(resources, now, wide=wide)
-
-
 # -- get -------------------------------------------------------------------------------------------
 
 
@@ -125,7 +89,7 @@ def get(ctx: Context, request: GetRequest) -> int:
             ctx.fail(NotFoundError(rtype.plural, name))
         single = len(names) == 1
         if found:
-            ctx.say(render(rtype, found, request.output, ctx.clock(), single=single))
+            ctx.say(render_views(rtype, found, request.output, ctx.clock(), single=single))
         elif not names:
             ctx.note("No resources found.")
         if not request.watch or (names and not found):
@@ -149,7 +113,7 @@ def _finished(rtype: ResourceType, views: Sequence[View], names: Sequence[str]) 
 def _watch(ctx: Context, client: BrokerClient, rtype: ResourceType, request: GetRequest, shown: list[View]) -> int:
     names = request.names
     single = len(names) == 1
-    last = render(rtype, shown, request.output, _NO_TIME, single=single)
+    last = render_views(rtype, shown, request.output, _NO_TIME, single=single)
     if _finished(rtype, shown, names):
         return 0
     deadline = None if request.watch_timeout is None else time.monotonic() + request.watch_timeout
@@ -164,10 +128,10 @@ def _watch(ctx: Context, client: BrokerClient, rtype: ResourceType, request: Get
             gone = [n for n in names if n not in {v.name for v in views}]
             if names and gone:
                 raise FlctlError(f"{resource_ref(rtype.plural, gone[0])} was deleted while being watched")
-            current = render(rtype, views, request.output, _NO_TIME, single=single)
+            current = render_views(rtype, views, request.output, _NO_TIME, single=single)
             if current != last:
                 last, shown = current, views
-                text = render(rtype, views, request.output, ctx.clock(), single=single)
+                text = render_views(rtype, views, request.output, ctx.clock(), single=single)
                 ctx.say("\n" + text if text else "\nNo resources found.")
             if _finished(rtype, views, names):
                 return 0

@@ -28,15 +28,16 @@ from broker import (
     node_config_from,
     port_number,
 )
-from flctl import __version__
 from flctl._client import BrokerOptions, default_client_id
 from flctl._context import Context
 from flctl._create import create
 from flctl._dataset import split, synth
 from flctl._delete import delete
 from flctl._errors import EXIT_USAGE, FlctlError, InputError, UsageError
-from flctl._get import OUTPUTS, GetRequest, describe, get
-from flctl._provision import provision
+from flctl._get import GetRequest, describe, get
+from flctl._version import __version__
+from flctl.printers import OUTPUTS
+from flctl.provision import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, provision
 from schemas import API_VERSION, TopicError, Topics
 
 # Where flctl finds a node config when --config is not given: its own variable first, then the services'.
@@ -46,6 +47,8 @@ _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _TYPES_HELP = "federatedlearningjobs (fl), datasets (ds), models, nodes"
 
 Handler = Callable[[Context, argparse.Namespace], int]
+
+__all__ = ["broker_options", "build_parser", "main"]
 
 
 # -- option types ----------------------------------------------------------------------------------
@@ -148,12 +151,18 @@ def _add_broker_init(p: argparse.ArgumentParser) -> None:
         help="the broker's name or address as nodes reach it (repeatable; the first goes into every node.yaml; "
         "the server certificate also names localhost and 127.0.0.1)",
     )
-    s.add_argument("--port", dest="tls_port", type=port_number, default=8883, help="TLS listener port (default 8883)")
+    s.add_argument(
+        "--port",
+        dest="tls_port",
+        type=port_number,
+        default=DEFAULT_TLS_PORT,
+        help=f"TLS listener port (default {DEFAULT_TLS_PORT})",
+    )
     s.add_argument(
         "--plain-port",
         type=port_number,
-        default=1883,
-        help="plain listener on 127.0.0.1, for local tools (default 1883)",
+        default=DEFAULT_PLAIN_PORT,
+        help=f"plain listener on 127.0.0.1, for local tools (default {DEFAULT_PLAIN_PORT})",
     )
     s.add_argument("--bind", metavar="ADDR", help="address of the TLS listener (default: every interface)")
     s.add_argument(

@@ -48,7 +48,7 @@ from schemas._tensors import (
     read_header,
     weights_digest,
 )
-from schemas._topics import Channel, Kind, ParsedTopic, Topics, check_name
+from schemas._topics import AclPattern, Channel, Kind, ParsedTopic, Topics, check_name
 from schemas._wire import (
     DatasetRef,
     JobPlan,
@@ -69,6 +69,7 @@ __all__ = [
     "DEFAULT_CODE_ROOT",
     "MAX_EVENTS",
     "MAX_NUM_SAMPLES",
+    "AclPattern",
     "BaseConfig",
     "Channel",
     "Condition",

@@ -16,7 +16,8 @@ by plural kind and name; a job's runtime traffic lives under the job's own path,
     fl/clients/<client>/sync                                a client's own barrier topic
 
 The node name is a whole topic level wherever a node publishes, so broker ACLs can key on it
-(``pattern write fl/federatedlearningjobs/+/rounds/+/updates/%u/#``).
+(``pattern write fl/federatedlearningjobs/+/rounds/+/updates/%u/#``): the builders of one node's (or
+client's) topics and filters take `AclPattern.USERNAME` in place of the name for such ACL lines.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 from schemas._errors import TopicError
 
@@ -72,6 +73,18 @@ def check_name(value: str, what: str = "name") -> str:
             "starting and ending with a letter or digit, at most 253 characters"
         )
     return value
+
+
+class AclPattern(Enum):
+    """A Mosquitto ACL placeholder that stands for one whole topic level in a `pattern` line.
+
+    The builders of one node's (or client's) topics and filters accept it where they take the name, so
+    the broker's ACL spells the topic layout through this module too. Deliberately not a `str`: a name
+    is still checked strictly, and the string ``"%u"`` is refused like any other invalid name.
+    """
+
+    #: ``%u``: the connecting client's username (brokers from `flctl broker init` key every node on it).
+    USERNAME = "%u"
 
 
 class Channel(StrEnum):
@@ -149,13 +162,11 @@ class Topics:
     def ack(self, job: str, round_: int, node: str) -> str:
         return self._build(*self._round(job, round_), "acks", _name(node))
 
-    def node_status(self, node: str) -> str:
-        return self._build("nodes", _name(node), "status")
+    def node_status(self, node: str | AclPattern) -> str:
+        return self._build("nodes", _node(node), "status")
 
     def sync(self, client_id: str) -> str:
-        if not _CLIENT_RE.fullmatch(client_id):
-            raise TopicError(client_id, "client id must be 1-128 of [A-Za-z0-9_.:-]")
-        return self._build("clients", client_id, "sync")
+        return self._build("clients", _client(client_id), "sync")
 
     # -- subscription filters ------------------------------------------------------------------
 
@@ -171,12 +182,16 @@ class Topics:
     def all_worker_statuses(self) -> str:
         return self._build(Kind.JOB.value, "+", "workers", "+", "status")
 
-    def worker_statuses_of(self, node: str) -> str:
+    def worker_statuses_of(self, node: str | AclPattern) -> str:
         """One node's worker status in every job."""
-        return self._build(Kind.JOB.value, "+", "workers", _name(node), "status")
+        return self._build(Kind.JOB.value, "+", "workers", _node(node), "status")
 
     def all_updates(self) -> str:
         return self._build(Kind.JOB.value, "+", "rounds", "+", "updates", "#")
+
+    def updates_of(self, node: str | AclPattern) -> str:
+        """One node's updates (manifests and chunks) in every job and round."""
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "updates", _node(node), "#")
 
     def all_globals(self) -> str:
         return self._build(Kind.JOB.value, "+", "rounds", "+", "global", "#")
@@ -184,8 +199,8 @@ class Topics:
     def job_globals(self, job: str) -> str:
         return self._build(Kind.JOB.value, _name(job), "rounds", "+", "global", "#")
 
-    def acks_for(self, node: str) -> str:
-        return self._build(Kind.JOB.value, "+", "rounds", "+", "acks", _name(node))
+    def acks_for(self, node: str | AclPattern) -> str:
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "acks", _node(node))
 
     def all_node_statuses(self) -> str:
         return self._build("nodes", "+", "status")
@@ -193,6 +208,10 @@ class Topics:
     def job_tree(self, job: str) -> str:
         """Everything of one job: what `mosquitto_sub` needs to watch or a delete needs to clear."""
         return self._build(Kind.JOB.value, _name(job), "#")
+
+    def client_tree(self, client_id: str | AclPattern) -> str:
+        """Everything under one client's own level (its sync topic): what the ACL lets that client use."""
+        return self._build("clients", _client(client_id), "#")
 
     def everything(self) -> str:
         return self._build("#")
@@ -233,6 +252,19 @@ def _name(value: str) -> str:
         return check_name(value)
     except ValueError as exc:
         raise TopicError(value, str(exc)) from exc
+
+
+def _node(value: str | AclPattern) -> str:
+    """A node level: a checked name, or an ACL placeholder (only ever as the explicit `AclPattern`)."""
+    return value.value if isinstance(value, AclPattern) else _name(value)
+
+
+def _client(value: str | AclPattern) -> str:
+    if isinstance(value, AclPattern):
+        return value.value
+    if not _CLIENT_RE.fullmatch(value):
+        raise TopicError(value, "client id must be 1-128 of [A-Za-z0-9_.:-]")
+    return value
 
 
 def _index(index: int) -> str:

@@ -26,10 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from flctl import FlctlError
 from flctl import cli as flctl_cli
-from flctl._cluster import LocalCluster
-from flctl._errors import FlctlError
-from flctl._synth import copy_split, synthesize
+from flctl.cluster import LocalCluster
+from flctl.synth import copy_split, synthesize
 from runtime import configure_logging
 from schemas import JobStatus, Phase, WorkerState
 

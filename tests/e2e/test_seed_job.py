@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from flctl import cli as flctl_cli
-from flctl._cluster import LocalCluster
-from flctl._synth import copy_split, synthesize
+from flctl.cluster import LocalCluster
+from flctl.synth import copy_split, synthesize
 from schemas import Channel, Kind, Phase, Topics, TransferManifest
 from tests.helpers.capture import Capture
 

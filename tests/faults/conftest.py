@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from flctl import cli as flctl_cli
-from flctl._cluster import LocalCluster
+from flctl.cluster import LocalCluster
 from schemas import Channel, JobStatus, Phase, Topics, TransferManifest, decode_weights
 from tests.helpers.capture import Capture
 from tests.helpers.proxy import FlakyProxy

@@ -13,7 +13,7 @@ import pytest
 
 from broker import Inbound, MqttSettings, Session, load_node_config
 from broker.mosquitto import LocalBroker
-from flctl._provision import Provisioned, provision
+from flctl.provision import Provisioned, provision
 from tests.helpers.mqtt import TEST_RECONNECT_MAX, TEST_RECONNECT_MIN, free_port
 
 NODES = ["cloud0", "edge1", "edge2"]

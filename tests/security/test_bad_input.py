@@ -31,7 +31,7 @@ import pytest
 
 from broker import Session
 from flctl import cli as flctl_cli
-from flctl._cluster import LocalCluster
+from flctl.cluster import LocalCluster
 from schemas import JobStatus, Kind, Phase, Topics, TransferManifest, decode_weights, encode_weights
 from tests.faults.conftest import SCRIPTS, job_yaml, reassemble, samples_of
 from tests.helpers.capture import Capture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flctl import cli as flctl_cli
-from flctl._cluster import LocalCluster
+from flctl.cluster import LocalCluster
 from schemas import Phase
 from tests.e2e.test_seed_job import EDGES, EXAMPLE, JOB, lay_out_nodes
 

@@ -18,7 +18,7 @@ from edge_trainer._data import (
     read_label_file,
 )
 from edge_trainer._errors import DatasetError, EdgeTrainerError
-from flctl._synth import SynthReport, synthesize
+from flctl.synth import SynthReport, synthesize
 
 SIZE = (32, 48)  # small images: the whole module runs in about a second
 

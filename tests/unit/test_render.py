@@ -1,4 +1,4 @@
-"""flctl's rendering: kubectl-style tables and ages, the job columns, describe text (pure functions)."""
+"""flctl's printers: kubectl-style tables and ages, the job columns, describe text (pure functions)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from flctl._describe import describe_job
-from flctl._render import (
+from flctl.printers import (
+    CREATED_AT,
+    JobView,
+    Retained,
     age,
+    decode_spec,
+    describe_job,
+    document,
     human_duration,
     jobs_table,
     round_column,
@@ -17,7 +22,6 @@ from flctl._render import (
     worker_states,
     workers_column,
 )
-from flctl._views import CREATED_AT, JobView, Retained, decode_spec
 from schemas import (
     Condition,
     ConditionType,
@@ -216,3 +220,37 @@ def test_describe_job_has_every_section() -> None:
     ):
         assert expected in text.splitlines(), expected
     assert text.index("Rounds:") < text.index("Spec:") < text.index("Events:")
+
+
+def alias_bomb(levels: int = 9, width: int = 10) -> bytes:
+    """A job whose spec is a few hundred bytes and, with its aliases expanded, width**levels nodes."""
+    lines = [f"  l0: &l0 [{', '.join(['x'] * width)}]"]
+    lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    header = f"apiVersion: sedna.io/v1alpha1\nkind: FederatedLearningJob\nmetadata:\n  name: {JOB}\nspec:\n"
+    return (header + "\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.timeout(30)
+def test_a_retained_alias_bomb_is_unreadable_with_the_reason() -> None:
+    """A retained spec that expands past the YAML node limit keeps no data and every printer says why."""
+    topic = Topics().spec(Kind.JOB, JOB)
+    spec = decode_spec(topic, Kind.JOB, JOB, Retained(alias_bomb()))
+    view = JobView(JOB, spec, None)
+
+    assert spec.data is None and spec.resource is None
+    assert spec.error is not None and "alias bomb" in spec.error
+    assert f"Spec:  invalid: topic {topic}: expands to more than" in describe_job(view, NOW)
+    doc = document(view)
+    assert doc["metadata"] == {"name": JOB} and doc["x-flctl"]["specError"] == spec.error
+
+
+def test_a_retained_spec_over_the_size_limit_is_unreadable_with_the_reason() -> None:
+    """A retained spec over the document byte limit is not parsed; the job still lists, as Pending."""
+    topic = Topics().spec(Kind.JOB, JOB)
+    payload = JOB_YAML + b"#" * (1 << 20)
+    spec = decode_spec(topic, Kind.JOB, JOB, Retained(payload))
+    view = JobView(JOB, spec, None)
+
+    assert spec.data is None and spec.resource is None
+    assert spec.error == f"topic {topic}: {len(payload)} bytes is over the {1 << 20}-byte limit"
+    assert jobs_table([view], NOW).splitlines()[1].split()[:2] == [JOB, "Pending"]

@@ -1,4 +1,4 @@
-"""The synthetic magnetic-tile dataset generator and the per-edge split copier (flctl._synth)."""
+"""The synthetic magnetic-tile dataset generator and the per-edge split copier (flctl.synth)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flctl._synth import (
+from flctl.synth import (
     CLASS_COUNTS,
     DATASET_DIRNAME,
+    DEFAULT_CONTRAST,
     DEFECT_CLASSES,
     SPLIT_FILES,
     SynthReport,
@@ -95,6 +96,33 @@ def test_different_seeds_give_different_datasets(tmp_path: Path) -> None:
     a = synthesize(tmp_path / "a", scale=0.03, seed=5, size_range=SIZE)
     b = synthesize(tmp_path / "b", scale=0.03, seed=6, size_range=SIZE)
     assert a.label_file("1.txt").read_text() != b.label_file("1.txt").read_text()
+
+
+def test_contrast_changes_only_the_defects(tmp_path: Path) -> None:
+    """The contrast scales the defects alone: same files, splits and defect-free tiles, other defect pixels."""
+    default = synthesize(tmp_path / "default", scale=0.03, seed=5, size_range=SIZE)
+    explicit = synthesize(tmp_path / "explicit", scale=0.03, seed=5, size_range=SIZE, contrast=DEFAULT_CONTRAST)
+    strong = synthesize(tmp_path / "strong", scale=0.03, seed=5, size_range=SIZE, contrast=1.0)
+    assert default.contrast == DEFAULT_CONTRAST and strong.contrast == 1.0
+    for name in SPLIT_FILES:
+        assert default.label_file(name).read_bytes() == strong.label_file(name).read_bytes()
+    for path in default.files:
+        rel = path.relative_to(default.out_dir)
+        assert path.read_bytes() == (explicit.out_dir / rel).read_bytes()
+        if path.suffix == ".jpg" and rel.parts[1] == "MT_Free":
+            assert path.read_bytes() == (strong.out_dir / rel).read_bytes()
+    defect_images = [
+        p.relative_to(default.out_dir) for p in default.files if p.suffix == ".jpg" and p.parts[-3] != "MT_Free"
+    ]
+    assert any((default.out_dir / rel).read_bytes() != (strong.out_dir / rel).read_bytes() for rel in defect_images)
+
+
+@pytest.mark.parametrize("contrast", [-0.1, float("nan"), float("inf")])
+def test_rejects_a_bad_contrast(tmp_path: Path, contrast: float) -> None:
+    """A negative or non-finite contrast raises ValueError before anything is written."""
+    with pytest.raises(ValueError, match="contrast"):
+        synthesize(tmp_path / "out", contrast=contrast)
+    assert not (tmp_path / "out").exists()
 
 
 def test_masks_are_zero_for_free_tiles_and_mark_defects(synth: SynthReport) -> None:

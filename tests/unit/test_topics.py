@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import Channel, Kind, ParsedTopic, TopicError, Topics, check_name
+from schemas import AclPattern, Channel, Kind, ParsedTopic, TopicError, Topics, check_name
 
 JOB = "surface-defect-detection"
 JOBS = f"fl/federatedlearningjobs/{JOB}"
@@ -519,6 +519,101 @@ def test_acl_pattern_lets_a_node_write_only_its_own_updates() -> None:
     # Assert
     assert all(matches(acl, topic) for topic in own)
     assert not any(matches(acl, topic) for topic in other)
+
+
+def test_one_node_filters_have_documented_levels() -> None:
+    """updates_of and client_tree name one node's (client's) level and end in the multi-level wildcard."""
+    # Arrange
+    t = Topics()
+
+    # Act
+    filters = {"updates_of": t.updates_of("edge1"), "client_tree": t.client_tree("flctl-ann-42")}
+
+    # Assert
+    assert filters == {
+        "updates_of": "fl/federatedlearningjobs/+/rounds/+/updates/edge1/#",
+        "client_tree": "fl/clients/flctl-ann-42/#",
+    }
+
+
+def test_one_node_filters_match_exactly_that_nodes_topics() -> None:
+    """updates_of(edge1) matches edge1's update manifests and chunks only; client_tree its sync topic only."""
+    # Arrange
+    t = Topics()
+    own = [t.update_manifest(JOB, 1, "edge1", TRANSFER), t.update_chunk(JOB, 7, "edge1", TRANSFER, 4)]
+    others = [
+        t.update_manifest(JOB, 1, "edge2", TRANSFER),
+        t.ack(JOB, 1, "edge1"),
+        t.worker_status(JOB, "edge1"),
+        t.sync("edge1"),
+    ]
+
+    # Act
+    updates = t.updates_of("edge1")
+
+    # Assert
+    assert all(matches(updates, topic) for topic in own)
+    assert not any(matches(updates, topic) for topic in others)
+    assert matches(t.client_tree("edge1"), t.sync("edge1"))
+    assert not matches(t.client_tree("edge1"), t.sync("edge2"))
+
+
+#: Every builder of one node's (or client's) topic or filter: the ones an ACL `pattern` line needs.
+ONE_NODE_BUILDERS: list[Callable[[Topics, Any], str]] = [
+    Topics.updates_of,
+    Topics.worker_statuses_of,
+    Topics.node_status,
+    Topics.acks_for,
+    Topics.client_tree,
+]
+
+
+def test_acl_pattern_stands_for_the_node_level() -> None:
+    """With AclPattern.USERNAME the one-node builders write the broker's `%u` pattern lines."""
+    # Arrange
+    t = Topics("org/fl")
+
+    # Act
+    patterns = [build(t, AclPattern.USERNAME) for build in ONE_NODE_BUILDERS]
+
+    # Assert
+    assert patterns == [
+        "org/fl/federatedlearningjobs/+/rounds/+/updates/%u/#",
+        "org/fl/federatedlearningjobs/+/workers/%u/status",
+        "org/fl/nodes/%u/status",
+        "org/fl/federatedlearningjobs/+/rounds/+/acks/%u",
+        "org/fl/clients/%u/#",
+    ]
+
+
+def test_acl_pattern_with_the_username_covers_exactly_that_nodes_topics() -> None:
+    """Each `%u` pattern, read as the broker does for user edge1, matches edge1's topics and not edge2's."""
+    # Arrange
+    t = Topics()
+    topic_of: list[Callable[[str], str]] = [
+        lambda n: t.update_chunk(JOB, 2, n, TRANSFER, 0),
+        lambda n: t.worker_status(JOB, n),
+        t.node_status,
+        lambda n: t.ack(JOB, 2, n),
+        t.sync,
+    ]
+
+    # Act
+    for_edge1 = [build(t, AclPattern.USERNAME).replace("%u", "edge1") for build in ONE_NODE_BUILDERS]
+
+    # Assert
+    assert all(matches(acl, topic("edge1")) for acl, topic in zip(for_edge1, topic_of, strict=True))
+    assert not any(matches(acl, topic("edge2")) for acl, topic in zip(for_edge1, topic_of, strict=True))
+
+
+@pytest.mark.parametrize("placeholder", ["%u", "%c", "+", "#"])
+@pytest.mark.parametrize("build", ONE_NODE_BUILDERS, ids=lambda build: build.__name__)
+def test_acl_placeholder_as_a_string_is_refused(build: Callable[[Topics, Any], str], placeholder: str) -> None:
+    """Only the explicit AclPattern stands for a level: the same text as a name is an invalid name."""
+    with pytest.raises(TopicError) as info:
+        build(Topics(), placeholder)
+
+    assert info.value.topic == placeholder
 
 
 # -- properties --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Everything flctl prints, as pure functions of decoded views and the current time.
+"""kubectl-style tables, ages, cells and result lines, as pure functions of decoded views and the time.
 
 Tables look like kubectl's: upper-case headers, columns separated by at least three spaces, the
 last column not padded, ages in kubectl's short human form (``45s``, ``3m10s``, ``2h``, ``4d``).
@@ -6,14 +6,11 @@ last column not padded, ages in kubectl's short human form (``45s``, ``3m10s``, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import yaml
-
-from flctl._views import JobView, NodeView, ResourceView
+from flctl.printers._views import JobView, NodeView, ResourceView
 from schemas import Dataset, JobStatus, Model, WorkerState
 
 GAP = "   "
@@ -22,6 +19,11 @@ UNKNOWN = "<unknown>"
 UNHEALTHY = (WorkerState.FAILED, WorkerState.OFFLINE)
 
 # -- primitives ------------------------------------------------------------------------------------
+
+
+def _two_units(big: int, big_unit: str, small: int, small_unit: str) -> str:
+    """`3m10s`, or `3m` when the smaller unit is zero (kubectl drops a zero remainder)."""
+    return f"{big}{big_unit}{small}{small_unit}" if small else f"{big}{big_unit}"
 
 
 def human_duration(delta: timedelta) -> str:  # noqa: PLR0911 - one return per kubectl age band
@@ -35,25 +37,21 @@ def human_duration(delta: timedelta) -> str:  # noqa: PLR0911 - one return per k
         return f"{seconds}s"
     minutes = seconds // 60
     if minutes < 10:
-        rest = seconds % 60
-        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
+        return _two_units(minutes, "m", seconds % 60, "s")
     if minutes < 60 * 3:
         return f"{minutes}m"
     hours = minutes // 60
     if hours < 8:
-        rest = minutes % 60
-        return f"{hours}h{rest}m" if rest else f"{hours}h"
+        return _two_units(hours, "h", minutes % 60, "m")
     if hours < 48:
         return f"{hours}h"
     if hours < 24 * 8:
-        rest = hours % 24
-        return f"{hours // 24}d{rest}h" if rest else f"{hours // 24}d"
+        return _two_units(hours // 24, "d", hours % 24, "h")
     if hours < 24 * 365 * 2:
         return f"{hours // 24}d"
     if hours < 24 * 365 * 8:
         days = hours // 24
-        rest = days % 365
-        return f"{days // 365}y{rest}d" if rest else f"{days // 365}y"
+        return _two_units(days // 365, "y", days % 365, "d")
     return f"{hours // 24 // 365}y"
 
 
@@ -87,14 +85,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "
         padded = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
         lines.append(indent + GAP.join([*padded, row[-1]]).rstrip())
     return "\n".join(lines)
-
-
-def dump(document: Any, output: str) -> str:
-    """`-o json` (indented, like kubectl) or `-o yaml` (block style, keys in document order)."""
-    if output == "json":
-        return json.dumps(document, indent=4, ensure_ascii=False)
-    text: str = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    return text.rstrip("\n")
 
 
 # -- job columns -----------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from flctl._render import NONE, age, cell, round_column, table, timestamp, workers_column
-from flctl._views import JobView, NodeView, ResourceView, SpecView
-from schemas import Dataset, EffectiveWorker, FederatedLearningJob, Model
+from flctl.printers._tables import NONE, age, cell, round_column, table, timestamp, workers_column
+from flctl.printers._views import JobView, NodeView, ResourceView, SpecView
+from schemas import API_VERSION, Dataset, EffectiveWorker, FederatedLearningJob, Model
 
 INDENT = "  "
 
@@ -40,7 +40,7 @@ def _metadata(spec: SpecView, now: datetime) -> list[tuple[str, str]]:
         ("Name", spec.name),
         ("Namespace", namespace),
         ("Kind", spec.kind.kind),
-        ("API Version", "sedna.io/v1alpha1"),
+        ("API Version", API_VERSION),
     ]
     if spec.resource is not None and spec.resource.metadata.labels:
         pairs.append(("Labels", ", ".join(f"{k}={v}" for k, v in spec.resource.metadata.labels.items())))

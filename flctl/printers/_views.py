@@ -1,19 +1,18 @@
-"""What the retained topics say about each resource, decoded once for the renderers (pure, no I/O).
+"""What the retained topics say about each resource, decoded once for the printers (pure, no I/O).
 
 A resource exists when its spec is retained on ``<prefix>/<kind>/<name>/spec`` (the spec topic is the
 API object, as in Kubernetes); a status without a spec is a leftover the controller has not cleared
 yet and is not shown. Payloads that do not decode are kept with the reason, never dropped silently.
+Specs are read through `schemas`' YAML limits (size, aliases, depth) like everywhere else.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-import yaml
 from pydantic import ValidationError
 
 from schemas import (
@@ -26,8 +25,10 @@ from schemas import (
     Resource,
     ResourceStatus,
     SchemaError,
+    SpecError,
     TopicError,
     Topics,
+    load_yaml_documents,
     parse_for_topic,
 )
 
@@ -37,6 +38,9 @@ CREATED_AT = "created-at"
 CREATED_BY = "created-by"
 
 NO_STATUS_MESSAGE = "no status from the controller yet"
+
+_Status = TypeVar("_Status", JobStatus, ResourceStatus)
+_View = TypeVar("_View")
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,27 @@ class SpecView:
 
 
 @dataclass(frozen=True)
-class JobView:
+class _ObjectView(Generic[_Status]):
+    """A resource with a spec (a job, a Dataset, a Model) and the controller's status of it, if any."""
+
     name: str
     spec: SpecView
-    status: JobStatus | None
+    status: _Status | None
     status_error: str | None = None
+
+    @property
+    def message(self) -> str:
+        """The controller's message, or why its status cannot be read, or that there is none yet."""
+        if self.status is not None:
+            return self.status.message
+        if self.status_error is not None:
+            return f"unreadable status: {self.status_error}"
+        return NO_STATUS_MESSAGE
+
+
+@dataclass(frozen=True)
+class JobView(_ObjectView[JobStatus]):
+    """A FederatedLearningJob with its JobStatus."""
 
     @property
     def job(self) -> FederatedLearningJob | None:
@@ -75,14 +95,6 @@ class JobView:
     @property
     def phase(self) -> Phase:
         return self.status.phase if self.status is not None else Phase.PENDING
-
-    @property
-    def message(self) -> str:
-        if self.status is not None:
-            return self.status.message
-        if self.status_error is not None:
-            return f"unreadable status: {self.status_error}"
-        return NO_STATUS_MESSAGE
 
     @property
     def participants(self) -> int | None:
@@ -102,27 +114,14 @@ class JobView:
 
 
 @dataclass(frozen=True)
-class ResourceView:
+class ResourceView(_ObjectView[ResourceStatus]):
     """A Dataset or a Model with the controller's verdict on it."""
-
-    name: str
-    spec: SpecView
-    status: ResourceStatus | None
-    status_error: str | None = None
 
     @property
     def valid(self) -> str:
         if self.status is None:
             return "Unknown"
         return "True" if self.status.valid else "False"
-
-    @property
-    def message(self) -> str:
-        if self.status is not None:
-            return self.status.message
-        if self.status_error is not None:
-            return f"unreadable status: {self.status_error}"
-        return NO_STATUS_MESSAGE
 
 
 @dataclass(frozen=True)
@@ -148,17 +147,25 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def decode_spec(topic: str, kind: Kind, name: str, retained: Retained) -> SpecView:
-    """Decode a retained spec the way the controller does (`schemas.parse_for_topic`)."""
-    try:
-        data: Any = yaml.safe_load(retained.payload)
-    except yaml.YAMLError:
-        data = None
+    """Decode a retained spec the way the controller does (`schemas.parse_for_topic`).
+
+    The data goes through the same limits as every other document (`schemas.load_yaml_documents`):
+    a payload over the size, alias or depth limits, or not YAML at all, has no data and says why in
+    `error`, so no printer expands an alias bomb.
+    """
+    data: Any = None
     resource: Resource | None = None
     error: str | None = None
     try:
-        resource = parse_for_topic(retained.payload, topic, kind, name)
-    except SchemaError as exc:
+        docs = load_yaml_documents(retained.payload, f"topic {topic}")
+    except SpecError as exc:
         error = str(exc)
+    else:
+        data = docs[0] if len(docs) == 1 else None
+        try:
+            resource = parse_for_topic(retained.payload, topic, kind, name)
+        except SchemaError as exc:
+            error = str(exc)
     created = _parse_time(retained.user_properties.get(CREATED_AT))
     if created is None and isinstance(data, dict) and isinstance(data.get("metadata"), dict):
         created = _parse_time(data["metadata"].get("creationTimestamp"))
@@ -192,22 +199,14 @@ def _decode_json(
         return None, f"{where}: {first.get('msg', 'invalid')}"
 
 
-def collect_jobs(topics: Topics, retained: Mapping[str, Retained]) -> list[JobView]:
-    """Every job with a retained spec, by name."""
-    found = _by_channel(topics, retained, Kind.JOB)
-    views = []
-    for (channel, name), (topic, message) in sorted(found.items(), key=lambda item: item[0][1]):
-        if channel is not Channel.SPEC:
-            continue
-        spec = decode_spec(topic, Kind.JOB, name, message)
-        status_msg = found.get((Channel.STATUS, name))
-        status, error = _decode_json(JobStatus, status_msg[1].payload) if status_msg else (None, None)
-        views.append(JobView(name, spec, status, error))
-    return views
-
-
-def collect_resources(topics: Topics, kind: Kind, retained: Mapping[str, Retained]) -> list[ResourceView]:
-    """Every Dataset (or Model) with a retained spec, by name."""
+def _spec_views(
+    topics: Topics,
+    retained: Mapping[str, Retained],
+    kind: Kind,
+    status_model: type[_Status],
+    view: Callable[[str, SpecView, _Status | None, str | None], _View],
+) -> list[_View]:
+    """One view per retained spec of `kind`, by name, each with its status (or why it cannot be read)."""
     found = _by_channel(topics, retained, kind)
     views = []
     for (channel, name), (topic, message) in sorted(found.items(), key=lambda item: item[0][1]):
@@ -215,9 +214,19 @@ def collect_resources(topics: Topics, kind: Kind, retained: Mapping[str, Retaine
             continue
         spec = decode_spec(topic, kind, name, message)
         status_msg = found.get((Channel.STATUS, name))
-        status, error = _decode_json(ResourceStatus, status_msg[1].payload) if status_msg else (None, None)
-        views.append(ResourceView(name, spec, status, error))
+        status, error = _decode_json(status_model, status_msg[1].payload) if status_msg else (None, None)
+        views.append(view(name, spec, status, error))
     return views
+
+
+def collect_jobs(topics: Topics, retained: Mapping[str, Retained]) -> list[JobView]:
+    """Every job with a retained spec, by name."""
+    return _spec_views(topics, retained, Kind.JOB, JobStatus, JobView)
+
+
+def collect_resources(topics: Topics, kind: Kind, retained: Mapping[str, Retained]) -> list[ResourceView]:
+    """Every Dataset (or Model) with a retained spec, by name."""
+    return _spec_views(topics, retained, kind, ResourceStatus, ResourceView)
 
 
 def collect_nodes(topics: Topics, retained: Mapping[str, Retained]) -> list[NodeView]:
@@ -230,47 +239,5 @@ def collect_nodes(topics: Topics, retained: Mapping[str, Retained]) -> list[Node
     return views
 
 
-# -- documents for -o json / -o yaml ----------------------------------------------------------------
-
-
-def _spec_document(spec: SpecView) -> dict[str, Any]:
-    if isinstance(spec.data, dict):
-        doc: dict[str, Any] = json.loads(json.dumps(spec.data, default=str))  # deep copy, JSON-safe
-    else:
-        doc = {"apiVersion": "sedna.io/v1alpha1", "kind": spec.kind.kind, "metadata": {"name": spec.name}}
-    metadata = doc.setdefault("metadata", {})
-    if isinstance(metadata, dict) and spec.created is not None:
-        metadata.setdefault("creationTimestamp", spec.created.isoformat().replace("+00:00", "Z"))
-    if spec.error is not None:
-        doc.setdefault("x-flctl", {})["specError"] = spec.error
-    return doc
-
-
-def _status_json(status: JobStatus | ResourceStatus | NodeStatus) -> dict[str, Any]:
-    dumped: dict[str, Any] = status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return dumped
-
-
-def job_document(view: JobView) -> dict[str, Any]:
-    doc = _spec_document(view.spec)
-    if view.status is not None:
-        doc["status"] = _status_json(view.status)
-    return doc
-
-
-def resource_document(view: ResourceView) -> dict[str, Any]:
-    doc = _spec_document(view.spec)
-    if view.status is not None:
-        doc["status"] = _status_json(view.status)
-    return doc
-
-
-def node_document(view: NodeView) -> dict[str, Any]:
-    doc: dict[str, Any] = {"kind": "Node", "metadata": {"name": view.name}}
-    if view.status is not None:
-        doc["status"] = _status_json(view.status)
-    return doc
-
-
-def list_document(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "List", "items": items}
+#: Any view a printer takes.
+View = JobView | ResourceView | NodeView

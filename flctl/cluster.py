@@ -26,8 +26,10 @@ from pydantic import ValidationError
 from broker import Inbound, MqttSettings, Session, load_node_config
 from broker.mosquitto import BrokerConfig, LocalBroker
 from flctl._errors import FlctlError
-from flctl._provision import Provisioned, provision
+from flctl.provision import Provisioned, provision
 from schemas import JobStatus, Kind, Topics
+
+__all__ = ["ADMIN", "MONITOR", "LocalCluster", "NodeProcess", "free_port"]
 
 # Identities a secure cluster provisions besides its nodes: flctl's, and the one its own watchers use.
 ADMIN = "admin"

@@ -1,0 +1,25 @@
+"""`flctl broker init`: everything a secured deployment needs, in one folder (docs/security.md).
+
+    DIR/broker/mosquitto.conf   allow_anonymous false, password_file, acl_file, use_username_as_clientid,
+                                a TLS listener on --port and a plain listener on 127.0.0.1:--plain-port
+    DIR/broker/passwd           written by `mosquitto_passwd -b` (never hashed here)
+    DIR/broker/acl              per role, keyed on the username
+    DIR/broker/ca.crt, server.crt, server.key
+    DIR/ca/ca.key               the CA key: keep it offline
+    DIR/nodes/<node>/node.yaml, ca.crt [, <node>.crt, <node>.key with --client-certs]
+    DIR/admin/flctl.yaml, ca.crt    the admin (job publisher); more admins: DIR/admin/<name>.yaml
+
+Secrets (keys, passwd, node configs) are 0600, folders 0700. No secret is printed or logged.
+
+    _deployment.py   `provision`: the arguments, then the folder, the broker config and one config per identity
+    _pki.py          the CA and the certificates it issues
+    _acl.py          the ACL, built from `schemas.Topics`
+    _files.py        files created with their final mode; mosquitto's passwd through mosquitto_passwd
+"""
+
+from __future__ import annotations
+
+from flctl.provision._acl import render_acl
+from flctl.provision._deployment import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, Provisioned, provision
+
+__all__ = ["DEFAULT_PLAIN_PORT", "DEFAULT_TLS_PORT", "Provisioned", "provision", "render_acl"]

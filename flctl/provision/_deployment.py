@@ -1,0 +1,231 @@
+"""`provision`: check the arguments, then write the whole deployment folder (PKI, passwd, ACL, configs)."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from broker import BrokerAddress, NodeConfig, NodeTls
+from broker.mosquitto import BrokerConfig, TlsListener, render_config
+from flctl._errors import InputError, UsageError
+from flctl.provision._acl import render_acl
+from flctl.provision._files import PUBLIC, SECRET, mkdir, write, write_passwd
+from flctl.provision._pki import CertificateAuthority
+from schemas import Topics, check_name
+
+DEFAULT_TLS_PORT = 8883
+DEFAULT_PLAIN_PORT = 1883
+_LAYOUT = ("broker", "ca", "nodes", "admin")
+Role = Literal["edge", "aggregator", "admin"]
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """What `provision` wrote: where, for whom, and the broker's settings (no secrets)."""
+
+    out: Path
+    broker_config: BrokerConfig
+    roles: Mapping[str, str]  # identity -> edge | aggregator | admin
+    configs: dict[str, Path] = field(default_factory=dict)  # identity -> its node.yaml / flctl.yaml
+
+    @property
+    def conf_path(self) -> Path:
+        return self.out / "broker" / "mosquitto.conf"
+
+    @property
+    def tls_port(self) -> int:
+        assert self.broker_config.tls is not None
+        return self.broker_config.tls.port
+
+    @property
+    def plain_port(self) -> int:
+        return self.broker_config.port
+
+
+# -- arguments -------------------------------------------------------------------------------------
+
+
+def _names(values: Sequence[str], what: str) -> list[str]:
+    names: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            name = part.strip()
+            if not name:
+                continue
+            try:
+                check_name(name, what)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
+            if name in names:
+                raise UsageError(f"{what} {name} is given twice")
+            names.append(name)
+    return names
+
+
+def _check_arguments(
+    nodes: Sequence[str],
+    aggregators: Sequence[str] | None,
+    admins: Sequence[str],
+    *,
+    port: int,
+    plain_port: int,
+    prefix: str,
+) -> tuple[list[str], list[str], list[str]]:
+    """Node, aggregator and admin names, checked; UsageError for anything that cannot work."""
+    node_names = _names(nodes, "node")
+    if not node_names:
+        raise UsageError("--nodes needs at least one node name")
+    admin_names = _names(admins, "admin")
+    if not admin_names:
+        raise UsageError("--admin needs a name")
+    agg_names = (
+        _names(aggregators, "aggregator")
+        if aggregators is not None
+        else [n for n in node_names if n.startswith("cloud")]
+    )
+    unknown = [a for a in agg_names if a not in node_names]
+    if unknown:
+        raise UsageError(f"--aggregators {', '.join(unknown)}: not in --nodes")
+    clash = [a for a in admin_names if a in node_names]
+    if clash:
+        raise UsageError(f"--admin {', '.join(clash)} is also a node name: identities must be distinct")
+    if port == plain_port:
+        raise UsageError(f"--port and --plain-port are both {port}")
+    for value, flag in ((port, "--port"), (plain_port, "--plain-port")):
+        if not 1 <= value <= 65535:
+            raise UsageError(f"{flag} {value} is not in 1..65535")
+    try:
+        Topics(prefix)
+    except ValueError as exc:
+        raise UsageError(f"--prefix {prefix!r}: {exc}") from exc
+
+    return node_names, agg_names, admin_names
+
+
+def _prepare_out(out: Path, *, force: bool) -> Path:
+    """`out`, absolute; InputError when it holds something and `force` is not given (with it, the
+    layout's folders are removed; anything else in `out` stays)."""
+    out = out.absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise InputError(f"{out} already exists and is not empty: refusing to overwrite it (use --force)")
+        for part in _LAYOUT:
+            target = out / part
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+    return out
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def _write_identity(
+    file: Path, name: str, role: Role, *, password: str, ca: CertificateAuthority, address: BrokerAddress, cert: bool
+) -> Path:
+    """One identity's config (and next to it the CA certificate, with `cert` its own key and certificate)."""
+    folder = file.parent
+    write(folder / "ca.crt", ca.cert_pem, PUBLIC)
+    tls = NodeTls(ca="ca.crt")
+    if cert:
+        issued = ca.issue(name)
+        write(folder / f"{name}.key", issued.key_pem, SECRET)
+        write(folder / f"{name}.crt", issued.cert_pem, PUBLIC)
+        tls = NodeTls(ca="ca.crt", cert=f"{name}.crt", key=f"{name}.key")
+    node_cfg = NodeConfig(node=name, role=role, broker=address, username=name, password=password, tls=tls)
+    header = f"# {name} ({role}): connection settings written by `flctl broker init`. Secret: keep it 0600.\n"
+    return write(file, header + node_cfg.to_yaml(), SECRET)
+
+
+def provision(
+    out: Path,
+    nodes: Sequence[str],
+    *,
+    aggregators: Sequence[str] | None = None,
+    admins: Sequence[str] = ("admin",),
+    hostnames: Sequence[str] = (),
+    port: int = DEFAULT_TLS_PORT,
+    plain_port: int = DEFAULT_PLAIN_PORT,
+    bind: str | None = None,
+    client_certs: bool = False,
+    broker_dir: Path | None = None,
+    prefix: str = "fl",
+    run_as_root: bool | None = None,
+    force: bool = False,
+) -> Provisioned:
+    """Write the deployment's broker files, CA, certificates, passwords and node configs under `out`.
+
+    `broker_dir` is where DIR/broker will be on the broker host (mosquitto.conf names its files there;
+    default: where it is written). Raises UsageError for bad arguments, InputError when `out` exists
+    (without `force`) or mosquitto_passwd is missing.
+    """
+    node_names, agg_names, admin_names = _check_arguments(
+        nodes, aggregators, admins, port=port, plain_port=plain_port, prefix=prefix
+    )
+    out = _prepare_out(out, force=force)
+    mkdir(out)
+    broker_out = mkdir(out / "broker")
+    mkdir(broker_out / "data")
+    ca_dir = mkdir(out / "ca")
+    nodes_dir = mkdir(out / "nodes")
+    admin_dir = mkdir(out / "admin")
+    installed = (broker_dir or broker_out).absolute()
+
+    roles: dict[str, Role] = {n: ("aggregator" if n in agg_names else "edge") for n in node_names}
+    roles.update({a: "admin" for a in admin_names})
+    passwords = {name: secrets.token_urlsafe(24) for name in roles}
+
+    # CA, server certificate
+    ca = CertificateAuthority(out.name or "fl")
+    write(ca_dir / "ca.key", ca.key_pem, SECRET)
+    write(ca_dir / "ca.crt", ca.cert_pem, PUBLIC)
+    server_names = list(dict.fromkeys([*hostnames, "localhost", "127.0.0.1"]))
+    server = ca.issue(server_names[0], server_names=server_names)
+    write(broker_out / "ca.crt", ca.cert_pem, PUBLIC)
+    write(broker_out / "server.crt", server.cert_pem, PUBLIC)
+    write(broker_out / "server.key", server.key_pem, SECRET)
+
+    # passwords and ACL
+    write_passwd(broker_out / "passwd", passwords)
+    write(broker_out / "acl", render_acl(agg_names, admin_names, prefix), SECRET)
+
+    cfg = BrokerConfig(
+        plain_port,
+        bind="127.0.0.1",
+        data_dir=installed / "data",
+        allow_anonymous=False,
+        password_file=installed / "passwd",
+        acl_file=installed / "acl",
+        use_username_as_clientid=True,
+        run_as_root=run_as_root,
+        tls=TlsListener(
+            port,
+            bind=bind,
+            cafile=installed / "ca.crt",
+            certfile=installed / "server.crt",
+            keyfile=installed / "server.key",
+            require_certificate=client_certs,
+            use_identity_as_username=client_certs,
+        ),
+    )
+    write(broker_out / "mosquitto.conf", render_config(cfg), SECRET)
+
+    # one config per identity
+    address = BrokerAddress(host=hostnames[0] if hostnames else "localhost", port=port)
+    configs: dict[str, Path] = {}
+    for name, role in roles.items():
+        if role == "admin":
+            file = admin_dir / ("flctl.yaml" if name == admin_names[0] else f"{name}.yaml")
+        else:
+            file = mkdir(nodes_dir / name) / "node.yaml"
+        configs[name] = _write_identity(
+            file, name, role, password=passwords[name], ca=ca, address=address, cert=client_certs
+        )
+    return Provisioned(out=out, broker_config=cfg, roles=roles, configs=configs)
