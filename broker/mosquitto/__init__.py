@@ -5,6 +5,14 @@
 """
 
 from broker.mosquitto._config import BrokerConfig, TlsListener, render_config
-from broker.mosquitto._launcher import LocalBroker, find_mosquitto, port_open
+from broker.mosquitto._launcher import LocalBroker, find_mosquitto, find_mosquitto_passwd, port_open
 
-__all__ = ["BrokerConfig", "LocalBroker", "TlsListener", "find_mosquitto", "port_open", "render_config"]
+__all__ = [
+    "BrokerConfig",
+    "LocalBroker",
+    "TlsListener",
+    "find_mosquitto",
+    "find_mosquitto_passwd",
+    "port_open",
+    "render_config",
+]

@@ -20,21 +20,31 @@ from typing import IO
 from broker._errors import BrokerError
 from broker.mosquitto._config import BrokerConfig, render_config
 
-__all__ = ["LocalBroker", "find_mosquitto", "port_open"]
+__all__ = ["LocalBroker", "find_mosquitto", "find_mosquitto_passwd", "port_open"]
 
 _DEBIAN_PATH = "/usr/sbin/mosquitto"
 _POLL = 0.02
 
 
-def find_mosquitto() -> str | None:
-    """Path of the mosquitto binary, or None if there is none."""
-    env = os.environ.get("MOSQUITTO_BIN")
-    if env:
-        return env
-    found = shutil.which("mosquitto")
+def _find(program: str, env: str, debian_path: str) -> str | None:
+    """A Mosquitto program: the path in `env`, then PATH, then where Debian installs it; None if none."""
+    given = os.environ.get(env)
+    if given:
+        return given
+    found = shutil.which(program)
     if found:
         return found
-    return _DEBIAN_PATH if os.access(_DEBIAN_PATH, os.X_OK) else None
+    return debian_path if os.access(debian_path, os.X_OK) else None
+
+
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto binary (MOSQUITTO_BIN, PATH, /usr/sbin), or None if there is none."""
+    return _find("mosquitto", "MOSQUITTO_BIN", _DEBIAN_PATH)
+
+
+def find_mosquitto_passwd() -> str | None:
+    """Path of mosquitto_passwd (MOSQUITTO_PASSWD_BIN, PATH, /usr/bin), or None if there is none."""
+    return _find("mosquitto_passwd", "MOSQUITTO_PASSWD_BIN", "/usr/bin/mosquitto_passwd")
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:

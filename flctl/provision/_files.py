@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
+from broker.mosquitto import find_mosquitto_passwd
 from flctl._errors import InputError
 
 SECRET = 0o600
@@ -31,17 +31,6 @@ def write(path: Path, data: bytes | str, mode: int) -> Path:
     finally:
         os.close(fd)
     return path
-
-
-def find_mosquitto_passwd() -> str | None:
-    """The mosquitto_passwd binary: MOSQUITTO_PASSWD_BIN, then PATH, then Debian's /usr/bin; None if none."""
-    env = os.environ.get("MOSQUITTO_PASSWD_BIN")
-    if env:
-        return env
-    found = shutil.which("mosquitto_passwd")
-    if found:
-        return found
-    return "/usr/bin/mosquitto_passwd" if os.access("/usr/bin/mosquitto_passwd", os.X_OK) else None
 
 
 def write_passwd(path: Path, passwords: dict[str, str]) -> None:
