@@ -35,7 +35,7 @@ def test_edge_killed_while_the_aggregator_is_down_does_not_train_its_delivered_r
     """edge1's round-2 update is stored and acknowledged; the aggregator is killed -9; edge2's round-2 update is
     published while it is down; edge1 is killed -9 and restarted while it is still down (so the retained global
     model is round 1's); then the aggregator is restarted. edge1 waits for round 2 to close instead of training
-    it again: one update transfer per (edge, round), one init per edge, no UpdateRejected event, and the job
+    it again: one update transfer per (edge, round), at most one init per edge, no UpdateRejected event, and the job
     ends with every global model the FedAvg of exactly one update per participant."""
     r = rig(2, edge_params={"edge2": {"hold_rounds": "2"}})
     w = r.watch
@@ -70,7 +70,8 @@ def test_edge_killed_while_the_aggregator_is_down_does_not_train_its_delivered_r
     r.assert_outcome(status)
     transfers = _transfers(r)
     for edge in r.edges:
-        assert len(transfers[("init", edge, 0)]) == 1, f"{edge} uploaded its initial weights again: {transfers}"
+        # An edge whose script says hello after the round-0 model exists uploads no init at all.
+        assert len(transfers[("init", edge, 0)]) <= 1, f"{edge} uploaded its initial weights again: {transfers}"
         for round_ in range(1, r.exit_round + 1):
             assert len(transfers[("update", edge, round_)]) == 1, (
                 f"{edge} published {len(transfers[('update', edge, round_)])} updates for round {round_}"
