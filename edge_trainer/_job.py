@@ -43,7 +43,7 @@ from structlog.typing import FilteringBoundLogger
 
 from edge_trainer._errors import PlanRejectedError
 from edge_trainer._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
-from runtime import get_logger
+from runtime import SERVICE_GONE_EXIT, get_logger
 from schemas import (
     JobPlan,
     NodeRoot,
@@ -271,6 +271,10 @@ class EdgeJob:
             reason = self._error
         elif returncode < 0:
             reason = f"the training script was killed by signal {-returncode}"
+        elif returncode == SERVICE_GONE_EXIT:
+            # The script found its worker channel closed without a stop while this service still runs:
+            # a fault on this side (e.g. the channel's reader gave up), said as such.
+            reason = f"the training script lost its worker channel to this service and exited (code {returncode})"
         elif returncode > 0:
             reason = f"the training script exited with code {returncode}"
         else:

@@ -373,6 +373,17 @@ def test_crash_without_error_frame_reports_exit_code(root: Path) -> None:
     assert "killed by signal 9" in h.ports.last.message
 
 
+def test_script_that_lost_its_channel_while_the_service_runs_fails_saying_so(root: Path) -> None:
+    """Exit code 69 (SERVICE_GONE_EXIT) while this service is alive is a fault on the service's side: the
+    worker fails, naming it, with the script's one line in the log tail."""
+    h = started(root)
+    h.worker.tail = "fl-edge-trainer (pid 1) closed the worker channel without a stop: ... exits with code 69"
+    h.job.on_exit(69)
+    assert h.ports.last.state is WorkerState.FAILED
+    assert "lost its worker channel to this service and exited (code 69)" in h.ports.last.message
+    assert "closed the worker channel without a stop" in h.ports.last.message
+
+
 def test_failed_upload_fails_the_worker(root: Path) -> None:
     """An upload that cannot get through fails the worker and stops the script."""
     h = started(root)
