@@ -9,8 +9,11 @@ The example's ``aggregate.py`` ports by changing its import line only::
 
 In Sedna, `AggregationServer.start()` runs the websocket server that aggregates. Here the aggregation
 runs in fl-cloud-aggregator, the script's parent: `start()` opens the worker channel (``FL_WORKER_FD``),
-sends the settings as a ``config`` frame, and blocks until the service sends ``finish`` or ``stop`` (or
-closes the channel), then returns, so the script's process ends when the job does, as Sedna's does.
+sends the settings as a ``config`` frame, and blocks until the service sends ``finish`` or ``stop``, then
+returns, so the script's process ends when the job does, as Sedna's does. A channel that ends without
+either means the service is gone (`runtime.ServiceWatch`, shared with the training API and its
+watchdog thread): one line on stderr (aggregation.log), exit code `runtime.SERVICE_GONE_EXIT` (69), no
+traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 from typing import Any
 
 from cloud_aggregator._errors import WorkerScriptError
-from runtime import ChannelClosed, WorkerChannel
+from runtime import ChannelClosed, ServiceWatch, WorkerChannel
 from schemas import Context, WorkerEnv, WorkerFrame
 
 __all__ = ["AggregationServer", "Context"]
@@ -61,7 +64,10 @@ class AggregationServer:
         )
 
     def start(self) -> None:
-        """Send the settings to fl-cloud-aggregator and block until the job ends (`finish`, `stop` or EOF)."""
+        """Send the settings to fl-cloud-aggregator and block until the job ends (`finish` or `stop`).
+
+        If the service is gone (the channel ends without either), the process exits with
+        `runtime.SERVICE_GONE_EXIT` after one line on stderr (`runtime.ServiceGone`, a SystemExit)."""
         raw = os.environ.get(WorkerEnv.WORKER_FD)
         if not raw:
             raise WorkerScriptError(
@@ -74,19 +80,20 @@ class AggregationServer:
         except ValueError as exc:
             raise WorkerScriptError(f"{WorkerEnv.WORKER_FD}={raw!r} is not a file descriptor number") from exc
         channel = WorkerChannel.from_fd(fd)
+        watch = ServiceWatch("fl-cloud-aggregator").start()
         try:
             try:
                 channel.send(self.config_frame())
-            except ChannelClosed as exc:
-                raise WorkerScriptError(f"fl-cloud-aggregator closed the worker channel: {exc}") from exc
-            while True:
-                try:
+                while True:
                     frame, _body = channel.recv()
-                except ChannelClosed:
-                    self.finished_by = "eof"
-                    return
-                if frame.type in ("finish", "stop"):
-                    self.finished_by = frame.type
-                    return
+                    if frame.type in ("finish", "stop"):
+                        self.finished_by = frame.type
+                        return
+            except ChannelClosed as exc:
+                # Without finish or stop the service is gone (or dropped this script): one line, no
+                # traceback, SERVICE_GONE_EXIT (raises ServiceGone).
+                self.finished_by = "eof"
+                watch.channel_closed(str(exc))
         finally:
+            watch.stop()
             channel.close()

@@ -19,6 +19,10 @@ aggregator confirms it, and is sent again after a restart. So the job asks the o
 (the `pending_rounds` callable) before producing an update: the init upload is skipped when a global
 model is already known or an update is pending, and a global model of round r whose round-r+1 update
 is still in the outbox does not train round r+1 again (the outbox resends it instead).
+A confirmed update leaves the outbox, so the job also asks the node's delivery record (the
+`delivered_round` callable: the newest round of this run the aggregator confirmed, -1 for none): after a
+restart (e.g. killed while the aggregator was down, issue 7), a global model older than a delivered
+round trains nothing and the init is not uploaded again; the job waits for that round's global model.
 A job this node already completed (`resume_completed`) starts no script at all.
 
 Global models: older than the newest one handed to the script are ignored (duplicates, retained
@@ -39,7 +43,7 @@ from structlog.typing import FilteringBoundLogger
 
 from edge_trainer._errors import PlanRejectedError
 from edge_trainer._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
-from runtime import get_logger
+from runtime import SERVICE_GONE_EXIT, get_logger
 from schemas import (
     JobPlan,
     NodeRoot,
@@ -126,10 +130,13 @@ class EdgeJob:
         tf_version: Callable[[], str | None] = installed_tensorflow_version,
         stop_grace: float = 10.0,
         pending_rounds: Callable[[], set[int]] | None = None,
+        delivered_round: Callable[[], int] | None = None,
         log: FilteringBoundLogger | None = None,
     ) -> None:
         """`pending_rounds`: rounds whose update of this run (round 0: the init) is in the node's outbox,
-        not confirmed by the aggregator yet (None: an outbox that is always empty)."""
+        not confirmed by the aggregator yet (None: an outbox that is always empty). `delivered_round`: the
+        newest round of this run whose update (0: the init) the aggregator confirmed, as the node recorded
+        it durably; -1 for none (None: nothing recorded, ever)."""
         self.plan = plan
         self.node = node
         self.run_id = uuid.uuid4().hex
@@ -149,6 +156,7 @@ class EdgeJob:
         self._tf_version = tf_version
         self._stop_grace = stop_grace
         self._pending_rounds = pending_rounds or set
+        self._delivered_round = delivered_round or (lambda: -1)
         self._log = (log or get_logger()).bind(job=plan.job, uid=plan.uid)
         self._worker: WorkerHandle | None = None
         self._hello = False
@@ -263,6 +271,10 @@ class EdgeJob:
             reason = self._error
         elif returncode < 0:
             reason = f"the training script was killed by signal {-returncode}"
+        elif returncode == SERVICE_GONE_EXIT:
+            # The script found its worker channel closed without a stop while this service still runs:
+            # a fault on this side (e.g. the channel's reader gave up), said as such.
+            reason = f"the training script lost its worker channel to this service and exited (code {returncode})"
         elif returncode > 0:
             reason = f"the training script exited with code {returncode}"
         else:
@@ -369,9 +381,14 @@ class EdgeJob:
             return
         self._hello = True
         self.num_samples = frame.num_samples if frame.num_samples is not None else header.num_samples
-        if self.newest_global >= 0 or self._outbox_rounds():
-            # A restart: the round-0 model exists already (or an update of ours is pending, which
-            # implies it), so the initial weights are not needed.
+        delivered = self._delivered_round()
+        if delivered >= 1 and delivered > self.newest_global:
+            # A restart after the aggregator confirmed our update of round `delivered`: nothing to upload
+            # or train until that round's global model comes (said now, before any older global model).
+            self._set(WorkerState.WAITING, delivered, self._delivered_message(delivered))
+        elif self.newest_global >= 0 or self._outbox_rounds() or delivered >= 0:
+            # A restart: the round-0 model exists already (or an update or the init of ours is pending or
+            # was confirmed, which implies it), so the initial weights are not needed.
             self._set(WorkerState.READY, 0, "waiting for the newest global model")
         else:
             self._set(WorkerState.UPLOADING, 0, "uploading the initial weights")
@@ -432,6 +449,15 @@ class EdgeJob:
                 f"update of round {r + 1} is in the outbox; waiting for the aggregator to confirm it",
             )
             return
+        delivered = self._delivered_round()
+        if delivered >= r + 1:
+            # Trained and confirmed before a restart: the aggregator holds it (its spool, refolded if it
+            # restarted too). Training again would upload a second update of that round, refused once the
+            # round closed. (The retained worker status is no such evidence: Waiting is published when the
+            # broker has the update, before the aggregator stored it.)
+            self.trained_round = delivered
+            self._set(WorkerState.WAITING, delivered, self._delivered_message(delivered))
+            return
         self.trained_round = r + 1
         self._busy = True
         self._worker.send(WorkerFrame(type="train", round=r + 1, has_body=True), blob)
@@ -470,6 +496,13 @@ class EdgeJob:
 
     def _outbox_rounds(self) -> set[int]:
         return self._pending_rounds()
+
+    @staticmethod
+    def _delivered_message(round_: int) -> str:
+        return (
+            f"update of round {round_} stored by the aggregator before a restart; "
+            f"waiting for the global model of round {round_}"
+        )
 
     def _protocol_error(self, reason: str) -> None:
         self._log.error("worker protocol error", reason=reason)

@@ -9,6 +9,12 @@ Both are written to a temporary sibling, fsynced and renamed; the blob first, th
 the folder is fsynced: a ``.json`` is the commit mark, so a crash leaves either a whole entry or an
 orphan blob / temporary file that `Outbox.entries` removes.
 
+Beside the folder, ``ROOT/state/<job>/delivered.json`` (``{"uid": ..., "round": r}``) records the newest
+round of the job run whose update (round 0: the init) the aggregator confirmed it stored. It is written
+(crash-safe) before the confirmed entry is deleted, so after a restart at any point either the entry is
+still there (sent again; the aggregator answers "already stored") or the record says the round is
+delivered: a restarted edge never trains a delivered round again (issue 7). Cleared with the job.
+
 `Deliveries` is the logic thread's bookkeeping of the entries not confirmed yet: whether a publish of
 an entry is under way (the uploader thread works on it), when the ack timer of each runs out, and what
 an `UpdateAck` means for it. It is pure (a clock is injected), so it is tested without a broker:
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +46,7 @@ __all__ = ["AckOutcome", "Deliveries", "Delivery", "Outbox", "OutboxEntry", "Out
 
 _BLOB = ".blob"
 _META = ".json"
+_DELIVERED = "delivered.json"
 
 
 class OutboxError(EdgeTrainerError):
@@ -83,6 +91,39 @@ class Outbox:
 
     def folder(self, job: str) -> Path:
         return self.state_dir / check_name(job, "job name") / "outbox"
+
+    def record_path(self, job: str) -> Path:
+        """The job's delivery record (next to its outbox folder, not in it: the folder holds entries only)."""
+        return self.state_dir / check_name(job, "job name") / _DELIVERED
+
+    def mark_delivered(self, entry: OutboxEntry) -> None:
+        """Record durably that the aggregator stored `entry` (call before `remove`); OutboxError if it cannot.
+
+        Keeps the newest round of the entry's run: a late confirmation of an older round lowers nothing. A
+        record of another run (uid) is replaced.
+        """
+        if self.delivered_round(entry.job, entry.uid) >= entry.round:
+            return
+        path = self.record_path(entry.job)
+        try:
+            write_atomic(path, json.dumps({"uid": entry.uid, "round": entry.round}).encode())
+        except OSError as exc:
+            raise OutboxError(f"cannot record the delivery of round {entry.round} in {path}: {exc}") from exc
+
+    def delivered_round(self, job: str, uid: str) -> int:
+        """The newest round of run `uid` whose update (0: the init) the aggregator confirmed; -1 for none.
+
+        A missing or unreadable record, or one of another run, is no delivery (the worst case is the old
+        behaviour: a round trained again, which the aggregator counts once).
+        """
+        try:
+            record = json.loads(self.record_path(job).read_bytes())
+        except (OSError, ValueError):
+            return -1
+        if not isinstance(record, dict) or record.get("uid") != uid:
+            return -1
+        round_ = record.get("round")
+        return round_ if isinstance(round_, int) and not isinstance(round_, bool) and round_ >= 0 else -1
 
     def put(self, manifest: TransferManifest, blob: bytes) -> OutboxEntry:
         """Store `blob` under its manifest durably (temp, fsync, rename; manifest last). OutboxError if not."""
@@ -137,7 +178,9 @@ class Outbox:
         entry.blob_path.unlink(missing_ok=True)
 
     def clear(self, job: str) -> None:
-        """Delete every entry of `job` (the job is gone or replaced by a new run)."""
+        """Delete every entry and the delivery record of `job` (the job is gone or replaced by a new run)."""
+        with contextlib.suppress(OSError):
+            self.record_path(job).unlink(missing_ok=True)
         folder = self.folder(job)
         if folder.is_dir():
             for path in folder.iterdir():

@@ -16,7 +16,9 @@ Threads:
 
 Restarts: when a plan arrives, the job's outbox entries of the same run (uid) are loaded and their
 manifests republished (the aggregator answers with an ack or with what it misses); entries of another
-run are deleted. A job whose retained worker status says Completed for the same uid, and whose saved
+run are deleted. An accepted ack is recorded in the job's delivery record (`Outbox.mark_delivered`)
+before its entry is deleted, so a restarted job knows the newest round it delivered even when its
+outbox is empty. A job whose retained worker status says Completed for the same uid, and whose saved
 model (its model.json digest) is on disk, is not run again.
 
 Subscriptions, in this order: this node's worker statuses (so a retained Completed is known before the
@@ -280,6 +282,7 @@ class EdgeService:
             tf_version=lambda: self._tf_version,
             stop_grace=self._stop_grace,
             pending_rounds=functools.partial(self._deliveries.rounds, plan.job, plan.uid),
+            delivered_round=functools.partial(self._outbox.delivered_round, plan.job, plan.uid),
             log=self._log,
         )
         self._jobs[name] = job
@@ -502,7 +505,14 @@ class EdgeService:
         job = job if job is not None and job.uid == entry.uid else None
         if outcome is AckOutcome.ACCEPTED:
             log.info("update confirmed by the aggregator", kind=entry.manifest.kind, reason=ack.reason)
-            self._outbox.remove(entry)
+            try:
+                self._outbox.mark_delivered(entry)
+            except OutboxError as exc:
+                # Without the record the entry is the only evidence of the delivery: keep it, so a restart
+                # sends it again (the aggregator answers "already stored") instead of training the round again.
+                log.error("delivery not recorded; the outbox entry is kept", error=str(exc))
+            else:
+                self._outbox.remove(entry)
             if job is not None:
                 job.on_acked(entry.manifest.kind, entry.round)
         elif outcome is AckOutcome.REFUSED:

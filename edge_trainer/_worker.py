@@ -13,8 +13,11 @@ Sedna; ``train`` then
 4. on ``stop``: returns at once.
 
 Any exception is reported to the service as an ``error`` frame (best effort) and re-raised, so the
-script exits non-zero with its traceback in the job's worker.log. TensorFlow is not imported here;
-only saving a Keras model imports it (`edge_trainer._model_io`).
+script exits non-zero with its traceback in the job's worker.log. A service that is gone is no such
+failure (`runtime.ServiceWatch`): when the channel ends without ``stop`` or ``finish``, or the service
+dies while the estimator trains, the script writes one line to worker.log and exits with code
+`runtime.SERVICE_GONE_EXIT` (69), without a traceback. TensorFlow is not imported here; only saving a
+Keras model imports it (`edge_trainer._model_io`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy.typing as npt
 
 from edge_trainer._errors import WorkerError
 from edge_trainer._model_io import save_model
-from runtime import ChannelClosed, WorkerChannel
+from runtime import ChannelClosed, ServiceWatch, WorkerChannel
 from schemas import WeightsKind, WorkerEnv, WorkerFrame, decode_weights, encode_weights, weights_digest
 
 __all__ = ["FederatedLearning"]
@@ -68,14 +71,20 @@ class FederatedLearning:
         if post_process is not None and not callable(post_process):
             raise WorkerError(f"post_process must be a callable, got {type(post_process).__name__}")
         channel = _open_channel()
+        watch = ServiceWatch("fl-edge-trainer").start()
         try:
             return self._run(channel, train_data, valid_data, post_process, kwargs)
+        except ChannelClosed as exc:
+            # The service is gone (or dropped this script): nobody reads an error frame, and a traceback
+            # would say the script failed. One line and SERVICE_GONE_EXIT instead (raises ServiceGone).
+            watch.channel_closed(str(exc))
         except BaseException as exc:
             message = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):  # best effort: the channel may be what failed
                 channel.send(WorkerFrame(type="error", message=message[:4000]))
             raise
         finally:
+            watch.stop()
             channel.close()
 
     def inference(self, data: Any, post_process: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
@@ -105,10 +114,7 @@ class FederatedLearning:
             self._encode(weights, "init", 0, num_samples, names),
         )
         while True:
-            try:
-                frame, body = channel.recv()
-            except ChannelClosed as exc:
-                raise WorkerError(f"the node service closed the worker channel (it stopped or died): {exc}") from exc
+            frame, body = channel.recv()  # ChannelClosed: the service is gone (see `train`)
             if frame.type == "train":
                 self._set_weights(body, frame.round, shapes)
                 result = self.estimator.train(train_data=train_data, valid_data=valid_data, **kwargs)

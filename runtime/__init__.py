@@ -1,11 +1,12 @@
 """The node runtime: what every process of this system needs besides the network.
 
 Structured logging (`configure_logging`, `get_logger`), crash-safe files (`write_atomic`, `fsync_dir`),
-the worker link (the local channel between a node service and the job script it runs:
-`WorkerChannel`; the one supervisor both services run scripts with: `ScriptSupervisor`,
-`ScriptProcess`, `ScriptLaunch`; the script's environment: `script_environment`), and the one shape of
-a service's logic thread (`EventLoop`). Nothing here imports paho-mqtt or TensorFlow, so a worker
-script that imports the worker API loads only this and `schemas`.
+the worker link (the local channel between a node service and the job script it runs: `WorkerChannel`;
+the one supervisor both services run scripts with: `ScriptSupervisor`, `ScriptProcess`, `ScriptLaunch`;
+the script's environment: `script_environment`; on the script's side, the watch on its service:
+`ServiceWatch`, so a script whose service died exits with one line and `SERVICE_GONE_EXIT`), and the one
+shape of a service's logic thread (`EventLoop`). Nothing here imports paho-mqtt or TensorFlow, so a
+worker script that imports the worker API loads only this and `schemas`.
 """
 
 from runtime._channel import MAX_BODY, MAX_HEADER, WorkerChannel, spawn_channel_pair
@@ -14,6 +15,7 @@ from runtime._files import TMP_PREFIX, fsync_dir, write_atomic
 from runtime._logging import configure_logging, get_logger
 from runtime._loop import EventLoop
 from runtime._script_env import PRIVATE_ENV_PREFIXES, script_environment, script_parameters, source_checkout
+from runtime._service_watch import SERVICE_GONE_EXIT, ServiceGone, ServiceWatch
 from runtime._supervisor import (
     ScriptEvent,
     ScriptExited,
@@ -27,6 +29,7 @@ __all__ = [
     "MAX_BODY",
     "MAX_HEADER",
     "PRIVATE_ENV_PREFIXES",
+    "SERVICE_GONE_EXIT",
     "TMP_PREFIX",
     "ChannelClosed",
     "ChannelError",
@@ -39,6 +42,8 @@ __all__ = [
     "ScriptProcess",
     "ScriptStartError",
     "ScriptSupervisor",
+    "ServiceGone",
+    "ServiceWatch",
     "WorkerChannel",
     "configure_logging",
     "fsync_dir",

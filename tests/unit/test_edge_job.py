@@ -36,6 +36,7 @@ class FakePorts:
     statuses: list[WorkerStatus] = field(default_factory=list)
     uploads: list[UploadRequest] = field(default_factory=list)
     outbox: set[int] = field(default_factory=set)  # rounds whose update the outbox still holds
+    delivered: int = -1  # the newest round the aggregator confirmed (the node's delivery record)
 
     def publish_status(self, status: WorkerStatus) -> None:
         self.statuses.append(status)
@@ -137,6 +138,7 @@ def make_job(root: Path, plan: JobPlan | None = None, tf_version: str | None = "
         launcher=launcher,
         tf_version=lambda: tf_version,
         pending_rounds=lambda: set(ports.outbox),
+        delivered_round=lambda: ports.delivered,
     )
     return Harness(job, ports, worker, launches)
 
@@ -371,6 +373,17 @@ def test_crash_without_error_frame_reports_exit_code(root: Path) -> None:
     assert "killed by signal 9" in h.ports.last.message
 
 
+def test_script_that_lost_its_channel_while_the_service_runs_fails_saying_so(root: Path) -> None:
+    """Exit code 69 (SERVICE_GONE_EXIT) while this service is alive is a fault on the service's side: the
+    worker fails, naming it, with the script's one line in the log tail."""
+    h = started(root)
+    h.worker.tail = "fl-edge-trainer (pid 1) closed the worker channel without a stop: ... exits with code 69"
+    h.job.on_exit(69)
+    assert h.ports.last.state is WorkerState.FAILED
+    assert "lost its worker channel to this service and exited (code 69)" in h.ports.last.message
+    assert "closed the worker channel without a stop" in h.ports.last.message
+
+
 def test_failed_upload_fails_the_worker(root: Path) -> None:
     """An upload that cannot get through fails the worker and stops the script."""
     h = started(root)
@@ -482,6 +495,49 @@ def test_restart_catches_up_when_the_outbox_is_empty(root: Path) -> None:
     h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), weights_blob("init", 0))
     h.job.on_global(*global_model(1))
     assert h.worker.types() == [("train", 2)]
+
+
+def test_restart_after_a_confirmed_update_waits_for_its_round_instead_of_training_it_again(root: Path) -> None:
+    """Issue 7: the aggregator confirmed the round-2 update (the outbox is empty) before the restart. No init,
+    Waiting for round 2 says so, global 1 trains nothing, global 2 trains round 3."""
+    h = make_job(root)
+    h.ports.delivered = 2
+    assert h.job.start()
+    h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), weights_blob("init", 0))
+    assert h.ports.uploads == []
+    assert (h.ports.state(), h.ports.last.round) == (WorkerState.WAITING, 2)
+    assert "round 2 stored by the aggregator before a restart; waiting for the global model of round 2" in (
+        h.ports.last.message
+    )
+    h.job.on_global(*global_model(1))
+    assert h.worker.sent == [] and h.ports.uploads == []
+    assert (h.ports.state(), h.ports.last.round) == (WorkerState.WAITING, 2)
+    h.job.on_global(*global_model(2))
+    assert h.worker.types() == [("train", 3)]
+
+
+def test_restart_with_a_retained_global_older_than_the_confirmed_round_trains_nothing(root: Path) -> None:
+    """The retained global model of round 1 arrives before the script's hello; round 2 was confirmed."""
+    h = make_job(root)
+    h.ports.delivered = 2
+    assert h.job.start()
+    h.job.on_global(*global_model(1))
+    h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), weights_blob("init", 0))
+    assert h.worker.sent == [] and h.ports.uploads == []
+    assert (h.ports.state(), h.ports.last.round) == (WorkerState.WAITING, 2)
+    h.job.on_global(*global_model(2))
+    assert h.worker.types() == [("train", 3)]
+
+
+def test_restart_after_a_confirmed_init_uploads_no_init(root: Path) -> None:
+    """Only the init was confirmed: no second init; the first global model trains round 1."""
+    h = make_job(root)
+    h.ports.delivered = 0
+    assert h.job.start()
+    h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), weights_blob("init", 0))
+    assert h.ports.uploads == [] and h.ports.state() is WorkerState.READY
+    h.job.on_global(*global_model(0))
+    assert h.worker.types() == [("train", 1)]
 
 
 def test_resume_completed_starts_nothing_and_publishes_nothing(root: Path) -> None:

@@ -119,6 +119,40 @@ def test_unwritable_outbox_is_an_outbox_error(tmp_path: Path) -> None:
         Outbox(tmp_path / "state").put(manifest_for(blob), blob)
 
 
+def test_delivery_record_keeps_the_newest_confirmed_round_of_the_run(tmp_path: Path) -> None:
+    """mark_delivered writes ROOT/state/<job>/delivered.json (beside the outbox folder); it only moves forward
+    within a run, a record of another run counts as none and is replaced, clear deletes it."""
+    box = Outbox(tmp_path / "state")
+    assert box.delivered_round(JOB, UID) == -1
+    entries = {r: box.put(manifest_for(os.urandom(40), round_=r), os.urandom(40)) for r in (0, 1, 2)}
+    box.mark_delivered(entries[0])
+    assert box.delivered_round(JOB, UID) == 0
+    box.mark_delivered(entries[2])
+    box.mark_delivered(entries[1])  # a late confirmation of an older round lowers nothing
+    assert box.delivered_round(JOB, UID) == 2
+    assert box.record_path(JOB) == tmp_path / "state" / JOB / "delivered.json"
+    assert box.delivered_round(JOB, "uid-2") == -1
+    other = box.put(manifest_for(os.urandom(40), round_=1, uid="uid-2"), os.urandom(40))
+    box.mark_delivered(other)
+    assert (box.delivered_round(JOB, "uid-2"), box.delivered_round(JOB, UID)) == (1, -1)
+    box.clear(JOB)
+    assert box.delivered_round(JOB, "uid-2") == -1 and not box.record_path(JOB).exists()
+
+
+def test_unreadable_delivery_record_is_no_delivery_and_an_unwritable_one_an_outbox_error(tmp_path: Path) -> None:
+    """A damaged record means nothing was delivered (the round may be trained again: counted once); one that
+    cannot be written raises OutboxError, so the service keeps the entry as its evidence."""
+    box = Outbox(tmp_path / "state")
+    entry = box.put(manifest_for(os.urandom(40), round_=1), os.urandom(40))
+    for damaged in (b"{", b"[]", b'{"uid": "uid-1", "round": "2"}', b'{"uid": "uid-1", "round": true}'):
+        box.record_path(JOB).write_bytes(damaged)
+        assert box.delivered_round(JOB, UID) == -1, damaged
+    box.record_path(JOB).unlink()
+    box.record_path(JOB).mkdir()  # a folder in the way
+    with pytest.raises(OutboxError, match="cannot record the delivery of round 1"):
+        box.mark_delivered(entry)
+
+
 # -- deliveries ------------------------------------------------------------------------------------
 
 

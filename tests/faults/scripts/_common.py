@@ -9,8 +9,9 @@ but the label file.
 Hold gates: the worker parameter ``hold_rounds`` (e.g. ``"2"``) makes the script wait, before its n-th
 ``train`` call, until ``<node root>/gates/round-<n>`` exists. n counts this process's train calls, which
 is the round for a script that started with the job. The test opens a gate when it has set up the fault
-it wants to happen in that round; the wait is bounded and ends early if the node service died (the
-script's parent changes), so a killed service never leaves a script behind.
+it wants to happen in that round; the wait is bounded. A held script is busy as far as the worker API
+knows (inside ``estimator.train``, reading no frame): if its node service dies, the API's watchdog
+(`runtime.ServiceWatch`) ends it within about a second, which tests/faults/test_orphans.py checks.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from pathlib import Path
 import numpy as np
 
 GATE_TIMEOUT = 120.0
-# The node service that started this script, taken at start: if it dies the script is re-parented.
-_SERVICE_PID = os.getppid()
 
 
 class Samples:
@@ -64,8 +63,6 @@ def wait_gate(call: int) -> None:
     gate = Path(os.environ["FL_NODE_ROOT"]) / "gates" / f"round-{call}"
     deadline = time.monotonic() + GATE_TIMEOUT
     while not gate.exists():
-        if os.getppid() != _SERVICE_PID:
-            raise SystemExit(f"the node service died while round {call} was held")
         if time.monotonic() > deadline:
             raise SystemExit(f"gate {gate} not opened within {GATE_TIMEOUT} s")
         time.sleep(0.05)
