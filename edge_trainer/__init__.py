@@ -1,4 +1,4 @@
-"""The edge trainer: the node service that runs a job's training script, and the API that script uses.
+"""The edge trainer: the API a job's training script uses, and the node service that runs it.
 
 In a training script (Sedna's API; the script runs as a child of ``fl-edge-trainer``)::
 
@@ -8,8 +8,9 @@ In a training script (Sedna's API; the script runs as a child of ``fl-edge-train
     train_data.parse(BaseConfig.train_dataset_url)
     FederatedLearning(estimator=Estimator).train(train_data, epochs=int(Context.get_parameters("epochs", 1)))
 
-On a node: ``fl-edge-trainer --node edge1 --root DIR`` (`EdgeService`, `main`). TensorFlow is never
-imported by this package except, lazily, to save a Keras model at the end of a job.
+This root is that API and never imports paho-mqtt; TensorFlow only lazily, to save a Keras model at
+the end of a job. The per-job state machine is `edge_trainer.engine`; the process ``fl-edge-trainer``
+(`edge_trainer.cli.main`) runs `edge_trainer.service.EdgeService`.
 """
 
 from edge_trainer._data import TxtDataParse, load_dataset, load_image, read_label_file
@@ -17,29 +18,27 @@ from edge_trainer._errors import (
     DatasetError,
     EdgeTrainerError,
     ModelSaveError,
+    OutboxError,
     PathEscapeError,
     PlanRejectedError,
     WorkerError,
 )
-from edge_trainer._service import EdgeService
 from edge_trainer._worker import FederatedLearning
-from edge_trainer.cli import main
 from schemas import BaseConfig, Context
 
 __all__ = [
     "BaseConfig",
     "Context",
     "DatasetError",
-    "EdgeService",
     "EdgeTrainerError",
     "FederatedLearning",
     "ModelSaveError",
+    "OutboxError",
     "PathEscapeError",
     "PlanRejectedError",
     "TxtDataParse",
     "WorkerError",
     "load_dataset",
     "load_image",
-    "main",
     "read_label_file",
 ]

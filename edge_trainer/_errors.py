@@ -17,6 +17,7 @@ __all__ = [
     "DatasetError",
     "EdgeTrainerError",
     "ModelSaveError",
+    "OutboxError",
     "PathEscapeError",
     "PlanRejectedError",
     "WorkerError",
@@ -61,3 +62,7 @@ class WorkerError(EdgeTrainerError):
 
 class ModelSaveError(EdgeTrainerError):
     """The final model could not be written at the Model url in the Model format."""
+
+
+class OutboxError(EdgeTrainerError):
+    """An outbox entry (or the delivery record beside it) cannot be written or read back intact."""

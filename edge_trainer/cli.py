@@ -17,14 +17,14 @@ from pathlib import Path
 from types import FrameType
 
 from broker import BrokerError, add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
-from edge_trainer._service import EdgeService
+from edge_trainer.service import EdgeService
 from runtime import configure_logging, get_logger
 from schemas import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot, PathEscapeError, TopicError, Topics, check_name
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fl-edge-trainer",
         description="Edge node service: runs this node's training worker of every federated learning job that names it.",
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the service until SIGTERM or SIGINT; exit status 0 after a clean stop, 2 on bad arguments."""
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = node_config_from_args(args)

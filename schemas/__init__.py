@@ -60,6 +60,7 @@ from schemas._wire import (
     UpdateAck,
     WorkerFrame,
     manifest_for,
+    weights_transfer,
 )
 from schemas._worker_env import BaseConfig, Context, WorkerEnv
 
@@ -127,4 +128,5 @@ __all__ = [
     "parse_resource",
     "read_header",
     "weights_digest",
+    "weights_transfer",
 ]

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from schemas._status import now
-from schemas._tensors import MAX_NUM_SAMPLES, WeightsKind
+from schemas._tensors import MAX_NUM_SAMPLES, WeightsKind, encode_weights
 
 _SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 PLAN_API = "fl.edge.io/v1"
@@ -143,6 +146,29 @@ def manifest_for(blob: bytes, origin: TransferOrigin, *, chunk_size: int, transf
         num_samples=origin.num_samples,
         final=origin.final,
     )
+
+
+def weights_transfer(
+    arrays: Sequence[npt.NDArray[np.generic]],
+    origin: TransferOrigin,
+    *,
+    chunk_size: int,
+    transfer: str | None = None,
+    names: Sequence[str] | None = None,
+) -> tuple[TransferManifest, bytes]:
+    """`arrays` encoded as the weights blob of `origin`, and the manifest of its chunked transfer: what a
+    sender publishes. `transfer` defaults to the start of the blob's SHA-256 (the same arrays, the same id)."""
+    blob = encode_weights(
+        arrays,
+        kind=origin.kind,
+        job=origin.job,
+        round_=origin.round,
+        sender=origin.sender,
+        num_samples=origin.num_samples,
+        names=names,
+    )
+    transfer = transfer or hashlib.sha256(blob).hexdigest()[:16]
+    return manifest_for(blob, origin, chunk_size=chunk_size, transfer=transfer), blob
 
 
 class UpdateAck(_Wire):

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from broker import Assembler, BlobSender, CompletedTransfer, Inbound, Session, manifest_from_payload, transfer_key
-from edge_trainer import EdgeService
-from edge_trainer._launch import LaunchSpec
-from edge_trainer._runner import WorkerExitEvent, WorkerFrameEvent
+from edge_trainer.engine import LaunchSpec
+from edge_trainer.service import EdgeService
+from runtime import ScriptExited, ScriptFrame
 from schemas import (
     Channel,
     DatasetRef,
@@ -98,16 +98,14 @@ class FakeScript:
 
     def hello(self) -> None:
         self.put(
-            WorkerFrameEvent(
-                JOB, self.run_id, WorkerFrame(type="hello", num_samples=8, has_body=True), weights("init", 0)
-            )
+            ScriptFrame(JOB, self.run_id, WorkerFrame(type="hello", num_samples=8, has_body=True), weights("init", 0))
         )
 
     def send(self, frame: WorkerFrame, body: bytes | None = None) -> None:
         self.frames.append((frame.type, frame.round))
         if frame.type == "train":
             update = WorkerFrame(type="update", round=frame.round, num_samples=8, has_body=True)
-            self.put(WorkerFrameEvent(JOB, self.run_id, update, weights("update", frame.round)))
+            self.put(ScriptFrame(JOB, self.run_id, update, weights("update", frame.round)))
         elif frame.type == "finish":
             model = self.root / "model"
             model.mkdir(exist_ok=True)
@@ -116,13 +114,13 @@ class FakeScript:
             saved = WorkerFrame(
                 type="saved", round=frame.round, model_path=str(model / "model.ckpt"), model_digest="cd" * 32
             )
-            self.put(WorkerFrameEvent(JOB, self.run_id, saved, None))
+            self.put(ScriptFrame(JOB, self.run_id, saved, None))
             self.stop()
 
     def stop(self, grace: float = 10.0) -> None:
         if not self.exited:
             self.exited = True
-            self.put(WorkerExitEvent(JOB, self.run_id, 0))
+            self.put(ScriptExited(JOB, self.run_id, 0, ""))
 
     def wait(self, timeout: float | None) -> bool:
         return True

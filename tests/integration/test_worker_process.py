@@ -20,11 +20,10 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from cloud_aggregator.testing import make_transfer
 from edge_trainer import FederatedLearning, WorkerError
-from edge_trainer._job import EdgeJob, UploadDone, UploadRequest
-from edge_trainer._launch import LaunchSpec
-from edge_trainer._runner import WorkerExitEvent, WorkerFrameEvent, WorkerProcess
+from edge_trainer.engine import EdgeJob, LaunchSpec, UploadDone, UploadRequest
+from edge_trainer.testing import global_transfer
+from runtime import ScriptExited, ScriptFrame, ScriptProcess
 from schemas import (
     DatasetRef,
     JobPlan,
@@ -152,7 +151,7 @@ class Edge:
     job: EdgeJob
     ports: Recorder
     events: queue.Queue[object]
-    workers: list[WorkerProcess]
+    workers: list[ScriptProcess]
     root: Path
 
     def pump(self, until: Callable[[], bool], what: str) -> None:
@@ -167,10 +166,10 @@ class Edge:
                 event = self.events.get(timeout=remaining)
             except queue.Empty:
                 continue
-            if isinstance(event, WorkerFrameEvent):
+            if isinstance(event, ScriptFrame):
                 self.job.on_frame(event.frame, event.body)
-            elif isinstance(event, WorkerExitEvent):
-                self.job.on_exit(event.returncode)
+            elif isinstance(event, ScriptExited):
+                self.job.on_exit(event.code)
             elif isinstance(event, UploadDone):
                 self.job.on_uploaded(event)
 
@@ -220,10 +219,10 @@ def start_edge(tmp_path: Path, script: str) -> Edge:
     lay_out_node(root, script)
     events: queue.Queue[object] = queue.Queue()
     ports = Recorder(events)
-    workers: list[WorkerProcess] = []
+    workers: list[ScriptProcess] = []
 
-    def launcher(spec: LaunchSpec, run_id: str) -> WorkerProcess:
-        worker = WorkerProcess.start(spec, run_id, events.put)
+    def launcher(spec: LaunchSpec, run_id: str) -> ScriptProcess:
+        worker = ScriptProcess.start(spec.script_launch(run_id), events.put)
         workers.append(worker)
         return worker
 
@@ -235,18 +234,7 @@ def start_edge(tmp_path: Path, script: str) -> Edge:
 def global_model(
     arrays: Sequence[npt.NDArray[Any]], names: list[str], round_: int, *, final: bool
 ) -> tuple[TransferManifest, bytes]:
-    return make_transfer(
-        arrays,
-        kind="global",
-        job=JOB,
-        uid="uid-tiny",
-        round_=round_,
-        sender="cloud0",
-        num_samples=8,
-        names=names,
-        transfer=f"{round_ + 1:016x}",
-        final=final,
-    )
+    return global_transfer(arrays, job=JOB, uid="uid-tiny", round_=round_, num_samples=8, names=names, final=final)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from cloud_aggregator._ports import ScriptRequest
 from cloud_aggregator.cli import build_parser
 from cloud_aggregator.service import AggregationScripts, aggregation_launch
 from edge_trainer import PlanRejectedError
-from edge_trainer._launch import prepare_launch
+from edge_trainer.engine import prepare_launch
 from schemas import (
     DEFAULT_CODE_ROOT,
     DatasetRef,

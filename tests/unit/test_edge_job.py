@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cloud_aggregator.testing import make_transfer
-from edge_trainer._job import EdgeJob, UploadDone, UploadRequest
-from edge_trainer._launch import LaunchSpec
+from edge_trainer.engine import EdgeJob, LaunchSpec, UploadDone
+from edge_trainer.testing import RecordingPorts, ScriptedWorker, global_transfer
 from schemas import (
     DatasetRef,
     JobPlan,
@@ -32,54 +31,10 @@ NODE = "edge1"
 
 
 @dataclass
-class FakePorts:
-    statuses: list[WorkerStatus] = field(default_factory=list)
-    uploads: list[UploadRequest] = field(default_factory=list)
-    outbox: set[int] = field(default_factory=set)  # rounds whose update the outbox still holds
-    delivered: int = -1  # the newest round the aggregator confirmed (the node's delivery record)
-
-    def publish_status(self, status: WorkerStatus) -> None:
-        self.statuses.append(status)
-
-    def upload(self, request: UploadRequest) -> None:
-        self.uploads.append(request)
-
-    @property
-    def last(self) -> WorkerStatus:
-        return self.statuses[-1]
-
-    def state(self) -> WorkerState:
-        """The newest published state (a call, so type checkers do not narrow it between events)."""
-        return self.statuses[-1].state
-
-
-@dataclass
-class FakeWorker:
-    sent: list[tuple[WorkerFrame, bytes | None]] = field(default_factory=list)
-    stopped: bool = False
-    tail: str = "Traceback (most recent call last):\nValueError: boom"
-
-    def send(self, frame: WorkerFrame, body: bytes | None = None) -> None:
-        self.sent.append((frame, body))
-
-    def stop(self, grace: float = 10.0) -> None:
-        self.stopped = True
-
-    def wait(self, timeout: float | None) -> bool:
-        return True
-
-    def log_tail(self, lines: int = 20, max_chars: int = 2000) -> str:
-        return self.tail
-
-    def types(self) -> list[tuple[str, int]]:
-        return [(f.type, f.round) for f, _ in self.sent]
-
-
-@dataclass
 class Harness:
     job: EdgeJob
-    ports: FakePorts
-    worker: FakeWorker
+    ports: RecordingPorts
+    worker: ScriptedWorker
     launches: list[LaunchSpec]
 
 
@@ -124,9 +79,9 @@ def make_plan(
 
 
 def make_job(root: Path, plan: JobPlan | None = None, tf_version: str | None = "2.21.0") -> Harness:
-    ports, worker, launches = FakePorts(), FakeWorker(), []
+    ports, worker, launches = RecordingPorts(), ScriptedWorker(), []
 
-    def launcher(spec: LaunchSpec, run_id: str) -> FakeWorker:
+    def launcher(spec: LaunchSpec, run_id: str) -> ScriptedWorker:
         launches.append(spec)
         return worker
 
@@ -149,13 +104,11 @@ def weights_blob(kind: WeightsKind, round_: int, value: float = 0.0) -> bytes:
 
 
 def global_model(round_: int, *, final: bool = False, uid: str = UID) -> tuple[TransferManifest, bytes]:
-    return make_transfer(
+    return global_transfer(
         [np.full((2, 3), float(round_), dtype=np.float32)],
-        kind="global",
         job=JOB,
         uid=uid,
         round_=round_,
-        sender="cloud0",
         num_samples=16,
         transfer=f"{round_:016x}",
         final=final,

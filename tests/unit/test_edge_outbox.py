@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_trainer._outbox import AckOutcome, Deliveries, Outbox, OutboxError
+from edge_trainer import OutboxError
+from edge_trainer.engine import AckOutcome, Deliveries, Outbox
 from schemas import TransferManifest, UpdateAck
 
 JOB, UID, NODE = "sdd", "uid-1", "edge1"

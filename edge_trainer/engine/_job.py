@@ -35,19 +35,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 from structlog.typing import FilteringBoundLogger
 
 from edge_trainer._errors import PlanRejectedError
-from edge_trainer._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
+from edge_trainer.engine._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
+from edge_trainer.engine._ports import JobPorts, Launcher, UploadDone, UploadRequest, WorkerHandle
 from runtime import SERVICE_GONE_EXIT, get_logger
 from schemas import (
     JobPlan,
     NodeRoot,
     TransferManifest,
+    TransferOrigin,
     WeightsHeader,
     WeightsKind,
     WireError,
@@ -58,62 +58,7 @@ from schemas import (
     read_header,
 )
 
-__all__ = ["EdgeJob", "JobPorts", "Launcher", "UploadDone", "UploadRequest", "WorkerHandle"]
-
-
-@dataclass(frozen=True)
-class UploadRequest:
-    """Upload `blob` as this node's `kind` weights of `round` (a chunked transfer)."""
-
-    job: str
-    uid: str
-    run_id: str
-    kind: WeightsKind
-    round: int
-    num_samples: int
-    blob: bytes
-    chunk_size: int
-
-
-@dataclass(frozen=True)
-class UploadDone:
-    """An upload finished; `error` says why it failed (None: the aggregator's broker has it)."""
-
-    job: str
-    run_id: str
-    kind: WeightsKind
-    round: int
-    error: str | None = None
-    transfer: str | None = None  # the outbox entry's transfer id (None: nothing was stored)
-    # True: stored in the outbox, but the broker has not acknowledged all of it yet (link down); the
-    # outbox sends it again, so this is no failure.
-    pending: bool = False
-
-
-class JobPorts(Protocol):
-    """What a job needs from the outside world. Both calls return at once."""
-
-    def publish_status(self, status: WorkerStatus) -> None: ...
-
-    def upload(self, request: UploadRequest) -> None:
-        """Store the update in the outbox and start publishing it; its `UploadDone` comes back through
-        `EdgeJob.on_uploaded`, the aggregator's verdict through `on_acked` / `on_refused`."""
-        ...
-
-
-class WorkerHandle(Protocol):
-    """The running script, as `WorkerProcess` provides it."""
-
-    def send(self, frame: WorkerFrame, body: bytes | None = None) -> None: ...
-
-    def stop(self, grace: float = 10.0) -> None: ...
-
-    def wait(self, timeout: float | None) -> bool: ...
-
-    def log_tail(self, lines: int = 20, max_chars: int = 2000) -> str: ...
-
-
-Launcher = Callable[[LaunchSpec, str], WorkerHandle]
+__all__ = ["EdgeJob"]
 
 
 class EdgeJob:
@@ -481,18 +426,8 @@ class EdgeJob:
         return header
 
     def _upload(self, kind: WeightsKind, round_: int, blob: bytes) -> None:
-        self._ports.upload(
-            UploadRequest(
-                job=self.plan.job,
-                uid=self.plan.uid,
-                run_id=self.run_id,
-                kind=kind,
-                round=round_,
-                num_samples=self.num_samples or 0,
-                blob=blob,
-                chunk_size=self.plan.chunk_size,
-            )
-        )
+        origin = TransferOrigin(kind, self.plan.job, self.plan.uid, round_, self.node, self.num_samples or 0)
+        self._ports.upload(UploadRequest(origin, self.run_id, blob, self.plan.chunk_size))
 
     def _outbox_rounds(self) -> set[int]:
         return self._pending_rounds()

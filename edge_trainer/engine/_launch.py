@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from edge_trainer._errors import PlanRejectedError
+from runtime import ScriptLaunch, ScriptStartError, script_parameters
 from schemas import JobPlan, NodeRoot, PathEscapeError, PlannedWorker, WorkerEnv
 
 __all__ = [
@@ -35,7 +36,6 @@ _TF_DISTRIBUTIONS = (
     "tf-nightly",
     "tf-nightly-cpu",
 )
-_ENV_NAME = re.compile(r"[^=\x00]+")
 _VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
 
 
@@ -51,6 +51,12 @@ class LaunchSpec:
     model_path: Path
     dataset_path: Path
     warnings: tuple[str, ...] = ()
+
+    def script_launch(self, run_id: str) -> ScriptLaunch:
+        """What `runtime.ScriptSupervisor` starts for run `run_id` of this job."""
+        return ScriptLaunch(
+            job=self.job, run_id=run_id, script=self.script, cwd=self.cwd, variables=self.env, log_path=self.log_path
+        )
 
 
 def installed_tensorflow_version() -> str | None:
@@ -124,14 +130,12 @@ def prepare_launch(plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str 
     }
     if pretrained is not None:
         env[WorkerEnv.PRETRAINED_MODEL_URL] = str(pretrained)
-    reserved = {*env, WorkerEnv.WORKER_FD}
-    for key, value in worker.parameters.items():
-        if not _ENV_NAME.fullmatch(key) or "\x00" in value:
-            raise PlanRejectedError(plan.job, f"parameter {key!r} cannot be passed as an environment variable")
-        if key in reserved:
-            warnings.append(f"parameter {key} is ignored: the node service sets {key} itself")
-            continue
-        env[key] = value
+    try:
+        parameters, ignored = script_parameters(worker.parameters, env)
+    except ScriptStartError as exc:
+        raise PlanRejectedError(plan.job, str(exc)) from exc
+    warnings += ignored
+    env = {**parameters, **env}
     return LaunchSpec(
         job=plan.job,
         script=script,
