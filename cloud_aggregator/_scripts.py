@@ -29,7 +29,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from cloud_aggregator._errors import AggregatorError, WorkerScriptError
-from cloud_aggregator._ports import ScriptRequest, ScriptSignal
+from cloud_aggregator.engine import ScriptRequest, ScriptSignal
 from runtime import ChannelClosed, ChannelError, WorkerChannel, spawn_channel_pair
 from schemas import NodeRoot, PathEscapeError, SchemaError, WorkerEnv, WorkerFrame, now
 

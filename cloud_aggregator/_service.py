@@ -34,12 +34,11 @@ from broker import (
     Session,
     manifest_from_payload,
 )
-from cloud_aggregator._checkpoint import Checkpoint, SpooledUpdate, StateStore
-from cloud_aggregator._controller import Controller
+from cloud_aggregator._checkpoint import StateStore
 from cloud_aggregator._errors import AggregatorError, PublishFailedError
-from cloud_aggregator._ports import ScriptRequest, ScriptSignal
 from cloud_aggregator._scripts import ScriptExited, ScriptFrame, ScriptSupervisor
 from cloud_aggregator._storage import write_model
+from cloud_aggregator.engine import Checkpoint, Controller, ScriptRequest, ScriptSignal, SpooledUpdate
 from schemas import (
     Channel,
     JobPlan,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud_aggregator._errors import WorkerScriptError
-from cloud_aggregator._ports import ScriptRequest
+from cloud_aggregator import WorkerScriptError
 from cloud_aggregator._scripts import ScriptSupervisor
 from cloud_aggregator._scripts import resolve_in_code_root as agg_resolve
+from cloud_aggregator.engine import ScriptRequest
 from edge_trainer import PlanRejectedError
 from edge_trainer._launch import EdgeRoot, prepare_launch
 from edge_trainer._launch import resolve_in_code_root as edge_resolve

@@ -13,12 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from cloud_aggregator._controller import Controller
-from cloud_aggregator._errors import WorkerScriptError
-from cloud_aggregator._job import Stage
-from cloud_aggregator._ports import ScriptRequest
+from cloud_aggregator import WorkerScriptError
 from cloud_aggregator._scripts import ScriptEvent, ScriptExited, ScriptFrame, ScriptSupervisor, script_environment
 from cloud_aggregator._storage import write_model
+from cloud_aggregator.engine import Controller, ScriptRequest, Stage
 from cloud_aggregator.testing import MemoryPort
 from schemas import (
     ConditionType,

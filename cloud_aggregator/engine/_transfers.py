@@ -1,0 +1,137 @@
+"""Weights transfers as the engine sees them: the checks they must pass, and the manifest of a blob (pure).
+
+`check_manifest` needs only the manifest, the topic and the job's stage (so a bad transfer is dropped
+before its chunks are assembled); `decode_checked` decodes the blob and checks that its header agrees
+with the manifest and that every value is finite; `describe_layout_difference` says how two tensor
+layouts differ. Each failed check raises `UpdateRejectedError` with a one-line reason for the Warning
+event and the ack. `manifest_for` is the one place that cuts a blob into the chunks of a manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_aggregator._errors import UpdateRejectedError
+from cloud_aggregator._strategy import Layout
+from cloud_aggregator.engine._facts import JobFacts
+from cloud_aggregator.engine._stages import Done, Final, Init, JobState, Starting, Training
+from schemas import TransferManifest, WeightsKind, WireError, decode_weights
+
+__all__ = ["check_manifest", "check_origin", "decode_checked", "describe_layout_difference", "manifest_for"]
+
+
+def manifest_for(
+    blob: bytes,
+    *,
+    kind: WeightsKind,
+    job: str,
+    uid: str,
+    round_: int,
+    sender: str,
+    num_samples: int,
+    chunk_size: int,
+    transfer: str | None = None,
+    final: bool = False,
+) -> TransferManifest:
+    """The manifest of `blob` cut into chunks of `chunk_size` bytes; `transfer` defaults to a prefix of its hash."""
+    chunks = [blob[i : i + chunk_size] for i in range(0, len(blob), chunk_size)]
+    digest = hashlib.sha256(blob).hexdigest()
+    return TransferManifest(
+        transfer=transfer or digest[:16],
+        kind=kind,
+        job=job,
+        uid=uid,
+        round=round_,
+        sender=sender,
+        total_bytes=len(blob),
+        chunk_size=chunk_size,
+        chunks=len(chunks),
+        sha256=digest,
+        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
+        num_samples=num_samples,
+        final=final,
+    )
+
+
+def check_manifest(
+    facts: JobFacts, state: JobState, node: str, round_: int, manifest: TransferManifest
+) -> Training | None:
+    """Who sent it, for which run and round, and whether the job takes it now: no weights needed.
+
+    Returns the open round's state for an update, None for an init (round 0, in any running stage).
+    """
+    check_origin(manifest, node=node, round_=round_, uid=facts.uid, job=facts.name, participants=facts.participants)
+    if isinstance(state, Starting | Done):
+        raise UpdateRejectedError(f"the job is not running (stage {state.stage.value})")
+    if manifest.kind == "init":
+        if round_ != 0:
+            raise UpdateRejectedError(f"an init transfer belongs to round 0, not round {round_}")
+        return None
+    if manifest.kind != "update":
+        raise UpdateRejectedError(f"kind {manifest.kind} is not an update")
+    if isinstance(state, Init):
+        raise UpdateRejectedError(f"round {round_} has not started: no round-0 model yet")
+    if isinstance(state, Final) or round_ < state.round:
+        raise UpdateRejectedError(f"round {round_} is closed")
+    if round_ > state.round:
+        raise UpdateRejectedError(f"round {round_} has not started; the current round is {state.round}")
+    return state
+
+
+def check_origin(
+    manifest: TransferManifest, *, node: str, round_: int, uid: str, job: str, participants: Collection[str]
+) -> None:
+    """The transfer belongs to this run of `job`, comes from the topic's `node`, a participant, for the topic's round."""
+    if manifest.uid != uid:
+        raise UpdateRejectedError(f"transfer for job uid {manifest.uid}, the running job's uid is {uid}")
+    if manifest.job != job:
+        raise UpdateRejectedError(f"transfer names job {manifest.job!r}")
+    if manifest.sender != node:
+        raise UpdateRejectedError(f"sender {manifest.sender!r} does not match the topic's node {node!r}")
+    if node not in participants:
+        raise UpdateRejectedError(f"{node} is not a training worker of this job")
+    if manifest.round != round_:
+        raise UpdateRejectedError(f"manifest round {manifest.round} does not match the topic's round {round_}")
+
+
+def decode_checked(
+    manifest: TransferManifest, blob: bytes, *, node: str, job: str
+) -> tuple[Layout, list[npt.NDArray[Any]], list[str]]:
+    """The blob's layout, arrays and tensor names, once its header agrees with the manifest and its values are finite."""
+    try:
+        header, arrays = decode_weights(blob)
+    except WireError as exc:
+        raise UpdateRejectedError(f"unreadable weights: {exc}") from exc
+    for what, got, want in (
+        ("kind", header.kind, manifest.kind),
+        ("job", header.job, job),
+        ("round", header.round, manifest.round),
+        ("sender", header.sender, node),
+        ("num_samples", header.num_samples, manifest.num_samples),
+    ):
+        if got != want:
+            raise UpdateRejectedError(f"weights header says {what}={got!r}, expected {want!r}")
+    for i, (spec, array) in enumerate(zip(header.tensors, arrays, strict=True)):
+        if array.dtype.kind in "fc" and not bool(np.isfinite(array).all()):
+            raise UpdateRejectedError(f"tensor {i} ({spec.name}) has non-finite values (NaN or inf)")
+    return header.layout(), arrays, [t.name for t in header.tensors]
+
+
+def describe_layout_difference(expected: Layout, got: Layout) -> str:
+    """One line saying how two tensor layouts differ (empty when they are equal)."""
+    if expected == got:
+        return ""
+    if len(expected) != len(got):
+        return f"{len(got)} tensors, the global model has {len(expected)}"
+    for i, (want, have) in enumerate(zip(expected, got, strict=True)):
+        if want != have:
+            return (
+                f"tensor {i} is {have[0]} {have[1]}{list(have[2])}, "
+                f"the global model's is {want[0]} {want[1]}{list(want[2])}"
+            )
+    return "layouts differ"
