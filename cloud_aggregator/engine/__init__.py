@@ -24,8 +24,9 @@ edges stop too. Every status change is published, retained, as one `JobStatus`.
 
 Effects go only through `Port`: the engine never touches MQTT, processes or files, so tests drive it
 with `cloud_aggregator.testing.MemoryPort` and a fake clock (every call takes ``now_s``). Inside, one
-job is a few parts with one role each: the stage objects (`_stages`), the intake of transfers
-(`_intake`), the round engine (`_rounds`), committing rounds (`_commit`) and crash recovery
+job is a few parts with one role each, sharing one `_context.JobContext`: the stage objects
+(`_stages`), the aggregation script and the STARTING stage (`_script`), the intake of transfers
+(`_intake`), the round engine (`_rounds`), committing rounds (`_commit`), crash recovery
 (`_recovery`), the workers' reports (`_workers`) and the status wording (`_status`).
 """
 

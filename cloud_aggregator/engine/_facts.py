@@ -14,6 +14,7 @@ from schemas import (
     DatasetRef,
     EffectiveWorker,
     FederatedLearningJob,
+    JobPlan,
     Model,
     ModelRef,
     PlannedWorker,
@@ -132,4 +133,20 @@ class JobFacts:
             config_timeout=config_timeout,
             resume_after=resume_after,
             resume=resume,
+        )
+
+    def plan(self, aggregation: str, exit_round: int) -> JobPlan:
+        """The plan the edges follow, once the script's config chose the aggregation and exit_round."""
+        return JobPlan(
+            job=self.name,
+            namespace=self.namespace,
+            uid=self.uid,
+            aggregation_node=self.node,
+            aggregation=aggregation,
+            exit_round=exit_round,
+            participants=list(self.participants),
+            model=self.model,
+            pretrained_model=self.pretrained_model,
+            workers=self.planned,
+            chunk_size=self.chunk_size,
         )

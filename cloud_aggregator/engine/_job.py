@@ -1,9 +1,9 @@
 """`Job`: one job of this aggregator as the controller drives it, from script start to Succeeded or Failed.
 
-A thin facade: it runs the STARTING stage itself (start the aggregation script, wait for its `config`
-frame, publish the plan) and hands everything else to the part that owns it: transfers to `Intake`,
-rounds to `RoundEngine`, restarts to `Recovery`, worker reports to `Workers`. Every method is one
-received message or timer tick; every effect goes through the `Port`; the status is published after
+A thin facade: each method is one received message or timer tick, handed to the part that owns it:
+the aggregation script and the STARTING stage to `AggregationScript`, transfers to `Intake`, rounds to
+`RoundEngine`, restarts to `Recovery`, worker reports to `Workers`. They share one `JobContext` (the
+job's facts, stage and status). Every effect goes through the `Port`; the status is published after
 each change.
 """
 
@@ -14,40 +14,31 @@ from typing import Any
 
 import numpy.typing as npt
 
-from cloud_aggregator._errors import AggregatorError, StrategyError
-from cloud_aggregator._strategy import Strategy, get_strategy
+from cloud_aggregator._strategy import Strategy
 from cloud_aggregator.engine._commit import Committer
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._facts import DEFAULT_RESUME_AFTER, JobFacts
 from cloud_aggregator.engine._intake import Intake
-from cloud_aggregator.engine._port import Port, ScriptRequest
+from cloud_aggregator.engine._port import Port
 from cloud_aggregator.engine._recovery import Recovery
 from cloud_aggregator.engine._rounds import RoundEngine
-from cloud_aggregator.engine._stages import Done, Init, Run, Stage, Starting, Training
+from cloud_aggregator.engine._script import AggregationScript
+from cloud_aggregator.engine._stages import Done, Stage, Training
 from cloud_aggregator.engine._workers import Workers
 from schemas import (
-    ConditionType,
     Dataset,
     FederatedLearningJob,
     JobPlan,
     JobStatus,
     Kind,
     Model,
-    ModelRef,
     NodeState,
-    PathEscapeError,
-    Phase,
     TransferManifest,
     WorkerFrame,
-    WorkerState,
     WorkerStatus,
-    now,
 )
 
-__all__ = ["DEFAULT_AGGREGATION", "TAIL_CHARS", "Job"]
-
-DEFAULT_AGGREGATION = "FedAvg"
-TAIL_CHARS = 1500
+__all__ = ["Job"]
 
 
 class Job:
@@ -83,10 +74,16 @@ class Job:
         committer = Committer(ctx)
         self._intake = Intake(ctx, deliver=self._deliver)
         self._rounds = RoundEngine(ctx, self._intake, committer)
-        self._recovery = Recovery(ctx, self._intake, committer, self._rounds, previous_status)
+        recovery = Recovery(ctx, self._intake, committer, self._rounds, previous_status)
         self._workers = Workers(ctx, self._rounds)
+        self._script = AggregationScript(ctx, self._intake, self._rounds, recovery, self._workers)
 
     # -- queries ---------------------------------------------------------------------------------
+
+    @property
+    def facts(self) -> JobFacts:
+        """What the spec and the controller fixed for this run (names, workers, models, round rules)."""
+        return self._ctx.facts
 
     @property
     def spec(self) -> FederatedLearningJob:
@@ -97,25 +94,8 @@ class Job:
         return self._ctx.facts.name
 
     @property
-    def namespace(self) -> str:
-        return self._ctx.facts.namespace
-
-    @property
     def uid(self) -> str:
         return self._ctx.facts.uid
-
-    @property
-    def node(self) -> str:
-        """The aggregation node (this one)."""
-        return self._ctx.facts.node
-
-    @property
-    def model(self) -> ModelRef:
-        return self._ctx.facts.model
-
-    @property
-    def pretrained_model(self) -> ModelRef | None:
-        return self._ctx.facts.pretrained_model
 
     @property
     def participants(self) -> list[str]:
@@ -183,95 +163,20 @@ class Job:
 
     def start(self, now_s: float) -> None:
         """Start the aggregation script; the job waits for its `config` frame until `config_timeout`."""
-        ctx, facts, port = self._ctx, self._ctx.facts, self._ctx.port
-        ctx.clock = now_s
-        starting = Starting(config_deadline=now_s + facts.config_timeout)
-        ctx.state = starting
-        if facts.resume:
-            starting.checkpoint = self._recovery.load()
-        else:
-            ctx.safely(port.clear_state, facts.name)
-        worker = facts.aggregation_worker
-        ctx.event("Normal", "Starting", f"starting aggregation script {worker.script_dir}/{worker.script_boot_file}")
-        try:
-            if not facts.resume:
-                port.clear_globals(facts.name)
-            port.start_script(
-                ScriptRequest(
-                    job=facts.name,
-                    uid=facts.uid,
-                    namespace=facts.namespace,
-                    worker=worker,
-                    model=facts.model,
-                    pretrained_model=facts.pretrained_model,
-                    participants_count=len(facts.participants),
-                )
-            )
-        except (AggregatorError, PathEscapeError) as exc:
-            ctx.set_agg_worker(WorkerState.FAILED, str(exc))
-            self._rounds.fail("AggregationWorkerFailed", f"cannot start the aggregation script: {exc}")
-        ctx.publish()
+        self._script.start(now_s)
 
     def on_script_frame(self, frame: WorkerFrame, now_s: float) -> None:
         """A frame from the aggregation script: `config` starts the job, `error` fails it."""
-        ctx = self._ctx
-        if ctx.finished:
-            ctx.log.info("frame from the aggregation script after the job ended", frame=frame.type)
-            return
-        if frame.type == "config":
-            state = ctx.state
-            if not isinstance(state, Starting):
-                ctx.log.warning("the aggregation script sent config twice; the first one stands")
-                return
-            self._configure(state, frame)
-        elif frame.type == "error":
-            ctx.set_agg_worker(WorkerState.FAILED, frame.message)
-            self._rounds.fail("AggregationWorkerFailed", f"the aggregation script reported an error: {frame.message}")
-        else:
-            ctx.log.warning("unexpected frame from the aggregation script", frame=frame.type)
-            return
-        ctx.publish()
+        self._script.on_frame(frame)
 
     def on_script_exit(self, code: int | None, tail: str, now_s: float) -> None:
         """The aggregation script exited (`code` None: unknown). Before the job ended, that fails the job."""
-        ctx = self._ctx
-        tail = tail.strip()[-TAIL_CHARS:]
-        said = f": {tail}" if tail else " (no output)"
-        state = ctx.state
-        if isinstance(state, Done):
-            if code == 0 or (ctx.signalled is not None and code is not None and code < 0):
-                ctx.set_agg_worker(WorkerState.COMPLETED, f"exited with code {code}")
-            else:
-                ctx.set_agg_worker(WorkerState.FAILED, f"exited with code {code}{said}")
-            ctx.log.info("aggregation script exited", code=code)
-        elif isinstance(state, Starting):
-            ctx.set_agg_worker(WorkerState.FAILED, f"exited with code {code}")
-            self._rounds.fail(
-                "AggregationWorkerFailed",
-                f"the aggregation script exited with code {code} before sending its config "
-                f"(does it call AggregationServer(...).start()?){said}",
-            )
-        elif code == 0:
-            ctx.set_agg_worker(WorkerState.COMPLETED, "exited with code 0 before the job finished")
-            ctx.event("Warning", "AggregationScriptExited", "the aggregation script exited (code 0); the job goes on")
-        else:
-            ctx.set_agg_worker(WorkerState.FAILED, f"exited with code {code}")
-            self._rounds.fail("AggregationWorkerFailed", f"the aggregation script exited with code {code}{said}")
-        ctx.publish()
+        self._script.on_exit(code, tail)
 
     def tick(self, now_s: float) -> None:
         """Timers: the config deadline, resume requests for stalled transfers, the round deadline."""
-        ctx = self._ctx
-        ctx.advance(now_s)
-        state = ctx.state
-        if isinstance(state, Starting) and now_s >= state.config_deadline:
-            ctx.set_agg_worker(WorkerState.FAILED, "sent no config")
-            self._rounds.fail(
-                "AggregationWorkerFailed",
-                f"the aggregation script sent no config within {ctx.facts.config_timeout:g} s "
-                "(does it call AggregationServer(...).start()?)",
-            )
-            ctx.publish()
+        self._ctx.advance(now_s)
+        if self._script.tick(now_s):
             return
         self._intake.tick(now_s)
         self._rounds.tick(now_s)
@@ -339,82 +244,3 @@ class Job:
     def on_node_status(self, node: str, state: NodeState) -> None:
         """A participant's node went offline (its last will) or came back."""
         self._workers.on_node_status(node, state)
-
-    # -- STARTING -> INIT ------------------------------------------------------------------------
-
-    def _configure(self, starting: Starting, frame: WorkerFrame) -> None:
-        """The script's config: the strategy and exit_round, the plan published, then INIT (or resume)."""
-        ctx, facts = self._ctx, self._ctx.facts
-        try:
-            strategy = get_strategy(frame.aggregation or DEFAULT_AGGREGATION)
-        except StrategyError as exc:
-            ctx.set_agg_worker(WorkerState.FAILED, str(exc))
-            self._rounds.fail("UnknownAggregation", str(exc))
-            return
-        exit_round = max(int(frame.exit_round or 1), 1)
-        checkpoint = starting.checkpoint[0] if starting.checkpoint else None
-        if checkpoint is not None and checkpoint.exit_round != exit_round:
-            ctx.event(
-                "Warning",
-                "ExitRoundChanged",
-                f"the aggregation script says exit_round={exit_round}, the checkpoint's run has "
-                f"{checkpoint.exit_round}; the run keeps {checkpoint.exit_round}",
-            )
-            exit_round = checkpoint.exit_round
-        count = frame.participants_count
-        if count is not None and count != len(facts.participants):
-            ctx.event(
-                "Warning",
-                "ParticipantsCount",
-                f"the aggregation script says participants_count={count}, the job has "
-                f"{len(facts.participants)} training workers; every training worker takes part in each round",
-            )
-        plan = JobPlan(
-            job=facts.name,
-            namespace=facts.namespace,
-            uid=facts.uid,
-            aggregation_node=facts.node,
-            aggregation=strategy.name,
-            exit_round=exit_round,
-            participants=list(facts.participants),
-            model=facts.model,
-            pretrained_model=facts.pretrained_model,
-            workers=facts.planned,
-            chunk_size=facts.chunk_size,
-        )
-        run = Run(strategy=strategy, plan=plan)
-        # The plan counts as issued from here on: failing the job clears it, also when publishing it failed.
-        ctx.state = Init(run)
-        try:
-            ctx.port.publish_plan(facts.name, plan)
-        except AggregatorError as exc:
-            self._rounds.fail("PublishFailed", f"cannot publish the job plan: {exc}")
-            return
-        if starting.checkpoint is not None:
-            self._recovery.resume(run, *starting.checkpoint)
-        else:
-            self._running(run)
-        for node, (worker, retained) in starting.early_statuses.items():
-            if not ctx.finished:
-                self.on_worker_status(node, worker, retained=retained)
-        for (round_, node, _), manifest in starting.early_manifests.items():
-            if not ctx.finished:
-                self.on_update_manifest(node, round_, manifest, ctx.clock)
-
-    def _running(self, run: Run) -> None:
-        """The job runs (a new run, or one resumed without a checkpoint): round 0 waits for an init."""
-        ctx, facts = self._ctx, self._ctx.facts
-        status = ctx.status
-        status.phase = Phase.RUNNING
-        if status.start_time is None:
-            status.start_time = now()
-        status.exit_round = run.exit_round
-        status.message = f"round 0: waiting for an initial model from {', '.join(facts.participants)}"
-        ctx.book.condition(ConditionType.TRAINING, "DoTraining", "waiting for the round-0 model")
-        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.exit_round} rounds")
-        ctx.event(
-            "Normal",
-            "Started" if not facts.resume else "Resumed",
-            f"plan published: {run.strategy.name}, {run.exit_round} rounds, participants "
-            f"{', '.join(facts.participants)}" + (" (resumed without a checkpoint: round 0)" if facts.resume else ""),
-        )
