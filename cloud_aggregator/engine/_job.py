@@ -23,7 +23,7 @@ from cloud_aggregator.engine._port import Port
 from cloud_aggregator.engine._recovery import Recovery
 from cloud_aggregator.engine._rounds import RoundEngine
 from cloud_aggregator.engine._script import AggregationScript
-from cloud_aggregator.engine._stages import Done, Stage, Training
+from cloud_aggregator.engine._stages import Done, Final, Stage, Training
 from cloud_aggregator.engine._workers import Workers
 from schemas import (
     Dataset,
@@ -150,10 +150,12 @@ class Job:
         return None if model is None else [a.copy() for a in model.arrays]
 
     @property
-    def counted(self) -> dict[str, int]:
-        """The workers whose update the open round counted, with their sample counts (a copy)."""
+    def counted(self) -> list[str]:
+        """The workers whose update counts in `round`: the open round's so far, or the final round's."""
         state = self._ctx.state
-        return dict(state.counted) if isinstance(state, Training) else {}
+        if isinstance(state, Training):
+            return list(state.counted)
+        return list(state.participants) if isinstance(state, Final) else []
 
     def wants_transfer(self, round_: int) -> bool:
         """Whether chunks of a transfer for `round_` are worth keeping (a cheap filter before assembly)."""
