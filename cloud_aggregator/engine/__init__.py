@@ -32,15 +32,11 @@ job is a few parts with one role each, sharing one `_context.JobContext`: the st
 
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._controller import Controller
-from cloud_aggregator.engine._facts import DEFAULT_RESUME_AFTER
-from cloud_aggregator.engine._intake import MAX_RESUME_INTERVAL
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._port import Port, ScriptRequest, ScriptSignal
 from cloud_aggregator.engine._stages import Stage
 
 __all__ = [
-    "DEFAULT_RESUME_AFTER",
-    "MAX_RESUME_INTERVAL",
     "Checkpoint",
     "Controller",
     "Job",
