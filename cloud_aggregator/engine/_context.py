@@ -36,7 +36,7 @@ class JobContext:
             job=facts.name, uid=facts.uid
         )
         self.book = StatusBook(initial_status(facts))
-        self.state: JobState = Starting(config_deadline=math.inf)  # `Job.start` sets the deadline
+        self.state: JobState = Starting(config_deadline=math.inf)  # due from `AggregationScript.start` on
         self.clock = 0.0  # the latest time any call brought (for timers armed inside handlers)
         self._signalled: ScriptSignal | None = None
 
