@@ -1,18 +1,47 @@
 """The cloud side: the controller (resources, validation, job status) and the aggregator (rounds, strategies).
 
 This root is what aggregation scripts import, Sedna's way: `AggregationServer` and `Context`; it also
-holds the strategies (`Strategy`, `FedAvg`, `get_strategy`), pure and usable on their own. It never
-imports paho-mqtt. The job engine is `cloud_aggregator.engine`; the process `fl-cloud-aggregator`
-(`cloud_aggregator.cli.main`) runs `cloud_aggregator.service.AggregatorService`.
+holds the strategies (`Strategy`, `FedAvg`, `get_strategy`), pure and usable on their own, and the
+package's errors. It never imports paho-mqtt. The controller and the job engine are
+`cloud_aggregator.engine`; the process `fl-cloud-aggregator` (`cloud_aggregator.cli.main`) runs
+`cloud_aggregator.service.AggregatorService`.
 """
 
-from cloud_aggregator._strategy import FedAvg, Strategy, get_strategy
+from cloud_aggregator._errors import (
+    AggregatorError,
+    ControllerError,
+    PublishFailedError,
+    StateError,
+    StrategyError,
+    UpdateRejectedError,
+    WorkerScriptError,
+)
+from cloud_aggregator._strategy import (
+    AggregationState,
+    FedAvg,
+    Layout,
+    Strategy,
+    get_strategy,
+    register_strategy,
+    strategy_names,
+)
 from cloud_aggregator._worker_api import AggregationServer, Context
 
 __all__ = [
     "AggregationServer",
+    "AggregationState",
+    "AggregatorError",
     "Context",
+    "ControllerError",
     "FedAvg",
+    "Layout",
+    "PublishFailedError",
+    "StateError",
     "Strategy",
+    "StrategyError",
+    "UpdateRejectedError",
+    "WorkerScriptError",
     "get_strategy",
+    "register_strategy",
+    "strategy_names",
 ]

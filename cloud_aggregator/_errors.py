@@ -5,6 +5,7 @@
     ├── ControllerError         a job cannot run as written on this node
     ├── WorkerScriptError       the aggregation script cannot start, failed, or runs outside the service
     ├── PublishFailedError      the broker did not take a plan, status or global model in time
+    ├── StateError              the state folder (spool, checkpoints) cannot be written or read
     └── UpdateRejectedError     a weights transfer fails its checks; `.reason` says why (job engine only)
 
 Errors from other packages (`schemas.SchemaError`, `broker.BrokerError`) pass through unchanged where
@@ -18,6 +19,7 @@ __all__ = [
     "AggregatorError",
     "ControllerError",
     "PublishFailedError",
+    "StateError",
     "StrategyError",
     "UpdateRejectedError",
     "WorkerScriptError",
@@ -42,6 +44,10 @@ class WorkerScriptError(AggregatorError):
 
 class PublishFailedError(AggregatorError):
     """The broker refused or did not acknowledge a publication (a plan, a status, a global model)."""
+
+
+class StateError(AggregatorError):
+    """The aggregator's state folder (spooled updates, checkpoints) cannot be written or read."""
 
 
 class UpdateRejectedError(AggregatorError):

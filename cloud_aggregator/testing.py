@@ -1,4 +1,4 @@
-"""Test doubles for the controller and the round engine: an in-memory `Port` and transfer builders.
+"""Test doubles for `cloud_aggregator.engine`: an in-memory `Port` and transfer builders.
 
     port = MemoryPort()
     controller = Controller(node="cloud0", port=port)
@@ -10,7 +10,6 @@ Nothing here touches a broker, a process or a file.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cloud_aggregator._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator._errors import AggregatorError
-from cloud_aggregator._ports import ScriptRequest, ScriptSignal
+from cloud_aggregator.engine import Checkpoint, ScriptRequest, ScriptSignal, SpooledUpdate
 from schemas import (
     JobPlan,
     JobStatus,
@@ -28,10 +26,11 @@ from schemas import (
     ModelRef,
     ResourceStatus,
     TransferManifest,
+    TransferOrigin,
     UpdateAck,
     WeightsKind,
     decode_weights,
-    encode_weights,
+    weights_transfer,
 )
 
 __all__ = ["GlobalModel", "MemoryDisk", "MemoryPort", "chunks_of", "make_transfer"]
@@ -193,26 +192,10 @@ def make_transfer(
 ) -> tuple[TransferManifest, bytes]:
     """A weights blob and the manifest of its chunked transfer, as an edge (or, for kind global with
     `final`, the aggregator) would send them."""
-    blob = encode_weights(
-        arrays, kind=kind, job=job, round_=round_, sender=sender, num_samples=num_samples, names=names
-    )
-    chunks = [blob[i : i + chunk_size] for i in range(0, len(blob), chunk_size)]
-    digest = hashlib.sha256(blob).hexdigest()
-    manifest = TransferManifest(
-        transfer=transfer or digest[:16],
-        kind=kind,
-        job=job,
-        uid=uid,
-        round=round_,
-        sender=manifest_sender or sender,
-        total_bytes=len(blob),
-        chunk_size=chunk_size,
-        chunks=len(chunks),
-        sha256=digest,
-        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
-        num_samples=num_samples,
-        final=final,
-    )
+    origin = TransferOrigin(kind, job, uid, round_, sender, num_samples, final)
+    manifest, blob = weights_transfer(arrays, origin, chunk_size=chunk_size, transfer=transfer, names=names)
+    if manifest_sender is not None:  # a manifest that lies about its sender
+        manifest = manifest.model_copy(update={"sender": manifest_sender})
     return manifest, blob
 
 

@@ -13,7 +13,7 @@ the end of a job. The per-job state machine is `edge_trainer.engine`; the proces
 (`edge_trainer.cli.main`) runs `edge_trainer.service.EdgeService`.
 """
 
-from edge_trainer._data import TxtDataParse, load_dataset, load_image, read_label_file
+from edge_trainer._data import LabeledSample, TxtDataParse, load_dataset, load_image, parse_label_line, read_label_file
 from edge_trainer._errors import (
     DatasetError,
     EdgeTrainerError,
@@ -32,6 +32,7 @@ __all__ = [
     "DatasetError",
     "EdgeTrainerError",
     "FederatedLearning",
+    "LabeledSample",
     "ModelSaveError",
     "OutboxError",
     "PathEscapeError",
@@ -40,5 +41,6 @@ __all__ = [
     "WorkerError",
     "load_dataset",
     "load_image",
+    "parse_label_line",
     "read_label_file",
 ]

@@ -2,19 +2,21 @@
 
 `AggregatorService` runs the controller (`cloud_aggregator.engine`) on one logic thread over one MQTT
 session; `MqttPort` is how the engine's decisions reach the broker, the aggregation scripts
-(`AggregationScripts`, on `runtime.ScriptSupervisor`) and the disk (`write_model`, the state store).
+(`AggregationScripts`, on `runtime.ScriptSupervisor`) and the disk (`write_model`, `StateStore`: the spool and the checkpoints).
 """
 
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts, aggregation_launch, aggregation_variables
 from cloud_aggregator.service._service import AggregatorService, Event
+from cloud_aggregator.service._state_store import StateStore
 
 __all__ = [
     "AggregationScripts",
     "AggregatorService",
     "Event",
     "MqttPort",
+    "StateStore",
     "aggregation_launch",
     "aggregation_variables",
     "write_model",

@@ -16,11 +16,11 @@ import numpy.typing as npt
 from structlog.typing import FilteringBoundLogger
 
 from broker import BlobSender, BrokerError, Session
-from cloud_aggregator._checkpoint import Checkpoint, SpooledUpdate, StateStore
 from cloud_aggregator._errors import PublishFailedError
-from cloud_aggregator._ports import ScriptRequest, ScriptSignal
+from cloud_aggregator.engine import Checkpoint, ScriptRequest, ScriptSignal, SpooledUpdate
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._scripts import AggregationScripts
+from cloud_aggregator.service._state_store import StateStore
 from schemas import JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, Topics, TransferOrigin, UpdateAck
 
 __all__ = ["MqttPort"]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from structlog.typing import FilteringBoundLogger
 
 from cloud_aggregator._errors import WorkerScriptError
-from cloud_aggregator._ports import ScriptRequest, ScriptSignal
+from cloud_aggregator.engine import ScriptRequest, ScriptSignal
 from runtime import (
     ScriptEvent,
     ScriptLaunch,

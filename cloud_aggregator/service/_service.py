@@ -22,8 +22,8 @@ from pathlib import Path
 from structlog.typing import FilteringBoundLogger
 
 from broker import BrokerError, Inbound, MqttSettings, Session, manifest_from_payload
-from cloud_aggregator._controller import Controller
 from cloud_aggregator._errors import AggregatorError
+from cloud_aggregator.engine import Controller
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts
 from runtime import EventLoop, ScriptExited, ScriptFrame, get_logger

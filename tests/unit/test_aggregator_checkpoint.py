@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_aggregator._checkpoint import Checkpoint, StateStore
-from cloud_aggregator._controller import Controller
-from cloud_aggregator._job import Job, Stage
+from cloud_aggregator.engine import Checkpoint, Controller, Job, Stage
+from cloud_aggregator.service import StateStore
 from cloud_aggregator.testing import MemoryPort
 from schemas import JobStatus, Kind, Phase, WorkerFrame, WorkerState, WorkerStatus, decode_weights
 from tests.unit.test_aggregator_intake import send, training, transfer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cloud_aggregator._job import Job, Stage
+from cloud_aggregator.engine import Job, Stage
 from cloud_aggregator.testing import MemoryPort, chunks_of, make_transfer
 from schemas import TransferManifest
 from tests.unit.test_job_rounds import JOB, UID, Arrays, running, weights
@@ -204,7 +204,7 @@ def test_incomplete_transfers_of_a_closed_round_are_dropped() -> None:
 
 def test_update_not_stored_is_not_acknowledged_and_can_come_again() -> None:
     """A store failure: no accepted ack, nothing folded; the edge's next manifest brings it in."""
-    from cloud_aggregator._checkpoint import StateError
+    from cloud_aggregator import StateError
 
     port = MemoryPort()
     job = training(port)

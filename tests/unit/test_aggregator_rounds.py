@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cloud_aggregator._job import Job, Stage
+from cloud_aggregator.engine import Job, Stage
 from cloud_aggregator.testing import MemoryPort
 from schemas import (
     Dataset,

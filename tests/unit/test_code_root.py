@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_aggregator._errors import WorkerScriptError
-from cloud_aggregator._ports import ScriptRequest
+from cloud_aggregator import WorkerScriptError
 from cloud_aggregator.cli import build_parser
+from cloud_aggregator.engine import ScriptRequest
 from cloud_aggregator.service import AggregationScripts, aggregation_launch
 from edge_trainer import PlanRejectedError
 from edge_trainer.engine import prepare_launch

@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cloud_aggregator._controller import Controller
-from cloud_aggregator._errors import WorkerScriptError
-from cloud_aggregator._job import Stage
-from cloud_aggregator._ports import ScriptRequest
+from cloud_aggregator import WorkerScriptError
+from cloud_aggregator.engine import Controller, ScriptRequest, Stage
 from cloud_aggregator.service import AggregationScripts, aggregation_launch, write_model
 from cloud_aggregator.testing import MemoryPort
 from runtime import ScriptEvent, ScriptExited, ScriptFrame, script_environment

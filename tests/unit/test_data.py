@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_trainer import DatasetError, EdgeTrainerError, TxtDataParse, load_dataset, load_image, read_label_file
-from edge_trainer._data import LabeledSample, parse_label_line
+from edge_trainer import (
+    DatasetError,
+    EdgeTrainerError,
+    LabeledSample,
+    TxtDataParse,
+    load_dataset,
+    load_image,
+    parse_label_line,
+    read_label_file,
+)
 from flctl.synth import SynthReport, synthesize
 
 SIZE = (32, 48)  # small images: the whole module runs in about a second

@@ -12,9 +12,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from cloud_aggregator import AggregationServer
-from cloud_aggregator._errors import WorkerScriptError
-from cloud_aggregator._job import Job, Stage
+from cloud_aggregator import AggregationServer, WorkerScriptError
+from cloud_aggregator.engine import Job, Stage
 from cloud_aggregator.testing import MemoryPort, make_transfer
 from runtime import WorkerChannel
 from schemas import (

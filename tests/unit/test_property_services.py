@@ -235,7 +235,7 @@ def test_mutated_updates_are_rejected_and_the_round_averages_the_honest_ones(  #
         except ValueError:
             continue  # not a manifest the service would parse (pydantic refuses it first)
         before = len(port.acks)
-        counted_before = round_ != job.round or mutator in job._counted
+        counted_before = round_ != job.round or mutator in job.counted
         chunked, size = data.draw(st.booleans()), data.draw(st.integers(16, 512))
         deliver(job, mutator, round_, manifest, mutant, chunked=chunked, size=size)
         answers = [a for a in port.acks[before:] if a.transfer == manifest.transfer]

@@ -19,8 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud_aggregator._controller import Controller
-from cloud_aggregator._job import Stage
+from cloud_aggregator.engine import Controller, Stage
 from cloud_aggregator.testing import MemoryPort, make_transfer
 from schemas import (
     Dataset,

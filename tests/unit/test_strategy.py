@@ -11,9 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from cloud_aggregator import FedAvg, Strategy, get_strategy
-from cloud_aggregator._errors import AggregatorError, StrategyError
-from cloud_aggregator._strategy import AggregationState, Layout, strategy_names
+from cloud_aggregator import (
+    AggregationState,
+    AggregatorError,
+    FedAvg,
+    Layout,
+    Strategy,
+    StrategyError,
+    get_strategy,
+    strategy_names,
+)
 
 Arrays = list[npt.NDArray[Any]]
 

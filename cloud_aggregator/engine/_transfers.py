@@ -1,9 +1,10 @@
-"""The checks a weights transfer must pass before the round engine uses it (pure functions).
+"""Weights transfers as the engine sees them: the checks they must pass, and the manifest of a blob (pure).
 
-`check_origin` needs only the manifest and the topic (so a bad transfer is dropped before its chunks
-are assembled); `decode_checked` decodes the blob and checks that its header agrees with the manifest
-and that every value is finite; `describe_layout_difference` says how two tensor layouts differ. Each
-failed check raises `UpdateRejectedError` with a one-line reason for the Warning event and the ack.
+`check_manifest` needs only the manifest, the topic and the job's stage (so a bad transfer is dropped
+before its chunks are assembled); `decode_checked` decodes the blob and checks that its header agrees
+with the manifest and that every value is finite; `describe_layout_difference` says how two tensor
+layouts differ. Each failed check raises `UpdateRejectedError` with a one-line reason for the Warning
+event and the ack.
 """
 
 from __future__ import annotations
@@ -16,9 +17,36 @@ import numpy.typing as npt
 
 from cloud_aggregator._errors import UpdateRejectedError
 from cloud_aggregator._strategy import Layout
+from cloud_aggregator.engine._facts import JobFacts
+from cloud_aggregator.engine._stages import Done, Final, Init, JobState, Starting, Training
 from schemas import TransferManifest, WireError, decode_weights
 
-__all__ = ["check_origin", "decode_checked", "describe_layout_difference"]
+__all__ = ["check_manifest", "check_origin", "decode_checked", "describe_layout_difference"]
+
+
+def check_manifest(
+    facts: JobFacts, state: JobState, node: str, round_: int, manifest: TransferManifest
+) -> Training | None:
+    """Who sent it, for which run and round, and whether the job takes it now: no weights needed.
+
+    Returns the open round's state for an update, None for an init (round 0, in any running stage).
+    """
+    check_origin(manifest, node=node, round_=round_, uid=facts.uid, job=facts.name, participants=facts.participants)
+    if isinstance(state, Starting | Done):
+        raise UpdateRejectedError(f"the job is not running (stage {state.stage.value})")
+    if manifest.kind == "init":
+        if round_ != 0:
+            raise UpdateRejectedError(f"an init transfer belongs to round 0, not round {round_}")
+        return None
+    if manifest.kind != "update":
+        raise UpdateRejectedError(f"kind {manifest.kind} is not an update")
+    if isinstance(state, Init):
+        raise UpdateRejectedError(f"round {round_} has not started: no round-0 model yet")
+    if isinstance(state, Final) or round_ < state.round:
+        raise UpdateRejectedError(f"round {round_} is closed")
+    if round_ > state.round:
+        raise UpdateRejectedError(f"round {round_} has not started; the current round is {state.round}")
+    return state
 
 
 def check_origin(

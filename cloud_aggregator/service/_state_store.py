@@ -4,7 +4,7 @@ Layout (one folder per job, ``ROOT/state/<job>/``)::
 
     spool/<round>/<node>-<transfer>.blob   every accepted update, stored before it is folded and acknowledged
     global-<r>.blob                        the global model of the last closed round r (a weights blob)
-    checkpoint.json                        `Checkpoint`: which round closed, what was folded, the JobStatus
+    checkpoint.json                        `engine.Checkpoint`: which round closed, what was folded, the JobStatus
 
 Every file is written to a temporary sibling, fsynced, renamed over its name (``os.replace``) and its
 folder fsynced, so a reader (the aggregator restarted after kill -9) sees either the old or the new
@@ -19,51 +19,17 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import ValidationError
 
-from cloud_aggregator._errors import AggregatorError
+from cloud_aggregator._errors import StateError
+from cloud_aggregator.engine import Checkpoint, SpooledUpdate
 from runtime import fsync_dir, write_atomic
-from schemas import JobStatus
 
-__all__ = ["Checkpoint", "SpooledUpdate", "StateError", "StateStore"]
+__all__ = ["StateStore"]
 
 _SPOOL_NAME = re.compile(r"^(?P<node>[a-z0-9]([a-z0-9.-]*[a-z0-9])?)-(?P<transfer>[0-9a-f]{8,64})\.blob$")
-
-
-class StateError(AggregatorError):
-    """The aggregator's state folder cannot be written or read."""
-
-
-class Checkpoint(BaseModel):
-    """What a restarted aggregator needs to resume a job after its last closed round."""
-
-    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
-
-    version: int = 1
-    job: str
-    uid: str
-    spec_hash: str
-    closed_round: int = Field(ge=0)
-    exit_round: int = Field(ge=1)
-    participants: list[str]
-    strategy: str
-    # round (as a string: JSON keys) -> [[node, transfer], ...] folded into that round's global model
-    folded: dict[str, list[tuple[str, str]]] = Field(default_factory=dict)
-    status: JobStatus
-
-    def to_json(self) -> bytes:
-        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode()
-
-
-@dataclass(frozen=True)
-class SpooledUpdate:
-    node: str
-    transfer: str
-    blob: bytes
 
 
 class StateStore:

@@ -1,8 +1,8 @@
-"""What the controller and the round engine need from the outside world, as one small interface.
+"""What the controller and the job engine need from the outside world, as one small interface.
 
-The controller (`_controller.py`) and the job engine (`_job.py`) never touch MQTT, processes or files:
-they call a `Port`. The service implements it over a broker session, the worker channel and the node
-root (`_service.MqttPort`); unit tests implement it in memory and look at what was published.
+The controller and the job engine never touch MQTT, processes or files: they call a `Port`. The service
+implements it over a broker session, the worker channel and the node root (`MqttPort`); unit tests
+implement it in memory (`cloud_aggregator.testing.MemoryPort`) and look at what was published.
 
 Every method may raise `AggregatorError` (the service maps broker and OS errors to it); the engine
 turns such an error into a failed job or a Warning event, never into a crash of the service.
@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from cloud_aggregator._checkpoint import Checkpoint, SpooledUpdate
+from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from schemas import EffectiveWorker, JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, UpdateAck
 
 __all__ = ["Port", "ScriptRequest", "ScriptSignal"]
@@ -76,7 +76,7 @@ class Port(Protocol):
         """Write the final weights under the Model url (`<url>/<model>.npz` plus a JSON); return the path."""
         ...
 
-    # -- durable state (ROOT/state/<job>/, `_checkpoint.StateStore`) -----------------------------
+    # -- durable state (the service: ROOT/state/<job>/, `StateStore`) ------------------------------
 
     def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
         """Store an accepted update durably (spool/<round>/<node>-<transfer>.blob) before it is folded."""

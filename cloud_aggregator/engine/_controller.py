@@ -20,7 +20,7 @@ effects behind a `Port`, so tests drive it without a broker. What it decides:
   from its checkpoint (`Job(resume=True)`); retained plans and statuses of jobs whose spec is gone are
   cleared.
 
-Valid jobs are handed to a `Job` (`_job.py`), which owns the job's status from then on.
+Valid jobs are handed to a `Job`, which owns the job's status from then on.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ import structlog
 from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
-from cloud_aggregator._job import DEFAULT_RESUME_AFTER, Job, Stage
-from cloud_aggregator._ports import Port
+from cloud_aggregator.engine._facts import DEFAULT_RESUME_AFTER
+from cloud_aggregator.engine._job import Job
+from cloud_aggregator.engine._port import Port
+from cloud_aggregator.engine._stages import Stage
 from schemas import (
     Condition,
     ConditionType,

@@ -1,0 +1,86 @@
+"""Committing a closed round: make it durable, then public, then forget its spooled updates.
+
+The order is what crash recovery relies on: the checkpoint (global blob, then checkpoint.json) is
+written before the global model is published, and the round's spool is dropped only after both. An
+aggregator killed anywhere in between restarts from the previous checkpoint and its spool, or from
+this one. `folded` is the ledger the checkpoints carry: which (node, transfer) made each closed round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy.typing as npt
+
+from cloud_aggregator._errors import AggregatorError, PublishFailedError
+from cloud_aggregator.engine._checkpoint import Checkpoint
+from cloud_aggregator.engine._context import JobContext
+from cloud_aggregator.engine._stages import Run, TransferId
+from schemas import encode_weights
+
+__all__ = ["Committer"]
+
+
+class Committer:
+    """Checkpoints and publishes one job's global models."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self._ctx = ctx
+        self.folded: dict[int, list[tuple[str, str]]] = {}  # closed round -> (node, transfer) folded
+
+    def folded_transfers(self) -> set[TransferId]:
+        return {(r, n, t) for r, pairs in self.folded.items() for n, t in pairs}
+
+    def commit(
+        self,
+        run: Run,
+        round_: int,
+        weights: Sequence[npt.NDArray[Any]],
+        names: list[str],
+        num_samples: int,
+        *,
+        final: bool,
+    ) -> None:
+        """A closed round (0: the chosen init): checkpoint, publish the global model, drop the round's spool.
+
+        A checkpoint that cannot be written is a Warning (the round goes on, a restart would redo it);
+        a global model that cannot be published raises `PublishFailedError` (the job cannot go on).
+        """
+        ctx, facts = self._ctx, self._ctx.facts
+        blob = encode_weights(
+            weights,
+            kind="global",
+            job=facts.name,
+            round_=round_,
+            sender=facts.node,
+            num_samples=num_samples,
+            names=names,
+        )
+        checkpoint = Checkpoint(
+            job=facts.name,
+            uid=facts.uid,
+            spec_hash=facts.spec_hash,
+            closed_round=round_,
+            exit_round=run.exit_round,
+            participants=list(facts.participants),
+            strategy=run.strategy.name,
+            folded={str(r): list(pairs) for r, pairs in sorted(self.folded.items())},
+            status=ctx.book.snapshot().model_copy(deep=True),
+        )
+        try:
+            ctx.port.save_checkpoint(checkpoint, blob)
+        except AggregatorError as exc:
+            ctx.event("Warning", "CheckpointFailed", f"round {round_}: the checkpoint could not be written: {exc}")
+        self.publish_global(round_, blob, num_samples, final=final)
+        ctx.safely(ctx.port.drop_spool, facts.name, round_)
+
+    def publish_global(self, round_: int, blob: bytes, num_samples: int, *, final: bool) -> None:
+        """Publish the global model of `round_` (retained) and clear the older ones."""
+        ctx, facts = self._ctx, self._ctx.facts
+        try:
+            ctx.port.publish_global(facts.name, round_, blob, uid=facts.uid, num_samples=num_samples, final=final)
+        except AggregatorError as exc:
+            raise PublishFailedError(f"cannot publish the global model of round {round_}: {exc}") from exc
+        ctx.safely(ctx.port.clear_globals, facts.name, round_)
+        ctx.log.info("global model published", global_round=round_, final=final, bytes=len(blob))

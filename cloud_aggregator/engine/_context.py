@@ -1,0 +1,129 @@
+"""What the parts of one job share: its facts, its stage, its status, and the effects they all need.
+
+Every effect of the engine goes through `port`. The helpers here are the ones several parts use:
+an event (status and log), an `UpdateAck`, a signal to the script (at most one), the status
+publication, and `safely` for effects whose failure is worth a log line and nothing more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from cloud_aggregator._errors import AggregatorError
+from cloud_aggregator.engine._facts import JobFacts
+from cloud_aggregator.engine._port import Port, ScriptSignal
+from cloud_aggregator.engine._stages import Done, JobState, Starting
+from cloud_aggregator.engine._status import StatusBook, initial_status, show_state
+from schemas import JobStatus, Kind, TransferManifest, UpdateAck, WorkerState
+
+__all__ = ["EventType", "JobContext"]
+
+EventType = Literal["Normal", "Warning"]
+
+
+class JobContext:
+    """One job's shared state: `facts` (fixed), `state` (its stage), `book` (its status), `clock`."""
+
+    def __init__(self, facts: JobFacts, port: Port) -> None:
+        self.facts = facts
+        self.port = port
+        self.log: FilteringBoundLogger = structlog.get_logger("cloud_aggregator.job").bind(
+            job=facts.name, uid=facts.uid
+        )
+        self.book = StatusBook(initial_status(facts))
+        self.state: JobState = Starting(config_deadline=math.inf)  # due from `AggregationScript.start` on
+        self.clock = 0.0  # the latest time any call brought (for timers armed inside handlers)
+        self._signalled: ScriptSignal | None = None
+
+    @property
+    def status(self) -> JobStatus:
+        return self.book.status
+
+    @property
+    def finished(self) -> bool:
+        return isinstance(self.state, Done)
+
+    @property
+    def signalled(self) -> ScriptSignal | None:
+        """The signal sent to the aggregation script, if any (its exit code reads differently then)."""
+        return self._signalled
+
+    def advance(self, now_s: float) -> None:
+        self.clock = max(self.clock, now_s)
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def event(
+        self, type_: EventType, reason: str, message: str, *, node: str | None = None, round_: int | None = None
+    ) -> None:
+        """An event in the job's status (of the current round unless `round_`), logged too."""
+        self.book.event(type_, reason, message, round_=self.state.round if round_ is None else round_, node=node)
+        log = self.log.warning if type_ == "Warning" else self.log.info
+        log(reason, message=message, worker=node)
+
+    def set_agg_worker(self, state: WorkerState, message: str) -> None:
+        self.book.set_worker(self.facts.node, state, message, role="aggregation", round_=self.state.round)
+
+    def publish(self) -> None:
+        """Publish the status (retained), with whom the job waits for and the open round's message."""
+        show_state(self.status, self.state, self.facts)
+        self.safely(self.port.publish_status, Kind.JOB, self.facts.name, self.book.snapshot())
+
+    # -- other effects ---------------------------------------------------------------------------
+
+    def ack(
+        self,
+        node: str,
+        *,
+        uid: str,
+        round_: int,
+        transfer: str,
+        accepted: bool,
+        reason: str,
+        missing: list[int] | None = None,
+    ) -> None:
+        """Tell `node` what became of its transfer (`missing`: the chunks to send again)."""
+        ack = UpdateAck(
+            job=self.facts.name,
+            uid=uid,
+            round=round_,
+            node=node,
+            transfer=transfer,
+            accepted=accepted,
+            reason=reason,
+            missing=missing or [],
+        )
+        self.safely(self.port.send_ack, ack)
+
+    def answer(
+        self, node: str, manifest: TransferManifest, accepted: bool, reason: str, *, missing: list[int] | None = None
+    ) -> None:
+        """`ack` for the transfer `manifest` describes (the run and round it claims)."""
+        self.ack(
+            node,
+            uid=manifest.uid,
+            round_=manifest.round,
+            transfer=manifest.transfer,
+            accepted=accepted,
+            reason=reason,
+            missing=missing,
+        )
+
+    def signal(self, signal: ScriptSignal) -> None:
+        """Send `finish` or `stop` to the aggregation script; only the first signal counts."""
+        if self._signalled is not None:
+            return
+        self._signalled = signal
+        self.safely(self.port.signal_script, self.facts.name, self.facts.uid, signal)
+
+    def safely(self, call: Callable[..., object], *args: Any) -> None:
+        """Run an effect whose failure changes nothing for the job (logged)."""
+        try:
+            call(*args)
+        except AggregatorError as exc:
+            self.log.warning("side effect failed", effect=getattr(call, "__name__", "?"), error=str(exc))

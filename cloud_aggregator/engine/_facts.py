@@ -1,0 +1,152 @@
+"""What a job's spec and its controller fix for the whole run: names, workers, models and round rules.
+
+`JobFacts` is read by every part of the engine and changed by none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from schemas import (
+    Dataset,
+    DatasetRef,
+    EffectiveWorker,
+    FederatedLearningJob,
+    JobPlan,
+    Model,
+    ModelRef,
+    PlannedWorker,
+    ScriptRef,
+)
+
+__all__ = ["DEFAULT_RESUME_AFTER", "JobFacts", "planned_workers"]
+
+DEFAULT_RESUME_AFTER = 3.0
+
+
+def _model_ref(model: Model) -> ModelRef:
+    return ModelRef(name=model.metadata.name, url=model.spec.url, format=model.spec.format)
+
+
+def planned_workers(spec: FederatedLearningJob, datasets: Mapping[str, Dataset]) -> list[PlannedWorker]:
+    """Each training worker as the plan tells its edge: node, resolved Dataset, script and parameters."""
+    planned = []
+    for worker in spec.spec.training_workers:
+        eff = worker.effective()
+        ds = datasets[worker.dataset.name]
+        planned.append(
+            PlannedWorker(
+                node=eff.node_name,
+                dataset=DatasetRef(
+                    name=ds.metadata.name, url=ds.spec.url, format=ds.spec.format, node_name=ds.spec.node_name
+                ),
+                script=ScriptRef(
+                    dir=eff.script_dir,
+                    boot_file=eff.script_boot_file,
+                    framework_type=eff.framework_type,
+                    framework_version=eff.framework_version,
+                ),
+                parameters=dict(eff.parameters),
+            )
+        )
+    return planned
+
+
+def _round_rules(worker: EffectiveWorker, participants: int) -> tuple[float | None, int]:
+    """round_deadline (None: no deadline) and min_participants (clamped to 1..participants) from the spec."""
+    params = worker.parameters
+    deadline: float | None = None
+    raw = params.get("round_deadline")
+    if raw not in (None, ""):
+        try:
+            value = float(str(raw))
+        except ValueError:
+            value = 0.0
+        deadline = value if value > 0 else None
+    quorum = participants
+    raw = params.get("min_participants")
+    if raw not in (None, ""):
+        with contextlib.suppress(ValueError):
+            quorum = max(1, min(int(str(raw)), participants))
+    return deadline, quorum
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """One run of one job on this aggregation node (`resume`: it restarts from its checkpoint)."""
+
+    spec: FederatedLearningJob
+    spec_hash: str
+    name: str
+    namespace: str
+    uid: str
+    node: str
+    aggregation_worker: EffectiveWorker
+    model: ModelRef
+    pretrained_model: ModelRef | None
+    planned: list[PlannedWorker]
+    participants: list[str]
+    round_deadline: float | None
+    min_participants: int
+    chunk_size: int
+    config_timeout: float
+    resume_after: float
+    resume: bool
+
+    @classmethod
+    def of(
+        cls,
+        spec: FederatedLearningJob,
+        datasets: Mapping[str, Dataset],
+        models: Mapping[str, Model],
+        *,
+        node: str,
+        uid: str,
+        chunk_size: int,
+        config_timeout: float,
+        resume_after: float,
+        resume: bool,
+    ) -> JobFacts:
+        agg = spec.spec.aggregation_worker
+        worker = agg.effective()
+        pretrained = spec.spec.pretrained_model
+        planned = planned_workers(spec, datasets)
+        participants = [w.node for w in planned]
+        deadline, quorum = _round_rules(worker, len(participants))
+        return cls(
+            spec=spec,
+            spec_hash=spec.spec_hash(),
+            name=spec.metadata.name,
+            namespace=spec.metadata.namespace,
+            uid=uid,
+            node=node,
+            aggregation_worker=worker,
+            model=_model_ref(models[agg.model.name]),
+            pretrained_model=_model_ref(models[pretrained.name]) if pretrained else None,
+            planned=planned,
+            participants=participants,
+            round_deadline=deadline,
+            min_participants=quorum,
+            chunk_size=chunk_size,
+            config_timeout=config_timeout,
+            resume_after=resume_after,
+            resume=resume,
+        )
+
+    def plan(self, aggregation: str, exit_round: int) -> JobPlan:
+        """The plan the edges follow, once the script's config chose the aggregation and exit_round."""
+        return JobPlan(
+            job=self.name,
+            namespace=self.namespace,
+            uid=self.uid,
+            aggregation_node=self.node,
+            aggregation=aggregation,
+            exit_round=exit_round,
+            participants=list(self.participants),
+            model=self.model,
+            pretrained_model=self.pretrained_model,
+            workers=self.planned,
+            chunk_size=self.chunk_size,
+        )

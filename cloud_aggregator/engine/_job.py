@@ -1,0 +1,248 @@
+"""`Job`: one job of this aggregator as the controller drives it, from script start to Succeeded or Failed.
+
+A thin facade: each method is one received message or timer tick, handed to the part that owns it:
+the aggregation script and the STARTING stage to `AggregationScript`, transfers to `Intake`, rounds to
+`RoundEngine`, restarts to `Recovery`, worker reports to `Workers`. They share one `JobContext` (the
+job's facts, stage and status). Every effect goes through the `Port`; the status is published after
+each change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy.typing as npt
+
+from cloud_aggregator._strategy import Strategy
+from cloud_aggregator.engine._commit import Committer
+from cloud_aggregator.engine._context import JobContext
+from cloud_aggregator.engine._facts import DEFAULT_RESUME_AFTER, JobFacts
+from cloud_aggregator.engine._intake import Intake
+from cloud_aggregator.engine._port import Port
+from cloud_aggregator.engine._recovery import Recovery
+from cloud_aggregator.engine._rounds import RoundEngine
+from cloud_aggregator.engine._script import AggregationScript
+from cloud_aggregator.engine._stages import Done, Final, Stage, Training
+from cloud_aggregator.engine._workers import Workers
+from schemas import (
+    Dataset,
+    FederatedLearningJob,
+    JobPlan,
+    JobStatus,
+    Kind,
+    Model,
+    NodeState,
+    TransferManifest,
+    WorkerFrame,
+    WorkerStatus,
+)
+
+__all__ = ["Job"]
+
+
+class Job:
+    """One FederatedLearningJob run by this aggregator, from script start to Succeeded or Failed."""
+
+    def __init__(
+        self,
+        *,
+        spec: FederatedLearningJob,
+        datasets: Mapping[str, Dataset],
+        models: Mapping[str, Model],
+        node: str,
+        port: Port,
+        uid: str,
+        chunk_size: int,
+        config_timeout: float = 120.0,
+        resume_after: float = DEFAULT_RESUME_AFTER,
+        resume: bool = False,
+        previous_status: JobStatus | None = None,
+    ) -> None:
+        facts = JobFacts.of(
+            spec,
+            datasets,
+            models,
+            node=node,
+            uid=uid,
+            chunk_size=chunk_size,
+            config_timeout=config_timeout,
+            resume_after=resume_after,
+            resume=resume,
+        )
+        self._ctx = ctx = JobContext(facts, port)
+        committer = Committer(ctx)
+        self._intake = Intake(ctx, deliver=self._deliver)
+        self._rounds = RoundEngine(ctx, self._intake, committer)
+        recovery = Recovery(ctx, self._intake, committer, self._rounds, previous_status)
+        self._workers = Workers(ctx, self._rounds)
+        self._script = AggregationScript(ctx, self._intake, self._rounds, recovery, self._workers)
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @property
+    def facts(self) -> JobFacts:
+        """What the spec and the controller fixed for this run (names, workers, models, round rules)."""
+        return self._ctx.facts
+
+    @property
+    def spec(self) -> FederatedLearningJob:
+        return self._ctx.facts.spec
+
+    @property
+    def name(self) -> str:
+        return self._ctx.facts.name
+
+    @property
+    def uid(self) -> str:
+        return self._ctx.facts.uid
+
+    @property
+    def participants(self) -> list[str]:
+        return self._ctx.facts.participants
+
+    @property
+    def round_deadline(self) -> float | None:
+        return self._ctx.facts.round_deadline
+
+    @property
+    def min_participants(self) -> int:
+        return self._ctx.facts.min_participants
+
+    @property
+    def stage(self) -> Stage:
+        return self._ctx.state.stage
+
+    @property
+    def round(self) -> int:
+        """The round in progress (0 until the round-0 model is chosen)."""
+        return self._ctx.state.round
+
+    @property
+    def finished(self) -> bool:
+        return self._ctx.finished
+
+    @property
+    def status(self) -> JobStatus:
+        """The job's status document (owned by this engine; published on every change)."""
+        return self._ctx.status
+
+    @property
+    def plan(self) -> JobPlan | None:
+        run = self._ctx.state.run
+        return run.plan if run is not None else None
+
+    @property
+    def strategy(self) -> Strategy | None:
+        run = self._ctx.state.run
+        return run.strategy if run is not None else None
+
+    @property
+    def exit_round(self) -> int:
+        """How many rounds the run aggregates (0 until the script's config)."""
+        run = self._ctx.state.run
+        return run.exit_round if run is not None else 0
+
+    @property
+    def global_weights(self) -> list[npt.NDArray[Any]] | None:
+        """The current global model (a copy): round 0's after INIT, else the last closed round's."""
+        model = self._ctx.state.model
+        return None if model is None else [a.copy() for a in model.arrays]
+
+    @property
+    def counted(self) -> list[str]:
+        """The workers whose update counts in `round`: the open round's so far, or the final round's."""
+        state = self._ctx.state
+        if isinstance(state, Training):
+            return list(state.counted)
+        return list(state.participants) if isinstance(state, Final) else []
+
+    def wants_transfer(self, round_: int) -> bool:
+        """Whether chunks of a transfer for `round_` are worth keeping (a cheap filter before assembly)."""
+        return self._intake.wants(round_)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, now_s: float) -> None:
+        """Start the aggregation script; the job waits for its `config` frame until `config_timeout`."""
+        self._script.start(now_s)
+
+    def on_script_frame(self, frame: WorkerFrame, now_s: float) -> None:
+        """A frame from the aggregation script: `config` starts the job, `error` fails it."""
+        self._script.on_frame(frame)
+
+    def on_script_exit(self, code: int | None, tail: str, now_s: float) -> None:
+        """The aggregation script exited (`code` None: unknown). Before the job ended, that fails the job."""
+        self._script.on_exit(code, tail)
+
+    def tick(self, now_s: float) -> None:
+        """Timers: the config deadline, resume requests for stalled transfers, the round deadline."""
+        self._ctx.advance(now_s)
+        if self._script.tick(now_s):
+            return
+        self._intake.tick(now_s)
+        self._rounds.tick(now_s)
+
+    def delete(self) -> None:
+        """The job's spec was deleted: stop everything and clear the job's retained plan, status and globals."""
+        ctx, name, port = self._ctx, self._ctx.facts.name, self._ctx.port
+        state = ctx.state
+        if not isinstance(state, Done):
+            ctx.state = Done(run=state.run, model=state.model, round=state.round)
+        ctx.signal("stop")
+        self._intake.discard()
+        ctx.safely(port.clear_state, name)
+        ctx.safely(port.publish_plan, name, None)
+        ctx.safely(port.clear_globals, name)
+        ctx.safely(port.publish_status, Kind.JOB, name, None)
+        ctx.log.info("job deleted")
+
+    def reject_spec(self, message: str) -> None:
+        """A different or invalid spec was published for this job; it goes on unchanged."""
+        self._ctx.event("Warning", "SpecRejected", message)
+        self._ctx.publish()
+
+    def fail(self, reason: str, message: str) -> None:
+        """Fail the job from outside (e.g. the service cannot go on with it)."""
+        self._rounds.fail(reason, message)
+        self._ctx.publish()
+
+    # -- transfers -------------------------------------------------------------------------------
+
+    def on_update_manifest(self, node: str, round_: int, manifest: TransferManifest, now_s: float) -> None:
+        """An update or init manifest: answered at once when already stored or refused, else assembled."""
+        self._intake.on_manifest(node, round_, manifest, now_s)
+
+    def on_malformed_manifest(self, node: str, round_: int, transfer: str, reason: str) -> None:
+        """A manifest on this job's update topic that is not a valid manifest: refused, and said so."""
+        self._intake.on_malformed(node, round_, transfer, reason)
+
+    def on_update_chunk(self, node: str, round_: int, transfer: str, index: int, data: bytes, *, now_s: float) -> None:
+        """One chunk of an update transfer; the transfer is handled when its last chunk arrives."""
+        self._intake.on_chunk(node, round_, transfer, index, data, now_s=now_s)
+
+    def reject_transfer(self, node: str, manifest: TransferManifest, reason: str) -> None:
+        """The medium could not take this transfer (e.g. larger than the receiver's limit): reject it."""
+        self._intake.refuse(node, manifest, reason)
+
+    def on_init_transfer(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
+        """A complete `init` transfer: the first valid one becomes the global model of round 0."""
+        self._rounds.on_init(node, round_, manifest, blob)
+
+    def on_update(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
+        """A complete `update` transfer: checked, stored, counted once per worker and round, folded on arrival."""
+        self._rounds.on_update(node, round_, manifest, blob)
+
+    def _deliver(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
+        # The intake is made before the round engine (which needs it), so it delivers through here.
+        self._rounds.on_transfer(node, round_, manifest, blob)
+
+    # -- workers and nodes -----------------------------------------------------------------------
+
+    def on_worker_status(self, node: str, worker: WorkerStatus, *, retained: bool) -> None:
+        """A training worker's own status: folded into the job status; Failed fails the job."""
+        self._workers.on_worker_status(node, worker, retained=retained)
+
+    def on_node_status(self, node: str, state: NodeState) -> None:
+        """A participant's node went offline (its last will) or came back."""
+        self._workers.on_node_status(node, state)

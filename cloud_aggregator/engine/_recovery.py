@@ -1,0 +1,139 @@
+"""Crash recovery: a job created with ``resume=True`` restarts from its last checkpoint.
+
+The controller resumes a job whose retained status is Running with the same uid and spec hash. At
+`start` its checkpoint is loaded (one of another run or spec is ignored and cleared); once the script
+sent its config, `resume` restores the status, the global model and what was folded, republishes the
+latest global model (retained), and opens the round after the checkpoint's, folding again the updates
+stored for it before the crash (the spool), each (node, round) once. Without a checkpoint the run
+resumes at round 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cloud_aggregator._errors import AggregatorError, PublishFailedError
+from cloud_aggregator.engine._checkpoint import Checkpoint
+from cloud_aggregator.engine._commit import Committer
+from cloud_aggregator.engine._context import JobContext
+from cloud_aggregator.engine._intake import Intake
+from cloud_aggregator.engine._rounds import RoundEngine
+from cloud_aggregator.engine._stages import Final, GlobalWeights, Run, Training
+from cloud_aggregator.engine._status import final_message
+from schemas import JobStatus, Phase, TransferOrigin, WireError, WorkerState, decode_weights, manifest_for
+
+__all__ = ["Recovery"]
+
+
+class Recovery:
+    """Loads one job's checkpoint and resumes the job from it."""
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        intake: Intake,
+        committer: Committer,
+        rounds: RoundEngine,
+        previous_status: JobStatus | None,
+    ) -> None:
+        self._ctx = ctx
+        self._intake = intake
+        self._committer = committer
+        self._rounds = rounds
+        self._previous = previous_status  # the retained status of the run being resumed
+
+    def load(self) -> tuple[Checkpoint, bytes] | None:
+        """Read the job's checkpoint for a resumed run; one of another run or spec is ignored."""
+        ctx, facts = self._ctx, self._ctx.facts
+        try:
+            loaded = ctx.port.load_checkpoint(facts.name)
+        except AggregatorError as exc:
+            ctx.event("Warning", "CheckpointUnreadable", f"the checkpoint cannot be read; resuming at round 0: {exc}")
+            return None
+        if loaded is None:
+            return None
+        checkpoint = loaded[0]
+        if checkpoint.uid != facts.uid or checkpoint.spec_hash != facts.spec_hash:
+            ctx.log.info("checkpoint of another run ignored", checkpoint_uid=checkpoint.uid)
+            ctx.safely(ctx.port.clear_state, facts.name)
+            return None
+        return loaded
+
+    def resume(self, run: Run, checkpoint: Checkpoint, blob: bytes) -> None:
+        """Resume after the checkpoint's round: status, global model, what was folded, the spool of the open round."""
+        ctx = self._ctx
+        try:
+            header, arrays = decode_weights(blob)
+        except WireError as exc:
+            self._rounds.fail("CheckpointUnreadable", f"the checkpoint's global model cannot be read: {exc}")
+            return
+        closed = checkpoint.closed_round
+        ctx.book.status = self._restored_status(checkpoint)
+        status = ctx.status
+        status.phase = Phase.RUNNING
+        status.exit_round = run.exit_round
+        status.current_round = closed
+        source = checkpoint.folded.get("0", [("?", "")])[0][0]
+        model = GlobalWeights.of(
+            [np.array(a) for a in arrays], header.layout(), [t.name for t in header.tensors], source
+        )
+        self._committer.folded = {int(r): [(n, t) for n, t in pairs] for r, pairs in checkpoint.folded.items()}
+        self._intake.restore_stored(self._committer.folded_transfers())
+        final = closed >= run.exit_round
+        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.exit_round} rounds (resumed)")
+        ctx.event(
+            "Normal",
+            "Resumed",
+            f"resumed from the checkpoint of round {closed}" + ("" if final else f"; round {closed + 1} is open"),
+        )
+        try:
+            self._committer.publish_global(closed, blob, header.num_samples, final=final)
+        except PublishFailedError as exc:
+            self._rounds.fail("PublishFailed", str(exc))
+            return
+        if final:
+            participants = [n for n, _ in self._committer.folded.get(closed, [])]
+            # A run resumed after its final round never opens a round: it stays at round 0 (as before).
+            ctx.state = Final(run=run, model=model, round=0, participants=participants)
+            status.message = final_message(closed)
+            self._rounds.check_complete()
+            return
+        self._rounds.open_round(run, model, closed + 1)
+        self._refold_spool(closed + 1)
+
+    def _restored_status(self, checkpoint: Checkpoint) -> JobStatus:
+        """The checkpoint's status, with the training workers' own states from the retained status."""
+        restored = checkpoint.status.model_copy(deep=True)
+        previous = self._previous
+        if previous is not None and previous.uid == self._ctx.facts.uid:
+            # The retained status is at least as new as the checkpoint for the workers' own states.
+            for worker in previous.workers:
+                if worker.role == "training" and worker.node in self._ctx.facts.participants:
+                    restored.workers = [
+                        w for w in restored.workers if not (w.node == worker.node and w.role == "training")
+                    ]
+                    restored.workers.append(worker)
+        return restored
+
+    def _refold_spool(self, round_: int) -> None:
+        """Fold the updates stored for `round_` before a restart, each (node, round) once."""
+        ctx, facts = self._ctx, self._ctx.facts
+        try:
+            spooled = ctx.port.spooled_updates(facts.name, round_)
+        except AggregatorError as exc:
+            ctx.event("Warning", "SpoolUnreadable", f"round {round_}: the spooled updates cannot be read: {exc}")
+            return
+        for entry in spooled:
+            state = ctx.state
+            if not isinstance(state, Training) or state.round != round_:
+                break  # the round closed (or the job ended) on an update folded before this one
+            if entry.node in state.counted or entry.node not in facts.participants:
+                continue
+            try:
+                header, _ = decode_weights(entry.blob)
+            except WireError as exc:
+                ctx.log.warning("unreadable spooled update skipped", worker=entry.node, error=str(exc))
+                continue
+            origin = TransferOrigin("update", facts.name, facts.uid, round_, entry.node, header.num_samples)
+            manifest = manifest_for(entry.blob, origin, chunk_size=max(1, len(entry.blob)), transfer=entry.transfer)
+            self._rounds.on_update(entry.node, round_, manifest, entry.blob, spooled=True)

@@ -1,0 +1,308 @@
+"""The round engine: from the round-0 model through the rounds to the final model, and failing a job.
+
+- **INIT** (round 0): the first valid init transfer becomes the global model of round 0, so every edge
+  starts round 1 from identical weights. Later inits are acknowledged and not used; one whose layout
+  differs fails its worker (and so the job).
+- **TRAINING** (rounds 1..exit_round): each participant's update is checked, stored (`Port.store_update`)
+  and folded into the strategy's accumulator on arrival, exactly once, then acknowledged. The round
+  closes when every participant is in, or after its deadline (aggregationWorker parameter
+  ``round_deadline``) as soon as ``min_participants`` are in; missing workers are named in
+  `RoundRecord.missing` and a Warning event. Each closed round is committed (`Committer`).
+- **FINAL**: the final weights are written under the Model url; once every worker of the final round
+  reported Completed the job is Succeeded and the script gets `finish`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cloud_aggregator._errors import AggregatorError, PublishFailedError, StrategyError, UpdateRejectedError
+from cloud_aggregator.engine._commit import Committer
+from cloud_aggregator.engine._context import JobContext
+from cloud_aggregator.engine._intake import Intake
+from cloud_aggregator.engine._stages import Done, Final, GlobalWeights, Init, Run, Training
+from cloud_aggregator.engine._status import completed_message, final_message
+from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
+from schemas import ConditionType, Phase, RoundRecord, TransferManifest, WorkerState, now
+
+__all__ = ["RoundEngine"]
+
+
+class RoundEngine:
+    """Moves one job through INIT, TRAINING and FINAL to DONE."""
+
+    def __init__(self, ctx: JobContext, intake: Intake, committer: Committer) -> None:
+        self._ctx = ctx
+        self._intake = intake
+        self._committer = committer
+
+    # -- transfers -------------------------------------------------------------------------------
+
+    def on_transfer(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
+        """A complete transfer from the intake."""
+        if manifest.kind == "init":
+            self.on_init(node, round_, manifest, blob)
+        else:
+            self.on_update(node, round_, manifest, blob)
+
+    def on_init(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
+        """A complete `init` transfer: the first valid one becomes the global model of round 0."""
+        ctx = self._ctx
+        try:
+            if check_manifest(ctx.facts, ctx.state, node, round_, manifest) is not None:
+                raise UpdateRejectedError(f"expected an init transfer, got kind {manifest.kind}")
+            layout, arrays, names = decode_checked(manifest, blob, node=node, job=ctx.facts.name)
+        except UpdateRejectedError as exc:
+            self._intake.reject(node, manifest, exc)
+            ctx.publish()
+            return
+        state = ctx.state
+        if isinstance(state, Init):
+            model = GlobalWeights.of([np.array(a) for a in arrays], layout, names, node)
+            self._committer.folded[0] = [(node, manifest.transfer)]
+            params = sum(int(np.prod(shape)) for _, _, shape in layout)
+            ctx.event(
+                "Normal",
+                "InitialModel",
+                f"the round-0 model comes from {node} ({len(layout)} tensors, {params} parameters)",
+                node=node,
+            )
+            # The checkpoint of round 0 is the durable store of this init: acknowledged after it.
+            if self._commit(state.run, 0, model, manifest.num_samples, final=False):
+                self._intake.mark_stored(0, node, manifest.transfer)
+                ctx.answer(node, manifest, True, "round-0 model")
+                self.open_round(state.run, model, 1)
+        elif isinstance(state, Training | Final):
+            source = state.model.source
+            diff = describe_layout_difference(state.model.layout, layout)
+            if diff:
+                ctx.answer(node, manifest, False, f"layout differs from the round-0 model: {diff}")
+                message = f"its initial model does not match the round-0 model from {source}: {diff}"
+                ctx.book.set_worker(node, WorkerState.FAILED, message)
+                ctx.event("Warning", "LayoutMismatch", f"worker {node}: {message}", node=node)
+                self.fail("WorkerFailed", f"worker {node} failed: {message}")
+            else:
+                self._intake.mark_stored(0, node, manifest.transfer)
+                ctx.answer(node, manifest, True, f"a round-0 model was already chosen (from {source})")
+                ctx.log.info("init transfer ignored: the round-0 model is already chosen", worker=node)
+        ctx.publish()
+
+    def on_update(
+        self, node: str, round_: int, manifest: TransferManifest, blob: bytes, *, spooled: bool = False
+    ) -> None:
+        """A complete `update` transfer: checked, stored, counted once per worker and round, folded on arrival.
+
+        `spooled`: the update comes from the spool (a restart refolds it): it is stored already.
+        """
+        ctx, facts = self._ctx, self._ctx.facts
+        try:
+            open_round = check_manifest(facts, ctx.state, node, round_, manifest)
+            if open_round is None:
+                raise UpdateRejectedError(f"expected an update transfer, got kind {manifest.kind}")
+            if node in open_round.counted:
+                self._intake.duplicate(node, manifest)
+                return
+            layout, arrays, _ = decode_checked(manifest, blob, node=node, job=facts.name)
+            if manifest.num_samples <= 0:
+                raise UpdateRejectedError("num_samples must be > 0")
+            diff = describe_layout_difference(open_round.model.layout, layout)
+            if diff:
+                raise UpdateRejectedError(f"layout differs from the global model: {diff}")
+            try:
+                open_round.run.strategy.check(open_round.acc, arrays, manifest.num_samples)
+            except StrategyError as exc:
+                raise UpdateRejectedError(str(exc)) from exc
+        except UpdateRejectedError as exc:
+            self._intake.reject(node, manifest, exc)
+            ctx.publish()
+            return
+        if not spooled:
+            try:
+                ctx.port.store_update(facts.name, round_, node, manifest.transfer, blob)
+            except AggregatorError as exc:
+                # Not acknowledged: the edge keeps its copy and sends the manifest again later.
+                ctx.event(
+                    "Warning",
+                    "UpdateNotStored",
+                    f"update from {node} for round {round_} could not be stored (not acknowledged): {exc}",
+                    node=node,
+                )
+                ctx.publish()
+                return
+        try:
+            open_round.acc = open_round.run.strategy.fold(open_round.acc, arrays, manifest.num_samples)
+        except StrategyError as exc:  # check() passed: a bug in the strategy
+            self.fail("AggregationFailed", f"round {round_}: folding the update of {node} failed: {exc}")
+            ctx.publish()
+            return
+        open_round.counted[node] = manifest.num_samples
+        open_round.transfers[node] = manifest.transfer
+        self._intake.mark_stored(round_, node, manifest.transfer)
+        ctx.answer(node, manifest, True, "stored")
+        ctx.event(
+            "Normal",
+            "UpdateAccepted",
+            f"update from {node} for round {open_round.round} ({manifest.num_samples} samples)"
+            + (", from the spool" if spooled else "")
+            + f"; {len(open_round.counted)}/{len(facts.participants)} in",
+            node=node,
+        )
+        if not open_round.waiting_for(facts.participants) or (
+            open_round.deadline_passed and len(open_round.counted) >= facts.min_participants
+        ):
+            self._close(open_round)
+        ctx.publish()
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def tick(self, now_s: float) -> None:
+        """The round deadline: close with a quorum, else wait for it (and say for whom)."""
+        ctx, facts = self._ctx, self._ctx.facts
+        state, deadline = ctx.state, facts.round_deadline
+        if not isinstance(state, Training) or deadline is None or state.deadline_passed:
+            return
+        if now_s < state.opened + deadline:
+            return
+        state.deadline_passed = True
+        if len(state.counted) >= facts.min_participants:
+            self._close(state)
+        else:
+            ctx.event(
+                "Warning",
+                "BelowQuorum",
+                f"round {state.round}: the deadline of {deadline:g} s passed with "
+                f"{len(state.counted)}/{len(facts.participants)} updates, quorum {facts.min_participants}; "
+                f"waiting for {', '.join(state.waiting_for(facts.participants))}",
+            )
+        ctx.publish()
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    def open_round(self, run: Run, model: GlobalWeights, round_: int) -> None:
+        """TRAINING: round `round_` opens on `model`, with an empty accumulator, from now on."""
+        ctx = self._ctx
+        acc = run.strategy.begin(model.layout, model.arrays)
+        ctx.state = Training(run=run, model=model, round=round_, acc=acc, opened=ctx.clock)
+        ctx.log = ctx.log.bind(round=round_)
+
+    def check_complete(self) -> None:
+        """FINAL -> DONE (Succeeded) once every worker of the final round reported Completed."""
+        ctx = self._ctx
+        state = ctx.state
+        if not isinstance(state, Final) or not ctx.book.all_training(state.participants, WorkerState.COMPLETED):
+            return
+        ctx.state = Done(run=state.run, model=state.model, round=state.round)
+        status = ctx.status
+        status.phase = Phase.SUCCEEDED
+        status.completion_time = now()
+        left_out = [p for p in ctx.facts.participants if p not in state.participants]
+        status.message = completed_message(state.run.exit_round, left_out)
+        ctx.book.condition(ConditionType.COMPLETE, "Completed", "FederatedLearningJob completed")
+        ctx.event("Normal", "Completed", "FederatedLearningJob completed")
+        ctx.signal("finish")
+
+    def fail(self, reason: str, message: str) -> None:
+        """Any stage -> DONE (Failed): the script is stopped and the plan cleared, so the edges stop too."""
+        ctx = self._ctx
+        state = ctx.state
+        if isinstance(state, Done):
+            return
+        ctx.state = Done(run=state.run, model=state.model, round=state.round)
+        status = ctx.status
+        status.phase = Phase.FAILED
+        status.message = message
+        ctx.book.condition(ConditionType.FAILED, reason, message)
+        ctx.event("Warning", reason, message)
+        ctx.signal("stop")
+        self._intake.discard()
+        if state.run is not None:
+            # No plan, no work: the edges stop this job's training scripts.
+            ctx.safely(ctx.port.publish_plan, ctx.facts.name, None)
+
+    def _close(self, closing: Training) -> None:
+        """Close the open round: record it, commit its global model, then open the next or go FINAL."""
+        ctx, facts = self._ctx, self._ctx.facts
+        r, run = closing.round, closing.run
+        try:
+            weights = run.strategy.finish(closing.acc, closing.model.arrays)
+        except StrategyError as exc:
+            self.fail("AggregationFailed", f"round {r}: {exc}")
+            return
+        final = r >= run.exit_round
+        total = closing.acc.total_samples
+        counted = list(closing.counted)
+        missing = closing.waiting_for(facts.participants)
+        stamp = now()
+        self._committer.folded[r] = [(n, closing.transfers.get(n, "")) for n in counted]
+        ctx.book.record_round(
+            RoundRecord(round=r, participants=counted, total_samples=total, closed_at=stamp, missing=missing)
+        )
+        ctx.book.condition(ConditionType.TRAINING, "DoTraining", f"Round {r} reaches at {stamp.isoformat()}")
+        ctx.status.current_round = r
+        if missing:
+            waited = ctx.clock - closing.opened
+            ctx.event(
+                "Warning",
+                "RoundClosedWithout",
+                f"round {r} closed without {', '.join(missing)} after {waited:.0f} s "
+                f"({len(counted)}/{len(facts.participants)} updates, quorum {facts.min_participants})",
+            )
+        ctx.event(
+            "Normal",
+            "RoundClosed",
+            f"round {r}: {run.strategy.name} of {len(counted)} updates, {total} samples"
+            + (" (final)" if final else ""),
+        )
+        if final:
+            ctx.status.message = final_message(r)  # the checkpoint of the final round says so too
+        model = closing.model.evolved(weights)
+        if not self._commit(run, r, model, total, final=final):
+            return
+        self._intake.discard(r)
+        if not final:
+            self.open_round(run, model, r + 1)
+            return
+        finished = Final(run=run, model=model, round=r, participants=counted)
+        ctx.state = finished
+        self._save_model(finished)
+        left_out = [p for p in facts.participants if p not in counted]
+        if left_out:
+            ctx.event(
+                "Warning",
+                "LeftOutOfFinalRound",
+                f"{', '.join(left_out)} did not take part in the final round {r}; the job completes without "
+                "waiting for them (they catch up from the retained final model)",
+            )
+        self.check_complete()
+
+    def _commit(self, run: Run, round_: int, model: GlobalWeights, num_samples: int, *, final: bool) -> bool:
+        """Commit a closed round; a global model that cannot be published fails the job (False)."""
+        try:
+            self._committer.commit(run, round_, model.arrays, model.names, num_samples, final=final)
+        except PublishFailedError as exc:
+            self.fail("PublishFailed", str(exc))
+            return False
+        return True
+
+    def _save_model(self, final: Final) -> None:
+        """Write the final weights under the job's Model url (a failure is a Warning: the edges have them)."""
+        ctx, facts = self._ctx, self._ctx.facts
+        model = final.model
+        meta = {
+            "job": facts.name,
+            "namespace": facts.namespace,
+            "uid": facts.uid,
+            "round": final.round,
+            "aggregation": final.run.strategy.name,
+            "participants": facts.participants,
+            "digest": model.digest,
+            "tensors": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in model.layout],
+            "savedAt": now().isoformat(),
+        }
+        try:
+            path = ctx.port.write_model(facts.name, facts.model, model.arrays, model.names, meta)
+        except AggregatorError as exc:
+            ctx.event("Warning", "ModelNotSaved", f"cannot write the final model under the Model url: {exc}")
+            return
+        ctx.status.model_path = path
+        ctx.event("Normal", "ModelSaved", f"final model written to {path}")

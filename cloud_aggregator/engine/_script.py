@@ -1,0 +1,196 @@
+"""The aggregation script's side of a job: starting it, its config (STARTING -> INIT), its errors and its exit.
+
+The script is Sedna's aggregation worker: `AggregationServer(...).start()` sends one `config` frame
+(aggregation, exit_round, participants_count) and waits. That frame must arrive within
+`config_timeout`; then the strategy is chosen, the plan is published (retained) and the job runs, or
+resumes from its checkpoint. An `error` frame, or an exit before the job ended, fails the job.
+"""
+
+from __future__ import annotations
+
+from cloud_aggregator._errors import AggregatorError, StrategyError
+from cloud_aggregator._strategy import get_strategy
+from cloud_aggregator.engine._context import JobContext
+from cloud_aggregator.engine._intake import Intake
+from cloud_aggregator.engine._port import ScriptRequest
+from cloud_aggregator.engine._recovery import Recovery
+from cloud_aggregator.engine._rounds import RoundEngine
+from cloud_aggregator.engine._stages import Done, Init, Run, Starting
+from cloud_aggregator.engine._workers import Workers
+from schemas import ConditionType, PathEscapeError, Phase, WorkerFrame, WorkerState, now
+
+__all__ = ["DEFAULT_AGGREGATION", "TAIL_CHARS", "AggregationScript"]
+
+DEFAULT_AGGREGATION = "FedAvg"
+TAIL_CHARS = 1500
+_START_HINT = "(does it call AggregationServer(...).start()?)"
+
+
+class AggregationScript:
+    """Starts one job's aggregation script and turns what the script says into the job's stages."""
+
+    def __init__(
+        self, ctx: JobContext, intake: Intake, rounds: RoundEngine, recovery: Recovery, workers: Workers
+    ) -> None:
+        self._ctx = ctx
+        self._intake = intake
+        self._rounds = rounds
+        self._recovery = recovery
+        self._workers = workers
+
+    def start(self, now_s: float) -> None:
+        """STARTING: start the script; its `config` frame is due within `config_timeout`."""
+        ctx, facts, port = self._ctx, self._ctx.facts, self._ctx.port
+        ctx.clock = now_s
+        starting = Starting(config_deadline=now_s + facts.config_timeout)
+        ctx.state = starting
+        if facts.resume:
+            starting.checkpoint = self._recovery.load()
+        else:
+            ctx.safely(port.clear_state, facts.name)
+        worker = facts.aggregation_worker
+        ctx.event("Normal", "Starting", f"starting aggregation script {worker.script_dir}/{worker.script_boot_file}")
+        try:
+            if not facts.resume:
+                port.clear_globals(facts.name)
+            port.start_script(
+                ScriptRequest(
+                    job=facts.name,
+                    uid=facts.uid,
+                    namespace=facts.namespace,
+                    worker=worker,
+                    model=facts.model,
+                    pretrained_model=facts.pretrained_model,
+                    participants_count=len(facts.participants),
+                )
+            )
+        except (AggregatorError, PathEscapeError) as exc:
+            ctx.set_agg_worker(WorkerState.FAILED, str(exc))
+            self._rounds.fail("AggregationWorkerFailed", f"cannot start the aggregation script: {exc}")
+        ctx.publish()
+
+    def on_frame(self, frame: WorkerFrame) -> None:
+        """A frame from the script: `config` starts the job, `error` fails it."""
+        ctx = self._ctx
+        if ctx.finished:
+            ctx.log.info("frame from the aggregation script after the job ended", frame=frame.type)
+            return
+        if frame.type == "config":
+            state = ctx.state
+            if not isinstance(state, Starting):
+                ctx.log.warning("the aggregation script sent config twice; the first one stands")
+                return
+            self._configure(state, frame)
+        elif frame.type == "error":
+            ctx.set_agg_worker(WorkerState.FAILED, frame.message)
+            self._rounds.fail("AggregationWorkerFailed", f"the aggregation script reported an error: {frame.message}")
+        else:
+            ctx.log.warning("unexpected frame from the aggregation script", frame=frame.type)
+            return
+        ctx.publish()
+
+    def on_exit(self, code: int | None, tail: str) -> None:
+        """The script exited (`code` None: unknown). Before the job ended, that fails the job."""
+        ctx = self._ctx
+        tail = tail.strip()[-TAIL_CHARS:]
+        said = f": {tail}" if tail else " (no output)"
+        state = ctx.state
+        if isinstance(state, Done):
+            # After `finish` or `stop`, being killed by a signal is how a script that hangs ends.
+            if code == 0 or (ctx.signalled is not None and code is not None and code < 0):
+                ctx.set_agg_worker(WorkerState.COMPLETED, f"exited with code {code}")
+            else:
+                ctx.set_agg_worker(WorkerState.FAILED, f"exited with code {code}{said}")
+            ctx.log.info("aggregation script exited", code=code)
+        elif isinstance(state, Starting):
+            ctx.set_agg_worker(WorkerState.FAILED, f"exited with code {code}")
+            self._rounds.fail(
+                "AggregationWorkerFailed",
+                f"the aggregation script exited with code {code} before sending its config {_START_HINT}{said}",
+            )
+        elif code == 0:
+            ctx.set_agg_worker(WorkerState.COMPLETED, "exited with code 0 before the job finished")
+            ctx.event("Warning", "AggregationScriptExited", "the aggregation script exited (code 0); the job goes on")
+        else:
+            ctx.set_agg_worker(WorkerState.FAILED, f"exited with code {code}")
+            self._rounds.fail("AggregationWorkerFailed", f"the aggregation script exited with code {code}{said}")
+        ctx.publish()
+
+    def tick(self, now_s: float) -> bool:
+        """The config deadline: True when it passed now (the job failed; nothing else is due)."""
+        ctx = self._ctx
+        state = ctx.state
+        if not isinstance(state, Starting) or now_s < state.config_deadline:
+            return False
+        ctx.set_agg_worker(WorkerState.FAILED, "sent no config")
+        self._rounds.fail(
+            "AggregationWorkerFailed",
+            f"the aggregation script sent no config within {ctx.facts.config_timeout:g} s {_START_HINT}",
+        )
+        ctx.publish()
+        return True
+
+    def _configure(self, starting: Starting, frame: WorkerFrame) -> None:
+        """The script's config: the strategy and exit_round, the plan published, then INIT (or resume)."""
+        ctx, facts = self._ctx, self._ctx.facts
+        try:
+            strategy = get_strategy(frame.aggregation or DEFAULT_AGGREGATION)
+        except StrategyError as exc:
+            ctx.set_agg_worker(WorkerState.FAILED, str(exc))
+            self._rounds.fail("UnknownAggregation", str(exc))
+            return
+        exit_round = max(int(frame.exit_round or 1), 1)
+        checkpoint = starting.checkpoint[0] if starting.checkpoint else None
+        if checkpoint is not None and checkpoint.exit_round != exit_round:
+            ctx.event(
+                "Warning",
+                "ExitRoundChanged",
+                f"the aggregation script says exit_round={exit_round}, the checkpoint's run has "
+                f"{checkpoint.exit_round}; the run keeps {checkpoint.exit_round}",
+            )
+            exit_round = checkpoint.exit_round
+        count = frame.participants_count
+        if count is not None and count != len(facts.participants):
+            ctx.event(
+                "Warning",
+                "ParticipantsCount",
+                f"the aggregation script says participants_count={count}, the job has "
+                f"{len(facts.participants)} training workers; every training worker takes part in each round",
+            )
+        run = Run(strategy=strategy, plan=facts.plan(strategy.name, exit_round))
+        # The plan counts as issued from here on: failing the job clears it, also when publishing it failed.
+        ctx.state = Init(run)
+        try:
+            ctx.port.publish_plan(facts.name, run.plan)
+        except AggregatorError as exc:
+            self._rounds.fail("PublishFailed", f"cannot publish the job plan: {exc}")
+            return
+        if starting.checkpoint is not None:
+            self._recovery.resume(run, *starting.checkpoint)
+        else:
+            self._running(run)
+        # What arrived for this run while it was starting, in the order it came.
+        for node, (worker, retained) in starting.early_statuses.items():
+            if not ctx.finished:
+                self._workers.on_worker_status(node, worker, retained=retained)
+        for (round_, node, _), manifest in starting.early_manifests.items():
+            if not ctx.finished:
+                self._intake.on_manifest(node, round_, manifest, ctx.clock)
+
+    def _running(self, run: Run) -> None:
+        """The job runs (a new run, or one resumed without a checkpoint): round 0 waits for an init."""
+        ctx, facts = self._ctx, self._ctx.facts
+        status = ctx.status
+        status.phase = Phase.RUNNING
+        if status.start_time is None:
+            status.start_time = now()
+        status.exit_round = run.exit_round
+        status.message = f"round 0: waiting for an initial model from {', '.join(facts.participants)}"
+        ctx.book.condition(ConditionType.TRAINING, "DoTraining", "waiting for the round-0 model")
+        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.exit_round} rounds")
+        ctx.event(
+            "Normal",
+            "Started" if not facts.resume else "Resumed",
+            f"plan published: {run.strategy.name}, {run.exit_round} rounds, participants "
+            f"{', '.join(facts.participants)}" + (" (resumed without a checkpoint: round 0)" if facts.resume else ""),
+        )

@@ -1,0 +1,141 @@
+"""The stages of one job, one state object per stage, each holding exactly what is valid in that stage.
+
+A job is always in one of `Starting`, `Init`, `Training`, `Final` or `Done` (the union `JobState`);
+moving to the next stage replaces the object. So "the accumulator exists" is "the job is `Training`",
+and a type check (``isinstance``) is all the narrowing the engine needs. `Stage` names the stage.
+
+Every state answers `round` (the round in progress, or the last one the job was in) and `run`/`model`
+(None in the stages that have none), so the parts that only report do not care which stage it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import numpy.typing as npt
+
+from cloud_aggregator._strategy import AggregationState, Layout, Strategy
+from cloud_aggregator.engine._checkpoint import Checkpoint
+from schemas import JobPlan, TransferManifest, WorkerStatus, weights_digest
+
+__all__ = ["Done", "Final", "GlobalWeights", "Init", "JobState", "Run", "Stage", "Starting", "Training"]
+
+Arrays = list[npt.NDArray[Any]]
+# (round, node, transfer): one update or init transfer of one run
+TransferId = tuple[int, str, str]
+
+
+class Stage(StrEnum):
+    STARTING = "starting"
+    INIT = "init"
+    TRAINING = "training"
+    FINAL = "final"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the script's config settled: the strategy and the plan published for the edges."""
+
+    strategy: Strategy
+    plan: JobPlan
+
+    @property
+    def exit_round(self) -> int:
+        return self.plan.exit_round
+
+
+@dataclass(frozen=True)
+class GlobalWeights:
+    """The current global model: round 0's (the chosen init) or the last closed round's."""
+
+    arrays: Arrays
+    layout: Layout
+    names: list[str]
+    source: str  # the node whose init became the round-0 model
+    digest: str  # what a worker that saved these weights reports
+
+    @classmethod
+    def of(cls, arrays: Arrays, layout: Layout, names: list[str], source: str) -> GlobalWeights:
+        return cls(arrays, layout, names, source, weights_digest(arrays))
+
+    def evolved(self, arrays: Arrays) -> GlobalWeights:
+        """The next round's global model: new values, the same layout, names and origin."""
+        return GlobalWeights.of(arrays, self.layout, self.names, self.source)
+
+
+@dataclass
+class Starting:
+    """The aggregation script runs; its config frame is due by `config_deadline`.
+
+    A resumed run keeps here what arrives before the round state is restored: the checkpoint it
+    loaded, and the worker statuses and manifests of this run (replayed once the job runs).
+    """
+
+    config_deadline: float
+    checkpoint: tuple[Checkpoint, bytes] | None = None
+    early_statuses: dict[str, tuple[WorkerStatus, bool]] = field(default_factory=dict)
+    early_manifests: dict[TransferId, TransferManifest] = field(default_factory=dict)
+
+    stage: ClassVar[Stage] = Stage.STARTING
+    round: ClassVar[int] = 0
+    run: ClassVar[None] = None
+    model: ClassVar[None] = None
+
+
+@dataclass(frozen=True)
+class Init:
+    """The plan is out; the first valid init transfer becomes the round-0 model."""
+
+    run: Run
+
+    stage: ClassVar[Stage] = Stage.INIT
+    round: ClassVar[int] = 0
+    model: ClassVar[None] = None
+
+
+@dataclass
+class Training:
+    """Round `round` is open: updates are folded into `acc` on arrival, each participant's once."""
+
+    run: Run
+    model: GlobalWeights  # the previous round's global model (what the edges train from)
+    round: int
+    acc: AggregationState
+    opened: float  # when the round opened (its deadline counts from here)
+    counted: dict[str, int] = field(default_factory=dict)  # node -> num_samples folded
+    transfers: dict[str, str] = field(default_factory=dict)  # node -> the transfer folded
+    deadline_passed: bool = False
+
+    stage: ClassVar[Stage] = Stage.TRAINING
+
+    def waiting_for(self, participants: list[str]) -> list[str]:
+        return [p for p in participants if p not in self.counted]
+
+
+@dataclass(frozen=True)
+class Final:
+    """The final model is out; the job succeeds when each of the final round's `participants` completed."""
+
+    run: Run
+    model: GlobalWeights
+    round: int
+    participants: list[str]
+
+    stage: ClassVar[Stage] = Stage.FINAL
+
+
+@dataclass(frozen=True)
+class Done:
+    """Succeeded or failed (the status says which); the job only answers for what it stored."""
+
+    run: Run | None
+    model: GlobalWeights | None
+    round: int
+
+    stage: ClassVar[Stage] = Stage.DONE
+
+
+JobState = Starting | Init | Training | Final | Done

@@ -1,0 +1,159 @@
+"""What a job's status says: the `JobStatus` document's bookkeeping and the wording of its messages.
+
+The job engine decides; `StatusBook` only keeps the document consistent and small: conditions and
+round records are capped (events are capped by `JobStatus.add_event`), and `active`/`succeeded`/`failed`
+are counted like Sedna counts pods (every worker, the aggregation worker included). The functions below
+word the status messages that are built from the job's state (tests and users read them: keep them
+stable); one-line event texts stay next to the decision that emits them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from cloud_aggregator.engine._facts import JobFacts
+from cloud_aggregator.engine._stages import Init, JobState, Training
+from schemas import (
+    Condition,
+    ConditionType,
+    Event,
+    JobStatus,
+    Phase,
+    RoundRecord,
+    WorkerState,
+    WorkerStatus,
+    now,
+)
+
+__all__ = [
+    "MAX_CONDITIONS",
+    "MAX_ROUND_RECORDS",
+    "Role",
+    "StatusBook",
+    "completed_message",
+    "final_message",
+    "initial_status",
+    "rejected_message",
+    "show_state",
+    "waiting_for",
+]
+
+MAX_CONDITIONS = 20
+MAX_ROUND_RECORDS = 100
+Role = Literal["training", "aggregation"]
+
+
+class StatusBook:
+    """Keeps one job's status document."""
+
+    def __init__(self, status: JobStatus) -> None:
+        self.status = status
+
+    def worker(self, node: str, role: Role = "training") -> WorkerStatus | None:
+        return next((w for w in self.status.workers if w.node == node and w.role == role), None)
+
+    def replace_worker(self, worker: WorkerStatus) -> None:
+        """Put `worker` in place of the entry with its node and role (or append it)."""
+        workers = self.status.workers
+        for i, w in enumerate(workers):
+            if w.node == worker.node and w.role == worker.role:
+                workers[i] = worker
+                return
+        workers.append(worker)
+
+    def set_worker(
+        self, node: str, state: WorkerState, message: str, *, role: Role = "training", round_: int | None = None
+    ) -> None:
+        """Change a worker's state and message (as the controller sees it)."""
+        base = self.worker(node, role) or WorkerStatus(job=self.status.name, node=node, role=role, state=state)
+        update: dict[str, Any] = {"state": state, "message": message, "updated_at": now()}
+        if round_ is not None:
+            update["round"] = round_
+        self.replace_worker(base.model_copy(update=update))
+
+    def all_training(self, nodes: list[str], state: WorkerState) -> bool:
+        return all((w := self.worker(n)) is not None and w.state is state for n in nodes)
+
+    def condition(self, type_: ConditionType, reason: str, message: str) -> None:
+        conditions = self.status.conditions
+        conditions.append(Condition(type=type_, reason=reason, message=message))
+        del conditions[:-MAX_CONDITIONS]
+
+    def event(
+        self, type_: Literal["Normal", "Warning"], reason: str, message: str, *, round_: int, node: str | None
+    ) -> None:
+        self.status.add_event(Event(type=type_, reason=reason, message=message, round=round_, node=node))
+
+    def record_round(self, record: RoundRecord) -> None:
+        rounds = self.status.rounds
+        rounds.append(record)
+        del rounds[:-MAX_ROUND_RECORDS]
+
+    def snapshot(self) -> JobStatus:
+        """The status with fresh counts and timestamp, ready to publish."""
+        status = self.status
+        status.active = sum(1 for w in status.workers if not w.state.terminal)
+        status.succeeded = sum(1 for w in status.workers if w.state is WorkerState.COMPLETED)
+        status.failed = sum(1 for w in status.workers if w.state is WorkerState.FAILED)
+        status.updated_at = now()
+        return status
+
+
+# -- wording -------------------------------------------------------------------------------------
+
+
+def initial_status(facts: JobFacts) -> JobStatus:
+    """The status of a job whose aggregation script is being started: every worker pending."""
+    return JobStatus(
+        name=facts.name,
+        namespace=facts.namespace,
+        uid=facts.uid,
+        phase=Phase.PENDING,
+        message="starting the aggregation script",
+        aggregation_node=facts.node,
+        spec_hash=facts.spec_hash,
+        workers=[WorkerStatus(job=facts.name, node=n, state=WorkerState.PENDING) for n in facts.participants]
+        + [WorkerStatus(job=facts.name, node=facts.node, role="aggregation", state=WorkerState.STARTING)],
+    )
+
+
+def waiting_for(state: JobState, participants: list[str]) -> list[str]:
+    """Whose transfer the job waits for: everyone's init, then the open round's missing updates."""
+    if isinstance(state, Init):
+        return list(participants)
+    if isinstance(state, Training):
+        return state.waiting_for(participants)
+    return []
+
+
+def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
+    """Bring `waiting_for` and, while a round is open, the message up to date before a publication."""
+    status.waiting_for = waiting_for(state, facts.participants)
+    if not isinstance(state, Training):
+        return
+    who = ", ".join(status.waiting_for)
+    n, total = len(state.counted), len(facts.participants)
+    if state.deadline_passed:
+        status.message = (
+            f"round {state.round}: waiting for {who} ({n}/{total} updates, quorum {facts.min_participants})"
+        )
+        return
+    status.message = f"round {state.round}/{state.run.exit_round}: waiting for updates from {who} ({n}/{total} in)"
+    if facts.round_deadline is not None:
+        status.message += f", deadline {facts.round_deadline:g} s, quorum {facts.min_participants}"
+
+
+def final_message(round_: int) -> str:
+    return f"final model published (round {round_}); waiting for every worker to save it"
+
+
+def completed_message(exit_round: int, left_out: list[str]) -> str:
+    message = f"completed {exit_round} rounds; every worker of the final round saved the final model"
+    if left_out:
+        message += f" (not in the final round: {', '.join(left_out)})"
+    return message
+
+
+def rejected_message(kind: str, node: str, round_: int, reason: str) -> str:
+    """The Warning event of a refused transfer (`kind`: init or update)."""
+    return f"{kind} from {node} for round {round_} rejected: {reason}"

@@ -1,0 +1,412 @@
+"""The packages' public APIs and the layering between them, pinned: a change here is a deliberate one.
+
+- every package and public subpackage or module exports exactly the pinned names (`__all__`), and each
+  of them exists;
+- nothing outside a package (another package, a test, an example, a benchmark) imports one of its
+  `_private` modules;
+- the layering holds: `schemas` imports nothing of ours, `runtime` only `schemas`, `broker` only those
+  two, and the two services and `flctl` never import each other;
+- what a worker script imports (`edge_trainer`, `cloud_aggregator`: Sedna's worker APIs) loads neither
+  paho-mqtt nor TensorFlow nor the broker package.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("schemas", "runtime", "broker", "cloud_aggregator", "edge_trainer", "flctl")
+# What each package may import of ours (besides itself).
+ALLOWED = {
+    "schemas": set(),
+    "runtime": {"schemas"},
+    "broker": {"schemas", "runtime"},
+    "cloud_aggregator": {"schemas", "runtime", "broker"},
+    "edge_trainer": {"schemas", "runtime", "broker"},
+    "flctl": {"schemas", "runtime", "broker"},
+}
+
+PUBLIC_API: dict[str, list[str]] = {
+    "broker": [
+        "FLCTL_ENV_PREFIX",
+        "NODE_CONFIG_ENV",
+        "SERVICE_ENV_PREFIX",
+        "Assembler",
+        "BlobSender",
+        "BrokerAddress",
+        "BrokerError",
+        "CompletedTransfer",
+        "ConnectError",
+        "ConnectionSettings",
+        "Inbound",
+        "Inbox",
+        "MqttSettings",
+        "NodeConfig",
+        "NodeTls",
+        "PayloadTooLarge",
+        "PublishError",
+        "PublishResult",
+        "Session",
+        "TransferError",
+        "add_connection_options",
+        "add_mqtt_arguments",
+        "chunk_index",
+        "connection_flags",
+        "load_node_config",
+        "manifest_from_payload",
+        "mqtt_settings_from_args",
+        "new_transfer_id",
+        "node_config_from",
+        "node_config_from_args",
+        "node_from_args",
+        "port_number",
+        "transfer_key",
+    ],
+    "broker.mosquitto": [
+        "BrokerConfig",
+        "LocalBroker",
+        "TlsListener",
+        "find_mosquitto",
+        "find_mosquitto_passwd",
+        "port_open",
+        "render_config",
+    ],
+    "broker.mosquitto.cli": ["main"],
+    "cloud_aggregator": [
+        "AggregationServer",
+        "AggregationState",
+        "AggregatorError",
+        "Context",
+        "ControllerError",
+        "FedAvg",
+        "Layout",
+        "PublishFailedError",
+        "StateError",
+        "Strategy",
+        "StrategyError",
+        "UpdateRejectedError",
+        "WorkerScriptError",
+        "get_strategy",
+        "register_strategy",
+        "strategy_names",
+    ],
+    "cloud_aggregator.cli": ["build_parser", "main"],
+    "cloud_aggregator.engine": [
+        "Checkpoint",
+        "Controller",
+        "Job",
+        "Port",
+        "ScriptRequest",
+        "ScriptSignal",
+        "SpooledUpdate",
+        "Stage",
+    ],
+    "cloud_aggregator.service": [
+        "AggregationScripts",
+        "AggregatorService",
+        "Event",
+        "MqttPort",
+        "StateStore",
+        "aggregation_launch",
+        "aggregation_variables",
+        "write_model",
+    ],
+    "cloud_aggregator.testing": ["GlobalModel", "MemoryDisk", "MemoryPort", "chunks_of", "make_transfer"],
+    "edge_trainer": [
+        "BaseConfig",
+        "Context",
+        "DatasetError",
+        "EdgeTrainerError",
+        "FederatedLearning",
+        "LabeledSample",
+        "ModelSaveError",
+        "OutboxError",
+        "PathEscapeError",
+        "PlanRejectedError",
+        "TxtDataParse",
+        "WorkerError",
+        "load_dataset",
+        "load_image",
+        "parse_label_line",
+        "read_label_file",
+    ],
+    "edge_trainer.cli": ["build_parser", "main"],
+    "edge_trainer.engine": [
+        "AckOutcome",
+        "Deliveries",
+        "Delivery",
+        "EdgeJob",
+        "JobPorts",
+        "LaunchSpec",
+        "Launcher",
+        "Outbox",
+        "OutboxEntry",
+        "UploadDone",
+        "UploadRequest",
+        "WorkerHandle",
+        "installed_tensorflow_version",
+        "prepare_launch",
+    ],
+    "edge_trainer.service": [
+        "EdgeService",
+        "Event",
+        "OutboxWritten",
+        "ResendDone",
+        "UploadEvent",
+        "UploadWiring",
+        "Uploads",
+    ],
+    "edge_trainer.testing": ["RecordingPorts", "ScriptedWorker", "global_transfer"],
+    "flctl": ["FlctlError", "__version__", "main"],
+    "flctl.cli": ["broker_options", "build_parser", "main"],
+    "flctl.cluster": ["ADMIN", "MONITOR", "LocalCluster", "NodeProcess", "free_port"],
+    "flctl.printers": [
+        "CREATED_AT",
+        "CREATED_BY",
+        "OUTPUTS",
+        "JobView",
+        "NodeView",
+        "ResourceView",
+        "Retained",
+        "SpecView",
+        "View",
+        "action_line",
+        "age",
+        "collect_jobs",
+        "collect_nodes",
+        "collect_resources",
+        "decode_spec",
+        "deleted_line",
+        "describe_job",
+        "describe_node",
+        "describe_resource",
+        "document",
+        "human_duration",
+        "jobs_table",
+        "render_views",
+        "round_column",
+        "table",
+        "timestamp",
+        "worker_states",
+        "workers_column",
+    ],
+    "flctl.provision": ["DEFAULT_PLAIN_PORT", "DEFAULT_TLS_PORT", "Provisioned", "provision", "render_acl"],
+    "flctl.synth": [
+        "CLASS_COUNTS",
+        "DATASET_DIRNAME",
+        "DEFAULT_CONTRAST",
+        "DEFECT_CLASSES",
+        "SPLIT_FILES",
+        "SynthReport",
+        "copy_split",
+        "synthesize",
+    ],
+    "runtime": [
+        "MAX_BODY",
+        "MAX_HEADER",
+        "PRIVATE_ENV_PREFIXES",
+        "SERVICE_GONE_EXIT",
+        "TMP_PREFIX",
+        "ChannelClosed",
+        "ChannelError",
+        "EventLoop",
+        "NodeRuntimeError",
+        "ScriptEvent",
+        "ScriptExited",
+        "ScriptFrame",
+        "ScriptLaunch",
+        "ScriptProcess",
+        "ScriptStartError",
+        "ScriptSupervisor",
+        "ServiceGone",
+        "ServiceWatch",
+        "WorkerChannel",
+        "configure_logging",
+        "fsync_dir",
+        "get_logger",
+        "script_environment",
+        "script_parameters",
+        "source_checkout",
+        "spawn_channel_pair",
+        "write_atomic",
+    ],
+    "schemas": [
+        "API_VERSION",
+        "CODE_ROOT_ENV",
+        "DEFAULT_CODE_ROOT",
+        "MAX_EVENTS",
+        "MAX_NUM_SAMPLES",
+        "AclPattern",
+        "BaseConfig",
+        "Channel",
+        "Condition",
+        "ConditionType",
+        "Context",
+        "Dataset",
+        "DatasetRef",
+        "EffectiveWorker",
+        "Event",
+        "FederatedLearningJob",
+        "JobPlan",
+        "JobStatus",
+        "Kind",
+        "Model",
+        "ModelRef",
+        "NodeRoot",
+        "NodeState",
+        "NodeStatus",
+        "ParsedTopic",
+        "PathEscapeError",
+        "Phase",
+        "PlannedWorker",
+        "Problem",
+        "Resource",
+        "ResourceStatus",
+        "RoundRecord",
+        "SchemaError",
+        "ScriptRef",
+        "SpecError",
+        "TensorSpec",
+        "TopicError",
+        "Topics",
+        "TransferManifest",
+        "TransferOrigin",
+        "UpdateAck",
+        "WeightsHeader",
+        "WeightsKind",
+        "WireError",
+        "WorkerEnv",
+        "WorkerFrame",
+        "WorkerState",
+        "WorkerStatus",
+        "check_name",
+        "check_parameters",
+        "check_references",
+        "closest_name",
+        "decode_weights",
+        "describe_document",
+        "encode_weights",
+        "load_yaml_documents",
+        "manifest_for",
+        "now",
+        "parse_documents",
+        "parse_for_topic",
+        "parse_resource",
+        "read_header",
+        "weights_digest",
+        "weights_transfer",
+    ],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC_API))
+def test_public_api_is_pinned(module: str) -> None:
+    """Each public module exports exactly the pinned names, and every one of them exists."""
+    loaded = importlib.import_module(module)
+
+    exported = list(loaded.__all__)
+
+    assert exported == PUBLIC_API[module]
+    assert [name for name in exported if not hasattr(loaded, name)] == []
+
+
+def test_every_public_module_is_pinned() -> None:
+    """A public (sub)package or module of ours that is not in the pin list is an API nobody decided on."""
+    found = set()
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            if any(p.startswith("_") for p in parts[1:] if p != "__init__") or parts[-1] == "__main__":
+                continue
+            found.add(".".join(p for p in parts if p != "__init__"))
+    assert sorted(found - set(PUBLIC_API)) == []
+
+
+def _sources() -> Iterator[Path]:
+    for path in sorted(REPO.rglob("*.py")):
+        parts = path.relative_to(REPO).parts
+        if any(p.startswith(".") or p in ("build", "dist") for p in parts):
+            continue
+        yield path
+
+
+def _imports(path: Path) -> Iterator[tuple[str, int]]:
+    """Every module `path` imports (``import a.b``, ``from a.b import c`` as a.b and a.b.c), with its line."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, node.lineno
+            for alias in node.names:
+                yield f"{node.module}.{alias.name}", node.lineno
+
+
+def test_no_private_module_is_imported_from_outside_its_package() -> None:
+    """`pkg._private` belongs to pkg: other packages, tests, examples and benchmarks use the public API."""
+    offenders = []
+    for path in _sources():
+        home = path.relative_to(REPO).parts[0]
+        for name, line in _imports(path):
+            parts = name.split(".")
+            if parts[0] in PACKAGES and parts[0] != home and any(p.startswith("_") for p in parts[1:]):
+                offenders.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    assert offenders == []
+
+
+def test_packages_import_only_the_layers_below_them() -> None:
+    """schemas <- runtime <- broker <- {cloud_aggregator, edge_trainer, flctl}; no cycles, no service-to-service."""
+    offenders = []
+    for package, allowed in ALLOWED.items():
+        for path in (REPO / package).rglob("*.py"):
+            for name, line in _imports(path):
+                top = name.split(".")[0]
+                if top in PACKAGES and top != package and top not in allowed:
+                    offenders.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    assert offenders == []
+
+
+def test_the_worker_apis_load_no_paho_no_tensorflow_no_broker() -> None:
+    """A training or aggregation script imports only what it needs: the worker APIs stay light."""
+    code = (
+        "import sys, edge_trainer, cloud_aggregator;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'paho', 'tensorflow', 'keras', 'broker'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_error_of_a_package_has_its_root() -> None:
+    """One root exception per package: catching it catches everything the package raises on purpose."""
+    import broker
+    import cloud_aggregator
+    import edge_trainer
+    import flctl
+    import runtime
+    import schemas
+
+    roots = {
+        schemas: schemas.SchemaError,
+        runtime: runtime.NodeRuntimeError,
+        broker: broker.BrokerError,
+        cloud_aggregator: cloud_aggregator.AggregatorError,
+        edge_trainer: edge_trainer.EdgeTrainerError,
+        flctl: flctl.FlctlError,
+    }
+    for module, root in roots.items():
+        errors = [
+            getattr(module, name)
+            for name in module.__all__
+            if isinstance(getattr(module, name), type) and issubclass(getattr(module, name), Exception)
+        ]
+        # Only the package's own errors: a re-export (edge_trainer offers schemas.PathEscapeError) keeps its root.
+        own = [e for e in errors if e.__module__.split(".")[0] == module.__name__]
+        strays = [e.__name__ for e in own if not issubclass(e, root)]
+        assert strays == [], module.__name__
