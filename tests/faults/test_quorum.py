@@ -8,7 +8,9 @@ from tests.faults.conftest import RigFactory
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
-DEADLINE = 3  # seconds a round waits for a missing participant once the quorum is in
+# Seconds a round waits for a missing participant once the quorum is in. Round 1 must still see all three
+# edges (fresh processes on a loaded 2-core machine): 3 s was seen to close it early, so it is longer.
+DEADLINE = 8
 
 
 def test_edge_gone_for_good_with_deadline_and_quorum(rig: RigFactory) -> None:
