@@ -389,18 +389,8 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
         path = getattr(conn, name)
         if path is not None and not os.path.isfile(path):
             raise InputError(f'--{name.replace("_", "-")}: the path "{path}" does not exist')
-    return BrokerOptions(
-        host=conn.host,
-        port=conn.port,
-        prefix=prefix,
-        username=conn.username,
-        password=conn.password,
-        tls_ca=conn.tls_ca,
-        tls_cert=conn.tls_cert,
-        tls_key=conn.tls_key,
-        timeout=args.timeout if args.timeout is not None else DEFAULT_TIMEOUT,
-        client_id=client_id,
-    )
+    timeout = args.timeout if args.timeout is not None else DEFAULT_TIMEOUT
+    return BrokerOptions(conn, prefix=prefix, timeout=timeout, client_id=client_id)
 
 
 def session_logger(verbose: bool, err: TextIO) -> FilteringBoundLogger:
