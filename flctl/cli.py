@@ -179,8 +179,7 @@ def _add_broker_init(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--run-as-root",
-        action=argparse.BooleanOptionalAction,
-        default=None,
+        action=argparse.BooleanOptionalAction,  # None when not given: decided when the files are written
         help="write `user root` into mosquitto.conf (default: exactly when this command runs as root)",
     )
     s.add_argument("--force", action="store_true", help="replace the layout in an existing DIR (new CA and secrets)")

@@ -255,23 +255,18 @@ class Uploads:
         """Store the update in the outbox, then publish it whole."""
         sender = BlobSender(self._w.session, chunk_size=req.chunk_size, window=_WINDOW)
         try:
-            manifest = sender.prepare(req.blob, req, transfer=new_transfer_id())
-            entry = self.outbox.put(manifest, req.blob)
+            m = sender.prepare(req.blob, req, transfer=new_transfer_id())
+            entry = self.outbox.put(m, req.blob)
         except (BrokerError, OutboxError) as exc:
             return UploadDone(req.job, req.run_id, req.kind, req.round, error=str(exc))
         self._w.emit(OutboxWritten(entry, req.run_id))
         complete, error = self._publish_entry(sender, entry, req.blob, None)
         if complete:
             self._log.info(
-                "weights uploaded",
-                job=req.job,
-                round=req.round,
-                kind=req.kind,
-                transfer=manifest.transfer,
-                bytes=manifest.total_bytes,
+                "weights uploaded", job=m.job, round=m.round, kind=m.kind, transfer=m.transfer, bytes=m.total_bytes
             )
         return UploadDone(
-            req.job, req.run_id, req.kind, req.round, error=error, transfer=manifest.transfer, pending=not complete
+            req.job, req.run_id, req.kind, req.round, error=error, transfer=m.transfer, pending=not complete
         )
 
     def _resend_one(self, entry: OutboxEntry, indices: list[int] | None) -> ResendDone:
