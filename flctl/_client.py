@@ -72,6 +72,7 @@ class BrokerOptions:
     timeout: float = 10.0
     client_id: str = field(default_factory=default_client_id)
 
+    # The connection's values, where flctl reports them (`BrokerUnreachableError(options.host, options.port)`).
     host = _FromConnection[str]()
     port = _FromConnection[int]()
     username = _FromConnection[str | None]()

@@ -417,17 +417,16 @@ class EdgeJob:
         return header
 
     def _upload(self, kind: WeightsKind, round_: int, blob: bytes) -> None:
-        plan, samples = self.plan, self.num_samples or 0
         request = UploadRequest(
-            kind,
-            plan.job,
-            plan.uid,
-            round_,
-            self.node,
-            samples,
+            kind=kind,
+            job=self.plan.job,
+            uid=self.plan.uid,
+            round=round_,
+            sender=self.node,
+            num_samples=self.num_samples or 0,
             run_id=self.run_id,
             blob=blob,
-            chunk_size=plan.chunk_size,
+            chunk_size=self.plan.chunk_size,
         )
         self._ports.upload(request)
 
