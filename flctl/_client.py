@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Generic, Self, TypeVar, cast, overload
 
 from structlog.typing import FilteringBoundLogger
 
@@ -29,6 +30,8 @@ import broker
 from flctl._errors import BrokerUnreachableError, PublishFailedError, UsageError
 from flctl.printers import Retained
 from schemas import Topics
+
+_T = TypeVar("_T")
 
 # The socket-level check runs once, this long after the first connection attempt had its chance.
 _FIRST_ATTEMPT = 0.25
@@ -44,31 +47,45 @@ def default_client_id() -> str:
     return f"flctl-{user}-{os.getpid()}"
 
 
+class _FromConnection(Generic[_T]):
+    """An attribute of `BrokerOptions` that is its connection's attribute of the same name, so that
+    `options.host` reads the one value `broker.ConnectionSettings` settled instead of a copy of it."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, options: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, options: BrokerOptions, owner: type) -> _T: ...
+    def __get__(self, options: BrokerOptions | None, owner: type) -> _T | Self:
+        return self if options is None else cast(_T, getattr(options.connection, self.name))
+
+
 @dataclass(frozen=True)
 class BrokerOptions:
-    """Where and how to connect; built from the global command-line options and FLCTL_* variables."""
+    """Where and how to connect: the connection settings (flags > FLCTL_* > node config > defaults) and
+    flctl's own options."""
 
-    host: str = "127.0.0.1"
-    port: int = 1883
+    connection: broker.ConnectionSettings
     prefix: str = "fl"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
     timeout: float = 10.0
     client_id: str = field(default_factory=default_client_id)
 
+    # The connection's values, where flctl reports them (`BrokerUnreachableError(options.host, options.port)`).
+    host = _FromConnection[str]()
+    port = _FromConnection[int]()
+    username = _FromConnection[str | None]()
+    password = _FromConnection[str | None]()
+    tls_ca = _FromConnection[str | None]()
+    tls_cert = _FromConnection[str | None]()
+    tls_key = _FromConnection[str | None]()
+
     def mqtt_settings(self) -> broker.MqttSettings:
         return broker.MqttSettings(
-            host=self.host,
-            port=self.port,
             client_id=self.client_id,
-            username=self.username,
-            password=self.password,
-            tls_ca=self.tls_ca,
-            tls_cert=self.tls_cert,
-            tls_key=self.tls_key,
+            # No keepalive: flctl has no --keepalive and ignores FLCTL_KEEPALIVE, as its sessions last seconds.
+            **self.connection.model_dump(exclude={"keepalive"}),
             # A CLI run is one short, clean session: nothing to resume, nothing left on the broker.
             clean_start=True,
             session_expiry=0,

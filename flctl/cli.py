@@ -179,8 +179,7 @@ def _add_broker_init(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--run-as-root",
-        action=argparse.BooleanOptionalAction,
-        default=None,
+        action=argparse.BooleanOptionalAction,  # None when not given: decided when the files are written
         help="write `user root` into mosquitto.conf (default: exactly when this command runs as root)",
     )
     s.add_argument("--force", action="store_true", help="replace the layout in an existing DIR (new CA and secrets)")
@@ -389,18 +388,8 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
         path = getattr(conn, name)
         if path is not None and not os.path.isfile(path):
             raise InputError(f'--{name.replace("_", "-")}: the path "{path}" does not exist')
-    return BrokerOptions(
-        host=conn.host,
-        port=conn.port,
-        prefix=prefix,
-        username=conn.username,
-        password=conn.password,
-        tls_ca=conn.tls_ca,
-        tls_cert=conn.tls_cert,
-        tls_key=conn.tls_key,
-        timeout=args.timeout if args.timeout is not None else DEFAULT_TIMEOUT,
-        client_id=client_id,
-    )
+    timeout = args.timeout if args.timeout is not None else DEFAULT_TIMEOUT
+    return BrokerOptions(conn, prefix=prefix, timeout=timeout, client_id=client_id)
 
 
 def session_logger(verbose: bool, err: TextIO) -> FilteringBoundLogger:

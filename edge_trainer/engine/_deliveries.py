@@ -60,7 +60,7 @@ class Deliveries:
     def add(self, entry: OutboxEntry, run_id: str) -> Delivery:
         """Track `entry`; a publish of it is about to start (`published` arms its timer)."""
         delivery = Delivery(entry, run_id)
-        self._items[(entry.job, entry.transfer)] = delivery
+        self._items[(entry.manifest.job, entry.transfer)] = delivery
         return delivery
 
     def get(self, job: str, transfer: str) -> Delivery | None:
@@ -71,7 +71,7 @@ class Deliveries:
 
     def rounds(self, job: str, uid: str) -> set[int]:
         """Rounds of `job` run `uid` whose update (or init, round 0) is in the outbox."""
-        return {d.entry.round for d in self.of_job(job) if d.entry.uid == uid}
+        return {d.entry.round for d in self.of_job(job) if d.entry.manifest.uid == uid}
 
     def remove(self, job: str, transfer: str) -> Delivery | None:
         return self._items.pop((job, transfer), None)
@@ -99,7 +99,7 @@ class Deliveries:
     def on_ack(self, ack: UpdateAck) -> tuple[AckOutcome, Delivery | None]:
         """What `ack` means for its entry (the entry is forgotten when it is accepted or refused)."""
         delivery = self.get(ack.job, ack.transfer)
-        if delivery is None or delivery.entry.uid != ack.uid or delivery.entry.round != ack.round:
+        if delivery is None or delivery.entry.manifest.uid != ack.uid or delivery.entry.round != ack.round:
             return AckOutcome.IGNORED, delivery
         if ack.accepted:
             self.remove(ack.job, ack.transfer)

@@ -47,7 +47,6 @@ from schemas import (
     JobPlan,
     NodeRoot,
     TransferManifest,
-    TransferOrigin,
     WeightsHeader,
     WeightsKind,
     WireError,
@@ -62,7 +61,7 @@ __all__ = ["EdgeJob"]
 
 
 class EdgeJob:
-    """This node's part of one job (one plan uid). All methods run on the service's logic thread."""
+    """This node's part of one job run (`plan.job`, `plan.uid`). All methods run on the service's logic thread."""
 
     def __init__(
         self,
@@ -112,14 +111,6 @@ class EdgeJob:
         self._retired = False  # deleted or shut down: events of the old run are ignored
 
     # -- properties --------------------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self.plan.job
-
-    @property
-    def uid(self) -> str:
-        return self.plan.uid
 
     @property
     def finished(self) -> bool:
@@ -426,8 +417,18 @@ class EdgeJob:
         return header
 
     def _upload(self, kind: WeightsKind, round_: int, blob: bytes) -> None:
-        origin = TransferOrigin(kind, self.plan.job, self.plan.uid, round_, self.node, self.num_samples or 0)
-        self._ports.upload(UploadRequest(origin, self.run_id, blob, self.plan.chunk_size))
+        request = UploadRequest(
+            kind=kind,
+            job=self.plan.job,
+            uid=self.plan.uid,
+            round=round_,
+            sender=self.node,
+            num_samples=self.num_samples or 0,
+            run_id=self.run_id,
+            blob=blob,
+            chunk_size=self.plan.chunk_size,
+        )
+        self._ports.upload(request)
 
     def _outbox_rounds(self) -> set[int]:
         return self._pending_rounds()

@@ -41,30 +41,25 @@ _DELIVERED = "delivered.json"
 
 @dataclass(frozen=True)
 class OutboxEntry:
-    """One stored update: its manifest (job, uid, round, sender, transfer, hashes) and where its blob is."""
+    """One stored update: its manifest (job, uid, round, sender, transfer, hashes) and where its blob is.
+
+    Entries are listed by `round` and found by `transfer` (their files' stem, their key in `Deliveries`), so
+    those two are at hand; everything else is read from the manifest."""
 
     manifest: TransferManifest
     blob_path: Path
-
-    @property
-    def job(self) -> str:
-        return self.manifest.job
-
-    @property
-    def uid(self) -> str:
-        return self.manifest.uid
 
     @property
     def round(self) -> int:
         return self.manifest.round
 
     @property
-    def transfer(self) -> str:
-        return self.manifest.transfer
-
-    @property
     def meta_path(self) -> Path:
         return self.blob_path.with_suffix(_META)
+
+    @property
+    def transfer(self) -> str:
+        return self.manifest.transfer
 
 
 class Outbox:
@@ -88,13 +83,14 @@ class Outbox:
         Keeps the newest round of the entry's run: a late confirmation of an older round lowers nothing. A
         record of another run (uid) is replaced.
         """
-        if self.delivered_round(entry.job, entry.uid) >= entry.round:
+        m = entry.manifest
+        if self.delivered_round(m.job, m.uid) >= m.round:
             return
-        path = self.record_path(entry.job)
+        path = self.record_path(m.job)
         try:
-            write_atomic(path, json.dumps({"uid": entry.uid, "round": entry.round}).encode())
+            write_atomic(path, json.dumps({"uid": m.uid, "round": m.round}).encode())
         except OSError as exc:
-            raise OutboxError(f"cannot record the delivery of round {entry.round} in {path}: {exc}") from exc
+            raise OutboxError(f"cannot record the delivery of round {m.round} in {path}: {exc}") from exc
 
     def delivered_round(self, job: str, uid: str) -> int:
         """The newest round of run `uid` whose update (0: the init) the aggregator confirmed; -1 for none.

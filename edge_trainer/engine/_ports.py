@@ -19,34 +19,15 @@ from schemas import TransferOrigin, WeightsKind, WorkerFrame, WorkerStatus
 __all__ = ["JobPorts", "Launcher", "UploadDone", "UploadRequest", "WorkerHandle"]
 
 
-@dataclass(frozen=True)
-class UploadRequest:
-    """Upload `blob` (its `origin`: this node's `kind` weights of `round`) as a chunked transfer."""
+# An upload request is the transfer's origin plus what to send: it is passed as the origin itself
+# (`BlobSender.prepare(blob, request)`), and `request.kind`, `request.round`, ... are the origin's fields.
+@dataclass(frozen=True, kw_only=True)
+class UploadRequest(TransferOrigin):
+    """Upload `blob` (this node's `kind` weights of `round`) as a chunked transfer of `chunk_size` bytes."""
 
-    origin: TransferOrigin
     run_id: str
     blob: bytes
     chunk_size: int
-
-    @property
-    def job(self) -> str:
-        return self.origin.job
-
-    @property
-    def uid(self) -> str:
-        return self.origin.uid
-
-    @property
-    def kind(self) -> WeightsKind:
-        return self.origin.kind
-
-    @property
-    def round(self) -> int:
-        return self.origin.round
-
-    @property
-    def num_samples(self) -> int:
-        return self.origin.num_samples
 
 
 @dataclass(frozen=True)

@@ -128,9 +128,8 @@ class EdgeService:
         self._uploads = Uploads(
             Outbox(self.root.path / "state"),
             self._deliveries,
-            UploadWiring(self._session, self.topics, node, self._events.put, self._jobs, self._after),
+            UploadWiring(self._session, self.topics, node, self._events.put, self._jobs, self._after, self._log),
             upload_timeout=upload_timeout,
-            log=self._log,
         )
         self._own_status: dict[str, WorkerStatus] = {}  # job -> this node's retained worker status
         self._online = False
@@ -247,9 +246,9 @@ class EdgeService:
             return
         mine = plan.worker(self.node) is not None
         if current is not None:
-            if current.uid == plan.uid and mine:
+            if current.plan.uid == plan.uid and mine:
                 return  # the same plan again (retained, redelivered)
-            self._log.info("job replaced or no longer runs here", job=name, old_uid=current.uid, new_uid=plan.uid)
+            self._log.info("job replaced or no longer runs here", job=name, old_uid=current.plan.uid, new_uid=plan.uid)
             self._retire(current, clear_status=not mine)
         if not mine:
             return
@@ -331,17 +330,18 @@ class EdgeService:
     def _after(self, job: EdgeJob) -> None:
         """Once a job is finished, stop receiving its global models."""
         if job.finished:
-            self._forget_transfers(job.name)
-            self._session.unsubscribe(self.topics.job_globals(job.name))
+            self._forget_transfers(job.plan.job)
+            self._session.unsubscribe(self.topics.job_globals(job.plan.job))
 
     def _retire(self, job: EdgeJob, *, clear_status: bool) -> None:
         job.delete()
-        self._jobs.pop(job.name, None)
-        self._forget_transfers(job.name)
-        self._uploads.drop_job(job.name)
-        self._session.unsubscribe(self.topics.job_globals(job.name))
+        name = job.plan.job
+        self._jobs.pop(name, None)
+        self._forget_transfers(name)
+        self._uploads.drop_job(name)
+        self._session.unsubscribe(self.topics.job_globals(name))
         if clear_status:
-            self._publish(self.topics.worker_status(job.name, self.node), b"", retain=True)
+            self._publish(self.topics.worker_status(name, self.node), b"", retain=True)
 
     def _forget_transfers(self, name: str) -> None:
         self._assembler.discard_where(lambda key: key[0] == name)

@@ -44,7 +44,10 @@ _WINDOW = 16  # unacknowledged chunks in flight per transfer
 
 @dataclass(frozen=True)
 class OutboxWritten:
-    """The uploader stored an update in the outbox and is about to publish it."""
+    """The uploader stored an update in the outbox and is about to publish it.
+
+    The logic thread tracks the entry (`Deliveries`) from here on, so an aggregator's ack that overtakes
+    the `UploadDone` finds it."""
 
     entry: OutboxEntry
     run_id: str
@@ -52,20 +55,13 @@ class OutboxWritten:
 
 @dataclass(frozen=True)
 class ResendDone:
-    """A republish of an outbox entry ended; `complete`: the broker acknowledged all of it."""
+    """A republish of an outbox entry ended; `complete`: the broker acknowledged all of it.
 
-    job: str
-    transfer: str
-    complete: bool
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class _Resend:
-    """Uploader work: publish chunks `indices` of a stored entry (None: all; empty: none), then its manifest."""
+    `error` is a failure for good (the entry cannot be read or published): the entry is dropped."""
 
     entry: OutboxEntry
-    indices: list[int] | None
+    complete: bool
+    error: str | None = None
 
 
 #: What the uploader reports to the service's logic thread.
@@ -82,26 +78,20 @@ class UploadWiring:
     emit: Callable[[UploadEvent], None]  # any thread: the service's event loop
     jobs: Mapping[str, EdgeJob]  # the service's jobs by name (a live view)
     after: Callable[[EdgeJob], None]  # a job handled an event
+    log: FilteringBoundLogger  # the service's (any thread)
 
 
 class Uploads:
     """This node's outbox, its bookkeeping and its uploader thread."""
 
-    def __init__(
-        self,
-        outbox: Outbox,
-        deliveries: Deliveries,
-        wiring: UploadWiring,
-        *,
-        upload_timeout: float,
-        log: FilteringBoundLogger,
-    ) -> None:
+    def __init__(self, outbox: Outbox, deliveries: Deliveries, wiring: UploadWiring, *, upload_timeout: float) -> None:
         self.outbox = outbox
         self.deliveries = deliveries
         self._w = wiring
         self._timeout = upload_timeout
-        self._log = log
-        self._work: queue.SimpleQueue[UploadRequest | _Resend | None] = queue.SimpleQueue()
+        self._log = wiring.log
+        # The uploader's work: a call that stores or publishes and returns what to report (None: stop).
+        self._work: queue.SimpleQueue[Callable[[], UploadEvent] | None] = queue.SimpleQueue()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="uploader", daemon=True)
 
@@ -119,7 +109,7 @@ class Uploads:
 
     def submit(self, request: UploadRequest) -> None:
         """Store the update in the outbox and publish it (`JobPorts.upload`); never blocks."""
-        self._work.put(request)
+        self._work.put(functools.partial(self._upload_one, request))
 
     def tick(self, connected: bool) -> None:
         """Republish the manifest of every entry whose ack did not come within the ack timeout."""
@@ -130,7 +120,7 @@ class Uploads:
             delivery.resends += 1
             self._log.info(
                 "no ack for an update; republishing its manifest",
-                job=delivery.entry.job,
+                job=delivery.entry.manifest.job,
                 round=delivery.entry.round,
                 transfer=delivery.entry.transfer,
                 after=self.deliveries.ack_timeout,
@@ -140,19 +130,20 @@ class Uploads:
 
     def resume(self, job: EdgeJob) -> None:
         """After a restart: take over the job's stored updates of this run and ask the aggregator about each."""
-        for entry in self.outbox.entries(job.name):
-            if entry.uid != job.uid or entry.manifest.sender != self._w.node:
-                self._log.info("outbox entry of another run deleted", job=job.name, uid=entry.uid, round=entry.round)
+        for entry in self.outbox.entries(job.plan.job):
+            m = entry.manifest
+            if m.uid != job.plan.uid or m.sender != self._w.node:
+                self._log.info("outbox entry of another run deleted", job=job.plan.job, uid=m.uid, round=m.round)
                 self.outbox.remove(entry)
                 continue
-            if self.deliveries.get(entry.job, entry.transfer) is not None:
+            if self.deliveries.get(m.job, m.transfer) is not None:
                 continue
             self._log.info(
                 "outbox entry resumed; republishing its manifest",
-                job=job.name,
-                round=entry.round,
-                kind=entry.manifest.kind,
-                transfer=entry.transfer,
+                job=job.plan.job,
+                round=m.round,
+                kind=m.kind,
+                transfer=m.transfer,
             )
             self._resend(self.deliveries.add(entry, job.run_id), [])
 
@@ -173,7 +164,7 @@ class Uploads:
 
     def on_outbox_written(self, event: OutboxWritten) -> None:
         entry = event.entry
-        if self._job(entry.job, entry.uid) is None:
+        if self._job(entry.manifest.job, entry.manifest.uid) is None:
             self.outbox.remove(entry)  # the run ended while it was being stored
             return
         self.deliveries.add(entry, event.run_id)
@@ -190,17 +181,16 @@ class Uploads:
             self._w.after(job)
 
     def on_resend_done(self, done: ResendDone) -> None:
-        delivery = self.deliveries.published(done.job, done.transfer, complete=done.complete)
+        m = done.entry.manifest
+        delivery = self.deliveries.published(m.job, m.transfer, complete=done.complete)
         if delivery is None or done.error is None:
             return
-        self._log.error(
-            "outbox entry cannot be sent again; dropped", job=done.job, transfer=done.transfer, error=done.error
-        )
-        self.deliveries.remove(done.job, done.transfer)
+        self._log.error("outbox entry cannot be sent again; dropped", job=m.job, transfer=m.transfer, error=done.error)
+        self.deliveries.remove(m.job, m.transfer)
         self.outbox.remove(delivery.entry)
-        job = self._job(done.job, delivery.entry.uid)
+        job = self._job(m.job, m.uid)
         if job is not None:
-            job.on_refused(delivery.entry.manifest.kind, delivery.entry.round, done.error)
+            job.on_refused(m.kind, m.round, done.error)
 
     def on_ack(self, payload: bytes) -> None:
         try:
@@ -216,7 +206,7 @@ class Uploads:
             log.debug("ack for no pending update ignored", accepted=ack.accepted)
             return
         entry = delivery.entry
-        job = self._job(ack.job, entry.uid)
+        job = self._job(ack.job, entry.manifest.uid)
         if outcome is AckOutcome.ACCEPTED:
             log.info("update confirmed by the aggregator", kind=entry.manifest.kind, reason=ack.reason)
             try:
@@ -243,11 +233,11 @@ class Uploads:
     def _job(self, name: str, uid: str) -> EdgeJob | None:
         """The job `name` if it is still the run `uid`."""
         job = self._w.jobs.get(name)
-        return job if job is not None and job.uid == uid else None
+        return job if job is not None and job.plan.uid == uid else None
 
     def _resend(self, delivery: Delivery, indices: list[int] | None) -> None:
         self.deliveries.start_publish(delivery)
-        self._work.put(_Resend(delivery.entry, indices))
+        self._work.put(functools.partial(self._resend_one, delivery.entry, indices))
 
     # -- the uploader thread -------------------------------------------------------------------------
 
@@ -257,10 +247,7 @@ class Uploads:
             if work is None:
                 return
             try:
-                if isinstance(work, _Resend):
-                    self._w.emit(self._resend_one(work))
-                else:
-                    self._w.emit(self._upload_one(work))
+                self._w.emit(work())
             except Exception as exc:  # the uploader must outlive any one transfer
                 self._log.exception("uploader failed on one transfer", error=str(exc))
 
@@ -268,35 +255,30 @@ class Uploads:
         """Store the update in the outbox, then publish it whole."""
         sender = BlobSender(self._w.session, chunk_size=req.chunk_size, window=_WINDOW)
         try:
-            manifest = sender.prepare(req.blob, req.origin, transfer=new_transfer_id())
-            entry = self.outbox.put(manifest, req.blob)
+            m = sender.prepare(req.blob, req, transfer=new_transfer_id())
+            entry = self.outbox.put(m, req.blob)
         except (BrokerError, OutboxError) as exc:
             return UploadDone(req.job, req.run_id, req.kind, req.round, error=str(exc))
         self._w.emit(OutboxWritten(entry, req.run_id))
         complete, error = self._publish_entry(sender, entry, req.blob, None)
         if complete:
             self._log.info(
-                "weights uploaded",
-                job=req.job,
-                round=req.round,
-                kind=req.kind,
-                transfer=manifest.transfer,
-                bytes=manifest.total_bytes,
+                "weights uploaded", job=m.job, round=m.round, kind=m.kind, transfer=m.transfer, bytes=m.total_bytes
             )
         return UploadDone(
-            req.job, req.run_id, req.kind, req.round, error=error, transfer=manifest.transfer, pending=not complete
+            req.job, req.run_id, req.kind, req.round, error=error, transfer=m.transfer, pending=not complete
         )
 
-    def _resend_one(self, work: _Resend) -> ResendDone:
-        entry = work.entry
+    def _resend_one(self, entry: OutboxEntry, indices: list[int] | None) -> ResendDone:
+        """Publish chunks `indices` of a stored entry (None: all; empty: none), then its manifest."""
         try:
             blob = self.outbox.read(entry)
         except OutboxError as exc:
             gone = not entry.meta_path.exists()  # confirmed (and deleted) meanwhile: nothing to send
-            return ResendDone(entry.job, entry.transfer, complete=gone, error=None if gone else str(exc))
+            return ResendDone(entry, complete=gone, error=None if gone else str(exc))
         sender = BlobSender(self._w.session, chunk_size=entry.manifest.chunk_size, window=_WINDOW)
-        complete, error = self._publish_entry(sender, entry, blob, work.indices)
-        return ResendDone(entry.job, entry.transfer, complete=complete, error=error)
+        complete, error = self._publish_entry(sender, entry, blob, indices)
+        return ResendDone(entry, complete=complete, error=error)
 
     def _publish_entry(
         self, sender: BlobSender, entry: OutboxEntry, blob: bytes, indices: list[int] | None
