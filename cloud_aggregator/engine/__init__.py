@@ -33,12 +33,13 @@ job is a few parts with one role each, sharing one `_context.JobContext`: the st
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._controller import Controller
 from cloud_aggregator.engine._job import Job
-from cloud_aggregator.engine._port import Port, ScriptRequest, ScriptSignal
+from cloud_aggregator.engine._port import FinalModel, Port, ScriptRequest, ScriptSignal
 from cloud_aggregator.engine._stages import Stage
 
 __all__ = [
     "Checkpoint",
     "Controller",
+    "FinalModel",
     "Job",
     "Port",
     "ScriptRequest",

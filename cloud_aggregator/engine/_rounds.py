@@ -20,6 +20,7 @@ from cloud_aggregator._errors import AggregatorError, PublishFailedError, Strate
 from cloud_aggregator.engine._commit import Committer
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._intake import Intake
+from cloud_aggregator.engine._port import FinalModel
 from cloud_aggregator.engine._stages import Done, Final, GlobalWeights, Init, Run, Training
 from cloud_aggregator.engine._status import completed_message, final_message
 from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
@@ -300,7 +301,7 @@ class RoundEngine:
             "savedAt": now().isoformat(),
         }
         try:
-            path = ctx.port.write_model(facts.name, facts.model, model.arrays, model.names, meta)
+            path = ctx.port.write_model(FinalModel(facts.name, facts.model, model.arrays, model.names, meta))
         except AggregatorError as exc:
             ctx.event("Warning", "ModelNotSaved", f"cannot write the final model under the Model url: {exc}")
             return

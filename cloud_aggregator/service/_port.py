@@ -7,21 +7,18 @@ and this port remembers which rounds it left retained so it can clear them again
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from structlog.typing import FilteringBoundLogger
 
 from broker import BlobSender, BrokerError, Session
 from cloud_aggregator._errors import PublishFailedError
-from cloud_aggregator.engine import Checkpoint, ScriptRequest, ScriptSignal, SpooledUpdate
+from cloud_aggregator.engine import Checkpoint, FinalModel, ScriptRequest, ScriptSignal, SpooledUpdate
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._scripts import AggregationScripts
 from cloud_aggregator.service._state_store import StateStore
-from schemas import JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, Topics, TransferOrigin, UpdateAck
+from schemas import JobPlan, JobStatus, Kind, ResourceStatus, Topics, TransferOrigin, UpdateAck
 
 __all__ = ["MqttPort"]
 
@@ -115,15 +112,18 @@ class MqttPort:
     def signal_script(self, job: str, uid: str, signal: ScriptSignal) -> None:
         self._scripts.signal(job, uid, signal)
 
-    def write_model(
-        self,
-        job: str,
-        model: ModelRef,
-        arrays: Sequence[npt.NDArray[np.generic]],
-        names: Sequence[str],
-        meta: Mapping[str, Any],
-    ) -> str:
-        return str(write_model(self._root, url=model.url, model_name=model.name, arrays=arrays, names=names, meta=meta))
+    def write_model(self, final: FinalModel) -> str:
+        model = final.model
+        return str(
+            write_model(
+                self._root,
+                url=model.url,
+                model_name=model.name,
+                arrays=final.arrays,
+                names=final.names,
+                meta=final.meta,
+            )
+        )
 
     def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
         self._state.store_update(job, round_, node, transfer, blob)

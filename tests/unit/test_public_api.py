@@ -101,6 +101,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "cloud_aggregator.engine": [
         "Checkpoint",
         "Controller",
+        "FinalModel",
         "Job",
         "Port",
         "ScriptRequest",
