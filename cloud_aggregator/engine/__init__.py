@@ -32,6 +32,7 @@ job is a few parts with one role each, sharing one `_context.JobContext`: the st
 
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._controller import Controller
+from cloud_aggregator.engine._facts import JobFacts, JobSettings
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._port import FinalModel, Port, ScriptRequest, ScriptSignal
 from cloud_aggregator.engine._stages import Stage
@@ -41,6 +42,8 @@ __all__ = [
     "Controller",
     "FinalModel",
     "Job",
+    "JobFacts",
+    "JobSettings",
     "Port",
     "ScriptRequest",
     "ScriptSignal",

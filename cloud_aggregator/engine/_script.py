@@ -42,7 +42,7 @@ class AggregationScript:
         """STARTING: start the script; its `config` frame is due within `config_timeout`."""
         ctx, facts, port = self._ctx, self._ctx.facts, self._ctx.port
         ctx.clock = now_s
-        starting = Starting(config_deadline=now_s + facts.config_timeout)
+        starting = Starting(config_deadline=now_s + facts.settings.config_timeout)
         ctx.state = starting
         if facts.resume:
             starting.checkpoint = self._recovery.load()
@@ -125,7 +125,7 @@ class AggregationScript:
         ctx.set_agg_worker(WorkerState.FAILED, "sent no config")
         self._rounds.fail(
             "AggregationWorkerFailed",
-            f"the aggregation script sent no config within {ctx.facts.config_timeout:g} s {_START_HINT}",
+            f"the aggregation script sent no config within {ctx.facts.settings.config_timeout:g} s {_START_HINT}",
         )
         ctx.publish()
         return True

@@ -103,6 +103,8 @@ PUBLIC_API: dict[str, list[str]] = {
         "Controller",
         "FinalModel",
         "Job",
+        "JobFacts",
+        "JobSettings",
         "Port",
         "ScriptRequest",
         "ScriptSignal",
