@@ -152,7 +152,6 @@ class AggregatorService:
             scripts=self._scripts,
             chunk_size=chunk_size,
             publish_timeout=self._publish_timeout,
-            log=self._log,
         )
         self._controller = Controller(
             node=self.node,
