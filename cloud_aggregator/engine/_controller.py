@@ -33,7 +33,7 @@ import structlog
 from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
-from cloud_aggregator.engine._facts import DEFAULT_RESUME_AFTER, JobFacts, JobSettings
+from cloud_aggregator.engine._facts import JobFacts, JobSettings
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._port import Port
 from cloud_aggregator.engine._stages import Stage
@@ -90,17 +90,13 @@ class Controller:
         *,
         node: str,
         port: Port,
-        chunk_size: int = 512 * 1024,
-        reference_grace: float = 5.0,
-        config_timeout: float = 120.0,
-        resume_after: float = DEFAULT_RESUME_AFTER,
+        settings: JobSettings | None = None,
         new_uid: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.node = node
         self._port = port
-        self._grace = reference_grace
+        self._settings = settings or JobSettings()
         self._new_uid = new_uid
-        self._settings = JobSettings(chunk_size=chunk_size, config_timeout=config_timeout, resume_after=resume_after)
         self._log: FilteringBoundLogger = structlog.get_logger("cloud_aggregator.controller")
         self.datasets: dict[str, Dataset] = {}
         self.models: dict[str, Model] = {}
@@ -321,13 +317,13 @@ class Controller:
             self._start(entry, now_s)
             return
         entry.problems = [str(p) for p in problems]
-        entry.waiting_until = now_s + self._grace
+        entry.waiting_until = now_s + self._settings.reference_grace
         self._publish_waiting(entry)
 
     def _publish_waiting(self, entry: _Entry) -> None:
         waiting = self._missing(entry.spec)
         what = ", ".join(waiting) if waiting else "; ".join(entry.problems)
-        message = f"waiting for {what} (fails after {self._grace:g} s)"
+        message = f"waiting for {what} (fails after {self._settings.reference_grace:g} s)"
         status = self._pre_start_status(entry, Phase.PENDING, message)
         status.add_event(Event(type="Normal", reason="WaitingForReferences", message=message))
         self._log.info("job waits for its references", job=entry.name, problems=entry.problems)

@@ -31,6 +31,7 @@ class JobSettings:
     """What this aggregation node fixes for every job it runs; the controller holds one for all of them."""
 
     chunk_size: int = 512 * 1024  # bytes per chunk of a published global model
+    reference_grace: float = 5.0  # seconds a job waits for a missing Dataset or Model before it fails
     config_timeout: float = 120.0  # seconds the script has to send its config
     resume_after: float = DEFAULT_RESUME_AFTER  # seconds a stalled transfer waits before the resume request
 

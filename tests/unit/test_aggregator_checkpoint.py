@@ -204,7 +204,7 @@ def test_controller_resumes_from_the_checkpoint_with_retained_worker_statuses() 
     retained = old.job_status(JOB)
 
     port = MemoryPort(disk=old.disk)
-    controller = Controller(node="cloud0", port=port, chunk_size=4096, new_uid=lambda: "b" * 32)
+    controller = Controller(node="cloud0", port=port, settings=SETTINGS, new_uid=lambda: "b" * 32)
     for doc in documents(FIXED):
         publish(controller, *doc)
     controller.on_retained_status(Kind.JOB, JOB, retained.to_json())
