@@ -120,7 +120,7 @@ class Job:
     def exit_round(self) -> int:
         """How many rounds the run aggregates (0 until the script's config)."""
         run = self._ctx.state.run
-        return run.exit_round if run is not None else 0
+        return run.plan.exit_round if run is not None else 0
 
     @property
     def global_weights(self) -> list[npt.NDArray[Any]] | None:

@@ -197,7 +197,7 @@ class RoundEngine:
         status.phase = Phase.SUCCEEDED
         status.completion_time = now()
         left_out = [p for p in ctx.facts.participants if p not in state.participants]
-        status.message = completed_message(state.run.exit_round, left_out)
+        status.message = completed_message(state.run.plan.exit_round, left_out)
         ctx.book.condition(ConditionType.COMPLETE, "Completed", "FederatedLearningJob completed")
         ctx.event("Normal", "Completed", "FederatedLearningJob completed")
         ctx.signal("finish")
@@ -229,7 +229,7 @@ class RoundEngine:
         except StrategyError as exc:
             self.fail("AggregationFailed", f"round {r}: {exc}")
             return
-        final = r >= run.exit_round
+        final = r >= run.plan.exit_round
         total = closing.acc.total_samples
         counted = list(closing.counted)
         missing = closing.waiting_for(facts.participants)

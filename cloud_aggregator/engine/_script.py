@@ -186,13 +186,13 @@ class AggregationScript:
         status.phase = Phase.RUNNING
         if status.start_time is None:
             status.start_time = now()
-        status.exit_round = run.exit_round
+        status.exit_round = run.plan.exit_round
         status.message = f"round 0: waiting for an initial model from {', '.join(facts.participants)}"
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", "waiting for the round-0 model")
-        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.exit_round} rounds")
+        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.plan.exit_round} rounds")
         ctx.event(
             "Normal",
             "Started" if not facts.resume else "Resumed",
-            f"plan published: {run.strategy.name}, {run.exit_round} rounds, participants "
+            f"plan published: {run.strategy.name}, {run.plan.exit_round} rounds, participants "
             f"{', '.join(facts.participants)}" + (" (resumed without a checkpoint: round 0)" if facts.resume else ""),
         )
