@@ -38,14 +38,14 @@ __all__ = ["GlobalModel", "MemoryDisk", "MemoryPort", "chunks_of", "make_transfe
 
 @dataclass(frozen=True)
 class GlobalModel:
-    """A global model as the engine published it."""
+    """A global model as the engine published it (what `Port.publish_global` was given, in its order)."""
 
     job: str
     round: int
+    blob: bytes = field(repr=False)
     uid: str
     num_samples: int
     final: bool
-    blob: bytes = field(repr=False)
 
     @property
     def arrays(self) -> list[npt.NDArray[Any]]:
@@ -98,7 +98,7 @@ class MemoryPort:
     def publish_global(self, job: str, round_: int, blob: bytes, *, uid: str, num_samples: int, final: bool) -> None:
         if self.fail_publish_global is not None:
             raise self.fail_publish_global
-        model = GlobalModel(job, round_, uid, num_samples, final, blob)
+        model = GlobalModel(job, round_, blob, uid, num_samples, final)
         self.published_globals.append(model)
         self.retained_globals.setdefault(job, {})[round_] = model
 
