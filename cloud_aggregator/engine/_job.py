@@ -99,7 +99,8 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self._ctx.finished
+        """Succeeded or failed (the status says which)."""
+        return self.stage is Stage.DONE
 
     @property
     def status(self) -> JobStatus:
