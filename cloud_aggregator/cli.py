@@ -96,18 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(node=node, role="aggregator", level=args.log_level)
 
     # Imported here so that `--help` and bad arguments answer before paho and the engine are loaded.
+    from cloud_aggregator.engine import JobSettings
     from cloud_aggregator.service import AggregatorService
 
-    service = AggregatorService(
-        node=node,
-        root=args.root,
-        settings=settings,
-        prefix=args.prefix,
-        code_root=args.code_root,
+    jobs = JobSettings(
+        chunk_size=max(1024, args.chunk_size),
         reference_grace=args.reference_grace,
         config_timeout=args.config_timeout,
-        chunk_size=max(1024, args.chunk_size),
         resume_after=args.resume_after,
+    )
+    service = AggregatorService(
+        node=node, root=args.root, settings=settings, job_settings=jobs, prefix=args.prefix, code_root=args.code_root
     )
 
     def _stop(_signum: int, _frame: FrameType | None) -> None:

@@ -10,7 +10,7 @@ Nothing here touches a broker, a process or a file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_aggregator._errors import AggregatorError
-from cloud_aggregator.engine import Checkpoint, ScriptRequest, ScriptSignal, SpooledUpdate
+from cloud_aggregator.engine import Checkpoint, FinalModel, ScriptRequest, ScriptSignal, SpooledUpdate
 from schemas import (
     JobPlan,
     JobStatus,
@@ -38,14 +38,14 @@ __all__ = ["GlobalModel", "MemoryDisk", "MemoryPort", "chunks_of", "make_transfe
 
 @dataclass(frozen=True)
 class GlobalModel:
-    """A global model as the engine published it."""
+    """A global model as the engine published it (what `Port.publish_global` was given, in its order)."""
 
     job: str
     round: int
+    blob: bytes = field(repr=False)
     uid: str
     num_samples: int
     final: bool
-    blob: bytes = field(repr=False)
 
     @property
     def arrays(self) -> list[npt.NDArray[Any]]:
@@ -98,7 +98,7 @@ class MemoryPort:
     def publish_global(self, job: str, round_: int, blob: bytes, *, uid: str, num_samples: int, final: bool) -> None:
         if self.fail_publish_global is not None:
             raise self.fail_publish_global
-        model = GlobalModel(job, round_, uid, num_samples, final, blob)
+        model = GlobalModel(job, round_, blob, uid, num_samples, final)
         self.published_globals.append(model)
         self.retained_globals.setdefault(job, {})[round_] = model
 
@@ -120,17 +120,11 @@ class MemoryPort:
     def signal_script(self, job: str, uid: str, signal: ScriptSignal) -> None:
         self.signals.append((job, uid, signal))
 
-    def write_model(
-        self,
-        job: str,
-        model: ModelRef,
-        arrays: Sequence[npt.NDArray[np.generic]],
-        names: Sequence[str],
-        meta: Mapping[str, Any],
-    ) -> str:
+    def write_model(self, final: FinalModel) -> str:
         if self.fail_write_model is not None:
             raise self.fail_write_model
-        self.models.append((job, model, [np.array(a) for a in arrays], list(names), dict(meta)))
+        model = final.model
+        self.models.append((final.job, model, [np.array(a) for a in final.arrays], list(final.names), dict(final.meta)))
         return f"/memory{model.url.rstrip('/')}/{model.name}.npz"
 
     def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:

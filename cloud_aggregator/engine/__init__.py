@@ -32,14 +32,18 @@ job is a few parts with one role each, sharing one `_context.JobContext`: the st
 
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._controller import Controller
+from cloud_aggregator.engine._facts import JobFacts, JobSettings
 from cloud_aggregator.engine._job import Job
-from cloud_aggregator.engine._port import Port, ScriptRequest, ScriptSignal
+from cloud_aggregator.engine._port import FinalModel, Port, ScriptRequest, ScriptSignal
 from cloud_aggregator.engine._stages import Stage
 
 __all__ = [
     "Checkpoint",
     "Controller",
+    "FinalModel",
     "Job",
+    "JobFacts",
+    "JobSettings",
     "Port",
     "ScriptRequest",
     "ScriptSignal",

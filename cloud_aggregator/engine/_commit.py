@@ -62,7 +62,7 @@ class Committer:
             uid=facts.uid,
             spec_hash=facts.spec_hash,
             closed_round=round_,
-            exit_round=run.exit_round,
+            exit_round=run.plan.exit_round,
             participants=list(facts.participants),
             strategy=run.strategy.name,
             folded={str(r): list(pairs) for r, pairs in sorted(self.folded.items())},

@@ -17,8 +17,8 @@ effects behind a `Port`, so tests drive it without a broker. What it decides:
 - **Restart**: before `ready()`, the service feeds the retained specs, job statuses, plans and worker
   statuses. A job whose retained status is already Succeeded or Failed with the same spec hash is not
   run again; one whose retained status is Running (this node, same spec hash) resumes with the same uid
-  from its checkpoint (`Job(resume=True)`); retained plans and statuses of jobs whose spec is gone are
-  cleared.
+  from its checkpoint (`JobFacts.of(..., resume=True)`); retained plans and statuses of jobs whose spec
+  is gone are cleared.
 
 Valid jobs are handed to a `Job`, which owns the job's status from then on.
 """
@@ -33,7 +33,7 @@ import structlog
 from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
-from cloud_aggregator.engine._facts import DEFAULT_RESUME_AFTER
+from cloud_aggregator.engine._facts import JobFacts, JobSettings
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._port import Port
 from cloud_aggregator.engine._stages import Stage
@@ -90,18 +90,12 @@ class Controller:
         *,
         node: str,
         port: Port,
-        chunk_size: int = 512 * 1024,
-        reference_grace: float = 5.0,
-        config_timeout: float = 120.0,
-        resume_after: float = DEFAULT_RESUME_AFTER,
+        settings: JobSettings | None = None,
         new_uid: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.node = node
         self._port = port
-        self._chunk_size = chunk_size
-        self._grace = reference_grace
-        self._config_timeout = config_timeout
-        self._resume_after = resume_after
+        self._settings = settings or JobSettings()
         self._new_uid = new_uid
         self._log: FilteringBoundLogger = structlog.get_logger("cloud_aggregator.controller")
         self.datasets: dict[str, Dataset] = {}
@@ -323,13 +317,13 @@ class Controller:
             self._start(entry, now_s)
             return
         entry.problems = [str(p) for p in problems]
-        entry.waiting_until = now_s + self._grace
+        entry.waiting_until = now_s + self._settings.reference_grace
         self._publish_waiting(entry)
 
     def _publish_waiting(self, entry: _Entry) -> None:
         waiting = self._missing(entry.spec)
         what = ", ".join(waiting) if waiting else "; ".join(entry.problems)
-        message = f"waiting for {what} (fails after {self._grace:g} s)"
+        message = f"waiting for {what} (fails after {self._settings.reference_grace:g} s)"
         status = self._pre_start_status(entry, Phase.PENDING, message)
         status.add_event(Event(type="Normal", reason="WaitingForReferences", message=message))
         self._log.info("job waits for its references", job=entry.name, problems=entry.problems)
@@ -363,19 +357,16 @@ class Controller:
         entry.waiting_until = None
         entry.problems = []
         previous, entry.resume_from = entry.resume_from, None
-        engine = Job(
-            spec=entry.spec,
-            datasets=self.datasets,
-            models=self.models,
+        facts = JobFacts.of(
+            entry.spec,
+            self.datasets,
+            self.models,
             node=self.node,
-            port=self._port,
             uid=previous.uid if previous is not None and previous.uid else self._new_uid(),
-            chunk_size=self._chunk_size,
-            config_timeout=self._config_timeout,
-            resume_after=self._resume_after,
+            settings=self._settings,
             resume=previous is not None,
-            previous_status=previous,
         )
+        engine = Job(facts, self._port, previous_status=previous)
         entry.engine = engine
         self._log.info("job resumes" if previous is not None else "job starts", job=entry.name, uid=engine.uid)
         engine.start(now_s)

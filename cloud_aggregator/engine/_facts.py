@@ -21,9 +21,19 @@ from schemas import (
     ScriptRef,
 )
 
-__all__ = ["DEFAULT_RESUME_AFTER", "JobFacts", "planned_workers"]
+__all__ = ["DEFAULT_RESUME_AFTER", "JobFacts", "JobSettings", "planned_workers"]
 
 DEFAULT_RESUME_AFTER = 3.0
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What this aggregation node fixes for every job it runs; the controller holds one for all of them."""
+
+    chunk_size: int = 512 * 1024  # bytes per chunk of a published global model
+    reference_grace: float = 5.0  # seconds a job waits for a missing Dataset or Model before it fails
+    config_timeout: float = 120.0  # seconds the script has to send its config
+    resume_after: float = DEFAULT_RESUME_AFTER  # seconds a stalled transfer waits before the resume request
 
 
 def _model_ref(model: Model) -> ModelRef:
@@ -77,23 +87,23 @@ def _round_rules(worker: EffectiveWorker, participants: int) -> tuple[float | No
 class JobFacts:
     """One run of one job on this aggregation node (`resume`: it restarts from its checkpoint)."""
 
+    # What the spec says, its Datasets and Models resolved:
     spec: FederatedLearningJob
     spec_hash: str
     name: str
     namespace: str
-    uid: str
-    node: str
-    aggregation_worker: EffectiveWorker
-    model: ModelRef
-    pretrained_model: ModelRef | None
     planned: list[PlannedWorker]
     participants: list[str]
     round_deadline: float | None
     min_participants: int
-    chunk_size: int
-    config_timeout: float
-    resume_after: float
+    aggregation_worker: EffectiveWorker
+    model: ModelRef
+    pretrained_model: ModelRef | None
+    # What the controller fixed for this run:
+    node: str
+    uid: str
     resume: bool
+    settings: JobSettings
 
     @classmethod
     def of(
@@ -104,35 +114,34 @@ class JobFacts:
         *,
         node: str,
         uid: str,
-        chunk_size: int,
-        config_timeout: float,
-        resume_after: float,
-        resume: bool,
+        settings: JobSettings,
+        resume: bool = False,
     ) -> JobFacts:
+        """The facts of run `uid` of `spec` on `node`, its references resolved (`resume`: from its checkpoint).
+
+        `datasets` and `models` must hold every Dataset and Model the spec names (the controller checked
+        the references before it starts a job)."""
         agg = spec.spec.aggregation_worker
         worker = agg.effective()
         pretrained = spec.spec.pretrained_model
         planned = planned_workers(spec, datasets)
-        participants = [w.node for w in planned]
-        deadline, quorum = _round_rules(worker, len(participants))
+        deadline, quorum = _round_rules(worker, len(planned))
         return cls(
             spec=spec,
             spec_hash=spec.spec_hash(),
             name=spec.metadata.name,
             namespace=spec.metadata.namespace,
-            uid=uid,
-            node=node,
+            planned=planned,
+            participants=[w.node for w in planned],
+            round_deadline=deadline,
+            min_participants=quorum,
             aggregation_worker=worker,
             model=_model_ref(models[agg.model.name]),
             pretrained_model=_model_ref(models[pretrained.name]) if pretrained else None,
-            planned=planned,
-            participants=participants,
-            round_deadline=deadline,
-            min_participants=quorum,
-            chunk_size=chunk_size,
-            config_timeout=config_timeout,
-            resume_after=resume_after,
+            node=node,
+            uid=uid,
             resume=resume,
+            settings=settings,
         )
 
     def plan(self, aggregation: str, exit_round: int) -> JobPlan:
@@ -148,5 +157,5 @@ class JobFacts:
             model=self.model,
             pretrained_model=self.pretrained_model,
             workers=self.planned,
-            chunk_size=self.chunk_size,
+            chunk_size=self.settings.chunk_size,
         )

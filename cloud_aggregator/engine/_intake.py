@@ -180,8 +180,8 @@ class Intake:
             self._incoming.pop(key, None)
             self._deliver(node, round_, done.manifest, done.blob)
         elif incoming is not None:
-            incoming.due = now_s + self._ctx.facts.resume_after
-            incoming.interval = self._ctx.facts.resume_after
+            incoming.due = now_s + self._ctx.facts.settings.resume_after
+            incoming.interval = self._ctx.facts.settings.resume_after
 
     def tick(self, now_s: float) -> None:
         """Ask for the missing chunks of every transfer whose resume timer is due."""
@@ -207,7 +207,7 @@ class Intake:
         return False
 
     def _take_manifest(self, node: str, round_: int, manifest: TransferManifest, now_s: float) -> None:
-        resume_after = self._ctx.facts.resume_after
+        resume_after = self._ctx.facts.settings.resume_after
         ident = (round_, node, manifest.transfer)
         key = self._key(*ident)
         if key in self._incoming and self._assembler.missing(key) is not None:

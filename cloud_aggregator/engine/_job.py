@@ -4,20 +4,21 @@ A thin facade: each method is one received message or timer tick, handed to the 
 the aggregation script and the STARTING stage to `AggregationScript`, transfers to `Intake`, rounds to
 `RoundEngine`, restarts to `Recovery`, worker reports to `Workers`. They share one `JobContext` (the
 job's facts, stage and status). Every effect goes through the `Port`; the status is published after
-each change.
+each change. A job is made from its `JobFacts` (`JobFacts.of`: the spec with its references resolved,
+plus what the controller fixed: node, uid, `JobSettings`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, overload
 
 import numpy.typing as npt
 
 from cloud_aggregator._strategy import Strategy
 from cloud_aggregator.engine._commit import Committer
 from cloud_aggregator.engine._context import JobContext
-from cloud_aggregator.engine._facts import DEFAULT_RESUME_AFTER, JobFacts
+from cloud_aggregator.engine._facts import JobFacts
 from cloud_aggregator.engine._intake import Intake
 from cloud_aggregator.engine._port import Port
 from cloud_aggregator.engine._recovery import Recovery
@@ -26,12 +27,9 @@ from cloud_aggregator.engine._script import AggregationScript
 from cloud_aggregator.engine._stages import Done, Final, Stage, Training
 from cloud_aggregator.engine._workers import Workers
 from schemas import (
-    Dataset,
-    FederatedLearningJob,
     JobPlan,
     JobStatus,
     Kind,
-    Model,
     NodeState,
     TransferManifest,
     WorkerFrame,
@@ -40,36 +38,41 @@ from schemas import (
 
 __all__ = ["Job"]
 
+T = TypeVar("T")
+
+
+class _Fact(Generic[T]):
+    """A read-only attribute of `Job` that is one of its facts: ``uid = _Fact(lambda facts: facts.uid)``."""
+
+    def __init__(self, read: Callable[[JobFacts], T]) -> None:
+        self._read = read
+
+    @overload
+    def __get__(self, job: None, owner: type[Job]) -> _Fact[T]: ...
+    @overload
+    def __get__(self, job: Job, owner: type[Job] | None = None) -> T: ...
+    def __get__(self, job: Job | None, owner: type[Job] | None = None) -> _Fact[T] | T:
+        # Read on the class (`Job.uid`), the attribute is the descriptor itself, as a property would be.
+        return self if job is None else self._read(job.facts)
+
+    def __set__(self, job: Job, value: object) -> None:
+        # The facts of a run never change (as with a property, assigning is an error).
+        raise AttributeError("a job's facts are read-only")
+
 
 class Job:
     """One FederatedLearningJob run by this aggregator, from script start to Succeeded or Failed."""
 
-    def __init__(
-        self,
-        *,
-        spec: FederatedLearningJob,
-        datasets: Mapping[str, Dataset],
-        models: Mapping[str, Model],
-        node: str,
-        port: Port,
-        uid: str,
-        chunk_size: int,
-        config_timeout: float = 120.0,
-        resume_after: float = DEFAULT_RESUME_AFTER,
-        resume: bool = False,
-        previous_status: JobStatus | None = None,
-    ) -> None:
-        facts = JobFacts.of(
-            spec,
-            datasets,
-            models,
-            node=node,
-            uid=uid,
-            chunk_size=chunk_size,
-            config_timeout=config_timeout,
-            resume_after=resume_after,
-            resume=resume,
-        )
+    # The facts callers read most, on the job itself; `facts` has the rest.
+    spec = _Fact(lambda facts: facts.spec)
+    name = _Fact(lambda facts: facts.name)
+    uid = _Fact(lambda facts: facts.uid)
+    participants = _Fact(lambda facts: facts.participants)
+    round_deadline = _Fact(lambda facts: facts.round_deadline)
+    min_participants = _Fact(lambda facts: facts.min_participants)
+
+    def __init__(self, facts: JobFacts, port: Port, previous_status: JobStatus | None = None) -> None:
+        """`previous_status`: the retained status of the run a resumed job (`facts.resume`) continues."""
         self._ctx = ctx = JobContext(facts, port)
         committer = Committer(ctx)
         self._intake = Intake(ctx, deliver=self._deliver)
@@ -86,30 +89,6 @@ class Job:
         return self._ctx.facts
 
     @property
-    def spec(self) -> FederatedLearningJob:
-        return self._ctx.facts.spec
-
-    @property
-    def name(self) -> str:
-        return self._ctx.facts.name
-
-    @property
-    def uid(self) -> str:
-        return self._ctx.facts.uid
-
-    @property
-    def participants(self) -> list[str]:
-        return self._ctx.facts.participants
-
-    @property
-    def round_deadline(self) -> float | None:
-        return self._ctx.facts.round_deadline
-
-    @property
-    def min_participants(self) -> int:
-        return self._ctx.facts.min_participants
-
-    @property
     def stage(self) -> Stage:
         return self._ctx.state.stage
 
@@ -120,7 +99,8 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self._ctx.finished
+        """Succeeded or failed (the status says which)."""
+        return self.stage is Stage.DONE
 
     @property
     def status(self) -> JobStatus:
@@ -141,7 +121,7 @@ class Job:
     def exit_round(self) -> int:
         """How many rounds the run aggregates (0 until the script's config)."""
         run = self._ctx.state.run
-        return run.exit_round if run is not None else 0
+        return run.plan.exit_round if run is not None else 0
 
     @property
     def global_weights(self) -> list[npt.NDArray[Any]] | None:

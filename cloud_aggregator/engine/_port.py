@@ -20,9 +20,7 @@ import numpy.typing as npt
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from schemas import EffectiveWorker, JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, UpdateAck
 
-__all__ = ["Port", "ScriptRequest", "ScriptSignal"]
-
-ScriptSignal = Literal["finish", "stop"]
+__all__ = ["FinalModel", "Port", "ScriptRequest", "ScriptSignal"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +34,20 @@ class ScriptRequest:
     model: ModelRef
     pretrained_model: ModelRef | None
     participants_count: int
+
+
+ScriptSignal = Literal["finish", "stop"]
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    """A job's final global model, to be written under the url of its Model (`model`)."""
+
+    job: str
+    model: ModelRef
+    arrays: Sequence[npt.NDArray[np.generic]]
+    names: Sequence[str]  # one tensor name per array, in layout order
+    meta: Mapping[str, Any]  # what the JSON beside the weights says (round, digest, tensors, ...)
 
 
 class Port(Protocol):
@@ -65,14 +77,7 @@ class Port(Protocol):
     def signal_script(self, job: str, uid: str, signal: ScriptSignal) -> None:
         """Send `finish` or `stop` to the job's aggregation script and reap it (kill it if it hangs)."""
 
-    def write_model(
-        self,
-        job: str,
-        model: ModelRef,
-        arrays: Sequence[npt.NDArray[np.generic]],
-        names: Sequence[str],
-        meta: Mapping[str, Any],
-    ) -> str:
+    def write_model(self, final: FinalModel) -> str:
         """Write the final weights under the Model url (`<url>/<model>.npz` plus a JSON); return the path."""
         ...
 

@@ -71,7 +71,7 @@ class Recovery:
         ctx.book.status = self._restored_status(checkpoint)
         status = ctx.status
         status.phase = Phase.RUNNING
-        status.exit_round = run.exit_round
+        status.exit_round = run.plan.exit_round
         status.current_round = closed
         source = checkpoint.folded.get("0", [("?", "")])[0][0]
         model = GlobalWeights.of(
@@ -79,8 +79,8 @@ class Recovery:
         )
         self._committer.folded = {int(r): [(n, t) for n, t in pairs] for r, pairs in checkpoint.folded.items()}
         self._intake.restore_stored(self._committer.folded_transfers())
-        final = closed >= run.exit_round
-        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.exit_round} rounds (resumed)")
+        final = closed >= run.plan.exit_round
+        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.plan.exit_round} rounds (resumed)")
         ctx.event(
             "Normal",
             "Resumed",

@@ -20,6 +20,7 @@ from cloud_aggregator._errors import AggregatorError, PublishFailedError, Strate
 from cloud_aggregator.engine._commit import Committer
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._intake import Intake
+from cloud_aggregator.engine._port import FinalModel
 from cloud_aggregator.engine._stages import Done, Final, GlobalWeights, Init, Run, Training
 from cloud_aggregator.engine._status import completed_message, final_message
 from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
@@ -196,7 +197,7 @@ class RoundEngine:
         status.phase = Phase.SUCCEEDED
         status.completion_time = now()
         left_out = [p for p in ctx.facts.participants if p not in state.participants]
-        status.message = completed_message(state.run.exit_round, left_out)
+        status.message = completed_message(state.run.plan.exit_round, left_out)
         ctx.book.condition(ConditionType.COMPLETE, "Completed", "FederatedLearningJob completed")
         ctx.event("Normal", "Completed", "FederatedLearningJob completed")
         ctx.signal("finish")
@@ -228,7 +229,7 @@ class RoundEngine:
         except StrategyError as exc:
             self.fail("AggregationFailed", f"round {r}: {exc}")
             return
-        final = r >= run.exit_round
+        final = r >= run.plan.exit_round
         total = closing.acc.total_samples
         counted = list(closing.counted)
         missing = closing.waiting_for(facts.participants)
@@ -300,7 +301,7 @@ class RoundEngine:
             "savedAt": now().isoformat(),
         }
         try:
-            path = ctx.port.write_model(facts.name, facts.model, model.arrays, model.names, meta)
+            path = ctx.port.write_model(FinalModel(facts.name, facts.model, model.arrays, model.names, meta))
         except AggregatorError as exc:
             ctx.event("Warning", "ModelNotSaved", f"cannot write the final model under the Model url: {exc}")
             return

@@ -8,6 +8,8 @@ resumes from its checkpoint. An `error` frame, or an exit before the job ended, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from cloud_aggregator._errors import AggregatorError, StrategyError
 from cloud_aggregator._strategy import get_strategy
 from cloud_aggregator.engine._context import JobContext
@@ -26,26 +28,26 @@ TAIL_CHARS = 1500
 _START_HINT = "(does it call AggregationServer(...).start()?)"
 
 
+@dataclass(frozen=True)
 class AggregationScript:
-    """Starts one job's aggregation script and turns what the script says into the job's stages."""
+    """Starts one job's aggregation script and turns what the script says into the job's stages.
 
-    def __init__(
-        self, ctx: JobContext, intake: Intake, rounds: RoundEngine, recovery: Recovery, workers: Workers
-    ) -> None:
-        self._ctx = ctx
-        self._intake = intake
-        self._rounds = rounds
-        self._recovery = recovery
-        self._workers = workers
+    It holds no state of its own, only the parts of the job it drives (the stage lives in `ctx`)."""
+
+    ctx: JobContext
+    intake: Intake
+    rounds: RoundEngine
+    recovery: Recovery
+    workers: Workers
 
     def start(self, now_s: float) -> None:
         """STARTING: start the script; its `config` frame is due within `config_timeout`."""
-        ctx, facts, port = self._ctx, self._ctx.facts, self._ctx.port
+        ctx, facts, port = self.ctx, self.ctx.facts, self.ctx.port
         ctx.clock = now_s
-        starting = Starting(config_deadline=now_s + facts.config_timeout)
+        starting = Starting(config_deadline=now_s + facts.settings.config_timeout)
         ctx.state = starting
         if facts.resume:
-            starting.checkpoint = self._recovery.load()
+            starting.checkpoint = self.recovery.load()
         else:
             ctx.safely(port.clear_state, facts.name)
         worker = facts.aggregation_worker
@@ -66,12 +68,12 @@ class AggregationScript:
             )
         except (AggregatorError, PathEscapeError) as exc:
             ctx.set_agg_worker(WorkerState.FAILED, str(exc))
-            self._rounds.fail("AggregationWorkerFailed", f"cannot start the aggregation script: {exc}")
+            self.rounds.fail("AggregationWorkerFailed", f"cannot start the aggregation script: {exc}")
         ctx.publish()
 
     def on_frame(self, frame: WorkerFrame) -> None:
         """A frame from the script: `config` starts the job, `error` fails it."""
-        ctx = self._ctx
+        ctx = self.ctx
         if ctx.finished:
             ctx.log.info("frame from the aggregation script after the job ended", frame=frame.type)
             return
@@ -83,7 +85,7 @@ class AggregationScript:
             self._configure(state, frame)
         elif frame.type == "error":
             ctx.set_agg_worker(WorkerState.FAILED, frame.message)
-            self._rounds.fail("AggregationWorkerFailed", f"the aggregation script reported an error: {frame.message}")
+            self.rounds.fail("AggregationWorkerFailed", f"the aggregation script reported an error: {frame.message}")
         else:
             ctx.log.warning("unexpected frame from the aggregation script", frame=frame.type)
             return
@@ -91,7 +93,7 @@ class AggregationScript:
 
     def on_exit(self, code: int | None, tail: str) -> None:
         """The script exited (`code` None: unknown). Before the job ended, that fails the job."""
-        ctx = self._ctx
+        ctx = self.ctx
         tail = tail.strip()[-TAIL_CHARS:]
         said = f": {tail}" if tail else " (no output)"
         state = ctx.state
@@ -104,7 +106,7 @@ class AggregationScript:
             ctx.log.info("aggregation script exited", code=code)
         elif isinstance(state, Starting):
             ctx.set_agg_worker(WorkerState.FAILED, f"exited with code {code}")
-            self._rounds.fail(
+            self.rounds.fail(
                 "AggregationWorkerFailed",
                 f"the aggregation script exited with code {code} before sending its config {_START_HINT}{said}",
             )
@@ -113,31 +115,31 @@ class AggregationScript:
             ctx.event("Warning", "AggregationScriptExited", "the aggregation script exited (code 0); the job goes on")
         else:
             ctx.set_agg_worker(WorkerState.FAILED, f"exited with code {code}")
-            self._rounds.fail("AggregationWorkerFailed", f"the aggregation script exited with code {code}{said}")
+            self.rounds.fail("AggregationWorkerFailed", f"the aggregation script exited with code {code}{said}")
         ctx.publish()
 
     def tick(self, now_s: float) -> bool:
         """The config deadline: True when it passed now (the job failed; nothing else is due)."""
-        ctx = self._ctx
+        ctx = self.ctx
         state = ctx.state
         if not isinstance(state, Starting) or now_s < state.config_deadline:
             return False
         ctx.set_agg_worker(WorkerState.FAILED, "sent no config")
-        self._rounds.fail(
+        self.rounds.fail(
             "AggregationWorkerFailed",
-            f"the aggregation script sent no config within {ctx.facts.config_timeout:g} s {_START_HINT}",
+            f"the aggregation script sent no config within {ctx.facts.settings.config_timeout:g} s {_START_HINT}",
         )
         ctx.publish()
         return True
 
     def _configure(self, starting: Starting, frame: WorkerFrame) -> None:
         """The script's config: the strategy and exit_round, the plan published, then INIT (or resume)."""
-        ctx, facts = self._ctx, self._ctx.facts
+        ctx, facts = self.ctx, self.ctx.facts
         try:
             strategy = get_strategy(frame.aggregation or DEFAULT_AGGREGATION)
         except StrategyError as exc:
             ctx.set_agg_worker(WorkerState.FAILED, str(exc))
-            self._rounds.fail("UnknownAggregation", str(exc))
+            self.rounds.fail("UnknownAggregation", str(exc))
             return
         exit_round = max(int(frame.exit_round or 1), 1)
         checkpoint = starting.checkpoint[0] if starting.checkpoint else None
@@ -163,34 +165,34 @@ class AggregationScript:
         try:
             ctx.port.publish_plan(facts.name, run.plan)
         except AggregatorError as exc:
-            self._rounds.fail("PublishFailed", f"cannot publish the job plan: {exc}")
+            self.rounds.fail("PublishFailed", f"cannot publish the job plan: {exc}")
             return
         if starting.checkpoint is not None:
-            self._recovery.resume(run, *starting.checkpoint)
+            self.recovery.resume(run, *starting.checkpoint)
         else:
             self._running(run)
         # What arrived for this run while it was starting, in the order it came.
         for node, (worker, retained) in starting.early_statuses.items():
             if not ctx.finished:
-                self._workers.on_worker_status(node, worker, retained=retained)
+                self.workers.on_worker_status(node, worker, retained=retained)
         for (round_, node, _), manifest in starting.early_manifests.items():
             if not ctx.finished:
-                self._intake.on_manifest(node, round_, manifest, ctx.clock)
+                self.intake.on_manifest(node, round_, manifest, ctx.clock)
 
     def _running(self, run: Run) -> None:
         """The job runs (a new run, or one resumed without a checkpoint): round 0 waits for an init."""
-        ctx, facts = self._ctx, self._ctx.facts
+        ctx, facts = self.ctx, self.ctx.facts
         status = ctx.status
         status.phase = Phase.RUNNING
         if status.start_time is None:
             status.start_time = now()
-        status.exit_round = run.exit_round
+        status.exit_round = run.plan.exit_round
         status.message = f"round 0: waiting for an initial model from {', '.join(facts.participants)}"
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", "waiting for the round-0 model")
-        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.exit_round} rounds")
+        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.plan.exit_round} rounds")
         ctx.event(
             "Normal",
             "Started" if not facts.resume else "Resumed",
-            f"plan published: {run.strategy.name}, {run.exit_round} rounds, participants "
+            f"plan published: {run.strategy.name}, {run.plan.exit_round} rounds, participants "
             f"{', '.join(facts.participants)}" + (" (resumed without a checkpoint: round 0)" if facts.resume else ""),
         )

@@ -40,11 +40,7 @@ class Run:
     """What the script's config settled: the strategy and the plan published for the edges."""
 
     strategy: Strategy
-    plan: JobPlan
-
-    @property
-    def exit_round(self) -> int:
-        return self.plan.exit_round
+    plan: JobPlan  # the run's exit_round is plan.exit_round
 
 
 @dataclass(frozen=True)

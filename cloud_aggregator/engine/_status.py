@@ -138,7 +138,7 @@ def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
             f"round {state.round}: waiting for {who} ({n}/{total} updates, quorum {facts.min_participants})"
         )
         return
-    status.message = f"round {state.round}/{state.run.exit_round}: waiting for updates from {who} ({n}/{total} in)"
+    status.message = f"round {state.round}/{state.run.plan.exit_round}: waiting for updates from {who} ({n}/{total} in)"
     if facts.round_deadline is not None:
         status.message += f", deadline {facts.round_deadline:g} s, quorum {facts.min_participants}"
 

@@ -7,76 +7,64 @@ and this port remembers which rounds it left retained so it can clear them again
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
-from structlog.typing import FilteringBoundLogger
 
 from broker import BlobSender, BrokerError, Session
 from cloud_aggregator._errors import PublishFailedError
-from cloud_aggregator.engine import Checkpoint, ScriptRequest, ScriptSignal, SpooledUpdate
+from cloud_aggregator.engine import Checkpoint, FinalModel, ScriptRequest, ScriptSignal, SpooledUpdate
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._scripts import AggregationScripts
 from cloud_aggregator.service._state_store import StateStore
-from schemas import JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, Topics, TransferOrigin, UpdateAck
+from schemas import JobPlan, JobStatus, Kind, ResourceStatus, Topics, TransferOrigin, UpdateAck
 
 __all__ = ["MqttPort"]
 
 
+# eq=False: a port is one live session, equal only to itself (and hashable), as a plain class would be.
+@dataclass(eq=False, kw_only=True)
 class MqttPort:
     """The `Port` over a broker session, the script supervisor and the node root."""
 
-    def __init__(
-        self,
-        *,
-        session: Session,
-        topics: Topics,
-        node: str,
-        root: Path,
-        scripts: AggregationScripts,
-        chunk_size: int,
-        publish_timeout: float,
-        log: FilteringBoundLogger,
-    ) -> None:
-        self._session = session
-        self._topics = topics
-        self._node = node
-        self._root = root
-        self._scripts = scripts
-        self._sender = BlobSender(session, chunk_size=chunk_size)
-        self._timeout = publish_timeout
-        self._log = log
-        self._state = StateStore(root)
-        # Retained global models this node knows of: job -> round -> chunk count.
-        self.retained_globals: dict[str, dict[int, int]] = {}
+    session: Session
+    topics: Topics
+    node: str
+    root: Path
+    scripts: AggregationScripts
+    chunk_size: int
+    publish_timeout: float
+    # Retained global models this node knows of: job -> round -> chunk count.
+    retained_globals: dict[str, dict[int, int]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self._sender = BlobSender(self.session, chunk_size=self.chunk_size)
+        self._state = StateStore(self.root)
 
     def _publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         try:
-            self._session.publish(topic, payload, qos=1, retain=retain)
+            self.session.publish(topic, payload, qos=1, retain=retain)
         except BrokerError as exc:
             raise PublishFailedError(str(exc)) from exc
 
     def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
-        self._publish(self._topics.status(kind, name), status.to_json() if status else b"", retain=True)
+        self._publish(self.topics.status(kind, name), status.to_json() if status else b"", retain=True)
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
-        self._publish(self._topics.plan(job), plan.to_json() if plan else b"", retain=True)
+        self._publish(self.topics.plan(job), plan.to_json() if plan else b"", retain=True)
 
     def restore_spec(self, kind: Kind, name: str, payload: bytes) -> None:
-        self._publish(self._topics.spec(kind, name), payload, retain=True)
+        self._publish(self.topics.spec(kind, name), payload, retain=True)
 
     def publish_global(self, job: str, round_: int, blob: bytes, *, uid: str, num_samples: int, final: bool) -> None:
         try:
             manifest = self._sender.send(
-                self._topics.global_manifest(job, round_),
+                self.topics.global_manifest(job, round_),
                 self._chunk_topics(job, round_),
                 blob,
-                TransferOrigin("global", job, uid, round_, self._node, num_samples, final),
+                TransferOrigin("global", job, uid, round_, self.node, num_samples, final),
                 retain=True,
-                timeout=self._timeout,
+                timeout=self.publish_timeout,
             )
         except (BrokerError, TimeoutError) as exc:
             raise PublishFailedError(str(exc)) from exc
@@ -89,10 +77,10 @@ class MqttPort:
                 continue
             try:
                 self._sender.clear(
-                    self._topics.global_manifest(job, round_),
+                    self.topics.global_manifest(job, round_),
                     self._chunk_topics(job, round_),
                     chunks,
-                    timeout=self._timeout,
+                    timeout=self.publish_timeout,
                 )
             except (BrokerError, TimeoutError) as exc:
                 raise PublishFailedError(f"cannot clear the global model of round {round_}: {exc}") from exc
@@ -102,28 +90,26 @@ class MqttPort:
 
     def _chunk_topics(self, job: str, round_: int) -> Callable[[int], str]:
         def chunk_topic(index: int) -> str:
-            return self._topics.global_chunk(job, round_, index)
+            return self.topics.global_chunk(job, round_, index)
 
         return chunk_topic
 
     def send_ack(self, ack: UpdateAck) -> None:
-        self._publish(self._topics.ack(ack.job, ack.round, ack.node), ack.to_json(), retain=False)
+        self._publish(self.topics.ack(ack.job, ack.round, ack.node), ack.to_json(), retain=False)
 
     def start_script(self, request: ScriptRequest) -> None:
-        self._scripts.start(request)
+        self.scripts.start(request)
 
     def signal_script(self, job: str, uid: str, signal: ScriptSignal) -> None:
-        self._scripts.signal(job, uid, signal)
+        self.scripts.signal(job, uid, signal)
 
-    def write_model(
-        self,
-        job: str,
-        model: ModelRef,
-        arrays: Sequence[npt.NDArray[np.generic]],
-        names: Sequence[str],
-        meta: Mapping[str, Any],
-    ) -> str:
-        return str(write_model(self._root, url=model.url, model_name=model.name, arrays=arrays, names=names, meta=meta))
+    def write_model(self, final: FinalModel) -> str:
+        model = final.model
+        return str(
+            write_model(
+                self.root, url=model.url, model_name=model.name, arrays=final.arrays, names=final.names, meta=final.meta
+            )
+        )
 
     def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
         self._state.store_update(job, round_, node, transfer, blob)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from structlog.typing import FilteringBoundLogger
 
 from broker import BrokerError, Inbound, MqttSettings, Session, manifest_from_payload
 from cloud_aggregator._errors import AggregatorError
-from cloud_aggregator.engine import Controller
+from cloud_aggregator.engine import Controller, JobSettings
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts
 from runtime import EventLoop, ScriptExited, ScriptFrame, get_logger
@@ -61,24 +62,18 @@ class AggregatorService:
         node: str,
         root: Path,
         settings: MqttSettings,
+        job_settings: JobSettings,
         prefix: str = "fl",
         code_root: str = DEFAULT_CODE_ROOT,
-        reference_grace: float = 5.0,
-        config_timeout: float = 120.0,
-        chunk_size: int = 512 * 1024,
         publish_timeout: float = 120.0,
         script_stop_grace: float = 10.0,
-        resume_after: float = 3.0,
     ) -> None:
         self.node = node
         self.root = root.resolve()
         self.settings = settings
         self.topics = Topics(prefix)
-        self._grace = reference_grace
-        self._config_timeout = config_timeout
-        self._chunk_size = chunk_size
+        self._job_settings = job_settings
         self._publish_timeout = publish_timeout
-        self._resume_after = resume_after
         self._log: FilteringBoundLogger = get_logger(component="service")
         self._loop: EventLoop[Event] = EventLoop(
             self._handle,
@@ -143,7 +138,9 @@ class AggregatorService:
                 return False
         else:
             return False
-        chunk_size = max(1024, min(self._chunk_size, session.max_payload))
+        # A chunk must fit in one packet of this broker (its maximum, known once connected).
+        chunk_size = max(1024, min(self._job_settings.chunk_size, session.max_payload))
+        jobs = replace(self._job_settings, chunk_size=chunk_size)
         self._port = MqttPort(
             session=session,
             topics=self.topics,
@@ -152,16 +149,8 @@ class AggregatorService:
             scripts=self._scripts,
             chunk_size=chunk_size,
             publish_timeout=self._publish_timeout,
-            log=self._log,
         )
-        self._controller = Controller(
-            node=self.node,
-            port=self._port,
-            chunk_size=chunk_size,
-            reference_grace=self._grace,
-            config_timeout=self._config_timeout,
-            resume_after=self._resume_after,
-        )
+        self._controller = Controller(node=self.node, port=self._port, settings=jobs)
         online = NodeStatus(node=self.node, role="aggregator", state=NodeState.ONLINE)
         session.publish(self.topics.node_status(self.node), online.to_json(), retain=True)
         return True

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_aggregator.engine import Checkpoint, Controller, Job, Stage
+from cloud_aggregator.engine import Checkpoint, Controller, Job, JobFacts, Stage
 from cloud_aggregator.service import StateStore
 from cloud_aggregator.testing import MemoryPort
 from schemas import JobStatus, Kind, Phase, WorkerFrame, WorkerState, WorkerStatus, decode_weights
 from tests.unit.test_aggregator_intake import send, training, transfer
 from tests.unit.test_controller import FIXED, documents, publish
-from tests.unit.test_job_rounds import JOB, UID, load_example, report, weights
+from tests.unit.test_job_rounds import JOB, SETTINGS, UID, load_example, report, weights
 
 
 def restarted(old: MemoryPort, *, exit_round: int = 3, uid: str = UID) -> tuple[MemoryPort, Job]:
@@ -21,14 +21,8 @@ def restarted(old: MemoryPort, *, exit_round: int = 3, uid: str = UID) -> tuple[
     port = MemoryPort(disk=old.disk)
     spec, datasets, models = load_example()
     job = Job(
-        spec=spec,
-        datasets=datasets,
-        models=models,
-        node="cloud0",
-        port=port,
-        uid=uid,
-        chunk_size=4096,
-        resume=True,
+        JobFacts.of(spec, datasets, models, node="cloud0", uid=uid, settings=SETTINGS, resume=True),
+        port,
         previous_status=old.statuses.get((Kind.JOB, JOB)),  # type: ignore[arg-type]
     )
     job.start(100.0)
@@ -194,7 +188,7 @@ def test_a_new_run_clears_the_old_state() -> None:
     training(old)
     port = MemoryPort(disk=old.disk)
     spec, datasets, models = load_example()
-    Job(spec=spec, datasets=datasets, models=models, node="cloud0", port=port, uid="e" * 32, chunk_size=4096).start(0)
+    Job(JobFacts.of(spec, datasets, models, node="cloud0", uid="e" * 32, settings=SETTINGS), port).start(0)
     assert JOB not in port.disk.checkpoints
 
 
@@ -210,7 +204,7 @@ def test_controller_resumes_from_the_checkpoint_with_retained_worker_statuses() 
     retained = old.job_status(JOB)
 
     port = MemoryPort(disk=old.disk)
-    controller = Controller(node="cloud0", port=port, chunk_size=4096, new_uid=lambda: "b" * 32)
+    controller = Controller(node="cloud0", port=port, settings=SETTINGS, new_uid=lambda: "b" * 32)
     for doc in documents(FIXED):
         publish(controller, *doc)
     controller.on_retained_status(Kind.JOB, JOB, retained.to_json())
@@ -232,9 +226,7 @@ def test_update_arriving_while_a_resumed_run_waits_for_its_script_is_taken_after
     training(old)
     port = MemoryPort(disk=old.disk)
     spec, datasets, models = load_example()
-    job = Job(
-        spec=spec, datasets=datasets, models=models, node="cloud0", port=port, uid=UID, chunk_size=4096, resume=True
-    )
+    job = Job(JobFacts.of(spec, datasets, models, node="cloud0", uid=UID, settings=SETTINGS, resume=True), port)
     job.start(100.0)
     manifest, chunks = transfer("edge2", 1, weights(1.0))
     send(job, "edge2", manifest, chunks, 100.5)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cloud_aggregator.engine import Job, Stage
+from cloud_aggregator.engine import Job, JobFacts, Stage
 from cloud_aggregator.testing import MemoryPort
 from schemas import (
     Dataset,
@@ -21,7 +21,7 @@ from schemas import (
     parse_documents,
 )
 from tests.unit.test_aggregator_intake import send, transfer
-from tests.unit.test_job_rounds import EXAMPLE, JOB, UID, report, weights
+from tests.unit.test_job_rounds import EXAMPLE, JOB, SETTINGS, UID, report, weights
 
 
 def job_with(port: MemoryPort, *, exit_round: int = 2, **params: str) -> Job:
@@ -35,7 +35,7 @@ def job_with(port: MemoryPort, *, exit_round: int = 2, **params: str) -> Job:
     spec = next(r for r in resources if isinstance(r, FederatedLearningJob))
     datasets = {r.metadata.name: r for r in resources if isinstance(r, Dataset)}
     models = {r.metadata.name: r for r in resources if isinstance(r, Model)}
-    job = Job(spec=spec, datasets=datasets, models=models, node="cloud0", port=port, uid=UID, chunk_size=4096)
+    job = Job(JobFacts.of(spec, datasets, models, node="cloud0", uid=UID, settings=SETTINGS), port)
     job.start(0.0)
     job.on_script_frame(WorkerFrame(type="config", aggregation="FedAvg", exit_round=exit_round), 0.0)
     manifest, chunks = transfer("edge1", 0, weights(0.0), kind="init")

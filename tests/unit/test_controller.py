@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cloud_aggregator import WorkerScriptError
-from cloud_aggregator.engine import Controller, ScriptRequest, Stage
+from cloud_aggregator.engine import Controller, JobSettings, ScriptRequest, Stage
 from cloud_aggregator.service import AggregationScripts, aggregation_launch, write_model
 from cloud_aggregator.testing import MemoryPort
 from runtime import ScriptEvent, ScriptExited, ScriptFrame, script_environment
@@ -54,7 +54,9 @@ def publish(controller: Controller, kind: Kind, name: str, payload: bytes, now_s
 
 
 def ready_controller(port: MemoryPort, *, grace: float = 5.0, node: str = "cloud0") -> Controller:
-    controller = Controller(node=node, port=port, reference_grace=grace, chunk_size=4096, new_uid=lambda: "a" * 32)
+    controller = Controller(
+        node=node, port=port, settings=JobSettings(chunk_size=4096, reference_grace=grace), new_uid=lambda: "a" * 32
+    )
     controller.ready(0.0)
     return controller
 
@@ -121,7 +123,7 @@ def test_documents_in_any_order_within_the_grace_period() -> None:
 def test_retained_specs_are_evaluated_only_when_ready() -> None:
     """Before ready() (the startup barrier) nothing is evaluated, so a job never fails for a dataset still in flight."""
     port = MemoryPort()
-    controller = Controller(node="cloud0", port=port, reference_grace=5.0)
+    controller = Controller(node="cloud0", port=port, settings=JobSettings(reference_grace=5.0))
     docs = documents(FIXED)
 
     publish(controller, *docs[-1])

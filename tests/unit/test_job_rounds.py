@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from cloud_aggregator import AggregationServer, WorkerScriptError
-from cloud_aggregator.engine import Job, Stage
+from cloud_aggregator.engine import Job, JobFacts, JobSettings, Stage
 from cloud_aggregator.testing import MemoryPort, make_transfer
 from runtime import WorkerChannel
 from schemas import (
@@ -38,6 +38,7 @@ EXAMPLE = (
 JOB = "surface-defect-detection"
 UID = "0123456789abcdef0123456789abcdef"
 EDGES = ["edge1", "edge2"]
+SETTINGS = JobSettings(chunk_size=4096)
 Arrays = list[npt.NDArray[Any]]
 
 
@@ -51,7 +52,7 @@ def load_example() -> tuple[FederatedLearningJob, dict[str, Dataset], dict[str, 
 
 def new_job(port: MemoryPort) -> Job:
     spec, datasets, models = load_example()
-    return Job(spec=spec, datasets=datasets, models=models, node="cloud0", port=port, uid=UID, chunk_size=4096)
+    return Job(JobFacts.of(spec, datasets, models, node="cloud0", uid=UID, settings=SETTINGS), port)
 
 
 def weights(seed: float) -> Arrays:

@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud_aggregator.engine import Controller, Stage
+from cloud_aggregator.engine import Controller, JobSettings, Stage
 from cloud_aggregator.testing import MemoryPort, make_transfer
 from schemas import (
     Dataset,
@@ -273,7 +273,7 @@ def _snapshot(controller: Controller, port: MemoryPort) -> dict[str, Any]:
 def running_controller() -> tuple[Controller, MemoryPort, dict[Kind, dict[str, bytes]]]:
     """A controller whose job (the fixed example) is in round 2 of 3 with edge1's update of round 2 in."""
     port = MemoryPort()
-    controller = Controller(node="cloud0", port=port, chunk_size=4096, new_uid=lambda: "a" * 32)
+    controller = Controller(node="cloud0", port=port, settings=JobSettings(chunk_size=4096), new_uid=lambda: "a" * 32)
     controller.ready(0.0)
     originals: dict[Kind, dict[str, bytes]] = {k: {} for k in Kind}
     for doc in load_yaml_documents(SEED_TEXTS[0], "seed"):

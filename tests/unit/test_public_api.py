@@ -101,7 +101,10 @@ PUBLIC_API: dict[str, list[str]] = {
     "cloud_aggregator.engine": [
         "Checkpoint",
         "Controller",
+        "FinalModel",
         "Job",
+        "JobFacts",
+        "JobSettings",
         "Port",
         "ScriptRequest",
         "ScriptSignal",
