@@ -93,8 +93,9 @@ class Recovery:
             return
         if final:
             participants = [n for n, _ in self._committer.folded.get(closed, [])]
-            # A run resumed after its final round never opens a round: it stays at round 0 (as before).
-            ctx.state = Final(run=run, model=model, round=0, participants=participants)
+            # The final round is the one that closed: its events and the aggregation worker's entry say so
+            # (before the split a run resumed here reported round 0, a round it never had).
+            ctx.state = Final(run=run, model=model, round=closed, participants=participants)
             status.message = final_message(closed)
             self._rounds.check_complete()
             return

@@ -159,6 +159,7 @@ def test_resume_after_the_final_round_waits_for_completion() -> None:
     port, job = restarted(old)
 
     assert job.stage is Stage.FINAL
+    assert job.round == 3  # the round that closed, not 0
     assert port.published_globals[-1].round == 3 and port.published_globals[-1].final
     report(job, "edge1", WorkerState.COMPLETED, uid=UID)
     report(job, "edge2", WorkerState.COMPLETED, uid=UID)
