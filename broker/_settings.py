@@ -34,6 +34,7 @@ __all__ = [
     "SERVICE_ENV_PREFIX",
     "ConnectionSettings",
     "MqttSettings",
+    "check_port",
     "node_config_from",
 ]
 
