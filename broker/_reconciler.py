@@ -42,7 +42,7 @@ class _Books:
     acked: dict[int, tuple[int, str]] = field(default_factory=dict)  # mid -> (reason code, reason)
     barriers: dict[bytes, _Waiter] = field(default_factory=dict)
     was_connected: bool = False
-    stopped: bool = False
+    ended: bool = False  # the stop step ran: the thread takes no more steps
 
 
 _Step = Callable[[_Books], None]
@@ -73,7 +73,7 @@ class Reconciler:
 
     def _run(self) -> None:
         books = _Books()
-        while not books.stopped:
+        while not books.ended:
             step = self._steps.get()
             try:
                 step(books)
@@ -180,7 +180,7 @@ class Reconciler:
         """Fail every pending publish result and barrier with `reason`; the thread ends after this step."""
 
         def step(books: _Books) -> None:
-            books.stopped = True
+            books.ended = True
             for result in books.sent.values():
                 result._resolve(PublishError(result.topic, RC_UNSPECIFIED, reason))
             for waiter in books.barriers.values():
