@@ -86,24 +86,13 @@ def add_connection_options(
             default=default,
             help=f"MQTT password (default: ${env_prefix}PASSWORD or the config; prefer those: a flag shows in `ps`)",
         )
-    group.add_argument(
-        "--tls-ca",
-        default=default,
-        metavar="FILE",
-        help=f"CA certificate to verify the broker; enables TLS (default: ${env_prefix}TLS_CA or the config)",
-    )
-    group.add_argument(
-        "--tls-cert",
-        default=default,
-        metavar="FILE",
-        help=f"client certificate for mutual TLS, with --tls-key (default: ${env_prefix}TLS_CERT or the config)",
-    )
-    group.add_argument(
-        "--tls-key",
-        default=default,
-        metavar="FILE",
-        help=f"its private key, with --tls-cert (default: ${env_prefix}TLS_KEY or the config)",
-    )
+    for flag, variable, what in (
+        ("--tls-ca", "TLS_CA", "CA certificate to verify the broker; enables TLS"),
+        ("--tls-cert", "TLS_CERT", "client certificate for mutual TLS, with --tls-key"),
+        ("--tls-key", "TLS_KEY", "its private key, with --tls-cert"),
+    ):
+        help_text = f"{what} (default: ${env_prefix}{variable} or the config)"
+        group.add_argument(flag, default=default, metavar="FILE", help=help_text)
 
 
 def connection_flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """The session's bookkeeping thread: every piece of state paho's callbacks must not touch.
 
-paho's network thread only puts events here (`Reconciler.put`); this thread matches ``on_publish`` acks
-to the `PublishResult` of each ``publish()`` (the ack may arrive before ``publish()`` has returned its
-mid; mids are reused, so a matched mid is forgotten at once), resolves barriers, acknowledges the
-session's own sync messages and keeps the connection state (`connected`, `connect_error`).
+paho's network thread and `Session`'s callers only call the "any thread" methods of `Reconciler`
+(``on_sent``, ``on_acked``, ...): each queues one step and returns at once. This thread runs the steps
+in order: it matches ``on_publish`` acks to the `PublishResult` of each ``publish()`` (the ack may arrive
+before ``publish()`` has returned its mid; mids are reused, so a matched mid is forgotten at once),
+resolves barriers, acknowledges the session's own sync messages and keeps the connection state
+(`connected`, `connect_error`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
@@ -25,61 +26,6 @@ __all__ = ["RC_UNSPECIFIED", "Reconciler"]
 RC_UNSPECIFIED = 0x80
 
 
-@dataclass(frozen=True)
-class _Sent:
-    mid: int
-    result: PublishResult
-
-
-@dataclass(frozen=True)
-class _Acked:
-    mid: int
-    reason_code: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class _Connected:
-    session_present: bool
-    packet_limit: int
-    broker_limit: int | None
-    connection: int
-
-
-@dataclass(frozen=True)
-class _Refused:
-    reason_code: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class _Disconnected:
-    reason: str
-
-
-@dataclass(frozen=True)
-class _ConnectFailed:
-    pass
-
-
-@dataclass(frozen=True)
-class _SyncMessage:
-    payload: bytes
-    mid: int
-    qos: int
-    connection: int
-
-
-@dataclass
-class _Books:
-    """The reconciler's state; only its thread touches it."""
-
-    sent: dict[int, PublishResult] = field(default_factory=dict)
-    acked: dict[int, _Acked] = field(default_factory=dict)
-    barriers: dict[bytes, _Waiter] = field(default_factory=dict)
-    was_connected: bool = False
-
-
 class _Waiter:
     __slots__ = ("error", "event")
 
@@ -88,161 +34,166 @@ class _Waiter:
         self.error: BrokerError | None = None
 
 
-@dataclass(frozen=True)
-class _BarrierRegister:
-    nonce: bytes
-    waiter: _Waiter
+@dataclass
+class _Books:
+    """The reconciler's state; only its thread touches it."""
+
+    sent: dict[int, PublishResult] = field(default_factory=dict)
+    acked: dict[int, tuple[int, str]] = field(default_factory=dict)  # mid -> (reason code, reason)
+    barriers: dict[bytes, _Waiter] = field(default_factory=dict)
+    was_connected: bool = False
+    ended: bool = False  # the stop step ran: the thread takes no more steps
 
 
-@dataclass(frozen=True)
-class _BarrierCancel:
-    nonce: bytes
+_Step = Callable[[_Books], None]
 
 
-@dataclass(frozen=True)
-class _Stop:
-    reason: str
-
-
-_Event = (
-    _Sent
-    | _Acked
-    | _Connected
-    | _Refused
-    | _Disconnected
-    | _ConnectFailed
-    | _SyncMessage
-    | _BarrierRegister
-    | _BarrierCancel
-    | _Stop
-)
-
-
+@dataclass(eq=False, kw_only=True)
 class Reconciler:
     """The thread that owns a session's books; see the module docstring."""
 
-    def __init__(
-        self,
-        *,
-        client_id: str,
-        ack: Callable[[int, int], object],
-        connection: Callable[[], int],
-        stopped: threading.Event,
-        log: FilteringBoundLogger,
-    ) -> None:
-        """`ack(mid, qos)` acknowledges a received message; `connection()` is the current connection's number."""
-        self._client_id = client_id
-        self._ack = ack
-        self._connection = connection
-        self._stopped = stopped
-        self._log = log
-        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
-        self.connected = threading.Event()
-        self.connect_error: ConnectError | None = None
-        self._thread = threading.Thread(target=self._run, name=f"mqtt-reconciler-{client_id}", daemon=True)
+    client_id: str
+    ack: Callable[[int, int], object]  # ack(mid, qos): acknowledge a received message
+    connection: Callable[[], int]  # the current connection's number
+    stopped: threading.Event  # set when the session stops: a disconnect is expected then
+    log: FilteringBoundLogger
+    # The connection state, for any thread to read.
+    connected: threading.Event = field(default_factory=threading.Event, init=False)
+    connect_error: ConnectError | None = field(default=None, init=False)
+    _steps: queue.SimpleQueue[_Step] = field(default_factory=queue.SimpleQueue, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-reconciler-{self.client_id}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-
-    def put(self, event: _Event) -> None:
-        """Hand an event to the thread (any thread; never blocks)."""
-        self._events.put(event)
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
     def _run(self) -> None:
         books = _Books()
-        handlers: dict[type[Any], Callable[[Any, _Books], None]] = {
-            _Sent: self._ev_sent,
-            _Acked: self._ev_acked,
-            _SyncMessage: self._ev_sync,
-            _BarrierRegister: self._ev_barrier_register,
-            _BarrierCancel: self._ev_barrier_cancel,
-            _Connected: self._ev_connected,
-            _Refused: self._ev_refused,
-            _Disconnected: self._ev_disconnected,
-            _ConnectFailed: self._ev_connect_failed,
-        }
-        while True:
-            event = self._events.get()
-            if isinstance(event, _Stop):
-                self._ev_stop(event, books)
-                return
+        while not books.ended:
+            step = self._steps.get()
             try:
-                handlers[type(event)](event, books)
+                step(books)
             except Exception as exc:  # keep reconciling whatever one event did
-                self._log.exception("reconciler failed on an event", event_type=type(event).__name__, error=str(exc))
+                self.log.exception("reconciler failed on an event", event_type=step.__qualname__, error=str(exc))
 
-    def _ev_sent(self, event: _Sent, books: _Books) -> None:
-        ack = books.acked.pop(event.mid, None)
-        if ack is None:
-            books.sent[event.mid] = event.result
-        else:
-            self._resolve(event.result, ack)
+    # -- any thread: each method queues the step that handles its event, and never blocks ----------
 
-    def _ev_acked(self, event: _Acked, books: _Books) -> None:
-        result = books.sent.pop(event.mid, None)  # a matched mid is forgotten: paho reuses mids
-        if result is None:
-            books.acked[event.mid] = event  # publish() has not reported this mid yet
-        else:
-            self._resolve(result, event)
+    def on_sent(self, mid: int, result: PublishResult) -> None:
+        """``publish()`` handed message `mid` to paho; `result` completes with the broker's ack."""
 
-    def _ev_sync(self, event: _SyncMessage, books: _Books) -> None:
-        if event.qos > 0 and event.connection == self._connection():
-            self._ack(event.mid, event.qos)
-        waiter = books.barriers.pop(event.payload, None)
-        if waiter is not None:
-            waiter.event.set()
-        # else: the nonce of an earlier barrier or process (persistent session), or a duplicate copy
+        def step(books: _Books) -> None:
+            ack = books.acked.pop(mid, None)
+            if ack is None:
+                books.sent[mid] = result
+            else:
+                self._resolve(result, *ack)
 
-    def _ev_barrier_register(self, event: _BarrierRegister, books: _Books) -> None:
-        books.barriers[event.nonce] = event.waiter
+        self._steps.put(step)
 
-    def _ev_barrier_cancel(self, event: _BarrierCancel, books: _Books) -> None:
-        books.barriers.pop(event.nonce, None)
+    def on_acked(self, mid: int, reason_code: int, reason: str) -> None:
+        """The broker answered message `mid` (``on_publish``)."""
 
-    def _ev_connected(self, event: _Connected, books: _Books) -> None:
-        self.connect_error = None
-        self.connected.set()
-        books.was_connected = True
-        self._log.info(
-            "mqtt connected",
-            session_present=event.session_present,
-            packet_limit=event.packet_limit,
-            broker_packet_limit=event.broker_limit,
-            connection=event.connection,
-        )
+        def step(books: _Books) -> None:
+            result = books.sent.pop(mid, None)  # a matched mid is forgotten: paho reuses mids
+            if result is None:
+                books.acked[mid] = (reason_code, reason)  # publish() has not reported this mid yet
+            else:
+                self._resolve(result, reason_code, reason)
 
-    def _ev_refused(self, event: _Refused, _books: _Books) -> None:
-        self.connect_error = ConnectError(
-            f"broker refused {self._client_id!r}: {event.reason}", reason_code=event.reason_code
-        )
-        self._log.error("mqtt connection refused", reason=event.reason, reason_code=event.reason_code)
+        self._steps.put(step)
 
-    def _ev_disconnected(self, event: _Disconnected, books: _Books) -> None:
-        self.connected.clear()
-        if not books.was_connected:  # paho may report one loss twice (#870)
-            return
-        books.was_connected = False
-        if self._stopped.is_set():
-            self._log.debug("mqtt disconnected", reason=event.reason)
-        else:
-            self._log.warning("mqtt disconnected", reason=event.reason)
+    def on_sync_message(self, payload: bytes, mid: int, qos: int, connection: int) -> None:
+        """A message on the session's sync topic (a barrier's nonce) arrived on connection `connection`."""
 
-    def _ev_connect_failed(self, _event: _ConnectFailed, _books: _Books) -> None:
-        self._log.debug("broker unreachable; retrying")
+        def step(books: _Books) -> None:
+            if qos > 0 and connection == self.connection():
+                self.ack(mid, qos)
+            waiter = books.barriers.pop(payload, None)
+            if waiter is not None:
+                waiter.event.set()
+            # else: the nonce of an earlier barrier or process (persistent session), or a duplicate copy
 
-    def _ev_stop(self, event: _Stop, books: _Books) -> None:
-        for result in books.sent.values():
-            result._resolve(PublishError(result.topic, RC_UNSPECIFIED, event.reason))
-        for waiter in books.barriers.values():
-            waiter.error = BrokerError(f"barrier: {event.reason}")
-            waiter.event.set()
+        self._steps.put(step)
 
-    def _resolve(self, result: PublishResult, ack: _Acked) -> None:
-        if ack.reason_code >= 0x80:
-            self._log.warning("publish refused by the broker", topic=result.topic, reason=ack.reason)
-            result._resolve(PublishError(result.topic, ack.reason_code, ack.reason))
+    def register_barrier(self, nonce: bytes) -> _Waiter:
+        """A barrier waits for `nonce` to come back on the sync topic: the returned waiter is set then."""
+        waiter = _Waiter()
+
+        def step(books: _Books) -> None:
+            books.barriers[nonce] = waiter
+
+        self._steps.put(step)
+        return waiter
+
+    def cancel_barrier(self, nonce: bytes) -> None:
+        def step(books: _Books) -> None:
+            books.barriers.pop(nonce, None)
+
+        self._steps.put(step)
+
+    def on_connected(self, session_present: bool, packet_limit: int, broker_limit: int | None, connection: int) -> None:
+        def step(books: _Books) -> None:
+            self.connect_error = None
+            self.connected.set()
+            books.was_connected = True
+            self.log.info(
+                "mqtt connected",
+                session_present=session_present,
+                packet_limit=packet_limit,
+                broker_packet_limit=broker_limit,
+                connection=connection,
+            )
+
+        self._steps.put(step)
+
+    def on_refused(self, reason_code: int, reason: str) -> None:
+        def step(_books: _Books) -> None:
+            self.connect_error = ConnectError(f"broker refused {self.client_id!r}: {reason}", reason_code=reason_code)
+            self.log.error("mqtt connection refused", reason=reason, reason_code=reason_code)
+
+        self._steps.put(step)
+
+    def on_disconnected(self, reason: str) -> None:
+        def step(books: _Books) -> None:
+            self.connected.clear()
+            if not books.was_connected:  # paho may report one loss twice (#870)
+                return
+            books.was_connected = False
+            if self.stopped.is_set():
+                self.log.debug("mqtt disconnected", reason=reason)
+            else:
+                self.log.warning("mqtt disconnected", reason=reason)
+
+        self._steps.put(step)
+
+    def on_connect_failed(self) -> None:
+        def step(_books: _Books) -> None:
+            self.log.debug("broker unreachable; retrying")
+
+        self._steps.put(step)
+
+    def stop(self, reason: str) -> None:
+        """Fail every pending publish result and barrier with `reason`; the thread ends after this step."""
+
+        def step(books: _Books) -> None:
+            books.ended = True
+            for result in books.sent.values():
+                result._resolve(PublishError(result.topic, RC_UNSPECIFIED, reason))
+            for waiter in books.barriers.values():
+                waiter.error = BrokerError(f"barrier: {reason}")
+                waiter.event.set()
+
+        self._steps.put(step)
+
+    # -- the reconciler's thread -------------------------------------------------------------------
+
+    def _resolve(self, result: PublishResult, reason_code: int, reason: str) -> None:
+        if reason_code >= 0x80:
+            self.log.warning("publish refused by the broker", topic=result.topic, reason=reason)
+            result._resolve(PublishError(result.topic, reason_code, reason))
         else:
             result._resolve()  # 0x00 Success, 0x10 No matching subscribers

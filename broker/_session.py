@@ -42,21 +42,7 @@ from structlog.typing import FilteringBoundLogger
 
 from broker._errors import BrokerError, ConnectError, PayloadTooLarge, PublishError
 from broker._messages import PACKET_HEADROOM, Inbound, Inbox, PublishResult, new_properties, publish_packet_size
-from broker._reconciler import (
-    RC_UNSPECIFIED,
-    Reconciler,
-    _Acked,
-    _BarrierCancel,
-    _BarrierRegister,
-    _Connected,
-    _ConnectFailed,
-    _Disconnected,
-    _Refused,
-    _Sent,
-    _Stop,
-    _SyncMessage,
-    _Waiter,
-)
+from broker._reconciler import RC_UNSPECIFIED, Reconciler
 from broker._settings import MqttSettings
 from runtime import get_logger
 from schemas import Topics
@@ -216,7 +202,7 @@ class Session:
         self._client.disconnect()
         if self._started:
             self._client.loop_stop()
-            self._reconciler.put(_Stop("session stopped before the broker answered"))
+            self._reconciler.stop("session stopped before the broker answered")
             self._reconciler.join(max(0.1, deadline - time.monotonic()))
         self._reconciler.connected.clear()
         self._log.info("mqtt session stopped")
@@ -290,7 +276,7 @@ class Session:
         except ValueError as exc:
             raise PublishError(topic, _RC_TOPIC_INVALID, str(exc)) from exc
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0):
-            self._reconciler.put(_Sent(info.mid, result))
+            self._reconciler.on_sent(info.mid, result)
         elif info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             result._resolve(PublishError(topic, RC_UNSPECIFIED, "not connected; QoS 0 messages are not queued"))
         else:
@@ -320,15 +306,14 @@ class Session:
             raise BrokerError("barrier needs a started session")
         deadline = time.monotonic() + timeout
         nonce = secrets.token_hex(16).encode()
-        waiter = _Waiter()
-        self._reconciler.put(_BarrierRegister(nonce, waiter))
+        waiter = self._reconciler.register_barrier(nonce)
         try:
             self.publish(self._sync_topic, nonce, qos=1)
             if not waiter.event.wait(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError(f"barrier: sync message did not come back within {timeout} s")
         finally:
             if not waiter.event.is_set():
-                self._reconciler.put(_BarrierCancel(nonce))
+                self._reconciler.cancel_barrier(nonce)
         if waiter.error is not None:
             raise waiter.error
 
@@ -344,7 +329,7 @@ class Session:
     ) -> None:
         try:
             if reason_code.is_failure:
-                self._reconciler.put(_Refused(reason_code.value, str(reason_code)))
+                self._reconciler.on_refused(reason_code.value, str(reason_code))
                 return
             broker_limit = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
             limit = (
@@ -356,12 +341,12 @@ class Session:
             self._connection += 1
             subs = [(self._sync_topic, 1), *self._subs]
             client.subscribe(subs)
-            self._reconciler.put(_Connected(flags.session_present, limit, broker_limit, self._connection))
+            self._reconciler.on_connected(flags.session_present, limit, broker_limit, self._connection)
         except Exception as exc:  # a bug here must not kill paho's thread
             self._log.exception("on_connect failed", error=str(exc))
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
-        self._reconciler.put(_ConnectFailed())
+        self._reconciler.on_connect_failed()
 
     def _on_disconnect(
         self,
@@ -371,18 +356,18 @@ class Session:
         reason_code: ReasonCode,
         _props: Properties | None,
     ) -> None:
-        self._reconciler.put(_Disconnected(str(reason_code)))
+        self._reconciler.on_disconnected(str(reason_code))
 
     def _on_publish(
         self, _client: mqtt.Client, _userdata: Any, mid: int, reason_code: ReasonCode, _props: Properties | None
     ) -> None:
-        self._reconciler.put(_Acked(mid, reason_code.value, str(reason_code)))
+        self._reconciler.on_acked(mid, reason_code.value, str(reason_code))
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             topic = msg.topic
             if topic == self._sync_topic:
-                self._reconciler.put(_SyncMessage(bytes(msg.payload), msg.mid, msg.qos, self._connection))
+                self._reconciler.on_sync_message(bytes(msg.payload), msg.mid, msg.qos, self._connection)
                 return
             props = getattr(msg, "properties", None)
             user_props = dict(getattr(props, "UserProperty", []) or [])
@@ -403,5 +388,3 @@ class Session:
                 self._log.error("inbox full: message dropped until the broker redelivers it", topic=topic)
         except Exception as exc:  # a bug here must not kill paho's thread
             self._log.exception("on_message failed", error=str(exc))
-
-    # -- the reconciler ----------------------------------------------------------------------------

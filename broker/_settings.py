@@ -34,6 +34,7 @@ __all__ = [
     "SERVICE_ENV_PREFIX",
     "ConnectionSettings",
     "MqttSettings",
+    "check_port",
     "node_config_from",
 ]
 
@@ -48,14 +49,15 @@ class MqttSettings:
     """How one node connects to the broker. `client_id` is stable: the node name."""
 
     client_id: str
+    # What `ConnectionSettings` fills, in its order; then the session's own settings.
     host: str = "127.0.0.1"
     port: int = 1883
+    keepalive: int = 30
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    keepalive: int = 30
     session_expiry: int = 7 * 24 * 3600
     reconnect_min: float = 1.0
     reconnect_max: float = 30.0
@@ -63,9 +65,8 @@ class MqttSettings:
     clean_start: bool = False
 
     def __post_init__(self) -> None:
-        problems = []
-        if not 1 <= self.port <= 65535:
-            problems.append(f"port {self.port} is not in 1..65535")
+        problems: list[str] = []
+        check_port(self.port, problems)
         if self.keepalive < 1:
             problems.append(f"keepalive {self.keepalive} must be >= 1 second")
         if not 0 <= self.session_expiry <= _MAX_EXPIRY:
@@ -82,6 +83,12 @@ class MqttSettings:
             problems.append(f"client_id {self.client_id!r}: {exc.reason}")
         if problems:
             raise ValueError("invalid MQTT settings: " + "; ".join(problems))
+
+
+def check_port(port: int, problems: list[str], what: str = "port") -> None:
+    """Add to `problems` if `port` is not a TCP port (the settings dataclasses report every problem at once)."""
+    if not 1 <= port <= 65535:
+        problems.append(f"{what} {port} is not in 1..65535")
 
 
 class ConnectionSettings(BaseSettings):

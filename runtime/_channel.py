@@ -150,11 +150,7 @@ class WorkerChannel:
     def _advance(self) -> tuple[WorkerFrame, bytes | None] | None:
         """The current part is complete: move to the next one; return the frame when it is whole."""
         if self._stage == 0:
-            (length,) = _U32.unpack(self._buf)
-            if length > MAX_HEADER:
-                self._fail()
-                raise ChannelError(f"worker frame header of {length} bytes exceeds {MAX_HEADER}; channel closed")
-            self._expect(1, length)
+            self._expect_length(_U32, MAX_HEADER, "header", stage=1)
             return None
         if self._stage == 1:
             try:
@@ -172,11 +168,7 @@ class WorkerChannel:
             self._expect(2, _U64.size)
             return None
         if self._stage == 2:
-            (length,) = _U64.unpack(self._buf)
-            if length > MAX_BODY:
-                self._fail()
-                raise ChannelError(f"worker frame body of {length} bytes exceeds {MAX_BODY}; channel closed")
-            self._expect(3, length)
+            self._expect_length(_U64, MAX_BODY, "body", stage=3)
             return None
         header, body = self._frame, bytes(self._buf)
         if header is None:  # stage 3 is only entered with a header; never happens
@@ -184,6 +176,14 @@ class WorkerChannel:
         self._frame = None
         self._expect(0, _U32.size)
         return header, body
+
+    def _expect_length(self, prefix: struct.Struct, limit: int, part: str, *, stage: int) -> None:
+        """The current part is the length `prefix` of `part`: expect that many bytes in `stage`, if within `limit`."""
+        (length,) = prefix.unpack(self._buf)
+        if length > limit:
+            self._fail()
+            raise ChannelError(f"worker frame {part} of {length} bytes exceeds {limit}; channel closed")
+        self._expect(stage, length)
 
     def _fail(self) -> None:
         """A framing error leaves the stream unsynchronised: nothing after it can be trusted."""

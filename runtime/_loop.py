@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from structlog.typing import FilteringBoundLogger
@@ -25,6 +26,27 @@ from runtime._logging import get_logger
 __all__ = ["EventLoop"]
 
 E = TypeVar("E")
+
+
+@dataclass(frozen=True)
+class _Timers:
+    """The service's timers, as `EventLoop.__init__` describes them: when the loop must wake, and what it runs."""
+
+    tick: Callable[[float], None] | None
+    next_deadline: Callable[[], float | None] | None
+    poll: float
+    clock: Callable[[], float]
+
+    def wait_time(self) -> float:
+        """How long the loop may wait for an event before the timers must run."""
+        deadline = self.next_deadline() if self.next_deadline is not None else None
+        if deadline is None:
+            return self.poll
+        return max(0.0, min(self.poll, deadline - self.clock()))
+
+    def run(self) -> None:
+        if self.tick is not None:
+            self.tick(self.clock())
 
 
 class EventLoop(Generic[E]):
@@ -45,10 +67,7 @@ class EventLoop(Generic[E]):
         `clock` time, or None) lets the loop wake earlier for a timer. Exceptions of the `expected`
         types are logged as errors without a traceback."""
         self._handle = handle
-        self._tick = tick
-        self._next_deadline = next_deadline
-        self._poll = poll
-        self._clock = clock
+        self._timers = _Timers(tick, next_deadline, poll, clock)
         self._expected = expected
         self._log = log or get_logger(component="loop")
         self._queue: queue.Queue[E] = queue.Queue()
@@ -85,26 +104,19 @@ class EventLoop(Generic[E]):
     def run_once(self) -> None:
         """Wait (at most `poll` seconds, less when a timer is due) for one event, handle it, run the timers."""
         try:
-            event = self._queue.get(timeout=self._wait_time())
+            event = self._queue.get(timeout=self._timers.wait_time())
         except queue.Empty:
             pass
         else:
             self.handle(event)
-        if self._tick is not None:
-            try:
-                self._tick(self._clock())
-            except self._expected as exc:
-                self._log.error("timers failed", error=str(exc), error_type=type(exc).__name__)
-            except Exception as exc:  # a timer bug must not stop the service either
-                self._log.exception("timers failed (bug)", error=str(exc))
+        try:
+            self._timers.run()
+        except self._expected as exc:
+            self._log.error("timers failed", error=str(exc), error_type=type(exc).__name__)
+        except Exception as exc:  # a timer bug must not stop the service either
+            self._log.exception("timers failed (bug)", error=str(exc))
 
     def run(self, stop: threading.Event) -> None:
         """Handle events until `stop` is set (checked at least every `poll` seconds)."""
         while not stop.is_set():
             self.run_once()
-
-    def _wait_time(self) -> float:
-        deadline = self._next_deadline() if self._next_deadline is not None else None
-        if deadline is None:
-            return self._poll
-        return max(0.0, min(self._poll, deadline - self._clock()))

@@ -47,15 +47,19 @@ TAIL_CHARS = 2000
 DEFAULT_STOP_GRACE = 10.0  # after the last frame, before SIGTERM
 DEFAULT_TERM_GRACE = 5.0  # after SIGTERM, before SIGKILL
 
-EndFrame = Literal["stop", "finish"]
-
 
 @dataclass(frozen=True)
-class ScriptLaunch:
-    """Everything needed to start one job's script. `run_id` tells one run of a job from the next."""
+class _ScriptRun:
+    """Which script: run `run_id` of job `job`'s script. `run_id` tells one run of a job from the next."""
 
     job: str
     run_id: str
+
+
+@dataclass(frozen=True)
+class ScriptLaunch(_ScriptRun):
+    """Everything needed to start one run of a job's script."""
+
     script: Path
     cwd: Path
     variables: Mapping[str, str]  # the worker's own: Sedna's variables and the job's parameters
@@ -63,26 +67,33 @@ class ScriptLaunch:
 
 
 @dataclass(frozen=True)
-class ScriptFrame:
+class ScriptFrame(_ScriptRun):
     """A frame the script of (job, run_id) sent; `body` is its weights blob, if any."""
 
-    job: str
-    run_id: str
     frame: WorkerFrame
     body: bytes | None = None
 
 
 @dataclass(frozen=True)
-class ScriptExited:
+class ScriptExited(_ScriptRun):
     """The script of (job, run_id) exited: `code` (negative: killed by that signal), its last log lines."""
 
-    job: str
-    run_id: str
     code: int
     tail: str
 
 
 ScriptEvent = ScriptFrame | ScriptExited
+EndFrame = Literal["stop", "finish"]  # what `ScriptProcess.end` sends last: exit now, or the job is done
+
+
+@dataclass(frozen=True)
+class _Started:
+    """What `ScriptProcess.start` started: the process, the service's end of its channel, and where this
+    run's lines begin in the job's log (`log_tail` reads from there)."""
+
+    proc: subprocess.Popen[bytes]
+    channel: WorkerChannel
+    log_offset: int
 
 
 class ScriptProcess:
@@ -91,18 +102,16 @@ class ScriptProcess:
     def __init__(
         self,
         launch: ScriptLaunch,
+        started: _Started,
         *,
-        proc: subprocess.Popen[bytes],
-        channel: WorkerChannel,
-        log_offset: int,
         emit: Callable[[ScriptEvent], None],
         log: FilteringBoundLogger,
         term_grace: float,
     ) -> None:
         self.launch = launch
-        self._proc = proc
-        self._channel = channel
-        self._log_offset = log_offset
+        self._proc = started.proc
+        self._channel = started.channel
+        self._log_offset = started.log_offset
         self._emit = emit
         self._log = log
         self._term_grace = term_grace
@@ -152,7 +161,7 @@ class ScriptProcess:
                 raise ScriptStartError(f"cannot start {launch.script}: {exc}") from exc
             finally:
                 parent.close_child_fd()  # the child holds its own copy; ours would hide the child's EOF
-        script = cls(launch, proc=proc, channel=parent, log_offset=offset, emit=emit, log=log, term_grace=term_grace)
+        script = cls(launch, _Started(proc, parent, offset), emit=emit, log=log, term_grace=term_grace)
         script._reader.start()
         script._writer.start()
         log.info("script started", pid=proc.pid, script=str(launch.script), log_file=str(launch.log_path))

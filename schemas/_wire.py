@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -133,18 +133,12 @@ def manifest_for(blob: bytes, origin: TransferOrigin, *, chunk_size: int, transf
     count = math.ceil(len(blob) / chunk_size)
     return TransferManifest(
         transfer=transfer,
-        kind=origin.kind,
-        job=origin.job,
-        uid=origin.uid,
-        round=origin.round,
-        sender=origin.sender,
+        **asdict(origin),  # every field of the origin is a manifest field of the same name
         total_bytes=len(blob),
         chunk_size=chunk_size,
         chunks=count,
         sha256=hashlib.sha256(view).hexdigest(),
         chunk_sha256=[hashlib.sha256(view[i * chunk_size : (i + 1) * chunk_size]).hexdigest() for i in range(count)],
-        num_samples=origin.num_samples,
-        final=origin.final,
     )
 
 

@@ -51,43 +51,32 @@ class Context:
         return value
 
 
+class _FromEnv:
+    """A read-only class attribute whose value is the worker variable `name`, read when asked."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, cls: object, meta: type | None = None) -> str | None:
+        return os.environ.get(self.name)
+
+    def __set__(self, cls: object, value: object) -> None:
+        # A script reads what its process was given; it cannot change it through BaseConfig.
+        raise AttributeError(f"BaseConfig attributes are read-only (they read ${self.name})")
+
+
 class _BaseConfigMeta(type):
-    # Class attributes read the environment when asked, so a script sees what its process was given.
-    @property
-    def job_name(cls) -> str | None:
-        return os.environ.get(WorkerEnv.JOB_NAME)
-
-    @property
-    def namespace(cls) -> str | None:
-        return os.environ.get(WorkerEnv.NAMESPACE)
-
-    @property
-    def worker_name(cls) -> str | None:
-        return os.environ.get(WorkerEnv.WORKER_NAME)
-
-    @property
-    def model_url(cls) -> str | None:
-        return os.environ.get(WorkerEnv.MODEL_URL)
-
-    @property
-    def model_name(cls) -> str | None:
-        return os.environ.get(WorkerEnv.MODEL_NAME)
-
-    @property
-    def pretrained_model_url(cls) -> str | None:
-        return os.environ.get(WorkerEnv.PRETRAINED_MODEL_URL)
-
-    @property
-    def train_dataset_url(cls) -> str | None:
-        return os.environ.get(WorkerEnv.TRAIN_DATASET_URL)
-
-    @property
-    def test_dataset_url(cls) -> str | None:
-        return os.environ.get(WorkerEnv.TEST_DATASET_URL)
-
-    @property
-    def original_dataset_url(cls) -> str | None:
-        return os.environ.get(WorkerEnv.ORIGINAL_DATASET_URL)
+    # On the metaclass, so that they are attributes of the class itself (`BaseConfig.train_dataset_url`, as
+    # in Sedna) and read the environment when asked: a script sees what its process was given.
+    job_name = _FromEnv(WorkerEnv.JOB_NAME)
+    namespace = _FromEnv(WorkerEnv.NAMESPACE)
+    worker_name = _FromEnv(WorkerEnv.WORKER_NAME)
+    model_url = _FromEnv(WorkerEnv.MODEL_URL)
+    model_name = _FromEnv(WorkerEnv.MODEL_NAME)
+    pretrained_model_url = _FromEnv(WorkerEnv.PRETRAINED_MODEL_URL)
+    train_dataset_url = _FromEnv(WorkerEnv.TRAIN_DATASET_URL)
+    test_dataset_url = _FromEnv(WorkerEnv.TEST_DATASET_URL)
+    original_dataset_url = _FromEnv(WorkerEnv.ORIGINAL_DATASET_URL)
 
 
 class BaseConfig(metaclass=_BaseConfigMeta):

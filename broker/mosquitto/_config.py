@@ -11,6 +11,8 @@ import os
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
+from broker._settings import check_port
+
 __all__ = ["BrokerConfig", "TlsListener", "render_config"]
 
 MiB = 1024 * 1024
@@ -37,9 +39,8 @@ class TlsListener:
     use_identity_as_username: bool = False
 
     def __post_init__(self) -> None:
-        problems = []
-        if not 1 <= self.port <= 65535:
-            problems.append(f"TLS port {self.port} is not in 1..65535")
+        problems: list[str] = []
+        check_port(self.port, problems, "TLS port")
         if self.tls_version not in ("tlsv1.2", "tlsv1.3"):
             problems.append(f"tls_version {self.tls_version!r} must be tlsv1.2 or tlsv1.3")
         if self.use_identity_as_username and not self.require_certificate:
@@ -79,9 +80,8 @@ class BrokerConfig:
     extra: str = ""
 
     def __post_init__(self) -> None:
-        problems = []
-        if not 1 <= self.port <= 65535:
-            problems.append(f"port {self.port} is not in 1..65535")
+        problems: list[str] = []
+        check_port(self.port, problems)
         if self.max_packet_size < 1024:
             problems.append(f"max_packet_size {self.max_packet_size} is below 1024 bytes")
         for name in (

@@ -45,22 +45,21 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--autosave-interval", type=int, default=30, help="seconds between database snapshots")
         p.add_argument("--password-file", type=Path, help="mosquitto_passwd file; implies no anonymous access")
         p.add_argument("--acl-file", type=Path, help="ACL file")
-        p.add_argument(
-            "--allow-anonymous",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="default: only without a password file",
-        )
+        _add_yes_no(p, "--allow-anonymous", "default: only without a password file")
         p.add_argument("--no-persistence", action="store_true", help="keep sessions in memory only")
-        p.add_argument(
+        _add_yes_no(
+            p,
             "--run-as-root",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="write `user root` (default: exactly when running as root; --no-run-as-root drops to user mosquitto)",
+            "write `user root` (default: exactly when running as root; --no-run-as-root drops to user mosquitto)",
         )
         if name == "run":
             p.add_argument("--conf-out", type=Path, help="where to write the config (default DATA_DIR/mosquitto.conf)")
     return parser
+
+
+def _add_yes_no(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    # --x / --no-x; given neither way it stays None, and the default follows from the other settings.
+    parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
 
 
 def _config(args: argparse.Namespace) -> BrokerConfig:
