@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -133,7 +133,9 @@ def manifest_for(blob: bytes, origin: TransferOrigin, *, chunk_size: int, transf
     count = math.ceil(len(blob) / chunk_size)
     return TransferManifest(
         transfer=transfer,
-        **asdict(origin),  # every field of the origin is a manifest field of the same name
+        # Every field of TransferOrigin is a manifest field of the same name. Only those: an origin may be a
+        # subclass that carries more (the edge's UploadRequest also holds the blob to send).
+        **{f.name: getattr(origin, f.name) for f in fields(TransferOrigin)},
         total_bytes=len(blob),
         chunk_size=chunk_size,
         chunks=count,

@@ -252,7 +252,16 @@ class Uploads:
                 self._log.exception("uploader failed on one transfer", error=str(exc))
 
     def _upload_one(self, req: UploadRequest) -> UploadDone:
-        """Store the update in the outbox, then publish it whole."""
+        """Store the update in the outbox, then publish it whole; a failure is reported, never swallowed."""
+        try:
+            return self._store_and_publish(req)
+        except Exception as exc:
+            # A bug, not the network: the job must hear of it (and fail, saying why) instead of waiting for
+            # an upload that will never end.
+            self._log.exception("uploader failed on one transfer", job=req.job, round=req.round, error=str(exc))
+            return UploadDone(req.job, req.run_id, req.kind, req.round, error=f"the uploader failed: {exc}")
+
+    def _store_and_publish(self, req: UploadRequest) -> UploadDone:
         sender = BlobSender(self._w.session, chunk_size=req.chunk_size, window=_WINDOW)
         try:
             m = sender.prepare(req.blob, req, transfer=new_transfer_id())

@@ -588,3 +588,20 @@ def test_arbitrary_mutations_raise_only_wire_error(edits: list[tuple[int, bytes]
     # Assert
     assert [a.shape for a in decoded] == [t.shape for t in header.tensors]
     assert isinstance(header, WeightsHeader)
+
+
+def test_manifest_for_describes_a_richer_origin_by_its_origin_fields_only() -> None:
+    """A subclass of TransferOrigin (the edge's UploadRequest also holds the blob) gives the same manifest as
+    its plain origin: only the origin's fields reach the manifest (an extra one made every upload fail)."""
+    from edge_trainer.engine import UploadRequest
+    from schemas import TransferOrigin, manifest_for
+
+    blob = b"weights" * 100
+    origin = TransferOrigin("update", "job1", "uid1", 2, "edge1", 8)
+    request = UploadRequest("update", "job1", "uid1", 2, "edge1", 8, run_id="run", blob=blob, chunk_size=64)
+
+    plain = manifest_for(blob, origin, chunk_size=64, transfer="ab" * 8)
+    rich = manifest_for(blob, request, chunk_size=64, transfer="ab" * 8)
+
+    assert rich.model_dump(exclude={"created_at"}) == plain.model_dump(exclude={"created_at"})
+    assert (rich.chunk_size, rich.chunks, rich.num_samples) == (64, 11, 8)

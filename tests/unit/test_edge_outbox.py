@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -227,3 +228,35 @@ def test_drop_job_forgets_its_deliveries(tmp_path: Path) -> None:
     d, m = tracked(tmp_path, Clock())
     [gone] = d.drop_job(JOB)
     assert gone.entry.transfer == m.transfer and len(d) == 0
+
+
+def test_an_uploader_failure_reaches_the_job_instead_of_hanging_it(tmp_path: Path) -> None:
+    """A bug while storing an update (here: the outbox raises something unexpected) is reported as a failed
+    upload, so the job fails saying why; before, the job waited in Uploading for ever."""
+    import queue
+
+    from broker import MqttSettings, Session
+    from edge_trainer.engine import UploadDone, UploadRequest
+    from edge_trainer.service import UploadEvent, Uploads, UploadWiring
+    from runtime import get_logger
+    from schemas import Topics
+
+    class BrokenOutbox(Outbox):
+        def put(self, manifest: TransferManifest, blob: bytes) -> Any:
+            raise RuntimeError("a bug in the outbox")
+
+    events: queue.Queue[UploadEvent] = queue.Queue()
+    session = Session(MqttSettings(client_id=NODE), inbox=queue.Queue())  # never started: nothing is sent
+    wiring = UploadWiring(session, Topics(), NODE, events.put, {}, lambda _job: None, get_logger())
+    uploads = Uploads(BrokenOutbox(tmp_path / "state"), Deliveries(30.0), wiring, upload_timeout=5.0)
+    uploads.start()
+    try:
+        request = UploadRequest("update", JOB, UID, 1, NODE, 4, run_id="run-1", blob=b"x" * 300, chunk_size=100)
+        uploads.submit(request)
+        done = events.get(timeout=10.0)
+    finally:
+        uploads.close()
+
+    assert isinstance(done, UploadDone)
+    assert (done.job, done.run_id, done.round, done.transfer) == (JOB, "run-1", 1, None)
+    assert done.error is not None and "a bug in the outbox" in done.error
