@@ -72,6 +72,16 @@ class Rig:
         gates.mkdir(parents=True, exist_ok=True)
         (gates / f"round-{round_}").touch()
 
+    def wait_round_two_delivered_by_edge1(self) -> None:
+        """With edge2 held in its round-2 training (`hold_rounds: "2"`): until the aggregator acknowledged
+        edge1's round-2 update, so round 2 is open with exactly one update stored."""
+        self.watch.wait_worker("edge2", "Training", 2, timeout=90)
+        self.watch.wait(
+            lambda x: any(a.node == "edge1" and a.round == 2 and a.accepted for a in x.acks),
+            timeout=60,
+            what="edge1's round-2 update acknowledged",
+        )
+
     def wait_job(self, timeout: float) -> JobStatus:
         return self.watch.wait_finished(timeout)
 

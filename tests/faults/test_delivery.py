@@ -50,12 +50,7 @@ def test_duplicate_update_and_update_for_closed_round(rig: RigFactory) -> None:
     ignored, the late one refused; neither changes any global model."""
     r = rig(2, edge_params={"edge2": {"hold_rounds": "2"}})
     w = r.watch
-    w.wait_worker("edge2", "Training", 2, timeout=90)
-    w.wait(
-        lambda x: any(a.node == "edge1" and a.round == 2 and a.accepted for a in x.acks),
-        timeout=60,
-        what="edge1's round-2 update acknowledged",
-    )
+    r.wait_round_two_delivered_by_edge1()
     wait_until(lambda: _complete(r, "edge1", 2) and _complete(r, "edge1", 1), 10, "edge1's updates captured")
     replay_id, replay = _transfer_of(r, "edge1", 2)
     assert r.capture is not None

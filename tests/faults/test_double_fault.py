@@ -39,12 +39,7 @@ def test_edge_killed_while_the_aggregator_is_down_does_not_train_its_delivered_r
     ends with every global model the FedAvg of exactly one update per participant."""
     r = rig(2, edge_params={"edge2": {"hold_rounds": "2"}})
     w = r.watch
-    w.wait_worker("edge2", "Training", 2, timeout=90)
-    w.wait(
-        lambda x: any(a.node == "edge1" and a.round == 2 and a.accepted for a in x.acks),
-        timeout=60,
-        what="edge1's round-2 update acknowledged",
-    )
+    r.wait_round_two_delivered_by_edge1()
     uid = w.status.uid if w.status else None
 
     assert r.cluster.kill_node("cloud0") == -9

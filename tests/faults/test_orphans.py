@@ -3,46 +3,17 @@ one line of its worker.log instead of a traceback."""
 
 from __future__ import annotations
 
-import os
-import select
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.faults.conftest import JOB, RigFactory
-from tests.helpers.mqtt import wait_until
+from tests.helpers.processes import wait_exit
 from tests.helpers.status import processes_under
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
 EXIT_WITHIN = 5.0  # the watchdog notices within about a second; the rest is a loaded two-core machine
-
-
-def _running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie has exited: an orphan's new parent may reap it late)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return not any(line.startswith("State:") and line.split()[1] == "Z" for line in status.splitlines())
-
-
-def _wait_exit(pid: int, timeout: float) -> None:
-    """Until `pid` (not our child: it was re-parented) has exited; AssertionError after `timeout`."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    except OSError:  # no pidfd on this kernel: look at /proc instead
-        wait_until(lambda: not _running(pid), timeout, f"process {pid} exited")
-        return
-    try:
-        # A pidfd turns readable when its process exits (zombie or reaped): an event, not a poll.
-        readable, _, _ = select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    assert readable, f"process {pid} still running {timeout:g} s later"
 
 
 def test_script_of_a_killed_edge_service_exits_within_seconds_with_one_line(rig: RigFactory) -> None:
@@ -58,7 +29,7 @@ def test_script_of_a_killed_edge_service_exits_within_seconds_with_one_line(rig:
 
     assert r.cluster.kill_node("edge1") == -9
     killed = time.monotonic()
-    _wait_exit(pid, timeout=30)
+    wait_exit(pid, timeout=30)
     took = time.monotonic() - killed
     assert took < EXIT_WITHIN, f"the orphaned script ran on for {took:.1f} s"
 

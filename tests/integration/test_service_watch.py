@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 from runtime import SERVICE_GONE_EXIT, spawn_channel_pair
 from schemas import WorkerEnv, encode_weights
 from tests.helpers.mqtt import wait_until
+from tests.helpers.processes import wait_exit
 
 JOB = "tiny"
 EXIT_WITHIN = 5.0
@@ -98,19 +98,6 @@ def _global_blob() -> bytes:
     )
 
 
-def _wait_exit(pid: int, timeout: float) -> None:
-    """Until `pid`, a process that is not our child, has exited (a pidfd turns readable then)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        readable, _, _ = select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    assert readable, f"process {pid} still running {timeout:g} s later"
-
-
 def _run_closed_by_a_live_service(tmp_path: Path, source: str) -> tuple[int, str]:
     """Start `source` as a worker script with this test as its service; close the channel after its first
     frame; return its exit code and output."""
@@ -178,7 +165,7 @@ def test_script_of_a_killed_service_exits_within_seconds_with_one_line(tmp_path:
                 wait_until(lambda: "training" in log.read_text(), 30.0, "the script training")
             service.send_signal(signal.SIGKILL)
             service.wait(10)
-            _wait_exit(pid, EXIT_WITHIN)
+            wait_exit(pid, EXIT_WITHIN)
         finally:
             if service.poll() is None:
                 service.kill()
