@@ -7,7 +7,10 @@ without a broker:
 - ``accepted: true``                  -> the entry is done: record the delivery, delete it;
 - ``accepted: false`` + ``missing``   -> resend exactly those chunks (same transfer), then the manifest;
 - ``accepted: false``, no ``missing`` -> refused for good: delete it, say why;
-- no ack within ``ack_timeout`` after the last publish of the entry -> republish its manifest.
+- no ack within ``ack_timeout`` after the last publish of the entry -> republish its manifest;
+- chunks named missing while a publish of the entry is under way -> once that publish ends, republish the
+  manifest at once (the aggregator then names what is still missing), not after ``ack_timeout``: a link
+  cut in the middle of an upload must not stall it for the whole ack timeout.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class AckOutcome(StrEnum):
     IGNORED = "ignored"  # not ours, an earlier run, or an entry already done
     ACCEPTED = "accepted"  # stored by the aggregator: delete the entry
     RESEND = "resend"  # publish the missing chunks, then the manifest
-    BUSY = "busy"  # chunks are missing but a publish of the entry is under way: it will tell
+    BUSY = "busy"  # chunks are missing while a publish of the entry is under way: ask again when it ends
     REFUSED = "refused"  # refused for good: delete the entry
 
 
@@ -42,6 +45,7 @@ class Delivery:
     incomplete: bool = False  # the last publish was not acknowledged by the broker in time
     resends: int = 0
     missing: list[int] = field(default_factory=list)
+    asked_while_publishing: bool = False  # the aggregator named missing chunks during the last publish
 
 
 class Deliveries:
@@ -93,7 +97,11 @@ class Deliveries:
             return None
         delivery.publishing = False
         delivery.incomplete = not complete
-        delivery.deadline = self._clock() + self.ack_timeout
+        # Asked for chunks meanwhile: due now, so the manifest goes out again and the answer says what is
+        # still missing (the publish may have sent some of them since).
+        wait = 0.0 if delivery.asked_while_publishing else self.ack_timeout
+        delivery.asked_while_publishing = False
+        delivery.deadline = self._clock() + wait
         return delivery
 
     def on_ack(self, ack: UpdateAck) -> tuple[AckOutcome, Delivery | None]:
@@ -109,6 +117,7 @@ class Deliveries:
             return AckOutcome.REFUSED, delivery
         missing = sorted({i for i in ack.missing if 0 <= i < delivery.entry.manifest.chunks})
         if delivery.publishing:
+            delivery.asked_while_publishing = True
             return AckOutcome.BUSY, delivery
         delivery.missing = missing
         return AckOutcome.RESEND, delivery

@@ -194,6 +194,19 @@ def test_missing_chunks_are_resent_unless_a_publish_is_under_way(tmp_path: Path)
     assert len(d) == 1
 
 
+def test_missing_chunks_named_during_a_publish_make_the_entry_due_when_it_ends(tmp_path: Path) -> None:
+    """A missing-chunks answer that comes while the entry is being published (a link cut mid-upload) is not
+    lost: when that publish ends the entry is due at once, instead of after the whole ack timeout."""
+    clock = Clock()
+    d, m = tracked(tmp_path, clock)
+    assert d.on_ack(ack(m, False, [1, 3]))[0] is AckOutcome.BUSY
+    d.published(JOB, m.transfer, complete=True)
+    assert [x.entry.transfer for x in d.due()] == [m.transfer]
+    d.start_publish(d.due()[0])  # the manifest goes out again; no question pending now
+    d.published(JOB, m.transfer, complete=True)
+    assert d.due() == []
+
+
 def test_acks_of_another_run_or_transfer_are_ignored(tmp_path: Path) -> None:
     """An ack with another uid, round or transfer id does not touch the entry."""
     d, m = tracked(tmp_path, Clock())
