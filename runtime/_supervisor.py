@@ -176,11 +176,6 @@ class ScriptProcess:
         """The exit code once the process has exited and its exit event was emitted, else None."""
         return self._proc.returncode if self._exited.is_set() else None
 
-    @property
-    def ending(self) -> bool:
-        """Whether `end` (or `stop`) was called."""
-        return self._ending
-
     def send(self, frame: WorkerFrame, body: bytes | None = None) -> None:
         """Queue a frame for the script; never blocks. Frames to an exited script are dropped."""
         self._outbox.put((frame, body))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -71,7 +71,6 @@ from schemas import (
 __all__ = ["EdgeService", "Event"]
 
 _POLL = 0.5  # how often the logic thread looks at the stop flag and the connection when idle
-_SHUTDOWN_TERM_GRACE = 5.0
 
 #: Everything the logic thread handles.
 Event = Inbound | ScriptFrame | ScriptExited | UploadDone | OutboxWritten | ResendDone
@@ -121,9 +120,7 @@ class EdgeService:
         # Global models being reassembled, by (job, round).
         self._assembler: Assembler[tuple[str, int]] = Assembler(log=self._log)
         self._jobs: dict[str, EdgeJob] = {}
-        self._scripts = ScriptSupervisor(
-            self._events.put, stop_grace=stop_grace, term_grace=_SHUTDOWN_TERM_GRACE, log=self._log
-        )
+        self._scripts = ScriptSupervisor(self._events.put, stop_grace=stop_grace, log=self._log)
         self._deliveries = Deliveries(ack_timeout, clock)
         self._uploads = Uploads(
             Outbox(self.root.path / "state"),
@@ -135,11 +132,6 @@ class EdgeService:
         self._online = False
         self._closing = threading.Event()
         self._tf_version = installed_tensorflow_version()
-
-    @property
-    def jobs(self) -> Mapping[str, EdgeJob]:
-        """This node's jobs by name (read only)."""
-        return self._jobs
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

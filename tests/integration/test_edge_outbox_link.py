@@ -465,7 +465,7 @@ def test_offline_edge_keeps_handling_events_and_stores_its_update_first(
     try:
         plan = make_plan()
         # No broker will ever answer: reaching Uploading at all shows nothing waited for the network.
-        service._events.put(Inbound(T.plan(JOB), plan.to_json(), retain=True, dup=False, qos=0, mid=0))
+        service.put(Inbound(T.plan(JOB), plan.to_json(), retain=True, dup=False, qos=0, mid=0))
         wait_until(
             lambda: len(service.scripts) == 1 and service._jobs[JOB].state is WorkerState.UPLOADING, 5.0, "uploading"
         )
