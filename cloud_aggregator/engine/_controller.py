@@ -368,7 +368,7 @@ class Controller:
         )
         engine = Job(facts, self._port, previous_status=previous)
         entry.engine = engine
-        self._log.info("job resumes" if previous is not None else "job starts", job=entry.name, uid=engine.uid)
+        self._log.info("job resumes" if previous is not None else "job starts", job=entry.name, uid=engine.facts.uid)
         engine.start(now_s)
         for (job, node), payload in list(self._old_worker_statuses.items()):
             if job == entry.name:
@@ -472,12 +472,12 @@ class Controller:
 
     def on_script_frame(self, job: str, uid: str, frame: WorkerFrame, now_s: float) -> None:
         engine = self.job(job)
-        if engine is not None and engine.uid == uid:
+        if engine is not None and engine.facts.uid == uid:
             engine.on_script_frame(frame, now_s)
 
     def on_script_exit(self, job: str, uid: str, code: int | None, tail: str, now_s: float) -> None:
         engine = self.job(job)
-        if engine is not None and engine.uid == uid:
+        if engine is not None and engine.facts.uid == uid:
             engine.on_script_exit(code, tail, now_s)
 
     def stage(self, job: str) -> Stage | None:

@@ -10,8 +10,7 @@ plus what the controller fixed: node, uid, `JobSettings`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar, overload
+from typing import Any
 
 import numpy.typing as npt
 
@@ -38,38 +37,9 @@ from schemas import (
 
 __all__ = ["Job"]
 
-T = TypeVar("T")
-
-
-class _Fact(Generic[T]):
-    """A read-only attribute of `Job` that is one of its facts: ``uid = _Fact(lambda facts: facts.uid)``."""
-
-    def __init__(self, read: Callable[[JobFacts], T]) -> None:
-        self._read = read
-
-    @overload
-    def __get__(self, job: None, owner: type[Job]) -> _Fact[T]: ...
-    @overload
-    def __get__(self, job: Job, owner: type[Job] | None = None) -> T: ...
-    def __get__(self, job: Job | None, owner: type[Job] | None = None) -> _Fact[T] | T:
-        # Read on the class (`Job.uid`), the attribute is the descriptor itself, as a property would be.
-        return self if job is None else self._read(job.facts)
-
-    def __set__(self, job: Job, value: object) -> None:
-        # The facts of a run never change (as with a property, assigning is an error).
-        raise AttributeError("a job's facts are read-only")
-
 
 class Job:
     """One FederatedLearningJob run by this aggregator, from script start to Succeeded or Failed."""
-
-    # The facts callers read most, on the job itself; `facts` has the rest.
-    spec = _Fact(lambda facts: facts.spec)
-    name = _Fact(lambda facts: facts.name)
-    uid = _Fact(lambda facts: facts.uid)
-    participants = _Fact(lambda facts: facts.participants)
-    round_deadline = _Fact(lambda facts: facts.round_deadline)
-    min_participants = _Fact(lambda facts: facts.min_participants)
 
     def __init__(self, facts: JobFacts, port: Port, previous_status: JobStatus | None = None) -> None:
         """`previous_status`: the retained status of the run a resumed job (`facts.resume`) continues."""
@@ -85,7 +55,8 @@ class Job:
 
     @property
     def facts(self) -> JobFacts:
-        """What the spec and the controller fixed for this run (names, workers, models, round rules)."""
+        """What the spec and the controller fixed for this run: `facts.name`, `.uid`, `.spec`, `.participants`,
+        `.round_deadline`, `.min_participants`, the models and the planned workers."""
         return self._ctx.facts
 
     @property

@@ -170,7 +170,7 @@ def test_resume_without_a_checkpoint_waits_for_round0_with_the_same_uid() -> Non
     old = MemoryPort()
     port, job = restarted(old)
 
-    assert job.stage is Stage.INIT and job.uid == UID and port.published_globals == []
+    assert job.stage is Stage.INIT and job.facts.uid == UID and port.published_globals == []
     assert port.job_status(JOB).waiting_for == ["edge1", "edge2"]
 
 

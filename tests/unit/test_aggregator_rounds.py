@@ -52,11 +52,11 @@ def upload(job: Job, node: str, round_: int, now_s: float, seed: float = 1.0, **
 def test_parameters_come_from_the_spec() -> None:
     port = MemoryPort()
     job = job_with(port, round_deadline="30", min_participants="1")
-    assert job.round_deadline == 30.0 and job.min_participants == 1
+    assert job.facts.round_deadline == 30.0 and job.facts.min_participants == 1
     plain = job_with(MemoryPort())
-    assert plain.round_deadline is None and plain.min_participants == 2
+    assert plain.facts.round_deadline is None and plain.facts.min_participants == 2
     zero = job_with(MemoryPort(), round_deadline="0", min_participants="9")
-    assert zero.round_deadline is None and zero.min_participants == 2  # 0: no deadline; clamped to the workers
+    assert zero.facts.round_deadline is None and zero.facts.min_participants == 2  # 0: no deadline; clamped to the workers
 
 
 def test_waiting_for_is_current_while_a_round_is_open() -> None:

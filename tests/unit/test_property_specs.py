@@ -256,11 +256,11 @@ def _snapshot(controller: Controller, port: MemoryPort) -> dict[str, Any]:
     status = port.job_status(JOB)
     return {
         "engine": id(engine),
-        "uid": engine.uid,
+        "uid": engine.facts.uid,
         "stage": engine.stage,
         "round": engine.round,
-        "participants": list(engine.participants),
-        "spec_hash": engine.spec.spec_hash(),
+        "participants": list(engine.facts.participants),
+        "spec_hash": engine.facts.spec.spec_hash(),
         "status_hash": status.spec_hash,
         "phase": status.phase,
         "current_round": status.current_round,
@@ -283,7 +283,7 @@ def running_controller() -> tuple[Controller, MemoryPort, dict[Kind, dict[str, b
         controller.on_spec(kind, name, TOPICS.spec(kind, name), payload, 0.0)
     engine = controller.job(JOB)
     assert engine is not None
-    uid = engine.uid
+    uid = engine.facts.uid
     controller.on_script_frame(JOB, uid, WorkerFrame(type="config", exit_round=3, participants_count=2), 0.1)
     arrays = [np.full((2, 2), 1.0, np.float32)]
 
@@ -342,7 +342,7 @@ def test_random_specs_never_crash_the_controller_nor_disturb_a_running_job(
         [np.full((2, 2), 9.0, np.float32)],
         kind="update",
         job=JOB,
-        uid=engine.uid,
+        uid=engine.facts.uid,
         round_=2,
         sender="edge2",
         num_samples=5,
