@@ -22,7 +22,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Generic, Self, TypeVar, cast, overload
 
 from structlog.typing import FilteringBoundLogger
 
@@ -30,8 +29,6 @@ import broker
 from flctl._errors import BrokerUnreachableError, PublishFailedError, UsageError
 from flctl.printers import Retained
 from schemas import Topics
-
-_T = TypeVar("_T")
 
 # The socket-level check runs once, this long after the first connection attempt had its chance.
 _FIRST_ATTEMPT = 0.25
@@ -47,21 +44,6 @@ def default_client_id() -> str:
     return f"flctl-{user}-{os.getpid()}"
 
 
-class _FromConnection(Generic[_T]):
-    """An attribute of `BrokerOptions` that is its connection's attribute of the same name, so that
-    `options.host` reads the one value `broker.ConnectionSettings` settled instead of a copy of it."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    @overload
-    def __get__(self, options: None, owner: type) -> Self: ...
-    @overload
-    def __get__(self, options: BrokerOptions, owner: type) -> _T: ...
-    def __get__(self, options: BrokerOptions | None, owner: type) -> _T | Self:
-        return self if options is None else cast(_T, getattr(options.connection, self.name))
-
-
 @dataclass(frozen=True)
 class BrokerOptions:
     """Where and how to connect: the connection settings (flags > FLCTL_* > node config > defaults) and
@@ -71,15 +53,6 @@ class BrokerOptions:
     prefix: str = "fl"
     timeout: float = 10.0
     client_id: str = field(default_factory=default_client_id)
-
-    # The connection's values, where flctl reports them (`BrokerUnreachableError(options.host, options.port)`).
-    host = _FromConnection[str]()
-    port = _FromConnection[int]()
-    username = _FromConnection[str | None]()
-    password = _FromConnection[str | None]()
-    tls_ca = _FromConnection[str | None]()
-    tls_cert = _FromConnection[str | None]()
-    tls_key = _FromConnection[str | None]()
 
     def mqtt_settings(self) -> broker.MqttSettings:
         return broker.MqttSettings(
@@ -120,10 +93,14 @@ class BrokerClient:
         except ValueError as exc:  # settings the session cannot use (checked by the CLI first)
             raise UsageError(str(exc)) from exc
         except broker.ConnectError as exc:  # TLS files that do not load
-            raise BrokerUnreachableError(options.host, options.port, str(exc)) from exc
+            raise self._unreachable(str(exc)) from exc
         self._sync_topic = self.topics.sync(options.client_id)
         self._latest: dict[str, Retained] = {}
         self._started = False
+
+    def _unreachable(self, reason: str) -> BrokerUnreachableError:
+        """The error for this client's broker, saying why it cannot be used."""
+        return BrokerUnreachableError(self.options.connection.host, self.options.connection.port, reason)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -142,7 +119,7 @@ class BrokerClient:
         try:
             self._session.start()
         except broker.ConnectError as exc:  # bad TLS files and other set-up errors
-            raise BrokerUnreachableError(opts.host, opts.port, str(exc)) from exc
+            raise self._unreachable(str(exc)) from exc
         self._started = True
         deadline = time.monotonic() + opts.timeout
         tcp_ok = False
@@ -152,20 +129,20 @@ class BrokerClient:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     hint = " (TCP connects: check the port, TLS and credentials)" if tcp_ok else ""
-                    raise BrokerUnreachableError(
-                        opts.host, opts.port, f"no MQTT connection within {opts.timeout:g}s{hint}"
-                    )
+                    raise self._unreachable(f"no MQTT connection within {opts.timeout:g}s{hint}")
                 slice_ = min(remaining, _FIRST_ATTEMPT)
                 if self._session.wait_connected(slice_):
                     return
                 refused = self._session.connect_error
                 if refused is not None:  # the broker answered: bad credentials, not authorized, ...
-                    raise BrokerUnreachableError(opts.host, opts.port, str(refused)) from refused
+                    raise self._unreachable(str(refused)) from refused
                 if not checked:
                     checked = True
-                    reason = _socket_reason(opts.host, opts.port, min(deadline - time.monotonic(), 2.0))
+                    reason = _socket_reason(
+                        opts.connection.host, opts.connection.port, min(deadline - time.monotonic(), 2.0)
+                    )
                     if reason is not None:
-                        raise BrokerUnreachableError(opts.host, opts.port, reason)
+                        raise self._unreachable(reason)
                     tcp_ok = True
         except BrokerUnreachableError:
             self.close()
@@ -209,9 +186,9 @@ class BrokerClient:
             self._session.barrier(self.options.timeout)
         except TimeoutError as exc:
             reason = f"the broker did not deliver the retained messages within {self.options.timeout:g}s"
-            raise BrokerUnreachableError(self.options.host, self.options.port, reason) from exc
+            raise self._unreachable(reason) from exc
         except broker.BrokerError as exc:
-            raise BrokerUnreachableError(self.options.host, self.options.port, str(exc)) from exc
+            raise self._unreachable(str(exc)) from exc
         self._drain_nowait(set())
 
     def _drain_nowait(self, changed: set[str]) -> None:

@@ -56,7 +56,9 @@ def test_parameters_come_from_the_spec() -> None:
     plain = job_with(MemoryPort())
     assert plain.facts.round_deadline is None and plain.facts.min_participants == 2
     zero = job_with(MemoryPort(), round_deadline="0", min_participants="9")
-    assert zero.facts.round_deadline is None and zero.facts.min_participants == 2  # 0: no deadline; clamped to the workers
+    assert (
+        zero.facts.round_deadline is None and zero.facts.min_participants == 2
+    )  # 0: no deadline; clamped to the workers
 
 
 def test_waiting_for_is_current_while_a_round_is_open() -> None:

@@ -106,19 +106,19 @@ def test_flctl_reads_the_config_and_flags_and_env_win(node_yaml: Path, monkeypat
         monkeypatch.delenv(f"FLCTL_{name}", raising=False)
     monkeypatch.delenv("FL_NODE_CONFIG", raising=False)
     opts = broker_options(build_parser().parse_args(["--config", str(node_yaml), "get", "fl"]))
-    assert (opts.host, opts.port, opts.username, opts.password) == (
+    assert (opts.connection.host, opts.connection.port, opts.connection.username, opts.connection.password) == (
         "broker.example.com",
         8883,
         "edge1",
         "from-the-file",
     )
     assert opts.client_id == "edge1"  # the username: brokers from `flctl broker init` force it anyway
-    assert opts.tls_ca == str(node_yaml.parent / "ca.crt")
+    assert opts.connection.tls_ca == str(node_yaml.parent / "ca.crt")
 
     monkeypatch.setenv("FLCTL_CONFIG", str(node_yaml))
     monkeypatch.setenv("FLCTL_PORT", "1884")
     opts = broker_options(build_parser().parse_args(["get", "fl", "--host", "h"]))
-    assert (opts.host, opts.port, opts.password) == ("h", 1884, "from-the-file")
+    assert (opts.connection.host, opts.connection.port, opts.connection.password) == ("h", 1884, "from-the-file")
 
 
 def test_service_tls_files_come_from_flags_env_or_the_file(node_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
