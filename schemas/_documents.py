@@ -15,9 +15,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from schemas._errors import Problem, SpecError
+from schemas._parameters import parameter_name_problem, parameter_value_problem
 from schemas._resources import (
     API_VERSION,
-    PARAMETER_CHECKS,
     Dataset,
     FederatedLearningJob,
     Model,
@@ -152,11 +152,13 @@ def parse_for_topic(payload: bytes, topic: str, kind: Kind, name: str) -> Resour
 
 
 def check_parameters(job: FederatedLearningJob) -> list[Problem]:
-    """Known parameters must have sensible values and no key may appear twice in one worker.
+    """Every parameter's name may be an environment variable of the script, its value is within its
+    bound (`schemas.PARAMETER_BOUNDS`), and no name appears twice in one worker.
 
     Parameters come from ``workerSpec.parameters`` or, for a worker written as a pod template, from
     ``template.spec.containers[0].env`` (what `WorkerBase.effective()` reads). Until test review
-    only the first form was checked, so a template's ``batch_size: "-1"`` reached the edge.
+    only the first form was checked, so a template's ``batch_size: "-1"`` reached the edge. The name
+    rule (`schemas.parameter_name_problem`) is the one the node applies again before it starts a script.
     """
     problems: list[Problem] = []
     workers: list[tuple[str, WorkerBase]] = [("spec.aggregationWorker", job.spec.aggregation_worker)]
@@ -181,10 +183,14 @@ def check_parameters(job: FederatedLearningJob) -> list[Problem]:
             if key in seen:
                 problems.append(Problem(f"{field}.{key_field}", f"parameter {key!r} is given twice"))
             seen.add(key)
-            check = PARAMETER_CHECKS.get(key)
-            reason = check(value) if check else None
+            reason = parameter_name_problem(key)
             if reason:
-                problems.append(Problem(f"{field}.value", f"{key}={value!r}: {reason}"))
+                problems.append(Problem(f"{field}.{key_field}", reason))
+                continue
+            reason = parameter_value_problem(key, value)
+            if reason:
+                shown = value if len(value) <= 40 else value[:40] + "..."
+                problems.append(Problem(f"{field}.value", f"{key}={shown!r}: {reason}"))
     return problems
 
 

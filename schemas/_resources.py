@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from schemas._parameters import MAX_PARAMETERS, MAX_TRAINING_WORKERS
 from schemas._topics import check_name
 
 API_VERSION = "sedna.io/v1alpha1"
@@ -109,7 +108,7 @@ class WorkerSpec(_Spec):
     script_boot_file: str = Field(min_length=1)
     framework_type: str = "tensorflow"
     framework_version: str | None = None
-    parameters: list[Parameter] = Field(default_factory=list)
+    parameters: list[Parameter] = Field(default_factory=list, max_length=MAX_PARAMETERS)
 
 
 class EnvVar(_Loose):
@@ -123,7 +122,7 @@ class Container(_Loose):
     working_dir: str | None = None
     command: list[str] = Field(default_factory=list)
     args: list[str] = Field(default_factory=list)
-    env: list[EnvVar] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list, max_length=MAX_PARAMETERS)
 
 
 class PodSpec(_Loose):
@@ -232,7 +231,7 @@ class Transmitter(_Spec):
 
 class FederatedLearningJobSpec(_Spec):
     aggregation_worker: AggregationWorker
-    training_workers: list[TrainingWorker] = Field(min_length=1)
+    training_workers: list[TrainingWorker] = Field(min_length=1, max_length=MAX_TRAINING_WORKERS)
     pretrained_model: ResourceRef | None = None
     transmitter: Transmitter | None = None
 
@@ -264,53 +263,3 @@ class FederatedLearningJob(_Spec):
 
 
 Resource = Dataset | Model | FederatedLearningJob
-
-# -- parameter checks --------------------------------------------------------------------------
-# Sedna passes parameters as strings; these are the ones whose meaning this system knows.
-# A bad value (batch_size "-1", exit_round "0", learning_rate "fast") is an error up front,
-# not a crash on an edge two rounds later. Unknown keys pass through to the scripts.
-
-
-def _positive_int(value: str) -> str | None:
-    try:
-        number = int(value)
-    except ValueError:
-        return "expected a whole number"
-    return None if number > 0 else "expected a whole number > 0"
-
-
-def _positive_float(value: str) -> str | None:
-    try:
-        number = float(value)
-    except ValueError:
-        return "expected a number"
-    return None if math.isfinite(number) and number > 0 else "expected a finite number > 0"
-
-
-def _fraction(value: str) -> str | None:
-    try:
-        number = float(value)
-    except ValueError:
-        return "expected a number"
-    return None if 0 <= number < 1 else "expected a number in [0, 1)"
-
-
-def _non_negative_float(value: str) -> str | None:
-    try:
-        number = float(value)
-    except ValueError:
-        return "expected a number of seconds"
-    return None if math.isfinite(number) and number >= 0 else "expected a finite number >= 0"
-
-
-PARAMETER_CHECKS: dict[str, Callable[[str], str | None]] = {
-    "exit_round": _positive_int,
-    "participants_count": _positive_int,
-    "min_participants": _positive_int,
-    "round_deadline": _non_negative_float,
-    "batch_size": _positive_int,
-    "epochs": _positive_int,
-    "learning_rate": _positive_float,
-    "validation_split": _fraction,
-    "validation": _fraction,
-}

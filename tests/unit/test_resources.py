@@ -453,8 +453,61 @@ def test_pod_template_parameters_are_checked() -> None:
     # Assert
     env = "spec.trainingWorkers[0].template.spec.containers[0].env"
     assert err.fields == [f"{env}[0].value", f"{env}[1].name"]
-    assert "batch_size='-1': expected a whole number > 0" in str(err)
+    assert "batch_size='-1': expected a whole number in [1, 65536]" in str(err)
     assert "parameter 'batch_size' is given twice" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("LD_PRELOAD", "names starting with LD_ change how the worker's process is loaded"),
+        ("pythonstartup", "names starting with PYTHON change how"),
+        ("BASH_ENV", "names starting with BASH_ change how"),
+        ("FL_WORKER_FD", "names starting with FL_ belong to the node service"),
+        ("TRAIN_DATASET_URL", "TRAIN_DATASET_URL is set by the node service"),
+    ],
+)
+def test_pod_template_env_names_are_checked(name: str, reason: str) -> None:
+    """A pod template's env entry that would change how the script is loaded is refused, naming the entry."""
+
+    # Arrange
+    def change(doc: Doc) -> None:
+        worker = trainer(doc)
+        del worker["nodeName"], worker["workerSpec"]
+        worker["template"] = template_worker("edge1", "/code/train.py", {"batch_size": "32", name: "/data/x"})
+
+    # Act
+    err = parse_error(mutated_seed(3, change))
+
+    # Assert
+    field = "spec.trainingWorkers[0].template.spec.containers[0].env[1].name"
+    assert err.fields == [field]
+    assert f"{field}: {name!r} is refused: {reason}" in str(err)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "learning_rate", "epochs", "batch_size", "aggregation_algorithm", "exit_round", "participants_count",
+        "min_participants", "round_deadline", "validation_split", "BATCH_SIZE", "LEARNING_RATE", "job_name",
+        "TEST_DATASET_URL", "ORIGINAL_DATASET_URL", "hidden", "features", "model.dropout", "my-knob", "Path2",
+    ],
+)  # fmt: skip
+def test_plain_parameter_names_pass(name: str) -> None:
+    """Sedna's plain names and ordinary user names pass the name rule and reach the effective worker."""
+    # Arrange
+    value = "1" if name.lower() != "validation_split" else "0.1"
+
+    def change(doc: Doc) -> None:
+        trainer(doc)["workerSpec"]["parameters"] = [{"key": name, "value": value}]
+
+    # Act
+    parsed = parse_documents(mutated_seed(3, change), SRC)
+
+    # Assert
+    job = parsed[3]
+    assert isinstance(job, FederatedLearningJob)
+    assert job.spec.training_workers[0].effective().parameters[name] == value
 
 
 def test_worker_without_spec_or_template_is_an_error() -> None:
@@ -486,8 +539,14 @@ def test_worker_without_node_is_an_error() -> None:
 # -- invalid documents: every error names the document and the field ---------------------------
 
 
-def _append_param(key: str, value: str) -> Callable[[Doc], None]:
-    return lambda d: trainer(d)["workerSpec"]["parameters"].append({"key": key, "value": value})
+def _append_param(key: str, value: str, worker: str = "training0") -> Callable[[Doc], None]:
+    """A change that appends parameter key=value to a worker ("aggregation" or "training0")."""
+
+    def change(doc: Doc) -> None:
+        target = doc["spec"]["aggregationWorker"] if worker == "aggregation" else trainer(doc)
+        target["workerSpec"]["parameters"].append({"key": key, "value": value})
+
+    return change
 
 
 def _rename_node_field(doc: Doc) -> None:
@@ -585,7 +644,7 @@ BAD_FIELDS: list[tuple[str, int, Callable[[Doc], None], str, str, str]] = [
         set_param("training0", "batch_size", "-1"),
         JOB_DOC,
         f"{PARAMS0}[0].value",
-        "batch_size='-1': expected a whole number > 0",
+        "batch_size='-1': expected a whole number in [1, 65536]",
     ),
     (
         "exit_round 0",
@@ -593,7 +652,7 @@ BAD_FIELDS: list[tuple[str, int, Callable[[Doc], None], str, str, str]] = [
         set_param("aggregation", "exit_round", "0"),
         JOB_DOC,
         "spec.aggregationWorker.workerSpec.parameters[0].value",
-        "exit_round='0': expected a whole number > 0",
+        "exit_round='0': expected a whole number in [1, 10000]",
     ),
     (
         "learning_rate fast",
@@ -601,7 +660,7 @@ BAD_FIELDS: list[tuple[str, int, Callable[[Doc], None], str, str, str]] = [
         set_param("training0", "learning_rate", "fast"),
         JOB_DOC,
         f"{PARAMS0}[1].value",
-        "learning_rate='fast': expected a number",
+        "learning_rate='fast': expected a number in (0, 10]",
     ),
     (
         "learning_rate nan",
@@ -609,7 +668,7 @@ BAD_FIELDS: list[tuple[str, int, Callable[[Doc], None], str, str, str]] = [
         set_param("training0", "learning_rate", "nan"),
         JOB_DOC,
         f"{PARAMS0}[1].value",
-        "learning_rate='nan': expected a finite number > 0",
+        "learning_rate='nan': expected a number in (0, 10]",
     ),
     (
         "epochs 1.5",
@@ -617,7 +676,7 @@ BAD_FIELDS: list[tuple[str, int, Callable[[Doc], None], str, str, str]] = [
         set_param("training0", "epochs", "1.5"),
         JOB_DOC,
         f"{PARAMS0}[2].value",
-        "epochs='1.5': expected a whole number",
+        "epochs='1.5': expected a whole number in [1, 10000]",
     ),
     (
         "validation_split 1",
@@ -626,6 +685,139 @@ BAD_FIELDS: list[tuple[str, int, Callable[[Doc], None], str, str, str]] = [
         JOB_DOC,
         f"{PARAMS0}[3].value",
         "validation_split='1': expected a number in [0, 1)",
+    ),
+    (
+        "exit_round 10^20",
+        3,
+        set_param("aggregation", "exit_round", "1" + "0" * 20),
+        JOB_DOC,
+        "spec.aggregationWorker.workerSpec.parameters[0].value",
+        "exit_round='100000000000000000000': expected a whole number in [1, 10000]",
+    ),
+    (
+        "epochs 10^12",
+        3,
+        set_param("training0", "epochs", "1000000000000"),
+        JOB_DOC,
+        f"{PARAMS0}[2].value",
+        "epochs='1000000000000': expected a whole number in [1, 10000]",
+    ),
+    (
+        "batch_size 65537",
+        3,
+        set_param("training0", "batch_size", 65537),
+        JOB_DOC,
+        f"{PARAMS0}[0].value",
+        "batch_size='65537': expected a whole number in [1, 65536]",
+    ),
+    (
+        "learning_rate 11",
+        3,
+        set_param("training0", "learning_rate", "11"),
+        JOB_DOC,
+        f"{PARAMS0}[1].value",
+        "learning_rate='11': expected a number in (0, 10]",
+    ),
+    (
+        "round_deadline over 7 days",
+        3,
+        _append_param("round_deadline", "604801", "aggregation"),
+        JOB_DOC,
+        "spec.aggregationWorker.workerSpec.parameters[1].value",
+        "round_deadline='604801': expected a number of seconds in [0, 604800]",
+    ),
+    (
+        "min_participants 1001",
+        3,
+        _append_param("min_participants", "1001", "aggregation"),
+        JOB_DOC,
+        "spec.aggregationWorker.workerSpec.parameters[1].value",
+        "min_participants='1001': expected a whole number in [1, 1000]",
+    ),
+    (
+        "EXIT_ROUND uppercase is bounded too",
+        3,
+        _append_param("EXIT_ROUND", "10001", "aggregation"),
+        JOB_DOC,
+        "spec.aggregationWorker.workerSpec.parameters[1].value",
+        "EXIT_ROUND='10001': expected a whole number in [1, 10000]",
+    ),
+    (
+        "value over the length limit",
+        3,
+        _append_param("notes", "x" * 8193),
+        JOB_DOC,
+        f"{PARAMS0}[3].value",
+        "a parameter value has at most 8192 characters, this one 8193",
+    ),
+    (
+        "parameter LD_PRELOAD",
+        3,
+        _append_param("LD_PRELOAD", "/data/evil.so"),
+        JOB_DOC,
+        f"{PARAMS0}[3].key",
+        "'LD_PRELOAD' is refused: names starting with LD_ change how the worker's process is loaded",
+    ),
+    (
+        "parameter pythonpath (any case)",
+        3,
+        _append_param("PythonPath", "/data"),
+        JOB_DOC,
+        f"{PARAMS0}[3].key",
+        "'PythonPath' is refused: names starting with PYTHON",
+    ),
+    (
+        "parameter PATH on the aggregation worker",
+        3,
+        _append_param("PATH", "/data/bin", "aggregation"),
+        JOB_DOC,
+        "spec.aggregationWorker.workerSpec.parameters[1].key",
+        "'PATH' is refused: as an environment variable it changes how the worker's process is loaded",
+    ),
+    (
+        "parameter the node sets",
+        3,
+        _append_param("MODEL_URL", "/etc"),
+        JOB_DOC,
+        f"{PARAMS0}[3].key",
+        "'MODEL_URL' is refused: MODEL_URL is set by the node service for every worker",
+    ),
+    (
+        "parameter in the node's FL_ namespace",
+        3,
+        _append_param("FL_MQTT_PASSWORD", "x"),
+        JOB_DOC,
+        f"{PARAMS0}[3].key",
+        "'FL_MQTT_PASSWORD' is refused: names starting with FL_ belong to the node service",
+    ),
+    (
+        "parameter name that is no env name",
+        3,
+        _append_param("BASH_FUNC_ls%%", "() { id; }"),
+        JOB_DOC,
+        f"{PARAMS0}[3].key",
+        "'BASH_FUNC_ls%%' is not an environment variable name",
+    ),
+    (
+        "too many training workers",
+        3,
+        lambda d: d["spec"].__setitem__(
+            "trainingWorkers",
+            [{**copy.deepcopy(trainer(d)), "nodeName": f"edge{i}"} for i in range(1001)],
+        ),
+        JOB_DOC,
+        "spec.trainingWorkers",
+        "List should have at most 1000 items after validation, not 1001",
+    ),
+    (
+        "too many parameters",
+        3,
+        lambda d: trainer(d)["workerSpec"].__setitem__(
+            "parameters", [{"key": f"p{i}", "value": "1"} for i in range(257)]
+        ),
+        JOB_DOC,
+        "spec.trainingWorkers[0].workerSpec.parameters",
+        "List should have at most 256 items after validation, not 257",
     ),
     (
         "dataset format csv",
