@@ -23,7 +23,7 @@ from typing import Any
 
 from cloud_aggregator._errors import WorkerScriptError
 from runtime import ChannelClosed, ServiceWatch, WorkerChannel
-from schemas import Context, WorkerEnv, WorkerFrame
+from schemas import MAX_EXIT_ROUND, Context, WorkerEnv, WorkerFrame
 
 __all__ = ["AggregationServer", "Context"]
 
@@ -47,6 +47,10 @@ class AggregationServer:
                 f"AggregationServer: exit_round ({exit_round!r}) and participants_count "
                 f"({participants_count!r}) must be whole numbers"
             ) from exc
+        if rounds > MAX_EXIT_ROUND:
+            # The spec's bound (schemas.PARAMETER_BOUNDS): a script that reads exit_round from its
+            # parameters never gets past it; one that hard-codes a bigger number is told here.
+            raise WorkerScriptError(f"AggregationServer: exit_round {rounds} is over the limit of {MAX_EXIT_ROUND}")
         self.aggregation = str(aggregation)
         self.exit_round = max(rounds, 1)  # as Sedna clamps it
         self.participants_count = participants

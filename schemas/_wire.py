@@ -25,6 +25,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from schemas._parameters import MAX_EXIT_ROUND
 from schemas._status import now
 from schemas._tensors import MAX_NUM_SAMPLES, WeightsKind, encode_weights
 
@@ -76,7 +77,7 @@ class JobPlan(_Wire):
     created_at: datetime = Field(default_factory=now)
     aggregation_node: str
     aggregation: str
-    exit_round: int = Field(ge=1)
+    exit_round: int = Field(ge=1, le=MAX_EXIT_ROUND)  # the bound the spec's exit_round has
     participants: list[str]
     model: ModelRef
     pretrained_model: ModelRef | None = None

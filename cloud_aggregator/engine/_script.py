@@ -19,7 +19,7 @@ from cloud_aggregator.engine._recovery import Recovery
 from cloud_aggregator.engine._rounds import RoundEngine
 from cloud_aggregator.engine._stages import Done, Init, Run, Starting
 from cloud_aggregator.engine._workers import Workers
-from schemas import ConditionType, PathEscapeError, Phase, WorkerFrame, WorkerState, now
+from schemas import MAX_EXIT_ROUND, ConditionType, PathEscapeError, Phase, WorkerFrame, WorkerState, now
 
 __all__ = ["DEFAULT_AGGREGATION", "TAIL_CHARS", "AggregationScript"]
 
@@ -151,6 +151,12 @@ class AggregationScript:
                 f"{checkpoint.exit_round}; the run keeps {checkpoint.exit_round}",
             )
             exit_round = checkpoint.exit_round
+        if exit_round > MAX_EXIT_ROUND:  # the spec's bound; a plan past it would be refused by every edge
+            said = "the checkpoint's run has" if checkpoint is not None else "the aggregation script says"
+            message = f"{said} exit_round={exit_round}, over the limit of {MAX_EXIT_ROUND}"
+            ctx.set_agg_worker(WorkerState.FAILED, message)
+            self.rounds.fail("InvalidExitRound", message)
+            return
         count = frame.participants_count
         if count is not None and count != len(facts.participants):
             ctx.event(

@@ -17,6 +17,7 @@ from cloud_aggregator.engine import Job, JobFacts, JobSettings, Stage
 from cloud_aggregator.testing import MemoryPort, make_transfer
 from runtime import WorkerChannel
 from schemas import (
+    MAX_EXIT_ROUND,
     ConditionType,
     Dataset,
     FederatedLearningJob,
@@ -396,6 +397,25 @@ def test_unknown_aggregation_fails_the_job() -> None:
     assert status.phase is Phase.FAILED and "MistNet" in status.message and "FedAvg" in status.message
     assert JOB not in port.plans
     assert port.signals == [(JOB, UID, "stop")]
+
+
+def test_exit_round_over_the_limit_fails_the_job() -> None:
+    """A config frame whose exit_round is past the spec's bound fails the job naming the bound; no plan."""
+    port = MemoryPort()
+
+    running(port, exit_round=MAX_EXIT_ROUND + 1)
+
+    status = port.job_status(JOB)
+    assert status.phase is Phase.FAILED
+    assert f"exit_round={MAX_EXIT_ROUND + 1}, over the limit of {MAX_EXIT_ROUND}" in status.message
+    assert JOB not in port.plans
+    assert port.signals == [(JOB, UID, "stop")]
+
+
+def test_aggregation_server_refuses_exit_round_over_the_limit() -> None:
+    """A script that hard-codes an exit_round past the bound is told so before it sends anything."""
+    with pytest.raises(WorkerScriptError, match=f"exit_round {10**20} is over the limit of {MAX_EXIT_ROUND}"):
+        AggregationServer(exit_round=10**20)
 
 
 def test_script_error_frame_fails_the_job() -> None:
