@@ -2,7 +2,8 @@
 
 A script sees the service's own environment minus the node's broker settings and credentials
 (``FL_MQTT_*``: scripts never touch MQTT), plus the worker's variables (Sedna's names, see
-`schemas.WorkerEnv`, and the job's parameters under their own keys), plus its end of the worker
+`schemas.WorkerEnv`, and the job's parameters under their own keys, each passing the spec's name
+rule again: `script_parameters`), plus its end of the worker
 channel (``FL_WORKER_FD``). When the services run from a source checkout rather than an installed
 package, the checkout is appended to ``PYTHONPATH`` so the script imports the same worker API as
 the service that runs it (the script runs in its own folder, from which the checkout is not importable).
@@ -11,19 +12,17 @@ the service that runs it (the script runs in its own folder, from which the chec
 from __future__ import annotations
 
 import os
-import re
 import sysconfig
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from runtime._errors import ScriptStartError
-from schemas import WorkerEnv
+from schemas import WorkerEnv, parameter_name_problem, parameter_value_problem
 
 __all__ = ["PRIVATE_ENV_PREFIXES", "script_environment", "script_parameters", "source_checkout"]
 
 # The node service's own broker settings (and credentials) never reach a job's script.
 PRIVATE_ENV_PREFIXES = ("FL_MQTT_",)
-_ENV_NAME = re.compile(r"[^=\x00]+")
 
 
 def source_checkout() -> str | None:
@@ -33,23 +32,23 @@ def source_checkout() -> str | None:
     return None if folder in installed else str(folder)
 
 
-def script_parameters(parameters: Mapping[str, str], reserved: Collection[str]) -> tuple[dict[str, str], list[str]]:
-    """The job's parameters that become environment variables, and a warning for each one ignored.
+def script_parameters(parameters: Mapping[str, str], reserved: Collection[str]) -> dict[str, str]:
+    """The job's parameters, checked again before they become environment variables of its script.
 
-    A parameter whose name the node service sets itself (`reserved`, plus ``FL_WORKER_FD``) is ignored
-    with a warning; one that cannot be an environment variable at all raises ScriptStartError naming it.
+    The rule is the spec's (`schemas.parameter_name_problem`, `schemas.parameter_value_problem`): a spec
+    was checked when it was accepted, but a plan or script request read from the broker may come from an
+    older aggregator or another publisher, and a name such as ``LD_PRELOAD`` would change what this node
+    runs. A name the node service sets itself (`reserved`, the caller's own variables, and
+    ``FL_WORKER_FD``) is refused as well. Raises ScriptStartError naming the parameter.
     """
     taken = {*reserved, WorkerEnv.WORKER_FD}
-    accepted: dict[str, str] = {}
-    warnings: list[str] = []
     for key, value in parameters.items():
-        if not _ENV_NAME.fullmatch(key) or "\x00" in value:
-            raise ScriptStartError(f"parameter {key!r} cannot be passed as an environment variable")
-        if key in taken:
-            warnings.append(f"parameter {key} is ignored: the node service sets {key} itself")
-            continue
-        accepted[key] = value
-    return accepted, warnings
+        reason = parameter_name_problem(key) or parameter_value_problem(key, value)
+        if reason is None and key in taken:
+            reason = f"the node service sets {key} itself"
+        if reason is not None:
+            raise ScriptStartError(f"parameter {key!r} cannot be passed to the script: {reason}")
+    return dict(parameters)
 
 
 def script_environment(

@@ -56,8 +56,8 @@ def aggregation_variables(request: ScriptRequest, *, root: NodeRoot, node: str) 
     return variables
 
 
-def aggregation_launch(request: ScriptRequest, *, root: NodeRoot, node: str) -> tuple[ScriptLaunch, list[str]]:
-    """The launch of the job's aggregation script and the warnings about its parameters.
+def aggregation_launch(request: ScriptRequest, *, root: NodeRoot, node: str) -> ScriptLaunch:
+    """The launch of the job's aggregation script.
 
     Raises WorkerScriptError saying why the script cannot run here (outside the code root, missing, a
     parameter that cannot be an environment variable), PathEscapeError for a Model url out of the root.
@@ -75,7 +75,7 @@ def aggregation_launch(request: ScriptRequest, *, root: NodeRoot, node: str) -> 
         )
     variables = aggregation_variables(request, root=root, node=node)
     try:
-        parameters, warnings = script_parameters(worker.parameters, variables)
+        parameters = script_parameters(worker.parameters, variables)
     except ScriptStartError as exc:
         raise WorkerScriptError(f"job {request.job}: {exc}") from exc
     launch = ScriptLaunch(
@@ -86,7 +86,7 @@ def aggregation_launch(request: ScriptRequest, *, root: NodeRoot, node: str) -> 
         variables={**parameters, **variables},
         log_path=root.path / "logs" / request.job / "aggregation.log",
     )
-    return launch, warnings
+    return launch
 
 
 class AggregationScripts:
@@ -112,9 +112,7 @@ class AggregationScripts:
 
     def start(self, request: ScriptRequest) -> None:
         """Start the job's aggregation script; raise WorkerScriptError (or PathEscapeError) saying why not."""
-        launch, warnings = aggregation_launch(request, root=self.root, node=self._node)
-        for warning in warnings:
-            self._log.warning("aggregation script parameter ignored", job=request.job, warning=warning)
+        launch = aggregation_launch(request, root=self.root, node=self._node)
         try:
             self._supervisor.start(launch)
         except ScriptStartError as exc:

@@ -131,10 +131,9 @@ def prepare_launch(plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str 
     if pretrained is not None:
         env[WorkerEnv.PRETRAINED_MODEL_URL] = str(pretrained)
     try:
-        parameters, ignored = script_parameters(worker.parameters, env)
+        parameters = script_parameters(worker.parameters, env)
     except ScriptStartError as exc:
         raise PlanRejectedError(plan.job, str(exc)) from exc
-    warnings += ignored
     env = {**parameters, **env}
     return LaunchSpec(
         job=plan.job,
