@@ -10,7 +10,8 @@ b. a rogue client publishing malformed update transfers on edge1's update topic 
    edge1 from publishing there (tests/security/test_broker.py), and this test is about what the
    aggregator does with what does get through;
 c. bad specs published raw for other jobs while a job runs: they get their own clear Failed status and
-   the running job still succeeds.
+   the running job still succeeds. Among them (issue 8) a parameter named LD_PRELOAD, a pod template's
+   env entry named PYTHONPATH and an exit_round of 10^20: each status names the field path and why.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from broker import Session
 from flctl import cli as flctl_cli
@@ -74,6 +77,47 @@ def spec_text(*, exit_round: int, hold: dict[str, str] | None = None, script_dir
         head, tail = text.split(f"- nodeName: {edge}\n", 1)
         text = head + f"- nodeName: {edge}\n" + tail.replace("scriptDir: /code,", f"scriptDir: '{script_dir}',", 1)
     return text
+
+
+def _hostile(job_text: str, name: str, change: Callable[[dict[str, Any]], None]) -> bytes:
+    """`job_text` (the job published as "outside") renamed to `name`, its scriptDir fixed, then `change`d."""
+    job = yaml.safe_load(job_text)
+    job["metadata"]["name"] = name
+    job["spec"]["trainingWorkers"][0]["workerSpec"]["scriptDir"] = "/code"
+    change(job)
+    return yaml.safe_dump(job, sort_keys=False).encode()
+
+
+def _param(key: str, value: str) -> Callable[[dict[str, Any]], None]:
+    return lambda job: job["spec"]["trainingWorkers"][0]["workerSpec"]["parameters"].append(
+        {"key": key, "value": value}
+    )
+
+
+def _template_env(name: str, value: str) -> Callable[[dict[str, Any]], None]:
+    """Write edge1's worker the CRD's way (a pod template), its parameters plus name=value in the env."""
+
+    def change(job: dict[str, Any]) -> None:
+        worker = job["spec"]["trainingWorkers"][0]
+        spec = worker.pop("workerSpec")
+        env = [{"name": p["key"], "value": p["value"]} for p in spec["parameters"]] + [{"name": name, "value": value}]
+        script = f"{spec['scriptDir']}/{spec['scriptBootFile']}"
+        worker["template"] = {
+            "spec": {
+                "nodeName": worker.pop("nodeName"),
+                "containers": [{"name": "train", "command": ["python", script], "env": env}],
+            }
+        }
+
+    return change
+
+
+def _rounds(value: str) -> Callable[[dict[str, Any]], None]:
+    def change(job: dict[str, Any]) -> None:
+        params = job["spec"]["aggregationWorker"]["workerSpec"]["parameters"]
+        next(p for p in params if p["key"] == "exit_round")["value"] = value
+
+    return change
 
 
 @pytest.fixture
@@ -317,6 +361,11 @@ def test_bad_specs_of_other_jobs_do_not_disturb_a_running_job(deploy: Callable[[
         .replace("scriptDir: '/data'", "scriptDir: /code")
         .replace("exit_round, value: '2'", "exit_round, value: '0'")
         .encode(),
+        # issue 8: a parameter that would change how the edge's process is loaded, either way of writing a
+        # worker, and a number past its bound
+        "ld-preload": _hostile(outside_job, "ld-preload", _param("LD_PRELOAD", "/data/evil.so")),
+        "template-pythonpath": _hostile(outside_job, "template-pythonpath", _template_env("PYTHONPATH", "/data")),
+        "huge-rounds": _hostile(outside_job, "huge-rounds", _rounds("1" + "0" * 20)),
     }
     watchers = {}
     try:
@@ -330,6 +379,14 @@ def test_bad_specs_of_other_jobs_do_not_disturb_a_running_job(deploy: Callable[[
         assert CODE_ROOT_REASON in watchers["outside"].status.message  # type: ignore[union-attr]
         assert "spec.trainingWorkers[0].workerSpec.scriptDir '/data'" in watchers["outside"].status.message  # type: ignore[union-attr]
         assert "exit_round" in watchers["zero-rounds"].status.message  # type: ignore[union-attr]
+        for name, expected in {
+            "ld-preload": "spec.trainingWorkers[0].workerSpec.parameters[2].key: 'LD_PRELOAD' is refused",
+            "template-pythonpath": "spec.trainingWorkers[0].template.spec.containers[0].env[2].name: "
+            "'PYTHONPATH' is refused",
+            "huge-rounds": "spec.aggregationWorker.workerSpec.parameters[0].value: exit_round='1000000000"
+            "00000000000': expected a whole number in [1, 10000]",
+        }.items():
+            assert expected in watchers[name].status.message, watchers[name].describe()  # type: ignore[union-attr]
         assert d.watcher.status is not None and d.watcher.status.phase is Phase.RUNNING
     finally:
         for watcher in watchers.values():
