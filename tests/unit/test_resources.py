@@ -13,6 +13,10 @@ import pytest
 import yaml
 
 from schemas import (
+    DENIED_PARAMETER_NAMES,
+    DENIED_PARAMETER_PREFIXES,
+    NODE_SET_NAMES,
+    PARAMETER_BOUNDS,
     Dataset,
     EffectiveWorker,
     FederatedLearningJob,
@@ -483,6 +487,19 @@ def test_pod_template_env_names_are_checked(name: str, reason: str) -> None:
     field = "spec.trainingWorkers[0].template.spec.containers[0].env[1].name"
     assert err.fields == [field]
     assert f"{field}: {name!r} is refused: {reason}" in str(err)
+
+
+def test_security_doc_lists_the_rule_as_built() -> None:
+    """docs/security.md quotes every denied name and prefix, every node-set name and every bound."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    section = doc.split("## Worker parameters", 1)[1].split("\n## ", 1)[0]
+    denied = [f"`{n}`" for n in DENIED_PARAMETER_NAMES if not n.startswith("PS")]
+    denied += [f"`{p}*`" for p in DENIED_PARAMETER_PREFIXES] + [f"`{n}`" for n in NODE_SET_NAMES]
+    assert [d for d in denied if d not in section] == []
+    for name, bound in PARAMETER_BOUNDS.items():
+        row = next(line for line in section.splitlines() if f"`{name}`" in line and line.startswith("|"))
+        interval = bound.describe().rsplit(" in ", 1)[1]
+        assert interval in row, (name, interval, row)
 
 
 @pytest.mark.parametrize(
