@@ -70,10 +70,13 @@ DENIED_PARAMETER_NAMES = frozenset(
         "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_HOST_CONF", "TZ", "TZDIR",
         "LANG", "LANGUAGE", "TERMINFO", "TERMINFO_DIRS",
         # shells: where commands are found, what runs at start-up, how words are split and traced
-        "PATH", "ENV", "SHELL", "SHELLOPTS", "IFS", "PS1", "PS2", "PS3", "PS4", "PROMPT_COMMAND",
-        "BASHOPTS", "CDPATH", "GLOBIGNORE", "EXECIGNORE", "FPATH", "ZDOTDIR", "INPUTRC", "HOME", "TMPDIR",
-        "TMP", "TEMP", "EDITOR", "VISUAL", "PAGER", "BROWSER", "LESSOPEN", "LESSCLOSE",
-        "SSH_ASKPASS", "SUDO_ASKPASS",
+        "PATH", "ENV", "SHELL", "SHELLOPTS", "BASHOPTS", "IFS", "PS1", "PS2", "PS3", "PS4",
+        "PROMPT_COMMAND", "CDPATH", "GLOBIGNORE", "EXECIGNORE", "FPATH", "ZDOTDIR", "INPUTRC",
+        # per-user files (Python's user site-packages, whose .pth files run code; rc files) and
+        # where the script and its libraries write temporary files
+        "HOME", "TMPDIR", "TMP", "TEMP",
+        # commands that other programs run
+        "EDITOR", "VISUAL", "PAGER", "BROWSER", "LESSOPEN", "LESSCLOSE", "SSH_ASKPASS", "SUDO_ASKPASS",
         # other interpreters and runtimes a script may spawn
         "NODE_OPTIONS", "NODE_PATH", "JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH",
         "TCLLIBPATH", "MPLBACKEND", "MPLCONFIGDIR",
