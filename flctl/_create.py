@@ -4,6 +4,9 @@ Like ``kubectl create``: nothing is published when any document is invalid; a na
 different spec is refused (AlreadyExists) while the other documents go ahead; re-creating an identical
 document is reported as ``unchanged``. Datasets and Models go first so a job's references exist when the
 controller reads it.
+
+``--dry-run`` (kubectl's ``--dry-run=client``) stops after the validation: it never connects, so it cannot
+say whether a name already exists or a reference resolves on the broker; it prints what would be created.
 """
 
 from __future__ import annotations
@@ -192,8 +195,12 @@ def _warn_references(ctx: Context, doc: Document, known: tuple[dict[str, Dataset
         ctx.warn(f"{where}: {problem} (the controller fails the job unless it is created within seconds)")
 
 
-def create(ctx: Context, paths: Sequence[str]) -> int:
+def create(ctx: Context, paths: Sequence[str], *, dry_run: bool = False) -> int:
     docs = load_documents(paths, ctx)
+    if dry_run:
+        for doc in docs:
+            ctx.say(action_line(for_kind(doc.kind).qualified, doc.name, "created (dry run)"))
+        return 0
     failures = 0
     with ctx.client() as client:
         topics = client.topics

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "create",
         "Validate documents and publish each, retained, on its spec topic.",
         _run_create,
-        "examples:\n  flctl create -f job.yaml\n  cat job.yaml | flctl create -f -",
+        "examples:\n  flctl create -f job.yaml\n  flctl create -f jobs/ --dry-run\n  cat job.yaml | flctl create -f -",
     )
     p.add_argument(
         "-f",
@@ -229,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="FILE",
         help="YAML/JSON file, directory, or - for stdin (repeatable)",
+    )
+    p.add_argument(
+        "--dry-run",
+        nargs="?",
+        const="client",
+        default="none",
+        choices=("none", "client", "server"),
+        help="client (or no value): validate every document and print what would be created, without "
+        "connecting to the broker (exit 1 when a document is invalid); server is not supported",
     )
 
     p = command(
@@ -292,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_create(ctx: Context, args: argparse.Namespace) -> int:
-    return create(ctx, args.filename)
+    if args.dry_run == "server":
+        # There is no API server to ask: the controller validates only what is published.
+        raise UsageError("--dry-run=server is not supported (no server validates without publishing); use --dry-run")
+    return create(ctx, args.filename, dry_run=args.dry_run == "client")
 
 
 def _require_type(args: argparse.Namespace) -> str:
