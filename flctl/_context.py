@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,9 +23,19 @@ class Context:
     stdin: TextIO
     log: FilteringBoundLogger | None = None
     clock: Callable[[], datetime] = field(default=now)
+    # getpass reads the terminal itself (not stdin) and does not echo.
+    ask_password: Callable[[str], str] = field(default=getpass.getpass)
 
     def client(self) -> BrokerClient:
-        """A new, not yet connected client (use it as a context manager)."""
+        """A new, not yet connected client (use it as a context manager).
+
+        A username without a password is asked for here, on a terminal only, so commands that never
+        connect (version, create --dry-run, dataset, broker init) never ask."""
+        if self.options.needs_password and self.stdin.isatty():
+            conn = self.options.connection
+            self.options = self.options.with_password(
+                self.ask_password(f"Password for {conn.username} at {conn.host}:{conn.port}: ")
+            )
         return BrokerClient(self.options, log=self.log)
 
     def say(self, text: str) -> None:

@@ -381,7 +381,11 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     try:
-        conn = ConnectionSettings.load(connection_flags(args), env_prefix=FLCTL_ENV_PREFIX, node_config=config)
+        flags = connection_flags(args)  # reads --password-file
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    try:
+        conn = ConnectionSettings.load(flags, env_prefix=FLCTL_ENV_PREFIX, node_config=config)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     prefix = args.prefix or os.environ.get(f"{FLCTL_ENV_PREFIX}PREFIX") or "fl"
