@@ -1,13 +1,16 @@
-"""What every command gets: broker options, the output streams, a logger for the session, the clock."""
+"""What every command gets: broker options, the output streams, a logger for the session (`session_logger`),
+the clock."""
 
 from __future__ import annotations
 
 import getpass
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TextIO
+from typing import TextIO, cast
 
+import structlog
 from structlog.typing import FilteringBoundLogger
 
 from flctl._client import BrokerClient, BrokerOptions
@@ -70,3 +73,24 @@ class Context:
             self.fail(exc)
             return False
         return True
+
+
+def session_logger(verbose: bool, err: TextIO) -> FilteringBoundLogger:
+    """The MQTT session's logger: silent unless -v, then readable lines on stderr (never stdout)."""
+    if not verbose:
+        logger = structlog.wrap_logger(
+            structlog.ReturnLogger(),
+            wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
+            processors=[],
+        )
+    else:
+        logger = structlog.wrap_logger(
+            structlog.PrintLogger(err),
+            wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+        )
+    return cast(FilteringBoundLogger, logger)
