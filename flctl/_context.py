@@ -18,6 +18,11 @@ from flctl._errors import FlctlError, PublishFailedError
 from schemas import now
 
 
+def _ask(prompt: str) -> str:
+    # getpass reads the terminal itself (not stdin, which may carry `create -f -` input) and does not echo.
+    return getpass.getpass(prompt)
+
+
 @dataclass
 class Context:
     options: BrokerOptions
@@ -26,8 +31,7 @@ class Context:
     stdin: TextIO
     log: FilteringBoundLogger | None = None
     clock: Callable[[], datetime] = field(default=now)
-    # getpass reads the terminal itself (not stdin) and does not echo.
-    ask_password: Callable[[str], str] = field(default=getpass.getpass)
+    ask_password: Callable[[str], str] = field(default=_ask)
 
     def client(self) -> BrokerClient:
         """A new, not yet connected client (use it as a context manager).

@@ -4,16 +4,16 @@ services'), --password-file and FLCTL_PASSWORD give it, and a terminal is asked 
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import pytest
 
 from cloud_aggregator.cli import build_parser as aggregator_parser
 from edge_trainer.cli import build_parser as edge_parser
-from flctl._client import BrokerOptions
-from flctl._context import Context
 from flctl.cli import broker_options, build_parser, main
+from tests.helpers.mqtt import free_port
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "surface_defect_detection" / "surface-defect-detection.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -77,30 +77,28 @@ class _Tty(io.StringIO):
         return True
 
 
-def _context(options: BrokerOptions, stdin: io.StringIO, asked: list[str]) -> Context:
+def test_a_username_without_password_is_asked_on_a_terminal_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Asked once, when flctl connects (commands that never connect never ask), and only on a terminal."""
+    asked: list[str] = []
+
     def ask(prompt: str) -> str:
         asked.append(prompt)
         return "typed"
 
-    return Context(options, sys.stdout, sys.stderr, stdin, ask_password=ask)
-
-
-def test_a_username_without_password_is_asked_on_a_terminal_only() -> None:
-    """The prompt comes when a client is made (commands that never connect never ask), once, and only on a tty."""
-    options = broker_options(build_parser().parse_args(["--username", "admin", "--port", "1884", "get", "fl"]))
-    asked: list[str] = []
-
-    ctx = _context(options, _Tty(), asked)
+    monkeypatch.setattr("getpass.getpass", ask)
+    port = str(free_port())  # nothing listens: exit 3 after the prompt
+    monkeypatch.setattr("sys.stdin", _Tty())
+    assert main(["version", "--username", "admin"]) == 0
+    assert main(["create", "--dry-run", "-f", str(SEED), "--username", "admin"]) == 0
     assert asked == []
-    ctx.client()
-    ctx.client()
-    assert asked == ["Password for admin at 127.0.0.1:1884: "]
-    assert ctx.options.connection.password == "typed"
+    assert main(["--username", "admin", "--port", port, "--timeout", "1", "get", "fl"]) == 3
+    assert asked == [f"Password for admin at 127.0.0.1:{port}: "]
+    assert main(["--port", port, "--timeout", "1", "get", "fl"]) == 3  # no username: nothing to ask
+    assert len(asked) == 1
 
-    piped = _context(options, io.StringIO(), asked := [])
-    piped.client()
-    assert asked == [] and piped.options.connection.password is None
-
-    anonymous = broker_options(build_parser().parse_args(["get", "fl"]))
-    _context(anonymous, _Tty(), asked).client()
-    assert asked == []
+    monkeypatch.setattr("sys.stdin", io.StringIO())
+    assert main(["--username", "admin", "--port", port, "--timeout", "1", "get", "fl"]) == 3
+    assert len(asked) == 1
+    capsys.readouterr()
