@@ -170,6 +170,11 @@ class BrokerClient:
         with contextlib.suppress(broker.BrokerError, OSError, TimeoutError):
             self._session.stop(timeout=min(self.options.timeout, 5.0))
 
+    @property
+    def max_payload(self) -> int:
+        """The largest payload this connection may publish (the broker's packet limit, less headroom)."""
+        return self._session.max_payload
+
     # -- reading -----------------------------------------------------------------------------------
 
     @property

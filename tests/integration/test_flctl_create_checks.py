@@ -1,5 +1,6 @@
-"""`flctl create --dry-run` (kubectl's --dry-run=client): the same validation as create, no connection,
-nothing published."""
+"""What `flctl create` checks before it publishes anything: `--dry-run` (kubectl's --dry-run=client: the
+same validation as create, no connection, nothing published) and the size of every document, against the
+spec limit and against the broker connection's packet limit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flctl.cli import main
-from schemas import Topics
+from schemas import MAX_DOCUMENT_BYTES, Topics
 from tests.helpers.flctl import FlctlRunner, retained
 from tests.helpers.mqtt import BrokerHandle, free_port
 
@@ -91,3 +92,45 @@ def test_dry_run_server_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureF
 
     assert main(["create", "-f", str(tmp_path / "ds.yaml"), "--dry-run=server"]) == 2
     assert "--dry-run=server is not supported" in capsys.readouterr().err
+
+
+def test_a_document_that_grows_past_the_limit_when_expanded_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """About 100 kB of YAML whose aliases make a 1.2 MB document as published (flctl publishes it expanded)."""
+    value = "v" * 100_000
+    keys = ", ".join(f"k{i}: *v" for i in range(12))
+    path = tmp_path / "aliases.yaml"
+    path.write_text(
+        f"apiVersion: sedna.io/v1alpha1\nkind: Model\nmetadata:\n  name: m\n  labels: {{base: &v {value}}}\n"
+        f"  annotations: {{{keys}}}\nspec: {{url: /model, format: ckpt}}\n"
+    )
+
+    code = main(["--port", str(free_port()), "create", "--dry-run", "-f", str(path)])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f'{path}: Model "m" is ' in err
+    assert f"bytes as published, over the {MAX_DOCUMENT_BYTES}-byte limit of a spec document" in err
+
+
+@pytest.mark.parametrize("broker", [{"max_packet_size": 16384}], indirect=True)
+def test_a_document_over_the_brokers_packet_limit_is_refused_before_publishing(
+    flctl: FlctlRunner, broker: BrokerHandle, tmp_path: Path
+) -> None:
+    """A broker with a small max_packet_size would disconnect flctl mid-create: nothing is published instead,
+    and the message gives the limit."""
+    path = tmp_path / "two.yaml"
+    big = BAD_MODEL.replace("{format: ckpt}", "{url: /model, format: ckpt}").replace(
+        "name: m}", "name: m, annotations: {a: %s}}"
+    )
+    path.write_text(DATASET + "---\n" + big % ("x" * 20_000))
+
+    run = flctl("create", "-f", str(path))
+
+    assert (run.code, run.out) == (1, "")
+    assert f'{path} document 2/2: Model "m" is ' in run.err
+    # the session keeps 1 KiB of each packet for the topic and header
+    assert f"bytes, over the {16384 - 1024}-byte payload limit of this broker connection" in run.err
+    assert run.err.rstrip().endswith("nothing was published")
+    assert retained(broker, Topics().everything()) == {}
