@@ -254,9 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("-o", "--output", choices=OUTPUTS, help="wide, json, yaml or name")
     p.add_argument(
-        "-w", "--watch", action="store_true", help="print again on every change (a named job: until it finishes)"
+        "-w",
+        "--watch",
+        action="store_true",
+        help="print again on every change (named jobs: until they finish; exit 1 if one Failed)",
     )
-    p.add_argument("--watch-timeout", type=_positive_float, metavar="SECONDS", help="stop watching after this long")
+    p.add_argument(
+        "--watch-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="stop watching after this long (named jobs not finished by then: exit 4)",
+    )
 
     p = command(
         "wait",
