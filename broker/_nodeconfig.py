@@ -89,12 +89,7 @@ class NodeConfig(_Strict):
         """The password, read from `password_file` when that is how it is given (first line, stripped)."""
         if self.password_file is None:
             return self.password
-        try:
-            text = Path(self.password_file).read_text()
-        except OSError as exc:
-            raise ValueError(f"password_file {self.password_file}: {exc.strerror or exc}") from exc
-        lines = text.splitlines()
-        return lines[0].strip() if lines else ""
+        return read_password_file(self.password_file, what="password_file")
 
     def mqtt_values(self) -> dict[str, Any]:
         """Keyword arguments for `MqttSettings` (host, port, username, password, tls_*), without client_id."""
@@ -115,6 +110,20 @@ class NodeConfig(_Strict):
         """The file's text (what `flctl broker init` writes)."""
         data = self.model_dump(exclude_none=True)
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def read_password_file(path: str | os.PathLike[str], *, what: str = "password file") -> str:
+    """The password a file holds: its first line, stripped (a trailing newline is not part of it).
+
+    Raises ValueError naming `what` and the file, never echoing its content."""
+    try:
+        text = Path(path).expanduser().read_text()
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path}: not UTF-8 text") from None
+    lines = text.splitlines()
+    return lines[0].strip() if lines else ""
 
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:

@@ -1,10 +1,12 @@
 """Command-line options for a broker connection, declared once for the node services and flctl.
 
 `add_connection_options` declares ``--config``, ``--host``, ``--port``, ``--keepalive`` and the TLS
-files (``--tls-ca``, ``--tls-cert``, ``--tls-key``); flctl adds ``--username`` and ``--password``. The
-services never take a secret on a command line: it would show in `ps` and in shell history. What the
-flags give goes to `ConnectionSettings.load`, which applies the one precedence (flags > environment >
-node.yaml > defaults).
+files (``--tls-ca``, ``--tls-cert``, ``--tls-key``); flctl adds ``--username`` and ``--password-file``.
+No command takes a password on its command line: it would show in `ps` and in shell history. A
+``--password`` is refused with the alternatives (the environment, a password file, the node config)
+rather than left unknown: argparse would otherwise take it as an abbreviation of ``--password-file``
+and read the password as a file name. What the flags give goes to `ConnectionSettings.load`, which
+applies the one precedence (flags > environment > node.yaml > defaults).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from broker._nodeconfig import NodeConfig
+from broker._nodeconfig import NodeConfig, read_password_file
 from broker._settings import NODE_CONFIG_ENV, SERVICE_ENV_PREFIX, ConnectionSettings, MqttSettings, node_config_from
 
 __all__ = [
@@ -41,6 +43,26 @@ def port_number(text: str) -> int:
     return value
 
 
+class _RefusedPassword(argparse.Action):
+    """``--password [VALUE]``: a usage error that says where a password goes instead."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, alternatives: str = "", **kwargs: Any) -> None:
+        self.alternatives = alternatives
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string} is not accepted: a password on a command line shows in `ps` and in shell history; "
+            f"give it with {self.alternatives}"
+        )
+
+
 def add_connection_options(
     group: argparse._ArgumentGroup | argparse.ArgumentParser,
     *,
@@ -51,7 +73,8 @@ def add_connection_options(
     credentials: bool = False,
 ) -> None:
     """Declare the connection options on `group`. `default` is every option's default (None, or
-    argparse.SUPPRESS for options repeated after a subcommand); `credentials` adds --username/--password."""
+    argparse.SUPPRESS for options repeated after a subcommand); `credentials` adds --username and
+    --password-file. --password is refused in every case (see the module docstring)."""
     envs = " or ".join(f"${name}" for name in config_envs)
     group.add_argument(
         "--config",
@@ -82,10 +105,16 @@ def add_connection_options(
             "--username", default=default, help=f"MQTT username (default: ${env_prefix}USERNAME or the config)"
         )
         group.add_argument(
-            "--password",
+            "--password-file",
             default=default,
-            help=f"MQTT password (default: ${env_prefix}PASSWORD or the config; prefer those: a flag shows in `ps`)",
+            metavar="FILE",
+            help=f"read the MQTT password from FILE's first line (default: ${env_prefix}PASSWORD, the config, or a "
+            "prompt when stdin is a terminal); there is no --password: it would show in `ps`",
         )
+    alternatives = f"${env_prefix}PASSWORD or the node config's password/password_file"
+    if credentials:
+        alternatives = f"--password-file FILE, {alternatives}, or the prompt (a username and no password)"
+    group.add_argument("--password", action=_RefusedPassword, alternatives=alternatives)
     for flag, variable, what in (
         ("--tls-ca", "TLS_CA", "CA certificate to verify the broker; enables TLS"),
         ("--tls-cert", "TLS_CERT", "client certificate for mutual TLS, with --tls-key"),
@@ -96,8 +125,13 @@ def add_connection_options(
 
 
 def connection_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The connection settings given on the command line (None: not given)."""
-    return {name: getattr(args, name, None) for name in CONNECTION_FLAGS}
+    """The connection settings given on the command line (None: not given); the password is read from
+    --password-file when given (ValueError naming the file if it cannot be read)."""
+    flags = {name: getattr(args, name, None) for name in CONNECTION_FLAGS}
+    password_file = getattr(args, "password_file", None)
+    if password_file is not None:
+        flags["password"] = read_password_file(password_file, what="--password-file")
+    return flags
 
 
 # -- the node services -------------------------------------------------------------------------------

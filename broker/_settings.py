@@ -4,7 +4,7 @@
 from, for the node services and for flctl alike; first match wins:
 
 1. command-line flags (``--host``, ``--port``, ``--keepalive``, ``--tls-ca``, ...; flctl also takes
-   ``--username`` and ``--password``, the services never take a secret on a command line);
+   ``--username`` and ``--password-file``; no command takes a password itself on its command line);
 2. the environment: ``FL_MQTT_HOST``, ``FL_MQTT_PORT``, ... for the services; ``FLCTL_HOST``, ... for
    flctl, so that a shell holding a node's credentials does not turn flctl into that node;
 3. the node config (node.yaml from `flctl broker init`), named by ``--config`` or an environment

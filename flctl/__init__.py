@@ -1,4 +1,4 @@
-"""flctl: kubectl's verbs (create, get, describe, delete) for Sedna's resources, over MQTT.
+"""flctl: kubectl's verbs (create, get, describe, delete, wait) for Sedna's resources, over MQTT.
 
 Run it as the `flctl` console script, or in process with ``flctl.main(argv)`` (the same as
 ``flctl.cli.main``), which returns the exit code. `FlctlError` is the root of everything it raises.

@@ -20,7 +20,7 @@ import re
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 from structlog.typing import FilteringBoundLogger
@@ -53,6 +53,14 @@ class BrokerOptions:
     prefix: str = "fl"
     timeout: float = 10.0
     client_id: str = field(default_factory=default_client_id)
+
+    @property
+    def needs_password(self) -> bool:
+        """A username and no password from any source: the prompt's case."""
+        return self.connection.username is not None and self.connection.password is None
+
+    def with_password(self, password: str) -> BrokerOptions:
+        return replace(self, connection=self.connection.model_copy(update={"password": password}))
 
     def mqtt_settings(self) -> broker.MqttSettings:
         return broker.MqttSettings(
@@ -135,7 +143,13 @@ class BrokerClient:
                     return
                 refused = self._session.connect_error
                 if refused is not None:  # the broker answered: bad credentials, not authorized, ...
-                    raise self._unreachable(str(refused)) from refused
+                    hint = (
+                        " (no password was given: --password-file FILE, FLCTL_PASSWORD, the config, or run on a "
+                        "terminal to be asked)"
+                        if opts.needs_password
+                        else ""
+                    )
+                    raise self._unreachable(f"{refused}{hint}") from refused
                 if not checked:
                     checked = True
                     reason = _socket_reason(
@@ -155,6 +169,11 @@ class BrokerClient:
         self._started = False
         with contextlib.suppress(broker.BrokerError, OSError, TimeoutError):
             self._session.stop(timeout=min(self.options.timeout, 5.0))
+
+    @property
+    def max_payload(self) -> int:
+        """The largest payload this connection may publish (the broker's packet limit, less headroom)."""
+        return self._session.max_payload
 
     # -- reading -----------------------------------------------------------------------------------
 

@@ -4,6 +4,9 @@ Like ``kubectl create``: nothing is published when any document is invalid; a na
 different spec is refused (AlreadyExists) while the other documents go ahead; re-creating an identical
 document is reported as ``unchanged``. Datasets and Models go first so a job's references exist when the
 controller reads it.
+
+``--dry-run`` (kubectl's ``--dry-run=client``) stops after the validation: it never connects, so it cannot
+say whether a name already exists or a reference resolves on the broker; it prints what would be created.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from flctl._errors import AlreadyExistsError, InputError
 from flctl._kinds import for_kind
 from flctl.printers import CREATED_AT, CREATED_BY, Retained, action_line, collect_resources, timestamp
 from schemas import (
+    MAX_DOCUMENT_BYTES,
     Dataset,
     FederatedLearningJob,
     Kind,
@@ -140,6 +144,12 @@ def load_documents(paths: Sequence[str], ctx: Context) -> list[Document]:
             problems.append(format_spec_error(exc, text))
     seen: dict[tuple[Kind, str], Document] = {}
     for doc in docs:
+        # What is published is the document re-dumped: expanded aliases can make it larger than its source.
+        if len(doc.payload) > MAX_DOCUMENT_BYTES:
+            problems.append(
+                f'{doc.label}: {doc.kind.kind} "{doc.name}" is {len(doc.payload)} bytes as published, over the '
+                f"{MAX_DOCUMENT_BYTES}-byte limit of a spec document"
+            )
         first = seen.setdefault((doc.kind, doc.name), doc)
         if first is not doc:
             problems.append(f'{doc.label}: {doc.kind.kind} "{doc.name}" is also defined in {first.label}')
@@ -192,8 +202,26 @@ def _warn_references(ctx: Context, doc: Document, known: tuple[dict[str, Dataset
         ctx.warn(f"{where}: {problem} (the controller fails the job unless it is created within seconds)")
 
 
-def create(ctx: Context, paths: Sequence[str]) -> int:
+def _check_packet_limit(docs: Sequence[Document], max_payload: int) -> None:
+    """Refuse, before anything is published, documents the broker would refuse: it disconnects a client that
+    sends a packet over its limit (mosquitto_pub says "The connection was lost"). Only a broker configured
+    below MAX_DOCUMENT_BYTES can get here."""
+    too_big = [
+        f'{d.label}: {d.kind.kind} "{d.name}" is {len(d.payload)} bytes, over the {max_payload}-byte payload '
+        "limit of this broker connection (its max_packet_size, less room for the topic and header)"
+        for d in docs
+        if len(d.payload) > max_payload
+    ]
+    if too_big:
+        raise InputError("\n".join(too_big) + "\nnothing was published")
+
+
+def create(ctx: Context, paths: Sequence[str], *, dry_run: bool = False) -> int:
     docs = load_documents(paths, ctx)
+    if dry_run:
+        for doc in docs:
+            ctx.say(action_line(for_kind(doc.kind).qualified, doc.name, "created (dry run)"))
+        return 0
     failures = 0
     with ctx.client() as client:
         topics = client.topics
@@ -201,6 +229,7 @@ def create(ctx: Context, paths: Sequence[str]) -> int:
         filters = list(spec_topics)
         if any(d.kind is Kind.JOB for d in docs):
             filters += [topics.all_specs()]
+        _check_packet_limit(docs, client.max_payload)
         retained = client.snapshot(filters)
         known = _known_resources(topics, docs, retained)
         for doc, topic in zip(docs, spec_topics, strict=True):

@@ -6,6 +6,9 @@
     ├── NotFoundError               the named resource has no retained spec (kubectl's NotFound wording)
     ├── AlreadyExistsError          a different spec is already retained under that name (AlreadyExists)
     ├── DatasetToolError            `flctl dataset ...` failed (missing generator, missing image)
+    ├── JobFailedError              a watched or awaited job ended Failed (or can no longer reach the
+    │                               awaited condition)
+    ├── WaitTimeoutError            `wait` / `get -w --watch-timeout` ran out of time (exit 4)
     └── BrokerError                 the broker side of a request failed
         ├── BrokerUnreachableError  no MQTT connection within --timeout (exit 3)
         └── PublishFailedError      the broker refused a publish or did not acknowledge it in time
@@ -21,6 +24,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+# Distinct from 1 so that a script can tell "still running when time ran out" from "failed".
+EXIT_TIMEOUT = 4
 
 
 class FlctlError(Exception):
@@ -77,6 +82,16 @@ class AlreadyExistsError(_ResourceRefusedError):
 
 class DatasetToolError(FlctlError):
     """`flctl dataset synth|split` could not do its work."""
+
+
+class JobFailedError(FlctlError):
+    """A job ended (or already is) in a state that the watch or wait was not for; says why."""
+
+
+class WaitTimeoutError(FlctlError):
+    """Time ran out before the awaited state: kubectl's "timed out waiting for the condition on ..."."""
+
+    exit_code = EXIT_TIMEOUT
 
 
 class BrokerError(FlctlError):

@@ -2,7 +2,9 @@
 
 Reading is: subscribe to the spec and status topics of the type (or of the named resources only),
 wait for the broker's retained messages with a barrier, then decode and print (`flctl.printers`).
-A watch keeps the session open and prints again whenever the output changes.
+A watch keeps the session open and prints again whenever the output changes. A watch of named jobs
+ends when all of them have finished: exit 0 when all Succeeded, 1 when one Failed (its message on
+stderr), 4 when --watch-timeout runs out first.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import UTC, datetime
 
 from flctl._client import BrokerClient
 from flctl._context import Context
-from flctl._errors import FlctlError, NotFoundError, resource_ref
+from flctl._errors import FlctlError, JobFailedError, NotFoundError, WaitTimeoutError, resource_ref
 from flctl._kinds import DATASETS, JOBS, MODELS, NODES, ResourceType, resolve
 from flctl.printers import (
     JobView,
@@ -29,7 +31,7 @@ from flctl.printers import (
     describe_resource,
     render_views,
 )
-from schemas import Kind, Topics
+from schemas import Kind, Phase, Topics
 
 # Renders for change detection use a fixed "now": every age becomes the same placeholder.
 _NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
@@ -39,7 +41,7 @@ _WATCH_SLICE = 1.0
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def _filters(topics: Topics, rtype: ResourceType, names: Sequence[str], *, related: bool = False) -> list[str]:
+def subscriptions(topics: Topics, rtype: ResourceType, names: Sequence[str], *, related: bool = False) -> list[str]:
     """The subscriptions that hold the type's (or the named resources') spec and status."""
     if rtype is NODES:
         return [topics.node_status(n) for n in names] if names else [topics.all_node_statuses()]
@@ -101,7 +103,7 @@ def get(ctx: Context, request: GetRequest) -> int:
 
 
 def _read(client: BrokerClient, rtype: ResourceType, names: Sequence[str]) -> list[View]:
-    retained = client.snapshot(_filters(client.topics, rtype, names))
+    retained = client.snapshot(subscriptions(client.topics, rtype, names))
     return _collect(client.topics, rtype, retained)
 
 
@@ -110,12 +112,22 @@ def _finished(rtype: ResourceType, views: Sequence[View], names: Sequence[str]) 
     return bool(names) and rtype is JOBS and all(isinstance(v, JobView) and v.phase.finished for v in views)
 
 
+def _outcome(ctx: Context, views: Sequence[View]) -> int:
+    """0 when every watched job Succeeded; else 1, each Failed job reported with its message, so that
+    `flctl get fl NAME -w && next-step` stops at a failed job."""
+    failed = [v for v in views if isinstance(v, JobView) and v.phase is Phase.FAILED]
+    for view in failed:
+        why = view.status.message if view.status is not None and view.status.message else "no message"
+        ctx.fail(JobFailedError(f"{resource_ref(JOBS.plural, view.name)} failed: {why}"))
+    return 1 if failed else 0
+
+
 def _watch(ctx: Context, client: BrokerClient, rtype: ResourceType, request: GetRequest, shown: list[View]) -> int:
     names = request.names
     single = len(names) == 1
     last = render_views(rtype, shown, request.output, _NO_TIME, single=single)
     if _finished(rtype, shown, names):
-        return 0
+        return _outcome(ctx, shown)
     deadline = None if request.watch_timeout is None else time.monotonic() + request.watch_timeout
     try:
         while True:
@@ -134,7 +146,7 @@ def _watch(ctx: Context, client: BrokerClient, rtype: ResourceType, request: Get
                 text = render_views(rtype, views, request.output, ctx.clock(), single=single)
                 ctx.say("\n" + text if text else "\nNo resources found.")
             if _finished(rtype, views, names):
-                return 0
+                return _outcome(ctx, views)
     except KeyboardInterrupt:
         return 0
 
@@ -144,7 +156,7 @@ def _watch_timed_out(rtype: ResourceType, views: Sequence[View], names: Sequence
         return 0  # watching a list for a while is the normal way to end it
     running = [v for v in views if isinstance(v, JobView) and not v.phase.finished]
     what = ", ".join(f"{resource_ref(rtype.plural, v.name)} (phase {v.phase.value})" for v in running)
-    raise FlctlError(f"timed out after {timeout:g}s waiting for {what} to finish")
+    raise WaitTimeoutError(f"timed out after {timeout:g}s waiting for {what} to finish")
 
 
 # -- describe --------------------------------------------------------------------------------------
@@ -153,7 +165,7 @@ def _watch_timed_out(rtype: ResourceType, views: Sequence[View], names: Sequence
 def describe(ctx: Context, type_word: str, names: Sequence[str]) -> int:
     rtype = resolve(type_word)
     with ctx.client() as client:
-        retained = client.snapshot(_filters(client.topics, rtype, names, related=rtype in (DATASETS, MODELS)))
+        retained = client.snapshot(subscriptions(client.topics, rtype, names, related=rtype in (DATASETS, MODELS)))
         views = _collect(client.topics, rtype, retained)
         jobs = collect_jobs(client.topics, retained) if rtype in (DATASETS, MODELS) else []
     found, missing = _select(views, names)

@@ -1,23 +1,20 @@
 """The `flctl` command line: kubectl's verbs for Sedna's resources, over MQTT.
 
-`main(argv)` parses, runs one command and returns the exit code (0 ok, 1 input/not found/refused,
-2 usage, 3 broker unreachable); it never calls `sys.exit` itself, so tests and the demo call it in
-process. Global options may come before or after the command, as with kubectl.
+`main(argv)` parses, runs one command and returns the exit code (0 ok, 1 input/not found/refused or
+a watched or awaited job Failed, 2 usage, 3 broker unreachable, 4 a wait or watch timed out); it never
+calls `sys.exit` itself, so tests and the demo call it in process. Global options may come before or
+after the command, as with kubectl.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
-
-import structlog
-from structlog.typing import FilteringBoundLogger
+from typing import Any
 
 from broker import (
     FLCTL_ENV_PREFIX,
@@ -29,13 +26,15 @@ from broker import (
     port_number,
 )
 from flctl._client import BrokerOptions, default_client_id
-from flctl._context import Context
+from flctl._context import Context, session_logger
 from flctl._create import create
 from flctl._dataset import split, synth
 from flctl._delete import delete
 from flctl._errors import EXIT_USAGE, FlctlError, InputError, UsageError
 from flctl._get import GetRequest, describe, get
 from flctl._version import __version__
+from flctl._wait import WaitRequest, wait
+from flctl._wait import add_arguments as add_wait_arguments
 from flctl.printers import OUTPUTS
 from flctl.provision import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, provision
 from schemas import API_VERSION, TopicError, Topics
@@ -75,8 +74,9 @@ def _size_range(text: str) -> tuple[int, int]:
 # -- parser ----------------------------------------------------------------------------------------
 
 
-def _global_options(*, with_defaults: bool) -> argparse.ArgumentParser:
-    """The connection options, accepted before and after the command (defaults only at the top level)."""
+def _global_options(*, with_defaults: bool, broker_timeout: bool = True) -> argparse.ArgumentParser:
+    """The connection options, accepted before and after the command (defaults only at the top level).
+    `wait` has kubectl's --timeout (how long to wait), so after it the broker's bound is not offered."""
     parser = argparse.ArgumentParser(add_help=False)
     d: Any = None if with_defaults else argparse.SUPPRESS
     g = parser.add_argument_group("global options (before or after the command)")
@@ -89,13 +89,14 @@ def _global_options(*, with_defaults: bool) -> argparse.ArgumentParser:
         credentials=True,
     )
     g.add_argument("--prefix", default=d, help="topic prefix (env FLCTL_PREFIX, default fl)")
-    g.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=d,
-        metavar="SECONDS",
-        help=f"bound on every broker wait: connect, retained read, publish ack (default {DEFAULT_TIMEOUT:g})",
-    )
+    if broker_timeout:
+        g.add_argument(
+            "--timeout",
+            type=_positive_float,
+            default=d,
+            metavar="SECONDS",
+            help=f"bound on every broker wait: connect, retained read, publish ack (default {DEFAULT_TIMEOUT:g})",
+        )
     g.add_argument(
         "--client-id",
         default=d,
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  flctl create -f surface-defect-detection.yaml\n"
             "  flctl get fl -o wide\n"
             "  flctl get fl surface-defect-detection --watch\n"
+            "  flctl wait fl surface-defect-detection --for=condition=Succeeded --timeout=30m\n"
             "  flctl describe fl surface-defect-detection\n"
             "  flctl delete fl surface-defect-detection\n"
             "  flctl --host broker.example get nodes"
@@ -204,12 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_: str, handler: Handler, epilog: str = "") -> argparse.ArgumentParser:
+    def command(
+        name: str, help_: str, handler: Handler, epilog: str = "", *, parent: argparse.ArgumentParser = common
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             help=help_,
             description=help_,
-            parents=[common],
+            parents=[parent],
             epilog=epilog or None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -220,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "create",
         "Validate documents and publish each, retained, on its spec topic.",
         _run_create,
-        "examples:\n  flctl create -f job.yaml\n  cat job.yaml | flctl create -f -",
+        "examples:\n  flctl create -f job.yaml\n  flctl create -f jobs/ --dry-run\n  cat job.yaml | flctl create -f -",
     )
     p.add_argument(
         "-f",
@@ -229,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="FILE",
         help="YAML/JSON file, directory, or - for stdin (repeatable)",
+    )
+    p.add_argument(
+        "--dry-run",
+        nargs="?",
+        const="client",
+        default="none",
+        choices=("none", "client", "server"),
+        help="client (or no value): validate every document and print what would be created, without "
+        "connecting to the broker (exit 1 when a document is invalid); server is not supported",
     )
 
     p = command(
@@ -241,9 +254,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("-o", "--output", choices=OUTPUTS, help="wide, json, yaml or name")
     p.add_argument(
-        "-w", "--watch", action="store_true", help="print again on every change (a named job: until it finishes)"
+        "-w",
+        "--watch",
+        action="store_true",
+        help="print again on every change (named jobs: until they finish; exit 1 if one Failed)",
     )
-    p.add_argument("--watch-timeout", type=_positive_float, metavar="SECONDS", help="stop watching after this long")
+    p.add_argument(
+        "--watch-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="stop watching after this long (named jobs not finished by then: exit 4)",
+    )
+
+    p = command(
+        "wait",
+        "Wait until jobs reach a condition (kubectl wait): exit 0 when it holds, 1 when it no longer can, "
+        "4 on timeout.",
+        _run_wait,
+        "examples:\n  flctl wait fl surface-defect-detection --for=condition=Succeeded --timeout=30m\n"
+        "  flctl wait fl --all --for=condition=Succeeded\n  flctl wait fl surface-defect-detection --for=delete",
+        parent=_global_options(with_defaults=False, broker_timeout=False),
+    )
+    add_wait_arguments(p)
 
     p = command(
         "describe", "Show everything known about resources: status, workers, rounds, events, spec.", _run_describe
@@ -292,7 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_create(ctx: Context, args: argparse.Namespace) -> int:
-    return create(ctx, args.filename)
+    if args.dry_run == "server":
+        # There is no API server to ask: the controller validates only what is published.
+        raise UsageError("--dry-run=server is not supported (no server validates without publishing); use --dry-run")
+    return create(ctx, args.filename, dry_run=args.dry_run == "client")
 
 
 def _require_type(args: argparse.Namespace) -> str:
@@ -306,6 +341,10 @@ def _run_get(ctx: Context, args: argparse.Namespace) -> int:
     if args.watch_timeout is not None and not args.watch:
         raise UsageError("--watch-timeout needs --watch")
     return get(ctx, GetRequest(type_word, tuple(args.names), args.output, args.watch, args.watch_timeout))
+
+
+def _run_wait(ctx: Context, args: argparse.Namespace) -> int:
+    return wait(ctx, WaitRequest(args.type, tuple(args.names), args.every, args.wait_for, args.wait_timeout))
 
 
 def _run_describe(ctx: Context, args: argparse.Namespace) -> int:
@@ -369,7 +408,11 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     try:
-        conn = ConnectionSettings.load(connection_flags(args), env_prefix=FLCTL_ENV_PREFIX, node_config=config)
+        flags = connection_flags(args)  # reads --password-file
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    try:
+        conn = ConnectionSettings.load(flags, env_prefix=FLCTL_ENV_PREFIX, node_config=config)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     prefix = args.prefix or os.environ.get(f"{FLCTL_ENV_PREFIX}PREFIX") or "fl"
@@ -390,27 +433,6 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
             raise InputError(f'--{name.replace("_", "-")}: the path "{path}" does not exist')
     timeout = args.timeout if args.timeout is not None else DEFAULT_TIMEOUT
     return BrokerOptions(conn, prefix=prefix, timeout=timeout, client_id=client_id)
-
-
-def session_logger(verbose: bool, err: TextIO) -> FilteringBoundLogger:
-    """The MQTT session's logger: silent unless -v, then readable lines on stderr (never stdout)."""
-    if not verbose:
-        logger = structlog.wrap_logger(
-            structlog.ReturnLogger(),
-            wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
-            processors=[],
-        )
-    else:
-        logger = structlog.wrap_logger(
-            structlog.PrintLogger(err),
-            wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-            processors=[
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.dev.ConsoleRenderer(colors=False),
-            ],
-        )
-    return cast(FilteringBoundLogger, logger)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ Depends on pydantic, PyYAML and numpy only; never on paho, TensorFlow or service
 """
 
 from schemas._documents import (
+    MAX_DOCUMENT_BYTES,
     check_parameters,
     check_references,
     closest_name,
@@ -13,7 +14,7 @@ from schemas._documents import (
     parse_for_topic,
     parse_resource,
 )
-from schemas._errors import PathEscapeError, Problem, SchemaError, SpecError, TopicError, WireError
+from schemas._errors import PathEscapeError, Problem, SchemaError, SpecError, SpecTooLargeError, TopicError, WireError
 from schemas._node_root import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot
 from schemas._parameters import (
     DENIED_PARAMETER_NAMES,
@@ -84,6 +85,7 @@ __all__ = [
     "DEFAULT_CODE_ROOT",
     "DENIED_PARAMETER_NAMES",
     "DENIED_PARAMETER_PREFIXES",
+    "MAX_DOCUMENT_BYTES",
     "MAX_EVENTS",
     "MAX_EXIT_ROUND",
     "MAX_NUM_SAMPLES",
@@ -124,6 +126,7 @@ __all__ = [
     "SchemaError",
     "ScriptRef",
     "SpecError",
+    "SpecTooLargeError",
     "TensorSpec",
     "TopicError",
     "Topics",

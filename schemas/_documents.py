@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from schemas._errors import Problem, SpecError
+from schemas._errors import Problem, SpecError, SpecTooLargeError
 from schemas._parameters import parameter_name_problem, parameter_value_problem
 from schemas._resources import (
     API_VERSION,
@@ -31,6 +31,9 @@ _MODELS: dict[str, type[BaseModel]] = {
     "Model": Model,
     "FederatedLearningJob": FederatedLearningJob,
 }
+# The largest spec document anyone reads (1 MiB): flctl before publishing, the controller before parsing,
+# `flctl get` before showing. Real specs are a few kB; the broker's packet limit (4 MiB by default) is
+# well above it, so an oversized spec still reaches the controller and gets a status saying why.
 MAX_DOCUMENT_BYTES = 1 << 20
 # Limits on the loaded data (added in test review). YAML aliases let a few hundred bytes stand for
 # billions of nodes (`b: &b [*a, *a, ...]`): PyYAML shares them, but dumping the spec (`spec_hash`)
@@ -58,7 +61,7 @@ def describe_document(source: str, index: int, total: int, data: Any) -> str:
 def load_yaml_documents(text: str | bytes, source: str) -> list[Any]:
     """Split multi-document YAML (JSON is YAML too) into plain data; empty documents are skipped."""
     if len(text) > MAX_DOCUMENT_BYTES:
-        raise SpecError(source, [Problem(None, f"{len(text)} bytes is over the {MAX_DOCUMENT_BYTES}-byte limit")])
+        raise SpecTooLargeError(source, size=len(text), limit=MAX_DOCUMENT_BYTES, unit="bytes")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -87,7 +90,7 @@ def _check_size(docs: list[Any], source: str) -> None:
         node, depth = stack.pop()
         budget -= 1
         if budget < 0:
-            raise SpecError(source, [Problem(None, f"expands to more than {MAX_NODES} YAML nodes (alias bomb?)")])
+            raise SpecTooLargeError(source, size=MAX_NODES + 1, limit=MAX_NODES, unit="YAML nodes")
         if depth > MAX_DEPTH:
             raise SpecError(source, [Problem(None, f"nested more than {MAX_DEPTH} levels deep")])
         if isinstance(node, dict):

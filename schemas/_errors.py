@@ -2,6 +2,7 @@
 
     SchemaError                 root: everything `schemas` raises
     ├── SpecError               a resource document is not valid (YAML, kind, field, value, reference)
+    │   └── SpecTooLargeError   ... because it is over a size limit (bytes, or YAML nodes once expanded)
     ├── TopicError              a topic cannot be built or is not part of the layout
     ├── PathEscapeError         a spec path leads outside the node's root folder
     └── WireError               a binary or JSON wire message is malformed (codec, manifest, frame)
@@ -43,6 +44,21 @@ class SpecError(SchemaError):
     @property
     def fields(self) -> list[str]:
         return [p.field for p in self.problems if p.field]
+
+
+class SpecTooLargeError(SpecError):
+    """A document over a size limit, refused before it is read any further: `size` and `limit` in `unit`
+    (bytes of text, or YAML nodes once aliases are expanded). A controller reports it as SpecTooLarge."""
+
+    def __init__(self, document: str, *, size: int, limit: int, unit: str) -> None:
+        self.size = size
+        self.limit = limit
+        self.unit = unit
+        if unit == "bytes":
+            problem = f"{size} bytes is over the {limit}-byte limit"
+        else:
+            problem = f"expands to more than {limit} YAML nodes (alias bomb?)"
+        super().__init__(document, [Problem(None, problem)])
 
 
 class TopicError(SchemaError):

@@ -5,8 +5,9 @@ effects behind a `Port`, so tests drive it without a broker. What it decides:
 
 - **Specs** (``<kind>/<name>/spec``, retained) are parsed with `schemas.parse_for_topic`. A bad document
   gets a status naming the document and the field (a Dataset or Model: ``valid: false``; a job: phase
-  Failed, condition Failed/InvalidSpec). An empty payload deletes the resource; for a job that stops
-  everything and clears its retained plan, status and global models.
+  Failed, condition Failed/InvalidSpec, or SpecTooLarge with the size and the limit). An empty payload
+  deletes the resource; for a job that stops everything and clears its retained plan, status and
+  global models.
 - **Jobs** are identified by their spec hash. The same spec again is a no-op. A different spec for a job
   that has started is rejected (Warning event, the running spec is published back on the spec topic):
   delete and re-create the job to change it. A job that has not started yet (waiting for its
@@ -52,6 +53,7 @@ from schemas import (
     Phase,
     ResourceStatus,
     SpecError,
+    SpecTooLargeError,
     TransferManifest,
     WorkerFrame,
     WorkerStatus,
@@ -221,9 +223,11 @@ class Controller:
             return
         self._jobs.pop(name, None)
         self._invalid_jobs.add(name)
+        # The message names the topic and, for an oversized document, its size and the limit.
+        reason = "SpecTooLarge" if isinstance(exc, SpecTooLargeError) else "InvalidSpec"
         status = JobStatus(name=name, phase=Phase.FAILED, message=str(exc))
-        status.conditions.append(Condition(type=ConditionType.FAILED, reason="InvalidSpec", message=str(exc)))
-        status.add_event(Event(type="Warning", reason="InvalidSpec", message=str(exc)))
+        status.conditions.append(Condition(type=ConditionType.FAILED, reason=reason, message=str(exc)))
+        status.add_event(Event(type="Warning", reason=reason, message=str(exc)))
         self._port.publish_status(Kind.JOB, name, status)
 
     def _reject_change(self, entry: _Entry, message: str) -> None:
