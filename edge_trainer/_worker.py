@@ -144,6 +144,7 @@ class FederatedLearning:
                     digest=digest,
                     num_tensors=len(final),
                     model_name=os.environ.get(WorkerEnv.MODEL_NAME),
+                    run=os.environ.get(WorkerEnv.JOB_UID, ""),
                 )
                 channel.send(
                     WorkerFrame(type="saved", round=frame.round, model_path=str(saved.path), model_digest=digest)

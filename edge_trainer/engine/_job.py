@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from pathlib import PurePosixPath
 
 import numpy as np
 from structlog.typing import FilteringBoundLogger
@@ -42,7 +43,7 @@ from structlog.typing import FilteringBoundLogger
 from edge_trainer._errors import PlanRejectedError
 from edge_trainer.engine._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
 from edge_trainer.engine._ports import JobPorts, Launcher, UploadDone, UploadRequest, WorkerHandle
-from runtime import SERVICE_GONE_EXIT, get_logger
+from runtime import MODEL_JOBS_FOLDER, SERVICE_GONE_EXIT, get_logger
 from schemas import (
     JobPlan,
     NodeRoot,
@@ -352,7 +353,11 @@ class EdgeJob:
         self._busy = False
         self.model_path = self._root.to_url(frame.model_path) if frame.model_path else None
         self.model_digest = frame.model_digest
-        self._set(WorkerState.COMPLETED, self.round, f"final model saved at {self.model_path}")
+        message = f"final model saved at {self.model_path}"
+        own = PurePosixPath(self.plan.model.url) / MODEL_JOBS_FOLDER / self.plan.job
+        if self.model_path and PurePosixPath(self.model_path).is_relative_to(own):
+            message += f" (Model url {self.plan.model.url} holds another job's model, which is kept)"
+        self._set(WorkerState.COMPLETED, self.round, message)
 
     # -- helpers -----------------------------------------------------------------------------------
 
