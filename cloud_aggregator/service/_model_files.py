@@ -69,6 +69,7 @@ def write_model(
                 with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
         with model_lock(folder):  # the lock the edge takes too, in case both write under one root
+            _remove_dead_writers_files(folder, model_name)
             target = job_model_folder(folder, job, _owner(folder / f"{model_name}.json")) if job else folder
             target.mkdir(parents=True, exist_ok=True)
             npz = target / f"{model_name}.npz"
@@ -82,6 +83,20 @@ def write_model(
         tmp.unlink(missing_ok=True)
         tmp_side.unlink(missing_ok=True)
     return npz
+
+
+def _remove_dead_writers_files(folder: Path, model_name: str) -> None:
+    """Temporary files of a writer that crashed (``.<name>.npz.tmp-<job>.<pid>.<random>``, its pid gone)."""
+    for path in folder.glob(f".{model_name}.*.tmp-*"):
+        pid = path.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def _owner(side: Path) -> str | None:

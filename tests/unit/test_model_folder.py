@@ -185,3 +185,16 @@ def test_the_cloud_writes_a_second_jobs_model_beside_the_first(tmp_path: Path) -
             assert float(archive["w"][0, 0]) == ord(job[0])
         assert json.loads(path.with_suffix(".json").read_text())["job"] == job
     assert not [p.name for p in model.iterdir() if p.name.startswith(".")], "no temporary file left"
+
+
+def test_the_cloud_removes_what_a_crashed_writer_left_and_nothing_else(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(WAIT)
+    crashed = model / f".m.npz.tmp-a.{child.pid}.deadbeef"
+    live = model / f".m.npz.tmp-b.{os.getppid()}.cafecafe"
+    crashed.write_bytes(b"half")
+    live.write_bytes(b"being written")
+    write_model(tmp_path, url="/model", model_name="m", arrays=[np.zeros(2)], names=["w"], meta={"job": "a"})
+    assert not crashed.exists() and live.exists()
