@@ -96,6 +96,8 @@ def save_model(
     """
     if fmt not in FORMATS:
         raise ModelSaveError(f"unknown model format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if not job:
+        raise ModelSaveError(f"no job name to save the model under (is {WorkerEnv.JOB_NAME} set?)")
     default_name, suffixes = FORMATS[fmt]
     target = Path(url)
     if suffixes and target.name.endswith(suffixes) and target.name not in suffixes:

@@ -31,6 +31,8 @@ _LOCK_TIMEOUT = 300.0
 
 def job_model_folder(folder: Path, job: str, owner: str | None) -> Path:
     """Where `job` writes its model, given `owner`: the job whose model `folder` holds now (None: no model)."""
+    if not job or "/" in job or job in {".", ".."}:
+        raise ValueError(f"{job!r} cannot name a model folder: a job name is needed")
     if owner is None or owner == job:
         return folder
     return folder / MODEL_JOBS_FOLDER / job

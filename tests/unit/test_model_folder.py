@@ -65,6 +65,9 @@ def test_a_job_writes_at_the_url_unless_another_jobs_model_is_there(tmp_path: Pa
     assert job_model_folder(tmp_path, "a", None) == tmp_path
     assert job_model_folder(tmp_path, "a", "a") == tmp_path
     assert job_model_folder(tmp_path, "b", "a") == tmp_path / MODEL_JOBS_FOLDER / "b"
+    for bad in ("", "..", "a/b"):
+        with pytest.raises(ValueError, match="a job name is needed"):
+            job_model_folder(tmp_path, bad, "a")
 
 
 def test_recovery_keeps_the_staging_of_another_jobs_save_in_progress(tmp_path: Path) -> None:
