@@ -23,6 +23,7 @@ from edge_trainer._errors import (
     PlanRejectedError,
     WorkerError,
 )
+from edge_trainer._model_io import SavedModel, save_model
 from edge_trainer._worker import FederatedLearning
 from schemas import BaseConfig, Context
 
@@ -37,10 +38,12 @@ __all__ = [
     "OutboxError",
     "PathEscapeError",
     "PlanRejectedError",
+    "SavedModel",
     "TxtDataParse",
     "WorkerError",
     "load_dataset",
     "load_image",
     "parse_label_line",
     "read_label_file",
+    "save_model",
 ]

@@ -5,7 +5,11 @@ A label file (Sedna's ``Dataset`` with ``format: txt``) has one sample per line:
     Magnetic-tile-defect-datasets/MT_Break/Imgs/exp1_num_304290.jpg,1
 
 that is ``<image path relative to the label file's folder>,<0|1>`` where ``0`` means no defect
-(``MT_Free``) and ``1`` any defect. There is no header; blank lines are ignored.
+(``MT_Free``) and ``1`` any defect. There is no header; blank lines are ignored. Lines whose image is
+not a sample (a defect mask, a picture of the dataset, not an image) are skipped and reported, by the
+rule in `edge_trainer._samples`; a missing or unreadable image, a malformed line or a label file
+without samples is a `DatasetError` whose message is one line: ``1.txt line 3: image x.jpg not found
+under /data``.
 
 Images are preprocessed exactly like Sedna's example (``keras.preprocessing.image.load_img`` then
 ``.resize((128, 128))`` then ``/ 255.0``) so a model trained here behaves like one trained there.
@@ -15,6 +19,7 @@ data before it pays TensorFlow's multi-second import, and unit tests stay fast.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,6 +30,8 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from edge_trainer._errors import DatasetError
+from edge_trainer._samples import arm_data_error_report, max_image_side, record_skip, shown_path, skip_reason
+from schemas import WorkerEnv
 
 __all__ = [
     "IMAGE_SIZE",
@@ -92,7 +99,7 @@ def parse_label_line(
     Sedna lets the image root differ from the label file's folder (``original_dataset_url``).
     Raises :class:`DatasetError` for any malformed line.
     """
-    where = f"{source if source is not None else '<label line>'}:{lineno if lineno is not None else '?'}"
+    where = _where(source, lineno)
 
     def bad(what: str) -> DatasetError:
         return DatasetError(f"{where}: {what} (line {line.strip()!r})", path=source, line=lineno)
@@ -122,6 +129,27 @@ def parse_label_line(
     return LabeledSample(path=Path(base_dir) / Path(*posix.parts), label=int(label_text), relpath=relpath)
 
 
+def _where(source: Path | str | None, lineno: int | None) -> str:
+    """``1.txt line 3``: the label file by name, as the user wrote it in the Dataset's url."""
+    name = Path(source).name if source is not None else "<label line>"
+    return f"{name} line {lineno}" if lineno is not None else name
+
+
+def _missing(label_file: Path, number: int, sample: LabeledSample, root: Path) -> DatasetError:
+    return DatasetError(
+        f"{_where(label_file, number)}: image {sample.relpath} not found under {shown_path(root)}",
+        path=label_file,
+        line=number,
+    )
+
+
+def _no_samples(label_file: Path, lines: int) -> DatasetError:
+    what = (
+        "the label file is empty" if not lines else f"all {lines} lines were skipped (see the worker's skipped lines)"
+    )
+    return DatasetError(f"{label_file.name}: no samples: {what}", path=label_file)
+
+
 def _read_lines(path: Path) -> list[str]:
     """Return the label file's lines, mapping I/O and encoding problems to :class:`DatasetError`."""
     try:
@@ -130,13 +158,13 @@ def _read_lines(path: Path) -> list[str]:
         with path.open(encoding="utf-8", newline="") as fin:
             return fin.read().split("\n")
     except FileNotFoundError as exc:
-        raise DatasetError(f"{path}: label file not found", path=path) from exc
+        raise DatasetError(f"label file {shown_path(path)} not found", path=path) from exc
     except IsADirectoryError as exc:
-        raise DatasetError(f"{path}: label file is a directory", path=path) from exc
+        raise DatasetError(f"label file {shown_path(path)} is a directory", path=path) from exc
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: label file is not UTF-8 text: {exc}", path=path) from exc
+        raise DatasetError(f"label file {shown_path(path)} is not UTF-8 text: {exc}", path=path) from exc
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot read label file: {exc}", path=path) from exc
+        raise DatasetError(f"cannot read label file {shown_path(path)}: {exc.strerror or exc}", path=path) from exc
 
 
 def _numbered_lines(path: Path) -> list[tuple[int, str]]:
@@ -147,18 +175,28 @@ def _numbered_lines(path: Path) -> list[tuple[int, str]]:
 def _read_numbered_samples(
     label_file: Path, image_root: Path | str | None, check_images: bool
 ) -> list[tuple[int, LabeledSample]]:
-    """Samples of a label file with their 1-based line numbers (kept for error messages)."""
+    """Samples of a label file with their 1-based line numbers (kept for error messages).
+
+    With `check_images`, lines that are not samples are skipped (and recorded) and a missing image is
+    a data error; without, every well-formed line is returned and the file system is not touched.
+    """
+    arm_data_error_report()
     root = Path(image_root) if image_root is not None else label_file.parent
+    lines = _numbered_lines(label_file)
+    max_side = max_image_side() if check_images else 0
     numbered: list[tuple[int, LabeledSample]] = []
-    for number, line in _numbered_lines(label_file):
+    for number, line in lines:
         sample = parse_label_line(line, root, source=label_file, lineno=number)
-        if check_images and not sample.path.is_file():
-            raise DatasetError(
-                f"{label_file}:{number}: image file not found: {sample.path}",
-                path=label_file,
-                line=number,
-            )
+        if check_images:
+            reason = skip_reason(sample.path, max_side)
+            if reason is not None:
+                record_skip(f"{_where(label_file, number)}: {sample.relpath}: {reason}")
+                continue
+            if not sample.path.is_file():
+                raise _missing(label_file, number, sample, root)
         numbered.append((number, sample))
+    if check_images and not numbered:
+        raise _no_samples(label_file, len(lines))
     return numbered
 
 
@@ -198,9 +236,16 @@ def load_dataset(
         try:
             x[i] = load_image(sample.path, size)
         except DatasetError as exc:
-            raise DatasetError(f"{label_path}:{number}: {exc}", path=label_path, line=number) from exc
+            raise _unreadable(label_path, number, sample.relpath, exc.__cause__ or exc) from exc
         y[i] = sample.label
     return x, y
+
+
+def _unreadable(label_file: Path, number: int, image: str, cause: BaseException) -> DatasetError:
+    reason = getattr(cause, "strerror", None) or str(cause)
+    return DatasetError(
+        f"{_where(label_file, number)}: image {image} cannot be read: {reason}", path=label_file, line=number
+    )
 
 
 def _as_array_if_uniform(items: list[Any]) -> npt.NDArray[Any] | list[Any]:
@@ -283,12 +328,25 @@ class TxtDataParse:
                     if not use_raw and not self.is_test_data:
                         y_data.append(sample.label)
                 continue
-            for number, line in _numbered_lines(label_file):
+            arm_data_error_report()
+            lines = _numbered_lines(label_file)
+            # Sedna's image_process joins paths with ORIGINAL_DATASET_URL's folder when it is set.
+            original = os.environ.get(WorkerEnv.ORIGINAL_DATASET_URL)
+            root = Path(original).parent if original else label_file.parent
+            max_side = max_image_side()
+            kept = 0
+            for number, line in lines:
                 text = line.strip()
                 # Validate before handing the line over, so a malformed line gets our message
-                # instead of whatever unpacking error the user's func happens to raise.
-                parse_label_line(text, label_file.parent, source=label_file, lineno=number)
-                result = self._call_func(self.process_func, text, label_file, number)
+                # instead of whatever unpacking error the user's func happens to raise; apply the
+                # sample rule. A missing image is left to func (it may read images from elsewhere).
+                sample = parse_label_line(text, root, source=label_file, lineno=number)
+                reason = skip_reason(sample.path, max_side)
+                if reason is not None:
+                    record_skip(f"{_where(label_file, number)}: {sample.relpath}: {reason}")
+                    continue
+                kept += 1
+                result = self._call_func(self.process_func, text, label_file, number, sample=sample, root=root)
                 if result is None or len(result) == 0:
                     continue
                 if use_raw:
@@ -297,26 +355,34 @@ class TxtDataParse:
                 x_data.append(result[0])
                 if not self.is_test_data:
                     y_data.append(result[1] if len(result) > 1 else 0)
+            if not kept:
+                raise _no_samples(label_file, len(lines))
         self.x = _as_array_if_uniform(x_data)
         self.y = _as_array_if_uniform(y_data)
 
     @staticmethod
-    def _call_func(func: Callable[[str], Any], line: str, label_file: Path, number: int) -> Sequence[Any]:
-        """Run ``func(line)``, turning data errors into :class:`DatasetError` with the location."""
+    def _call_func(
+        func: Callable[[str], Any], line: str, label_file: Path, number: int, *, sample: LabeledSample, root: Path
+    ) -> Sequence[Any]:
+        """Run ``func(line)``, turning data errors into one-line :class:`DatasetError` naming the line."""
         try:
             result: Sequence[Any] = func(line)
         except DatasetError as exc:
             if exc.line is not None and exc.path == label_file:
                 raise
-            raise DatasetError(f"{label_file}:{number}: {exc}", path=label_file, line=number) from exc
+            if isinstance(exc.__cause__, FileNotFoundError) or not Path(exc.path or sample.path).exists():
+                raise _missing(label_file, number, sample, root) from exc
+            raise _unreadable(label_file, number, sample.relpath, exc.__cause__ or exc) from exc
         except FileNotFoundError as exc:
+            if exc.filename is None or Path(exc.filename) == sample.path:
+                raise _missing(label_file, number, sample, root) from exc
             raise DatasetError(
-                f"{label_file}:{number}: image file not found: {exc.filename or exc}",
+                f"{_where(label_file, number)}: image {shown_path(Path(exc.filename))} not found",
                 path=label_file,
                 line=number,
             ) from exc
         except (OSError, ValueError) as exc:
             raise DatasetError(
-                f"{label_file}:{number}: cannot load sample: {exc}", path=label_file, line=number
+                f"{_where(label_file, number)}: cannot load the sample: {exc}", path=label_file, line=number
             ) from exc
         return result

@@ -19,15 +19,24 @@ An estimator without a Keras ``.model`` is saved Sedna's way, ``estimator.save(p
 
 Writes are atomic: everything goes to a staging folder next to the target, which then replaces the
 target folder with two renames (files already in the target that are not part of the new model are
-carried over as hard links). A crash leaves either the old model or the new one, never half of one;
-a later save puts an old model back that a crash left aside, and removes stale staging folders.
+carried over as hard links). A crash leaves either the old model or the new one, never half of one.
 A url naming a file is replaced file by file instead (each file atomically, model.json last), so the
 folder around it, which may hold anything, is never moved.
+
+Two jobs may save to the same Model url at the same time (issue 8). The model is written into staging
+without a lock (that is the slow part), then `runtime.model_lock` is taken for the short rest: recovery,
+the choice of the folder, the replacement. The folder follows `runtime.job_model_folder`: another job's
+model at the url is never replaced; this job's goes to ``<url>/jobs/<job>/`` and `SavedModel.path` says
+so. Staging folders are named after the job run and the writing process
+(``.<name>.staging-<job>.<run>.<pid>.<random>``), and recovery removes only those of this job run or of
+a process that no longer exists, so it never takes a live writer's staging for a crash's leftover; an
+old model a crash left aside (only ever seen under the lock, so its writer is dead) is put back.
 TensorFlow is imported here, lazily, and nowhere in the node service.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_trainer._errors import ModelSaveError
-from runtime import fsync_dir
+from runtime import fsync_dir, job_model_folder, model_lock
 from schemas import WorkerEnv
 
 __all__ = ["FORMATS", "SavedModel", "save_model"]
@@ -77,10 +86,18 @@ def save_model(
     digest: str,
     num_tensors: int,
     model_name: str | None = None,
+    run: str = "",
 ) -> SavedModel:
-    """Save `estimator`'s model at `url` in format `fmt`, atomically; write model.json beside it."""
+    """Save `estimator`'s model at `url` in format `fmt`, atomically; write model.json beside it.
+
+    `run` is the job run (its uid): staging folders carry it so recovery tells this run's leftovers
+    from another run's work in progress. Another job's model at `url` is kept; this one then goes
+    to ``<url>/jobs/<job>/`` (see the module docstring).
+    """
     if fmt not in FORMATS:
         raise ModelSaveError(f"unknown model format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if not job:
+        raise ModelSaveError(f"no job name to save the model under (is {WorkerEnv.JOB_NAME} set?)")
     default_name, suffixes = FORMATS[fmt]
     target = Path(url)
     if suffixes and target.name.endswith(suffixes) and target.name not in suffixes:
@@ -95,10 +112,9 @@ def save_model(
     if node_root and directory.resolve() == Path(node_root).resolve():
         raise ModelSaveError(f"Model url {url} is the node root itself; give the model its own folder, e.g. /model")
     file_form = directory != target  # the url names the file itself
-    (directory if file_form else directory.parent).mkdir(parents=True, exist_ok=True)
-    _recover(directory)
-    tag = uuid.uuid4().hex[:12]
-    staging = directory / f"{_STAGING}{tag}" if file_form else directory.parent / f".{directory.name}{_STAGING}{tag}"
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    key = _run_key(job, run)
+    staging = directory.parent / f".{directory.name}{_STAGING}{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         artifact = _write(estimator, staging, name, fmt)
@@ -107,6 +123,7 @@ def save_model(
             raise ModelSaveError(f"saving the model in format {fmt!r} wrote no file")
         meta = {
             "job": job,
+            "uid": run or None,
             "round": round_,
             "format": fmt,
             "modelName": model_name,
@@ -118,13 +135,38 @@ def save_model(
         }
         (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _sync_tree(staging)
-        if file_form:
-            _replace_files(staging, directory)
-        else:
-            _replace_dir(staging, directory)
+        try:
+            with model_lock(directory):
+                _recover(directory, key)
+                folder = job_model_folder(directory, job, _owner(directory))
+                if folder != directory:
+                    folder.parent.mkdir(parents=True, exist_ok=True)
+                    _recover(folder, key)
+                if file_form:
+                    folder.mkdir(exist_ok=True)
+                    _replace_files(staging, folder)
+                else:
+                    _replace_dir(staging, folder)
+        except TimeoutError as exc:
+            raise ModelSaveError(f"cannot save at Model url {url}: {exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return SavedModel(path=directory / artifact, directory=directory, files=files, metadata=directory / METADATA_FILE)
+    return SavedModel(path=folder / artifact, directory=folder, files=files, metadata=folder / METADATA_FILE)
+
+
+def _run_key(job: str, run: str) -> str:
+    """`<job>.<hash of job and run>`: readable, unique per job run, and short enough for a file name."""
+    digest = hashlib.sha256(f"{job}\0{run}".encode()).hexdigest()[:12]
+    return f"{job[:64]}.{digest}"
+
+
+def _owner(directory: Path) -> str | None:
+    """The job whose model `directory` holds (its model.json's ``job``), None when it holds none."""
+    try:
+        job = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8")).get("job")
+    except (OSError, ValueError, AttributeError):
+        return None  # no model, or not one of ours: nothing to protect
+    return job if isinstance(job, str) and job else None
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -197,17 +239,41 @@ def _write_checkpoint(model: Any, prefix: Path) -> None:
 # -- atomic replacement ------------------------------------------------------------------------
 
 
-def _recover(directory: Path) -> None:
-    """Undo what a crash in an earlier save left: put an old model back, remove stale staging."""
+def _recover(directory: Path, key: str) -> None:
+    """Undo what a crashed save left (called under the folder's lock): put an old model back; remove staging
+    folders of this job run (`key`) or of processes that are gone, never a live writer's."""
     parent, base = directory.parent, f".{directory.name}"
     olds = sorted(parent.glob(f"{base}{_OLD}*"))
     if olds and not directory.exists():
         os.rename(olds.pop(), directory)
-    stale = [*olds, *parent.glob(f"{base}{_STAGING}*")]
-    if directory.is_dir():
+    stale = [*olds, *(p for p in parent.glob(f"{base}{_STAGING}*") if _stale(p.name, f"{base}{_STAGING}", key))]
+    if directory.is_dir():  # staging inside the folder: what saves of a url naming a file made before issue 8
         stale += directory.glob(f"{_STAGING}*")
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _stale(name: str, prefix: str, key: str) -> bool:
+    """Whether a staging folder is a leftover: this job run's, or one whose writer's process is gone.
+
+    A folder named before issue 8 (``<prefix><random>``, no pid) counts as a leftover, as it did then.
+    A reused pid keeps a dead writer's folder until that process ends too: a leak, never a loss.
+    """
+    parts = name.removeprefix(prefix).rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True
+    owner, pid = parts[0], int(parts[1])
+    if owner == key and pid != os.getpid():
+        return True  # an earlier attempt of this run (a run's script runs once at a time on a node)
+    if pid == os.getpid():
+        return False  # this process is writing it (another thread)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
 
 
 def _replace_files(staging: Path, directory: Path) -> None:

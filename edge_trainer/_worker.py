@@ -13,7 +13,9 @@ Sedna; ``train`` then
 4. on ``stop``: returns at once.
 
 Any exception is reported to the service as an ``error`` frame (best effort) and re-raised, so the
-script exits non-zero with its traceback in the job's worker.log. A service that is gone is no such
+script exits non-zero with its traceback in the job's worker.log; a `DatasetError` is sent as a data
+error (``errorKind: data``), whose one-line message is the whole failure message (`edge_trainer._samples`).
+The hello carries what the data loader skipped as not samples (count and first lines). A service that is gone is no such
 failure (`runtime.ServiceWatch`): when the channel ends without ``stop`` or ``finish``, or the service
 dies while the estimator trains, the script writes one line to worker.log and exits with code
 `runtime.SERVICE_GONE_EXIT` (69), without a traceback. TensorFlow is not imported here; only saving a
@@ -31,8 +33,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_trainer._errors import WorkerError
+from edge_trainer._errors import DatasetError, WorkerError
 from edge_trainer._model_io import save_model
+from edge_trainer._samples import mark_reported, skipped_samples
 from runtime import ChannelClosed, ServiceWatch, WorkerChannel
 from schemas import WeightsKind, WorkerEnv, WorkerFrame, decode_weights, encode_weights, weights_digest
 
@@ -79,9 +82,11 @@ class FederatedLearning:
             # would say the script failed. One line and SERVICE_GONE_EXIT instead (raises ServiceGone).
             watch.channel_closed(str(exc))
         except BaseException as exc:
-            message = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+            data = isinstance(exc, DatasetError)  # e.g. an estimator that loads its images lazily
+            message = str(exc) if isinstance(exc, (WorkerError, DatasetError)) else f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):  # best effort: the channel may be what failed
-                channel.send(WorkerFrame(type="error", message=message[:4000]))
+                channel.send(WorkerFrame(type="error", message=message[:4000], error_kind="data" if data else None))
+                mark_reported(exc)
             raise
         finally:
             watch.stop()
@@ -109,8 +114,15 @@ class FederatedLearning:
         weights = self._get_weights()
         names = _tensor_names(self.estimator, len(weights))
         shapes = [w.shape for w in weights]
+        skipped, skipped_lines = skipped_samples()
         channel.send(
-            WorkerFrame(type="hello", num_samples=num_samples, has_body=True),
+            WorkerFrame(
+                type="hello",
+                num_samples=num_samples,
+                skipped=skipped or None,
+                skipped_lines=skipped_lines or None,
+                has_body=True,
+            ),
             self._encode(weights, "init", 0, num_samples, names),
         )
         while True:
@@ -144,6 +156,7 @@ class FederatedLearning:
                     digest=digest,
                     num_tensors=len(final),
                     model_name=os.environ.get(WorkerEnv.MODEL_NAME),
+                    run=os.environ.get(WorkerEnv.JOB_UID, ""),
                 )
                 channel.send(
                     WorkerFrame(type="saved", round=frame.round, model_path=str(saved.path), model_digest=digest)

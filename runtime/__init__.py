@@ -5,7 +5,8 @@ the worker link (the local channel between a node service and the job script it 
 the one supervisor both services run scripts with: `ScriptSupervisor`, `ScriptProcess`, `ScriptLaunch`;
 the script's environment: `script_environment`; on the script's side, the watch on its service:
 `ServiceWatch`, so a script whose service died exits with one line and `SERVICE_GONE_EXIT`), and the one
-shape of a service's logic thread (`EventLoop`). Nothing here imports paho-mqtt or TensorFlow, so a
+shape of a service's logic thread (`EventLoop`), and the rule of who writes a Model url
+(`job_model_folder` under `model_lock`). Nothing here imports paho-mqtt or TensorFlow, so a
 worker script that imports the worker API loads only this and `schemas`.
 """
 
@@ -14,6 +15,7 @@ from runtime._errors import ChannelClosed, ChannelError, NodeRuntimeError, Scrip
 from runtime._files import TMP_PREFIX, fsync_dir, write_atomic
 from runtime._logging import configure_logging, get_logger
 from runtime._loop import EventLoop
+from runtime._model_folder import MODEL_JOBS_FOLDER, job_model_folder, model_lock
 from runtime._script_env import PRIVATE_ENV_PREFIXES, script_environment, script_parameters, source_checkout
 from runtime._service_watch import SERVICE_GONE_EXIT, ServiceGone, ServiceWatch
 from runtime._supervisor import (
@@ -28,6 +30,7 @@ from runtime._supervisor import (
 __all__ = [
     "MAX_BODY",
     "MAX_HEADER",
+    "MODEL_JOBS_FOLDER",
     "PRIVATE_ENV_PREFIXES",
     "SERVICE_GONE_EXIT",
     "TMP_PREFIX",
@@ -48,6 +51,8 @@ __all__ = [
     "configure_logging",
     "fsync_dir",
     "get_logger",
+    "job_model_folder",
+    "model_lock",
     "script_environment",
     "script_parameters",
     "source_checkout",

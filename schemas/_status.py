@@ -93,6 +93,10 @@ class WorkerStatus(_Wire):
     state: WorkerState
     round: int = 0
     num_samples: int | None = None
+    # Label lines the data loader skipped as not samples (README "Datasets"), and the first few of them
+    # ("2.txt line 469: ..."); absent when none were.
+    skipped: int | None = None
+    skipped_lines: list[str] | None = None
     message: str = ""
     model_path: str | None = None
     model_digest: str | None = None

@@ -208,6 +208,11 @@ class WorkerFrame(_Wire):
     num_samples: int | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     message: str = ""
+    # error: "data" when the message is a data error's one line (no log tail is added to it)
+    error_kind: Literal["data"] | None = None
+    # hello (training workers): label lines the data loader skipped, and the first few of them
+    skipped: int | None = None
+    skipped_lines: list[str] | None = None
     # config (aggregation worker)
     aggregation: str | None = None
     exit_round: int | None = None

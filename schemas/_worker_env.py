@@ -32,8 +32,9 @@ class WorkerEnv:
     # Read by scripts when set by the user (Sedna's library knobs).
     TEST_DATASET_URL = "TEST_DATASET_URL"
     ORIGINAL_DATASET_URL = "ORIGINAL_DATASET_URL"
-    # This system's own: the node's root folder and the worker channel's file descriptor.
+    # This system's own: the node's root folder, the job run (JobPlan.uid) and the worker channel's fd.
     NODE_ROOT = "FL_NODE_ROOT"
+    JOB_UID = "FL_JOB_UID"
     WORKER_FD = "FL_WORKER_FD"
 
 

@@ -49,6 +49,15 @@ class Workers:
         changed = previous is None or previous.state is not worker.state
         if changed:
             ctx.log.info("worker state", worker=node, state=worker.state.value, worker_round=worker.round)
+        if worker.skipped and (previous is None or previous.skipped != worker.skipped):
+            # Said once per count: the lines stay in the worker's entry, the event makes them visible.
+            first = "; ".join(worker.skipped_lines or [])
+            ctx.event(
+                "Warning",
+                "SamplesSkipped",
+                f"worker {node} skipped {worker.skipped} label line(s) that are not samples: {first}",
+                node=node,
+            )
         if not ctx.finished:
             self._worker_changed(node, worker, changed=changed)
         elif worker.state is WorkerState.COMPLETED and changed:

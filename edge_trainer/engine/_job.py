@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from pathlib import PurePosixPath
 
 import numpy as np
 from structlog.typing import FilteringBoundLogger
@@ -42,7 +43,7 @@ from structlog.typing import FilteringBoundLogger
 from edge_trainer._errors import PlanRejectedError
 from edge_trainer.engine._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
 from edge_trainer.engine._ports import JobPorts, Launcher, UploadDone, UploadRequest, WorkerHandle
-from runtime import SERVICE_GONE_EXIT, get_logger
+from runtime import MODEL_JOBS_FOLDER, SERVICE_GONE_EXIT, get_logger
 from schemas import (
     JobPlan,
     NodeRoot,
@@ -108,6 +109,9 @@ class EdgeJob:
         self._pending: tuple[TransferManifest, bytes] | None = None
         self._notice = ""  # warnings shown in every non-failure status (framework version)
         self._error: str | None = None  # what the script reported before exiting
+        self._data_error = False  # ... and it is a data error: its one line is the whole message
+        self.skipped: int | None = None  # label lines the script's data loader skipped (its hello)
+        self.skipped_lines: list[str] | None = None
         self._retired = False  # deleted or shut down: events of the old run are ignored
 
     # -- properties --------------------------------------------------------------------------------
@@ -193,6 +197,7 @@ class EdgeJob:
         elif frame.type == "error":
             # Failed is published at exit, when the log holds the traceback; make sure the exit comes.
             self._error = frame.message or "the training script reported an error"
+            self._data_error = frame.error_kind == "data"
             self._log.warning("training script reported an error", message=self._error)
             if self._worker is not None:
                 self._worker.stop(self._stop_grace)
@@ -217,6 +222,11 @@ class EdgeJob:
             reason = (
                 "the training script exited before the job finished (does it call FederatedLearning(...).train(...)?)"
             )
+        if self._error is not None and self._data_error:
+            # A data error reads as one: "1.txt line 3: image x.jpg not found under /data". The traceback
+            # stays in worker.log, where the operator who needs it looks anyway.
+            self._fail(self._error)
+            return
         tail = self._worker.log_tail() if self._worker is not None else ""
         where = self.launch.log_path if self.launch is not None else "worker.log"
         self._fail(f"{reason}\nlast lines of {where}:\n{tail}" if tail else reason)
@@ -317,6 +327,9 @@ class EdgeJob:
             return
         self._hello = True
         self.num_samples = frame.num_samples if frame.num_samples is not None else header.num_samples
+        self.skipped, self.skipped_lines = frame.skipped, frame.skipped_lines
+        if frame.skipped:
+            self._log.warning("label lines skipped: not samples", skipped=frame.skipped, first=frame.skipped_lines)
         delivered = self._delivered_round()
         if delivered >= 1 and delivered > self.newest_global:
             # A restart after the aggregator confirmed our update of round `delivered`: nothing to upload
@@ -352,7 +365,11 @@ class EdgeJob:
         self._busy = False
         self.model_path = self._root.to_url(frame.model_path) if frame.model_path else None
         self.model_digest = frame.model_digest
-        self._set(WorkerState.COMPLETED, self.round, f"final model saved at {self.model_path}")
+        message = f"final model saved at {self.model_path}"
+        own = PurePosixPath(self.plan.model.url) / MODEL_JOBS_FOLDER / self.plan.job
+        if self.model_path and PurePosixPath(self.model_path).is_relative_to(own):
+            message += f" (Model url {self.plan.model.url} holds another job's model, which is kept)"
+        self._set(WorkerState.COMPLETED, self.round, message)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -471,6 +488,8 @@ class EdgeJob:
                 state=self.state,
                 round=self.round,
                 num_samples=self.num_samples,
+                skipped=self.skipped,
+                skipped_lines=self.skipped_lines,
                 message=self.message,
                 model_path=self.model_path,
                 model_digest=self.model_digest,

@@ -127,6 +127,7 @@ def prepare_launch(plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str 
         WorkerEnv.DATASET_NAME: dataset.name,
         WorkerEnv.PARTICIPANTS_COUNT: str(len(plan.workers)),
         WorkerEnv.NODE_ROOT: str(root.path),
+        WorkerEnv.JOB_UID: plan.uid,
     }
     if pretrained is not None:
         env[WorkerEnv.PRETRAINED_MODEL_URL] = str(pretrained)

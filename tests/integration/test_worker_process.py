@@ -130,6 +130,37 @@ FederatedLearning(Estimator()).train(data)
 """
 
 
+NUMPY_SCRIPT = """
+import numpy as np
+
+from edge_trainer import BaseConfig, FederatedLearning, TxtDataParse, load_image
+
+
+class Estimator:
+    def __init__(self):
+        self.weights = [np.zeros((2, 3), dtype=np.float32)]
+
+    def train(self, train_data, valid_data=None, **kwargs):
+        return {"loss": [0.5]}
+
+    def get_weights(self):
+        return self.weights
+
+    def set_weights(self, weights):
+        self.weights = weights
+
+
+def image_process(line):
+    path, label = line.split(",")
+    return [load_image(BaseConfig.train_dataset_url.rsplit("/", 1)[0] + "/" + path, (16, 16)), int(label)]
+
+
+data = TxtDataParse(data_type="train", func=image_process)
+data.parse(BaseConfig.train_dataset_url)
+FederatedLearning(Estimator()).train(data)
+"""
+
+
 @dataclass
 class Recorder:
     """The job's ports: statuses and uploads are kept; every upload succeeds at once."""
@@ -214,9 +245,16 @@ def make_plan() -> JobPlan:
     )
 
 
-def start_edge(tmp_path: Path, script: str) -> Edge:
+def start_edge(
+    tmp_path: Path, script: str, lines: Sequence[str] | None = None, prepare: Callable[[Path], None] | None = None
+) -> Edge:
+    """`lines`: the label file's lines instead of the 8 tiles'; `prepare(root)` changes the node before the start."""
     root = tmp_path / NODE
     lay_out_node(root, script)
+    if lines is not None:
+        (root / "data" / "1.txt").write_text("".join(f"{line}\n" for line in lines))
+    if prepare is not None:
+        prepare(root)
     events: queue.Queue[object] = queue.Queue()
     ports = Recorder(events)
     workers: list[ScriptProcess] = []
@@ -317,3 +355,33 @@ def test_script_not_started_by_the_service_gets_a_clear_error(monkeypatch: pytes
 
     with pytest.raises(WorkerError, match="start this script through fl-edge-trainer"):
         FederatedLearning(Estimator).train([1, 2, 3])
+
+
+def test_a_missing_image_fails_the_worker_with_one_line(tmp_path: Path, edges: list[Edge]) -> None:
+    """Issue 8: the worker status says which label line names which missing image, not a traceback;
+    the traceback stays in worker.log."""
+    edge = start_edge(tmp_path, NUMPY_SCRIPT, ["imgs/tile0.png,0", "imgs/tile1.png,1", "imgs/missing.png,0"])
+    edges.append(edge)
+
+    edge.pump(lambda: edge.ports.statuses[-1].state is WorkerState.FAILED, "the failure")
+
+    assert edge.ports.statuses[-1].message == "1.txt line 3: image imgs/missing.png not found under /data"
+    assert edge.workers[0].wait(TIMEOUT) and edge.workers[0].returncode == 1
+    assert "Traceback" in (edge.root / "logs" / JOB / "worker.log").read_text()
+
+
+def test_skipped_label_lines_reach_the_worker_status(tmp_path: Path, edges: list[Edge]) -> None:
+    """A defect mask named in the label file (a .png beside its .jpg tile) is not trained on; the status says so."""
+
+    def add_the_tile_of_a_mask(root: Path) -> None:
+        Image.new("L", (16, 16)).save(root / "data" / "imgs" / "tile2.jpg")  # tile2.png is now its mask
+
+    edge = start_edge(tmp_path, NUMPY_SCRIPT, prepare=add_the_tile_of_a_mask)
+    edges.append(edge)
+
+    edge.pump(lambda: edge.state is WorkerState.READY, "hello and the init upload")
+
+    ready = edge.ports.statuses[-1]
+    assert ready.num_samples == 7 and ready.skipped == 1
+    assert ready.skipped_lines == ["1.txt line 3: imgs/tile2.png: a defect mask (tile2.jpg beside it is the image)"]
+    assert "edge_trainer: skipped 1.txt line 3" in (edge.root / "logs" / JOB / "worker.log").read_text()

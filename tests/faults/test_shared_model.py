@@ -1,0 +1,103 @@
+"""Two jobs, one Model, same edges, same time (issue 8): both succeed and neither model is lost.
+
+A real broker, a real aggregator and two real edges run two jobs that name the same Model at once,
+with the numpy training script (no TensorFlow: this is about the model writers, not the model). The
+first job to save on a node keeps the url; the other's model goes to ``<url>/jobs/<job>/``; every
+model on disk is the one its job's status reports (its digest), on the edges and on the cloud.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flctl import cli as flctl_cli
+from flctl.cluster import LocalCluster
+from schemas import Phase, Topics
+from tests.faults.conftest import SCRIPTS, SERVICE_FLAGS
+from tests.helpers.status import JobWatcher, wait_no_processes_under
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
+
+EDGES = ("edge1", "edge2")
+JOBS = ("job-a", "job-b")
+MODEL = "shared-model"
+
+
+def spec() -> str:
+    docs = [
+        f"apiVersion: sedna.io/v1alpha1\nkind: Dataset\nmetadata: {{name: {e}-data}}\n"
+        f"spec: {{url: /data/train.txt, format: txt, nodeName: {e}}}\n"
+        for e in EDGES
+    ]
+    docs.append(
+        f"apiVersion: sedna.io/v1alpha1\nkind: Model\nmetadata: {{name: {MODEL}}}\nspec: {{url: /model, format: ckpt}}\n"
+    )
+    worker = "{scriptDir: /code, scriptBootFile: %s, frameworkType: tensorflow, parameters: %s}"
+    for job in JOBS:
+        trainers = "".join(
+            f"    - nodeName: {e}\n      dataset: {{name: {e}-data}}\n"
+            f"      workerSpec: {worker % ('train_numpy.py', '[{key: features, value: 8}]')}\n"
+            for e in EDGES
+        )
+        aggregator = worker % ("aggregate.py", "[{key: exit_round, value: '2'}]")
+        docs.append(
+            f"apiVersion: sedna.io/v1alpha1\nkind: FederatedLearningJob\nmetadata: {{name: {job}}}\nspec:\n"
+            f"  aggregationWorker:\n    model: {{name: {MODEL}}}\n    nodeName: cloud0\n    workerSpec: {aggregator}\n"
+            f"  trainingWorkers:\n{trainers}"
+        )
+    return "---\n".join(docs)
+
+
+def test_two_jobs_on_one_model_both_succeed_and_keep_their_models(tmp_path: Path) -> None:
+    for e in EDGES:
+        (tmp_path / e / "data").mkdir(parents=True)
+        (tmp_path / e / "data" / "train.txt").write_text("".join(f"sample-{e}-{i},{i % 2}\n" for i in range(12)))
+        (tmp_path / e / "code").mkdir()
+        for name in ("train_numpy.py", "_common.py"):
+            shutil.copy2(SCRIPTS / name, tmp_path / e / "code" / name)
+    (tmp_path / "cloud0" / "code").mkdir(parents=True)
+    shutil.copy2(SCRIPTS / "aggregate.py", tmp_path / "cloud0" / "code" / "aggregate.py")
+    (tmp_path / "jobs.yaml").write_text(spec())
+    topics = Topics()
+
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start_broker()
+        watchers = {job: JobWatcher(cluster.settings(f"watch-{job}"), topics, job).__enter__() for job in JOBS}
+        try:
+            cluster.start_node("cloud0", "aggregator", extra_args=SERVICE_FLAGS["aggregator"])
+            for e in EDGES:
+                cluster.start_node(e, "edge", extra_args=SERVICE_FLAGS["edge"])
+            assert flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(tmp_path / "jobs.yaml")]) == 0
+            statuses = {job: w.wait_finished(150) for job, w in watchers.items()}
+        finally:
+            for w in watchers.values():
+                w.__exit__(None, None, None)
+    for job, status in statuses.items():
+        assert status.phase is Phase.SUCCEEDED, f"{job}: {watchers[job].describe()}"
+
+    for e in EDGES:
+        model = tmp_path / e / "model"
+        paths = {}
+        for job, status in statuses.items():
+            [worker] = [w for w in status.workers if w.node == e and w.role == "training"]
+            assert worker.model_path is not None and worker.model_digest
+            paths[job] = worker.model_path
+            folder = tmp_path / e / worker.model_path.lstrip("/")
+            meta = json.loads((folder.parent / "model.json").read_text())
+            assert (meta["job"], meta["digest"]) == (job, worker.model_digest), f"{e}: {job}'s model was clobbered"
+        owner = json.loads((model / "model.json").read_text())["job"]
+        other = JOBS[1 - JOBS.index(owner)]
+        # The numpy estimator saves itself: ``save(<folder>/model.ckpt)`` writes ``model.ckpt.npz``.
+        assert paths == {owner: "/model/model.ckpt.npz", other: f"/model/jobs/{other}/model.ckpt.npz"}, e
+    cloud = tmp_path / "cloud0" / "model"
+    for job, status in statuses.items():
+        assert status.model_path is not None
+        written = json.loads(Path(status.model_path).with_suffix(".json").read_text())
+        assert written["job"] == job
+    assert {json.loads((cloud / f"{MODEL}.json").read_text())["job"]} <= set(JOBS)
+    assert len(list(cloud.rglob(f"{MODEL}.npz"))) == 2
+    wait_no_processes_under(tmp_path, timeout=20.0)
