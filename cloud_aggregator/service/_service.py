@@ -9,7 +9,7 @@ handling it. No work happens in callbacks.
 Startup: connect, announce the node online (offline is the last will), subscribe to every spec, status,
 plan, global model, worker status, update and node status, then `Session.barrier` so every retained
 message is in before any job is evaluated (a job published together with its datasets must not fail
-because a dataset's retained message came later). Statuses, plans and global models are only read at
+because a dataset's retained message came later, nor wait for a node whose presence is retained). Statuses, plans and global models are only read at
 startup (restart rules, clearing what deleted jobs left); those subscriptions are then dropped.
 """
 
@@ -175,9 +175,11 @@ class AggregatorService:
         # (updates, worker and node statuses) that came in meanwhile is kept, unacknowledged, until the
         # jobs are known: dropping it would leave edges waiting for an ack timeout to resend.
         deferred: list[Event] = []
+        controller = self._ready_controller()
         for event in self._loop.take_pending():
             if isinstance(event, Inbound) and self._is_runtime(event.topic):
                 deferred.append(event)
+                self._note_presence(controller, event)
             else:
                 self._loop.handle(event)
         for flt in startup_only:
@@ -185,10 +187,20 @@ class AggregatorService:
                 session.unsubscribe(flt)
             except BrokerError as exc:
                 self._log.warning("cannot drop a startup subscription", filter=flt, error=str(exc))
-        self._ready_controller().ready(time.monotonic())
+        controller.ready(time.monotonic())
         self._log.info("ready", node=self.node, deferred=len(deferred))
         for event in deferred:
             self._loop.handle(event)
+
+    def _note_presence(self, controller: Controller, msg: Inbound) -> None:
+        """A retained node status, noted before `ready()`: a job naming a node is judged "never seen" only
+        against every presence the broker kept. (Handled again after `ready()`, for the resumed jobs.)"""
+        try:
+            parsed = self.topics.parse(msg.topic)
+        except TopicError:
+            return
+        if parsed.channel is Channel.NODE_STATUS and parsed.node is not None:
+            controller.on_node_status(parsed.node, msg.payload, time.monotonic())
 
     def _is_runtime(self, topic: str) -> bool:
         try:
@@ -243,7 +255,7 @@ class AggregatorService:
         elif channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
             self._transfer(controller, parsed, msg)
         elif channel is Channel.NODE_STATUS and parsed.node is not None:
-            controller.on_node_status(parsed.node, msg.payload)
+            controller.on_node_status(parsed.node, msg.payload, time.monotonic())
 
     def _seen_global(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
         """A retained global manifest at startup: remembered so the job's globals can be cleared later."""
