@@ -219,6 +219,9 @@ class Gate:
         elif hold.nodes_due is None:
             hold.nodes_due = now_s + self._settings.node_grace
         status = hold.status
+        status.waiting_for = list(
+            dict.fromkeys(p.node for p in blockers.nodes)
+        )  # as a started job names whom it waits for
         if hold.failed:
             message = self._failure(blockers)
             if message != status.message:

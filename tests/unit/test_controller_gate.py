@@ -170,6 +170,7 @@ def test_job_naming_a_node_never_seen_waits_names_it_and_fails_after_the_node_gr
     pending = port.job_status(JOB)
     assert pending.phase is Phase.PENDING and port.scripts == []
     assert pending.message == "waiting for node edge2 (never seen; fails after 30 s)"
+    assert pending.waiting_for == ["edge2"]
     warning = pending.events[-1]
     assert (warning.type, warning.reason) == ("Warning", "UnknownNode")
     assert "spec.trainingWorkers[1].nodeName: node edge2 has never been seen" in warning.message
