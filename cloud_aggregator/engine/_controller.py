@@ -18,11 +18,11 @@ effects behind a `Port`, so tests drive it without a broker. What it decides:
   is looked at again whenever a Dataset, Model or node appears, and starts as soon as it is complete.
   A job of an aggregation node never seen is reported by every aggregator until that node shows up
   (`_foreign`).
-- **Restart**: before `ready()`, the service feeds the retained specs, job statuses, plans and worker
-  statuses. A job whose retained status is already Succeeded or Failed with the same spec hash is not
-  run again, unless it failed before it ever ran (`_gate.held_back`); one whose retained status is Running (this node, same spec hash) resumes with the same uid
-  from its checkpoint (`JobFacts.of(..., resume=True)`); retained plans and statuses of jobs whose spec
-  is gone are cleared.
+- **Restart**: before `ready()`, the service feeds the retained specs, job statuses, plans, worker
+  statuses and node statuses. A job whose retained status is already Succeeded or Failed with the same
+  spec hash is not run again, unless it failed before it ever ran (`_gate.held_back`); one whose
+  retained status is Running (this node, same spec hash) resumes with the same uid from its checkpoint
+  (`JobFacts.of(..., resume=True)`); retained plans and statuses of jobs whose spec is gone are cleared.
 
 Valid jobs are handed to a `Job`, which owns the job's status from then on.
 """
@@ -111,10 +111,9 @@ class Controller:
         self._old_status: dict[tuple[Kind, str], bytes] = {}
         self._old_plans: dict[str, bytes] = {}
         self._old_worker_statuses: dict[tuple[str, str], bytes] = {}
-        nodes = Nodes()
-        self._gate = Gate(node=node, nodes=nodes, port=port, settings=self._settings, log=self._log)
-        self._foreign = ForeignJobs(nodes=nodes, port=port, settings=self._settings, log=self._log)
-        self._nodes = nodes
+        self._nodes = Nodes()  # every node status seen: what the gate and the foreign reports judge by
+        self._gate = Gate(node=node, nodes=self._nodes, port=port, settings=self._settings, log=self._log)
+        self._foreign = ForeignJobs(nodes=self._nodes, port=port, settings=self._settings, log=self._log)
 
     # -- queries ---------------------------------------------------------------------------------
 

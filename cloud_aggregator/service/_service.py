@@ -9,8 +9,9 @@ handling it. No work happens in callbacks.
 Startup: connect, announce the node online (offline is the last will), subscribe to every spec, status,
 plan, global model, worker status, update and node status, then `Session.barrier` so every retained
 message is in before any job is evaluated (a job published together with its datasets must not fail
-because a dataset's retained message came later, nor wait for a node whose presence is retained). Statuses, plans and global models are only read at
-startup (restart rules, clearing what deleted jobs left); those subscriptions are then dropped.
+because a dataset's retained message came later, nor wait for a node whose presence is retained).
+Statuses, plans and global models are only read at startup (restart rules, clearing what deleted jobs
+left); those subscriptions are then dropped.
 """
 
 from __future__ import annotations
