@@ -219,24 +219,36 @@ class Gate:
         elif hold.nodes_due is None:
             hold.nodes_due = now_s + self._settings.node_grace
         status = hold.status
-        status.waiting_for = list(
-            dict.fromkeys(p.node for p in blockers.nodes)
-        )  # as a started job names whom it waits for
+        # Whom it waits for, as a started job's status names whom its round waits for.
+        status.waiting_for = list(dict.fromkeys(p.node for p in blockers.nodes))
         if hold.failed:
-            message = self._failure(blockers)
-            if message != status.message:
-                reason = HELD_BACK_REASONS[0] if blockers.references else HELD_BACK_REASONS[1]
-                status.message = message
-                status.conditions[-1:] = [Condition(type=ConditionType.FAILED, reason=reason, message=message)]
-                status.add_event(
-                    Event(type="Normal", reason="ReferencesChanged", message=f"still cannot start: {message}")
-                )
-                self._publish(status)
-            return hold
-        references, nodes = self._waiting(blockers)
+            self._still_failed(status, blockers)
+        else:
+            self._waiting(status, blockers, before)
+        return hold
+
+    def _still_failed(self, status: JobStatus, blockers: Blockers) -> None:
+        """A job Failed this way that is still not complete: its message follows what is still missing."""
+        message = self._failure(blockers)
+        if message == status.message:
+            return
+        reason = HELD_BACK_REASONS[0] if blockers.references else HELD_BACK_REASONS[1]
+        status.message = message
+        status.conditions[-1:] = [Condition(type=ConditionType.FAILED, reason=reason, message=message)]
+        status.add_event(Event(type="Normal", reason="ReferencesChanged", message=f"still cannot start: {message}"))
+        self._publish(status)
+
+    def _waiting(self, status: JobStatus, blockers: Blockers, before: Blockers) -> None:
+        """Pending: the message names what the job waits for; each node newly missing gets a Warning event."""
+        references = nodes = ""
+        if blockers.references:
+            what = ", ".join(blockers.missing) if blockers.missing else "; ".join(blockers.references)
+            references = f"waiting for {what} (fails after {self._settings.reference_grace:g} s)"
+        if blockers.nodes:
+            nodes = f"waiting for {_node_wait(blockers.nodes, self._settings.node_grace)}"
         message = "; ".join(part for part in (references, nodes) if part)
         if message == status.message:
-            return hold
+            return
         status.message = message
         if references:
             status.add_event(Event(type="Normal", reason="WaitingForReferences", message=references))
@@ -246,7 +258,6 @@ class Gate:
                 status.add_event(Event(type="Warning", reason="UnknownNode", message=text))
         self._log.info("job waits", job=status.name, waiting=message)
         self._publish(status)
-        return hold
 
     def expire(self, hold: Hold, now_s: float) -> None:
         """Fail a job held back past a grace period (it is still re-evaluated when things appear)."""
@@ -276,17 +287,7 @@ class Gate:
         status.add_event(Event(type="Normal", reason="ReferencesResolved", message=f"{cause}: the job starts"))
         self._log.info("job held back starts", job=status.name, cause=cause)
 
-    # -- wording ---------------------------------------------------------------------------------
-
-    def _waiting(self, blockers: Blockers) -> tuple[str, str]:
-        """What the job waits for: its references' part and its nodes' part ("" when nothing)."""
-        references = nodes = ""
-        if blockers.references:
-            what = ", ".join(blockers.missing) if blockers.missing else "; ".join(blockers.references)
-            references = f"waiting for {what} (fails after {self._settings.reference_grace:g} s)"
-        if blockers.nodes:
-            nodes = f"waiting for {_node_wait(blockers.nodes, self._settings.node_grace)}"
-        return references, nodes
+    # -- internals -------------------------------------------------------------------------------
 
     @staticmethod
     def _failure(blockers: Blockers) -> str:

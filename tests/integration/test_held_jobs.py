@@ -129,6 +129,8 @@ def test_job_failed_for_a_missing_dataset_runs_once_the_dataset_is_created(
     events = [(e.reason, e.message) for e in last(watch).events]
     assert ("ReferencesResolved", f'Dataset "{DS2}" appeared: the job starts') in events
     assert not any(c.reason == "InvalidReference" for c in last(watch).conditions)
+    # The edges' presence was retained before the aggregator started: read before any job was judged.
+    assert not any("never seen" in s.message for s in watch.history), [s.message for s in watch.history]
 
 
 def test_job_naming_a_node_never_seen_fails_naming_it_and_runs_when_it_appears(
