@@ -11,20 +11,23 @@ effects behind a `Port`, so tests drive it without a broker. What it decides:
   that has started is rejected (Warning event, the running spec is published back on the spec topic):
   delete and re-create the job to change it. A job that has not started yet (waiting for its
   references) is simply replaced. Jobs whose aggregation worker runs on another node are ignored.
-- **What a job names** (Datasets and Models, `schemas.check_references`; its training nodes, from the
-  node statuses) is checked before it starts (`_gate`). Documents published together arrive in any
-  order and edges boot late, so a job missing something is Pending ("waiting for Dataset X", "waiting
-  for node edge3") for a grace period, then Failed with the exact problems. Such a job never ran, so it
-  is looked at again whenever a Dataset, Model or node appears, and starts as soon as it is complete.
-  A job of an aggregation node never seen is reported by every aggregator until that node shows up
-  (`_foreign`).
-- **Restart**: before `ready()`, the service feeds the retained specs, job statuses, plans, worker
-  statuses and node statuses. A job whose retained status is already Succeeded or Failed with the same
-  spec hash is not run again, unless it failed before it ever ran (`_gate.held_back`); one whose
-  retained status is Running (this node, same spec hash) resumes with the same uid from its checkpoint
-  (`JobFacts.of(..., resume=True)`); retained plans and statuses of jobs whose spec is gone are cleared.
+- **References** (Datasets, Models) are checked with `schemas.check_references`. Documents published
+  together arrive in any order, so a job whose references are missing is Pending ("waiting for Dataset
+  X") for a grace period, then Failed with the exact problems and the closest existing names.
+- **Restart**: before `ready()`, the service feeds the retained specs, job statuses, plans and worker
+  statuses. A job whose retained status is already Succeeded or Failed with the same spec hash is not
+  run again; one whose retained status is Running (this node, same spec hash) resumes with the same uid
+  from its checkpoint (`JobFacts.of(..., resume=True)`); retained plans and statuses of jobs whose spec
+  is gone are cleared.
 
 Valid jobs are handed to a `Job`, which owns the job's status from then on.
+
+Before that, `_gate` holds back a job that names a node never seen (training workers: no node status
+with role edge) as well as one missing a reference, each with its own grace, and looks again at every
+job held back, even one that Failed for it, whenever a Dataset, Model or node appears: such a job never
+ran, so its Failed status, also a retained one after a restart (`_gate.held_back`), is the exception
+to "not run again". `_foreign` reports the jobs of aggregation nodes never seen. Node statuses are
+noted before `ready()` too, so "never seen" is judged with every retained presence in.
 """
 
 from __future__ import annotations

@@ -9,9 +9,8 @@ handling it. No work happens in callbacks.
 Startup: connect, announce the node online (offline is the last will), subscribe to every spec, status,
 plan, global model, worker status, update and node status, then `Session.barrier` so every retained
 message is in before any job is evaluated (a job published together with its datasets must not fail
-because a dataset's retained message came later, nor wait for a node whose presence is retained).
-Statuses, plans and global models are only read at startup (restart rules, clearing what deleted jobs
-left); those subscriptions are then dropped.
+because a dataset's retained message came later). Statuses, plans and global models are only read at
+startup (restart rules, clearing what deleted jobs left); those subscriptions are then dropped.
 """
 
 from __future__ import annotations
@@ -188,7 +187,7 @@ class AggregatorService:
                 session.unsubscribe(flt)
             except BrokerError as exc:
                 self._log.warning("cannot drop a startup subscription", filter=flt, error=str(exc))
-        controller.ready(time.monotonic())
+        self._ready_controller().ready(time.monotonic())
         self._log.info("ready", node=self.node, deferred=len(deferred))
         for event in deferred:
             self._loop.handle(event)
