@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a job waits for a missing Dataset or Model before it fails (default: 5)",
     )
     parser.add_argument(
+        "--node-grace",
+        type=_positive,
+        default=60.0,
+        help="seconds a job waits for a node that has never been seen (no node status) before it fails; "
+        "it still starts when the node appears later (default: 60)",
+    )
+    parser.add_argument(
         "--config-timeout",
         type=_positive,
         default=120.0,
@@ -102,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = JobSettings(
         chunk_size=max(1024, args.chunk_size),
         reference_grace=args.reference_grace,
+        node_grace=args.node_grace,
         config_timeout=args.config_timeout,
         resume_after=args.resume_after,
     )

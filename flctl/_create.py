@@ -192,14 +192,14 @@ def _known_resources(
 def _warn_references(ctx: Context, doc: Document, known: tuple[dict[str, Dataset], dict[str, Model]]) -> None:
     """Warn when a job names Datasets or Models that exist neither in the input nor on the broker.
 
-    Only a warning: documents may be published separately, and the controller waits a few seconds for
-    late ones before it fails the job naming the missing resource.
+    Only a warning: documents may be published separately. The controller waits a few seconds for late
+    ones before it fails the job naming the missing resource, and starts the job when it is created later.
     """
     if not isinstance(doc.resource, FederatedLearningJob):
         return
     where = f"{for_kind(doc.kind).qualified}/{doc.name}"
     for problem in check_references(doc.resource, *known):
-        ctx.warn(f"{where}: {problem} (the controller fails the job unless it is created within seconds)")
+        ctx.warn(f"{where}: {problem} (the job waits for it: Failed after a few seconds, started once it exists)")
 
 
 def _check_packet_limit(docs: Sequence[Document], max_payload: int) -> None:

@@ -22,6 +22,10 @@ its stages (`Stage`) and owns its status from then on::
 A failed job (Sedna: any failed worker fails the job) stops its script and clears its plan, so the
 edges stop too. Every status change is published, retained, as one `JobStatus`.
 
+Before a job starts, the controller holds it back while a Dataset, Model or training node it names is
+missing (`_gate`; re-evaluated when that appears, even after the job Failed for it), and reports the
+jobs of aggregation nodes never seen (`_foreign`).
+
 Effects go only through `Port`: the engine never touches MQTT, processes or files, so tests drive it
 with `cloud_aggregator.testing.MemoryPort` and a fake clock (every call takes ``now_s``). Inside, one
 job is a few parts with one role each, sharing one `_context.JobContext`: the stage objects

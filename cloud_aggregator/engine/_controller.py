@@ -22,19 +22,28 @@ effects behind a `Port`, so tests drive it without a broker. What it decides:
   is gone are cleared.
 
 Valid jobs are handed to a `Job`, which owns the job's status from then on.
+
+Before that, `_gate` holds back a job that names a node never seen (training workers: no node status
+with role edge) as well as one missing a reference, each with its own grace, and looks again at every
+job held back, even one that Failed for it, whenever a Dataset, Model or node appears: such a job never
+ran, so its Failed status, also a retained one after a restart (`_gate.held_back`), is the exception
+to "not run again". `_foreign` reports the jobs of aggregation nodes never seen. Node statuses are
+noted before `ready()` too, so "never seen" is judged with every retained presence in.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from cloud_aggregator.engine._facts import JobFacts, JobSettings
+from cloud_aggregator.engine._foreign import ForeignJobs
+from cloud_aggregator.engine._gate import Gate, Hold, Nodes, held_back
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._port import Port
 from cloud_aggregator.engine._stages import Stage
@@ -57,7 +66,6 @@ from schemas import (
     TransferManifest,
     WorkerFrame,
     WorkerStatus,
-    check_references,
     parse_for_topic,
 )
 
@@ -73,10 +81,9 @@ class _Entry:
     payload: bytes
     spec_hash: str
     engine: Job | None = None
-    waiting_until: float | None = None
+    hold: Hold | None = None  # why it cannot start yet (Pending, or Failed and still re-evaluated)
     finished: JobStatus | None = None  # the retained terminal status of an earlier run (not re-run)
     resume_from: JobStatus | None = None  # the retained Running status of the run to resume
-    problems: list[str] = field(default_factory=list)
 
     @property
     def started(self) -> bool:
@@ -109,6 +116,9 @@ class Controller:
         self._old_status: dict[tuple[Kind, str], bytes] = {}
         self._old_plans: dict[str, bytes] = {}
         self._old_worker_statuses: dict[tuple[str, str], bytes] = {}
+        self._nodes = Nodes()  # every node status seen: what the gate and the foreign reports judge by
+        self._gate = Gate(node=node, nodes=self._nodes, port=port, settings=self._settings, log=self._log)
+        self._foreign = ForeignJobs(nodes=self._nodes, port=port, settings=self._settings, log=self._log)
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -143,6 +153,7 @@ class Controller:
         self._ready = True
         for entry in list(self._jobs.values()):
             self._evaluate(entry, now_s)
+        self._foreign.ready(now_s, self._old_status)
         self._clear_orphans()
         self._old_status.clear()
         self._old_plans.clear()
@@ -186,6 +197,8 @@ class Controller:
     def on_spec(self, kind: Kind, name: str, topic: str, payload: bytes, now_s: float) -> None:
         """A spec message (retained): create, replace or (empty payload) delete a resource."""
         if not payload:
+            if kind is Kind.JOB:
+                self._foreign.deleted(name)
             self._delete(kind, name)
             return
         try:
@@ -194,15 +207,17 @@ class Controller:
             self._invalid(kind, name, exc)
             return
         if isinstance(resource, Dataset):
+            news = "changed" if name in self.datasets else "appeared"
             self.datasets[name] = resource
             self._resource_status(kind, name, valid=True, message=f"on node {resource.spec.node_name}")
         elif isinstance(resource, Model):
+            news = "changed" if name in self.models else "appeared"
             self.models[name] = resource
             self._resource_status(kind, name, valid=True, message="")
         else:
             self._job_spec(name, resource, payload, now_s)
             return
-        self._recheck(now_s)
+        self._recheck(now_s, f'{kind.kind} "{name}" {news}')
 
     def _invalid(self, kind: Kind, name: str, exc: SpecError) -> None:
         self._log.warning("invalid spec", kind=kind.value, name=name, error=str(exc))
@@ -214,6 +229,7 @@ class Controller:
             self._resource_status(kind, name, valid=False, message=str(exc))
             return
         entry = self._jobs.get(name)
+        self._foreign.drop(name)
         if entry is not None and entry.started:
             self._reject_change(
                 entry,
@@ -263,7 +279,9 @@ class Controller:
         if node != self.node:
             self._jobs.pop(name, None)
             self._log.info("job ignored: its aggregation worker runs on another node", job=name, aggregation_node=node)
+            self._foreign.on_spec(spec, spec_hash, now_s, ready=self._ready)
             return
+        self._foreign.drop(name)
         entry = _Entry(name=name, spec=spec, payload=payload, spec_hash=spec_hash)
         self._jobs[name] = entry
         if self._ready:
@@ -293,7 +311,7 @@ class Controller:
             self._log.info("job deleted", job=name)
             self._port.publish_status(Kind.JOB, name, None)
 
-    # -- references ------------------------------------------------------------------------------
+    # -- references and nodes (the gate) ---------------------------------------------------------
 
     def _evaluate(self, entry: _Entry, now_s: float) -> None:
         old = self._old_status.pop((Kind.JOB, entry.name), None)
@@ -303,11 +321,14 @@ class Controller:
             except ValidationError:
                 previous = None
             if previous is not None and previous.phase.finished and previous.spec_hash == entry.spec_hash:
-                entry.finished = previous
-                self._log.info(
-                    "job already finished with this spec; not run again", job=entry.name, phase=previous.phase.value
-                )
-                return
+                if not held_back(previous):
+                    entry.finished = previous
+                    self._log.info(
+                        "job already finished with this spec; not run again", job=entry.name, phase=previous.phase.value
+                    )
+                    return
+                # It failed before it ever ran, for something missing: it runs once that is there.
+                entry.hold = self._gate.restore(previous)
             if (
                 previous is not None
                 and previous.phase is Phase.RUNNING
@@ -316,50 +337,27 @@ class Controller:
                 and previous.aggregation_node in (self.node, None)
             ):
                 entry.resume_from = previous
-        problems = check_references(entry.spec, self.datasets, self.models)
-        if not problems:
-            self._start(entry, now_s)
-            return
-        entry.problems = [str(p) for p in problems]
-        entry.waiting_until = now_s + self._settings.reference_grace
-        self._publish_waiting(entry)
+        self._check(entry, now_s, "everything the job names is there")
 
-    def _publish_waiting(self, entry: _Entry) -> None:
-        waiting = self._missing(entry.spec)
-        what = ", ".join(waiting) if waiting else "; ".join(entry.problems)
-        message = f"waiting for {what} (fails after {self._settings.reference_grace:g} s)"
-        status = self._pre_start_status(entry, Phase.PENDING, message)
-        status.add_event(Event(type="Normal", reason="WaitingForReferences", message=message))
-        self._log.info("job waits for its references", job=entry.name, problems=entry.problems)
-        self._port.publish_status(Kind.JOB, entry.name, status)
+    def _check(self, entry: _Entry, now_s: float, cause: str) -> None:
+        """Start the job if nothing holds it back; else hold it (Pending, Failed after a grace period)."""
+        # A run that resumes had its nodes: a broker that lost their presence must not hold it back.
+        blockers = self._gate.blockers(entry.spec, self.datasets, self.models, nodes=entry.resume_from is None)
+        if blockers.clear:
+            self._start(entry, now_s, cause)
+        else:
+            entry.hold = self._gate.hold(entry.hold, entry.spec, entry.spec_hash, blockers, now_s)
 
-    def _missing(self, spec: FederatedLearningJob) -> list[str]:
-        missing: list[str] = []
-        names = [spec.spec.aggregation_worker.model.name]
-        if spec.spec.pretrained_model:
-            names.append(spec.spec.pretrained_model.name)
-        missing += [f'Model "{n}"' for n in dict.fromkeys(names) if n not in self.models]
-        datasets = [w.dataset.name for w in spec.spec.training_workers]
-        missing += [f'Dataset "{n}"' for n in dict.fromkeys(datasets) if n not in self.datasets]
-        return missing
-
-    def _recheck(self, now_s: float) -> None:
-        """A Dataset or Model changed: start the waiting jobs that are complete now, update the others."""
+    def _recheck(self, now_s: float, cause: str) -> None:
+        """A Dataset, Model or node appeared or changed: look again at every job held back."""
         if not self._ready:
             return
         for entry in list(self._jobs.values()):
-            if entry.waiting_until is None:
-                continue
-            problems = check_references(entry.spec, self.datasets, self.models)
-            if not problems:
-                self._start(entry, now_s)
-            elif [str(p) for p in problems] != entry.problems:
-                entry.problems = [str(p) for p in problems]
-                self._publish_waiting(entry)
+            if entry.hold is not None:
+                self._check(entry, now_s, cause)
 
-    def _start(self, entry: _Entry, now_s: float) -> None:
-        entry.waiting_until = None
-        entry.problems = []
+    def _start(self, entry: _Entry, now_s: float, cause: str) -> None:
+        hold, entry.hold = entry.hold, None
         previous, entry.resume_from = entry.resume_from, None
         facts = JobFacts.of(
             entry.spec,
@@ -372,6 +370,8 @@ class Controller:
         )
         engine = Job(facts, self._port, previous_status=previous)
         entry.engine = engine
+        if hold is not None:
+            self._gate.release(hold, engine.status, cause)
         self._log.info("job resumes" if previous is not None else "job starts", job=entry.name, uid=engine.facts.uid)
         engine.start(now_s)
         for (job, node), payload in list(self._old_worker_statuses.items()):
@@ -379,42 +379,18 @@ class Controller:
                 del self._old_worker_statuses[(job, node)]
                 self.on_worker_status(job, node, payload, retained=True)
 
-    def _pre_start_status(self, entry: _Entry, phase: Phase, message: str) -> JobStatus:
-        return JobStatus(
-            name=entry.name,
-            namespace=entry.spec.metadata.namespace,
-            phase=phase,
-            message=message,
-            aggregation_node=self.node,
-            spec_hash=entry.spec_hash,
-        )
-
     # -- timers ----------------------------------------------------------------------------------
 
     def tick(self, now_s: float) -> None:
-        """Fail jobs whose references are still missing after the grace period; run the jobs' timers."""
+        """Fail jobs held back past their grace period; run the jobs' timers."""
         if not self._ready:
             return
         for entry in list(self._jobs.values()):
-            if entry.waiting_until is not None and now_s >= entry.waiting_until:
-                problems = check_references(entry.spec, self.datasets, self.models)
-                if not problems:
-                    self._start(entry, now_s)
-                    continue
-                entry.waiting_until = None
-                message = "; ".join(str(p) for p in problems)
-                status = self._pre_start_status(entry, Phase.FAILED, message)
-                status.conditions.append(
-                    Condition(type=ConditionType.FAILED, reason="InvalidReference", message=message)
-                )
-                status.add_event(Event(type="Warning", reason="InvalidReference", message=message))
-                entry.finished = status
-                self._log.warning(
-                    "job failed: references missing after the grace period", job=entry.name, problems=message
-                )
-                self._port.publish_status(Kind.JOB, entry.name, status)
+            if entry.hold is not None:
+                self._gate.expire(entry.hold, now_s)
             elif entry.engine is not None and not entry.engine.finished:
                 entry.engine.tick(now_s)
+        self._foreign.tick(now_s)
 
     # -- job runtime -----------------------------------------------------------------------------
 
@@ -437,8 +413,9 @@ class Controller:
             return
         engine.on_worker_status(node, status, retained=retained)
 
-    def on_node_status(self, node: str, payload: bytes) -> None:
-        """A node's presence (``nodes/<node>/status``)."""
+    def on_node_status(self, node: str, payload: bytes, now_s: float) -> None:
+        """A node's presence (``nodes/<node>/status``). Before `ready()` it is only noted, so that "never
+        seen" is judged with every retained presence in."""
         if not payload:
             return
         try:
@@ -448,6 +425,9 @@ class Controller:
             return
         if status.node != node:
             return
+        if self._nodes.saw(node, status.role) and self._ready:
+            self._foreign.node_seen(node, now_s)
+            self._recheck(now_s, f"node {node} appeared")
         for engine in self.engines():
             engine.on_node_status(node, status.state)
 

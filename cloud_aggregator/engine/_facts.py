@@ -32,6 +32,7 @@ class JobSettings:
 
     chunk_size: int = 512 * 1024  # bytes per chunk of a published global model
     reference_grace: float = 5.0  # seconds a job waits for a missing Dataset or Model before it fails
+    node_grace: float = 60.0  # seconds a job waits for a node never seen (an edge may still be booting)
     config_timeout: float = 120.0  # seconds the script has to send its config
     resume_after: float = DEFAULT_RESUME_AFTER  # seconds a stalled transfer waits before the resume request
 

@@ -175,9 +175,11 @@ class AggregatorService:
         # (updates, worker and node statuses) that came in meanwhile is kept, unacknowledged, until the
         # jobs are known: dropping it would leave edges waiting for an ack timeout to resend.
         deferred: list[Event] = []
+        controller = self._ready_controller()
         for event in self._loop.take_pending():
             if isinstance(event, Inbound) and self._is_runtime(event.topic):
                 deferred.append(event)
+                self._note_presence(controller, event)
             else:
                 self._loop.handle(event)
         for flt in startup_only:
@@ -189,6 +191,16 @@ class AggregatorService:
         self._log.info("ready", node=self.node, deferred=len(deferred))
         for event in deferred:
             self._loop.handle(event)
+
+    def _note_presence(self, controller: Controller, msg: Inbound) -> None:
+        """A retained node status, noted before `ready()`: a job naming a node is judged "never seen" only
+        against every presence the broker kept. (Handled again after `ready()`, for the resumed jobs.)"""
+        try:
+            parsed = self.topics.parse(msg.topic)
+        except TopicError:
+            return
+        if parsed.channel is Channel.NODE_STATUS and parsed.node is not None:
+            controller.on_node_status(parsed.node, msg.payload, time.monotonic())
 
     def _is_runtime(self, topic: str) -> bool:
         try:
@@ -243,7 +255,7 @@ class AggregatorService:
         elif channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
             self._transfer(controller, parsed, msg)
         elif channel is Channel.NODE_STATUS and parsed.node is not None:
-            controller.on_node_status(parsed.node, msg.payload)
+            controller.on_node_status(parsed.node, msg.payload, time.monotonic())
 
     def _seen_global(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
         """A retained global manifest at startup: remembered so the job's globals can be cleared later."""

@@ -24,6 +24,8 @@ from schemas import (
     Kind,
     ModelRef,
     NodeRoot,
+    NodeState,
+    NodeStatus,
     PathEscapeError,
     Phase,
     ResourceStatus,
@@ -53,10 +55,25 @@ def publish(controller: Controller, kind: Kind, name: str, payload: bytes, now_s
     controller.on_spec(kind, name, TOPICS.spec(kind, name), payload, now_s)
 
 
-def ready_controller(port: MemoryPort, *, grace: float = 5.0, node: str = "cloud0") -> Controller:
-    controller = Controller(
-        node=node, port=port, settings=JobSettings(chunk_size=4096, reference_grace=grace), new_uid=lambda: "a" * 32
-    )
+def announce(controller: Controller, node: str, role: str = "edge", now_s: float = 0.0) -> None:
+    """A node status of `node`, as its service publishes it (retained) on connect."""
+    status = NodeStatus.model_validate({"node": node, "role": role, "state": NodeState.ONLINE})
+    controller.on_node_status(node, status.to_json(), now_s)
+
+
+def ready_controller(
+    port: MemoryPort,
+    *,
+    grace: float = 5.0,
+    node_grace: float = 60.0,
+    node: str = "cloud0",
+    edges: tuple[str, ...] = ("edge1", "edge2"),
+) -> Controller:
+    """A controller past its startup barrier that has seen the node statuses of `edges` (retained)."""
+    settings = JobSettings(chunk_size=4096, reference_grace=grace, node_grace=node_grace)
+    controller = Controller(node=node, port=port, settings=settings, new_uid=lambda: "a" * 32)
+    for edge in edges:
+        announce(controller, edge)
     controller.ready(0.0)
     return controller
 
@@ -124,6 +141,8 @@ def test_retained_specs_are_evaluated_only_when_ready() -> None:
     """Before ready() (the startup barrier) nothing is evaluated, so a job never fails for a dataset still in flight."""
     port = MemoryPort()
     controller = Controller(node="cloud0", port=port, settings=JobSettings(reference_grace=5.0))
+    announce(controller, "edge1")
+    announce(controller, "edge2")
     docs = documents(FIXED)
 
     publish(controller, *docs[-1])
@@ -294,6 +313,8 @@ def test_running_job_with_another_spec_hash_starts_a_new_run() -> None:
         publish(controller, *doc)
     old = JobStatus(name=JOB, uid="c" * 32, phase=Phase.RUNNING, spec_hash="0" * 64)
     controller.on_retained_status(Kind.JOB, JOB, old.to_json())
+    announce(controller, "edge1")
+    announce(controller, "edge2")
 
     controller.ready(0.0)
 
@@ -316,9 +337,10 @@ def test_leftovers_of_deleted_jobs_are_cleared_at_startup() -> None:
 
 
 def test_job_of_another_aggregation_node_is_ignored() -> None:
-    """A job whose aggregation worker runs on another node gets no status and no script from this node."""
+    """A job whose aggregation worker runs on another (known) node gets no status and no script from this node."""
     port = MemoryPort()
     controller = ready_controller(port, node="cloud1")
+    announce(controller, "cloud0", role="aggregator")
 
     for doc in documents(FIXED):
         publish(controller, *doc)

@@ -26,6 +26,8 @@ from schemas import (
     FederatedLearningJob,
     Kind,
     Model,
+    NodeState,
+    NodeStatus,
     Phase,
     SpecError,
     Topics,
@@ -274,6 +276,9 @@ def running_controller() -> tuple[Controller, MemoryPort, dict[Kind, dict[str, b
     """A controller whose job (the fixed example) is in round 2 of 3 with edge1's update of round 2 in."""
     port = MemoryPort()
     controller = Controller(node="cloud0", port=port, settings=JobSettings(chunk_size=4096), new_uid=lambda: "a" * 32)
+    for edge in ("edge1", "edge2"):  # their retained presence: the job's nodes are known
+        presence = NodeStatus(node=edge, role="edge", state=NodeState.ONLINE)
+        controller.on_node_status(edge, presence.to_json(), 0.0)
     controller.ready(0.0)
     originals: dict[Kind, dict[str, bytes]] = {k: {} for k in Kind}
     for doc in load_yaml_documents(SEED_TEXTS[0], "seed"):
