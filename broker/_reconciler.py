@@ -25,9 +25,6 @@ __all__ = ["RC_UNSPECIFIED", "Reconciler"]
 
 # MQTT v5 reason code "Unspecified error": used for failures that are not the broker's answer.
 RC_UNSPECIFIED = 0x80
-# A node that cannot reach its broker says so at WARNING at once, then at most this often (with the
-# number of attempts), so that its log neither looks idle nor fills with one line per retry.
-UNREACHABLE_WARN_EVERY = 30.0
 # MQTT v5 DISCONNECT reason code "Session taken over": a newer broker sends it to the connection that
 # another CONNECT with the same client id replaced. Mosquitto 2.0.11 closes that socket without it, so
 # sessions also leave a retained claim on their sync topic (see `Session`): a reconnect that finds
@@ -76,8 +73,9 @@ class Reconciler:
     log: FilteringBoundLogger
     address: str = ""  # host:port, for the log lines about reaching the broker
     claim: bytes | None = None  # this session's retained claim on its sync topic (persistent sessions)
-    warn_every: float = UNREACHABLE_WARN_EVERY
-    clock: Callable[[], float] = time.monotonic
+    # A node that cannot reach its broker says so at WARNING at once, then at most this often (with the
+    # number of attempts), so that its log neither looks idle nor fills with one line per retry.
+    warn_every: float = 30.0
     # The connection state, for any thread to read.
     connected: threading.Event = field(default_factory=threading.Event, init=False)
     connect_error: ConnectError | None = field(default=None, init=False)
@@ -209,7 +207,7 @@ class Reconciler:
 
     def on_connect_failed(self, reason: str) -> None:
         """A connection attempt failed before the broker answered (refused port, DNS, TLS, timeout)."""
-        now = self.clock()  # when it failed, not when this thread gets to it
+        now = time.monotonic()  # when it failed, not when this thread gets to it
 
         def step(books: _Books) -> None:
             books.failed_attempts += 1

@@ -109,6 +109,7 @@ class Session:
             log=self._log,
             address=f"{settings.host}:{settings.port}",
             claim=self._claim,
+            warn_every=settings.unreachable_warn_every,
         )
 
     # -- construction (the translation boundary for TLS and settings errors) ---------------------

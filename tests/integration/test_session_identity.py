@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,6 @@ from structlog.testing import CapturedCall, CapturingLogger
 from structlog.typing import FilteringBoundLogger
 
 from broker import Inbound, MqttSettings, Session
-from broker._reconciler import RC_SESSION_TAKEN_OVER, Reconciler
 from broker.mosquitto import BrokerConfig, LocalBroker
 from tests.helpers.mqtt import TEST_RECONNECT_MAX, TEST_RECONNECT_MIN, free_port, stopped, wait_until
 
@@ -70,45 +70,50 @@ def test_unreachable_broker_is_a_warning_with_address_and_reason_not_one_per_ret
     assert again.kwargs["failed_attempts"] >= 5 and f"127.0.0.1:{port}" in again.kwargs["message"]
 
 
-def reconciler(clock: Callable[[], float], log: FilteringBoundLogger) -> Reconciler:
-    r = Reconciler(
-        client_id="edge1", ack=lambda *_: None, connection=lambda: 1, stopped=threading.Event(), log=log,
-        address="broker:8883", clock=clock,
-    )  # fmt: skip
-    r.start()
-    return r
-
-
-def drain(r: Reconciler) -> None:
-    """Every queued step has run: the stop step is the last one."""
-    r.stop("test over")
-    r.join(5.0)
-
-
-def test_unreachable_warning_repeats_at_most_every_30_s_with_the_count() -> None:
-    now = [0.0]
+def test_unreachable_warning_repeats_at_most_every_interval_with_the_count() -> None:
     log, cap = capturing()
-    r = reconciler(lambda: now[0], log)
-    for t in (0.0, 5.0, 29.0, 31.0, 40.0, 61.5):
-        now[0] = t
-        r.on_connect_failed("[Errno 111] Connection refused")
-    r.on_connected(False, 1024, None, 1)
-    drain(r)
-    warnings = events(cap, "warning", "broker unreachable")
-    assert [w.kwargs["failed_attempts"] for w in warnings] == [1, 4, 6]
-    assert all(w.kwargs["broker"] == "broker:8883" for w in warnings)
-    (again,) = events(cap, "info", "broker reachable again")
-    assert again.kwargs["failed_attempts"] == 6
+    settings = MqttSettings(
+        client_id="edge1",
+        host="127.0.0.1",
+        port=free_port(),
+        reconnect_min=TEST_RECONNECT_MIN,
+        reconnect_max=TEST_RECONNECT_MIN,
+        unreachable_warn_every=1.0,
+    )
+    with stopped(Session(settings, inbox=queue.Queue(), log=log)) as session:
+        session.start()
+        wait_until(lambda: len(events(cap, "warning", "broker unreachable")) >= 2, 20.0, "a second warning")
+    first, second = events(cap, "warning", "broker unreachable")[:2]
+    assert first.kwargs["failed_attempts"] == 1
+    assert second.kwargs["failed_attempts"] > 2  # the attempts in between were DEBUG only
+    assert len(events(cap, "debug", "broker unreachable")) >= second.kwargs["failed_attempts"] - 2
 
 
 def test_session_taken_over_reason_code_is_a_warning() -> None:
-    """A broker that sends DISCONNECT 0x8E (Mosquitto 2.1 and others) gets the same warning."""
+    """A broker that sends DISCONNECT "Session taken over" (0x8E; Mosquitto 2.1 and others do, 2.0.11
+    does not): here a minimal MQTT v5 server that accepts the CONNECT and then sends just that."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)  # CONNECT
+            conn.sendall(bytes([0x20, 0x03, 0x00, 0x00, 0x00]))  # CONNACK: no session, success, no properties
+            conn.sendall(bytes([0xE0, 0x02, 0x8E, 0x00]))  # DISCONNECT: Session taken over, no properties
+            conn.recv(4096)  # until the client closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
     log, cap = capturing()
-    r = reconciler(lambda: 0.0, log)
-    r.on_connected(False, 1024, None, 1)
-    r.on_disconnected("Session taken over", RC_SESSION_TAKEN_OVER)
-    drain(r)
-    assert events(cap, "warning", TAKEOVER.format("edge1"))
+    settings = MqttSettings(client_id="edge1", host="127.0.0.1", port=port, reconnect_min=5.0, reconnect_max=5.0)
+    try:
+        with stopped(Session(settings, inbox=queue.Queue(), log=log)) as session:
+            session.start()
+            wait_until(lambda: bool(events(cap, "warning", TAKEOVER.format("edge1"))), 10.0, "takeover logged")
+    finally:
+        server.close()
+        thread.join(5.0)
 
 
 def test_a_second_connection_with_the_same_client_id_is_logged_as_a_takeover(
