@@ -4,16 +4,18 @@ Structured logging (`configure_logging`, `get_logger`), crash-safe files (`write
 the worker link (the local channel between a node service and the job script it runs: `WorkerChannel`;
 the one supervisor both services run scripts with: `ScriptSupervisor`, `ScriptProcess`, `ScriptLaunch`;
 the script's environment: `script_environment`; on the script's side, the watch on its service:
-`ServiceWatch`, so a script whose service died exits with one line and `SERVICE_GONE_EXIT`), and the one
-shape of a service's logic thread (`EventLoop`). Nothing here imports paho-mqtt or TensorFlow, so a
-worker script that imports the worker API loads only this and `schemas`.
+`ServiceWatch`, so a script whose service died exits with one line and `SERVICE_GONE_EXIT`), the one
+shape of a service's logic thread (`EventLoop`), and the lock that keeps one service per node root
+(`lock_node_root`). Nothing here imports paho-mqtt or TensorFlow, so a worker script that imports the
+worker API loads only this and `schemas`.
 """
 
 from runtime._channel import MAX_BODY, MAX_HEADER, WorkerChannel, spawn_channel_pair
-from runtime._errors import ChannelClosed, ChannelError, NodeRuntimeError, ScriptStartError
+from runtime._errors import ChannelClosed, ChannelError, NodeRootLockedError, NodeRuntimeError, ScriptStartError
 from runtime._files import TMP_PREFIX, fsync_dir, write_atomic
 from runtime._logging import configure_logging, get_logger
 from runtime._loop import EventLoop
+from runtime._node_lock import NodeRootLock, lock_node_root
 from runtime._script_env import PRIVATE_ENV_PREFIXES, script_environment, script_parameters, source_checkout
 from runtime._service_watch import SERVICE_GONE_EXIT, ServiceGone, ServiceWatch
 from runtime._supervisor import (
@@ -34,6 +36,8 @@ __all__ = [
     "ChannelClosed",
     "ChannelError",
     "EventLoop",
+    "NodeRootLock",
+    "NodeRootLockedError",
     "NodeRuntimeError",
     "ScriptEvent",
     "ScriptExited",
@@ -48,6 +52,7 @@ __all__ = [
     "configure_logging",
     "fsync_dir",
     "get_logger",
+    "lock_node_root",
     "script_environment",
     "script_parameters",
     "source_checkout",

@@ -24,5 +24,14 @@ from __future__ import annotations
 
 from flctl.provision._acl import render_acl
 from flctl.provision._deployment import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, Provisioned, provision
+from flctl.provision._passwd import hash_password, render_passwd
 
-__all__ = ["DEFAULT_PLAIN_PORT", "DEFAULT_TLS_PORT", "Provisioned", "provision", "render_acl"]
+__all__ = [
+    "DEFAULT_PLAIN_PORT",
+    "DEFAULT_TLS_PORT",
+    "Provisioned",
+    "hash_password",
+    "provision",
+    "render_acl",
+    "render_passwd",
+]

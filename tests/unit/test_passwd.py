@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from flctl.provision._passwd import HASH_BYTES, ITERATIONS, SALT_BYTES, hash_password, render_passwd
+from flctl.provision import hash_password, render_passwd
+
+# The format (docs/security.md): 12-byte salt, 64-byte PBKDF2-SHA512 hash; we write 1000 iterations.
+SALT_BYTES, HASH_BYTES, ITERATIONS = 12, 64, 1000
 
 
 @pytest.mark.skipif(
