@@ -21,6 +21,13 @@ A publish made while offline is queued by paho and its `PublishResult` completes
 arrives after the reconnect. paho ignores the broker's CONNACK MaximumPacketSize, and an oversized
 packet makes the broker drop the connection, after which paho resends it forever; so every publish is
 measured first and refused with `PayloadTooLarge` before anything is sent.
+
+What the log says about the connection: a broker that cannot be reached is a WARNING with host:port and
+the reason (the first failed attempt, then at most every `MqttSettings.unreachable_warn_every` seconds
+with the count), "reachable again" at INFO. A persistent session claims its client id at every connect
+(a retained message on its sync topic naming host and pid); finding another connection's claim there
+on a reconnect, or the MQTT v5 reason code "Session taken over", is a WARNING that another process
+uses this identity.
 """
 
 from __future__ import annotations
@@ -356,7 +363,7 @@ class Session:
             subs = [(self._sync_topic, 1), *self._subs]
             client.subscribe(subs)
             self._reconciler.on_connected(flags.session_present, limit, broker_limit, self._connection)
-            if self._claim is not None:  # after the subscribe: our claim comes back after the retained one
+            if self._claim is not None and not self._stopped.is_set():  # after the subscribe: ours comes back last
                 self.publish(self._sync_topic, self._claim, qos=1, retain=True)
         except Exception as exc:  # a bug here must not kill paho's thread
             self._log.exception("on_connect failed", error=str(exc))
