@@ -103,11 +103,15 @@ def _check_arguments(
     if unknown:
         raise UsageError(f"--aggregators {', '.join(unknown)}: not in --nodes")
     # Each name is one MQTT user with one ACL block: a name in two roles would get both.
-    taken = {n: "node" for n in node_names}
+    taken = {n: "node" for n in node_names}  # name -> the role it has (as worded in messages)
     for role, names in named.items():
         for name in names:
             if name in taken:
-                raise UsageError(f"--{role} {name} is also a {taken[name]} name: identities must be distinct")
+                other = taken[name]
+                article = "an" if other[0] in "aeiou" else "a"
+                raise UsageError(
+                    f"--{role} {name}: {name} is already the name of {article} {other}; identities must be distinct"
+                )
             taken[name] = role
     if port == plain_port:
         raise UsageError(f"--port and --plain-port are both {port}")
