@@ -3,7 +3,7 @@
 FL_NODE_CONFIG).
 
     node: edge1            # also the MQTT username and client id
-    role: edge             # edge | aggregator | admin
+    role: edge             # edge | aggregator | admin | viewer | monitor
     broker: {host: broker.example.com, port: 8883}
     username: edge1
     password: "..."        # or password_file: /etc/fl/edge1.password
@@ -26,7 +26,10 @@ from schemas import check_name
 
 __all__ = ["BrokerAddress", "NodeConfig", "NodeTls", "load_node_config"]
 
-Role = Literal["edge", "aggregator", "admin"]
+# edge and aggregator run the services; admin (writes specs) and viewer (read-only) use flctl; monitor
+# reads $SYS and statuses. The broker's ACL enforces what each may do; the role here says which tool
+# the file is for (a service refuses another role's file).
+Role = Literal["edge", "aggregator", "admin", "viewer", "monitor"]
 
 
 class _Strict(BaseModel):

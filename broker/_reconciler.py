@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,16 @@ __all__ = ["RC_UNSPECIFIED", "Reconciler"]
 
 # MQTT v5 reason code "Unspecified error": used for failures that are not the broker's answer.
 RC_UNSPECIFIED = 0x80
+# MQTT v5 DISCONNECT reason code "Session taken over": a newer broker sends it to the connection that
+# another CONNECT with the same client id replaced. Mosquitto 2.0.11 closes that socket without it, so
+# sessions also leave a retained claim on their sync topic (see `Session`): a reconnect that finds
+# another connection's claim there was taken over too.
+RC_SESSION_TAKEN_OVER = 0x8E
+CLAIM_PREFIX = b"claim:"
+TAKEOVER_WARNING = (
+    "session taken over by another connection with client id {client_id}: "
+    "is a second process running with this node's identity?"
+)
 
 
 class _Waiter:
@@ -43,6 +54,9 @@ class _Books:
     barriers: dict[bytes, _Waiter] = field(default_factory=dict)
     was_connected: bool = False
     ended: bool = False  # the stop step ran: the thread takes no more steps
+    claim_echoed: int = 0  # the connection on which this session's own claim came back
+    failed_attempts: int = 0  # connection attempts that failed since the last success
+    warned_at: float | None = None  # when the last "broker unreachable" warning was logged
 
 
 _Step = Callable[[_Books], None]
@@ -57,6 +71,11 @@ class Reconciler:
     connection: Callable[[], int]  # the current connection's number
     stopped: threading.Event  # set when the session stops: a disconnect is expected then
     log: FilteringBoundLogger
+    address: str = ""  # host:port, for the log lines about reaching the broker
+    claim: bytes | None = None  # this session's retained claim on its sync topic (persistent sessions)
+    # A node that cannot reach its broker says so at WARNING at once, then at most this often (with the
+    # number of attempts), so that its log neither looks idle nor fills with one line per retry.
+    warn_every: float = 30.0
     # The connection state, for any thread to read.
     connected: threading.Event = field(default_factory=threading.Event, init=False)
     connect_error: ConnectError | None = field(default=None, init=False)
@@ -106,12 +125,16 @@ class Reconciler:
 
         self._steps.put(step)
 
-    def on_sync_message(self, payload: bytes, mid: int, qos: int, connection: int) -> None:
-        """A message on the session's sync topic (a barrier's nonce) arrived on connection `connection`."""
+    def on_sync_message(self, payload: bytes, mid: int, qos: int, connection: int, *, retain: bool = False) -> None:
+        """A message on the session's sync topic (a barrier's nonce, or a connection's claim) arrived on
+        connection `connection`."""
 
         def step(books: _Books) -> None:
             if qos > 0 and connection == self.connection():
                 self.ack(mid, qos)
+            if payload.startswith(CLAIM_PREFIX):
+                self._claimed(books, payload, connection, retain=retain)
+                return
             waiter = books.barriers.pop(payload, None)
             if waiter is not None:
                 waiter.event.set()
@@ -140,6 +163,14 @@ class Reconciler:
             self.connect_error = None
             self.connected.set()
             books.was_connected = True
+            if books.failed_attempts:
+                self.log.info(
+                    "broker reachable again",
+                    broker=self.address,
+                    failed_attempts=books.failed_attempts,
+                    message=f"connected to {self.address} again after {books.failed_attempts} failed attempts",
+                )
+            books.failed_attempts, books.warned_at = 0, None
             self.log.info(
                 "mqtt connected",
                 session_present=session_present,
@@ -157,22 +188,45 @@ class Reconciler:
 
         self._steps.put(step)
 
-    def on_disconnected(self, reason: str) -> None:
+    def on_disconnected(self, reason: str, reason_code: int | None = None) -> None:
+        """The connection ended; `reason_code` is the broker's DISCONNECT reason code when it sent one."""
+
         def step(books: _Books) -> None:
             self.connected.clear()
             if not books.was_connected:  # paho may report one loss twice (#870)
                 return
             books.was_connected = False
-            if self.stopped.is_set():
+            if reason_code == RC_SESSION_TAKEN_OVER and not self.stopped.is_set():
+                self.log.warning(TAKEOVER_WARNING.format(client_id=self.client_id), reason=reason)
+            elif self.stopped.is_set():
                 self.log.debug("mqtt disconnected", reason=reason)
             else:
                 self.log.warning("mqtt disconnected", reason=reason)
 
         self._steps.put(step)
 
-    def on_connect_failed(self) -> None:
-        def step(_books: _Books) -> None:
-            self.log.debug("broker unreachable; retrying")
+    def on_connect_failed(self, reason: str) -> None:
+        """A connection attempt failed before the broker answered (refused port, DNS, TLS, timeout)."""
+        now = time.monotonic()  # when it failed, not when this thread gets to it
+
+        def step(books: _Books) -> None:
+            books.failed_attempts += 1
+            if books.warned_at is None or now - books.warned_at >= self.warn_every:
+                books.warned_at = now
+                self.log.warning(
+                    "broker unreachable; retrying",
+                    broker=self.address,
+                    reason=reason,
+                    failed_attempts=books.failed_attempts,
+                    next_warning_in=self.warn_every,
+                )
+            else:
+                self.log.debug(
+                    "broker unreachable; retrying",
+                    broker=self.address,
+                    reason=reason,
+                    failed_attempts=books.failed_attempts,
+                )
 
         self._steps.put(step)
 
@@ -190,6 +244,19 @@ class Reconciler:
         self._steps.put(step)
 
     # -- the reconciler's thread -------------------------------------------------------------------
+
+    def _claimed(self, books: _Books, payload: bytes, connection: int, *, retain: bool) -> None:
+        """A claim on the sync topic. Ours: the broker has it. Another's, retained, found on a reconnect
+        before ours came back: some connection used this client id while this one was away (on the
+        first connection it is simply the previous process's)."""
+        if payload == self.claim:
+            books.claim_echoed = connection
+            return
+        other = payload[len(CLAIM_PREFIX) :].decode("utf-8", "replace")
+        if retain and connection > 1 and books.claim_echoed != connection:
+            self.log.warning(TAKEOVER_WARNING.format(client_id=self.client_id), other_connection=other)
+        else:
+            self.log.debug("previous connection with this client id", other_connection=other)
 
     def _resolve(self, result: PublishResult, reason_code: int, reason: str) -> None:
         if reason_code >= 0x80:

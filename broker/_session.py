@@ -21,13 +21,23 @@ A publish made while offline is queued by paho and its `PublishResult` completes
 arrives after the reconnect. paho ignores the broker's CONNACK MaximumPacketSize, and an oversized
 packet makes the broker drop the connection, after which paho resends it forever; so every publish is
 measured first and refused with `PayloadTooLarge` before anything is sent.
+
+What the log says about the connection: a broker that cannot be reached is a WARNING with host:port and
+the reason (the first failed attempt, then at most every `MqttSettings.unreachable_warn_every` seconds
+with the count), "reachable again" at INFO. A persistent session claims its client id at every connect
+(a retained message on its sync topic naming host and pid); finding another connection's claim there
+on a reconnect, or the MQTT v5 reason code "Session taken over", is a WARNING that another process
+uses this identity.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import secrets
+import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -42,7 +52,7 @@ from structlog.typing import FilteringBoundLogger
 
 from broker._errors import BrokerError, ConnectError, PayloadTooLarge, PublishError
 from broker._messages import PACKET_HEADROOM, Inbound, Inbox, PublishResult, new_properties, publish_packet_size
-from broker._reconciler import RC_UNSPECIFIED, Reconciler
+from broker._reconciler import CLAIM_PREFIX, RC_UNSPECIFIED, Reconciler
 from broker._settings import MqttSettings
 from runtime import get_logger
 from schemas import Topics
@@ -90,12 +100,23 @@ class Session:
         self._subs_lock = threading.Lock()
         self._subs: tuple[tuple[str, int], ...] = ()
         self._client = self._make_client(settings, will)
+        # A persistent session (a node service) claims its client id at every connect with a retained
+        # message on its own sync topic, so a connection that finds another's claim there on reconnect
+        # knows it was taken over (Mosquitto 2.0 does not send "Session taken over"). Throwaway
+        # sessions (flctl: clean start, no expiry) leave nothing behind.
+        self._claim: bytes | None = None
+        if not settings.clean_start and settings.session_expiry > 0:
+            who = f"{socket.gethostname()} pid {os.getpid()} ({secrets.token_hex(4)})"
+            self._claim = CLAIM_PREFIX + who.encode()
         self._reconciler = Reconciler(
             client_id=settings.client_id,
             ack=self._client.ack,
             connection=lambda: self._connection,
             stopped=self._stopped,
             log=self._log,
+            address=f"{settings.host}:{settings.port}",
+            claim=self._claim,
+            warn_every=settings.unreachable_warn_every,
         )
 
     # -- construction (the translation boundary for TLS and settings errors) ---------------------
@@ -342,21 +363,28 @@ class Session:
             subs = [(self._sync_topic, 1), *self._subs]
             client.subscribe(subs)
             self._reconciler.on_connected(flags.session_present, limit, broker_limit, self._connection)
+            if self._claim is not None and not self._stopped.is_set():  # after the subscribe: ours comes back last
+                self.publish(self._sync_topic, self._claim, qos=1, retain=True)
         except Exception as exc:  # a bug here must not kill paho's thread
             self._log.exception("on_connect failed", error=str(exc))
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
-        self._reconciler.on_connect_failed()
+        # paho calls this inside its `except OSError:` around the connect and passes no reason: the
+        # exception being handled is the reason (ConnectionRefusedError, a DNS or TLS error, a timeout).
+        exc = sys.exc_info()[1]
+        reason = (str(exc) or type(exc).__name__) if exc is not None else "connection failed"
+        self._reconciler.on_connect_failed(reason)
 
     def _on_disconnect(
         self,
         _client: mqtt.Client,
         _userdata: Any,
-        _flags: mqtt.DisconnectFlags,
+        flags: mqtt.DisconnectFlags,
         reason_code: ReasonCode,
         _props: Properties | None,
     ) -> None:
-        self._reconciler.on_disconnected(str(reason_code))
+        from_broker = flags.is_disconnect_packet_from_server
+        self._reconciler.on_disconnected(str(reason_code), reason_code.value if from_broker else None)
 
     def _on_publish(
         self, _client: mqtt.Client, _userdata: Any, mid: int, reason_code: ReasonCode, _props: Properties | None
@@ -367,7 +395,9 @@ class Session:
         try:
             topic = msg.topic
             if topic == self._sync_topic:
-                self._reconciler.on_sync_message(bytes(msg.payload), msg.mid, msg.qos, self._connection)
+                self._reconciler.on_sync_message(
+                    bytes(msg.payload), msg.mid, msg.qos, self._connection, retain=bool(msg.retain)
+                )
                 return
             props = getattr(msg, "properties", None)
             user_props = dict(getattr(props, "UserProperty", []) or [])

@@ -63,6 +63,8 @@ class MqttSettings:
     reconnect_max: float = 30.0
     max_packet_size: int = 4 * 1024 * 1024
     clean_start: bool = False
+    # While the broker cannot be reached: a WARNING at the first failed attempt, then at most this often.
+    unreachable_warn_every: float = 30.0
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -75,6 +77,8 @@ class MqttSettings:
             problems.append(
                 f"reconnect delays must satisfy 0 < min ({self.reconnect_min}) <= max ({self.reconnect_max})"
             )
+        if not self.unreachable_warn_every > 0:
+            problems.append(f"unreachable_warn_every {self.unreachable_warn_every} must be > 0 seconds")
         if self.max_packet_size < 2 * PACKET_HEADROOM:
             problems.append(f"max_packet_size {self.max_packet_size} must be >= {2 * PACKET_HEADROOM} bytes")
         try:

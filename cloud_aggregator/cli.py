@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from broker import add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
-from runtime import configure_logging
+from runtime import NodeRootLockedError, configure_logging, lock_node_root
 from schemas import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot, PathEscapeError, Topics, check_name
 
 __all__ = ["build_parser", "main"]
@@ -100,6 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, PathEscapeError) as exc:
         print(f"fl-cloud-aggregator: {exc}", file=sys.stderr)
         return 2
+    try:
+        # Before the engine is loaded, so a second service on this root answers at once. Held (by
+        # `root_lock`, alive until main returns) for the process lifetime.
+        root_lock = lock_node_root(args.root, service="fl-cloud-aggregator", node=node)
+    except (NodeRootLockedError, OSError) as exc:
+        print(f"fl-cloud-aggregator: {exc}", file=sys.stderr)
+        return 2
     configure_logging(node=node, role="aggregator", level=args.log_level)
 
     # Imported here so that `--help` and bad arguments answer before paho and the engine are loaded.
@@ -122,4 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    return service.run()
+    try:
+        return service.run()
+    finally:
+        root_lock.release()

@@ -18,7 +18,7 @@ from types import FrameType
 
 from broker import BrokerError, add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
 from edge_trainer.service import EdgeService
-from runtime import configure_logging, get_logger
+from runtime import NodeRootLockedError, configure_logging, get_logger, lock_node_root
 from schemas import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot, PathEscapeError, TopicError, Topics, check_name
 
 __all__ = ["build_parser", "main"]
@@ -70,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         NodeRoot(args.root, args.code_root).code_dir()
     except (ValueError, TopicError, PathEscapeError) as exc:
         parser.error(str(exc))
+    try:
+        root_lock = lock_node_root(args.root, service="fl-edge-trainer", node=node)  # held until main returns
+    except (NodeRootLockedError, OSError) as exc:
+        print(f"fl-edge-trainer: {exc}", file=sys.stderr)
+        return 2
     configure_logging(node=node, role="edge", level=args.log_level)
     log = get_logger()
     stop = threading.Event()
@@ -93,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BrokerError, OSError) as exc:
         log.error("edge trainer failed", error=str(exc))
         return 1
+    finally:
+        root_lock.release()
     return 0
 
 

@@ -121,7 +121,8 @@ def _add_broker_init(p: argparse.ArgumentParser) -> None:
         help="write the broker config, CA and certificates, passwords, ACL and one config per node",
         description="Write everything a secured deployment needs under --out (docs/security.md): "
         "DIR/broker/ (mosquitto.conf, passwd, acl, ca.crt, server.crt, server.key), DIR/ca/ca.key (keep it "
-        "offline), DIR/nodes/<node>/ (node.yaml, ca.crt), DIR/admin/flctl.yaml. Secrets are 0600 and never printed.",
+        "offline), DIR/nodes/<node>/ (node.yaml, ca.crt), DIR/admin/flctl.yaml, DIR/viewer/<name>.yaml, "
+        "DIR/monitor/<name>/ (<name>.yaml, mosquitto_sub options). Secrets are 0600 and never printed.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  flctl broker init --nodes cloud0,edge1,edge2 --hostname broker.example.com --out ./fl-secrets",
     )
@@ -142,7 +143,20 @@ def _add_broker_init(p: argparse.ArgumentParser) -> None:
         "--admin",
         action="append",
         metavar="NAME",
-        help="the job publisher's identity (default admin); more names (comma-separated) get DIR/admin/<name>.yaml",
+        help="the job publisher's identity (default admin; writes specs); more names (comma-separated) get "
+        "DIR/admin/<name>.yaml",
+    )
+    s.add_argument(
+        "--viewer",
+        action="append",
+        metavar="NAME",
+        help="read-only flctl identities (get, describe, -w; comma-separated): DIR/viewer/<name>.yaml",
+    )
+    s.add_argument(
+        "--monitor",
+        action="append",
+        metavar="NAME",
+        help="monitoring identities that read $SYS and statuses only (default monitor): DIR/monitor/<name>/",
     )
     s.add_argument(
         "--hostname",
@@ -369,6 +383,8 @@ def _run_broker_init(ctx: Context, args: argparse.Namespace) -> int:
         args.nodes,
         aggregators=args.aggregators,
         admins=args.admin or ["admin"],
+        viewers=args.viewer or [],
+        monitors=args.monitor or ["monitor"],
         hostnames=args.hostname,
         port=args.tls_port,
         plain_port=args.plain_port,

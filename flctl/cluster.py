@@ -31,7 +31,8 @@ from schemas import JobStatus, Kind, Topics
 
 __all__ = ["ADMIN", "MONITOR", "LocalCluster", "NodeProcess", "free_port"]
 
-# Identities a secure cluster provisions besides its nodes: flctl's, and the one its own watchers use.
+# Identities a secure cluster provisions besides its nodes: flctl's (admin), and the one its own watchers
+# use (monitor, the read-only monitoring identity `flctl broker init` writes by default).
 ADMIN = "admin"
 MONITOR = "monitor"
 
@@ -90,18 +91,21 @@ class LocalCluster:
         secure: bool = False,
         nodes: Sequence[str] = (),
         admins: Sequence[str] = (),
+        viewers: Sequence[str] = (),
     ) -> None:
         """`secure=True` provisions the deployment the way `flctl broker init` does (into workdir/secrets,
-        for `nodes` plus the admins `admin`, `monitor` and any `admins`): the broker refuses anonymous clients and applies
-        the ACL, every service connects over TLS with its own node.yaml (`--config`), flctl with the admin's
-        config, and this object's own sessions (`watch`, `settings`) as `monitor` unless they name an identity.
+        for `nodes`, the admin `admin` and any `admins`, the read-only `viewers` and the monitor `monitor`):
+        the broker refuses anonymous clients and applies the ACL, every service connects over TLS with its
+        own node.yaml (`--config`), flctl with the admin's config, and this object's own sessions (`watch`,
+        `settings`) as `monitor` (it reads statuses) unless they name an identity.
         """
         if secure and not nodes:
             raise ValueError("secure=True needs the node names (nodes=[...]): provisioning issues their credentials")
         self.workdir = workdir.resolve()
         self.secure = secure
         self._node_names = list(nodes)
-        self._admins = [ADMIN, MONITOR, *(a for a in admins if a not in (ADMIN, MONITOR))]
+        self._admins = [ADMIN, *(a for a in admins if a != ADMIN)]
+        self._viewers = list(viewers)
         self.provisioned: Provisioned | None = None
         self.prefix = prefix
         self.topics = Topics(prefix)
@@ -152,11 +156,13 @@ class LocalCluster:
         self.start_broker()
 
     def _provision(self) -> Provisioned:
-        """`flctl broker init --nodes ... --admin admin,monitor --out workdir/secrets` on free loopback ports."""
+        """`flctl broker init --nodes ... --admin admin --out workdir/secrets` on free loopback ports."""
         return provision(
             self.workdir / "secrets",
             self._node_names,
             admins=self._admins,
+            viewers=self._viewers,
+            monitors=[MONITOR],
             port=self._port or free_port(),
             plain_port=free_port(),
             bind="127.0.0.1",

@@ -4,18 +4,20 @@ Structured logging (`configure_logging`, `get_logger`), crash-safe files (`write
 the worker link (the local channel between a node service and the job script it runs: `WorkerChannel`;
 the one supervisor both services run scripts with: `ScriptSupervisor`, `ScriptProcess`, `ScriptLaunch`;
 the script's environment: `script_environment`; on the script's side, the watch on its service:
-`ServiceWatch`, so a script whose service died exits with one line and `SERVICE_GONE_EXIT`), and the one
-shape of a service's logic thread (`EventLoop`), and the rule of who writes a Model url
-(`job_model_folder` under `model_lock`). Nothing here imports paho-mqtt or TensorFlow, so a
-worker script that imports the worker API loads only this and `schemas`.
+`ServiceWatch`, so a script whose service died exits with one line and `SERVICE_GONE_EXIT`), the one
+shape of a service's logic thread (`EventLoop`), the rule of who writes a Model url
+(`job_model_folder` under `model_lock`), and the lock that keeps one service per node root
+(`lock_node_root`). Nothing here imports paho-mqtt or TensorFlow, so a worker script that imports the
+worker API loads only this and `schemas`.
 """
 
 from runtime._channel import MAX_BODY, MAX_HEADER, WorkerChannel, spawn_channel_pair
-from runtime._errors import ChannelClosed, ChannelError, NodeRuntimeError, ScriptStartError
+from runtime._errors import ChannelClosed, ChannelError, NodeRootLockedError, NodeRuntimeError, ScriptStartError
 from runtime._files import TMP_PREFIX, fsync_dir, write_atomic
 from runtime._logging import configure_logging, get_logger
 from runtime._loop import EventLoop
 from runtime._model_folder import MODEL_JOBS_FOLDER, job_model_folder, model_lock
+from runtime._node_lock import NodeRootLock, lock_node_root
 from runtime._script_env import PRIVATE_ENV_PREFIXES, script_environment, script_parameters, source_checkout
 from runtime._service_watch import SERVICE_GONE_EXIT, ServiceGone, ServiceWatch
 from runtime._supervisor import (
@@ -37,6 +39,8 @@ __all__ = [
     "ChannelClosed",
     "ChannelError",
     "EventLoop",
+    "NodeRootLock",
+    "NodeRootLockedError",
     "NodeRuntimeError",
     "ScriptEvent",
     "ScriptExited",
@@ -52,6 +56,7 @@ __all__ = [
     "fsync_dir",
     "get_logger",
     "job_model_folder",
+    "lock_node_root",
     "model_lock",
     "script_environment",
     "script_parameters",

@@ -3,7 +3,8 @@
     NodeRuntimeError            root: everything `runtime` raises on purpose
     ├── ChannelError            a worker frame is malformed or too large; the channel is closed
     │   └── ChannelClosed       the worker channel's peer went away (EOF, broken pipe), or it was closed here
-    └── ScriptStartError        a worker script cannot be started (its log cannot be opened, exec failed)
+    ├── ScriptStartError        a worker script cannot be started (its log cannot be opened, exec failed)
+    └── NodeRootLockedError     another service holds the node root's lock (one service per root)
 
 Contract errors (`schemas.WireError` for a frame header that is not a `WorkerFrame`) pass through
 unchanged. Logging and crash-safe files raise the builtin `OSError`, as their callers expect.
@@ -11,7 +12,9 @@ unchanged. Logging and crash-safe files raise the builtin `OSError`, as their ca
 
 from __future__ import annotations
 
-__all__ = ["ChannelClosed", "ChannelError", "NodeRuntimeError", "ScriptStartError"]
+from pathlib import Path
+
+__all__ = ["ChannelClosed", "ChannelError", "NodeRootLockedError", "NodeRuntimeError", "ScriptStartError"]
 
 
 class NodeRuntimeError(Exception):
@@ -28,3 +31,12 @@ class ChannelClosed(ChannelError):  # noqa: N818 - the name says what happened, 
 
 class ScriptStartError(NodeRuntimeError):
     """A worker script cannot be started; the message says why (the service turns it into a status)."""
+
+
+class NodeRootLockedError(NodeRuntimeError):
+    """Another process holds the node root's lock: a second service on one root must not start."""
+
+    def __init__(self, message: str, *, path: Path, holder: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.holder = holder

@@ -125,7 +125,7 @@ def start_cluster(cluster: LocalCluster, workdir: Path) -> None:
     secrets = workdir / "secrets"
     assert cluster.provisioned is not None
     say(
-        f"provisioned like `flctl broker init --nodes {','.join(nodes)} --admin admin,monitor,{VIEWER} --out {secrets}`: "
+        f"provisioned like `flctl broker init --nodes {','.join(nodes)} --viewer {VIEWER} --out {secrets}`: "
         "a CA, TLS certificates, a password and an ACL entry per identity (files 0600, never printed)"
     )
     say(
@@ -140,7 +140,7 @@ def start_cluster(cluster: LocalCluster, workdir: Path) -> None:
         f"{', '.join(EDGES)} (edge trainers); logs in {workdir}/<node>/service.log"
     )
     say(
-        f"watch it yourself: flctl --config {secrets}/admin/{VIEWER}.yaml --host 127.0.0.1 --port {cluster.port} "
+        f"watch it yourself (read-only): flctl --config {secrets}/viewer/{VIEWER}.yaml --host 127.0.0.1 --port {cluster.port} "
         f"get fl {JOB} -w"
     )
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     # their own files.
     configure_logging(node="demo", role="cli", level="WARNING")
     test_labels = prepare(workdir, args.scale, args.seed)
-    with LocalCluster(workdir, port=args.port, secure=True, nodes=[AGGREGATOR, *EDGES], admins=[VIEWER]) as cluster:
+    with LocalCluster(workdir, port=args.port, secure=True, nodes=[AGGREGATOR, *EDGES], viewers=[VIEWER]) as cluster:
         start_cluster(cluster, workdir)
         spec = HERE / "surface-defect-detection.yaml"
         say(f"flctl create -f {spec.relative_to(REPO)}")

@@ -2,24 +2,36 @@
 
     DIR/broker/mosquitto.conf   allow_anonymous false, password_file, acl_file, use_username_as_clientid,
                                 a TLS listener on --port and a plain listener on 127.0.0.1:--plain-port
-    DIR/broker/passwd           written by `mosquitto_passwd -b` (never hashed here)
+    DIR/broker/passwd           mosquitto's PBKDF2-SHA512 `$7$` lines, hashed in-process (`_passwd`)
     DIR/broker/acl              per role, keyed on the username
     DIR/broker/ca.crt, server.crt, server.key
     DIR/ca/ca.key               the CA key: keep it offline
     DIR/nodes/<node>/node.yaml, ca.crt [, <node>.crt, <node>.key with --client-certs]
     DIR/admin/flctl.yaml, ca.crt    the admin (job publisher); more admins: DIR/admin/<name>.yaml
+    DIR/viewer/<name>.yaml, ca.crt  read-only flctl identities (--viewer)
+    DIR/monitor/<name>/<name>.yaml, mosquitto_sub, ca.crt   monitoring ($SYS, statuses; --monitor)
 
 Secrets (keys, passwd, node configs) are 0600, folders 0700. No secret is printed or logged.
 
     _deployment.py   `provision`: the arguments, then the folder, the broker config and one config per identity
     _pki.py          the CA and the certificates it issues
-    _acl.py          the ACL, built from `schemas.Topics`
-    _files.py        files created with their final mode; mosquitto's passwd through mosquitto_passwd
+    _acl.py          the ACL, built from `schemas.Topics`: one block per role
+    _files.py        files created with their final mode
+    _passwd.py       mosquitto's password-file format (no mosquitto_passwd, no password on a command line)
 """
 
 from __future__ import annotations
 
 from flctl.provision._acl import render_acl
 from flctl.provision._deployment import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, Provisioned, provision
+from flctl.provision._passwd import hash_password, render_passwd
 
-__all__ = ["DEFAULT_PLAIN_PORT", "DEFAULT_TLS_PORT", "Provisioned", "provision", "render_acl"]
+__all__ = [
+    "DEFAULT_PLAIN_PORT",
+    "DEFAULT_TLS_PORT",
+    "Provisioned",
+    "hash_password",
+    "provision",
+    "render_acl",
+    "render_passwd",
+]

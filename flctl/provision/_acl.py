@@ -1,4 +1,14 @@
-"""The broker's ACL file, every topic in it built by `schemas.Topics` (`%u` through `AclPattern`)."""
+"""The broker's ACL file, every topic in it built by `schemas.Topics` (`%u` through `AclPattern`).
+
+Roles: admin (writes specs), viewer (flctl get/describe, read-only), monitor ($SYS and statuses,
+read-only), aggregator (everything under the prefix), edge (the `pattern` lines: its own topics only).
+
+Mosquitto applies `pattern` lines to every user, so on their own they would let a viewer or a monitor
+write "its own" node status, worker statuses and updates. Mosquitto 2.0 checks a user's own lines
+first and a matching `topic deny` ends the check, before any pattern is looked at: so each read-only
+identity gets a `deny` for the topics the patterns would let it write (they name only itself, so no
+read it needs is lost) and for the global models.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,7 @@ from collections.abc import Iterable
 
 from schemas import AclPattern, Topics
 
-# The broker's own statistics: not part of our topic layout, read by the aggregators' operators.
+# The broker's own statistics: not part of our topic layout, read by the monitor and aggregator identities.
 SYS_TOPICS = "$SYS/#"
 
 
@@ -14,11 +24,42 @@ def _user(name: str, comment: str, grants: list[str]) -> list[str]:
     return [f"# {name}: {comment}", f"user {name}", *grants, ""]
 
 
-def render_acl(aggregators: Iterable[str], admins: Iterable[str], prefix: str = "fl") -> str:
-    """The ACL file: admins write specs and read statuses, aggregators everything under the prefix, each
-    node (any user: `pattern`) only its own updates, worker status, node status, acks and sync topic."""
+def _edge_patterns(t: Topics, own: str | AclPattern) -> list[tuple[str, str]]:
+    """(access, topic) of what every edge may do on its own topics; `own` is %u or one user's name."""
+    return [
+        ("write", t.updates_of(own)),
+        ("write", t.worker_statuses_of(own)),
+        ("read", t.worker_statuses_of(own)),
+        ("write", t.node_status(own)),
+        ("read", t.node_status(own)),
+        ("read", t.all_plans()),
+        ("read", t.all_globals()),
+        ("read", t.acks_for(own)),
+        ("readwrite", t.client_tree(own)),
+    ]
+
+
+def _read_only_denials(t: Topics, name: str) -> list[str]:
+    """`topic deny` for every topic the patterns would let `name` write, and for the global models (a
+    trained model is the job's product, not something to look at). Its client tree stays: flctl's read
+    barrier publishes there, and only `name` itself reads it."""
+    written = [topic for access, topic in _edge_patterns(t, name) if "write" in access]
+    denied = [topic for topic in dict.fromkeys(written) if topic != t.client_tree(name)] + [t.all_globals()]
+    return [f"topic deny {topic}" for topic in denied]
+
+
+def render_acl(
+    aggregators: Iterable[str],
+    admins: Iterable[str],
+    prefix: str = "fl",
+    *,
+    viewers: Iterable[str] = (),
+    monitors: Iterable[str] = (),
+) -> str:
+    """The ACL file: admins write specs and read statuses, viewers read specs and statuses, monitors
+    read `$SYS` and statuses, aggregators everything under the prefix, each node (any user: `pattern`)
+    only its own updates, worker status, node status, acks and sync topic."""
     t = Topics(prefix)
-    own = AclPattern.USERNAME
     lines = [
         "# ACL for the federated-learning broker (written by `flctl broker init`). Keyed on the username;",
         "# use_username_as_clientid is on, so the client id is the username too. Reloaded on SIGHUP.",
@@ -35,22 +76,34 @@ def render_acl(aggregators: Iterable[str], admins: Iterable[str], prefix: str = 
                 f"topic read {t.all_node_statuses()}",
             ],
         )
+    for viewer in viewers:
+        lines += _user(
+            viewer,
+            "read-only flctl (get, describe, -w): reads specs and statuses, writes nothing.",
+            [
+                f"topic read {t.all_specs()}",
+                f"topic read {t.all_statuses()}",
+                f"topic read {t.all_node_statuses()}",
+                *_read_only_denials(t, viewer),
+            ],
+        )
+    for monitor in monitors:
+        lines += _user(
+            monitor,
+            "monitoring (mosquitto_sub, exporters): reads the broker's $SYS counters and statuses, writes nothing.",
+            [
+                f"topic read {SYS_TOPICS}",
+                f"topic read {t.all_statuses()}",
+                f"topic read {t.all_node_statuses()}",
+                *_read_only_denials(t, monitor),
+            ],
+        )
     for agg in aggregators:
         lines += _user(
             agg,
             "controller and aggregator: reads updates, writes plans, global models and statuses.",
             [f"topic readwrite {t.everything()}", f"topic read {SYS_TOPICS}"],
         )
-    lines += [
-        "# Every user (edges, and harmlessly the users above): only its own topics.",
-        f"pattern write {t.updates_of(own)}",
-        f"pattern write {t.worker_statuses_of(own)}",
-        f"pattern read {t.worker_statuses_of(own)}",
-        f"pattern write {t.node_status(own)}",
-        f"pattern read {t.node_status(own)}",
-        f"pattern read {t.all_plans()}",
-        f"pattern read {t.all_globals()}",
-        f"pattern read {t.acks_for(own)}",
-        f"pattern readwrite {t.client_tree(own)}",
-    ]
+    lines.append("# Every user (edges, and harmlessly the admins and aggregators): only its own topics.")
+    lines += [f"pattern {access} {topic}" for access, topic in _edge_patterns(t, AclPattern.USERNAME)]
     return "\n".join(lines) + "\n"

@@ -19,8 +19,8 @@ from schemas import Topics, check_name
 
 DEFAULT_TLS_PORT = 8883
 DEFAULT_PLAIN_PORT = 1883
-_LAYOUT = ("broker", "ca", "nodes", "admin")
-Role = Literal["edge", "aggregator", "admin"]
+_LAYOUT = ("broker", "ca", "nodes", "admin", "viewer", "monitor")
+Role = Literal["edge", "aggregator", "admin", "viewer", "monitor"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Provisioned:
 
     out: Path
     broker_config: BrokerConfig
-    roles: Mapping[str, str]  # identity -> edge | aggregator | admin
+    roles: Mapping[str, str]  # identity -> edge | aggregator | admin | viewer | monitor
     configs: dict[str, Path] = field(default_factory=dict)  # identity -> its node.yaml / flctl.yaml
 
     @property
@@ -66,21 +66,33 @@ def _names(values: Sequence[str], what: str) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class _Identities:
+    """The checked names of every identity, by role."""
+
+    nodes: list[str]
+    aggregators: list[str]
+    admins: list[str]
+    viewers: list[str]
+    monitors: list[str]
+
+
 def _check_arguments(
     nodes: Sequence[str],
     aggregators: Sequence[str] | None,
-    admins: Sequence[str],
+    people: Mapping[str, Sequence[str]],
     *,
     port: int,
     plain_port: int,
     prefix: str,
-) -> tuple[list[str], list[str], list[str]]:
-    """Node, aggregator and admin names, checked; UsageError for anything that cannot work."""
+) -> _Identities:
+    """Every identity's name, checked (`people`: admin, viewer and monitor names as given); UsageError
+    for anything that cannot work."""
     node_names = _names(nodes, "node")
     if not node_names:
         raise UsageError("--nodes needs at least one node name")
-    admin_names = _names(admins, "admin")
-    if not admin_names:
+    named = {role: _names(people.get(role, ()), role) for role in ("admin", "viewer", "monitor")}
+    if not named["admin"]:
         raise UsageError("--admin needs a name")
     agg_names = (
         _names(aggregators, "aggregator")
@@ -90,9 +102,17 @@ def _check_arguments(
     unknown = [a for a in agg_names if a not in node_names]
     if unknown:
         raise UsageError(f"--aggregators {', '.join(unknown)}: not in --nodes")
-    clash = [a for a in admin_names if a in node_names]
-    if clash:
-        raise UsageError(f"--admin {', '.join(clash)} is also a node name: identities must be distinct")
+    # Each name is one MQTT user with one ACL block: a name in two roles would get both.
+    taken = {n: "node" for n in node_names}  # name -> the role it has (as worded in messages)
+    for role, names in named.items():
+        for name in names:
+            if name in taken:
+                other = taken[name]
+                article = "an" if other[0] in "aeiou" else "a"
+                raise UsageError(
+                    f"--{role} {name}: {name} is already the name of {article} {other}; identities must be distinct"
+                )
+            taken[name] = role
     if port == plain_port:
         raise UsageError(f"--port and --plain-port are both {port}")
     for value, flag in ((port, "--port"), (plain_port, "--plain-port")):
@@ -102,8 +122,7 @@ def _check_arguments(
         Topics(prefix)
     except ValueError as exc:
         raise UsageError(f"--prefix {prefix!r}: {exc}") from exc
-
-    return node_names, agg_names, admin_names
+    return _Identities(node_names, agg_names, named["admin"], named["viewer"], named["monitor"])
 
 
 def _prepare_out(out: Path, *, force: bool) -> Path:
@@ -144,12 +163,42 @@ def _write_identity(
     return write(file, header + node_cfg.to_yaml(), SECRET)
 
 
+def _write_mosquitto_sub_options(folder: Path, name: str, password: str, plain_port: int) -> Path:
+    """`folder/mosquitto_sub`: the monitor's options for mosquitto_sub on the broker host's loopback
+    listener. mosquitto_sub reads `$XDG_CONFIG_HOME/mosquitto_sub`, so `XDG_CONFIG_HOME=folder
+    mosquitto_sub -t ...` logs in as the monitor with no password on the command line."""
+    lines = [
+        f"# {name} (monitor): mosquitto_sub options written by `flctl broker init`. Secret: keep it 0600.",
+        "# Use: XDG_CONFIG_HOME=<this folder> mosquitto_sub -v -t '$SYS/broker/clients/connected'",
+        "-h 127.0.0.1",
+        f"-p {plain_port}",
+        f"-u {name}",
+        f"-P {password}",
+    ]
+    return write(folder / "mosquitto_sub", "\n".join(lines) + "\n", SECRET)
+
+
+def _config_file(out: Path, name: str, role: Role, first_admin: str) -> Path:
+    """Where an identity's config goes: DIR/nodes/<node>/node.yaml, DIR/admin/flctl.yaml (the first
+    admin) or DIR/admin/<name>.yaml, DIR/viewer/<name>.yaml, DIR/monitor/<name>/<name>.yaml (with the
+    mosquitto_sub options beside it)."""
+    if role == "admin":
+        return mkdir(out / "admin") / ("flctl.yaml" if name == first_admin else f"{name}.yaml")
+    if role == "viewer":
+        return mkdir(out / "viewer") / f"{name}.yaml"
+    if role == "monitor":
+        return mkdir(mkdir(out / "monitor") / name) / f"{name}.yaml"
+    return mkdir(out / "nodes" / name) / "node.yaml"
+
+
 def provision(
     out: Path,
     nodes: Sequence[str],
     *,
     aggregators: Sequence[str] | None = None,
     admins: Sequence[str] = ("admin",),
+    viewers: Sequence[str] = (),
+    monitors: Sequence[str] = ("monitor",),
     hostnames: Sequence[str] = (),
     port: int = DEFAULT_TLS_PORT,
     plain_port: int = DEFAULT_PLAIN_PORT,
@@ -160,26 +209,34 @@ def provision(
     run_as_root: bool | None = None,
     force: bool = False,
 ) -> Provisioned:
-    """Write the deployment's broker files, CA, certificates, passwords and node configs under `out`.
+    """Write the deployment's broker files, CA, certificates, passwords and configs under `out`: one per
+    node, admin (writes specs), viewer (read-only flctl) and monitor ($SYS and statuses, read-only).
 
     `broker_dir` is where DIR/broker will be on the broker host (mosquitto.conf names its files there;
     default: where it is written). Raises UsageError for bad arguments, InputError when `out` exists
-    (without `force`) or mosquitto_passwd is missing.
+    (without `force`).
     """
-    node_names, agg_names, admin_names = _check_arguments(
-        nodes, aggregators, admins, port=port, plain_port=plain_port, prefix=prefix
+    ids = _check_arguments(
+        nodes,
+        aggregators,
+        {"admin": admins, "viewer": viewers, "monitor": monitors},
+        port=port,
+        plain_port=plain_port,
+        prefix=prefix,
     )
     out = _prepare_out(out, force=force)
     mkdir(out)
     broker_out = mkdir(out / "broker")
     mkdir(broker_out / "data")
     ca_dir = mkdir(out / "ca")
-    nodes_dir = mkdir(out / "nodes")
-    admin_dir = mkdir(out / "admin")
+    mkdir(out / "nodes")
+    mkdir(out / "admin")
     installed = (broker_dir or broker_out).absolute()
 
-    roles: dict[str, Role] = {n: ("aggregator" if n in agg_names else "edge") for n in node_names}
-    roles.update({a: "admin" for a in admin_names})
+    roles: dict[str, Role] = {n: ("aggregator" if n in ids.aggregators else "edge") for n in ids.nodes}
+    roles.update({a: "admin" for a in ids.admins})
+    roles.update({v: "viewer" for v in ids.viewers})
+    roles.update({m: "monitor" for m in ids.monitors})
     passwords = {name: secrets.token_urlsafe(24) for name in roles}
 
     # CA, server certificate
@@ -194,7 +251,8 @@ def provision(
 
     # passwords and ACL
     write_passwd(broker_out / "passwd", passwords)
-    write(broker_out / "acl", render_acl(agg_names, admin_names, prefix), SECRET)
+    acl = render_acl(ids.aggregators, ids.admins, prefix, viewers=ids.viewers, monitors=ids.monitors)
+    write(broker_out / "acl", acl, SECRET)
 
     cfg = BrokerConfig(
         plain_port,
@@ -221,11 +279,10 @@ def provision(
     address = BrokerAddress(host=hostnames[0] if hostnames else "localhost", port=port)
     configs: dict[str, Path] = {}
     for name, role in roles.items():
-        if role == "admin":
-            file = admin_dir / ("flctl.yaml" if name == admin_names[0] else f"{name}.yaml")
-        else:
-            file = mkdir(nodes_dir / name) / "node.yaml"
+        file = _config_file(out, name, role, ids.admins[0])
         configs[name] = _write_identity(
             file, name, role, password=passwords[name], ca=ca, address=address, cert=client_certs
         )
+        if role == "monitor":
+            _write_mosquitto_sub_options(file.parent, name, passwords[name], plain_port)
     return Provisioned(out=out, broker_config=cfg, roles=roles, configs=configs)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
-from broker.mosquitto import find_mosquitto_passwd
-from flctl._errors import InputError
+from flctl.provision._passwd import render_passwd
 
 SECRET = 0o600
 PUBLIC = 0o644
@@ -34,23 +32,6 @@ def write(path: Path, data: bytes | str, mode: int) -> Path:
 
 
 def write_passwd(path: Path, passwords: dict[str, str]) -> None:
-    """mosquitto's password file for `passwords` (user -> password), hashed by mosquitto_passwd itself."""
-    binary = find_mosquitto_passwd()
-    if binary is None:
-        raise InputError(
-            "no mosquitto_passwd: install mosquitto (apt-get install mosquitto) or set MOSQUITTO_PASSWD_BIN"
-        )
-    write(path, b"", SECRET)  # 0600 before a hash is in it; mosquitto_passwd keeps the mode
-    for user, password in passwords.items():
-        # -b puts the password on mosquitto_passwd's command line for the moment it runs (the plan's
-        # choice: the file format is mosquitto's own). Its output is discarded unseen.
-        result = subprocess.run(
-            [binary, "-b", str(path), user, password],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise InputError(f"mosquitto_passwd failed for user {user} (exit code {result.returncode})")
-    os.chmod(path, SECRET)
+    """mosquitto's password file for `passwords` (user -> password), hashed here (`_passwd`): no
+    password is ever on a command line, and mosquitto_passwd need not be installed."""
+    write(path, render_passwd(passwords), SECRET)

@@ -614,7 +614,6 @@ def flctl_main(argv: list[str]) -> None:
     assert code == 0, f"flctl {shlex.join(argv)}: exit {code}: {err.getvalue()}"
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd is not installed")
 def test_flctl_broker_init_writes_the_layout_deploy_mounts(tmp_path: Path) -> None:
     """The real `flctl broker init` writes every file deploy/ mounts, and mosquitto.conf names them there."""
     out = tmp_path / "out"

@@ -29,18 +29,24 @@ def test_broker_init_writes_the_planned_layout_with_private_secrets(tmp_path: Pa
     out = tmp_path / "secrets"
     done = flctl(
         "broker", "init", "--nodes", "cloud0,edge1", "--nodes", "edge2", "--out", str(out),
-        "--hostname", "broker.example.com", "--client-certs",
+        "--hostname", "broker.example.com", "--client-certs", "--viewer", "viewer,ops",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
 
     expected = {
         "broker/mosquitto.conf", "broker/passwd", "broker/acl", "broker/ca.crt", "broker/server.crt",
         "broker/server.key", "ca/ca.key", "admin/flctl.yaml", "admin/ca.crt",
+        "viewer/viewer.yaml", "viewer/ops.yaml", "viewer/ca.crt",
+        "monitor/monitor/monitor.yaml", "monitor/monitor/mosquitto_sub", "monitor/monitor/ca.crt",
         *(f"nodes/{n}/{f}" for n in ("cloud0", "edge1", "edge2") for f in ("node.yaml", "ca.crt", f"{n}.crt", f"{n}.key")),
     }  # fmt: skip
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert expected <= written, expected - written
-    secrets = [p for p in out.rglob("*") if p.is_file() and (p.suffix in (".key", ".yaml") or p.name == "passwd")]
+    secrets = [
+        p
+        for p in out.rglob("*")
+        if p.is_file() and (p.suffix in (".key", ".yaml") or p.name in ("passwd", "mosquitto_sub"))
+    ]
     for path in secrets:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:
@@ -50,16 +56,20 @@ def test_broker_init_writes_the_planned_layout_with_private_secrets(tmp_path: Pa
     admin = load_node_config(out / "admin" / "flctl.yaml")
     assert {n: c.role for n, c in configs.items()} == {"cloud0": "aggregator", "edge1": "edge", "edge2": "edge"}
     assert admin.role == "admin" and admin.node == "admin"
+    assert load_node_config(out / "viewer" / "ops.yaml").role == "viewer"
+    monitor = load_node_config(out / "monitor" / "monitor" / "monitor.yaml")
+    assert monitor.role == "monitor" and f"-P {monitor.password}" in (out / "monitor/monitor/mosquitto_sub").read_text()
     assert configs["edge1"].broker.host == "broker.example.com" and configs["edge1"].broker.port == 8883
     assert configs["edge1"].tls is not None and configs["edge1"].tls.cert == str(out / "nodes/edge1/edge1.crt")
     passwords = [c.password for c in (*configs.values(), admin)]
     assert all(p and len(p) >= 24 for p in passwords) and len(set(passwords)) == 4
+    assert "ops" in done.stdout and "viewer" in done.stdout
     # never on the terminal, never hashed by us in clear
     for password in passwords:
         assert password is not None
         assert password not in done.stdout + done.stderr
         assert password not in (out / "broker" / "passwd").read_text()
-    assert "$7$" in (out / "broker" / "passwd").read_text()  # mosquitto_passwd's pbkdf2 hashes
+    assert "$7$" in (out / "broker" / "passwd").read_text()  # mosquitto's pbkdf2 hashes, written by us
     conf = (out / "broker" / "mosquitto.conf").read_text()
     for line in ("allow_anonymous false", "use_username_as_clientid true", "tls_version tlsv1.2",
                  "require_certificate true", "use_identity_as_username true", "listener 1883 127.0.0.1", "listener 8883"):  # fmt: skip
@@ -80,6 +90,9 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
         ["--nodes", "edge1,edge1"],
         ["--nodes", "edge1", "--aggregators", "cloud9"],
         ["--nodes", "admin"],
+        ["--nodes", "edge1", "--viewer", "admin"],
+        ["--nodes", "edge1", "--monitor", "edge1"],
+        ["--nodes", "edge1", "--viewer", "ops", "--monitor", "ops"],
         ["--nodes", "edge1", "--port", "1883"],
     ):
         done = flctl("broker", "init", *args, "--out", str(tmp_path / "x"))
