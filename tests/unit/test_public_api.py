@@ -105,6 +105,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "Job",
         "JobFacts",
         "JobSettings",
+        "KeptState",
         "Port",
         "ScriptRequest",
         "ScriptSignal",
