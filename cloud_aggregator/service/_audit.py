@@ -6,14 +6,15 @@ CONNACK cannot tell: an old snapshot may still hold this node's session (``sessi
 new connection is audited the way the startup catches up, without blocking the logic thread:
 
 1. the logic thread notices the new connection (`due`, polled by the service's tick) and `start`s:
-   the controller collects retained statuses and plans again (`Controller.begin_audit`), the status and
-   plan subscriptions are renewed (the spec subscription is renewed by the session on every connect, so
+   the controller collects retained statuses and plans again (`Controller.begin_audit`), the status,
+   plan and global-manifest subscriptions are renewed (the spec subscription is renewed by the session on every connect, so
    the retained specs come again), and a thread waits for a `Session.barrier`;
 2. the barrier's `AuditBarrier` event is queued behind every retained message of those subscriptions,
    so when the logic thread takes it (`finish`), everything the broker holds has been handled:
    deleted resources' leftovers are cleared (`Controller.end_audit`), every kept entry the broker did not
-   deliver byte for byte on this connection is republished (`MqttPort.resync`), and this node says
-   ``online`` again (its last will may have said ``offline``).
+   deliver byte for byte on this connection is republished (`MqttPort.resync`), so is the last global
+   model of each running job whose manifest it does not hold (`Job.republish_global`), and this node
+   says ``online`` again (its last will may have said ``offline``).
 
 A barrier that fails, or a connection that changed meanwhile, leaves the audit due: the next tick starts
 it again.
@@ -21,6 +22,7 @@ it again.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,6 +101,10 @@ class ReconnectAudit:
             return
         controller.end_audit()
         republished = port.resync(event.connection)
+        for engine in controller.engines():
+            engine.republish_global(
+                functools.partial(port.holds_global, engine.facts.name, connection=event.connection)
+            )
         announce()
         self.audited = event.connection
         self._log.info("broker's retained state checked", connection=event.connection, republished=republished)

@@ -141,6 +141,11 @@ class BrokerView:
         """A delivery (retained or live) or a publish of this node on connection `connection`."""
         self._held[topic] = (connection, payload)
 
+    def holds(self, topic: str, connection: int) -> bool:
+        """Whether a non-empty payload was seen on `topic` on `connection`."""
+        held = self._held.get(topic)
+        return held is not None and held[0] == connection and bool(held[1])
+
     def stale(self, wanted: dict[str, bytes], connection: int) -> list[tuple[str, bytes]]:
         """The entries of `wanted` the broker was not seen holding, byte for byte, on `connection`."""
         out = []

@@ -87,6 +87,10 @@ class MqttPort:
         """The broker delivered `payload` on `topic` (a spec, status or plan) on connection `connection`."""
         self._view.saw(topic, payload, connection)
 
+    def holds_global(self, job: str, round_: int, connection: int) -> bool:
+        """Whether the broker was seen holding the global model of `round_` (its manifest) on `connection`."""
+        return self._view.holds(self.topics.global_manifest(job, round_), connection)
+
     def resync(self, connection: int) -> int:
         """Republish (retained) every kept entry the broker was not seen holding on `connection`; return how many."""
         stale = self._view.stale(self._kept.entries(), connection)
@@ -108,6 +112,7 @@ class MqttPort:
         except (BrokerError, TimeoutError) as exc:
             raise PublishFailedError(str(exc)) from exc
         self.retained_globals.setdefault(job, {})[round_] = manifest.chunks
+        self._view.saw(self.topics.global_manifest(job, round_), manifest.to_json(), self.session.connection)
 
     def clear_globals(self, job: str, keep: int | None = None) -> None:
         known = self.retained_globals.get(job, {})

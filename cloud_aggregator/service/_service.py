@@ -53,6 +53,8 @@ SHUTDOWN_GRACE = 5.0
 #: Everything the logic thread handles.
 Event = Inbound | ScriptFrame | ScriptExited | AuditBarrier
 
+# What the broker is seen to hold of these is compared with the kept copy (`MqttPort.resync`).
+_KEPT_CHANNELS = (Channel.SPEC, Channel.STATUS, Channel.PLAN, Channel.GLOBAL_MANIFEST)
 _RUNTIME_CHANNELS = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK, Channel.NODE_STATUS)
 
 
@@ -158,7 +160,7 @@ class AggregatorService:
         self._controller = Controller(node=self.node, port=self._port, settings=jobs)
         self._audit = ReconnectAudit(
             session=session,
-            filters=(self.topics.all_statuses(), self.topics.all_plans()),
+            filters=(self.topics.all_statuses(), self.topics.all_plans(), self.topics.all_global_manifests()),
             emit=self._loop.put,
             barrier_timeout=BARRIER_TIMEOUT,
             log=self._log,
@@ -259,7 +261,7 @@ class AggregatorService:
             self._log.warning("message on a topic outside the layout ignored", topic=msg.topic, error=exc.reason)
             return
         channel = parsed.channel
-        if channel in (Channel.SPEC, Channel.STATUS, Channel.PLAN) and self._port is not None:
+        if channel in _KEPT_CHANNELS and self._port is not None:
             self._port.saw(msg.topic, msg.payload, msg.connection)
         if channel is Channel.SPEC and parsed.kind is not None and parsed.name is not None:
             controller.on_spec(parsed.kind, parsed.name, msg.topic, msg.payload, time.monotonic(), retained=msg.retain)
