@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 
 from cloud_aggregator.engine import Controller, JobSettings
-from cloud_aggregator.service._kept_store import BrokerView, KeptStore
+from cloud_aggregator.service import BrokerView, KeptStore
 from cloud_aggregator.testing import MemoryDisk, MemoryPort
 from schemas import JobStatus, Kind, Phase, ResourceStatus, Topics
 from tests.unit.test_controller import FIXED, JOB, TOPICS, documents, fixed_spec_hash, job_payload

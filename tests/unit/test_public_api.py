@@ -115,7 +115,9 @@ PUBLIC_API: dict[str, list[str]] = {
     "cloud_aggregator.service": [
         "AggregationScripts",
         "AggregatorService",
+        "BrokerView",
         "Event",
+        "KeptStore",
         "MqttPort",
         "StateStore",
         "aggregation_launch",
