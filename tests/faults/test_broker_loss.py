@@ -131,3 +131,34 @@ def test_broker_back_from_an_old_snapshot_after_the_job(
     last = r.watch.status
     assert isinstance(last, JobStatus) and last.uid == done.uid and last.phase is Phase.SUCCEEDED
     r.finish()
+
+
+def test_deleted_job_stays_deleted_when_an_old_snapshot_brings_it_back(
+    rig: RigFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`flctl delete` of the finished job, then the broker is killed -9 and started from a copy of its database
+    taken before the delete: the aggregator knows the job was deleted (its tombstone) and clears the spec and
+    status that came back instead of running the job again. The Datasets and the Model stay."""
+    r = rig(2, exit_round=2, keras=False, proxies=False)
+    done = r.wait_job(90)
+    r.assert_outcome(done)
+    old = _snapshot(r, tmp_path / "snapshot")
+    capsys.readouterr()
+    assert flctl_cli.main([*r.cluster.flctl_args(), "delete", "fl", JOB]) == 0
+    node = r.cluster.nodes["cloud0"]
+    # The aggregator must have seen the delete: one the broker loses before anyone saw it never happened.
+    wait_until(lambda: '"job deleted"' in node.log_tail(400), timeout=20, what="the delete seen by the aggregator")
+    wait_until(lambda: _get(r, capsys, "fl") == [], timeout=20, what="the job deleted")
+
+    _kill_broker(r, restore=old)
+
+    wait_until(
+        lambda: "a deleted spec came back from the broker's store" in node.log_tail(400),
+        timeout=30,
+        what="the stale spec noticed",
+    )
+    wait_until(lambda: _get(r, capsys, "fl") == [], timeout=20, what="the job deleted again")
+    for type_word, names in RESOURCES.items():
+        assert sorted(i["metadata"]["name"] for i in _get(r, capsys, type_word)) == names
+    assert "job starts" not in node.log_tail(400).split("a deleted spec came back")[-1]
+    r.finish()
