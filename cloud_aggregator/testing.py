@@ -54,7 +54,7 @@ class GlobalModel:
 
 @dataclass
 class MemoryDisk:
-    """What `StateStore` keeps under ROOT/state and `KeptStore` under ROOT/retained, in memory."""
+    """What `StateStore` keeps under ROOT/state and `KeptStore` under ROOT/state/_kept, in memory."""
 
     spool: dict[str, dict[int, list[SpooledUpdate]]] = field(default_factory=dict)
     checkpoints: dict[str, tuple[Checkpoint, bytes]] = field(default_factory=dict)

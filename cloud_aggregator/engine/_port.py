@@ -82,7 +82,7 @@ class Port(Protocol):
         """Write the final weights under the Model url (`<url>/<model>.npz` plus a JSON); return the path."""
         ...
 
-    # -- the kept copy of the retained state (the service: ROOT/retained/, `KeptStore`) ------------
+    # -- the kept copy of the retained state (the service: ROOT/state/_kept/, `KeptStore`) ------------
 
     def keep_spec(self, kind: Kind, name: str, payload: bytes) -> None:
         """Keep an accepted spec durably, byte for byte (and drop a tombstone of the same bytes)."""

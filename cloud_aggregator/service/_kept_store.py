@@ -1,6 +1,8 @@
 """The durable copy of the retained state the controller stands behind, and what the broker holds of it.
 
-Layout (``ROOT/retained/``, one folder per resource, mirroring the topic tree under the prefix)::
+Layout (``ROOT/state/_kept/``, one folder per resource, mirroring the topic tree under the prefix; under
+``state/`` because deployments keep that folder durable, and ``_kept`` because no job name can have an
+underscore, so it never meets a job's ``state/<job>/``)::
 
     <kind>/<name>/spec       the accepted spec, byte for byte as it was published
     <kind>/<name>/status     the last status this node published (absent once it cleared it)
@@ -34,10 +36,10 @@ _SPEC, _STATUS, _PLAN, _DELETED = "spec", "status", "plan", "deleted"
 
 
 class KeptStore:
-    """The files under ``ROOT/retained`` and their in-memory mirror (`state`)."""
+    """The files under ``ROOT/state/_kept`` and their in-memory mirror (`state`)."""
 
     def __init__(self, root: Path, topics: Topics, log: FilteringBoundLogger) -> None:
-        self.base = root / "retained"
+        self.base = root / "state" / "_kept"
         self._topics = topics
         self._log = log
         self.state = self._load()

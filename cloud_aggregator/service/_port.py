@@ -4,7 +4,7 @@ Every broker error becomes a `PublishFailedError` (an `AggregatorError`), which 
 failed job or a Warning event; global models travel as retained chunked transfers (`broker.BlobSender`),
 and this port remembers which rounds it left retained so it can clear them again.
 
-Specs, statuses and plans are kept durably (`KeptStore`, ``ROOT/retained``) before they are published,
+Specs, statuses and plans are kept durably (`KeptStore`, ``ROOT/state/_kept``) before they are published,
 and every retained message this port publishes or the service sees delivered is noted in a `BrokerView`;
 `resync` republishes what a broker that lost (or turned back) its retained state does not hold.
 """

@@ -186,7 +186,7 @@ def test_reconnect_audit_clears_what_an_old_snapshot_kept_of_a_deleted_job() -> 
     assert port.status_history == [(Kind.JOB, JOB, None)]
 
 
-# -- the files (ROOT/retained) and what the broker is seen to hold -------------------------------------
+# -- the files (ROOT/state/_kept) and what the broker is seen to hold -------------------------------------
 
 
 def test_kept_store_survives_a_restart_and_records_tombstones(tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_kept_store_survives_a_restart_and_records_tombstones(tmp_path: Path) ->
     assert again.statuses == {(Kind.JOB, "j1"): b'{"phase": "Running"}'}
     assert again.plans == {"j1": b"plan"}
     assert again.was_deleted(Kind.MODEL, "m1", b"model spec") and not again.was_deleted(Kind.MODEL, "m1", b"other")
-    assert (tmp_path / "retained" / "federatedlearningjobs" / "j1" / "spec").read_bytes() == b"job spec"
+    assert (tmp_path / "state" / "_kept" / "federatedlearningjobs" / "j1" / "spec").read_bytes() == b"job spec"
 
 
 def test_only_what_the_broker_was_not_seen_holding_is_republished(tmp_path: Path) -> None:
