@@ -18,13 +18,8 @@ effects behind a `Port`, so tests drive it without a broker. What it decides:
   statuses. A job whose retained status is already Succeeded or Failed with the same spec hash is not
   run again; one whose retained status is Running (this node, same spec hash) resumes with the same uid
   from its checkpoint (`JobFacts.of(..., resume=True)`).
-- **Durability** (`_kept`, `_restart`): every accepted spec is kept through the port (`Port.keep_spec`),
-  as are the statuses and plans it publishes. At `ready()` a kept spec the broker did not deliver is
-  restored (a missing spec is never a delete), and a kept job status wins over the broker's for the
-  rules above. Only an explicit delete (an empty spec payload) deletes: it leaves a tombstone, a deleted
-  spec that comes back retained (an old broker snapshot) is cleared again, and the statuses and plans
-  left by deleted resources are cleared. After a reconnect the service runs the same checks as an audit
-  (`begin_audit`, the retained statuses and plans, `end_audit`).
+- **Durability**: every accepted spec is kept through the port (`Port.keep_spec`), and the kept copy
+  decides what a broker lost, what a delete left and what a deleted spec that comes back is (`_restart`).
 
 Valid jobs are handed to a `Job`, which owns the job's status from then on.
 """
@@ -42,7 +37,7 @@ from structlog.typing import FilteringBoundLogger
 from cloud_aggregator.engine._facts import JobFacts, JobSettings
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._port import Port
-from cloud_aggregator.engine._restart import Delivered, clear_leftovers, leftovers, lost_specs
+from cloud_aggregator.engine._restart import Delivered, clear_if_deleted, clear_leftovers, leftovers, lost_specs
 from cloud_aggregator.engine._stages import Stage
 from schemas import (
     Condition,
@@ -157,12 +152,7 @@ class Controller:
     def _restore_lost(self, now_s: float) -> None:
         """Kept specs the broker did not deliver are taken as delivered; kept job statuses are the old ones."""
         kept = self._port.kept()
-        for kind, name, payload in lost_specs(kept, self._delivered.specs):
-            self._log.warning(
-                "spec missing on the broker: restored from the kept copy (a missing spec is not a delete)",
-                kind=kind.value,
-                name=name,
-            )
+        for kind, name, payload in lost_specs(kept, self._delivered.specs, self._log):
             self.on_spec(kind, name, f"{kind.value}/{name}/spec (kept copy)", payload, now_s)
         # The kept status is the last one this node published: newer than a broker snapshot's, and there
         # when the broker lost it, so the restart rules (finished: not run again; Running: resume) use it.
@@ -180,14 +170,10 @@ class Controller:
         self._delivered.listen(False)
 
     def _clear_orphans(self) -> None:
-        def known(kind: Kind, name: str) -> bool:
-            if kind is Kind.JOB:
-                return name in self._jobs or name in self._invalid_jobs
-            return (kind, name) in self._resource_statuses
-
-        delivered = self._delivered
-        found = leftovers(delivered.statuses, delivered.plans, node=self.node, kept=self._port.kept(), known=known)
-        clear_leftovers(found, self._port, self._log)
+        known = {(Kind.JOB, n) for n in [*self._jobs, *self._invalid_jobs]} | self._resource_statuses
+        clear_leftovers(
+            leftovers(self._delivered, node=self.node, kept=self._port.kept(), known=known), self._port, self._log
+        )
 
     # -- specs -----------------------------------------------------------------------------------
 
@@ -201,15 +187,8 @@ class Controller:
         if not payload:
             self._delete(kind, name)
             return
-        if retained and self._port.kept().was_deleted(kind, name, payload):
-            # Only a retained copy can be stale; the same spec published now is a re-create.
-            self._log.warning(
-                "a deleted spec came back from the broker's store (an old snapshot?): cleared again",
-                kind=kind.value,
-                name=name,
-            )
-            self._port.restore_spec(kind, name, b"")
-            return
+        if retained and clear_if_deleted(self._port, self._log, kind, name, payload):
+            return  # only a copy from the broker's store can be stale; the same spec published now is a re-create
         try:
             resource = parse_for_topic(payload, topic, kind, name)
         except SpecError as exc:

@@ -15,7 +15,6 @@ Two questions, answered with the kept copy (`KeptState`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -25,7 +24,7 @@ from cloud_aggregator.engine._kept import KeptState
 from cloud_aggregator.engine._port import Port
 from schemas import JobPlan, JobStatus, Kind
 
-__all__ = ["Delivered", "Leftovers", "clear_leftovers", "leftovers", "lost_specs"]
+__all__ = ["Delivered", "Leftovers", "clear_if_deleted", "clear_leftovers", "leftovers", "lost_specs"]
 
 # Datasets and Models before jobs, so a restored job finds its references restored too.
 _ORDER = {Kind.DATASET: 0, Kind.MODEL: 1, Kind.JOB: 2}
@@ -65,10 +64,33 @@ class Delivered:
         self.specs.clear()
 
 
-def lost_specs(kept: KeptState, delivered: set[tuple[Kind, str]]) -> list[tuple[Kind, str, bytes]]:
-    """The kept specs the broker did not deliver (or deliver as deleted), in the order to restore them."""
-    lost = [(k, n, p) for (k, n), p in kept.specs.items() if (k, n) not in delivered]
-    return sorted(lost, key=lambda item: (_ORDER[item[0]], item[1]))
+def lost_specs(
+    kept: KeptState, delivered: set[tuple[Kind, str]], log: FilteringBoundLogger
+) -> list[tuple[Kind, str, bytes]]:
+    """The kept specs the broker did not deliver (or delivered as deleted), in the order to restore them."""
+    lost = sorted(
+        [(k, n, p) for (k, n), p in kept.specs.items() if (k, n) not in delivered],
+        key=lambda item: (_ORDER[item[0]], item[1]),
+    )
+    for kind, name, _ in lost:
+        log.warning(
+            "spec missing on the broker: restored from the kept copy (not a delete)", kind=kind.value, name=name
+        )
+    return lost
+
+
+def clear_if_deleted(port: Port, log: FilteringBoundLogger, kind: Kind, name: str, payload: bytes) -> bool:
+    """A spec from the broker's store whose bytes were explicitly deleted (an old snapshot brought it back):
+    publish an empty spec over it again and say so (True); False for any other spec."""
+    if not port.kept().was_deleted(kind, name, payload):
+        return False
+    log.warning(
+        "a deleted spec came back from the broker's store (an old snapshot?): cleared again",
+        kind=kind.value,
+        name=name,
+    )
+    port.restore_spec(kind, name, b"")
+    return True
 
 
 @dataclass
@@ -80,19 +102,12 @@ class Leftovers:
     unknown: list[tuple[Kind, str]] = field(default_factory=list)
 
 
-def leftovers(
-    statuses: Mapping[tuple[Kind, str], bytes],
-    plans: Mapping[str, bytes],
-    *,
-    node: str,
-    kept: KeptState,
-    known: Callable[[Kind, str], bool],
-) -> Leftovers:
-    """Sort the retained statuses and plans whose resource is not `known` (no spec now) into leftovers."""
+def leftovers(delivered: Delivered, *, node: str, kept: KeptState, known: set[tuple[Kind, str]]) -> Leftovers:
+    """Sort the delivered statuses and plans whose resource is not `known` (no spec now) into leftovers."""
     out = Leftovers()
     jobs: set[str] = set()
-    for (kind, name), payload in sorted(statuses.items()):
-        if known(kind, name):
+    for (kind, name), payload in sorted(delivered.statuses.items()):
+        if (kind, name) in known:
             continue
         if not kept.was_deleted(kind, name):
             out.unknown.append((kind, name))
@@ -100,12 +115,9 @@ def leftovers(
             out.resource_statuses.append((kind, name))
         elif _aggregation_node(JobStatus, payload) in (node, None):
             jobs.add(name)
-    for name, payload in plans.items():
-        if (
-            not known(Kind.JOB, name)
-            and kept.was_deleted(Kind.JOB, name)
-            and _aggregation_node(JobPlan, payload) == node
-        ):
+    for name, payload in delivered.plans.items():
+        deleted = (Kind.JOB, name) not in known and kept.was_deleted(Kind.JOB, name)
+        if deleted and _aggregation_node(JobPlan, payload) == node:
             jobs.add(name)
     out.jobs = sorted(jobs)
     return out

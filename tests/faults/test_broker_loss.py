@@ -28,7 +28,10 @@ def _data_dir(r: Rig) -> Path:
 
 
 def _kill_broker(r: Rig, *, restore: Path | None = None) -> None:
-    """kill -9 the broker; start it again from an empty data directory, or from the database `restore`."""
+    """kill -9 the broker; start it again from an empty data directory, or from the database `restore`.
+    Returns once the traffic capture is subscribed again (a broker that lost its sessions has none)."""
+    assert r.capture is not None
+    since = r.capture.connection
     r.cluster.stop_broker(hard=True)
     data = _data_dir(r)
     shutil.rmtree(data)
@@ -36,6 +39,7 @@ def _kill_broker(r: Rig, *, restore: Path | None = None) -> None:
     if restore is not None:
         shutil.copy2(restore, data / restore.name)
     r.cluster.start_broker()
+    r.capture.wait_subscribed_again(since, timeout=20)
 
 
 def _snapshot(r: Rig, into: Path) -> Path:
@@ -80,10 +84,13 @@ def _assert_listed(r: Rig, capsys: pytest.CaptureFixture[str], phase: Phase) -> 
 def test_broker_loses_everything_right_after_create(rig: RigFactory, capsys: pytest.CaptureFixture[str]) -> None:
     """The aggregator accepted the specs; the broker dies before its autosave and comes back empty: the specs,
     statuses and plan are published again and the job runs to the end."""
-    r = rig(2, exit_round=2, keras=False, proxies=False)
+    # Round 1 is held until the capture is back: the FedAvg check needs every update on the wire.
+    r = rig(2, exit_round=2, keras=False, proxies=False, common_params={"hold_rounds": "1"})
     r.watch.wait(lambda w: w.status is not None, timeout=30, what="the job accepted")
 
     _kill_broker(r)
+    for edge in r.edges:
+        r.open_gate(edge, 1)
 
     status = r.wait_job(90)
     r.assert_outcome(status)
@@ -93,12 +100,14 @@ def test_broker_loses_everything_right_after_create(rig: RigFactory, capsys: pyt
 
 def test_broker_loses_everything_mid_job(rig: RigFactory, capsys: pytest.CaptureFixture[str]) -> None:
     """Round 1 closed; the broker comes back empty: the job resumes from what the aggregator kept (same uid)."""
-    r = rig(2, exit_round=3, keras=False, proxies=False)
+    r = rig(2, exit_round=3, keras=False, proxies=False, common_params={"hold_rounds": "2"})
     r.watch.wait_rounds(1, timeout=60)
     uid = r.watch.status.uid if r.watch.status else None
 
     _kill_broker(r)
-    _assert_listed(r, capsys, Phase.RUNNING)
+    _assert_listed(r, capsys, Phase.RUNNING)  # the edges hold round 2: the job cannot have ended
+    for edge in r.edges:
+        r.open_gate(edge, 2)
 
     status = r.wait_job(90)
     assert status.uid == uid
