@@ -32,6 +32,7 @@ from schemas import (
     JobStatus,
     Kind,
     NodeState,
+    Phase,
     TransferManifest,
     WireError,
     WorkerFrame,
@@ -157,8 +158,8 @@ class Job:
         did not receive it yet needs: unless the broker `held` that round's manifest, publish it again from
         the checkpoint (the global model of the last closed round, as it was published)."""
         ctx = self._ctx
-        if self.finished:
-            return  # its edges are done with it
+        if self.finished and self.status.phase is not Phase.SUCCEEDED:
+            return  # a failed job's edges stopped; a worker left out of a Succeeded job's last round catches up
         try:
             loaded = ctx.port.load_checkpoint(ctx.facts.name)
             if loaded is None or loaded[0].uid != ctx.facts.uid or held(loaded[0].closed_round):

@@ -14,7 +14,9 @@ from cloud_aggregator.engine import Controller, JobSettings
 from cloud_aggregator.service import BrokerView, KeptStore
 from cloud_aggregator.testing import MemoryDisk, MemoryPort
 from schemas import JobStatus, Kind, Phase, ResourceStatus, Topics
+from tests.unit.test_aggregator_intake import send, training, transfer
 from tests.unit.test_controller import FIXED, JOB, TOPICS, documents, fixed_spec_hash, job_payload
+from tests.unit.test_job_rounds import weights
 
 DATASETS = [name for kind, name, _ in documents(FIXED) if kind is Kind.DATASET]
 
@@ -224,3 +226,26 @@ def test_only_what_the_broker_was_not_seen_holding_is_republished(tmp_path: Path
     stale = view.stale(store.entries(), 2)
 
     assert stale == [("fl/datasets/d2/spec", b"d2"), ("fl/datasets/d3/spec", b"d3")]
+
+
+# -- the last global model, which a broker that lost its state no longer holds ------------------------
+
+
+def test_last_global_model_is_published_again_only_when_the_broker_lost_it() -> None:
+    """After round 1 closed, a reconnect finds no retained global manifest: the checkpointed round-1 model
+    is published again, byte for byte; with the manifest held, nothing is published."""
+    port = MemoryPort()
+    job = training(port)
+    for node in ("edge1", "edge2"):
+        manifest, chunks = transfer(node, 1, weights(2.0))
+        send(job, node, manifest, chunks, 1.0)
+    published = list(port.published_globals)
+    assert [g.round for g in published] == [0, 1]
+
+    job.republish_global(lambda round_: round_ == 1)
+    assert port.published_globals == published
+
+    job.republish_global(lambda round_: False)
+    again = port.published_globals[-1]
+    assert len(port.published_globals) == 3 and again.round == 1 and again.blob == published[-1].blob
+    assert not again.final and again.uid == published[-1].uid
