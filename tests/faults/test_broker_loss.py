@@ -116,6 +116,30 @@ def test_broker_loses_everything_mid_job(rig: RigFactory, capsys: pytest.Capture
     r.finish()
 
 
+def test_broker_back_from_an_old_snapshot_mid_job(
+    rig: RigFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The broker's database is copied just after the job was accepted; in round 2 the broker is killed -9 and
+    started from that copy (old status, no global model of round 1): the kept status, plan and round-1 model
+    are published again and the job finishes with the same uid."""
+    r = rig(2, exit_round=3, keras=False, proxies=False, common_params={"hold_rounds": "2"})
+    r.watch.wait(lambda w: w.status is not None, timeout=30, what="the job accepted")
+    old = _snapshot(r, tmp_path / "snapshot")
+    r.watch.wait_rounds(1, timeout=60)
+    uid = r.watch.status.uid if r.watch.status else None
+
+    _kill_broker(r, restore=old)
+    _assert_listed(r, capsys, Phase.RUNNING)
+    for edge in r.edges:
+        r.open_gate(edge, 2)
+
+    status = r.wait_job(90)
+    assert status.uid == uid
+    r.assert_outcome(status)
+    _assert_listed(r, capsys, Phase.SUCCEEDED)
+    r.finish()
+
+
 def test_broker_back_from_an_old_snapshot_after_the_job(
     rig: RigFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
