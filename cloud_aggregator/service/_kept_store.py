@@ -79,9 +79,13 @@ class KeptStore:
     # -- writing ---------------------------------------------------------------------------------
 
     def keep_spec(self, kind: Kind, name: str, payload: bytes) -> None:
+        stones = list(self.state.deleted.get((kind, name), []))
+        if self.state.specs.get((kind, name)) == payload and not self.state.was_deleted(kind, name, payload):
+            return  # every reconnect delivers every spec again: no write for what is already kept
         self.state.keep_spec(kind, name, payload)
         self._write(kind, name, _SPEC, payload, sync=True)
-        self._write_tombstones(kind, name)
+        if self.state.deleted.get((kind, name), []) != stones:
+            self._write_tombstones(kind, name)
 
     def forget_spec(self, kind: Kind, name: str, *, deleted: bool) -> None:
         self.state.forget_spec(kind, name, deleted=deleted)
@@ -91,6 +95,8 @@ class KeptStore:
         self._write(kind, name, _SPEC, None, sync=True)
 
     def keep_status(self, kind: Kind, name: str, payload: bytes | None) -> None:
+        if self.state.statuses.get((kind, name)) == (payload or None):
+            return  # the same status again (a Dataset's on every delivery of its spec)
         if payload:
             self.state.statuses[(kind, name)] = payload
         else:
@@ -100,6 +106,8 @@ class KeptStore:
         self._write(kind, name, _STATUS, payload or None, sync=False)
 
     def keep_plan(self, job: str, payload: bytes | None) -> None:
+        if self.state.plans.get(job) == (payload or None):
+            return
         if payload:
             self.state.plans[job] = payload
         else:
