@@ -54,8 +54,12 @@ class KeptState:
                 del self.deleted[(kind, name)]
 
     def forget_spec(self, kind: Kind, name: str, *, deleted: bool) -> None:
-        """Drop the kept spec; `deleted` (an explicit delete) leaves a tombstone of the dropped bytes."""
+        """The resource is not this node's any more: drop its kept spec, status and plan (never republish
+        them: another node may own them now). `deleted` (an explicit delete) leaves a tombstone of the spec."""
         payload = self.specs.pop((kind, name), None)
+        self.statuses.pop((kind, name), None)
+        if kind is Kind.JOB:
+            self.plans.pop(name, None)
         if not deleted or payload is None:
             return
         stones = self.deleted.setdefault((kind, name), [])

@@ -88,7 +88,7 @@ class Port(Protocol):
         """Keep an accepted spec durably, byte for byte (and drop a tombstone of the same bytes)."""
 
     def forget_spec(self, kind: Kind, name: str, *, deleted: bool) -> None:
-        """Drop a kept spec; `deleted` (an explicit delete) leaves a tombstone of its bytes."""
+        """Drop a kept spec, with its kept status and plan; `deleted` (an explicit delete) leaves a tombstone."""
 
     def kept(self) -> KeptState:
         """The kept copy as it is now (read it; change it only through the methods above)."""

@@ -92,7 +92,8 @@ class KeptStore:
         # The tombstone first: a crash between the two leaves the spec and its tombstone, which the
         # next start reads as "deleted" only for that exact spec coming back retained.
         self._write_tombstones(kind, name)
-        self._write(kind, name, _SPEC, None, sync=True)
+        for leaf in (_SPEC, _STATUS, _PLAN):
+            self._write(kind, name, leaf, None, sync=True)
 
     def keep_status(self, kind: Kind, name: str, payload: bytes | None) -> None:
         if self.state.statuses.get((kind, name)) == (payload or None):

@@ -249,3 +249,18 @@ def test_last_global_model_is_published_again_only_when_the_broker_lost_it() -> 
     again = port.published_globals[-1]
     assert len(port.published_globals) == 3 and again.round == 1 and again.blob == published[-1].blob
     assert not again.final and again.uid == published[-1].uid
+
+
+def test_a_job_moved_to_another_aggregation_node_is_not_kept_here() -> None:
+    """A job waiting for its references is replaced by a spec for cloud9: this node forgets its spec and its
+    Pending status (the other node's status must never be overwritten from this node's copy)."""
+    disk = MemoryDisk()
+    controller, port = controller_on(disk, "b" * 32)
+    controller.ready(0.0)
+    spec(controller, Kind.JOB, JOB, job_payload(), retained=False)
+    assert port.job_status(JOB).phase is Phase.PENDING and (Kind.JOB, JOB) in disk.kept.statuses
+
+    spec(controller, Kind.JOB, JOB, job_payload({"spec.aggregationWorker.nodeName": "cloud9"}), retained=False)
+
+    assert (Kind.JOB, JOB) not in disk.kept.specs and (Kind.JOB, JOB) not in disk.kept.statuses
+    assert not disk.kept.deleted
