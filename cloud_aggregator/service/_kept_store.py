@@ -75,6 +75,9 @@ class KeptStore:
             stones = [line.strip() for line in files[_DELETED].read_text().splitlines() if line.strip()]
             if stones:
                 state.deleted[(kind, name)] = stones
+        spec = state.specs.get((kind, name))
+        if spec is not None and state.was_deleted(kind, name, spec):
+            del state.specs[(kind, name)]  # a delete interrupted between its tombstone and the spec file
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -83,14 +86,15 @@ class KeptStore:
         if self.state.specs.get((kind, name)) == payload and not self.state.was_deleted(kind, name, payload):
             return  # every reconnect delivers every spec again: no write for what is already kept
         self.state.keep_spec(kind, name, payload)
-        self._write(kind, name, _SPEC, payload, sync=True)
+        # The tombstone file is the commit point of a delete or re-create (see `_load_one`): written first.
         if self.state.deleted.get((kind, name), []) != stones:
             self._write_tombstones(kind, name)
+        self._write(kind, name, _SPEC, payload, sync=True)
 
     def forget_spec(self, kind: Kind, name: str, *, deleted: bool) -> None:
         self.state.forget_spec(kind, name, deleted=deleted)
-        # The tombstone first: a crash between the two leaves the spec and its tombstone, which the
-        # next start reads as "deleted" only for that exact spec coming back retained.
+        # The tombstone first: after a crash before the spec file goes, `_load_one` finds both and the
+        # tombstone wins, so an interrupted delete is a delete.
         self._write_tombstones(kind, name)
         for leaf in (_SPEC, _STATUS, _PLAN):
             self._write(kind, name, leaf, None, sync=True)

@@ -264,3 +264,16 @@ def test_a_job_moved_to_another_aggregation_node_is_not_kept_here() -> None:
 
     assert (Kind.JOB, JOB) not in disk.kept.specs and (Kind.JOB, JOB) not in disk.kept.statuses
     assert not disk.kept.deleted
+
+
+def test_a_delete_interrupted_after_its_tombstone_is_a_delete(tmp_path: Path) -> None:
+    """A crash between writing the tombstone and removing the spec file: the next start has no spec kept."""
+    log, topics = structlog.get_logger(), Topics("fl")
+    store = KeptStore(tmp_path, topics, log)
+    store.keep_spec(Kind.JOB, "j1", b"job spec")
+    store.forget_spec(Kind.JOB, "j1", deleted=True)
+    (tmp_path / "state" / "_kept" / "federatedlearningjobs" / "j1" / "spec").write_bytes(b"job spec")
+
+    again = KeptStore(tmp_path, topics, log).state
+
+    assert again.specs == {} and again.was_deleted(Kind.JOB, "j1", b"job spec")
