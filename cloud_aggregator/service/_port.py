@@ -96,7 +96,10 @@ class MqttPort:
         stale = self._view.stale(self._kept.entries(), connection)
         for topic, payload in stale:
             self.log.warning("the broker lost a retained message; republished from the kept copy", topic=topic)
-            self._publish(topic, payload, retain=True)
+            try:
+                self._publish(topic, payload, retain=True)
+            except PublishFailedError as exc:  # one refused message must not keep the others back
+                self.log.error("cannot republish a kept message", topic=topic, error=str(exc))
         return len(stale)
 
     def publish_global(self, job: str, round_: int, blob: bytes, *, uid: str, num_samples: int, final: bool) -> None:
