@@ -207,6 +207,15 @@ class Session:
     def sync_topic(self) -> str:
         return self._sync_topic
 
+    @property
+    def connection(self) -> int:
+        """The number of the current (or last) connection: 0 before the first CONNACK, +1 on every reconnect.
+
+        Every `Inbound` carries the number it arrived on. A caller that must know what the broker holds
+        after a reconnect (a restarted broker may have lost its retained messages) compares them.
+        """
+        return self._connection
+
     def stop(self, timeout: float = 5.0, final: tuple[str, bytes] | None = None) -> None:
         """Publish `final` (retained, QoS 1; e.g. the offline status) and wait for its ack within
         `timeout`, then disconnect cleanly (no last will) and stop the threads. Idempotent."""

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_aggregator._errors import AggregatorError
-from cloud_aggregator.engine import Checkpoint, FinalModel, ScriptRequest, ScriptSignal, SpooledUpdate
+from cloud_aggregator.engine import Checkpoint, FinalModel, KeptState, ScriptRequest, ScriptSignal, SpooledUpdate
 from schemas import (
     JobPlan,
     JobStatus,
@@ -54,10 +54,11 @@ class GlobalModel:
 
 @dataclass
 class MemoryDisk:
-    """What `StateStore` keeps under ROOT/state, in memory."""
+    """What `StateStore` keeps under ROOT/state and `KeptStore` under ROOT/state/_kept, in memory."""
 
     spool: dict[str, dict[int, list[SpooledUpdate]]] = field(default_factory=dict)
     checkpoints: dict[str, tuple[Checkpoint, bytes]] = field(default_factory=dict)
+    kept: KeptState = field(default_factory=KeptState)
 
 
 @dataclass
@@ -88,12 +89,23 @@ class MemoryPort:
         copy = status.model_copy(deep=True) if status is not None else None
         self.statuses[(kind, name)] = copy
         self.status_history.append((kind, name, copy))
+        self.disk.kept.keep_status(kind, name, status.to_json() if status is not None else None)
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
         self.plans[job] = plan
+        self.disk.kept.keep_plan(job, plan.to_json() if plan is not None else None)
 
     def restore_spec(self, kind: Kind, name: str, payload: bytes) -> None:
         self.restored_specs.append((kind, name, payload))
+
+    def keep_spec(self, kind: Kind, name: str, payload: bytes) -> None:
+        self.disk.kept.keep_spec(kind, name, payload)
+
+    def forget_spec(self, kind: Kind, name: str, *, deleted: bool) -> None:
+        self.disk.kept.forget_spec(kind, name, deleted=deleted)
+
+    def kept(self) -> KeptState:
+        return self.disk.kept
 
     def publish_global(self, job: str, round_: int, blob: bytes, *, uid: str, num_samples: int, final: bool) -> None:
         if self.fail_publish_global is not None:

@@ -196,6 +196,10 @@ class Topics:
     def all_globals(self) -> str:
         return self._build(Kind.JOB.value, "+", "rounds", "+", "global", "#")
 
+    def all_global_manifests(self) -> str:
+        """The manifests of every retained global model (not their chunks): what shows which rounds are held."""
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "global", "manifest")
+
     def job_globals(self, job: str) -> str:
         return self._build(Kind.JOB.value, _name(job), "rounds", "+", "global", "#")
 

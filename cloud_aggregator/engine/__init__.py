@@ -38,6 +38,7 @@ from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._controller import Controller
 from cloud_aggregator.engine._facts import JobFacts, JobSettings
 from cloud_aggregator.engine._job import Job
+from cloud_aggregator.engine._kept import KeptState
 from cloud_aggregator.engine._port import FinalModel, Port, ScriptRequest, ScriptSignal
 from cloud_aggregator.engine._stages import Stage
 
@@ -48,6 +49,7 @@ __all__ = [
     "Job",
     "JobFacts",
     "JobSettings",
+    "KeptState",
     "Port",
     "ScriptRequest",
     "ScriptSignal",

@@ -18,8 +18,9 @@ effects behind a `Port`, so tests drive it without a broker. What it decides:
 - **Restart**: before `ready()`, the service feeds the retained specs, job statuses, plans and worker
   statuses. A job whose retained status is already Succeeded or Failed with the same spec hash is not
   run again; one whose retained status is Running (this node, same spec hash) resumes with the same uid
-  from its checkpoint (`JobFacts.of(..., resume=True)`); retained plans and statuses of jobs whose spec
-  is gone are cleared.
+  from its checkpoint (`JobFacts.of(..., resume=True)`).
+- **Durability**: every accepted spec is kept through the port (`Port.keep_spec`), and the kept copy
+  decides what a broker lost, what a delete left and what a deleted spec that comes back is (`_restart`).
 
 Valid jobs are handed to a `Job`, which owns the job's status from then on.
 
@@ -46,6 +47,7 @@ from cloud_aggregator.engine._foreign import ForeignJobs
 from cloud_aggregator.engine._gate import Gate, Hold, Nodes, held_back
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._port import Port
+from cloud_aggregator.engine._restart import Delivered, clear_if_deleted, clear_leftovers, leftovers, lost_specs
 from cloud_aggregator.engine._stages import Stage
 from schemas import (
     Condition,
@@ -53,7 +55,6 @@ from schemas import (
     Dataset,
     Event,
     FederatedLearningJob,
-    JobPlan,
     JobStatus,
     Kind,
     Model,
@@ -113,8 +114,8 @@ class Controller:
         self._invalid_jobs: set[str] = set()  # jobs whose spec is invalid: we own their Failed status
         self._resource_statuses: set[tuple[Kind, str]] = set()
         self._ready = False
-        self._old_status: dict[tuple[Kind, str], bytes] = {}
-        self._old_plans: dict[str, bytes] = {}
+        self._delivered = Delivered()  # the broker's retained state, until ready() and during an audit
+        self._old_status = self._delivered.statuses
         self._old_worker_statuses: dict[tuple[str, str], bytes] = {}
         self._nodes = Nodes()  # every node status seen: what the gate and the foreign reports judge by
         self._gate = Gate(node=node, nodes=self._nodes, port=port, settings=self._settings, log=self._log)
@@ -137,91 +138,96 @@ class Controller:
     # -- startup ---------------------------------------------------------------------------------
 
     def on_retained_status(self, kind: Kind, name: str, payload: bytes) -> None:
-        """A retained status seen before `ready()`: remembered for the restart rules."""
-        if not self._ready and payload:
-            self._old_status[(kind, name)] = payload
+        """A retained status seen before `ready()` or during an audit: remembered for the restart rules."""
+        self._delivered.status(kind, name, payload)
 
     def on_retained_plan(self, job: str, payload: bytes) -> None:
-        """A retained plan seen before `ready()`: cleared at `ready()` if its job's spec is gone."""
-        if not self._ready and payload:
-            self._old_plans[job] = payload
+        """A retained plan seen before `ready()` or during an audit: cleared if its job was deleted."""
+        self._delivered.plan(job, payload)
 
     def ready(self, now_s: float) -> None:
-        """Every retained message is in: evaluate the jobs and clear what deleted jobs left behind."""
+        """Every retained message is in: restore what the broker lost, evaluate the jobs, clear what deleted
+        resources left behind."""
         if self._ready:
             return
+        self._restore_lost(now_s)
         self._ready = True
         for entry in list(self._jobs.values()):
             self._evaluate(entry, now_s)
         self._foreign.ready(now_s, self._old_status)
         self._clear_orphans()
-        self._old_status.clear()
-        self._old_plans.clear()
+        self._delivered.listen(False)
         self._old_worker_statuses.clear()
         self._log.info(
             "controller ready", jobs=sorted(self._jobs), datasets=len(self.datasets), models=len(self.models)
         )
 
-    def _clear_orphans(self) -> None:
-        for kind, name in self._old_status:
+    def _restore_lost(self, now_s: float) -> None:
+        """Kept specs the broker did not deliver are taken as delivered; kept job statuses are the old ones."""
+        kept = self._port.kept()
+        for kind, name, payload in lost_specs(kept, self._delivered.specs, self._log):
+            self.on_spec(kind, name, f"{kind.value}/{name}/spec (kept copy)", payload, now_s)
+        # The kept status is the last one this node published: newer than a broker snapshot's, and there
+        # when the broker lost it, so the restart rules (finished: not run again; Running: resume) use it.
+        for (kind, name), payload in kept.statuses.items():
             if kind is Kind.JOB:
-                continue
-            if (kind, name) not in self._resource_statuses:
-                self._log.info("clearing the status of a deleted resource", kind=kind.value, name=name)
-                self._port.publish_status(kind, name, None)
-        orphans: set[str] = set()
-        for (kind, name), payload in self._old_status.items():
-            if kind is Kind.JOB and name not in self._jobs and name not in self._invalid_jobs:
-                try:
-                    status = JobStatus.model_validate_json(payload)
-                except ValidationError:
-                    continue
-                if status.aggregation_node in (self.node, None):
-                    orphans.add(name)
-        for name, payload in self._old_plans.items():
-            if name not in self._jobs:
-                try:
-                    plan = JobPlan.model_validate_json(payload)
-                except ValidationError:
-                    continue
-                if plan.aggregation_node == self.node:
-                    orphans.add(name)
-        for name in sorted(orphans):
-            self._log.info("clearing what a deleted job left behind", job=name)
-            self._port.publish_plan(name, None)
-            self._port.clear_globals(name)
-            self._port.publish_status(Kind.JOB, name, None)
+                self._old_status[(kind, name)] = payload
+
+    def begin_audit(self) -> None:
+        """The session reconnected: until `end_audit`, retained statuses and plans are collected again."""
+        self._delivered.listen(True)
+
+    def end_audit(self) -> None:
+        """The retained statuses and plans of the reconnect are in: clear what deleted resources left."""
+        self._clear_orphans()
+        self._delivered.listen(False)
+
+    def _clear_orphans(self) -> None:
+        known = {(Kind.JOB, n) for n in [*self._jobs, *self._invalid_jobs]} | self._resource_statuses
+        clear_leftovers(
+            leftovers(self._delivered, node=self.node, kept=self._port.kept(), known=known), self._port, self._log
+        )
 
     # -- specs -----------------------------------------------------------------------------------
 
-    def on_spec(self, kind: Kind, name: str, topic: str, payload: bytes, now_s: float) -> None:
-        """A spec message (retained): create, replace or (empty payload) delete a resource."""
+    def on_spec(
+        self, kind: Kind, name: str, topic: str, payload: bytes, now_s: float, *, retained: bool = False
+    ) -> None:
+        """A spec message: create, replace or (empty payload) delete a resource. `retained`: the broker
+        delivered it from its store (a subscription, a reconnect), not as a publish made now."""
+        if not self._ready:
+            self._delivered.specs.add((kind, name))
         if not payload:
             if kind is Kind.JOB:
                 self._foreign.deleted(name)
             self._delete(kind, name)
             return
+        if retained and clear_if_deleted(self._port, self._log, kind, name, payload):
+            return  # only a copy from the broker's store can be stale; the same spec published now is a re-create
         try:
             resource = parse_for_topic(payload, topic, kind, name)
         except SpecError as exc:
-            self._invalid(kind, name, exc)
+            self._invalid(kind, name, payload, exc)
             return
         if isinstance(resource, Dataset):
             news = "changed" if name in self.datasets else "appeared"
             self.datasets[name] = resource
+            self._port.keep_spec(kind, name, payload)
             self._resource_status(kind, name, valid=True, message=f"on node {resource.spec.node_name}")
         elif isinstance(resource, Model):
             news = "changed" if name in self.models else "appeared"
             self.models[name] = resource
+            self._port.keep_spec(kind, name, payload)
             self._resource_status(kind, name, valid=True, message="")
         else:
             self._job_spec(name, resource, payload, now_s)
             return
         self._recheck(now_s, f'{kind.kind} "{name}" {news}')
 
-    def _invalid(self, kind: Kind, name: str, exc: SpecError) -> None:
+    def _invalid(self, kind: Kind, name: str, payload: bytes, exc: SpecError) -> None:
         self._log.warning("invalid spec", kind=kind.value, name=name, error=str(exc))
         if kind is not Kind.JOB:
+            self._port.keep_spec(kind, name, payload)  # its status (valid: false) is kept with it
             if kind is Kind.DATASET:
                 self.datasets.pop(name, None)
             else:
@@ -239,6 +245,7 @@ class Controller:
             return
         self._jobs.pop(name, None)
         self._invalid_jobs.add(name)
+        self._port.keep_spec(kind, name, payload)
         # The message names the topic and, for an oversized document, its size and the limit.
         reason = "SpecTooLarge" if isinstance(exc, SpecTooLargeError) else "InvalidSpec"
         status = JobStatus(name=name, phase=Phase.FAILED, message=str(exc))
@@ -265,6 +272,8 @@ class Controller:
         entry = self._jobs.get(name)
         if entry is not None and entry.spec_hash == spec_hash:
             self._log.info("the same job spec was published again: nothing to do", job=name)
+            entry.payload = payload  # the same spec may be written differently: keep what the broker holds
+            self._port.keep_spec(Kind.JOB, name, payload)
             return
         if entry is not None and entry.started:
             self._log.warning("a different spec for a started job was rejected", job=name)
@@ -278,16 +287,21 @@ class Controller:
         node = spec.spec.aggregation_worker.effective_node()
         if node != self.node:
             self._jobs.pop(name, None)
+            self._port.forget_spec(Kind.JOB, name, deleted=False)  # another node's job: not ours to keep
             self._log.info("job ignored: its aggregation worker runs on another node", job=name, aggregation_node=node)
             self._foreign.on_spec(spec, spec_hash, now_s, ready=self._ready)
             return
         self._foreign.drop(name)
         entry = _Entry(name=name, spec=spec, payload=payload, spec_hash=spec_hash)
         self._jobs[name] = entry
+        self._port.keep_spec(Kind.JOB, name, payload)
         if self._ready:
             self._evaluate(entry, now_s)
 
     def _delete(self, kind: Kind, name: str) -> None:
+        # An explicit delete: the tombstone makes a retained copy of this spec that comes back (an old
+        # broker snapshot) a stale one, and lets the leftovers of the resource be cleared.
+        self._port.forget_spec(kind, name, deleted=True)
         if kind is Kind.DATASET or kind is Kind.MODEL:
             if kind is Kind.DATASET:
                 self.datasets.pop(name, None)

@@ -10,10 +10,12 @@ plus what the controller fixed: node, uid, `JobSettings`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy.typing as npt
 
+from cloud_aggregator._errors import AggregatorError
 from cloud_aggregator._strategy import Strategy
 from cloud_aggregator.engine._commit import Committer
 from cloud_aggregator.engine._context import JobContext
@@ -30,9 +32,12 @@ from schemas import (
     JobStatus,
     Kind,
     NodeState,
+    Phase,
     TransferManifest,
+    WireError,
     WorkerFrame,
     WorkerStatus,
+    decode_weights,
 )
 
 __all__ = ["Job"]
@@ -44,7 +49,7 @@ class Job:
     def __init__(self, facts: JobFacts, port: Port, previous_status: JobStatus | None = None) -> None:
         """`previous_status`: the retained status of the run a resumed job (`facts.resume`) continues."""
         self._ctx = ctx = JobContext(facts, port)
-        committer = Committer(ctx)
+        self._committer = committer = Committer(ctx)
         self._intake = Intake(ctx, deliver=self._deliver)
         self._rounds = RoundEngine(ctx, self._intake, committer)
         recovery = Recovery(ctx, self._intake, committer, self._rounds, previous_status)
@@ -147,6 +152,26 @@ class Job:
         ctx.safely(port.clear_globals, name)
         ctx.safely(port.publish_status, Kind.JOB, name, None)
         ctx.log.info("job deleted")
+
+    def republish_global(self, held: Callable[[int], bool]) -> None:
+        """A broker that lost its retained state may have lost the last global model, which an edge that
+        did not receive it yet needs: unless the broker `held` that round's manifest, publish it again from
+        the checkpoint (the global model of the last closed round, as it was published)."""
+        ctx = self._ctx
+        if self.finished and self.status.phase is not Phase.SUCCEEDED:
+            return  # a failed job's edges stopped; a worker left out of a Succeeded job's last round catches up
+        try:
+            loaded = ctx.port.load_checkpoint(ctx.facts.name)
+            if loaded is None or loaded[0].uid != ctx.facts.uid or held(loaded[0].closed_round):
+                return
+            checkpoint, blob = loaded
+            header, _ = decode_weights(blob)
+            final = checkpoint.closed_round >= checkpoint.exit_round
+            ctx.log.warning("the broker lost the global model; republished", global_round=checkpoint.closed_round)
+            self._committer.publish_global(checkpoint.closed_round, blob, header.num_samples, final=final)
+        except (AggregatorError, WireError) as exc:
+            ctx.event("Warning", "GlobalNotRestored", f"the global model could not be published again: {exc}")
+            ctx.publish()
 
     def reject_spec(self, message: str) -> None:
         """A different or invalid spec was published for this job; it goes on unchanged."""

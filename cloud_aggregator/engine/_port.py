@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
+from cloud_aggregator.engine._kept import KeptState
 from schemas import EffectiveWorker, JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, UpdateAck
 
 __all__ = ["FinalModel", "Port", "ScriptRequest", "ScriptSignal"]
@@ -54,10 +55,10 @@ class Port(Protocol):
     """The side effects of the controller and the round engine."""
 
     def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
-        """Publish a resource's status, retained; None clears it."""
+        """Publish a resource's status, retained; None clears it. The kept copy (`kept`) follows."""
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
-        """Publish a job's plan, retained; None clears it (the edges stop the job)."""
+        """Publish a job's plan, retained; None clears it (the edges stop the job). The kept copy follows."""
 
     def restore_spec(self, kind: Kind, name: str, payload: bytes) -> None:
         """Publish `payload` back on the spec topic, retained (a rejected change leaves the running spec)."""
@@ -79,6 +80,18 @@ class Port(Protocol):
 
     def write_model(self, final: FinalModel) -> str:
         """Write the final weights under the Model url (`<url>/<model>.npz` plus a JSON); return the path."""
+        ...
+
+    # -- the kept copy of the retained state (the service: ROOT/state/_kept/, `KeptStore`) ------------
+
+    def keep_spec(self, kind: Kind, name: str, payload: bytes) -> None:
+        """Keep an accepted spec durably, byte for byte (and drop a tombstone of the same bytes)."""
+
+    def forget_spec(self, kind: Kind, name: str, *, deleted: bool) -> None:
+        """Drop a kept spec, with its kept status and plan; `deleted` (an explicit delete) leaves a tombstone."""
+
+    def kept(self) -> KeptState:
+        """The kept copy as it is now (read it; change it only through the methods above)."""
         ...
 
     # -- durable state (the service: ROOT/state/<job>/, `StateStore`) ------------------------------

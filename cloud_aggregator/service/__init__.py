@@ -2,9 +2,11 @@
 
 `AggregatorService` runs the controller (`cloud_aggregator.engine`) on one logic thread over one MQTT
 session; `MqttPort` is how the engine's decisions reach the broker, the aggregation scripts
-(`AggregationScripts`, on `runtime.ScriptSupervisor`) and the disk (`write_model`, `StateStore`: the spool and the checkpoints).
+(`AggregationScripts`, on `runtime.ScriptSupervisor`) and the disk (`write_model`, `StateStore`: the spool and the checkpoints;
+`KeptStore`: the kept copy of the retained state, compared with what the broker holds through a `BrokerView`).
 """
 
+from cloud_aggregator.service._kept_store import BrokerView, KeptStore
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts, aggregation_launch, aggregation_variables
@@ -14,7 +16,9 @@ from cloud_aggregator.service._state_store import StateStore
 __all__ = [
     "AggregationScripts",
     "AggregatorService",
+    "BrokerView",
     "Event",
+    "KeptStore",
     "MqttPort",
     "StateStore",
     "aggregation_launch",

@@ -3,6 +3,10 @@
 Every broker error becomes a `PublishFailedError` (an `AggregatorError`), which the engine turns into a
 failed job or a Warning event; global models travel as retained chunked transfers (`broker.BlobSender`),
 and this port remembers which rounds it left retained so it can clear them again.
+
+Specs, statuses and plans are kept durably (`KeptStore`, ``ROOT/state/_kept``) before they are published,
+and every retained message this port publishes or the service sees delivered is noted in a `BrokerView`;
+`resync` republishes what a broker that lost (or turned back) its retained state does not hold.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from structlog.typing import FilteringBoundLogger
+
 from broker import BlobSender, BrokerError, Session
 from cloud_aggregator._errors import PublishFailedError
-from cloud_aggregator.engine import Checkpoint, FinalModel, ScriptRequest, ScriptSignal, SpooledUpdate
+from cloud_aggregator.engine import Checkpoint, FinalModel, KeptState, ScriptRequest, ScriptSignal, SpooledUpdate
+from cloud_aggregator.service._kept_store import BrokerView, KeptStore
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._scripts import AggregationScripts
 from cloud_aggregator.service._state_store import StateStore
@@ -34,27 +41,66 @@ class MqttPort:
     scripts: AggregationScripts
     chunk_size: int
     publish_timeout: float
+    log: FilteringBoundLogger
     # Retained global models this node knows of: job -> round -> chunk count.
     retained_globals: dict[str, dict[int, int]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._sender = BlobSender(self.session, chunk_size=self.chunk_size)
         self._state = StateStore(self.root)
+        self._kept = KeptStore(self.root, self.topics, self.log)
+        self._view = BrokerView()
 
     def _publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         try:
             self.session.publish(topic, payload, qos=1, retain=retain)
         except BrokerError as exc:
             raise PublishFailedError(str(exc)) from exc
+        if retain:
+            self._view.saw(topic, payload, self.session.connection)
 
     def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
-        self._publish(self.topics.status(kind, name), status.to_json() if status else b"", retain=True)
+        payload = status.to_json() if status else b""
+        self._kept.keep_status(kind, name, payload)
+        self._publish(self.topics.status(kind, name), payload, retain=True)
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
-        self._publish(self.topics.plan(job), plan.to_json() if plan else b"", retain=True)
+        payload = plan.to_json() if plan else b""
+        self._kept.keep_plan(job, payload)
+        self._publish(self.topics.plan(job), payload, retain=True)
 
     def restore_spec(self, kind: Kind, name: str, payload: bytes) -> None:
         self._publish(self.topics.spec(kind, name), payload, retain=True)
+
+    # -- the kept copy and the broker's view of it ------------------------------------------------
+
+    def keep_spec(self, kind: Kind, name: str, payload: bytes) -> None:
+        self._kept.keep_spec(kind, name, payload)
+
+    def forget_spec(self, kind: Kind, name: str, *, deleted: bool) -> None:
+        self._kept.forget_spec(kind, name, deleted=deleted)
+
+    def kept(self) -> KeptState:
+        return self._kept.state
+
+    def saw(self, topic: str, payload: bytes, connection: int) -> None:
+        """The broker delivered `payload` on `topic` (a spec, status or plan) on connection `connection`."""
+        self._view.saw(topic, payload, connection)
+
+    def holds_global(self, job: str, round_: int, connection: int) -> bool:
+        """Whether the broker was seen holding the global model of `round_` (its manifest) on `connection`."""
+        return self._view.holds(self.topics.global_manifest(job, round_), connection)
+
+    def resync(self, connection: int) -> int:
+        """Republish (retained) every kept entry the broker was not seen holding on `connection`; return how many."""
+        stale = self._view.stale(self._kept.entries(), connection)
+        for topic, payload in stale:
+            self.log.warning("the broker lost a retained message; republished from the kept copy", topic=topic)
+            try:
+                self._publish(topic, payload, retain=True)
+            except PublishFailedError as exc:  # one refused message must not keep the others back
+                self.log.error("cannot republish a kept message", topic=topic, error=str(exc))
+        return len(stale)
 
     def publish_global(self, job: str, round_: int, blob: bytes, *, uid: str, num_samples: int, final: bool) -> None:
         try:
@@ -69,6 +115,7 @@ class MqttPort:
         except (BrokerError, TimeoutError) as exc:
             raise PublishFailedError(str(exc)) from exc
         self.retained_globals.setdefault(job, {})[round_] = manifest.chunks
+        self._view.saw(self.topics.global_manifest(job, round_), manifest.to_json(), self.session.connection)
 
     def clear_globals(self, job: str, keep: int | None = None) -> None:
         known = self.retained_globals.get(job, {})

@@ -10,7 +10,9 @@ Startup: connect, announce the node online (offline is the last will), subscribe
 plan, global model, worker status, update and node status, then `Session.barrier` so every retained
 message is in before any job is evaluated (a job published together with its datasets must not fail
 because a dataset's retained message came later). Statuses, plans and global models are only read at
-startup (restart rules, clearing what deleted jobs left); those subscriptions are then dropped.
+startup (restart rules, clearing what deleted jobs left); those subscriptions are then dropped. Then
+every kept spec, status and plan the broker did not deliver is republished (`MqttPort.resync`), and
+every later connection is audited the same way (`ReconnectAudit`): the broker may have lost them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from structlog.typing import FilteringBoundLogger
 from broker import BrokerError, Inbound, MqttSettings, Session, manifest_from_payload
 from cloud_aggregator._errors import AggregatorError
 from cloud_aggregator.engine import Controller, JobSettings
+from cloud_aggregator.service._audit import AuditBarrier, ReconnectAudit
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts
 from runtime import EventLoop, ScriptExited, ScriptFrame, get_logger
@@ -48,8 +51,10 @@ BARRIER_TIMEOUT = 30.0
 SHUTDOWN_GRACE = 5.0
 
 #: Everything the logic thread handles.
-Event = Inbound | ScriptFrame | ScriptExited
+Event = Inbound | ScriptFrame | ScriptExited | AuditBarrier
 
+# What the broker is seen to hold of these is compared with the kept copy (`MqttPort.resync`).
+_KEPT_CHANNELS = (Channel.SPEC, Channel.STATUS, Channel.PLAN, Channel.GLOBAL_MANIFEST)
 _RUNTIME_CHANNELS = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK, Channel.NODE_STATUS)
 
 
@@ -93,6 +98,7 @@ class AggregatorService:
         self._session: Session | None = None
         self._port: MqttPort | None = None
         self._controller: Controller | None = None
+        self._audit: ReconnectAudit | None = None
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -149,11 +155,29 @@ class AggregatorService:
             scripts=self._scripts,
             chunk_size=chunk_size,
             publish_timeout=self._publish_timeout,
+            log=self._log,
         )
         self._controller = Controller(node=self.node, port=self._port, settings=jobs)
-        online = NodeStatus(node=self.node, role="aggregator", state=NodeState.ONLINE)
-        session.publish(self.topics.node_status(self.node), online.to_json(), retain=True)
+        self._audit = ReconnectAudit(
+            session=session,
+            filters=(self.topics.all_statuses(), self.topics.all_plans(), self.topics.all_global_manifests()),
+            emit=self._loop.put,
+            barrier_timeout=BARRIER_TIMEOUT,
+            log=self._log,
+        )
+        self._announce()
         return True
+
+    def _announce(self) -> None:
+        """Say this node is online (retained): at startup, and after a reconnect (the last will said offline,
+        or a restarted broker has no presence at all)."""
+        if self._session is None:
+            return
+        online = NodeStatus(node=self.node, role="aggregator", state=NodeState.ONLINE)
+        try:
+            self._session.publish(self.topics.node_status(self.node), online.to_json(), retain=True)
+        except BrokerError as exc:
+            self._log.warning("cannot announce this node online", error=str(exc))
 
     def _catch_up(self, session: Session) -> None:
         startup_only = [self.topics.all_statuses(), self.topics.all_plans(), self.topics.all_globals()]
@@ -171,6 +195,7 @@ class AggregatorService:
                 break
             except (TimeoutError, BrokerError) as exc:
                 self._log.warning("waiting for the retained messages", error=str(exc))
+        connection = session.connection  # what was delivered on it is what the broker holds
         # Everything retained is queued now: handle it before any job is evaluated. Runtime traffic
         # (updates, worker and node statuses) that came in meanwhile is kept, unacknowledged, until the
         # jobs are known: dropping it would leave edges waiting for an ack timeout to resend.
@@ -188,7 +213,10 @@ class AggregatorService:
             except BrokerError as exc:
                 self._log.warning("cannot drop a startup subscription", filter=flt, error=str(exc))
         self._ready_controller().ready(time.monotonic())
-        self._log.info("ready", node=self.node, deferred=len(deferred))
+        if self._port is not None and self._audit is not None:
+            republished = self._port.resync(connection)
+            self._audit.audited = connection
+            self._log.info("ready", node=self.node, deferred=len(deferred), republished=republished)
         for event in deferred:
             self._loop.handle(event)
 
@@ -218,6 +246,8 @@ class AggregatorService:
     def _tick(self, now_s: float) -> None:
         if self._controller is not None:
             self._controller.tick(now_s)
+            if self._controller.is_ready and self._audit is not None and self._audit.due():
+                self._audit.start(self._controller)
 
     def _handle(self, event: Event) -> None:
         controller = self._ready_controller()
@@ -226,6 +256,9 @@ class AggregatorService:
                 controller.on_script_frame(event.job, event.run_id, event.frame, time.monotonic())
             case ScriptExited():
                 controller.on_script_exit(event.job, event.run_id, event.code, event.tail, time.monotonic())
+            case AuditBarrier():
+                if self._audit is not None and self._port is not None:
+                    self._audit.finish(event, controller, self._port, self._announce)
             case Inbound():
                 try:
                     self._dispatch(controller, event)
@@ -240,8 +273,10 @@ class AggregatorService:
             self._log.warning("message on a topic outside the layout ignored", topic=msg.topic, error=exc.reason)
             return
         channel = parsed.channel
+        if channel in _KEPT_CHANNELS and self._port is not None:
+            self._port.saw(msg.topic, msg.payload, msg.connection)
         if channel is Channel.SPEC and parsed.kind is not None and parsed.name is not None:
-            controller.on_spec(parsed.kind, parsed.name, msg.topic, msg.payload, time.monotonic())
+            controller.on_spec(parsed.kind, parsed.name, msg.topic, msg.payload, time.monotonic(), retained=msg.retain)
         elif channel is Channel.STATUS and parsed.kind is not None and parsed.name is not None:
             controller.on_retained_status(parsed.kind, parsed.name, msg.payload)
         elif channel is Channel.PLAN:

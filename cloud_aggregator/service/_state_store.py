@@ -6,6 +6,9 @@ Layout (one folder per job, ``ROOT/state/<job>/``)::
     global-<r>.blob                        the global model of the last closed round r (a weights blob)
     checkpoint.json                        `engine.Checkpoint`: which round closed, what was folded, the JobStatus
 
+Beside the jobs' folders, ``ROOT/state/_kept/`` is `KeptStore`'s (the kept copy of the retained state; no
+job name has an underscore).
+
 Every file is written to a temporary sibling, fsynced, renamed over its name (``os.replace``) and its
 folder fsynced, so a reader (the aggregator restarted after kill -9) sees either the old or the new
 file, never half of one. The order of a round's commit is: global blob, checkpoint, (publish), spool

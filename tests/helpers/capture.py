@@ -7,6 +7,7 @@ import threading
 from types import TracebackType
 
 from broker import Inbound, MqttSettings, Session
+from tests.helpers.mqtt import wait_until
 
 
 class Capture:
@@ -28,6 +29,19 @@ class Capture:
         self._session.barrier(10.0)
         self._thread.start()
         return self
+
+    @property
+    def connection(self) -> int:
+        """The capture session's connection number (see `Session.connection`)."""
+        return self._session.connection
+
+    def wait_subscribed_again(self, since: int, timeout: float) -> None:
+        """After a broker restart: until the session is on a connection newer than `since` and the broker has
+        its renewed subscriptions (a barrier). A broker that lost its sessions delivers nothing before."""
+        wait_until(
+            lambda: self._session.connection > since and self._session.connected, timeout, "the capture reconnected"
+        )
+        self._session.barrier(timeout)
 
     def __exit__(self, *exc: object | TracebackType | None) -> None:
         self._session.barrier(10.0)

@@ -322,8 +322,11 @@ def test_running_job_with_another_spec_hash_starts_a_new_run() -> None:
 
 
 def test_leftovers_of_deleted_jobs_are_cleared_at_startup() -> None:
-    """A retained status of a job of this node whose spec is gone is cleared when the controller is ready."""
+    """A retained status of a job of this node that was deleted (its kept spec left a tombstone) is cleared
+    when the controller is ready. (A spec that is merely missing is not a delete: test_controller_durable.py.)"""
     port = MemoryPort()
+    port.disk.kept.keep_spec(Kind.JOB, "gone", b"the deleted spec")
+    port.disk.kept.forget_spec(Kind.JOB, "gone", deleted=True)
     controller = Controller(node="cloud0", port=port)
     old = JobStatus(name="gone", phase=Phase.RUNNING, aggregation_node="cloud0")
     controller.on_retained_status(Kind.JOB, "gone", old.to_json())

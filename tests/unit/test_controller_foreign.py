@@ -134,3 +134,20 @@ def test_the_aggregation_node_runs_a_job_a_reporter_failed() -> None:
 
     assert [s.job for s in port.scripts] == [JOB]
     assert port.job_status(JOB).aggregation_node == "cloud0" and port.job_status(JOB).conditions == []
+
+
+def test_a_reporters_status_is_never_kept_for_a_broker_that_loses_it() -> None:
+    """The reporter does not own the job: after a broker loss it must not republish its report over the
+    status of the real owner, which may have taken the job over meanwhile. Its Datasets and Models are
+    kept (it accepted them), the job's spec, status and plan are not."""
+    port = MemoryPort()
+    controller = reporter(port)
+    controller.tick(30.0)
+    assert port.job_status(JOB).phase is Phase.FAILED
+
+    kept = port.kept()
+
+    assert (Kind.JOB, JOB) not in kept.specs
+    assert (Kind.JOB, JOB) not in kept.statuses
+    assert JOB not in kept.plans
+    assert {k for k, _ in kept.statuses} == {Kind.DATASET, Kind.MODEL}

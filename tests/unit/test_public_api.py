@@ -105,6 +105,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "Job",
         "JobFacts",
         "JobSettings",
+        "KeptState",
         "Port",
         "ScriptRequest",
         "ScriptSignal",
@@ -114,7 +115,9 @@ PUBLIC_API: dict[str, list[str]] = {
     "cloud_aggregator.service": [
         "AggregationScripts",
         "AggregatorService",
+        "BrokerView",
         "Event",
+        "KeptStore",
         "MqttPort",
         "StateStore",
         "aggregation_launch",
