@@ -8,7 +8,7 @@ from, for the node services and for flctl alike; first match wins:
 2. the environment: ``FL_MQTT_HOST``, ``FL_MQTT_PORT``, ... for the services; ``FLCTL_HOST``, ... for
    flctl, so that a shell holding a node's credentials does not turn flctl into that node;
 3. the node config (node.yaml from `flctl broker init`), named by ``--config`` or an environment
-   variable (``FL_NODE_CONFIG``; flctl: ``FLCTL_CONFIG``, then ``FL_NODE_CONFIG``);
+   variable (``FL_NODE_CONFIG``; flctl: ``FLCTL_CONFIG`` only, and it refuses a service's config);
 4. the defaults.
 
 pydantic-settings reads the environment; the node config is its lowest source.

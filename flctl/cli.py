@@ -18,7 +18,6 @@ from typing import Any
 
 from broker import (
     FLCTL_ENV_PREFIX,
-    NODE_CONFIG_ENV,
     ConnectionSettings,
     add_connection_options,
     connection_flags,
@@ -40,7 +39,11 @@ from flctl.provision import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, provision
 from schemas import API_VERSION, TopicError, Topics
 
 # Where flctl finds a node config when --config is not given: its own variable first, then the services'.
-CONFIG_ENVS = (f"{FLCTL_ENV_PREFIX}CONFIG", NODE_CONFIG_ENV)
+# Only flctl's own variable: a node host sets FL_NODE_CONFIG for its service, and flctl reading it would
+# log in as that node and take the service's session over.
+CONFIG_ENVS = (f"{FLCTL_ENV_PREFIX}CONFIG",)
+# The roles whose config belongs to a service (the broker forces the client id to the username).
+SERVICE_ROLES = ("edge", "aggregator")
 DEFAULT_TIMEOUT = 10.0
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _TYPES_HELP = "federatedlearningjobs (fl), datasets (ds), models, nodes"
@@ -423,6 +426,12 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
         config = node_config_from(args.config, CONFIG_ENVS)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
+    if config is not None and config.role in SERVICE_ROLES:
+        raise UsageError(
+            f"the config of node {config.node} (role {config.role}) is its service's identity: flctl would log in "
+            f"as {config.node} and take the service's broker session over. Use an admin or viewer config "
+            "(flctl broker init writes DIR/admin/flctl.yaml and DIR/viewer/<name>.yaml)"
+        )
     try:
         flags = connection_flags(args)  # reads --password-file
     except ValueError as exc:

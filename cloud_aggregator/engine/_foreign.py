@@ -133,7 +133,8 @@ class ForeignJobs:
             aggregation_node=report.node,  # the job's, not ours: this aggregator never clears it as an orphan
             spec_hash=report.spec_hash,
         )
-        status.add_event(Event(type="Warning", reason="UnknownNode", message=message))
+        # Normal while the node may still come (an aggregator starting up); the Warning is the failure.
+        status.add_event(Event(type="Normal", reason="WaitingForNode", message=message))
         report.status = status
         if report.due is None:
             report.due = now_s + grace

@@ -239,7 +239,11 @@ class Gate:
         self._publish(status)
 
     def _waiting(self, status: JobStatus, blockers: Blockers, before: Blockers) -> None:
-        """Pending: the message names what the job waits for; each node newly missing gets a Warning event."""
+        """Pending: the message names what the job waits for; each node newly missing gets an event.
+
+        The event is Normal (`WaitingForNode`), as `WaitingForReferences` is: a job created while its edges
+        are still booting waits for a moment, and that is not a problem. The Warning is the failure
+        (`UnknownNode`), when the grace has run out."""
         references = nodes = ""
         if blockers.references:
             what = ", ".join(blockers.missing) if blockers.missing else "; ".join(blockers.references)
@@ -255,7 +259,7 @@ class Gate:
         for problem in blockers.nodes:
             if problem not in before.nodes:
                 text = f"{problem}: the job waits for it (fails after {self._settings.node_grace:g} s)"
-                status.add_event(Event(type="Warning", reason="UnknownNode", message=text))
+                status.add_event(Event(type="Normal", reason="WaitingForNode", message=text))
         self._log.info("job waits", job=status.name, waiting=message)
         self._publish(status)
 

@@ -38,7 +38,7 @@ def test_job_of_an_aggregation_node_never_seen_is_reported_and_failed_after_the_
     assert pending.phase is Phase.PENDING and port.scripts == []
     assert "aggregation node cloud0 has never been seen" in pending.message
     assert pending.aggregation_node == "cloud0"
-    assert (pending.events[-1].type, pending.events[-1].reason) == ("Warning", "UnknownNode")
+    assert (pending.events[-1].type, pending.events[-1].reason) == ("Normal", "WaitingForNode")
     controller.tick(29.0)
     assert port.job_status(JOB).phase is Phase.PENDING
 

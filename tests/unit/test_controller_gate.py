@@ -172,7 +172,7 @@ def test_job_naming_a_node_never_seen_waits_names_it_and_fails_after_the_node_gr
     assert pending.message == "waiting for node edge2 (never seen; fails after 30 s)"
     assert pending.waiting_for == ["edge2"]
     warning = pending.events[-1]
-    assert (warning.type, warning.reason) == ("Warning", "UnknownNode")
+    assert (warning.type, warning.reason) == ("Normal", "WaitingForNode")
     assert "spec.trainingWorkers[1].nodeName: node edge2 has never been seen" in warning.message
     controller.tick(29.9)
     assert port.job_status(JOB).phase is Phase.PENDING
@@ -195,7 +195,7 @@ def test_job_waiting_for_a_node_starts_when_the_node_appears() -> None:
 
     assert [s.job for s in port.scripts] == [JOB]
     status = port.job_status(JOB)
-    assert reasons(status)[-3:] == ["UnknownNode", "ReferencesResolved", "Starting"]
+    assert reasons(status)[-3:] == ["WaitingForNode", "ReferencesResolved", "Starting"]
     assert status.events[-2].message == "node edge2 appeared: the job starts"
     controller.tick(31.0)
     assert port.job_status(JOB).phase is Phase.PENDING  # the engine's: starting its script, no failure
@@ -228,7 +228,7 @@ def test_retained_presence_counts_even_offline_so_the_job_starts_at_once() -> No
     controller.ready(0.0)
 
     assert [s.job for s in port.scripts] == [JOB]
-    assert "UnknownNode" not in reasons(port.job_status(JOB))
+    assert not {"UnknownNode", "WaitingForNode"} & set(reasons(port.job_status(JOB)))
 
 
 def test_training_worker_on_an_aggregator_node_is_named() -> None:

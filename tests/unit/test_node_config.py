@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from broker import add_mqtt_arguments, load_node_config, mqtt_settings_from_args, node_config_from_args, node_from_args
+from flctl import main as flctl_main
 from flctl.cli import broker_options, build_parser
 
 NODE_YAML = """\
@@ -101,24 +102,50 @@ def test_service_node_name_comes_from_the_config(node_yaml: Path, monkeypatch: p
         node_from_args(parse(), None, roles=("edge",))
 
 
-def test_flctl_reads_the_config_and_flags_and_env_win(node_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def admin_yaml(tmp_path: Path) -> Path:
+    folder = tmp_path / "admin"
+    folder.mkdir()
+    (folder / "ca.crt").write_text("not really a certificate")
+    path = folder / "flctl.yaml"
+    path.write_text(NODE_YAML.replace("edge1", "admin").replace("role: edge", "role: admin"))
+    return path
+
+
+def test_flctl_reads_the_config_and_flags_and_env_win(admin_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HOST", "PORT", "USERNAME", "PASSWORD", "TLS_CA", "CONFIG"):
         monkeypatch.delenv(f"FLCTL_{name}", raising=False)
     monkeypatch.delenv("FL_NODE_CONFIG", raising=False)
-    opts = broker_options(build_parser().parse_args(["--config", str(node_yaml), "get", "fl"]))
+    opts = broker_options(build_parser().parse_args(["--config", str(admin_yaml), "get", "fl"]))
     assert (opts.connection.host, opts.connection.port, opts.connection.username, opts.connection.password) == (
         "broker.example.com",
         8883,
-        "edge1",
+        "admin",
         "from-the-file",
     )
-    assert opts.client_id == "edge1"  # the username: brokers from `flctl broker init` force it anyway
-    assert opts.connection.tls_ca == str(node_yaml.parent / "ca.crt")
+    assert opts.client_id == "admin"  # the username: brokers from `flctl broker init` force it anyway
+    assert opts.connection.tls_ca == str(admin_yaml.parent / "ca.crt")
 
-    monkeypatch.setenv("FLCTL_CONFIG", str(node_yaml))
+    monkeypatch.setenv("FLCTL_CONFIG", str(admin_yaml))
     monkeypatch.setenv("FLCTL_PORT", "1884")
     opts = broker_options(build_parser().parse_args(["get", "fl", "--host", "h"]))
     assert (opts.connection.host, opts.connection.port, opts.connection.password) == ("h", 1884, "from-the-file")
+
+
+def test_flctl_refuses_a_services_config(
+    node_yaml: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 8: flctl with a node's config logs in as that node and takes its service's session over (the
+    broker forces the client id to the username). It refuses the config instead, and never reads the
+    services' FL_NODE_CONFIG (a node host sets it for its service)."""
+    monkeypatch.delenv("FLCTL_CONFIG", raising=False)
+    for role in ("edge", "aggregator"):
+        node_yaml.write_text(NODE_YAML.replace("role: edge", f"role: {role}"))
+        assert flctl_main(["--config", str(node_yaml), "get", "fl"]) == 2
+        assert f"node edge1 (role {role}) is its service's identity" in capsys.readouterr().err
+    monkeypatch.setenv("FL_NODE_CONFIG", str(node_yaml))
+    opts = broker_options(build_parser().parse_args(["get", "fl"]))
+    assert opts.connection.username is None
 
 
 def test_service_tls_files_come_from_flags_env_or_the_file(node_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
