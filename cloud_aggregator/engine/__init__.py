@@ -1,6 +1,7 @@
 """The controller and the job engine of the cloud aggregator: pure, driven by method calls.
 
-`Controller` owns every resource's status and hands each valid job to a `Job`, which runs it through
+`Controller` owns every resource's status (Datasets and Models in its `_registry`) and hands each valid
+job to a `Job`, which runs it through
 its stages (`Stage`) and owns its status from then on::
 
     STARTING --config frame--> INIT --first valid init--> TRAINING --round exit_round closes--> FINAL

@@ -1,35 +1,28 @@
-"""The controller: the resource registry, spec validation, reference checks and the jobs' pre-start status.
+"""The controller: specs, the jobs of this aggregation node, and their status until a `Job` owns it.
 
 It is a plain object driven by method calls (one per received message, plus `tick`), with its side
-effects behind a `Port`, so tests drive it without a broker. What it decides:
+effects behind a `Port`, so tests drive it without a broker. What it decides, and where:
 
 - **Specs** (``<kind>/<name>/spec``, retained) are parsed with `schemas.parse_for_topic`. A bad document
-  gets a status naming the document and the field (a Dataset or Model: ``valid: false``; a job: phase
-  Failed, condition Failed/InvalidSpec, or SpecTooLarge with the size and the limit). An empty payload
-  deletes the resource; for a job that stops everything and clears its retained plan, status and
-  global models.
+  gets a status naming the document and the field (a Dataset or Model: ``valid: false``, `_registry`; a
+  job: phase Failed, condition Failed/InvalidSpec, or SpecTooLarge with the size and the limit). An empty
+  payload deletes the resource; for a job that stops everything and clears its retained plan, status
+  and global models.
 - **Jobs** are identified by their spec hash. The same spec again is a no-op. A different spec for a job
   that has started is rejected (Warning event, the running spec is published back on the spec topic):
-  delete and re-create the job to change it. A job that has not started yet (waiting for its
-  references) is simply replaced. Jobs whose aggregation worker runs on another node are ignored.
-- **References** (Datasets, Models) are checked with `schemas.check_references`. Documents published
-  together arrive in any order, so a job whose references are missing is Pending ("waiting for Dataset
-  X") for a grace period, then Failed with the exact problems and the closest existing names.
-- **Restart**: before `ready()`, the service feeds the retained specs, job statuses, plans and worker
-  statuses. A job whose retained status is already Succeeded or Failed with the same spec hash is not
-  run again; one whose retained status is Running (this node, same spec hash) resumes with the same uid
-  from its checkpoint (`JobFacts.of(..., resume=True)`).
-- **Durability**: every accepted spec is kept through the port (`Port.keep_spec`), and the kept copy
-  decides what a broker lost, what a delete left and what a deleted spec that comes back is (`_restart`).
+  delete and re-create the job to change it. A job that has not started yet is simply replaced. Jobs
+  whose aggregation worker runs on another node are not run here (`_foreign` reports them while that
+  node has never been seen).
+- **What a job names** (`_gate`): its Datasets and Models, and its training workers' nodes (seen: some
+  node status with role edge). A job missing one is Pending, then Failed after a grace period, and is
+  looked at again whenever a Dataset, Model or node appears: it never ran, so that Failed status (a
+  retained one too, after a restart) is not final.
+- **Restart and durability** (`_restart`): before `ready()`, the service feeds the retained specs, job
+  statuses, plans, node and worker statuses. Every accepted spec is kept through the port
+  (`Port.keep_spec`), so a spec the broker lost is restored, never taken as a delete; a job already
+  finished with the same spec hash is not run again, one Running here resumes with the same uid.
 
 Valid jobs are handed to a `Job`, which owns the job's status from then on.
-
-Before that, `_gate` holds back a job that names a node never seen (training workers: no node status
-with role edge) as well as one missing a reference, each with its own grace, and looks again at every
-job held back, even one that Failed for it, whenever a Dataset, Model or node appears: such a job never
-ran, so its Failed status, also a retained one after a restart (`_gate.held_back`), is the exception
-to "not run again". `_foreign` reports the jobs of aggregation nodes never seen. Node statuses are
-noted before `ready()` too, so "never seen" is judged with every retained presence in.
 """
 
 from __future__ import annotations
@@ -44,10 +37,18 @@ from structlog.typing import FilteringBoundLogger
 
 from cloud_aggregator.engine._facts import JobFacts, JobSettings
 from cloud_aggregator.engine._foreign import ForeignJobs
-from cloud_aggregator.engine._gate import Gate, Hold, Nodes, held_back
+from cloud_aggregator.engine._gate import Gate, Hold, Nodes
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._port import Port
-from cloud_aggregator.engine._restart import Delivered, clear_if_deleted, clear_leftovers, leftovers, lost_specs
+from cloud_aggregator.engine._registry import Registry
+from cloud_aggregator.engine._restart import (
+    Delivered,
+    clear_if_deleted,
+    clear_leftovers,
+    leftovers,
+    lost_specs,
+    restart_rule,
+)
 from cloud_aggregator.engine._stages import Stage
 from schemas import (
     Condition,
@@ -61,7 +62,6 @@ from schemas import (
     NodeStatus,
     ParsedTopic,
     Phase,
-    ResourceStatus,
     SpecError,
     SpecTooLargeError,
     TransferManifest,
@@ -108,11 +108,9 @@ class Controller:
         self._settings = settings or JobSettings()
         self._new_uid = new_uid
         self._log: FilteringBoundLogger = structlog.get_logger("cloud_aggregator.controller")
-        self.datasets: dict[str, Dataset] = {}
-        self.models: dict[str, Model] = {}
+        self._registry = Registry(port, self._log)
         self._jobs: dict[str, _Entry] = {}
         self._invalid_jobs: set[str] = set()  # jobs whose spec is invalid: we own their Failed status
-        self._resource_statuses: set[tuple[Kind, str]] = set()
         self._ready = False
         self._delivered = Delivered()  # the broker's retained state, until ready() and during an audit
         self._old_status = self._delivered.statuses
@@ -122,6 +120,14 @@ class Controller:
         self._foreign = ForeignJobs(nodes=self._nodes, port=port, settings=self._settings, log=self._log)
 
     # -- queries ---------------------------------------------------------------------------------
+
+    @property
+    def datasets(self) -> dict[str, Dataset]:
+        return self._registry.datasets
+
+    @property
+    def models(self) -> dict[str, Model]:
+        return self._registry.models
 
     @property
     def is_ready(self) -> bool:
@@ -183,7 +189,7 @@ class Controller:
         self._delivered.listen(False)
 
     def _clear_orphans(self) -> None:
-        known = {(Kind.JOB, n) for n in [*self._jobs, *self._invalid_jobs]} | self._resource_statuses
+        known = {(Kind.JOB, n) for n in [*self._jobs, *self._invalid_jobs]} | self._registry.statuses
         clear_leftovers(
             leftovers(self._delivered, node=self.node, kept=self._port.kept(), known=known), self._port, self._log
         )
@@ -209,30 +215,16 @@ class Controller:
         except SpecError as exc:
             self._invalid(kind, name, payload, exc)
             return
-        if isinstance(resource, Dataset):
-            news = "changed" if name in self.datasets else "appeared"
-            self.datasets[name] = resource
-            self._port.keep_spec(kind, name, payload)
-            self._resource_status(kind, name, valid=True, message=f"on node {resource.spec.node_name}")
-        elif isinstance(resource, Model):
-            news = "changed" if name in self.models else "appeared"
-            self.models[name] = resource
-            self._port.keep_spec(kind, name, payload)
-            self._resource_status(kind, name, valid=True, message="")
-        else:
+        if isinstance(resource, FederatedLearningJob):
             self._job_spec(name, resource, payload, now_s)
             return
+        news = self._registry.accept(resource, payload)
         self._recheck(now_s, f'{kind.kind} "{name}" {news}')
 
     def _invalid(self, kind: Kind, name: str, payload: bytes, exc: SpecError) -> None:
         self._log.warning("invalid spec", kind=kind.value, name=name, error=str(exc))
         if kind is not Kind.JOB:
-            self._port.keep_spec(kind, name, payload)  # its status (valid: false) is kept with it
-            if kind is Kind.DATASET:
-                self.datasets.pop(name, None)
-            else:
-                self.models.pop(name, None)
-            self._resource_status(kind, name, valid=False, message=str(exc))
+            self._registry.invalid(kind, name, payload, exc)
             return
         entry = self._jobs.get(name)
         self._foreign.drop(name)
@@ -261,11 +253,6 @@ class Controller:
             entry.finished.add_event(Event(type="Warning", reason="SpecRejected", message=message))
             self._port.publish_status(Kind.JOB, entry.name, entry.finished)
         self._port.restore_spec(Kind.JOB, entry.name, entry.payload)
-
-    def _resource_status(self, kind: Kind, name: str, *, valid: bool, message: str) -> None:
-        self._resource_statuses.add((kind, name))
-        status = ResourceStatus(kind=kind.kind, name=name, valid=valid, message=message)
-        self._port.publish_status(kind, name, status)
 
     def _job_spec(self, name: str, spec: FederatedLearningJob, payload: bytes, now_s: float) -> None:
         spec_hash = spec.spec_hash()
@@ -302,14 +289,8 @@ class Controller:
         # An explicit delete: the tombstone makes a retained copy of this spec that comes back (an old
         # broker snapshot) a stale one, and lets the leftovers of the resource be cleared.
         self._port.forget_spec(kind, name, deleted=True)
-        if kind is Kind.DATASET or kind is Kind.MODEL:
-            if kind is Kind.DATASET:
-                self.datasets.pop(name, None)
-            else:
-                self.models.pop(name, None)
-            self._resource_statuses.discard((kind, name))
-            self._log.info("resource deleted", kind=kind.value, name=name)
-            self._port.publish_status(kind, name, None)
+        if kind is not Kind.JOB:
+            self._registry.delete(kind, name)
             return
         entry = self._jobs.pop(name, None)
         if entry is not None and entry.engine is not None:
@@ -328,29 +309,17 @@ class Controller:
     # -- references and nodes (the gate) ---------------------------------------------------------
 
     def _evaluate(self, entry: _Entry, now_s: float) -> None:
-        old = self._old_status.pop((Kind.JOB, entry.name), None)
-        if old is not None:
-            try:
-                previous = JobStatus.model_validate_json(old)
-            except ValidationError:
-                previous = None
-            if previous is not None and previous.phase.finished and previous.spec_hash == entry.spec_hash:
-                if not held_back(previous):
-                    entry.finished = previous
-                    self._log.info(
-                        "job already finished with this spec; not run again", job=entry.name, phase=previous.phase.value
-                    )
-                    return
-                # It failed before it ever ran, for something missing: it runs once that is there.
-                entry.hold = self._gate.restore(previous)
-            if (
-                previous is not None
-                and previous.phase is Phase.RUNNING
-                and previous.spec_hash == entry.spec_hash
-                and previous.uid
-                and previous.aggregation_node in (self.node, None)
-            ):
-                entry.resume_from = previous
+        rule = restart_rule(self._old_status.pop((Kind.JOB, entry.name), None), entry.spec_hash, self.node)
+        if rule is not None and rule.action == "finished":
+            entry.finished = rule.status
+            self._log.info(
+                "job already finished with this spec; not run again", job=entry.name, phase=rule.status.phase.value
+            )
+            return
+        if rule is not None and rule.action == "held":
+            entry.hold = self._gate.restore(rule.status)  # it failed before it ever ran: it runs once all is there
+        elif rule is not None:
+            entry.resume_from = rule.status
         self._check(entry, now_s, "everything the job names is there")
 
     def _check(self, entry: _Entry, now_s: float, cause: str) -> None:

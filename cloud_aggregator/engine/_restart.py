@@ -1,6 +1,6 @@
 """What the controller does with the retained state a broker delivers at startup or after a reconnect.
 
-Two questions, answered with the kept copy (`KeptState`):
+Three questions, answered with the kept copy (`KeptState`):
 
 - **Which kept specs did the broker lose?** Those it did not deliver during the catch-up. A missing spec
   is never a delete (a broker killed -9 before its autosave, or started from an empty or old data
@@ -11,20 +11,33 @@ Two questions, answered with the kept copy (`KeptState`):
   a job of this node its plan and global models, are cleared. A status whose spec is missing and that
   this node never accepted is left as it is (and logged): it may belong to a spec the broker lost
   before this node kept anything.
+- **What does a job's earlier status mean for the same spec?** (`restart_rule`) Finished: not run
+  again; Failed before it ever ran for something missing: re-evaluated; Running here: resumed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
+from cloud_aggregator.engine._gate import held_back
 from cloud_aggregator.engine._kept import KeptState
 from cloud_aggregator.engine._port import Port
-from schemas import JobPlan, JobStatus, Kind
+from schemas import JobPlan, JobStatus, Kind, Phase
 
-__all__ = ["Delivered", "Leftovers", "clear_if_deleted", "clear_leftovers", "leftovers", "lost_specs"]
+__all__ = [
+    "Delivered",
+    "Leftovers",
+    "RestartRule",
+    "clear_if_deleted",
+    "clear_leftovers",
+    "leftovers",
+    "lost_specs",
+    "restart_rule",
+]
 
 # Datasets and Models before jobs, so a restored job finds its references restored too.
 _ORDER = {Kind.DATASET: 0, Kind.MODEL: 1, Kind.JOB: 2}
@@ -148,3 +161,32 @@ def clear_leftovers(found: Leftovers, port: Port, log: FilteringBoundLogger) -> 
         port.clear_globals(name)
         port.clear_state(name)
         port.publish_status(Kind.JOB, name, None)
+
+
+@dataclass(frozen=True)
+class RestartRule:
+    """What the status of an earlier run (the kept copy's, else the broker's) means for the same spec.
+
+    ``finished``: it Succeeded or Failed, so it is not run again. ``held``: it Failed before it ever ran
+    because something it names was missing (`_gate.held_back`), so it is re-evaluated, not finished.
+    ``resume``: it was Running here, so it resumes with the same uid from its checkpoint."""
+
+    action: Literal["finished", "held", "resume"]
+    status: JobStatus
+
+
+def restart_rule(payload: bytes | None, spec_hash: str, node: str) -> RestartRule | None:
+    """The rule for a job of this `node` whose earlier status is `payload`; None: start it afresh."""
+    if payload is None:
+        return None
+    try:
+        previous = JobStatus.model_validate_json(payload)
+    except ValidationError:
+        return None
+    if previous.spec_hash != spec_hash:
+        return None
+    if previous.phase.finished:
+        return RestartRule("held" if held_back(previous) else "finished", previous)
+    if previous.phase is Phase.RUNNING and previous.uid and previous.aggregation_node in (node, None):
+        return RestartRule("resume", previous)
+    return None
