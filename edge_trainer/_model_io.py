@@ -1,13 +1,20 @@
-"""Writing the final model at the Model url, in the Model format (runs in the training script's process).
+"""Writing the final model at the Model url, in the Model format, as a new version (runs in the training script's process).
 
 Layouts (``<url>`` is the resolved Model url; a url that ends with the format's file suffix is written
-exactly there instead, e.g. ``/model/final.keras``):
+exactly there instead, e.g. ``/model/final.keras``, and the folder holding it plays the url's part):
 
     ckpt        <url>/model.ckpt.index + model.ckpt.data-*   tf.train.Checkpoint(model=keras_model)
     keras       <url>/model.keras                            model.save
     h5          <url>/model.weights.h5                       model.save_weights
     savedmodel  <url>/saved_model/                           model.export (Keras 3); "pb" is the same
-    always      <url>/model.json                             job, round, format, files, digest, ...
+    always      <url>/model.json                             job, uid, round, version, metrics, digest, files, ...
+
+Every save is a version (`runtime.version_name`: ``<job>-<uid8>-r<round>``, issue 9): the files and
+model.json go to ``<url>/versions/<version>/``, and the url itself holds the latest version's files
+(hard links, no copy) and its ``latest`` pointer (``latest -> versions/<version>``), so Sedna scripts
+that read ``/model/model.ckpt`` read the newest model and no job ever replaces another job's model.
+`SavedModel.path` (the worker's ``modelPath``) names the version's artifact. Retention keeps the newest
+`runtime.keep_versions()` versions of the url (see `runtime._model_folder`).
 
 The checkpoint holds the model's variables and a *fresh* optimizer of the same kind and settings
 (step 0, no slots), not the edge's own optimizer state: that state is local (Adam's moments of this
@@ -17,21 +24,21 @@ compiled model still restores it with ``tf.train.Checkpoint(model=m).read(prefix
 
 An estimator without a Keras ``.model`` is saved Sedna's way, ``estimator.save(path)``.
 
-Writes are atomic: everything goes to a staging folder next to the target, which then replaces the
-target folder with two renames (files already in the target that are not part of the new model are
-carried over as hard links). A crash leaves either the old model or the new one, never half of one.
-A url naming a file is replaced file by file instead (each file atomically, model.json last), so the
-folder around it, which may hold anything, is never moved.
+Writes are atomic and ordered so that a crash at any step leaves whole models: the model is written to
+a staging folder next to the url without a lock (the slow part); then, under `runtime.model_lock`, the
+version folder is built from staging with hard links and renamed into ``versions/`` (a version is
+there whole or not at all), the ``latest`` symlink is put into staging, and staging replaces the url
+folder with two renames (what the url held besides the model, ``versions/`` included, is carried over
+as hard links), so the url's files, its model.json and ``latest`` change together. Last, old versions
+are pruned. A url naming a file is replaced file by file instead (each file atomically, model.json
+last, then ``latest``), so the folder around it, which may hold anything, is never moved.
 
-Two jobs may save to the same Model url at the same time (issue 8). The model is written into staging
-without a lock (that is the slow part), then `runtime.model_lock` is taken for the short rest: recovery,
-the choice of the folder, the replacement. The folder follows `runtime.job_model_folder`: another job's
-model at the url is never replaced; this job's goes to ``<url>/jobs/<job>/`` and `SavedModel.path` says
-so. Staging folders are named after the job run and the writing process
-(``.<name>.staging-<job>.<run>.<pid>.<random>``), and recovery removes only those of this job run or of
-a process that no longer exists, so it never takes a live writer's staging for a crash's leftover; an
-old model a crash left aside (only ever seen under the lock, so its writer is dead) is put back.
-TensorFlow is imported here, lazily, and nowhere in the node service.
+Two jobs may save to the same Model url at the same time (issue 8): each writes its own version, the
+url holds whichever was saved last. Staging folders are named after the job run and the writing
+process (``.<name>.staging-<job>.<run>.<pid>.<random>``), and recovery removes only those of this job
+run or of a process that no longer exists, so it never takes a live writer's staging for a crash's
+leftover; an old model a crash left aside (only ever seen under the lock, so its writer is dead) is
+put back. TensorFlow is imported here, lazily, and nowhere in the node service.
 """
 
 from __future__ import annotations
@@ -42,13 +49,26 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from edge_trainer._errors import ModelSaveError
-from runtime import fsync_dir, job_model_folder, model_lock
+from runtime import (
+    MODEL_LATEST,
+    MODEL_VERSIONS_FOLDER,
+    commit_version,
+    fsync_dir,
+    keep_versions,
+    model_lock,
+    new_version_folder,
+    prune_versions,
+    remove_stale_versions,
+    set_latest,
+    version_name,
+)
 from schemas import WorkerEnv
 
 __all__ = ["FORMATS", "SavedModel", "save_model"]
@@ -68,12 +88,15 @@ _OLD = ".old-"
 
 @dataclass(frozen=True)
 class SavedModel:
-    """Where the model went: `path` is the artifact (checkpoint prefix, file or folder)."""
+    """Where the model went: `path` is the version's artifact (checkpoint prefix, file or folder) under
+    ``versions/<version>/`` (`directory`); `latest` is the same artifact at the url."""
 
     path: Path
     directory: Path
     files: tuple[str, ...]
     metadata: Path
+    version: str
+    latest: Path
 
 
 def save_model(
@@ -87,17 +110,26 @@ def save_model(
     num_tensors: int,
     model_name: str | None = None,
     run: str = "",
+    metrics: Mapping[str, float] | None = None,
+    keep: int | None = None,
 ) -> SavedModel:
-    """Save `estimator`'s model at `url` in format `fmt`, atomically; write model.json beside it.
+    """Save `estimator`'s model at `url` in format `fmt` as the version of this job run and round; write
+    model.json beside it; make it the url's latest; keep the newest `keep` versions (default:
+    `runtime.keep_versions()`).
 
-    `run` is the job run (its uid): staging folders carry it so recovery tells this run's leftovers
-    from another run's work in progress. Another job's model at `url` is kept; this one then goes
-    to ``<url>/jobs/<job>/`` (see the module docstring).
+    `run` is the job run (its uid): it names the version, and staging folders carry it so recovery
+    tells this run's leftovers from another run's work in progress. `metrics` (the last round's) go
+    into model.json.
     """
     if fmt not in FORMATS:
         raise ModelSaveError(f"unknown model format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not job:
         raise ModelSaveError(f"no job name to save the model under (is {WorkerEnv.JOB_NAME} set?)")
+    try:
+        version = version_name(job, run, round_)
+        keep = keep_versions() if keep is None else keep
+    except ValueError as exc:
+        raise ModelSaveError(f"cannot save the model: {exc}") from exc
     default_name, suffixes = FORMATS[fmt]
     target = Path(url)
     if suffixes and target.name.endswith(suffixes) and target.name not in suffixes:
@@ -125,6 +157,8 @@ def save_model(
             "job": job,
             "uid": run or None,
             "round": round_,
+            "version": version,
+            "metrics": dict(metrics or {}),
             "format": fmt,
             "modelName": model_name,
             "path": artifact,
@@ -138,35 +172,46 @@ def save_model(
         try:
             with model_lock(directory):
                 _recover(directory, key)
-                folder = job_model_folder(directory, job, _owner(directory))
-                if folder != directory:
-                    folder.parent.mkdir(parents=True, exist_ok=True)
-                    _recover(folder, key)
-                if file_form:
-                    folder.mkdir(exist_ok=True)
-                    _replace_files(staging, folder)
-                else:
-                    _replace_dir(staging, folder)
+                folder = _commit(staging, directory, version, file_form=file_form)
+                prune_versions(directory, keep, protect=frozenset({version}))
         except TimeoutError as exc:
             raise ModelSaveError(f"cannot save at Model url {url}: {exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return SavedModel(path=folder / artifact, directory=folder, files=files, metadata=folder / METADATA_FILE)
+    return SavedModel(
+        path=folder / artifact,
+        directory=folder,
+        files=files,
+        metadata=folder / METADATA_FILE,
+        version=version,
+        latest=directory / artifact,
+    )
+
+
+def _commit(staging: Path, directory: Path, version: str, *, file_form: bool) -> Path:
+    """Under the lock: the version folder from staging (hard links), then the url's files and ``latest``."""
+    if directory.is_dir():
+        remove_stale_versions(directory)
+    else:
+        directory.mkdir()  # the url's folder: versions/ lives in it
+    tmp = new_version_folder(directory)
+    for entry in staging.iterdir():
+        _link_into(entry, tmp / entry.name)
+    folder = commit_version(tmp, version)
+    # Crash here: the version is whole, the url still holds the previous latest (a consistent state).
+    if file_form:
+        _replace_files(staging, directory)
+        set_latest(directory, version)
+    else:
+        os.symlink(f"{MODEL_VERSIONS_FOLDER}/{version}", staging / MODEL_LATEST)
+        _replace_dir(staging, directory)  # the url's files, model.json and latest change with one rename
+    return folder
 
 
 def _run_key(job: str, run: str) -> str:
     """`<job>.<hash of job and run>`: readable, unique per job run, and short enough for a file name."""
     digest = hashlib.sha256(f"{job}\0{run}".encode()).hexdigest()[:12]
     return f"{job[:64]}.{digest}"
-
-
-def _owner(directory: Path) -> str | None:
-    """The job whose model `directory` holds (its model.json's ``job``), None when it holds none."""
-    try:
-        job = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8")).get("job")
-    except (OSError, ValueError, AttributeError):
-        return None  # no model, or not one of ours: nothing to protect
-    return job if isinstance(job, str) and job else None
 
 
 # -- writing -----------------------------------------------------------------------------------

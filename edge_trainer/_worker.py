@@ -125,6 +125,7 @@ class FederatedLearning:
             ),
             self._encode(weights, "init", 0, num_samples, names),
         )
+        last_metrics: dict[str, float] = {}  # the last round's, recorded in the saved model's model.json
         while True:
             frame, body = channel.recv()  # ChannelClosed: the service is gone (see `train`)
             if frame.type == "train":
@@ -133,12 +134,13 @@ class FederatedLearning:
                 if post_process is not None:
                     result = post_process(result)
                 weights = self._get_weights()
+                last_metrics = _metrics(result)
                 channel.send(
                     WorkerFrame(
                         type="update",
                         round=frame.round,
                         num_samples=num_samples,
-                        metrics=_metrics(result),
+                        metrics=last_metrics,
                         has_body=True,
                     ),
                     self._encode(weights, "update", frame.round, num_samples, names),
@@ -157,6 +159,7 @@ class FederatedLearning:
                     num_tensors=len(final),
                     model_name=os.environ.get(WorkerEnv.MODEL_NAME),
                     run=os.environ.get(WorkerEnv.JOB_UID, ""),
+                    metrics=last_metrics,
                 )
                 channel.send(
                     WorkerFrame(type="saved", round=frame.round, model_path=str(saved.path), model_digest=digest)

@@ -5,8 +5,9 @@ the worker link (the local channel between a node service and the job script it 
 the one supervisor both services run scripts with: `ScriptSupervisor`, `ScriptProcess`, `ScriptLaunch`;
 the script's environment: `script_environment`; on the script's side, the watch on its service:
 `ServiceWatch`, so a script whose service died exits with one line and `SERVICE_GONE_EXIT`), the one
-shape of a service's logic thread (`EventLoop`), the rule of who writes a Model url
-(`job_model_folder` under `model_lock`), and the lock that keeps one service per node root
+shape of a service's logic thread (`EventLoop`), the layout of model versions under a Model url
+(`version_name`, `commit_version`, `set_latest`, `prune_versions` under `model_lock`) and what a node
+reports of them (`held_models`, `ModelUrlBook`), and the lock that keeps one service per node root
 (`lock_node_root`). Nothing here imports paho-mqtt or TensorFlow, so a worker script that imports the
 worker API loads only this and `schemas`.
 """
@@ -14,9 +15,25 @@ worker API loads only this and `schemas`.
 from runtime._channel import MAX_BODY, MAX_HEADER, WorkerChannel, spawn_channel_pair
 from runtime._errors import ChannelClosed, ChannelError, NodeRootLockedError, NodeRuntimeError, ScriptStartError
 from runtime._files import TMP_PREFIX, fsync_dir, write_atomic
+from runtime._held_models import ModelUrlBook, held_models
 from runtime._logging import configure_logging, get_logger
 from runtime._loop import EventLoop
-from runtime._model_folder import MODEL_JOBS_FOLDER, job_model_folder, model_lock
+from runtime._model_folder import (
+    DEFAULT_KEEP_VERSIONS,
+    MODEL_LATEST,
+    MODEL_VERSIONS_FOLDER,
+    commit_version,
+    keep_versions,
+    latest_version,
+    list_versions,
+    model_lock,
+    new_version_folder,
+    prune_versions,
+    remove_stale_versions,
+    set_latest,
+    version_metadata,
+    version_name,
+)
 from runtime._node_lock import NodeRootLock, lock_node_root
 from runtime._script_env import PRIVATE_ENV_PREFIXES, script_environment, script_parameters, source_checkout
 from runtime._service_watch import SERVICE_GONE_EXIT, ServiceGone, ServiceWatch
@@ -30,15 +47,18 @@ from runtime._supervisor import (
 )
 
 __all__ = [
+    "DEFAULT_KEEP_VERSIONS",
     "MAX_BODY",
     "MAX_HEADER",
-    "MODEL_JOBS_FOLDER",
+    "MODEL_LATEST",
+    "MODEL_VERSIONS_FOLDER",
     "PRIVATE_ENV_PREFIXES",
     "SERVICE_GONE_EXIT",
     "TMP_PREFIX",
     "ChannelClosed",
     "ChannelError",
     "EventLoop",
+    "ModelUrlBook",
     "NodeRootLock",
     "NodeRootLockedError",
     "NodeRuntimeError",
@@ -52,15 +72,25 @@ __all__ = [
     "ServiceGone",
     "ServiceWatch",
     "WorkerChannel",
+    "commit_version",
     "configure_logging",
     "fsync_dir",
     "get_logger",
-    "job_model_folder",
+    "held_models",
+    "keep_versions",
+    "latest_version",
+    "list_versions",
     "lock_node_root",
     "model_lock",
+    "new_version_folder",
+    "prune_versions",
+    "remove_stale_versions",
     "script_environment",
     "script_parameters",
+    "set_latest",
     "source_checkout",
     "spawn_channel_pair",
+    "version_metadata",
+    "version_name",
     "write_atomic",
 ]

@@ -1,41 +1,211 @@
-"""Who may write a Model url: the one rule both model writers (edge and cloud) apply, and its lock.
+"""Model versions under a Model url: the one layout both model writers (edge and cloud) follow, and its lock.
 
-Two jobs may name the same Model and run at the same time on the same nodes (issue 8). A Model url's
-folder belongs to the job whose model it holds (the ``job`` its model metadata names). A job writes
-its final model at the url when the folder holds no model or a model of the same job (a re-run
-replaces its own model); when it holds another job's model, the job writes to
-``<url>/jobs/<job>/`` instead (`MODEL_JOBS_FOLDER`), and says so where its model went. So no job ever
-replaces or half-overwrites another job's model, and none is lost silently.
+A job never overwrites another job's model (issue 9). Every save of a final model is a *version*,
+named after the job run and the round (`version_name`: ``<job>-<uid8>-r<round>``), kept in its own
+folder under the url, and the url's ``latest`` pointer names the newest one:
 
-Deciding and replacing happen under `model_lock`, an exclusive ``flock`` on ``.<name>.lock`` beside the
-folder (kept there, never deleted: deleting it would let two writers lock two different files). The
-lock only serialises writers on one machine: a Model url on a network filesystem shared by several
-nodes is not covered.
+    <url>/<model files>, model.json      the latest version's files (hard links: no second copy)
+    <url>/latest -> versions/<version>   a relative symlink, replaced atomically
+    <url>/versions/<version>/            every version: its model files and its model.json
+
+So a script that reads the model where Sedna's does (``/model/model.ckpt``) reads the latest model,
+a reader that needs one exact version reads ``<url>/versions/<version>/`` (what the job's and the
+worker's ``modelPath`` name), and ``<url>/latest/`` always leads to a whole version. For a url that
+names a file (``/model/final.ckpt``), the folder holding that file plays the url's part.
+
+Retention: each save keeps the newest `keep_versions()` versions of its url (``FL_MODEL_KEEP_VERSIONS``
+in the node service's environment, default `DEFAULT_KEEP_VERSIONS`) and never removes the one
+``latest`` names, so disks do not fill.
+
+A version folder is built in ``versions/.tmp-<pid>.<random>`` and renamed into place
+(`commit_version`); deciding, committing, pointing and pruning all happen under `model_lock`, an
+exclusive ``flock`` on ``.<name>.lock`` beside the url's folder. A ``.tmp-`` folder seen under the lock
+is a crashed writer's leftover (`remove_stale_versions`). The lock only serialises writers on one
+machine: a Model url on a network filesystem shared by several nodes is not covered.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import shutil
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["MODEL_JOBS_FOLDER", "job_model_folder", "model_lock"]
+from runtime._files import TMP_PREFIX, fsync_dir
+from schemas import WorkerEnv
 
-MODEL_JOBS_FOLDER = "jobs"
+__all__ = [
+    "DEFAULT_KEEP_VERSIONS",
+    "MODEL_LATEST",
+    "MODEL_VERSIONS_FOLDER",
+    "commit_version",
+    "keep_versions",
+    "latest_version",
+    "list_versions",
+    "model_lock",
+    "new_version_folder",
+    "prune_versions",
+    "remove_stale_versions",
+    "set_latest",
+    "version_metadata",
+    "version_name",
+]
+
+MODEL_VERSIONS_FOLDER = "versions"
+MODEL_LATEST = "latest"
+DEFAULT_KEEP_VERSIONS = 5
+_MAX_KEEP = 10_000
 # A save of a big SavedModel takes seconds; minutes of waiting mean a writer is stuck, not busy.
 _LOCK_TIMEOUT = 300.0
+_OLD = ".old-"
 
 
-def job_model_folder(folder: Path, job: str, owner: str | None) -> Path:
-    """Where `job` writes its model, given `owner`: the job whose model `folder` holds now (None: no model)."""
-    if not job or "/" in job or job in {".", ".."}:
-        raise ValueError(f"{job!r} cannot name a model folder: a job name is needed")
-    if owner is None or owner == job:
-        return folder
-    return folder / MODEL_JOBS_FOLDER / job
+def version_name(job: str, uid: str | None, round_: int) -> str:
+    """``<job>-<first 8 of uid>-r<round>`` (``<job>-r<round>`` without a uid): one name per job run and round."""
+    if not job or "/" in job or job.startswith(".") or job in {MODEL_VERSIONS_FOLDER, MODEL_LATEST}:
+        raise ValueError(f"{job!r} cannot name a model version: a job name is needed")
+    if round_ < 0:
+        raise ValueError(f"round {round_} cannot name a model version: expected a round >= 0")
+    run = "".join(c for c in (uid or "") if c.isalnum())[:8]
+    return f"{job}-{run}-r{round_}" if run else f"{job}-r{round_}"
+
+
+def keep_versions(env: Mapping[str, str] | None = None) -> int:
+    """How many versions a save keeps per url: ``FL_MODEL_KEEP_VERSIONS`` (an integer >= 1), else the default."""
+    raw = (os.environ if env is None else env).get(WorkerEnv.MODEL_KEEP_VERSIONS, "").strip()
+    if not raw:
+        return DEFAULT_KEEP_VERSIONS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= _MAX_KEEP:
+        raise ValueError(
+            f"{WorkerEnv.MODEL_KEEP_VERSIONS}={raw!r}: expected a whole number of versions from 1 to {_MAX_KEEP}"
+        )
+    return value
+
+
+# -- building and committing a version (under model_lock) -----------------------------------------
+
+
+def new_version_folder(folder: Path) -> Path:
+    """An empty ``<folder>/versions/.tmp-<pid>.<random>`` to build a version in (then `commit_version`)."""
+    versions = folder / MODEL_VERSIONS_FOLDER
+    versions.mkdir(parents=True, exist_ok=True)
+    tmp = versions / f"{TMP_PREFIX}{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+
+def commit_version(tmp: Path, version: str) -> Path:
+    """Rename a built version folder into ``versions/<version>`` (fsynced first); return its path.
+
+    A version of that name already there (the same job run saving the same round again, e.g. after a
+    restart) is replaced whole: moved aside, the new one renamed in, the old one removed.
+    """
+    _sync_tree(tmp)
+    target = tmp.parent / version
+    old = tmp.parent / f"{_OLD}{version}.{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        os.rename(target, old)
+    os.rename(tmp, target)
+    fsync_dir(tmp.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def set_latest(folder: Path, version: str) -> None:
+    """Point ``<folder>/latest`` at ``versions/<version>`` (a relative symlink, swapped with one rename)."""
+    tmp = folder / f"{TMP_PREFIX}{MODEL_LATEST}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    os.symlink(f"{MODEL_VERSIONS_FOLDER}/{version}", tmp)
+    os.replace(tmp, folder / MODEL_LATEST)
+    fsync_dir(folder)
+
+
+def latest_version(folder: Path) -> str | None:
+    """The version ``<folder>/latest`` names, None when there is no pointer (or it is not ours)."""
+    try:
+        target = os.readlink(folder / MODEL_LATEST)
+    except OSError:
+        return None
+    head, _, name = target.partition("/")
+    return name if head == MODEL_VERSIONS_FOLDER and name and "/" not in name else None
+
+
+def remove_stale_versions(folder: Path) -> None:
+    """Remove what a crashed writer left in ``versions/`` and beside ``latest`` (call under the lock: every
+    such folder is built and committed while the lock is held, so one seen then is a dead writer's)."""
+    versions = folder / MODEL_VERSIONS_FOLDER
+    leftovers = [*versions.glob(f"{TMP_PREFIX}*"), *versions.glob(f"{_OLD}*")] if versions.is_dir() else []
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    for link in folder.glob(f"{TMP_PREFIX}{MODEL_LATEST}.*"):
+        link.unlink(missing_ok=True)
+
+
+def version_metadata(version_folder: Path) -> dict[str, object] | None:
+    """The version's metadata: its ``model.json`` (edge) or the one ``<model>.json`` naming a job (cloud)."""
+    candidates = [version_folder / "model.json", *sorted(version_folder.glob("*.json"))]
+    for path in candidates:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("job"), str):
+            return data
+    return None
+
+
+def _created(version_folder: Path) -> tuple[str, float]:
+    """Sort key, oldest first: the ``created`` time the metadata records, then the folder's mtime."""
+    meta = version_metadata(version_folder) or {}
+    created = meta.get("created") or meta.get("savedAt")
+    try:
+        mtime = version_folder.stat().st_mtime
+    except OSError:
+        mtime = 0.0
+    return (created if isinstance(created, str) else "", mtime)
+
+
+def list_versions(folder: Path) -> list[Path]:
+    """The version folders under ``<folder>/versions``, newest first."""
+    versions = folder / MODEL_VERSIONS_FOLDER
+    if not versions.is_dir():
+        return []
+    found = [p for p in versions.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
+    return sorted(found, key=lambda p: (*_created(p), p.name), reverse=True)
+
+
+def prune_versions(folder: Path, keep: int, *, protect: frozenset[str] = frozenset()) -> list[str]:
+    """Remove all but the newest `keep` versions (never the one ``latest`` names, nor `protect`); return
+    the names removed, oldest last. Call under the lock."""
+    spared = {*protect, latest_version(folder)}
+    removed = []
+    for path in list_versions(folder)[max(keep, 1) :]:
+        if path.name in spared:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    if removed:
+        fsync_dir(folder / MODEL_VERSIONS_FOLDER)
+    return removed
+
+
+def _sync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(root)
+
+
+# -- the lock ---------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager

@@ -163,6 +163,32 @@ class NodeState(StrEnum):
     OFFLINE = "offline"
 
 
+#: A node's status names at most this many Model urls, and this many versions of each (the newest).
+MAX_HELD_MODELS = 32
+MAX_HELD_VERSIONS = 8
+
+
+class HeldVersion(_Wire):
+    """One model version a node holds under a Model url (``<url>/versions/<version>/``), from its model.json."""
+
+    version: str
+    job: str
+    uid: str | None = None
+    round: int
+    # The first 16 hex digits of the weights' SHA-256: enough to tell versions apart; model.json has it all.
+    digest: str | None = Field(default=None, max_length=16)
+    created: datetime | None = None
+
+
+class HeldModel(_Wire):
+    """The versions a node holds under one Model url (the url as the Model spec writes it), newest first."""
+
+    url: str
+    latest: str | None = None  # the version the url's ``latest`` pointer names
+    count: int = 0  # versions on disk; `versions` lists only the newest MAX_HELD_VERSIONS
+    versions: list[HeldVersion] = Field(default_factory=list, max_length=MAX_HELD_VERSIONS)
+
+
 class NodeStatus(_Wire):
     """Presence of a node service; the offline form is also the node's MQTT last will."""
 
@@ -171,3 +197,5 @@ class NodeStatus(_Wire):
     state: NodeState
     since: datetime = Field(default_factory=now)
     version: str | None = None
+    # The model versions this node holds, per Model url it wrote to (None: not reported, e.g. the last will).
+    models: list[HeldModel] | None = Field(default=None, max_length=MAX_HELD_MODELS)

@@ -36,6 +36,8 @@ class WorkerEnv:
     NODE_ROOT = "FL_NODE_ROOT"
     JOB_UID = "FL_JOB_UID"
     WORKER_FD = "FL_WORKER_FD"
+    # A node setting the scripts inherit from their service: model versions kept per Model url (runtime.keep_versions).
+    MODEL_KEEP_VERSIONS = "FL_MODEL_KEEP_VERSIONS"
 
 
 class Context:

@@ -297,6 +297,8 @@ class RoundEngine:
             "aggregation": final.run.strategy.name,
             "participants": facts.participants,
             "digest": model.digest,
+            # The last closed round's aggregated metrics, as the job status records them (empty when none).
+            "metrics": dict(ctx.status.rounds[-1].metrics) if ctx.status.rounds else {},
             "tensors": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in model.layout],
             "savedAt": now().isoformat(),
         }

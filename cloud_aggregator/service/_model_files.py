@@ -1,10 +1,13 @@
-"""Writing the final global model under the node root (paths resolve through `schemas.NodeRoot`).
+"""Writing the final global model under the node root (paths resolve through `schemas.NodeRoot`), as a version.
 
-Two jobs may name the same Model and finish at the same time (issue 8): the model files are written
-under temporary names unique to the writer, then the folder is chosen and the files renamed into it
-under `runtime.model_lock`. The folder follows `runtime.job_model_folder`: when the url holds another
-job's model of this name (its ``<model_name>.json`` names another job), this job's goes to
-``<url>/jobs/<job>/`` and the returned path says so; no job replaces another job's model.
+The cloud follows the edges' rule (`runtime._model_folder`, issue 9): the job run's final weights are
+a version, ``<url>/versions/<job>-<uid8>-r<round>/<model>.npz`` plus ``<model>.json``; the url's own
+``<model>.npz`` and ``<model>.json`` are the latest version's (hard links) and ``<url>/latest`` names
+it. The archive is written under a temporary name unique to the writer (two jobs may finish at the
+same time), then, under `runtime.model_lock`: the version folder is built and renamed into place, the
+url's files are replaced (``.npz`` first, the ``.json`` that describes it last), ``latest`` is swapped,
+and old versions are pruned (`runtime.keep_versions()`). A crash at any step leaves whole versions and
+a url whose files are a whole model.
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_aggregator._errors import ControllerError
-from runtime import job_model_folder, model_lock
+from runtime import (
+    commit_version,
+    keep_versions,
+    model_lock,
+    new_version_folder,
+    prune_versions,
+    remove_stale_versions,
+    set_latest,
+    version_name,
+)
 from schemas import NodeRoot
 
 __all__ = ["write_model"]
@@ -46,43 +58,54 @@ def write_model(
     arrays: Sequence[npt.NDArray[Any]],
     names: Sequence[str],
     meta: Mapping[str, Any],
+    keep: int | None = None,
 ) -> Path:
-    """Write ``<url under root>/<model_name>.npz`` (one array per tensor name) and ``<model_name>.json``.
+    """Write the version ``<url>/versions/<version>/<model_name>.npz`` (one array per tensor name) and its
+    ``<model_name>.json``, make it the url's latest, keep the newest `keep` versions; return the version's ``.npz``.
 
     The archive is what ``np.savez`` writes (readable with ``np.load``, no pickle), with tensor names as
-    keys in layout order (a repeated name gets ``_<index>``). Both files are written to a temporary
-    name first and renamed, so a reader never sees half a model. ``meta["job"]`` decides the folder
-    (the module docstring): the url, or ``<url>/jobs/<job>/`` when the url holds another job's model.
-    Returns the ``.npz`` path.
+    keys in layout order (a repeated name gets ``_<index>``). ``meta`` must name the ``job``, its
+    ``uid`` and the ``round``: they name the version (`runtime.version_name`).
     """
     folder = NodeRoot(root).resolve(url, f'Model "{model_name}" url')
     job = str(meta.get("job") or "")
+    try:
+        version = version_name(job, str(meta.get("uid") or ""), int(meta.get("round") or 0))
+        keep = keep_versions() if keep is None else keep
+    except ValueError as exc:
+        raise ControllerError(f"cannot write the model under {url}: {exc}") from exc
     keys = _unique_names(names, len(arrays))
     # Unique per writer: two jobs finishing together wrote the same "<name>.npz.tmp" and interleaved.
     tag = f".tmp-{job[:64]}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     tmp = folder / f".{model_name}.npz{tag}"
     tmp_side = folder / f".{model_name}.json{tag}"
+    npz, side = f"{model_name}.npz", f"{model_name}.json"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for key, array in zip(keys, arrays, strict=True):
                 with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+        document = {**meta, "version": version, "file": npz, "keys": keys}
+        tmp_side.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         with model_lock(folder):  # the lock the edge takes too, in case both write under one root
             _remove_dead_writers_files(folder, model_name)
-            target = job_model_folder(folder, job, _owner(folder / f"{model_name}.json")) if job else folder
-            target.mkdir(parents=True, exist_ok=True)
-            npz = target / f"{model_name}.npz"
-            document = {**meta, "file": npz.name, "keys": keys}
-            tmp_side.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, npz)
-            os.replace(tmp_side, target / f"{model_name}.json")  # last: it names the job the folder now belongs to
+            remove_stale_versions(folder)
+            building = new_version_folder(folder)
+            os.link(tmp, building / npz)
+            os.link(tmp_side, building / side)
+            target = commit_version(building, version)
+            # Crash here: the version is whole; the url still holds the previous latest.
+            os.replace(tmp, folder / npz)
+            os.replace(tmp_side, folder / side)  # last: it describes the .npz now at the url
+            set_latest(folder, version)
+            prune_versions(folder, keep, protect=frozenset({version}))
     except (OSError, TimeoutError) as exc:
         raise ControllerError(f"cannot write the model to {folder}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
         tmp_side.unlink(missing_ok=True)
-    return npz
+    return target / npz
 
 
 def _remove_dead_writers_files(folder: Path, model_name: str) -> None:
@@ -97,12 +120,3 @@ def _remove_dead_writers_files(folder: Path, model_name: str) -> None:
             path.unlink(missing_ok=True)
         except PermissionError:
             pass  # alive, another user's
-
-
-def _owner(side: Path) -> str | None:
-    """The job named by a model's ``.json`` side file, None when there is none (or it is not ours)."""
-    try:
-        job = json.loads(side.read_text()).get("job")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return job if isinstance(job, str) and job else None

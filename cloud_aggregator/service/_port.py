@@ -42,6 +42,8 @@ class MqttPort:
     chunk_size: int
     publish_timeout: float
     log: FilteringBoundLogger
+    # Told the Model url after a final model was written there (the service republishes its node status).
+    model_written: Callable[[str], None] = lambda _url: None
     # Retained global models this node knows of: job -> round -> chunk count.
     retained_globals: dict[str, dict[int, int]] = field(default_factory=dict, init=False)
 
@@ -152,11 +154,11 @@ class MqttPort:
 
     def write_model(self, final: FinalModel) -> str:
         model = final.model
-        return str(
-            write_model(
-                self.root, url=model.url, model_name=model.name, arrays=final.arrays, names=final.names, meta=final.meta
-            )
+        path = write_model(
+            self.root, url=model.url, model_name=model.name, arrays=final.arrays, names=final.names, meta=final.meta
         )
+        self.model_written(model.url)
+        return str(path)
 
     def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
         self._state.store_update(job, round_, node, transfer, blob)

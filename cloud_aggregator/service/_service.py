@@ -30,10 +30,11 @@ from cloud_aggregator.engine import Controller, JobSettings
 from cloud_aggregator.service._audit import AuditBarrier, ReconnectAudit
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts
-from runtime import EventLoop, ScriptExited, ScriptFrame, get_logger
+from runtime import EventLoop, ModelUrlBook, ScriptExited, ScriptFrame, get_logger, held_models
 from schemas import (
     DEFAULT_CODE_ROOT,
     Channel,
+    HeldModel,
     NodeRoot,
     NodeState,
     NodeStatus,
@@ -49,6 +50,8 @@ __all__ = ["AggregatorService", "Event"]
 POLL_SECONDS = 0.2
 BARRIER_TIMEOUT = 30.0
 SHUTDOWN_GRACE = 5.0
+# Under <root>/state/ (no job name has "_"): the Model urls whose versions this node reports.
+MODEL_URLS_FILE = "_model_urls.json"
 
 #: Everything the logic thread handles.
 Event = Inbound | ScriptFrame | ScriptExited | AuditBarrier
@@ -99,6 +102,8 @@ class AggregatorService:
         self._port: MqttPort | None = None
         self._controller: Controller | None = None
         self._audit: ReconnectAudit | None = None
+        # The Model urls this node wrote final models to: their versions go on its node status.
+        self._model_urls = ModelUrlBook(self.root / "state" / MODEL_URLS_FILE)
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -156,6 +161,7 @@ class AggregatorService:
             chunk_size=chunk_size,
             publish_timeout=self._publish_timeout,
             log=self._log,
+            model_written=self._model_written,
         )
         self._controller = Controller(node=self.node, port=self._port, settings=jobs)
         self._audit = ReconnectAudit(
@@ -173,11 +179,27 @@ class AggregatorService:
         or a restarted broker has no presence at all)."""
         if self._session is None:
             return
-        online = NodeStatus(node=self.node, role="aggregator", state=NodeState.ONLINE)
+        online = NodeStatus(node=self.node, role="aggregator", state=NodeState.ONLINE, models=self._held())
         try:
             self._session.publish(self.topics.node_status(self.node), online.to_json(), retain=True)
         except BrokerError as exc:
             self._log.warning("cannot announce this node online", error=str(exc))
+
+    def _held(self) -> list[HeldModel] | None:
+        """The model versions this node holds under the Model urls it wrote final models to (issue 9)."""
+        try:
+            return held_models(NodeRoot(self.root), self._model_urls.urls)
+        except OSError as exc:
+            self._log.warning("cannot list the model versions this node holds", error=str(exc))
+            return None
+
+    def _model_written(self, url: str) -> None:
+        """A final model version was written under `url`: say so on this node's status."""
+        try:
+            self._model_urls.add(url)
+        except OSError as exc:  # the version is on disk; only the listing after a restart misses this url
+            self._log.warning("cannot record the Model url this node holds versions of", url=url, error=str(exc))
+        self._announce()
 
     def _catch_up(self, session: Session) -> None:
         startup_only = [self.topics.all_statuses(), self.topics.all_plans(), self.topics.all_globals()]

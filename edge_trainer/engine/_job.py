@@ -43,7 +43,7 @@ from structlog.typing import FilteringBoundLogger
 from edge_trainer._errors import PlanRejectedError
 from edge_trainer.engine._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
 from edge_trainer.engine._ports import JobPorts, Launcher, UploadDone, UploadRequest, WorkerHandle
-from runtime import MODEL_JOBS_FOLDER, SERVICE_GONE_EXIT, get_logger
+from runtime import MODEL_VERSIONS_FOLDER, SERVICE_GONE_EXIT, get_logger
 from schemas import (
     JobPlan,
     NodeRoot,
@@ -366,9 +366,9 @@ class EdgeJob:
         self.model_path = self._root.to_url(frame.model_path) if frame.model_path else None
         self.model_digest = frame.model_digest
         message = f"final model saved at {self.model_path}"
-        own = PurePosixPath(self.plan.model.url) / MODEL_JOBS_FOLDER / self.plan.job
-        if self.model_path and PurePosixPath(self.model_path).is_relative_to(own):
-            message += f" (Model url {self.plan.model.url} holds another job's model, which is kept)"
+        if self.model_path and PurePosixPath(self.model_path).parent.parent.name == MODEL_VERSIONS_FOLDER:
+            # The version's own path; the url holds it as its latest until another version is saved there.
+            message += f" (the latest version at {self.plan.model.url})"
         self._set(WorkerState.COMPLETED, self.round, message)
 
     # -- helpers -----------------------------------------------------------------------------------

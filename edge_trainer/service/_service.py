@@ -52,7 +52,7 @@ from edge_trainer.engine import (
     installed_tensorflow_version,
 )
 from edge_trainer.service._uploads import OutboxWritten, ResendDone, Uploads, UploadWiring
-from runtime import EventLoop, ScriptExited, ScriptFrame, ScriptSupervisor, get_logger
+from runtime import EventLoop, ModelUrlBook, ScriptExited, ScriptFrame, ScriptSupervisor, get_logger, held_models
 from schemas import (
     DEFAULT_CODE_ROOT,
     Channel,
@@ -70,6 +70,8 @@ from schemas import (
 
 __all__ = ["EdgeService", "Event"]
 
+# Under <root>/state/ (no job name has "_"): the Model urls whose versions this node reports.
+MODEL_URLS_FILE = "_model_urls.json"
 _POLL = 0.5  # how often the logic thread looks at the stop flag and the connection when idle
 
 #: Everything the logic thread handles.
@@ -129,6 +131,8 @@ class EdgeService:
             upload_timeout=upload_timeout,
         )
         self._own_status: dict[str, WorkerStatus] = {}  # job -> this node's retained worker status
+        # The Model urls this node saved models to: their versions go on its node status.
+        self._model_urls = ModelUrlBook(self.root.path / "state" / MODEL_URLS_FILE)
         self._online = False
         self._closing = threading.Event()
         self._tf_version = installed_tensorflow_version()
@@ -186,7 +190,8 @@ class EdgeService:
             job.shutdown()
         self._scripts.stop_all()
         self._uploads.close()
-        self._session.stop(final=(self.topics.node_status(self.node), self._presence(NodeState.OFFLINE)))
+        final = self._presence(NodeState.OFFLINE, models=True)
+        self._session.stop(final=(self.topics.node_status(self.node), final))
         self._log.info("edge trainer stopped")
 
     # -- timers ------------------------------------------------------------------------------------
@@ -367,6 +372,18 @@ class EdgeService:
             "worker status", job=status.job, state=status.state.value, round=status.round, message=status.message[:300]
         )
         self._publish(self.topics.worker_status(status.job, status.node), status.to_json(), retain=True)
+        job = self._jobs.get(status.job)
+        if status.state is WorkerState.COMPLETED and status.model_path and job is not None:
+            self._model_written(job.plan.model.url)
+
+    def _model_written(self, url: str) -> None:
+        """A model version was saved under `url`: publish this node's status again with the versions it holds."""
+        try:
+            self._model_urls.add(url)
+        except OSError as exc:  # the versions are on disk; only the listing after a restart misses this url
+            self._log.warning("cannot record the Model url this node holds versions of", url=url, error=str(exc))
+        if self._session.connected:
+            self._announce()
 
     def upload(self, request: UploadRequest) -> None:
         self._uploads.submit(request)
@@ -384,7 +401,15 @@ class EdgeService:
             self._log.error("publish failed", topic=topic, error=str(exc))
 
     def _announce(self) -> None:
-        self._publish(self.topics.node_status(self.node), self._presence(NodeState.ONLINE), retain=True)
+        self._publish(self.topics.node_status(self.node), self._presence(NodeState.ONLINE, models=True), retain=True)
 
-    def _presence(self, state: NodeState) -> bytes:
-        return NodeStatus(node=self.node, role="edge", state=state, version=_version()).to_json()
+    def _presence(self, state: NodeState, *, models: bool = False) -> bytes:
+        """This node's status; with `models`, the model versions it holds (read from disk; not in the last
+        will, which is fixed when the session is made)."""
+        held = None
+        if models:
+            try:
+                held = held_models(self.root, self._model_urls.urls)
+            except OSError as exc:
+                self._log.warning("cannot list the model versions this node holds", error=str(exc))
+        return NodeStatus(node=self.node, role="edge", state=state, version=_version(), models=held).to_json()
