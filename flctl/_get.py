@@ -24,6 +24,7 @@ from flctl.printers import (
     Retained,
     View,
     collect_jobs,
+    collect_models,
     collect_nodes,
     collect_resources,
     describe_job,
@@ -46,9 +47,11 @@ def subscriptions(topics: Topics, rtype: ResourceType, names: Sequence[str], *, 
     if rtype is NODES:
         return [topics.node_status(n) for n in names] if names else [topics.all_node_statuses()]
     assert rtype.kind is not None  # every other type has a spec topic
+    # A Model's versions are reported by the nodes that hold them, on their node statuses.
+    holders = [topics.all_node_statuses()] if rtype is MODELS else []
     if names and not related:
-        return [t for n in names for t in (topics.spec(rtype.kind, n), topics.status(rtype.kind, n))]
-    return [topics.all_specs(), topics.all_statuses()]
+        return [t for n in names for t in (topics.spec(rtype.kind, n), topics.status(rtype.kind, n))] + holders
+    return [topics.all_specs(), topics.all_statuses(), *holders]
 
 
 def _collect(topics: Topics, rtype: ResourceType, retained: Mapping[str, Retained]) -> list[View]:
@@ -56,6 +59,8 @@ def _collect(topics: Topics, rtype: ResourceType, retained: Mapping[str, Retaine
         return list(collect_jobs(topics, retained))
     if rtype is NODES:
         return list(collect_nodes(topics, retained))
+    if rtype is MODELS:
+        return list(collect_models(topics, retained))
     assert rtype.kind is not None
     return list(collect_resources(topics, rtype.kind, retained))
 

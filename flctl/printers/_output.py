@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from flctl._kinds import DATASETS, JOBS, NODES, ResourceType
+from flctl.printers._models import models_wide_table
 from flctl.printers._tables import datasets_table, jobs_table, models_table, nodes_table
 from flctl.printers._views import JobView, NodeView, ResourceView, SpecView, View
 from schemas import API_VERSION, JobStatus, NodeStatus, ResourceStatus
@@ -78,4 +79,4 @@ def render_views(
     resources = [v for v in views if isinstance(v, ResourceView)]
     if rtype is DATASETS:
         return datasets_table(resources, now, wide=wide)
-    return models_table(resources, now, wide=wide)
+    return models_wide_table(resources, now) if wide else models_table(resources, now)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from schemas import (
     Channel,
     FederatedLearningJob,
+    HeldModel,
     JobStatus,
     Kind,
     NodeStatus,
@@ -115,7 +116,10 @@ class JobView(_ObjectView[JobStatus]):
 
 @dataclass(frozen=True)
 class ResourceView(_ObjectView[ResourceStatus]):
-    """A Dataset or a Model with the controller's verdict on it."""
+    """A Dataset or a Model with the controller's verdict on it (a Model: with the versions nodes hold of it)."""
+
+    # (node, what it holds under the Model's url), from the nodes' statuses; filled by `collect_models`.
+    holders: tuple[tuple[str, HeldModel], ...] = ()
 
     @property
     def valid(self) -> str:

@@ -1,4 +1,5 @@
-"""Two jobs, one Model (issue 8): staging and recovery per job run, and no job replaces another job's model.
+"""Model versions (issue 9; two jobs, one Model: issue 8): a version per job run, the url holds the latest,
+retention, staging and recovery per job run, and no job replaces another job's model.
 
 The edge's writer (`edge_trainer.save_model`, what `FederatedLearning` calls at the end) runs here with an estimator that saves itself
 (no TensorFlow) and can be held inside its save, so the races of the issue are replayed exactly: a
@@ -20,7 +21,17 @@ import pytest
 
 from cloud_aggregator.service import write_model
 from edge_trainer import save_model
-from runtime import MODEL_JOBS_FOLDER, job_model_folder, model_lock
+from runtime import (
+    DEFAULT_KEEP_VERSIONS,
+    MODEL_VERSIONS_FOLDER,
+    commit_version,
+    keep_versions,
+    latest_version,
+    model_lock,
+    new_version_folder,
+    prune_versions,
+    version_name,
+)
 
 WAIT = 30.0
 
@@ -41,10 +52,21 @@ class Estimator:
         return path
 
 
-def save(url: Path, job: str, run: str = "uid-1", estimator: Estimator | None = None) -> Path:
+def save(url: Path, job: str, run: str = "uid-1", estimator: Estimator | None = None, keep: int = 5) -> Path:
+    """Save job `job`'s run `run` at `url`; return the version's artifact (`SavedModel.path`)."""
     saved = save_model(
-        estimator or Estimator(job), url, "ckpt", job=job, round_=3, digest="ab" * 32, num_tensors=1, run=run
+        estimator or Estimator(job),
+        url,
+        "ckpt",
+        job=job,
+        round_=3,
+        digest="ab" * 32,
+        num_tensors=1,
+        run=run,
+        metrics={"accuracy": 0.75},
+        keep=keep,
     )
+    assert saved.version == version_of(saved.path)
     return saved.path
 
 
@@ -61,34 +83,64 @@ save_model(Estimator(), sys.argv[1], "ckpt", job="crashed", round_=1, digest="x"
 """
 
 
-def test_a_job_writes_at_the_url_unless_another_jobs_model_is_there(tmp_path: Path) -> None:
-    assert job_model_folder(tmp_path, "a", None) == tmp_path
-    assert job_model_folder(tmp_path, "a", "a") == tmp_path
-    assert job_model_folder(tmp_path, "b", "a") == tmp_path / MODEL_JOBS_FOLDER / "b"
-    for bad in ("", "..", "a/b"):
+def version_of(path: Path) -> str:
+    """The version a saved artifact's path names (``<url>/versions/<version>/<artifact>``)."""
+    assert path.parent.parent.name == MODEL_VERSIONS_FOLDER, path
+    return path.parent.name
+
+
+def test_a_version_is_named_after_the_job_run_and_round(tmp_path: Path) -> None:
+    assert version_name("a", "0123456789abcdef", 3) == "a-01234567-r3"
+    assert version_name("a", "", 0) == "a-r0"
+    for bad in ("", "..", "a/b", "versions", "latest", ".hidden"):
         with pytest.raises(ValueError, match="a job name is needed"):
-            job_model_folder(tmp_path, bad, "a")
+            version_name(bad, "u", 1)
+    assert keep_versions({}) == DEFAULT_KEEP_VERSIONS
+    assert keep_versions({"FL_MODEL_KEEP_VERSIONS": "2"}) == 2
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(ValueError, match="FL_MODEL_KEEP_VERSIONS"):
+            keep_versions({"FL_MODEL_KEEP_VERSIONS": bad})
 
 
-def test_recovery_keeps_the_staging_of_another_jobs_save_in_progress(tmp_path: Path) -> None:
-    """The issue's failure: job b's save removed job a's in-progress staging as stale; a's save then failed."""
+def test_each_run_is_a_version_and_the_url_holds_the_latest(tmp_path: Path) -> None:
     url = tmp_path / "model"
-    hold = threading.Event()
-    slow = Estimator("a", hold)
-    with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(save, url, "a", "uid-a", slow)
-        assert slow.in_save.wait(WAIT)
-        second = save(url, "b", "uid-b")  # recovers while a's staging holds a's model half written
-        hold.set()
-        first_path = first.result(WAIT)
-    assert second == url / "model.ckpt"
-    assert first_path == url / MODEL_JOBS_FOLDER / "a" / "model.ckpt"
-    assert first_path.read_text() == "a" and second.read_text() == "b"
+    first = save(url, "a", "uid-1", Estimator("first"))
+    second = save(url, "a", "uid-2", Estimator("second"))
+    assert (version_of(first), version_of(second)) == ("a-uid1-r3", "a-uid2-r3")
+    assert first.read_text() == "first" and second.read_text() == "second", "the first run's model is kept"
+    assert (url / "model.ckpt").read_text() == "second", "the url itself reads as the latest model"
+    assert os.readlink(url / "latest") == "versions/a-uid2-r3"
+    assert (url / "latest" / "model.ckpt").read_text() == "second"
+    assert latest_version(url) == "a-uid2-r3"
+    meta = json.loads((url / "model.json").read_text())
+    assert {k: meta[k] for k in ("job", "uid", "round", "version", "digest")} == {
+        "job": "a",
+        "uid": "uid-2",
+        "round": 3,
+        "version": "a-uid2-r3",
+        "digest": "ab" * 32,
+    }
+    assert meta["metrics"] == {"accuracy": 0.75}
+    assert json.loads((first.parent / "model.json").read_text())["uid"] == "uid-1"
+    assert (url / "model.ckpt").stat().st_ino == second.stat().st_ino, "the url's file is the version's (a hard link)"
     assert not list(tmp_path.glob(".model.*")), "no staging, old or lock file left beside the model"
 
 
-def test_two_jobs_saving_at_once_never_fail_and_never_clobber(tmp_path: Path) -> None:
-    """Many rounds of two jobs saving to one url at the same moment: both saves succeed, both models stay whole."""
+def test_retention_keeps_the_newest_versions(tmp_path: Path) -> None:
+    url = tmp_path / "model"
+    paths = [save(url, "a", f"uid-{i}", Estimator(f"run{i}"), keep=2) for i in range(4)]
+    assert sorted(p.name for p in (url / "versions").iterdir()) == ["a-uid2-r3", "a-uid3-r3"]
+    assert not paths[0].exists() and paths[3].read_text() == "run3"
+    assert (url / "model.ckpt").read_text() == "run3"
+    # The version latest names is never pruned, even when older ones are newer by time.
+    url2 = tmp_path / "other"
+    save(url2, "a", "uid-1", keep=1)
+    assert prune_versions(url2, 0) == [] and latest_version(url2) == "a-uid1-r3"
+
+
+def test_two_jobs_saving_at_once_never_fail_and_both_versions_stay(tmp_path: Path) -> None:
+    """Many rounds of two jobs saving to one url at the same moment: both saves succeed, both models stay whole,
+    and the url holds whichever was saved last, whole."""
     for attempt in range(20):
         url = tmp_path / f"model{attempt}"
         start = threading.Barrier(2, timeout=WAIT)
@@ -99,32 +151,39 @@ def test_two_jobs_saving_at_once_never_fail_and_never_clobber(tmp_path: Path) ->
 
         with ThreadPoolExecutor(2) as pool:
             paths = dict(zip(("a", "b"), pool.map(run, ("a", "b")), strict=True))
-        owner = json.loads((url / "model.json").read_text())["job"]
-        other = "b" if owner == "a" else "a"
-        assert paths[owner] == url / "model.ckpt"
-        assert paths[other] == url / MODEL_JOBS_FOLDER / other / "model.ckpt"
         for job, path in paths.items():
+            assert path == url / "versions" / f"{job}-uid{job}-r3" / "model.ckpt"
             assert path.read_text() == job
             assert json.loads((path.parent / "model.json").read_text())["job"] == job
+        latest = json.loads((url / "model.json").read_text())["job"]
+        assert (url / "model.ckpt").read_text() == latest
+        assert latest_version(url) == f"{latest}-uid{latest}-r3"
 
 
-def test_a_rerun_replaces_its_own_model_and_keeps_the_other_jobs(tmp_path: Path) -> None:
+def test_recovery_keeps_the_staging_of_another_jobs_save_in_progress(tmp_path: Path) -> None:
+    """Issue 8's failure: job b's save removed job a's in-progress staging as stale; a's save then failed."""
     url = tmp_path / "model"
-    save(url, "a", "uid-1")
-    assert save(url, "b", "uid-1") == url / "jobs" / "b" / "model.ckpt"
-    assert save(url, "a", "uid-2", Estimator("a-again")) == url / "model.ckpt"  # a new run of job a
-    assert (url / "model.ckpt").read_text() == "a-again"
-    assert json.loads((url / "model.json").read_text())["uid"] == "uid-2"
-    assert (url / "jobs" / "b" / "model.ckpt").read_text() == "b", "job b's model survived a's replacement"
-    assert save(url, "b", "uid-2", Estimator("b-again")) == url / "jobs" / "b" / "model.ckpt"
-    assert (url / "jobs" / "b" / "model.ckpt").read_text() == "b-again"
+    hold = threading.Event()
+    slow = Estimator("a", hold)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(save, url, "a", "uid-a", slow)
+        assert slow.in_save.wait(WAIT)
+        second = save(url, "b", "uid-b")  # recovers while a's staging holds a's model half written
+        hold.set()
+        first_path = first.result(WAIT)
+    assert first_path.read_text() == "a" and second.read_text() == "b"
+    assert (url / "model.ckpt").read_text() == "a" and latest_version(url) == version_of(first_path)
+    assert not list(tmp_path.glob(".model.*")), "no staging, old or lock file left beside the model"
 
 
-def test_a_url_naming_a_file_keeps_the_other_jobs_file_too(tmp_path: Path) -> None:
+def test_a_url_naming_a_file_keeps_its_versions_beside_it(tmp_path: Path) -> None:
     url = tmp_path / "model" / "final.ckpt"
-    assert save(url, "a") == url
-    assert save(url, "b") == tmp_path / "model" / "jobs" / "b" / "final.ckpt"
-    assert url.read_text() == "a"
+    first = save(url, "a", "uid-1")
+    second = save(url, "b", "uid-1")
+    assert first == tmp_path / "model" / "versions" / "a-uid1-r3" / "final.ckpt"
+    assert second == tmp_path / "model" / "versions" / "b-uid1-r3" / "final.ckpt"
+    assert url.read_text() == "b" and first.read_text() == "a"
+    assert latest_version(tmp_path / "model") == "b-uid1-r3"
 
 
 def test_crash_recovery_removes_a_dead_writers_staging_and_keeps_a_live_ones(tmp_path: Path) -> None:
@@ -139,10 +198,14 @@ def test_crash_recovery_removes_a_dead_writers_staging_and_keeps_a_live_ones(tmp
     for folder in (legacy, live):
         folder.mkdir()
         (folder / "model.ckpt").write_text("half")
+    half_version = url / "versions" / ".tmp-99999999.deadbeef"  # a version being built when its writer died
+    half_version.mkdir()
+    (url / ".tmp-latest.99999999.deadbeef").symlink_to("versions/nowhere")
 
-    save(url, "a", "uid-1")
+    save(url, "a", "uid-2")
 
-    assert not leftover.exists() and not legacy.exists()
+    assert not leftover.exists() and not legacy.exists() and not half_version.exists()
+    assert not list(url.glob(".tmp-*"))
     assert live.exists(), "a live writer's staging was removed"
 
 
@@ -150,9 +213,25 @@ def test_crash_between_the_two_renames_puts_the_old_model_back(tmp_path: Path) -
     url = tmp_path / "model"
     save(url, "a", "uid-1")
     url.rename(tmp_path / ".model.old-0123456789ab")  # the crash: the model moved aside, the new one not in
-    save(url, "b", "uid-1")
-    assert (url / "model.ckpt").read_text() == "a", "a's model is back at the url"
-    assert (url / "jobs" / "b" / "model.ckpt").read_text() == "b"
+    second = save(url, "b", "uid-1")
+    assert (url / "versions" / "a-uid1-r3" / "model.ckpt").read_text() == "a", "a's version is back"
+    assert (url / "model.ckpt").read_text() == "b" and second.read_text() == "b"
+
+
+def test_crash_after_the_version_before_the_url_leaves_a_consistent_model(tmp_path: Path) -> None:
+    """Killed between committing the version and replacing the url: the url still holds the previous latest,
+    whole, its latest pointer leads to it, and the next save goes on."""
+    url = tmp_path / "model"
+    save(url, "a", "uid-1", Estimator("old"))
+    # What the disk holds when a save dies right after `commit_version`: the new version whole, the url untouched.
+    building = new_version_folder(url)
+    (building / "model.ckpt").write_text("new")
+    (building / "model.json").write_text(json.dumps({"job": "a", "uid": "uid-2", "round": 3}))
+    commit_version(building, "a-uid2-r3")
+    assert (url / "model.ckpt").read_text() == "old" and latest_version(url) == "a-uid1-r3"
+    assert (url / "latest" / "model.ckpt").read_text() == "old"
+    assert save(url, "a", "uid-3", Estimator("newer")).read_text() == "newer"
+    assert (url / "model.ckpt").read_text() == "newer" and latest_version(url) == "a-uid3-r3"
 
 
 def test_model_lock_is_bounded_and_leaves_no_file(tmp_path: Path) -> None:
@@ -167,27 +246,40 @@ def test_model_lock_is_bounded_and_leaves_no_file(tmp_path: Path) -> None:
         pass
 
 
-def test_the_cloud_writes_a_second_jobs_model_beside_the_first(tmp_path: Path) -> None:
-    """The aggregator's final model: job b's goes to <url>/jobs/b/ when job a's is at the url, both whole."""
+def test_the_cloud_writes_each_jobs_model_as_a_version(tmp_path: Path) -> None:
+    """The aggregator's final model: two jobs finishing at once each get a whole version; the url holds the
+    latest; a second run of a job is a new version."""
     start = threading.Barrier(2, timeout=WAIT)
 
-    def write(job: str) -> Path:
-        arrays = [np.full((64, 64), ord(job[0]), np.float32)]
+    def write(job: str, uid: str = "uid-1", value: float | None = None) -> Path:
+        arrays = [np.full((64, 64), value if value is not None else ord(job[0]), np.float32)]
+        meta = {"job": job, "uid": uid, "round": 2, "digest": "cd" * 32, "savedAt": "2026-01-01T00:00:00+00:00"}
+        return write_model(tmp_path, url="/model", model_name="m", arrays=arrays, names=["w"], meta=meta)
+
+    def together(job: str) -> Path:
         start.wait()
-        return write_model(tmp_path, url="/model", model_name="m", arrays=arrays, names=["w"], meta={"job": job})
+        return write(job)
 
     with ThreadPoolExecutor(2) as pool:
-        paths = dict(zip(("a", "b"), pool.map(write, ("a", "b")), strict=True))
+        paths = dict(zip(("a", "b"), pool.map(together, ("a", "b")), strict=True))
     model = (tmp_path / "model").resolve()
-    assert sorted(str(p.relative_to(model)) for p in paths.values()) in (
-        ["jobs/b/m.npz", "m.npz"],
-        ["jobs/a/m.npz", "m.npz"],
-    )
+    assert {str(p.relative_to(model)) for p in paths.values()} == {
+        "versions/a-uid1-r2/m.npz",
+        "versions/b-uid1-r2/m.npz",
+    }
     for job, path in paths.items():
         with np.load(path) as archive:
             assert float(archive["w"][0, 0]) == ord(job[0])
         assert json.loads(path.with_suffix(".json").read_text())["job"] == job
+    latest = json.loads((model / "m.json").read_text())
+    assert latest_version(model) == latest["version"]
     assert not [p.name for p in model.iterdir() if p.name.startswith(".")], "no temporary file left"
+
+    again = write("a", "uid-2", value=7.0)
+    assert again == model / "versions" / "a-uid2-r2" / "m.npz"
+    with np.load(model / "m.npz") as archive:
+        assert float(archive["w"][0, 0]) == 7.0
+    assert latest_version(model) == "a-uid2-r2" and paths["a"].exists()
 
 
 def test_the_cloud_removes_what_a_crashed_writer_left_and_nothing_else(tmp_path: Path) -> None:
