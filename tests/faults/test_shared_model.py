@@ -1,9 +1,9 @@
-"""Two jobs, one Model, same edges, same time (issue 8): both succeed and neither model is lost.
+"""Two jobs, one Model, same edges, same time (issues 8 and 9): both succeed and neither model is lost.
 
 A real broker, a real aggregator and two real edges run two jobs that name the same Model at once,
-with the numpy training script (no TensorFlow: this is about the model writers, not the model). The
-first job to save on a node keeps the url; the other's model goes to ``<url>/jobs/<job>/``; every
-model on disk is the one its job's status reports (its digest), on the edges and on the cloud.
+with the numpy training script (no TensorFlow: this is about the model writers, not the model). Each
+job's model is its own version under ``<url>/versions/``; the url holds whichever was saved last;
+every model on disk is the one its job's status reports (its digest), on the edges and on the cloud.
 """
 
 from __future__ import annotations
@@ -81,23 +81,24 @@ def test_two_jobs_on_one_model_both_succeed_and_keep_their_models(tmp_path: Path
 
     for e in EDGES:
         model = tmp_path / e / "model"
-        paths = {}
+        versions = {}
         for job, status in statuses.items():
             [worker] = [w for w in status.workers if w.node == e and w.role == "training"]
-            assert worker.model_path is not None and worker.model_digest
-            paths[job] = worker.model_path
+            assert worker.model_path is not None and worker.model_digest and status.uid
             folder = tmp_path / e / worker.model_path.lstrip("/")
             meta = json.loads((folder.parent / "model.json").read_text())
             assert (meta["job"], meta["digest"]) == (job, worker.model_digest), f"{e}: {job}'s model was clobbered"
-        owner = json.loads((model / "model.json").read_text())["job"]
-        other = JOBS[1 - JOBS.index(owner)]
-        # The numpy estimator saves itself: ``save(<folder>/model.ckpt)`` writes ``model.ckpt.npz``.
-        assert paths == {owner: "/model/model.ckpt.npz", other: f"/model/jobs/{other}/model.ckpt.npz"}, e
+            # The numpy estimator saves itself: ``save(<folder>/model.ckpt)`` writes ``model.ckpt.npz``.
+            versions[job] = f"{job}-{status.uid[:8]}-r2"
+            assert worker.model_path == f"/model/versions/{versions[job]}/model.ckpt.npz", e
+        latest = json.loads((model / "model.json").read_text())
+        assert latest["job"] in JOBS and (model / "latest").resolve() == model / "versions" / latest["version"]
+        assert sorted(p.name for p in (model / "versions").iterdir()) == sorted(versions.values())
     cloud = tmp_path / "cloud0" / "model"
     for job, status in statuses.items():
         assert status.model_path is not None
         written = json.loads(Path(status.model_path).with_suffix(".json").read_text())
-        assert written["job"] == job
+        assert written["job"] == job and Path(status.model_path).parent.parent == cloud / "versions"
     assert {json.loads((cloud / f"{MODEL}.json").read_text())["job"]} <= set(JOBS)
-    assert len(list(cloud.rglob(f"{MODEL}.npz"))) == 2
+    assert len(list((cloud / "versions").glob(f"*/{MODEL}.npz"))) == 2
     wait_no_processes_under(tmp_path, timeout=20.0)
