@@ -186,11 +186,15 @@ def main(argv: list[str] | None = None) -> int:
             # The worker reports the path the way the spec says it (/model/...); on this machine it is
             # under the edge's root folder.
             path = workdir / edge / "model"
-            files = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+            # The url holds the latest version's files; versions/ and latest are the versions' layout.
+            files = (
+                sorted(p.name for p in path.iterdir() if p.name not in ("versions", "latest")) if path.is_dir() else []
+            )
             if not files:
                 missing.append(edge)
             digest = worker.model_digest[:16] if worker and worker.model_digest else "?"
-            say(f"{edge}: final model in {path} ({', '.join(files)}; weights sha256 {digest}...)")
+            version = worker.model_path if worker and worker.model_path else "?"  # the version this run wrote
+            say(f"{edge}: final model in {path} ({', '.join(files)}; this run: {version}; weights sha256 {digest}...)")
         if status.model_path:
             say(f"{AGGREGATOR}: final global weights in {status.model_path}")
         if missing:

@@ -23,7 +23,7 @@ from PIL import Image
 from edge_trainer import FederatedLearning, WorkerError
 from edge_trainer.engine import EdgeJob, LaunchSpec, UploadDone, UploadRequest
 from edge_trainer.testing import global_transfer
-from runtime import ScriptExited, ScriptFrame, ScriptProcess
+from runtime import ScriptExited, ScriptFrame, ScriptProcess, version_name
 from schemas import (
     DatasetRef,
     JobPlan,
@@ -316,15 +316,19 @@ def test_keras_script_trains_a_round_and_saves_a_checkpoint(tmp_path: Path, edge
 
     done = edge.ports.statuses[-1]
     assert edge.workers[0].returncode == 0
-    assert done.model_path == "/model/model.ckpt"
+    version = version_name(JOB, "uid-tiny", 1)
+    assert done.model_path == f"/model/versions/{version}/model.ckpt"  # the version this run wrote
     assert done.model_digest == weights_digest(final)
     model_dir = edge.root / "model"
-    assert (model_dir / "model.ckpt.index").is_file()
-    assert list(model_dir.glob("model.ckpt.data-*"))
-    meta = json.loads((model_dir / "model.json").read_text())
-    assert meta["format"] == "ckpt" and meta["job"] == JOB and meta["round"] == 1
-    assert meta["digest"] == done.model_digest and meta["numTensors"] == 4
-    assert "model.ckpt.index" in meta["files"]
+    for folder in (model_dir, model_dir / "versions" / version, model_dir / "latest"):  # the url is the latest
+        assert (folder / "model.ckpt.index").is_file()
+        assert list(folder.glob("model.ckpt.data-*"))
+        meta = json.loads((folder / "model.json").read_text())
+        assert meta["format"] == "ckpt" and meta["job"] == JOB and meta["round"] == 1
+        assert meta["digest"] == done.model_digest and meta["numTensors"] == 4
+        assert "model.ckpt.index" in meta["files"]
+        assert (meta["uid"], meta["version"]) == ("uid-tiny", version)
+        assert set(meta["metrics"]) >= {"loss", "accuracy"}, "the last round's metrics are recorded"
     assert not list(edge.root.glob(".model*")), "no staging folder left behind"
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cloud_aggregator import WorkerScriptError
+from cloud_aggregator import ControllerError, WorkerScriptError
 from cloud_aggregator.engine import Controller, JobSettings, ScriptRequest, Stage
 from cloud_aggregator.service import AggregationScripts, aggregation_launch, write_model
 from cloud_aggregator.testing import MemoryPort
@@ -421,19 +421,26 @@ def test_paths_resolve_under_the_root_and_escapes_are_refused(tmp_path: Path) ->
 
 
 def test_final_model_is_written_as_npz_with_a_json_beside_it(tmp_path: Path) -> None:
-    """The final weights land at <Model url under root>/<model>.npz, readable by np.load, plus a JSON."""
+    """The final weights land at <Model url under root>/<model>.npz (the latest) and in the job run's version,
+    readable by np.load, plus a JSON; a meta without a job cannot name a version."""
     arrays = [np.ones((2, 3), np.float32), np.arange(4, dtype=np.float32)]
+    meta = {"job": "j", "uid": "0123456789", "round": 3}
 
     path = write_model(
-        tmp_path, url="/model", model_name="m", arrays=arrays, names=["dense/kernel", "dense/kernel"], meta={"round": 3}
+        tmp_path, url="/model", model_name="m", arrays=arrays, names=["dense/kernel", "dense/kernel"], meta=meta
     )
 
-    assert path == (tmp_path / "model" / "m.npz").resolve()
-    with np.load(path) as archive:
-        assert archive.files == ["dense/kernel", "dense/kernel_1"]
-        np.testing.assert_array_equal(archive["dense/kernel_1"], arrays[1])
-    side = json.loads((tmp_path / "model" / "m.json").read_text())
+    model = (tmp_path / "model").resolve()
+    assert path == model / "versions" / "j-01234567-r3" / "m.npz"
+    for npz in (path, model / "m.npz"):
+        with np.load(npz) as archive:
+            assert archive.files == ["dense/kernel", "dense/kernel_1"]
+            np.testing.assert_array_equal(archive["dense/kernel_1"], arrays[1])
+    side = json.loads((model / "m.json").read_text())
     assert side["round"] == 3 and side["keys"] == ["dense/kernel", "dense/kernel_1"]
+    assert side["version"] == "j-01234567-r3" and side == json.loads(path.with_suffix(".json").read_text())
+    with pytest.raises(ControllerError, match="a job name is needed"):
+        write_model(tmp_path, url="/model", model_name="m", arrays=arrays, names=["w", "b"], meta={"round": 3})
 
 
 def script_request(job: str = JOB) -> ScriptRequest:
