@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from runtime._files import write_atomic
-from runtime._model_folder import latest_version, list_versions, version_metadata
+from runtime._model_folder import DEFAULT_KEEP_VERSIONS, latest_version, list_versions, version_metadata
 from schemas import MAX_HELD_MODELS, MAX_HELD_VERSIONS, HeldModel, HeldVersion, NodeRoot, PathEscapeError
 
 __all__ = ["ModelUrlBook", "held_models"]
@@ -48,8 +48,9 @@ class ModelUrlBook:
         return True
 
 
-def held_models(root: NodeRoot, urls: Iterable[str], *, per_url: int = MAX_HELD_VERSIONS) -> list[HeldModel]:
-    """The versions held under each url (resolved under `root`), newest first; urls holding none are left out.
+def held_models(root: NodeRoot, urls: Iterable[str], *, per_url: int = DEFAULT_KEEP_VERSIONS) -> list[HeldModel]:
+    """The versions held under each url (resolved under `root`), the newest `per_url` of each (at most
+    `schemas.MAX_HELD_VERSIONS`), newest first; urls holding none are left out.
 
     A url that names a file (``/model/final.ckpt``) has its versions in the folder that holds the file.
     """

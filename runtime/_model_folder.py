@@ -139,14 +139,23 @@ def latest_version(folder: Path) -> str | None:
 
 
 def remove_stale_versions(folder: Path) -> None:
-    """Remove what a crashed writer left in ``versions/`` and beside ``latest`` (call under the lock: every
-    such folder is built and committed while the lock is held, so one seen then is a dead writer's)."""
-    versions = folder / MODEL_VERSIONS_FOLDER
-    leftovers = [*versions.glob(f"{TMP_PREFIX}*"), *versions.glob(f"{_OLD}*")] if versions.is_dir() else []
-    for path in leftovers:
-        shutil.rmtree(path, ignore_errors=True)
+    """Undo what a crashed writer left in ``versions/`` and beside ``latest`` (call under the lock: every
+    such folder is built and committed while the lock is held, so one seen then is a dead writer's): a
+    version moved aside for a replacement that never came is put back; the rest is removed."""
     for link in folder.glob(f"{TMP_PREFIX}{MODEL_LATEST}.*"):
         link.unlink(missing_ok=True)
+    versions = folder / MODEL_VERSIONS_FOLDER
+    if not versions.is_dir():
+        return
+    for old in versions.glob(f"{_OLD}*"):
+        # A version moved aside to be replaced (`commit_version`): put back when its replacement never came.
+        original = versions / old.name.removeprefix(_OLD).rsplit(".", 1)[0]
+        if original.name and not original.name.startswith(".") and not original.exists():
+            os.rename(old, original)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for path in versions.glob(f"{TMP_PREFIX}*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def version_metadata(version_folder: Path) -> dict[str, object] | None:

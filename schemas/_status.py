@@ -164,7 +164,7 @@ class NodeState(StrEnum):
 
 
 #: A node's status names at most this many Model urls, and this many versions of each (the newest).
-MAX_HELD_MODELS = 32
+MAX_HELD_MODELS = 16
 MAX_HELD_VERSIONS = 8
 
 
@@ -185,7 +185,7 @@ class HeldModel(_Wire):
 
     url: str
     latest: str | None = None  # the version the url's ``latest`` pointer names
-    count: int = 0  # versions on disk; `versions` lists only the newest MAX_HELD_VERSIONS
+    count: int = 0  # versions on disk; `versions` lists only the newest few (at most MAX_HELD_VERSIONS)
     versions: list[HeldVersion] = Field(default_factory=list, max_length=MAX_HELD_VERSIONS)
 
 

@@ -218,6 +218,21 @@ def test_crash_between_the_two_renames_puts_the_old_model_back(tmp_path: Path) -
     assert (url / "model.ckpt").read_text() == "b" and second.read_text() == "b"
 
 
+def test_crash_while_replacing_a_version_puts_the_old_one_back(tmp_path: Path) -> None:
+    """A run saving the same version again dies after moving the old one aside: the next save finds it whole."""
+    url = tmp_path / "model"
+    first = save(url, "a", "uid-1", Estimator("kept"))
+    other = save(url, "c", "uid-1", Estimator("c"))
+    first.parent.rename(first.parent.parent / ".old-a-uid1-r3.0123abcd")  # the crash inside commit_version
+    replaced = other.parent.parent / ".old-c-uid1-r3.0123abcd"  # died after the replacement, before the removal
+    replaced.mkdir()
+    (replaced / "model.ckpt").write_text("stale")
+    save(url, "b", "uid-1")
+    assert first.read_text() == "kept" and other.read_text() == "c"
+    assert (url / "latest").resolve() == url / "versions" / "b-uid1-r3"
+    assert sorted(p.name for p in (url / "versions").iterdir()) == ["a-uid1-r3", "b-uid1-r3", "c-uid1-r3"]
+
+
 def test_crash_after_the_version_before_the_url_leaves_a_consistent_model(tmp_path: Path) -> None:
     """Killed between committing the version and replacing the url: the url still holds the previous latest,
     whole, its latest pointer leads to it, and the next save goes on."""
