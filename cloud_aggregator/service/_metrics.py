@@ -4,7 +4,9 @@ Fed on the logic thread, read on the HTTP server's: every `observe_*` call is a 
 counter updates (no I/O, no waiting). Counters and the round-duration histogram are prometheus_client
 metrics (thread-safe); everything that describes the current state of a job, a node or the broker is an
 immutable snapshot that the logic thread replaces and a collector reads at scrape time. Each service
-instance has its own `CollectorRegistry` (tests run several services in one process).
+instance has its own `CollectorRegistry` (tests run several services in one process). A federated job's
+name is the label `job_name` (as kube-state-metrics names a Kubernetes Job): `job` is Prometheus' own
+target label.
 
 Sources: the job statuses the controller publishes (`MqttPort.publish_status`), the acknowledgements it
 sends (`MqttPort.send_ack`), the bytes the service receives and publishes, node statuses, and the
@@ -42,25 +44,25 @@ class AggregatorMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._deadline_of = deadline_of or (lambda _job: None)
         reg = self.registry
-        self.rounds_closed = Counter("fl_rounds_closed", "Rounds closed by this aggregator", ["job"], registry=reg)
+        self.rounds_closed = Counter("fl_rounds_closed", "Rounds closed by this aggregator", ["job_name"], registry=reg)
         self.round_duration = Histogram(
             "fl_round_duration_seconds",
             "From a round's opening to its close",
-            ["job"],
+            ["job_name"],
             buckets=ROUND_BUCKETS,
             registry=reg,
         )
         self.updates_accepted = Counter(
-            "fl_updates_accepted", "Updates (and round-0 models) stored and counted", ["job"], registry=reg
+            "fl_updates_accepted", "Updates (and round-0 models) stored and counted", ["job_name"], registry=reg
         )
         self.updates_duplicate = Counter(
-            "fl_updates_duplicate", "Updates acknowledged again (replays, already counted)", ["job"], registry=reg
+            "fl_updates_duplicate", "Updates acknowledged again (replays, already counted)", ["job_name"], registry=reg
         )
         self.updates_rejected = Counter(
-            "fl_updates_rejected", "Transfers refused for good, by reason", ["job", "reason"], registry=reg
+            "fl_updates_rejected", "Transfers refused for good, by reason", ["job_name", "reason"], registry=reg
         )
         self.resume_requests = Counter(
-            "fl_update_resume_requests", "Acks naming missing chunks of an incomplete update", ["job"], registry=reg
+            "fl_update_resume_requests", "Acks naming missing chunks of an incomplete update", ["job_name"], registry=reg
         )
         self.received_bytes = Counter(
             "fl_mqtt_received_bytes", "Payload bytes received, by topic channel", ["channel"], registry=reg
@@ -131,7 +133,7 @@ class AggregatorMetrics:
             self.updates_rejected,
             self.resume_requests,
         ):
-            metric.remove_by_labels({"job": name})
+            metric.remove_by_labels({"job_name": name})
 
     def observe_ack(self, ack: UpdateAck) -> None:
         """An acknowledgement the engine sends: what became of one transfer."""
@@ -214,21 +216,21 @@ def _job_families(jobs: dict[str, JobView]) -> Iterable[Metric]:
     for p in Phase:
         by_phase.add_metric([p.value], float(sum(1 for v in jobs.values() if v.phase is p)))
     yield by_phase
-    phase = GaugeMetricFamily("fl_job_phase", "1 for the job's current phase", labels=["job", "phase"])
-    closed = GaugeMetricFamily("fl_job_rounds_closed", "The newest closed round of the job's run", labels=["job"])
-    exit_round = GaugeMetricFamily("fl_job_exit_round", "Rounds the job's run aggregates", labels=["job"])
-    workers = GaugeMetricFamily("fl_job_workers", "The job's workers by state", labels=["job", "state"])
-    in_progress = GaugeMetricFamily("fl_job_round", "The round in progress (0: none is open)", labels=["job"])
+    phase = GaugeMetricFamily("fl_job_phase", "1 for the job's current phase", labels=["job_name", "phase"])
+    closed = GaugeMetricFamily("fl_job_rounds_closed", "The newest closed round of the job's run", labels=["job_name"])
+    exit_round = GaugeMetricFamily("fl_job_exit_round", "Rounds the job's run aggregates", labels=["job_name"])
+    workers = GaugeMetricFamily("fl_job_workers", "The job's workers by state", labels=["job_name", "state"])
+    in_progress = GaugeMetricFamily("fl_job_round", "The round in progress (0: none is open)", labels=["job_name"])
     opened = GaugeMetricFamily(
-        "fl_job_round_opened_timestamp_seconds", "When the round in progress opened (unix time)", labels=["job"]
+        "fl_job_round_opened_timestamp_seconds", "When the round in progress opened (unix time)", labels=["job_name"]
     )
-    deadline = GaugeMetricFamily("fl_job_round_deadline_seconds", "The job's round_deadline parameter", labels=["job"])
+    deadline = GaugeMetricFamily("fl_job_round_deadline_seconds", "The job's round_deadline parameter", labels=["job_name"])
     accuracy = GaugeMetricFamily(
-        "fl_job_eval_accuracy", "Evaluation accuracy of the global model, newest closed round", labels=["job"]
+        "fl_job_eval_accuracy", "Evaluation accuracy of the global model, newest closed round", labels=["job_name"]
     )
-    round_metric = GaugeMetricFamily("fl_job_round_metric", "The newest closed round's metrics", labels=["job", "name"])
+    round_metric = GaugeMetricFamily("fl_job_round_metric", "The newest closed round's metrics", labels=["job_name", "name"])
     worker_metric = GaugeMetricFamily(
-        "fl_worker_metric", "A training worker's latest local metrics", labels=["job", "worker", "name"]
+        "fl_worker_metric", "A training worker's latest local metrics", labels=["job_name", "worker", "name"]
     )
     for job, view in sorted(jobs.items()):
         for p in Phase:

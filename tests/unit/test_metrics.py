@@ -74,56 +74,61 @@ def test_a_job_s_rounds_phase_workers_and_accuracy(metrics: AggregatorMetrics) -
     metrics.observe_job("j", status(1))  # the same round again: counted once
     metrics.observe_job("j", status(2))
 
-    assert value(metrics, "fl_rounds_closed_total", job="j") == 2
-    assert value(metrics, "fl_round_duration_seconds_count", job="j") == 2
-    assert value(metrics, "fl_round_duration_seconds_sum", job="j") == 20.0
-    assert value(metrics, "fl_round_duration_seconds_bucket", job="j", le="10.0") == 2
-    assert value(metrics, "fl_job_phase", job="j", phase="Running") == 1
-    assert value(metrics, "fl_job_phase", job="j", phase="Failed") == 0
+    assert value(metrics, "fl_rounds_closed_total", job_name="j") == 2
+    assert value(metrics, "fl_round_duration_seconds_count", job_name="j") == 2
+    assert value(metrics, "fl_round_duration_seconds_sum", job_name="j") == 20.0
+    assert value(metrics, "fl_round_duration_seconds_bucket", job_name="j", le="10.0") == 2
+    assert value(metrics, "fl_job_phase", job_name="j", phase="Running") == 1
+    assert value(metrics, "fl_job_phase", job_name="j", phase="Failed") == 0
     assert value(metrics, "fl_jobs", phase="Running") == 1
-    assert value(metrics, "fl_job_rounds_closed", job="j") == 2
-    assert value(metrics, "fl_job_round", job="j") == 3
-    assert value(metrics, "fl_job_round_opened_timestamp_seconds", job="j") == (T0 + timedelta(seconds=20)).timestamp()
-    assert value(metrics, "fl_job_round_deadline_seconds", job="j") == 30.0
-    assert value(metrics, "fl_job_eval_accuracy", job="j") == pytest.approx(0.7)
-    assert value(metrics, "fl_job_round_metric", job="j", name="eval_loss") == 0.5
-    assert value(metrics, "fl_job_workers", job="j", state="Waiting") == 1
-    assert value(metrics, "fl_job_workers", job="j", state="Failed") == 0
-    assert value(metrics, "fl_worker_metric", job="j", worker="edge1", name="accuracy") == 0.75
+    assert value(metrics, "fl_job_rounds_closed", job_name="j") == 2
+    assert value(metrics, "fl_job_round", job_name="j") == 3
+    assert (
+        value(metrics, "fl_job_round_opened_timestamp_seconds", job_name="j")
+        == (T0 + timedelta(seconds=20)).timestamp()
+    )
+    assert value(metrics, "fl_job_round_deadline_seconds", job_name="j") == 30.0
+    assert value(metrics, "fl_job_eval_accuracy", job_name="j") == pytest.approx(0.7)
+    assert value(metrics, "fl_job_round_metric", job_name="j", name="eval_loss") == 0.5
+    assert value(metrics, "fl_job_workers", job_name="j", state="Waiting") == 1
+    assert value(metrics, "fl_job_workers", job_name="j", state="Failed") == 0
+    assert value(metrics, "fl_worker_metric", job_name="j", worker="edge1", name="accuracy") == 0.75
     # A name a script chose that is no label value: left out.
-    assert value(metrics, "fl_worker_metric", job="j", worker="edge2", name="bad name!") is None
+    assert value(metrics, "fl_worker_metric", job_name="j", worker="edge2", name="bad name!") is None
 
 
 def test_round_one_opens_with_the_round_zero_model_and_no_round_is_open_after_the_last(
     metrics: AggregatorMetrics,
 ) -> None:
     metrics.observe_job("j", status(0))
-    assert value(metrics, "fl_job_round_opened_timestamp_seconds", job="j") == T0.timestamp()
+    assert value(metrics, "fl_job_round_opened_timestamp_seconds", job_name="j") == T0.timestamp()
     metrics.observe_job("j", status(3, phase=Phase.SUCCEEDED))
 
-    assert value(metrics, "fl_job_round", job="j") == 0
-    assert value(metrics, "fl_job_round_opened_timestamp_seconds", job="j") is None
+    assert value(metrics, "fl_job_round", job_name="j") == 0
+    assert value(metrics, "fl_job_round_opened_timestamp_seconds", job_name="j") is None
     assert value(metrics, "fl_jobs", phase="Succeeded") == 1
-    assert value(metrics, "fl_rounds_closed_total", job="j") == 3
+    assert value(metrics, "fl_rounds_closed_total", job_name="j") == 3
 
 
 def test_a_restarted_aggregator_does_not_count_the_rounds_it_resumes_with() -> None:
     restarted = AggregatorMetrics("cloud0")
     restarted.observe_job("j", status(2))
     restarted.observe_job("j", status(3))
-    assert value(restarted, "fl_rounds_closed_total", job="j") == 1
+    assert value(restarted, "fl_rounds_closed_total", job_name="j") == 1
     # A new run of the job (another uid): its rounds are all new.
     restarted.observe_job("j", status(1, uid="u2"))
-    assert value(restarted, "fl_rounds_closed_total", job="j") == 2
+    assert value(restarted, "fl_rounds_closed_total", job_name="j") == 2
 
 
 def test_a_deleted_job_takes_its_series_with_it(metrics: AggregatorMetrics) -> None:
     metrics.observe_job("j", status(1))
-    metrics.observe_ack(UpdateAck(job="j", uid="u1", round=1, node="edge1", transfer="ab12cd34", accepted=True, reason="stored"))
+    metrics.observe_ack(
+        UpdateAck(job="j", uid="u1", round=1, node="edge1", transfer="ab12cd34", accepted=True, reason="stored")
+    )
     metrics.observe_job("j", None)
 
     for name in ("fl_rounds_closed_total", "fl_updates_accepted_total", "fl_job_round", "fl_job_eval_accuracy"):
-        assert value(metrics, name, job="j") is None, name
+        assert value(metrics, name, job_name="j") is None, name
     assert value(metrics, "fl_jobs", phase="Running") == 0
 
 
@@ -154,7 +159,9 @@ REFUSALS = {
 def test_refused_updates_count_by_a_bounded_reason(metrics: AggregatorMetrics) -> None:
     metrics.observe_job("j", status(1))
     for i, text in enumerate(REFUSALS):
-        metrics.observe_ack(UpdateAck(job="j", uid="u1", round=2, node="edge1", transfer=f"{i:08x}", accepted=False, reason=text))
+        metrics.observe_ack(
+            UpdateAck(job="j", uid="u1", round=2, node="edge1", transfer=f"{i:08x}", accepted=False, reason=text)
+        )
     ack = {"job": "j", "uid": "u1", "round": 2, "node": "edge1", "transfer": "0000ffff"}
     metrics.observe_ack(UpdateAck(**ack, accepted=True, reason="stored"))
     metrics.observe_ack(UpdateAck(**ack, accepted=True, reason="already stored"))
@@ -166,11 +173,11 @@ def test_refused_updates_count_by_a_bounded_reason(metrics: AggregatorMetrics) -
     for label in REFUSALS.values():
         expected[label] = expected.get(label, 0) + 1
     for label, count in expected.items():
-        assert value(metrics, "fl_updates_rejected_total", job="j", reason=label) == count, label
-    assert value(metrics, "fl_updates_accepted_total", job="j") == 1
-    assert value(metrics, "fl_updates_duplicate_total", job="j") == 1
-    assert value(metrics, "fl_update_resume_requests_total", job="j") == 1
-    assert value(metrics, "fl_updates_rejected_total", job="nope", reason="round_closed") is None
+        assert value(metrics, "fl_updates_rejected_total", job_name="j", reason=label) == count, label
+    assert value(metrics, "fl_updates_accepted_total", job_name="j") == 1
+    assert value(metrics, "fl_updates_duplicate_total", job_name="j") == 1
+    assert value(metrics, "fl_update_resume_requests_total", job_name="j") == 1
+    assert value(metrics, "fl_updates_rejected_total", job_name="nope", reason="round_closed") is None
 
 
 def test_nodes_bytes_and_the_broker_s_sys_counters(metrics: AggregatorMetrics) -> None:
