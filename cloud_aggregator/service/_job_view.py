@@ -48,7 +48,7 @@ _REASONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("layout", r"^layout differs"),
         ("non_finite", r"non-finite values"),
         ("num_samples", r"num_samples"),
-        ("unreadable", r"^unreadable weights|^weights header says|^malformed manifest|manifest"),
+        ("unreadable", r"^unreadable weights|^weights header says|^malformed manifest|^not a valid TransferManifest"),
         ("too_large", r"larger than|too large|exceeds"),
     )
 )

@@ -152,6 +152,7 @@ REFUSALS = {
     "unreadable weights: bad magic": "unreadable",
     "weights header says round=2, expected 3": "unreadable",
     "malformed manifest: field required": "unreadable",
+    "not a valid TransferManifest: transfer: Field required": "unreadable",
     "something nobody wrote yet": "other",
 }
 
