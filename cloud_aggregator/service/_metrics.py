@@ -62,7 +62,10 @@ class AggregatorMetrics:
             "fl_updates_rejected", "Transfers refused for good, by reason", ["job_name", "reason"], registry=reg
         )
         self.resume_requests = Counter(
-            "fl_update_resume_requests", "Acks naming missing chunks of an incomplete update", ["job_name"], registry=reg
+            "fl_update_resume_requests",
+            "Acks naming missing chunks of an incomplete update",
+            ["job_name"],
+            registry=reg,
         )
         self.received_bytes = Counter(
             "fl_mqtt_received_bytes", "Payload bytes received, by topic channel", ["channel"], registry=reg
@@ -224,11 +227,15 @@ def _job_families(jobs: dict[str, JobView]) -> Iterable[Metric]:
     opened = GaugeMetricFamily(
         "fl_job_round_opened_timestamp_seconds", "When the round in progress opened (unix time)", labels=["job_name"]
     )
-    deadline = GaugeMetricFamily("fl_job_round_deadline_seconds", "The job's round_deadline parameter", labels=["job_name"])
+    deadline = GaugeMetricFamily(
+        "fl_job_round_deadline_seconds", "The job's round_deadline parameter", labels=["job_name"]
+    )
     accuracy = GaugeMetricFamily(
         "fl_job_eval_accuracy", "Evaluation accuracy of the global model, newest closed round", labels=["job_name"]
     )
-    round_metric = GaugeMetricFamily("fl_job_round_metric", "The newest closed round's metrics", labels=["job_name", "name"])
+    round_metric = GaugeMetricFamily(
+        "fl_job_round_metric", "The newest closed round's metrics", labels=["job_name", "name"]
+    )
     worker_metric = GaugeMetricFamily(
         "fl_worker_metric", "A training worker's latest local metrics", labels=["job_name", "worker", "name"]
     )
