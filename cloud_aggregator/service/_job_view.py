@@ -18,21 +18,20 @@ from datetime import datetime
 from schemas import JobStatus, Phase, RoundRecord
 
 __all__ = [
-    "EVAL_ACCURACY_KEYS",
     "MAX_METRIC_NAMES",
     "JobView",
     "RoundTracker",
     "eval_accuracy",
     "job_view",
+    "recent_figures",
     "rejection_reason",
+    "round_duration",
+    "round_figures",
+    "round_opened",
 ]
 
 MAX_METRIC_NAMES = 16
 _METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,63}$")
-
-#: Where a round's evaluation accuracy (of the global model, on the edges' held-out data) is read from,
-#: first match: `RoundRecord.metrics` keys.
-EVAL_ACCURACY_KEYS = ("eval_accuracy", "evalAccuracy", "eval/accuracy")
 
 # The engine's refusal texts (cloud_aggregator.engine: _transfers, _rounds, _intake) as a bounded reason
 # label; first match wins, anything new is "other" (tests/unit/test_metrics.py pins the current texts).
@@ -68,22 +67,52 @@ def _numbers(metrics: dict[str, float]) -> dict[str, float]:
     return dict(list(kept.items())[:MAX_METRIC_NAMES])
 
 
-def eval_accuracy(record: RoundRecord) -> float | None:
-    """The evaluation accuracy a closed round recorded, or None (see EVAL_ACCURACY_KEYS)."""
-    for key in EVAL_ACCURACY_KEYS:
-        if key in record.metrics:
-            return float(record.metrics[key])
+def round_figures(record: RoundRecord) -> dict[str, float]:
+    """A closed round's figures by name: its training metrics as ``train_<name>`` (the sample-weighted mean
+    of the participants' local metrics), its federated evaluation as ``eval_accuracy``,
+    ``eval_balanced_accuracy`` and ``eval_loss``, and the names of a flat ``metrics`` dict as they are.
+
+    The structured fields (``train``, ``eval``, ``duration_seconds``, ``opened_at``) come with the round
+    history of issue 9, built alongside this module: they are read with getattr so the metrics follow
+    whichever `RoundRecord` is installed (replace by attribute access once both are in)."""
+    figures: dict[str, float] = dict(getattr(record, "metrics", None) or {})
+    figures.update({f"train_{k}": v for k, v in (getattr(record, "train", None) or {}).items()})
+    evaluation = getattr(record, "eval", None)
+    for name in ("accuracy", "balanced_accuracy", "loss"):
+        value = getattr(evaluation, name, None)
+        if value is not None:
+            figures[f"eval_{name}"] = float(value)
+    return figures
+
+
+def recent_figures(status: JobStatus) -> dict[str, float]:
+    """Each figure from the newest closed round that has it: a round's evaluation arrives after it closed
+    (the edges score its global model as they start the next round), its training metrics at once."""
+    figures: dict[str, float] = {}
+    for record in status.rounds:
+        figures.update(round_figures(record))
+    return _numbers(figures)
+
+
+def eval_accuracy(status: JobStatus) -> tuple[int, float] | None:
+    """(round, accuracy) of the newest closed round with a federated evaluation, or None."""
+    for record in reversed(status.rounds):
+        value = round_figures(record).get("eval_accuracy")
+        if value is not None:
+            return record.round, value
     return None
 
 
 def _init_time(status: JobStatus) -> datetime | None:
-    """When round 1 opened: the round-0 model was chosen (the engine's InitialModel event)."""
-    return next((e.time for e in reversed(status.events) if e.reason == "InitialModel"), None)
+    """When round 1 opened: the round-0 model was chosen (the engine's InitialModel event), or, once that
+    event has left the status's recent events, the job's start (earlier by the time the inits took)."""
+    chosen = next((e.time for e in reversed(status.events) if e.reason == "InitialModel"), None)
+    return chosen or status.start_time
 
 
 def round_opened(status: JobStatus) -> tuple[int, datetime] | None:
-    """(round, when it opened) of the round in progress, or None when no round is open (not Running,
-    still choosing the round-0 model, or past the final round). Round r > 1 opens when r-1 closes."""
+    """(round, when it opened) of the round in progress, or None when no round is open (not Running, or
+    past the final round). Round r > 1 opens when r-1 closes."""
     if status.phase is not Phase.RUNNING or status.exit_round is None:
         return None
     if status.rounds:
@@ -95,12 +124,17 @@ def round_opened(status: JobStatus) -> tuple[int, datetime] | None:
     return None if opened is None else (1, opened)
 
 
-def round_started(status: JobStatus, record: RoundRecord) -> datetime | None:
-    """When the round `record` closes opened: the previous round's close, or the round-0 model's choice."""
+def round_duration(status: JobStatus, record: RoundRecord) -> float | None:
+    """Seconds from the opening of the round `record` closes to its close: the record's own figure, else
+    from the previous round's close (or round 1's opening)."""
+    recorded = getattr(record, "duration_seconds", None)
+    if recorded is not None:
+        return float(recorded)
     before = [r for r in status.rounds if r.round == record.round - 1]
-    if before:
-        return before[-1].closed_at
-    return _init_time(status) if record.round == 1 else None
+    started = getattr(record, "opened_at", None) or (
+        before[-1].closed_at if before else (_init_time(status) if record.round == 1 else None)
+    )
+    return None if started is None else max(0.0, (record.closed_at - started).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -114,7 +148,7 @@ class JobView:
     workers: dict[str, int]  # worker state -> count (training and aggregation workers)
     round_opened: tuple[int, float] | None  # (round, unix time)
     round_deadline: float | None
-    eval_accuracy: float | None
+    eval_accuracy: tuple[int, float] | None  # (round, accuracy)
     round_metrics: dict[str, float]
     worker_metrics: dict[tuple[str, str], float]  # (worker, name) -> value
 
@@ -136,8 +170,8 @@ def job_view(status: JobStatus, round_deadline: float | None) -> JobView:
         workers=dict(Counter(w.state.value for w in status.workers)),
         round_opened=None if opened is None else (opened[0], opened[1].timestamp()),
         round_deadline=round_deadline,
-        eval_accuracy=eval_accuracy(newest) if newest is not None else None,
-        round_metrics=_numbers(newest.metrics) if newest is not None else {},
+        eval_accuracy=eval_accuracy(status),
+        round_metrics=recent_figures(status),
         worker_metrics=worker_metrics,
     )
 

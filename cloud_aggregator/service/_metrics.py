@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from cloud_aggregator.service._broker_sys import SYS_METRICS, parse_sys_value
-from cloud_aggregator.service._job_view import JobView, RoundTracker, job_view, rejection_reason, round_started
+from cloud_aggregator.service._job_view import JobView, RoundTracker, job_view, rejection_reason, round_duration
 from schemas import JobStatus, NodeState, NodeStatus, Phase, SchemaError, UpdateAck, WorkerState
 
 __all__ = ["ROUND_BUCKETS", "AggregatorMetrics"]
@@ -120,9 +120,9 @@ class AggregatorMetrics:
         tracker = self._trackers.setdefault(name, RoundTracker())
         for record in tracker.new_records(status):
             self.rounds_closed.labels(name).inc()
-            started = round_started(status, record)
-            if started is not None:
-                self.round_duration.labels(name).observe(max(0.0, (record.closed_at - started).total_seconds()))
+            seconds = round_duration(status, record)
+            if seconds is not None:
+                self.round_duration.labels(name).observe(seconds)
         self._jobs = {**self._jobs, name: job_view(status, self._deadline_of(name))}
 
     def _forget_job(self, name: str) -> None:
@@ -231,10 +231,17 @@ def _job_families(jobs: dict[str, JobView]) -> Iterable[Metric]:
         "fl_job_round_deadline_seconds", "The job's round_deadline parameter", labels=["job_name"]
     )
     accuracy = GaugeMetricFamily(
-        "fl_job_eval_accuracy", "Evaluation accuracy of the global model, newest closed round", labels=["job_name"]
+        "fl_job_eval_accuracy",
+        "Federated evaluation accuracy of the newest evaluated global model",
+        labels=["job_name"],
+    )
+    eval_round = GaugeMetricFamily(
+        "fl_job_eval_round", "The round whose global model fl_job_eval_accuracy scores", labels=["job_name"]
     )
     round_metric = GaugeMetricFamily(
-        "fl_job_round_metric", "The newest closed round's metrics", labels=["job_name", "name"]
+        "fl_job_round_metric",
+        "Round figures (train_*, eval_*), each from the newest round with it",
+        labels=["job_name", "name"],
     )
     worker_metric = GaugeMetricFamily(
         "fl_worker_metric", "A training worker's latest local metrics", labels=["job_name", "worker", "name"]
@@ -253,7 +260,8 @@ def _job_families(jobs: dict[str, JobView]) -> Iterable[Metric]:
         if view.round_deadline is not None:
             deadline.add_metric([job], view.round_deadline)
         if view.eval_accuracy is not None:
-            accuracy.add_metric([job], view.eval_accuracy)
+            eval_round.add_metric([job], float(view.eval_accuracy[0]))
+            accuracy.add_metric([job], view.eval_accuracy[1])
         for name, value in view.round_metrics.items():
             round_metric.add_metric([job, name], value)
         for (worker, name), value in sorted(view.worker_metrics.items()):
@@ -267,6 +275,7 @@ def _job_families(jobs: dict[str, JobView]) -> Iterable[Metric]:
         opened,
         deadline,
         accuracy,
+        eval_round,
         round_metric,
         worker_metric,
     )

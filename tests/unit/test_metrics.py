@@ -89,6 +89,7 @@ def test_a_job_s_rounds_phase_workers_and_accuracy(metrics: AggregatorMetrics) -
     )
     assert value(metrics, "fl_job_round_deadline_seconds", job_name="j") == 30.0
     assert value(metrics, "fl_job_eval_accuracy", job_name="j") == pytest.approx(0.7)
+    assert value(metrics, "fl_job_eval_round", job_name="j") == 2
     assert value(metrics, "fl_job_round_metric", job_name="j", name="eval_loss") == 0.5
     assert value(metrics, "fl_job_workers", job_name="j", state="Waiting") == 1
     assert value(metrics, "fl_job_workers", job_name="j", state="Failed") == 0
@@ -108,6 +109,19 @@ def test_round_one_opens_with_the_round_zero_model_and_no_round_is_open_after_th
     assert value(metrics, "fl_job_round_opened_timestamp_seconds", job_name="j") is None
     assert value(metrics, "fl_jobs", phase="Succeeded") == 1
     assert value(metrics, "fl_rounds_closed_total", job_name="j") == 3
+
+
+def test_an_evaluation_that_arrives_after_its_round_closed_still_counts(metrics: AggregatorMetrics) -> None:
+    """The edges score round r's global model as they start round r+1: the newest record may have none yet."""
+    late = status(3)
+    late.rounds[-1].metrics = {"train_loss": 0.25}
+    metrics.observe_job("j", late)
+
+    assert value(metrics, "fl_job_eval_accuracy", job_name="j") == pytest.approx(0.7)
+    assert value(metrics, "fl_job_eval_round", job_name="j") == 2
+    # Each figure from the newest round that has it.
+    assert value(metrics, "fl_job_round_metric", job_name="j", name="train_loss") == 0.25
+    assert value(metrics, "fl_job_round_metric", job_name="j", name="eval_loss") == 0.5
 
 
 def test_a_restarted_aggregator_does_not_count_the_rounds_it_resumes_with() -> None:
