@@ -7,14 +7,20 @@ with a real Prometheus server.
 
 from __future__ import annotations
 
+import os
+import socket
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud_aggregator.service import AggregatorMetrics
+from broker import MqttSettings
+from cloud_aggregator import cli
+from cloud_aggregator.engine import JobSettings
+from cloud_aggregator.service import AggregatorMetrics, AggregatorService
 from schemas import (
     Event,
     JobStatus,
@@ -236,3 +242,38 @@ def test_two_services_in_one_process_serve_their_own_metrics_over_http() -> None
     assert [s.value for s in families[0]["fl_rounds_closed"].samples if s.name == "fl_rounds_closed_total"] == [1.0]
     assert not [s for s in families[1]["fl_rounds_closed"].samples if s.name == "fl_rounds_closed_total"]
     assert first.serving is False
+
+
+# -- the command line and the service ----------------------------------------------------------------
+
+
+def test_the_metrics_port_comes_from_the_flag_or_the_environment_and_a_bad_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [n for n in os.environ if n.startswith("FL_")]:
+        monkeypatch.delenv(name)
+    base = ["--node", "cloud0", "--root", str(tmp_path), "--port", "1"]
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*base, "--metrics-port", "99999"])
+    assert exc.value.code == 2
+    assert "--metrics-port" in capsys.readouterr().err
+
+    monkeypatch.setenv("FL_METRICS_PORT", "nine")
+    assert cli.main(base) == 2
+    assert "FL_METRICS_PORT='nine': expected a port number" in capsys.readouterr().err
+
+
+def test_a_service_whose_metrics_port_is_taken_exits_1_before_it_connects(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = AggregatorService(
+            node="cloud0",
+            root=tmp_path,
+            settings=MqttSettings(client_id="cloud0", port=1),
+            job_settings=JobSettings(),
+            metrics_port=port,
+        )
+        assert service.run() == 1
+    assert service.metrics_address is None and not service.metrics.serving
