@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check mosquitto venv clean
+.PHONY: demo test lint typecheck check mosquitto prometheus venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,19 @@ mosquitto:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; \
 	fi
 
+# Prometheus and promtool from Debian's packages when missing: the monitoring tests run a real server
+# and check deploy/prometheus/ with promtool. No recommends: the node exporter and the rest are not needed.
+prometheus:
+	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then \
+		echo "installing prometheus with apt-get"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
+	fi
+
 demo: venv mosquitto
 	$(BIN)/python examples/surface_defect_detection/run_demo.py
 
-test: venv mosquitto
+test: venv mosquitto prometheus
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest

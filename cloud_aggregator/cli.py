@@ -3,7 +3,9 @@
 MQTT credentials and TLS files come from the node config (`--config node.yaml` or FL_NODE_CONFIG,
 written by `flctl broker init`; it also gives the node name) and the environment (FL_MQTT_USERNAME,
 FL_MQTT_PASSWORD, FL_MQTT_TLS_CA, ..., which override the file); --host and --port override both. `--code-root /code` (or FL_CODE_ROOT): the folder under the root that
-aggregation scripts must be in. SIGTERM and SIGINT stop the service cleanly (exit code 0).
+aggregation scripts must be in. `--metrics-port PORT` (or FL_METRICS_PORT) serves Prometheus metrics on
+http://127.0.0.1:PORT/metrics; `--metrics-bind ADDRESS` (or FL_METRICS_BIND) listens elsewhere. SIGTERM
+and SIGINT stop the service cleanly (exit code 0).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from broker import add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args
+from broker import add_mqtt_arguments, mqtt_settings_from_args, node_config_from_args, node_from_args, port_number
 from runtime import NodeRootLockedError, configure_logging, lock_node_root
 from schemas import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot, PathEscapeError, Topics, check_name
 
 __all__ = ["build_parser", "main"]
+
+METRICS_PORT_ENV = "FL_METRICS_PORT"
+METRICS_BIND_ENV = "FL_METRICS_BIND"
 
 
 def _node(value: str) -> str:
@@ -84,8 +89,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--chunk-size", type=int, default=512 * 1024, help="bytes per chunk of a weights transfer (default: 524288)"
     )
+    metrics = parser.add_argument_group("Prometheus metrics (flags > environment > off)")
+    metrics.add_argument(
+        "--metrics-port",
+        type=_metrics_port,
+        metavar="PORT",
+        help=f"serve OpenMetrics/Prometheus text on http://BIND:PORT/metrics (0: a free port, logged); "
+        f"default ${METRICS_PORT_ENV}, else no endpoint",
+    )
+    metrics.add_argument(
+        "--metrics-bind",
+        metavar="ADDRESS",
+        help=f"the address the metrics endpoint listens on (default ${METRICS_BIND_ENV} or 127.0.0.1: the "
+        "endpoint has no authentication; give 0.0.0.0 only where a firewall or network policy limits who "
+        "reaches it)",
+    )
     add_mqtt_arguments(parser)
     return parser
+
+
+def _metrics_port(text: str) -> int:
+    return 0 if text.strip() == "0" else port_number(text)
+
+
+def _metrics_endpoint(args: argparse.Namespace) -> tuple[str, int | None]:
+    """(bind address, port or None) from the flags, then FL_METRICS_BIND / FL_METRICS_PORT, then
+    127.0.0.1 and no endpoint. Raises ValueError naming the variable."""
+    port: int | None = args.metrics_port
+    if port is None and os.environ.get(METRICS_PORT_ENV):
+        raw = os.environ[METRICS_PORT_ENV]
+        try:
+            port = _metrics_port(raw)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"{METRICS_PORT_ENV}={raw!r}: {exc}") from None
+    bind: str = args.metrics_bind or os.environ.get(METRICS_BIND_ENV) or "127.0.0.1"
+    return bind, port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         node = node_from_args(args, config, roles=("aggregator",))
         settings = mqtt_settings_from_args(args, node, config)
         NodeRoot(args.root, args.code_root).code_dir()
+        metrics_bind, metrics_port = _metrics_endpoint(args)
     except (ValueError, TypeError, PathEscapeError) as exc:
         print(f"fl-cloud-aggregator: {exc}", file=sys.stderr)
         return 2
@@ -121,7 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume_after=args.resume_after,
     )
     service = AggregatorService(
-        node=node, root=args.root, settings=settings, job_settings=jobs, prefix=args.prefix, code_root=args.code_root
+        node=node,
+        root=args.root,
+        settings=settings,
+        job_settings=jobs,
+        prefix=args.prefix,
+        code_root=args.code_root,
+        metrics_port=metrics_port,
+        metrics_bind=metrics_bind,
     )
 
     def _stop(_signum: int, _frame: FrameType | None) -> None:

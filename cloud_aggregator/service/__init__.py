@@ -4,9 +4,11 @@
 session; `MqttPort` is how the engine's decisions reach the broker, the aggregation scripts
 (`AggregationScripts`, on `runtime.ScriptSupervisor`) and the disk (`write_model`, `StateStore`: the spool and the checkpoints;
 `KeptStore`: the kept copy of the retained state, compared with what the broker holds through a `BrokerView`).
+`AggregatorMetrics` is what /metrics serves (Prometheus): the engine's statuses and acks, bytes, nodes, `$SYS`.
 """
 
 from cloud_aggregator.service._kept_store import BrokerView, KeptStore
+from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts, aggregation_launch, aggregation_variables
@@ -15,6 +17,7 @@ from cloud_aggregator.service._state_store import StateStore
 
 __all__ = [
     "AggregationScripts",
+    "AggregatorMetrics",
     "AggregatorService",
     "BrokerView",
     "Event",

@@ -21,10 +21,11 @@ from broker import BlobSender, BrokerError, Session
 from cloud_aggregator._errors import PublishFailedError
 from cloud_aggregator.engine import Checkpoint, FinalModel, KeptState, ScriptRequest, ScriptSignal, SpooledUpdate
 from cloud_aggregator.service._kept_store import BrokerView, KeptStore
+from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._scripts import AggregationScripts
 from cloud_aggregator.service._state_store import StateStore
-from schemas import JobPlan, JobStatus, Kind, ResourceStatus, Topics, TransferOrigin, UpdateAck
+from schemas import Channel, JobPlan, JobStatus, Kind, ResourceStatus, TopicError, Topics, TransferOrigin, UpdateAck
 
 __all__ = ["MqttPort"]
 
@@ -44,6 +45,8 @@ class MqttPort:
     log: FilteringBoundLogger
     # Told the Model url after a final model was written there (the service republishes its node status).
     model_written: Callable[[str], None] = lambda _url: None
+    # What the engine publishes is also what the metrics count (None: no metrics).
+    metrics: AggregatorMetrics | None = None
     # Retained global models this node knows of: job -> round -> chunk count.
     retained_globals: dict[str, dict[int, int]] = field(default_factory=dict, init=False)
 
@@ -60,8 +63,17 @@ class MqttPort:
             raise PublishFailedError(str(exc)) from exc
         if retain:
             self._view.saw(topic, payload, self.session.connection)
+        if self.metrics is not None:
+            try:
+                channel = self.topics.parse(topic).channel.value
+            except TopicError:
+                channel = "other"
+            self.metrics.observe_sent(channel, len(payload))
 
     def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
+        if self.metrics is not None and kind is Kind.JOB:
+            # The engine's view, whether or not the broker takes it now.
+            self.metrics.observe_job(name, status if isinstance(status, JobStatus) else None)
         payload = status.to_json() if status else b""
         self._kept.keep_status(kind, name, payload)
         self._publish(self.topics.status(kind, name), payload, retain=True)
@@ -118,6 +130,9 @@ class MqttPort:
             raise PublishFailedError(str(exc)) from exc
         self.retained_globals.setdefault(job, {})[round_] = manifest.chunks
         self._view.saw(self.topics.global_manifest(job, round_), manifest.to_json(), self.session.connection)
+        if self.metrics is not None:
+            self.metrics.observe_sent(Channel.GLOBAL_CHUNK.value, len(blob))
+            self.metrics.observe_sent(Channel.GLOBAL_MANIFEST.value, len(manifest.to_json()))
 
     def clear_globals(self, job: str, keep: int | None = None) -> None:
         known = self.retained_globals.get(job, {})
@@ -144,6 +159,8 @@ class MqttPort:
         return chunk_topic
 
     def send_ack(self, ack: UpdateAck) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_ack(ack)
         self._publish(self.topics.ack(ack.job, ack.round, ack.node), ack.to_json(), retain=False)
 
     def start_script(self, request: ScriptRequest) -> None:

@@ -13,6 +13,11 @@ because a dataset's retained message came later). Statuses, plans and global mod
 startup (restart rules, clearing what deleted jobs left); those subscriptions are then dropped. Then
 every kept spec, status and plan the broker did not deliver is republished (`MqttPort.resync`), and
 every later connection is audited the same way (`ReconnectAudit`): the broker may have lost them.
+
+Metrics (`AggregatorMetrics`, served on /metrics only with a `metrics_port`): the port reports what the
+engine publishes and acknowledges; the loop reports the bytes it receives, node statuses and the broker's
+`$SYS` topics (subscribed at QoS 0, only while serving). The HTTP server runs in its own thread from
+before the first connection, so a scrape answers even while the broker cannot be reached.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from broker import BrokerError, Inbound, MqttSettings, Session, manifest_from_pa
 from cloud_aggregator._errors import AggregatorError
 from cloud_aggregator.engine import Controller, JobSettings
 from cloud_aggregator.service._audit import AuditBarrier, ReconnectAudit
+from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts
 from runtime import EventLoop, ModelUrlBook, ScriptExited, ScriptFrame, get_logger, held_models
@@ -75,7 +81,10 @@ class AggregatorService:
         code_root: str = DEFAULT_CODE_ROOT,
         publish_timeout: float = 120.0,
         script_stop_grace: float = 10.0,
+        metrics_port: int | None = None,
+        metrics_bind: str = "127.0.0.1",
     ) -> None:
+        """`metrics_port`: serve /metrics there (0: a free port, see `metrics_address`); None: no endpoint."""
         self.node = node
         self.root = root.resolve()
         self.settings = settings
@@ -104,6 +113,9 @@ class AggregatorService:
         self._audit: ReconnectAudit | None = None
         # The Model urls this node wrote final models to: their versions go on its node status.
         self._model_urls = ModelUrlBook(self.root / "state" / MODEL_URLS_FILE)
+        self.metrics = AggregatorMetrics(node, deadline_of=self._round_deadline)
+        self._metrics_at: tuple[str, int] | None = (metrics_bind, metrics_port) if metrics_port is not None else None
+        self.metrics_address: tuple[str, int] | None = None  # where /metrics is served, once it is
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -115,9 +127,27 @@ class AggregatorService:
     def controller(self) -> Controller | None:
         return self._controller
 
+    def _round_deadline(self, job: str) -> float | None:
+        engine = self._controller.job(job) if self._controller is not None else None
+        return engine.facts.round_deadline if engine is not None else None
+
+    def _serve_metrics(self) -> bool:
+        if self._metrics_at is None:
+            return True
+        bind, port = self._metrics_at
+        try:
+            self.metrics_address = (bind, self.metrics.serve(bind, port))
+        except OSError as exc:
+            self._log.error("cannot serve metrics", bind=bind, port=port, error=str(exc))
+            return False
+        self._log.info("serving metrics", url=f"http://{bind}:{self.metrics_address[1]}/metrics")
+        return True
+
     def run(self) -> int:
         """Connect, catch up with the retained state, then handle messages until `stop`. Returns an exit code."""
         self.root.mkdir(parents=True, exist_ok=True)
+        if not self._serve_metrics():
+            return 1
         offline = NodeStatus(node=self.node, role="aggregator", state=NodeState.OFFLINE).to_json()
         session = Session(
             self.settings,
@@ -126,6 +156,7 @@ class AggregatorService:
             topics=self.topics,
         )
         self._session = session
+        self.metrics.connected_by(lambda: session.connected)
         session.start()
         try:
             if not self._connect(session):
@@ -162,6 +193,7 @@ class AggregatorService:
             publish_timeout=self._publish_timeout,
             log=self._log,
             model_written=self._model_written,
+            metrics=self.metrics,
         )
         self._controller = Controller(node=self.node, port=self._port, settings=jobs)
         self._audit = ReconnectAudit(
@@ -211,6 +243,9 @@ class AggregatorService:
             self.topics.all_node_statuses(),
         ):
             session.subscribe(flt)
+        if self.metrics.serving:
+            for topic in self.metrics.sys_topics():  # QoS 0: nothing is queued for us while we are away
+                session.subscribe(topic, qos=0)
         while not self._stopping.is_set():
             try:
                 session.barrier(BARRIER_TIMEOUT)
@@ -289,12 +324,18 @@ class AggregatorService:
                         self._session.ack(event)
 
     def _dispatch(self, controller: Controller, msg: Inbound) -> None:
+        if msg.topic.startswith("$SYS/"):
+            self.metrics.observe_sys(msg.topic, msg.payload)
+            return
         try:
             parsed = self.topics.parse(msg.topic)
         except TopicError as exc:
             self._log.warning("message on a topic outside the layout ignored", topic=msg.topic, error=exc.reason)
             return
         channel = parsed.channel
+        self.metrics.observe_received(channel.value, len(msg.payload))
+        if channel is Channel.NODE_STATUS and parsed.node is not None:
+            self.metrics.observe_node(parsed.node, msg.payload)
         if channel in _KEPT_CHANNELS and self._port is not None:
             self._port.saw(msg.topic, msg.payload, msg.connection)
         if channel is Channel.SPEC and parsed.kind is not None and parsed.name is not None:
@@ -346,4 +387,5 @@ class AggregatorService:
         self._log.info("stopping")
         self._scripts.stop_all(SHUTDOWN_GRACE)
         session.stop(timeout=5.0, final=(self.topics.node_status(self.node), offline))
+        self.metrics.close()
         self._log.info("stopped")

@@ -114,6 +114,7 @@ PUBLIC_API: dict[str, list[str]] = {
     ],
     "cloud_aggregator.service": [
         "AggregationScripts",
+        "AggregatorMetrics",
         "AggregatorService",
         "BrokerView",
         "Event",
