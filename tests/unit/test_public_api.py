@@ -286,6 +286,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "EffectiveWorker",
         "Event",
         "FederatedLearningJob",
+        "JobEvent",
         "JobPlan",
         "JobStatus",
         "Kind",
