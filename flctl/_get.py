@@ -46,6 +46,9 @@ from schemas import Kind, Phase, Topics
 # Renders for change detection use a fixed "now": every age becomes the same placeholder.
 _NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 _WATCH_SLICE = 1.0
+# A watch keeps the widths of its first rows; these columns start wide enough for what they will show
+# later (a job that is Pending now will be Succeeded), so its rows stay aligned.
+_WATCH_MIN_WIDTHS = {"EVENT": len("MODIFIED"), "PHASE": len("Succeeded"), "ROUND": len("10/10")}
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -190,7 +193,8 @@ class _WatchPrinter:
         out = []
         if self._widths is None:
             heading = self._event_cells("EVENT", headers)
-            self._widths = column_widths(heading, lines)
+            floor = [_WATCH_MIN_WIDTHS.get(h, 0) for h in heading]
+            self._widths = [max(w, f) for w, f in zip(column_widths(heading, lines), floor, strict=True)]
             out.append(row_line(heading, self._widths))
         out += [row_line(cells, self._widths) for cells in lines]
         self._progress.say("\n".join(out))
