@@ -8,6 +8,8 @@ what this node published before) and sends what changed through `Port.publish_ev
 - every new `Event` of the status, in order, Normal or Warning (``RoundClosed`` carries its round's
   `RoundRecord` in ``data``, with ``durationSeconds`` when the record has no duration of its own);
 - a round record that no such event announced: a ``RoundClosed`` line of its own;
+- a round's record that gets its evaluation (the global model scored on the edges' held-out data, which
+  comes after the round closed): ``RoundEvaluated`` (``data``: the evaluation);
 - every worker whose state or round changed: ``WorkerStateChanged`` (``data``: role, from, to);
 - the round in progress moved on: ``RoundOpened`` (``data``: exitRound);
 - a job status cleared (the job was deleted): ``Deleted``.
@@ -54,6 +56,7 @@ class Seen:
     events: set[_EventKey] = field(default_factory=set)
     workers: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)  # (node, role) -> (state, round)
     rounds: set[tuple[int, datetime]] = field(default_factory=set)  # (round, closedAt) of every record said
+    evaluated: set[tuple[int, datetime]] = field(default_factory=set)  # ... and of those whose evaluation was
     current_round: int = 0
     opened: dict[int, datetime] = field(default_factory=dict)  # when RoundOpened was said, for durations
 
@@ -64,8 +67,34 @@ class Seen:
             events={_key(e) for e in status.events},
             workers={(w.node, w.role): (w.state.value, w.round) for w in status.workers},
             rounds={(r.round, r.closed_at) for r in status.rounds},
+            evaluated={(r.round, r.closed_at) for r in status.rounds if _evaluation(r)},
             current_round=status.current_round,
         )
+
+
+def _evaluation(record: RoundRecord) -> dict[str, Any]:
+    """The evaluation of the round's global model on the edges' held-out data, if the record has one yet:
+    an ``eval``/``evaluation`` group, or the ``eval_``/``val_`` keys of its metrics. The edges evaluate a
+    round's global model after it closed, so a record may get it later than it first appeared."""
+    data: dict[str, Any] = record.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for name in ("eval", "evaluation"):
+        if isinstance(data.get(name), dict) and data[name]:
+            return dict(data[name])
+    metrics = data.get("metrics")
+    if not isinstance(metrics, dict):
+        return {}
+    return {k.split("_", 1)[1]: v for k, v in metrics.items() if k.startswith(("eval_", "val_"))}
+
+
+def _evaluated_message(round_: int, evaluation: dict[str, Any]) -> str:
+    figures = [
+        f"{label} {evaluation[key]:.3f}"
+        for key, label in (("accuracy", "accuracy"), ("balancedAccuracy", "balanced accuracy"), ("loss", "loss"))
+        if isinstance(evaluation.get(key), int | float)
+    ]
+    samples = evaluation.get("numSamples")
+    said = ", ".join(figures) or "evaluated"
+    return f"round {round_} global model: {said}" + (f" on {samples} held-out samples" if samples else "")
 
 
 def _duration(record: RoundRecord, status: JobStatus, opened: dict[int, datetime]) -> float | None:
@@ -119,6 +148,7 @@ def job_events(before: Seen | None, status: JobStatus) -> tuple[list[JobEvent], 
     stamp = status.updated_at
     for record in new_records:
         if record.round not in told:
+            told.add(record.round)
             lines.append(
                 JobEvent(
                     time=stamp,
@@ -129,6 +159,23 @@ def job_events(before: Seen | None, status: JobStatus) -> tuple[list[JobEvent], 
                     **common,
                 )
             )
+    for record in status.rounds:
+        key = (record.round, record.closed_at)
+        evaluation = _evaluation(record)
+        if not evaluation or key in old.evaluated:
+            continue
+        if record.round in told:
+            continue  # its RoundClosed line of this publication carries the evaluation already
+        lines.append(
+            JobEvent(
+                time=stamp,
+                reason="RoundEvaluated",
+                message=_evaluated_message(record.round, evaluation),
+                round=record.round,
+                data=evaluation,
+                **common,
+            )
+        )
     for worker in status.workers:
         was = old.workers.get((worker.node, worker.role))
         now_is = (worker.state.value, worker.round)

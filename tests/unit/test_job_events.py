@@ -185,3 +185,22 @@ def test_a_restarted_aggregator_does_not_say_again_what_it_said_before() -> None
     again = [e for e in second.job_events(JOB) if (e.time, e.reason, e.message) in said_before]
     assert again == []
     assert "Resumed" in reasons(second.job_events(JOB))
+
+
+def test_an_evaluation_that_comes_after_the_round_closed_is_a_line_of_its_own() -> None:
+    """The edges score round r's global model after it closed; when the record gets it, the stream says so once."""
+    port = MemoryPort()
+    job = started(port, exit_round=3)
+    send(job, "edge1", 0, 0.0)
+    send(job, "edge1", 1, 1.0)
+    send(job, "edge2", 1, 3.0)
+    port.events.clear()
+
+    # What the round engine does when the edges' evaluations of round 1's global model are in.
+    job.status.rounds[0].metrics.update({"eval_accuracy": 0.8125, "eval_loss": 0.41})
+    report(job, "edge1", WorkerState.TRAINING, 2)
+    report(job, "edge2", WorkerState.TRAINING, 2)
+
+    evaluated = [e for e in port.job_events(JOB) if e.reason == "RoundEvaluated"]
+    assert [(e.round, e.data) for e in evaluated] == [(1, {"accuracy": 0.8125, "loss": 0.41})]
+    assert evaluated[0].message == "round 1 global model: accuracy 0.812, loss 0.410"
