@@ -61,13 +61,15 @@ class Seen:
     opened: dict[int, datetime] = field(default_factory=dict)  # when RoundOpened was said, for durations
 
     @classmethod
-    def of(cls, status: JobStatus) -> Seen:
+    def of(cls, status: JobStatus, *, evaluated: bool = True) -> Seen:
+        """What `status` says; `evaluated=False` leaves out which records have an evaluation (the caller
+        works that out only for the records it has not seen evaluated)."""
         return cls(
             uid=status.uid,
             events={_key(e) for e in status.events},
             workers={(w.node, w.role): (w.state.value, w.round) for w in status.workers},
             rounds={(r.round, r.closed_at) for r in status.rounds},
-            evaluated={(r.round, r.closed_at) for r in status.rounds if _evaluation(r)},
+            evaluated={(r.round, r.closed_at) for r in status.rounds if evaluated and _evaluation(r)},
             current_round=status.current_round,
         )
 
@@ -117,7 +119,7 @@ def _record_data(record: RoundRecord, status: JobStatus, opened: dict[int, datet
 
 def job_events(before: Seen | None, status: JobStatus) -> tuple[list[JobEvent], Seen]:
     """The lines that say how `status` differs from what `before` recorded, and the new record."""
-    seen = Seen.of(status)
+    seen = Seen.of(status, evaluated=False)
     old = before or Seen()
     seen.opened = dict(old.opened)
     seen.events = set(sorted(seen.events | old.events)[-_REMEMBERED:])
@@ -159,11 +161,15 @@ def job_events(before: Seen | None, status: JobStatus) -> tuple[list[JobEvent], 
                     **common,
                 )
             )
+    seen.evaluated = {k for k in old.evaluated if k in seen.rounds}
     for record in status.rounds:
         key = (record.round, record.closed_at)
+        if key in seen.evaluated:
+            continue  # only records without an evaluation yet are looked at (dumped) again
         evaluation = _evaluation(record)
-        if not evaluation or key in old.evaluated:
+        if not evaluation:
             continue
+        seen.evaluated.add(key)
         if record.round in told:
             continue  # its RoundClosed line of this publication carries the evaluation already
         lines.append(

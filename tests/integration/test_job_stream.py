@@ -146,12 +146,11 @@ def test_a_small_job_as_a_user_watches_it(
         assert done["status"]["phase"] == Phase.SUCCEEDED.value, done["status"]["message"]
 
         lines: list[dict[str, object]] = []
-        while not any(e["reason"] == "Completed" for e in lines) or lines[-1]["reason"] != "WorkerStateChanged":
+        # The last line of a job: its aggregation script exited after the job Succeeded.
+        while not lines or lines[-1].get("data") != {"role": "aggregation", "from": "Ready", "to": "Completed"}:
             line = sub.next_line()
             assert line.endswith("\n") and line.count("\n") == 1  # one object per line
             lines.append(json.loads(line))
-            if len(lines) > 500:
-                break
     finally:
         sub.stop()
 

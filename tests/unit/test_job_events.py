@@ -204,3 +204,18 @@ def test_an_evaluation_that_comes_after_the_round_closed_is_a_line_of_its_own() 
     evaluated = [e for e in port.job_events(JOB) if e.reason == "RoundEvaluated"]
     assert [(e.round, e.data) for e in evaluated] == [(1, {"accuracy": 0.8125, "loss": 0.41})]
     assert evaluated[0].message == "round 1 global model: accuracy 0.812, loss 0.410"
+
+
+def test_a_job_whose_aggregation_node_was_never_seen_is_reported_on_the_stream() -> None:
+    """An aggregator that is not the job's (cloud1 here) reports it; its events are on the stream too."""
+    port = MemoryPort()
+    controller = Controller(node="cloud1", port=port, settings=JobSettings(chunk_size=4096, node_grace=30.0))
+    for edge in ("edge1", "edge2"):
+        announce(controller, edge)
+    controller.ready(0.0)
+    create(controller)
+
+    controller.tick(30.0)
+
+    said = [(e.type, e.reason) for e in port.job_events(JOB)]
+    assert said == [("Normal", "WaitingForNode"), ("Warning", "UnknownNode")]
