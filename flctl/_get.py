@@ -156,13 +156,12 @@ class _WatchPrinter:
         self._last: dict[str, tuple[str, View]] = {}  # name -> (its print with no age, the view)
 
     def _fixed(self, view: View) -> str:
-        return self._render(view, _NO_TIME)
-
-    def _render(self, view: View, now: datetime) -> str:
+        """What tells a change: the row at a fixed time (no age), else the whole document (also for -o name,
+        which prints the name again whenever the resource changed, as kubectl does)."""
         if self._table:
-            _, rows = table_rows(self._rtype, [view], now, wide=self._request.output == "wide")
+            _, rows = table_rows(self._rtype, [view], _NO_TIME, wide=self._request.output == "wide")
             return GAP.join(rows[0][1])
-        return render_views(self._rtype, [view], self._request.output, now, single=True)
+        return dump(document(view), "json")
 
     def _event_cells(self, event: str, cells: list[str]) -> list[str]:
         return [event, *cells] if self._request.watch_events else cells
@@ -177,9 +176,9 @@ class _WatchPrinter:
             self._rows(changed, gone, now)
         else:
             for view in changed:
-                self._document(view, "MODIFIED" if view.name in self._last else "ADDED", now)
+                self._document(view, "MODIFIED" if view.name in self._last else "ADDED")
             for view in gone:
-                self._document(view, "DELETED", now)
+                self._document(view, "DELETED")
         self._last = {v.name: (self._fixed(v), v) for v in views}
         self._progress.show([v for v in views if isinstance(v, JobView) and not v.phase.finished])
 
@@ -199,7 +198,7 @@ class _WatchPrinter:
         out += [row_line(cells, self._widths) for cells in lines]
         self._progress.say("\n".join(out))
 
-    def _document(self, view: View, event: str, now: datetime) -> None:
+    def _document(self, view: View, event: str) -> None:
         output = self._request.output
         if output == "name":
             name = f"{self._rtype.qualified}/{view.name}"

@@ -230,3 +230,16 @@ def test_top_of_a_job_without_rounds_or_without_the_job(flctl: FlctlRunner, brok
     assert early.err.startswith("No rounds closed yet (Running: round 1/3: waiting")
     assert missing.code == 1 and 'federatedlearningjobs "nope" not found' in missing.err
     assert usage.code == 2 and "one job name" in usage.err
+
+
+def test_watch_with_o_name_prints_the_name_again_on_each_change(flctl: FlctlRunner, broker: BrokerHandle) -> None:
+    publish_retained(broker, TOPICS.status(Kind.JOB, JOB), status(1))
+    watch = Flctl(broker, "get", "fl", JOB, "-w", "-o", "name", "--output-watch-events", "--watch-timeout", str(WAIT))
+    watch.wait_for(rf"^ADDED federatedlearningjob.sedna.io/{JOB}$")
+
+    publish_retained(broker, TOPICS.status(Kind.JOB, JOB), status(2, closed=1))
+    watch.wait_for(rf"^MODIFIED federatedlearningjob.sedna.io/{JOB}$")
+    publish_retained(broker, TOPICS.status(Kind.JOB, JOB), status(3, Phase.SUCCEEDED, closed=3, message="done"))
+
+    assert watch.finish() == 0
+    assert watch.text.splitlines() == [f"{e} federatedlearningjob.sedna.io/{JOB}" for e in ("ADDED", *["MODIFIED"] * 2)]

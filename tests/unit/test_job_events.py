@@ -197,7 +197,7 @@ def test_an_evaluation_that_comes_after_the_round_closed_is_a_line_of_its_own() 
     port.events.clear()
 
     # What the round engine does when the edges' evaluations of round 1's global model are in.
-    job.status.rounds[0].metrics.update({"eval_accuracy": 0.8125, "eval_loss": 0.41})
+    job.status.rounds[0].metrics = {"eval_accuracy": 0.8125, "eval_loss": 0.41}
     report(job, "edge1", WorkerState.TRAINING, 2)
     report(job, "edge2", WorkerState.TRAINING, 2)
 
