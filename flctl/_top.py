@@ -12,6 +12,7 @@ a source for per-round retained records (a topic per closed round) goes after it
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -50,6 +51,12 @@ class StatusRounds:
 
 
 SOURCES: tuple[RoundSource, ...] = (StatusRounds(),)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`flctl top`'s own arguments."""
+    p.add_argument("type", nargs="?", metavar="TYPE", help="federatedlearningjobs (fl)")
+    p.add_argument("names", nargs="*", metavar="NAME")
 
 
 def merged_records(

@@ -32,6 +32,7 @@ from flctl._dataset import split, synth
 from flctl._delete import delete
 from flctl._errors import EXIT_USAGE, FlctlError, InputError, UsageError
 from flctl._get import GetRequest, describe, get
+from flctl._top import add_arguments as add_top_arguments
 from flctl._top import top
 from flctl._version import __version__
 from flctl._wait import WaitRequest, wait
@@ -303,8 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         _run_top,
         "examples:\n  flctl top fl surface-defect-detection\n  flctl get fl surface-defect-detection --metrics",
     )
-    p.add_argument("type", nargs="?", metavar="TYPE", help="federatedlearningjobs (fl)")
-    p.add_argument("names", nargs="*", metavar="NAME")
+    add_top_arguments(p)
 
     p = command(
         "wait",
