@@ -20,6 +20,7 @@ import numpy.typing as npt
 from cloud_aggregator._errors import AggregatorError
 from cloud_aggregator.engine import Checkpoint, FinalModel, KeptState, ScriptRequest, ScriptSignal, SpooledUpdate
 from schemas import (
+    JobEvent,
     JobPlan,
     JobStatus,
     Kind,
@@ -68,6 +69,8 @@ class MemoryPort:
     statuses: dict[tuple[Kind, str], JobStatus | ResourceStatus | None] = field(default_factory=dict)
     status_history: list[tuple[Kind, str, JobStatus | ResourceStatus | None]] = field(default_factory=list)
     plans: dict[str, JobPlan | None] = field(default_factory=dict)
+    # Every line of the job event streams, in the order published (each one's wire form is checked).
+    events: list[JobEvent] = field(default_factory=list)
     restored_specs: list[tuple[Kind, str, bytes]] = field(default_factory=list)
     retained_globals: dict[str, dict[int, GlobalModel]] = field(default_factory=dict)
     published_globals: list[GlobalModel] = field(default_factory=list)
@@ -90,6 +93,13 @@ class MemoryPort:
         self.statuses[(kind, name)] = copy
         self.status_history.append((kind, name, copy))
         self.disk.kept.keep_status(kind, name, status.to_json() if status is not None else None)
+
+    def publish_event(self, event: JobEvent) -> None:
+        self.events.append(JobEvent.model_validate_json(event.to_json()))
+
+    def job_events(self, job: str) -> list[JobEvent]:
+        """The lines of one job's event stream, in order."""
+        return [e for e in self.events if e.job == job]
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
         self.plans[job] = plan

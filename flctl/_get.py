@@ -2,9 +2,11 @@
 
 Reading is: subscribe to the spec and status topics of the type (or of the named resources only),
 wait for the broker's retained messages with a barrier, then decode and print (`flctl.printers`).
-A watch keeps the session open and prints again whenever the output changes. A watch of named jobs
-ends when all of them have finished: exit 0 when all Succeeded, 1 when one Failed (its message on
-stderr), 4 when --watch-timeout runs out first.
+A watch keeps the session open and prints, kubectl's way, the table's header once and then one row per
+resource that changed (with -o json/yaml/name, its document or name); on a terminal the jobs being
+watched also get a live line each (`flctl._progress`). A watch of named jobs ends when all of them have
+finished: exit 0 when all Succeeded, 1 when one Failed (its message on stderr), 4 when --watch-timeout
+runs out first.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from flctl._client import BrokerClient
 from flctl._context import Context
 from flctl._errors import FlctlError, JobFailedError, NotFoundError, WaitTimeoutError, resource_ref
 from flctl._kinds import DATASETS, JOBS, MODELS, NODES, ResourceType, resolve
+from flctl._progress import Progress
 from flctl.printers import (
+    GAP,
     JobView,
     NodeView,
     Retained,
@@ -27,16 +32,24 @@ from flctl.printers import (
     collect_models,
     collect_nodes,
     collect_resources,
+    column_widths,
     describe_job,
     describe_node,
     describe_resource,
+    document,
+    dump,
     render_views,
+    row_line,
+    table_rows,
 )
 from schemas import Kind, Phase, Topics
 
 # Renders for change detection use a fixed "now": every age becomes the same placeholder.
 _NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 _WATCH_SLICE = 1.0
+# A watch keeps the widths of its first rows; these columns start wide enough for what they will show
+# later (a job that is Pending now will be Succeeded), so its rows stay aligned.
+_WATCH_MIN_WIDTHS = {"EVENT": len("MODIFIED"), "PHASE": len("Succeeded"), "ROUND": len("10/10")}
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -84,6 +97,7 @@ class GetRequest:
     output: str | None = None
     watch: bool = False
     watch_timeout: float | None = None
+    watch_events: bool = False  # --output-watch-events: each row or document says ADDED, MODIFIED or DELETED
 
 
 def get(ctx: Context, request: GetRequest) -> int:
@@ -94,16 +108,19 @@ def get(ctx: Context, request: GetRequest) -> int:
         found, missing = _select(views, names)
         for name in missing:
             ctx.fail(NotFoundError(rtype.plural, name))
-        single = len(names) == 1
-        if found:
-            ctx.say(render_views(rtype, found, request.output, ctx.clock(), single=single))
-        elif not names:
-            ctx.note("No resources found.")
-        if not request.watch or (names and not found):
+        if not request.watch:
+            if found:
+                ctx.say(render_views(rtype, found, request.output, ctx.clock(), single=len(names) == 1))
+            elif not names:
+                ctx.note("No resources found.")
             return 1 if missing else 0
+        if names and not found:
+            return 1
         if names:  # watch the names that exist; the missing ones were reported
             request = replace(request, names=tuple(v.name for v in found))
-        code = _watch(ctx, client, rtype, request, found)
+        with Progress(ctx.out, ctx.say) as progress:
+            printer = _WatchPrinter(ctx, rtype, request, progress)
+            code = _watch(ctx, client, rtype, request, found, printer=printer)
         return code or (1 if missing else 0)
 
 
@@ -127,10 +144,91 @@ def _outcome(ctx: Context, views: Sequence[View]) -> int:
     return 1 if failed else 0
 
 
-def _watch(ctx: Context, client: BrokerClient, rtype: ResourceType, request: GetRequest, shown: list[View]) -> int:
+class _WatchPrinter:
+    """What a watch prints, kubectl's way: the table's header once, then one row per resource that changed
+    (a table keeps the column widths of its first rows); with -o json/yaml/name, each changed resource's
+    document (or name). A resource changed when its row (or document) reads differently, its age aside.
+    With --output-watch-events every row or document says ADDED, MODIFIED or DELETED; without it a deleted
+    resource is not printed again."""
+
+    def __init__(self, ctx: Context, rtype: ResourceType, request: GetRequest, progress: Progress) -> None:
+        self._ctx = ctx
+        self._rtype = rtype
+        self._request = request
+        self._progress = progress
+        self._table = request.output in (None, "wide")
+        self._widths: list[int] | None = None
+        self._last: dict[str, tuple[str, View]] = {}  # name -> (its print with no age, the view)
+
+    def _fixed(self, view: View) -> str:
+        """What tells a change: the row at a fixed time (no age), else the whole document (also for -o name,
+        which prints the name again whenever the resource changed, as kubectl does)."""
+        if self._table:
+            _, rows = table_rows(self._rtype, [view], _NO_TIME, wide=self._request.output == "wide")
+            return GAP.join(rows[0][1])
+        return dump(document(view), "json")
+
+    def _event_cells(self, event: str, cells: list[str]) -> list[str]:
+        return [event, *cells] if self._request.watch_events else cells
+
+    def update(self, views: Sequence[View]) -> None:
+        """Print what changed since the last call (everything, the first time)."""
+        now = self._ctx.clock()
+        current = {v.name: v for v in views}
+        changed = [v for v in views if self._last.get(v.name, ("", None))[0] != self._fixed(v)]
+        gone = [self._last[n][1] for n in self._last if n not in current] if self._request.watch_events else []
+        if self._table:
+            self._rows(changed, gone, now)
+        else:
+            for view in changed:
+                self._document(view, "MODIFIED" if view.name in self._last else "ADDED")
+            for view in gone:
+                self._document(view, "DELETED")
+        self._last = {v.name: (self._fixed(v), v) for v in views}
+        self._progress.show([v for v in views if isinstance(v, JobView) and not v.phase.finished])
+
+    def _rows(self, changed: Sequence[View], gone: Sequence[View], now: datetime) -> None:
+        if not changed and not gone:
+            return
+        wide = self._request.output == "wide"
+        headers, rows = table_rows(self._rtype, [*changed, *gone], now, wide=wide)
+        events = ["MODIFIED" if v.name in self._last else "ADDED" for v in changed] + ["DELETED"] * len(gone)
+        lines = [self._event_cells(e, cells) for e, (_, cells) in zip(events, rows, strict=True)]
+        out = []
+        if self._widths is None:
+            heading = self._event_cells("EVENT", headers)
+            floor = [_WATCH_MIN_WIDTHS.get(h, 0) for h in heading]
+            self._widths = [max(w, f) for w, f in zip(column_widths(heading, lines), floor, strict=True)]
+            out.append(row_line(heading, self._widths))
+        out += [row_line(cells, self._widths) for cells in lines]
+        self._progress.say("\n".join(out))
+
+    def _document(self, view: View, event: str) -> None:
+        output = self._request.output
+        if output == "name":
+            name = f"{self._rtype.qualified}/{view.name}"
+            self._progress.say(f"{event} {name}" if self._request.watch_events else name)
+            return
+        doc: Any = document(view)
+        if self._request.watch_events:
+            doc = {"type": event, "object": doc}
+        text = dump(doc, output or "yaml")
+        self._progress.say(text if output == "json" else f"---\n{text}")
+
+
+def _watch(
+    ctx: Context,
+    client: BrokerClient,
+    rtype: ResourceType,
+    request: GetRequest,
+    shown: list[View],
+    *,
+    printer: _WatchPrinter,
+) -> int:
     names = request.names
-    single = len(names) == 1
-    last = render_views(rtype, shown, request.output, _NO_TIME, single=single)
+    printer.update(shown)
+    if not shown and not names:
+        ctx.note("No resources found.")
     if _finished(rtype, shown, names):
         return _outcome(ctx, shown)
     deadline = None if request.watch_timeout is None else time.monotonic() + request.watch_timeout
@@ -145,11 +243,8 @@ def _watch(ctx: Context, client: BrokerClient, rtype: ResourceType, request: Get
             gone = [n for n in names if n not in {v.name for v in views}]
             if names and gone:
                 raise FlctlError(f"{resource_ref(rtype.plural, gone[0])} was deleted while being watched")
-            current = render_views(rtype, views, request.output, _NO_TIME, single=single)
-            if current != last:
-                last, shown = current, views
-                text = render_views(rtype, views, request.output, ctx.clock(), single=single)
-                ctx.say("\n" + text if text else "\nNo resources found.")
+            printer.update(views)
+            shown = views
             if _finished(rtype, views, names):
                 return _outcome(ctx, views)
     except KeyboardInterrupt:

@@ -4,7 +4,8 @@ It reads the jobs' retained spec and status as `get -w` does and returns as soon
 is decided: 0 when the condition holds for all; 1 when one can no longer reach it (a job that Failed
 while waiting for Succeeded, a job deleted while waiting for a condition, a name that does not exist);
 4 when --timeout runs out first, with kubectl's "timed out waiting for the condition on
-federatedlearningjobs/NAME" for each job still undecided. A job's phase only moves forward
+federatedlearningjobs/NAME" for each job still undecided. On a terminal each job waited for has a live
+line (phase, round, message) until it is decided (`flctl._progress`). A job's phase only moves forward
 (Pending, Running, then Succeeded or Failed), which is what makes "can no longer hold" a sure verdict.
 """
 
@@ -22,6 +23,7 @@ from flctl._context import Context
 from flctl._errors import FlctlError, JobFailedError, NotFoundError, UsageError, WaitTimeoutError
 from flctl._get import subscriptions
 from flctl._kinds import JOBS, resolve
+from flctl._progress import Progress
 from flctl.printers import JobView, Retained, collect_jobs
 from schemas import Phase
 
@@ -138,7 +140,8 @@ def wait(ctx: Context, request: WaitRequest) -> int:
         names = sorted(jobs) if request.every else list(dict.fromkeys(request.names))
         if not names:
             raise FlctlError("no matching resources found")
-        return _await(ctx, client, request.wait_for, names, jobs, deadline=deadline)
+        with Progress(ctx.out, ctx.say) as progress:
+            return _await(ctx, client, request.wait_for, names, jobs, deadline=deadline, progress=progress)
 
 
 def _jobs(client: BrokerClient, retained: Mapping[str, Retained]) -> dict[str, JobView]:
@@ -153,6 +156,7 @@ def _await(
     jobs: dict[str, JobView],
     *,
     deadline: float,
+    progress: Progress,
 ) -> int:
     pending = list(names)
     failures = 0
@@ -161,7 +165,7 @@ def _await(
         for name in list(pending):
             verdict, error = _judge(wait_for, name, jobs.get(name), first=first)
             if verdict is _Verdict.MET:
-                ctx.say(f"{JOBS.qualified}/{name} condition met")
+                progress.say(f"{JOBS.qualified}/{name} condition met")
             elif verdict is _Verdict.IMPOSSIBLE:
                 assert error is not None
                 ctx.fail(error)
@@ -171,6 +175,7 @@ def _await(
         first = False
         if not pending:
             return 1 if failures else 0
+        progress.show([jobs[n] for n in pending if n in jobs])
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             for name in pending:

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from flctl._dataset import split, synth
 from flctl._delete import delete
 from flctl._errors import EXIT_USAGE, FlctlError, InputError, UsageError
 from flctl._get import GetRequest, describe, get
+from flctl._top import add_arguments as add_top_arguments
+from flctl._top import top
 from flctl._version import __version__
 from flctl._wait import WaitRequest, wait
 from flctl._wait import add_arguments as add_wait_arguments
@@ -215,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  flctl create -f surface-defect-detection.yaml\n"
             "  flctl get fl -o wide\n"
             "  flctl get fl surface-defect-detection --watch\n"
+            "  flctl top fl surface-defect-detection\n"
             "  flctl wait fl surface-defect-detection --for=condition=Succeeded --timeout=30m\n"
             "  flctl describe fl surface-defect-detection\n"
             "  flctl delete fl surface-defect-detection\n"
@@ -274,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-w",
         "--watch",
         action="store_true",
-        help="print again on every change (named jobs: until they finish; exit 1 if one Failed)",
+        help="then print a row for every change, the header once (named jobs: until they finish; exit 1 if one "
+        "Failed); on a terminal each watched job also gets a live line",
     )
     p.add_argument(
         "--watch-timeout",
@@ -282,6 +287,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="stop watching after this long (named jobs not finished by then: exit 4)",
     )
+    p.add_argument(
+        "--output-watch-events",
+        action="store_true",
+        help="with --watch: say ADDED, MODIFIED or DELETED in front of each row (or around each document)",
+    )
+    p.add_argument(
+        "--metrics",
+        action="store_true",
+        help="one job's rounds, one row each (the same as `flctl top fl NAME`)",
+    )
+
+    p = command(
+        "top",
+        "Show a job's rounds: workers, samples, duration, training and evaluation metrics per round.",
+        _run_top,
+        "examples:\n  flctl top fl surface-defect-detection\n  flctl get fl surface-defect-detection --metrics",
+    )
+    add_top_arguments(p)
 
     p = command(
         "wait",
@@ -357,7 +380,18 @@ def _run_get(ctx: Context, args: argparse.Namespace) -> int:
     type_word = _require_type(args)
     if args.watch_timeout is not None and not args.watch:
         raise UsageError("--watch-timeout needs --watch")
-    return get(ctx, GetRequest(type_word, tuple(args.names), args.output, args.watch, args.watch_timeout))
+    if args.output_watch_events and not args.watch:
+        raise UsageError("--output-watch-events needs --watch")
+    if args.metrics:
+        if args.watch or args.output is not None:
+            raise UsageError("--metrics prints a table: it takes neither --watch nor -o")
+        return top(ctx, type_word, args.names)
+    request = GetRequest(type_word, tuple(args.names), args.output, args.watch, args.watch_timeout)
+    return get(ctx, replace(request, watch_events=args.output_watch_events))
+
+
+def _run_top(ctx: Context, args: argparse.Namespace) -> int:
+    return top(ctx, _require_type(args), args.names)
 
 
 def _run_wait(ctx: Context, args: argparse.Namespace) -> int:

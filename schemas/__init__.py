@@ -15,6 +15,7 @@ from schemas._documents import (
     parse_resource,
 )
 from schemas._errors import PathEscapeError, Problem, SchemaError, SpecError, SpecTooLargeError, TopicError, WireError
+from schemas._events import JobEvent
 from schemas._node_root import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot
 from schemas._parameters import (
     DENIED_PARAMETER_NAMES,
@@ -114,6 +115,7 @@ __all__ = [
     "FederatedLearningJob",
     "HeldModel",
     "HeldVersion",
+    "JobEvent",
     "JobPlan",
     "JobStatus",
     "Kind",

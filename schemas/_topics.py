@@ -7,6 +7,7 @@ by plural kind and name; a job's runtime traffic lives under the job's own path,
     fl/<kind>/<name>/status                                 status JSON, retained
     fl/federatedlearningjobs/<job>/plan                     the validated, resolved job, retained
     fl/federatedlearningjobs/<job>/workers/<node>/status    one worker's state, retained
+    fl/federatedlearningjobs/<job>/events                   the job's event stream (one JSON line each), not retained
     fl/federatedlearningjobs/<job>/rounds/<r>/global/manifest       global model of round r, retained
     fl/federatedlearningjobs/<job>/rounds/<r>/global/chunks/<i>     its chunks, retained
     fl/federatedlearningjobs/<job>/rounds/<r>/updates/<node>/<transfer>/manifest   an update
@@ -94,6 +95,7 @@ class Channel(StrEnum):
     STATUS = "status"
     PLAN = "plan"
     WORKER_STATUS = "worker-status"
+    EVENTS = "events"
     GLOBAL_MANIFEST = "global-manifest"
     GLOBAL_CHUNK = "global-chunk"
     UPDATE_MANIFEST = "update-manifest"
@@ -144,6 +146,10 @@ class Topics:
     def plan(self, job: str) -> str:
         return self._build(Kind.JOB.value, _name(job), "plan")
 
+    def events(self, job: str) -> str:
+        """The job's event stream (`JobEvent` lines; QoS 1, not retained)."""
+        return self._build(Kind.JOB.value, _name(job), "events")
+
     def worker_status(self, job: str, node: str) -> str:
         return self._build(Kind.JOB.value, _name(job), "workers", _name(node), "status")
 
@@ -178,6 +184,10 @@ class Topics:
 
     def all_plans(self) -> str:
         return self._build(Kind.JOB.value, "+", "plan")
+
+    def all_events(self) -> str:
+        """Every job's event stream."""
+        return self._build(Kind.JOB.value, "+", "events")
 
     def all_worker_statuses(self) -> str:
         return self._build(Kind.JOB.value, "+", "workers", "+", "status")
@@ -316,6 +326,8 @@ def _parse_levels(rest: list[str]) -> ParsedTopic | None:  # noqa: PLR0911, PLR0
         return None
     if n == 3 and rest[2] == "plan":
         return ParsedTopic(Channel.PLAN, kind, name)
+    if n == 3 and rest[2] == "events":
+        return ParsedTopic(Channel.EVENTS, kind, name)
     if n == 5 and rest[2] == "workers" and rest[4] == "status":
         return ParsedTopic(Channel.WORKER_STATUS, kind, name, node=check_name(rest[3]))
     if n < 6 or rest[2] != "rounds":

@@ -50,6 +50,7 @@ from cloud_aggregator.engine._restart import (
     restart_rule,
 )
 from cloud_aggregator.engine._stages import Stage
+from cloud_aggregator.engine._stream import StreamingPort
 from schemas import (
     Condition,
     ConditionType,
@@ -104,10 +105,12 @@ class Controller:
         new_uid: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.node = node
-        self._port = port
         self._settings = settings or JobSettings()
         self._new_uid = new_uid
         self._log: FilteringBoundLogger = structlog.get_logger("cloud_aggregator.controller")
+        # Everything below publishes through it: each job status is followed by its event-stream lines.
+        port = StreamingPort(port, self._log)
+        self._port: Port = port
         self._registry = Registry(port, self._log)
         self._jobs: dict[str, _Entry] = {}
         self._invalid_jobs: set[str] = set()  # jobs whose spec is invalid: we own their Failed status

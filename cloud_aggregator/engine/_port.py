@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._kept import KeptState
-from schemas import EffectiveWorker, JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, UpdateAck
+from schemas import EffectiveWorker, JobEvent, JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, UpdateAck
 
 __all__ = ["FinalModel", "Port", "ScriptRequest", "ScriptSignal"]
 
@@ -56,6 +56,9 @@ class Port(Protocol):
 
     def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
         """Publish a resource's status, retained; None clears it. The kept copy (`kept`) follows."""
+
+    def publish_event(self, event: JobEvent) -> None:
+        """Publish one line of the job's event stream (QoS 1, not retained; `StreamingPort` derives them)."""
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
         """Publish a job's plan, retained; None clears it (the edges stop the job). The kept copy follows."""

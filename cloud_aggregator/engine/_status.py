@@ -127,8 +127,12 @@ def waiting_for(state: JobState, participants: list[str]) -> list[str]:
 
 
 def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
-    """Bring `waiting_for` and, while a round is open, the message up to date before a publication."""
+    """Bring `waiting_for`, the round in progress and, while a round is open, the message up to date
+    before a publication. `current_round` is the round the job is in (0 until the round-0 model is chosen,
+    then the open round, then the final one), the round the message names, so `flctl get`'s ROUND column
+    and the message agree ("round 2/3: waiting for ..." while ROUND is 2/3)."""
     status.waiting_for = waiting_for(state, facts.participants)
+    status.current_round = state.round
     if not isinstance(state, Training):
         return
     who = ", ".join(status.waiting_for)

@@ -25,7 +25,18 @@ from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._scripts import AggregationScripts
 from cloud_aggregator.service._state_store import StateStore
-from schemas import Channel, JobPlan, JobStatus, Kind, ResourceStatus, TopicError, Topics, TransferOrigin, UpdateAck
+from schemas import (
+    Channel,
+    JobEvent,
+    JobPlan,
+    JobStatus,
+    Kind,
+    ResourceStatus,
+    TopicError,
+    Topics,
+    TransferOrigin,
+    UpdateAck,
+)
 
 __all__ = ["MqttPort"]
 
@@ -77,6 +88,9 @@ class MqttPort:
         payload = status.to_json() if status else b""
         self._kept.keep_status(kind, name, payload)
         self._publish(self.topics.status(kind, name), payload, retain=True)
+
+    def publish_event(self, event: JobEvent) -> None:
+        self._publish(self.topics.events(event.job), event.to_json(), retain=False)
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
         payload = plan.to_json() if plan else b""

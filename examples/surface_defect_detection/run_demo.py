@@ -11,7 +11,7 @@ What it does, in order:
    ``--config`` its node.yaml;
 5. publishes the page's Dataset, Model and FederatedLearningJob with ``flctl create`` as the admin;
 6. follows the job's status topic round by round until it is Succeeded or Failed;
-7. prints ``flctl get fl``, where each edge wrote its model, and the model's scores on the held-out set.
+7. prints ``flctl get fl`` and ``flctl top fl`` (the rounds), where each edge wrote its model, and the model's scores on the held-out set.
 
 Exit code 0 when the job Succeeded and both edges hold the model, non-zero with the reason otherwise.
 """
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         flctl_cli.main([*cluster.flctl_args(), "get", "fl"])
+        print()
+        flctl_cli.main([*cluster.flctl_args(), "top", "fl", JOB])
         print()
         if status.phase is not Phase.SUCCEEDED:
             say(f"job ended {status.phase.value}: {status.message}")

@@ -9,9 +9,19 @@ from typing import Any
 
 import yaml
 
-from flctl._kinds import DATASETS, JOBS, NODES, ResourceType
+from flctl._kinds import DATASETS, JOBS, MODELS, NODES, ResourceType
 from flctl.printers._models import models_wide_table
-from flctl.printers._tables import datasets_table, jobs_table, models_table, nodes_table
+from flctl.printers._tables import (
+    dataset_headers,
+    dataset_row,
+    job_headers,
+    job_row,
+    model_headers,
+    model_row,
+    node_headers,
+    node_row,
+)
+from flctl.printers._text import table
 from flctl.printers._views import JobView, NodeView, ResourceView, SpecView, View
 from schemas import API_VERSION, JobStatus, NodeStatus, ResourceStatus
 
@@ -71,12 +81,24 @@ def render_views(
         return dump(docs[0] if single and len(docs) == 1 else list_document(docs), output)
     if output == "name":
         return "\n".join(f"{rtype.qualified}/{v.name}" for v in views)
-    wide = output == "wide"
+    if rtype is MODELS and output == "wide":  # the models, then one row per version the nodes hold
+        return models_wide_table([v for v in views if isinstance(v, ResourceView)], now)
+    headers, rows = table_rows(rtype, views, now, wide=output == "wide")
+    return table(headers, [cells for _, cells in rows])
+
+
+def table_rows(
+    rtype: ResourceType, views: Sequence[View], now: datetime, *, wide: bool = False
+) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The table of `get` (plain or wide) as its headers and one (name, cells) per view: what a watch
+    prints row by row."""
     if rtype is JOBS:
-        return jobs_table([v for v in views if isinstance(v, JobView)], now, wide=wide)
+        jobs = [v for v in views if isinstance(v, JobView)]
+        return list(job_headers(wide=wide)), [(v.name, job_row(v, now, wide=wide)) for v in jobs]
     if rtype is NODES:
-        return nodes_table([v for v in views if isinstance(v, NodeView)], now, wide=wide)
+        nodes = [v for v in views if isinstance(v, NodeView)]
+        return node_headers(wide=wide), [(v.name, node_row(v, now, wide=wide)) for v in nodes]
     resources = [v for v in views if isinstance(v, ResourceView)]
     if rtype is DATASETS:
-        return datasets_table(resources, now, wide=wide)
-    return models_wide_table(resources, now) if wide else models_table(resources, now)
+        return dataset_headers(wide=wide), [(v.name, dataset_row(v, now, wide=wide)) for v in resources]
+    return model_headers(wide=wide), [(v.name, model_row(v, now, wide=wide)) for v in resources]

@@ -7,91 +7,51 @@ last column not padded, ages in kubectl's short human form (``45s``, ``3m10s``, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+from flctl.printers._rounds import eval_accuracy_column, round_time_column
+from flctl.printers._text import GAP, NONE, UNKNOWN, age, cell, human_duration, table, timestamp
 from flctl.printers._views import JobView, NodeView, ResourceView
 from schemas import Dataset, JobStatus, Model, WorkerState
 
-GAP = "   "
-NONE = "<none>"
-UNKNOWN = "<unknown>"
+__all__ = [
+    "GAP",
+    "NONE",
+    "UNKNOWN",
+    "action_line",
+    "age",
+    "cell",
+    "dataset_headers",
+    "dataset_row",
+    "datasets_table",
+    "deleted_line",
+    "human_duration",
+    "job_headers",
+    "job_row",
+    "jobs_table",
+    "model_headers",
+    "model_row",
+    "models_table",
+    "node_headers",
+    "node_row",
+    "nodes_table",
+    "round_column",
+    "table",
+    "timestamp",
+    "worker_states",
+    "workers_column",
+]
+
 UNHEALTHY = (WorkerState.FAILED, WorkerState.OFFLINE)
-
-# -- primitives ------------------------------------------------------------------------------------
-
-
-def _two_units(big: int, big_unit: str, small: int, small_unit: str) -> str:
-    """`3m10s`, or `3m` when the smaller unit is zero (kubectl drops a zero remainder)."""
-    return f"{big}{big_unit}{small}{small_unit}" if small else f"{big}{big_unit}"
-
-
-def human_duration(delta: timedelta) -> str:  # noqa: PLR0911 - one return per kubectl age band
-    """kubectl's age format (apimachinery ``duration.HumanDuration``): 45s, 3m10s, 12m, 2h5m, 30h, 4d, 2y."""
-    seconds = int(delta.total_seconds())
-    if seconds < -1:
-        return "<invalid>"
-    if seconds < 0:
-        return "0s"
-    if seconds < 60 * 2:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 10:
-        return _two_units(minutes, "m", seconds % 60, "s")
-    if minutes < 60 * 3:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 8:
-        return _two_units(hours, "h", minutes % 60, "m")
-    if hours < 48:
-        return f"{hours}h"
-    if hours < 24 * 8:
-        return _two_units(hours // 24, "d", hours % 24, "h")
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24}d"
-    if hours < 24 * 365 * 8:
-        days = hours // 24
-        return _two_units(days // 365, "y", days % 365, "d")
-    return f"{hours // 24 // 365}y"
-
-
-def age(since: datetime | None, now: datetime) -> str:
-    """Age of a timestamp, or ``<unknown>`` when there is none."""
-    return UNKNOWN if since is None else human_duration(now - since)
-
-
-def timestamp(value: datetime | None) -> str:
-    """RFC 3339 UTC, as kubectl describe prints times; ``<none>`` when unset."""
-    if value is None:
-        return NONE
-    return value.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def cell(value: object) -> str:
-    """One table cell: a single line, ``<none>`` when empty."""
-    text = " ".join(str(value).split()) if value is not None else ""
-    return text or NONE
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:
-    """Left-aligned columns, three spaces apart, last column unpadded; one line per row, no final newline."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        if len(row) != len(headers):
-            raise ValueError(f"row has {len(row)} cells, expected {len(headers)}: {row!r}")
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = []
-    for row in (headers, *rows):
-        padded = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
-        lines.append(indent + GAP.join([*padded, row[-1]]).rstrip())
-    return "\n".join(lines)
-
 
 # -- job columns -----------------------------------------------------------------------------------
 
 
 def round_column(status: JobStatus | None) -> str:
-    """``2/3``: the current round of the exit round (``2/?`` before the exit round is known)."""
+    """``2/3``: the round the job is in, of its rounds (``2/?`` before the exit round is known). It is the
+    round the status message names: 0 while the initial models come in, then the open round, then the
+    final one; a job that failed shows the round it failed in (see `JobStatus.current_round`)."""
     if status is None:
         return "-"
     total = "?" if status.exit_round is None else str(status.exit_round)
@@ -113,7 +73,7 @@ def worker_states(status: JobStatus | None) -> str:
     return ",".join(f"{w.node}={w.state.value}" for w in status.workers)
 
 
-JOB_HEADERS = ("NAME", "PHASE", "ROUND", "WORKERS", "AGE")
+JOB_HEADERS = ("NAME", "PHASE", "ROUND", "WORKERS", "EVAL ACC", "ROUND TIME", "AGE")
 JOB_WIDE_HEADERS = (*JOB_HEADERS, "AGGREGATOR", "STATE", "MESSAGE")
 
 
@@ -123,6 +83,8 @@ def job_row(view: JobView, now: datetime, *, wide: bool = False) -> list[str]:
         view.phase.value,
         round_column(view.status),
         workers_column(view.status, view.participants),
+        eval_accuracy_column(view.status),
+        round_time_column(view.status),
         age(view.started, now),
     ]
     if wide:
@@ -133,9 +95,12 @@ def job_row(view: JobView, now: datetime, *, wide: bool = False) -> list[str]:
     return row
 
 
+def job_headers(*, wide: bool = False) -> tuple[str, ...]:
+    return JOB_WIDE_HEADERS if wide else JOB_HEADERS
+
+
 def jobs_table(views: Sequence[JobView], now: datetime, *, wide: bool = False) -> str:
-    headers = JOB_WIDE_HEADERS if wide else JOB_HEADERS
-    return table(headers, [job_row(v, now, wide=wide) for v in views])
+    return table(job_headers(wide=wide), [job_row(v, now, wide=wide) for v in views])
 
 
 # -- datasets, models, nodes -----------------------------------------------------------------------
@@ -176,14 +141,20 @@ def model_row(view: ResourceView, now: datetime, *, wide: bool = False) -> list[
     return [*row, age(view.spec.created, now), cell(view.message)] if wide else row
 
 
+def dataset_headers(*, wide: bool = False) -> list[str]:
+    return ["NAME", "NODE", "URL", "FORMAT", "VALID", "AGE"] + (["MESSAGE"] if wide else [])
+
+
+def model_headers(*, wide: bool = False) -> list[str]:
+    return ["NAME", "URL", "FORMAT", "VALID"] + (["AGE", "MESSAGE"] if wide else [])
+
+
 def datasets_table(views: Sequence[ResourceView], now: datetime, *, wide: bool = False) -> str:
-    headers = ["NAME", "NODE", "URL", "FORMAT", "VALID", "AGE"] + (["MESSAGE"] if wide else [])
-    return table(headers, [dataset_row(v, now, wide=wide) for v in views])
+    return table(dataset_headers(wide=wide), [dataset_row(v, now, wide=wide) for v in views])
 
 
 def models_table(views: Sequence[ResourceView], now: datetime, *, wide: bool = False) -> str:
-    headers = ["NAME", "URL", "FORMAT", "VALID"] + (["AGE", "MESSAGE"] if wide else [])
-    return table(headers, [model_row(v, now, wide=wide) for v in views])
+    return table(model_headers(wide=wide), [model_row(v, now, wide=wide) for v in views])
 
 
 def node_row(view: NodeView, now: datetime, *, wide: bool = False) -> list[str]:
@@ -194,9 +165,12 @@ def node_row(view: NodeView, now: datetime, *, wide: bool = False) -> list[str]:
     return [*row, cell(view.status.version)] if wide else row
 
 
+def node_headers(*, wide: bool = False) -> list[str]:
+    return ["NAME", "ROLE", "STATE", "SINCE"] + (["VERSION"] if wide else [])
+
+
 def nodes_table(views: Sequence[NodeView], now: datetime, *, wide: bool = False) -> str:
-    headers = ["NAME", "ROLE", "STATE", "SINCE"] + (["VERSION"] if wide else [])
-    return table(headers, [node_row(v, now, wide=wide) for v in views])
+    return table(node_headers(wide=wide), [node_row(v, now, wide=wide) for v in views])
 
 
 # -- kubectl-style lines ---------------------------------------------------------------------------

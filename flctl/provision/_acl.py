@@ -2,6 +2,8 @@
 
 Roles: admin (writes specs), viewer (flctl get/describe, read-only), monitor ($SYS and statuses,
 read-only), aggregator (everything under the prefix), edge (the `pattern` lines: its own topics only).
+The job event streams are read by the admins, viewers and monitors, written by the aggregators only; an
+edge has no line for them, so it can neither read another job's (or edge's) events nor forge one.
 
 Mosquitto applies `pattern` lines to every user, so on their own they would let a viewer or a monitor
 write "its own" node status, worker statuses and updates. Mosquitto 2.0 checks a user's own lines
@@ -56,8 +58,8 @@ def render_acl(
     viewers: Iterable[str] = (),
     monitors: Iterable[str] = (),
 ) -> str:
-    """The ACL file: admins write specs and read statuses, viewers read specs and statuses, monitors
-    read `$SYS` and statuses, aggregators everything under the prefix, each node (any user: `pattern`)
+    """The ACL file: admins write specs and read statuses and job events, viewers read specs, statuses and
+    job events, monitors read `$SYS`, statuses and job events, aggregators everything under the prefix, each node (any user: `pattern`)
     only its own updates, worker status, node status, acks and sync topic."""
     t = Topics(prefix)
     lines = [
@@ -69,32 +71,36 @@ def render_acl(
     for admin in admins:
         lines += _user(
             admin,
-            "the job publisher (flctl): writes resource specs, reads statuses.",
+            "the job publisher (flctl): writes resource specs, reads statuses and job events.",
             [
                 f"topic readwrite {t.all_specs()}",
                 f"topic read {t.all_statuses()}",
                 f"topic read {t.all_node_statuses()}",
+                f"topic read {t.all_events()}",
             ],
         )
     for viewer in viewers:
         lines += _user(
             viewer,
-            "read-only flctl (get, describe, -w): reads specs and statuses, writes nothing.",
+            "read-only flctl (get, describe, -w): reads specs, statuses and job events, writes nothing.",
             [
                 f"topic read {t.all_specs()}",
                 f"topic read {t.all_statuses()}",
                 f"topic read {t.all_node_statuses()}",
+                f"topic read {t.all_events()}",
                 *_read_only_denials(t, viewer),
             ],
         )
     for monitor in monitors:
         lines += _user(
             monitor,
-            "monitoring (mosquitto_sub, exporters): reads the broker's $SYS counters and statuses, writes nothing.",
+            "monitoring (mosquitto_sub, exporters): reads the broker's $SYS counters, statuses and job events, "
+            "writes nothing.",
             [
                 f"topic read {SYS_TOPICS}",
                 f"topic read {t.all_statuses()}",
                 f"topic read {t.all_node_statuses()}",
+                f"topic read {t.all_events()}",
                 *_read_only_denials(t, monitor),
             ],
         )

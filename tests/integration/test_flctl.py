@@ -208,7 +208,7 @@ def test_create_with_a_missing_file_publishes_nothing(flctl: FlctlRunner, broker
 
 
 def test_get_fl_renders_the_published_status(flctl: FlctlRunner, broker: BrokerHandle) -> None:
-    """A JobStatus retained on the status topic shows as PHASE, ROUND, WORKERS and AGE."""
+    """A JobStatus retained on the status topic shows as PHASE, ROUND, WORKERS, EVAL ACC, ROUND TIME and AGE."""
     assert flctl("create", "-f", str(SEED)).code == 0
     publish_retained(broker, TOPICS.status(Kind.JOB, JOB), running_status().to_json())
 
@@ -216,8 +216,8 @@ def test_get_fl_renders_the_published_status(flctl: FlctlRunner, broker: BrokerH
 
     assert (run.code, run.err) == (0, "")
     header, row = run.out.splitlines()
-    assert header == "NAME                       PHASE     ROUND   WORKERS   AGE"
-    assert re.split(r" {3,}", row) == [JOB, "Running", "2/3", "2/2", "30m"]
+    assert header == "NAME                       PHASE     ROUND   WORKERS   EVAL ACC   ROUND TIME   AGE"
+    assert re.split(r" {3,}", row) == [JOB, "Running", "2/3", "2/2", "-", "-", "30m"]
 
 
 def test_get_fl_wide_shows_a_job_without_status_as_pending(flctl: FlctlRunner) -> None:
@@ -228,9 +228,9 @@ def test_get_fl_wide_shows_a_job_without_status_as_pending(flctl: FlctlRunner) -
 
     assert run.code == 0
     row = re.split(r" {3,}", run.out.splitlines()[1])
-    assert row[:4] == [JOB, "Pending", "-", "0/2"]
-    assert re.fullmatch(r"\d+s", row[4])  # created moments ago (flctl stamps the spec)
-    assert row[5:] == ["cloud0", "<none>", "no status from the controller yet"]
+    assert row[:6] == [JOB, "Pending", "-", "0/2", "-", "-"]
+    assert re.fullmatch(r"\d+s", row[6])  # created moments ago (flctl stamps the spec)
+    assert row[7:] == ["cloud0", "<none>", "no status from the controller yet"]
 
 
 def test_get_datasets_models_and_nodes(flctl: FlctlRunner, broker: BrokerHandle) -> None:

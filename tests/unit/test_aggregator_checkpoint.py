@@ -141,7 +141,8 @@ def test_resume_after_a_closed_round_opens_the_next_one() -> None:
     assert [g.round for g in port.published_globals] == [1]
     np.testing.assert_allclose(port.published_globals[0].arrays[0], np.full((3, 2), 2.0))
     status = port.job_status(JOB)
-    assert status.current_round == 1 and [r.round for r in status.rounds] == [1]
+    # current_round is the round in progress (what the message and `flctl get`'s ROUND say), one closed.
+    assert status.current_round == 2 and [r.round for r in status.rounds] == [1]
     late, late_chunks = transfer("edge1", 1, weights(9.0), transfer_id="ef" * 8)
     send(job, "edge1", late, late_chunks, 101.0)
     assert not port.acks[-1].accepted and "round 1 is closed" in port.acks[-1].reason

@@ -169,11 +169,12 @@ def test_worker_states_lists_every_worker() -> None:
 
 
 def test_jobs_table_renders_a_running_job() -> None:
-    """A job with a status shows its phase, round, healthy workers and age since startTime."""
+    """A job with a status shows its phase, round, healthy workers, no evaluation or closed round yet (-),
+    and age since startTime."""
     view = job_view(running_status(worker("edge1", WorkerState.TRAINING), worker("edge2", WorkerState.WAITING)))
     assert jobs_table([view], NOW).splitlines() == [
-        "NAME                       PHASE     ROUND   WORKERS   AGE",
-        "surface-defect-detection   Running   2/3     2/2       3m",
+        "NAME                       PHASE     ROUND   WORKERS   EVAL ACC   ROUND TIME   AGE",
+        "surface-defect-detection   Running   2/3     2/2       -          -            3m",
     ]
 
 
@@ -181,12 +182,16 @@ def test_jobs_table_shows_a_job_without_status_as_pending() -> None:
     """A spec the controller has not answered yet is Pending, aged from its creation, with a message in -o wide."""
     view = job_view(None, created=NOW - timedelta(seconds=45))
     lines = jobs_table([view], NOW, wide=True).splitlines()
-    assert lines[0].split() == ["NAME", "PHASE", "ROUND", "WORKERS", "AGE", "AGGREGATOR", "STATE", "MESSAGE"]
+    assert re.split(r" {3,}", lines[0]) == [
+        "NAME", "PHASE", "ROUND", "WORKERS", "EVAL ACC", "ROUND TIME", "AGE", "AGGREGATOR", "STATE", "MESSAGE"
+    ]  # fmt: skip
     assert re.split(r" {3,}", lines[1]) == [
         "surface-defect-detection",
         "Pending",
         "-",
         "0/2",
+        "-",
+        "-",
         "45s",
         "cloud0",
         "<none>",

@@ -34,6 +34,7 @@ def rebuild(topics: Topics, p: ParsedTopic) -> str:
         Channel.SPEC: lambda: topics.spec(p.kind, p.name),  # type: ignore[arg-type]
         Channel.STATUS: lambda: topics.status(p.kind, p.name),  # type: ignore[arg-type]
         Channel.PLAN: lambda: topics.plan(p.job),
+        Channel.EVENTS: lambda: topics.events(p.job),
         Channel.WORKER_STATUS: lambda: topics.worker_status(p.job, p.node),  # type: ignore[arg-type]
         Channel.GLOBAL_MANIFEST: lambda: topics.global_manifest(p.job, p.round),  # type: ignore[arg-type]
         Channel.GLOBAL_CHUNK: lambda: topics.global_chunk(p.job, p.round, p.chunk),  # type: ignore[arg-type]
@@ -77,6 +78,11 @@ LAYOUT: list[tuple[Callable[[Topics], str], str, ParsedTopic]] = [
         lambda t: t.plan(JOB),
         f"{JOBS}/plan",
         ParsedTopic(Channel.PLAN, Kind.JOB, JOB),
+    ),
+    (
+        lambda t: t.events(JOB),
+        f"{JOBS}/events",
+        ParsedTopic(Channel.EVENTS, Kind.JOB, JOB),
     ),
     (
         lambda t: t.worker_status(JOB, "edge1"),
@@ -445,6 +451,7 @@ def test_subscription_filters_have_documented_wildcards() -> None:
         "all_specs": t.all_specs(),
         "all_statuses": t.all_statuses(),
         "all_plans": t.all_plans(),
+        "all_events": t.all_events(),
         "all_worker_statuses": t.all_worker_statuses(),
         "all_updates": t.all_updates(),
         "all_globals": t.all_globals(),
@@ -460,6 +467,7 @@ def test_subscription_filters_have_documented_wildcards() -> None:
         "all_specs": "fl/+/+/spec",
         "all_statuses": "fl/+/+/status",
         "all_plans": "fl/federatedlearningjobs/+/plan",
+        "all_events": "fl/federatedlearningjobs/+/events",
         "all_worker_statuses": "fl/federatedlearningjobs/+/workers/+/status",
         "all_updates": "fl/federatedlearningjobs/+/rounds/+/updates/#",
         "all_globals": "fl/federatedlearningjobs/+/rounds/+/global/#",
@@ -484,6 +492,7 @@ def test_subscription_filters_match_exactly_their_channels() -> None:
         # all_statuses() get node presence too and must dispatch on parse().channel.
         t.all_statuses(): lambda p: p.channel in (Channel.STATUS, Channel.NODE_STATUS),
         t.all_plans(): lambda p: p.channel is Channel.PLAN,
+        t.all_events(): lambda p: p.channel is Channel.EVENTS,
         t.all_worker_statuses(): lambda p: p.channel is Channel.WORKER_STATUS,
         t.all_updates(): lambda p: p.channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK),
         t.all_globals(): lambda p: p.channel in (Channel.GLOBAL_MANIFEST, Channel.GLOBAL_CHUNK),
