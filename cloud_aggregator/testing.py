@@ -25,6 +25,7 @@ from schemas import (
     Kind,
     ModelRef,
     ResourceStatus,
+    RoundRecord,
     TransferManifest,
     TransferOrigin,
     UpdateAck,
@@ -68,6 +69,9 @@ class MemoryPort:
     statuses: dict[tuple[Kind, str], JobStatus | ResourceStatus | None] = field(default_factory=dict)
     status_history: list[tuple[Kind, str, JobStatus | ResourceStatus | None]] = field(default_factory=list)
     plans: dict[str, JobPlan | None] = field(default_factory=dict)
+    # (job, round) -> the retained round record (None: cleared); every publication in order
+    round_records: dict[tuple[str, int], RoundRecord | None] = field(default_factory=dict)
+    round_record_history: list[tuple[str, int, RoundRecord | None]] = field(default_factory=list)
     restored_specs: list[tuple[Kind, str, bytes]] = field(default_factory=list)
     retained_globals: dict[str, dict[int, GlobalModel]] = field(default_factory=dict)
     published_globals: list[GlobalModel] = field(default_factory=list)
@@ -90,6 +94,11 @@ class MemoryPort:
         self.statuses[(kind, name)] = copy
         self.status_history.append((kind, name, copy))
         self.disk.kept.keep_status(kind, name, status.to_json() if status is not None else None)
+
+    def publish_round_record(self, job: str, round_: int, record: RoundRecord | None) -> None:
+        copy = record.model_copy(deep=True) if record is not None else None
+        self.round_records[(job, round_)] = copy
+        self.round_record_history.append((job, round_, copy))
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
         self.plans[job] = plan

@@ -150,6 +150,9 @@ class Job:
         ctx.safely(port.clear_state, name)
         ctx.safely(port.publish_plan, name, None)
         ctx.safely(port.clear_globals, name)
+        # Every round record this run published (rounds 1..current_round; the status says how far it got).
+        for round_ in range(1, self.status.current_round + 1):
+            ctx.safely(port.publish_round_record, name, round_, None)
         ctx.safely(port.publish_status, Kind.JOB, name, None)
         ctx.log.info("job deleted")
 

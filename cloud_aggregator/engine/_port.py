@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._kept import KeptState
-from schemas import EffectiveWorker, JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, UpdateAck
+from schemas import EffectiveWorker, JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, RoundRecord, UpdateAck
 
 __all__ = ["FinalModel", "Port", "ScriptRequest", "ScriptSignal"]
 
@@ -56,6 +56,9 @@ class Port(Protocol):
 
     def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
         """Publish a resource's status, retained; None clears it. The kept copy (`kept`) follows."""
+
+    def publish_round_record(self, job: str, round_: int, record: RoundRecord | None) -> None:
+        """Publish a closed round's full record on its own topic, retained; None clears it."""
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
         """Publish a job's plan, retained; None clears it (the edges stop the job). The kept copy follows."""

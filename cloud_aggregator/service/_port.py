@@ -24,7 +24,7 @@ from cloud_aggregator.service._kept_store import BrokerView, KeptStore
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._scripts import AggregationScripts
 from cloud_aggregator.service._state_store import StateStore
-from schemas import JobPlan, JobStatus, Kind, ResourceStatus, Topics, TransferOrigin, UpdateAck
+from schemas import JobPlan, JobStatus, Kind, ResourceStatus, RoundRecord, Topics, TransferOrigin, UpdateAck
 
 __all__ = ["MqttPort"]
 
@@ -63,6 +63,10 @@ class MqttPort:
         payload = status.to_json() if status else b""
         self._kept.keep_status(kind, name, payload)
         self._publish(self.topics.status(kind, name), payload, retain=True)
+
+    def publish_round_record(self, job: str, round_: int, record: RoundRecord | None) -> None:
+        # Retained history, not kept for resync: a broker that lost it loses old rounds' details only.
+        self._publish(self.topics.round_record(job, round_), record.to_json() if record else b"", retain=True)
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
         payload = plan.to_json() if plan else b""

@@ -1,6 +1,6 @@
 """The broker's ACL file, every topic in it built by `schemas.Topics` (`%u` through `AclPattern`).
 
-Roles: admin (writes specs), viewer (flctl get/describe, read-only), monitor ($SYS and statuses,
+Roles: admin (writes specs; reads statuses and per-round records), viewer (flctl get/describe, read-only), monitor ($SYS and statuses,
 read-only), aggregator (everything under the prefix), edge (the `pattern` lines: its own topics only).
 
 Mosquitto applies `pattern` lines to every user, so on their own they would let a viewer or a monitor
@@ -56,7 +56,8 @@ def render_acl(
     viewers: Iterable[str] = (),
     monitors: Iterable[str] = (),
 ) -> str:
-    """The ACL file: admins write specs and read statuses, viewers read specs and statuses, monitors
+    """The ACL file: admins write specs and read statuses and round records, viewers read specs, statuses
+    and round records, monitors
     read `$SYS` and statuses, aggregators everything under the prefix, each node (any user: `pattern`)
     only its own updates, worker status, node status, acks and sync topic."""
     t = Topics(prefix)
@@ -73,6 +74,7 @@ def render_acl(
             [
                 f"topic readwrite {t.all_specs()}",
                 f"topic read {t.all_statuses()}",
+                f"topic read {t.all_round_records()}",
                 f"topic read {t.all_node_statuses()}",
             ],
         )
@@ -83,6 +85,7 @@ def render_acl(
             [
                 f"topic read {t.all_specs()}",
                 f"topic read {t.all_statuses()}",
+                f"topic read {t.all_round_records()}",
                 f"topic read {t.all_node_statuses()}",
                 *_read_only_denials(t, viewer),
             ],
