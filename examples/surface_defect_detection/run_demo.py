@@ -3,15 +3,20 @@
 What it does, in order:
 1. wipes ``.demo/`` and writes a synthetic magnetic-tile dataset in the real dataset's layout;
 2. gives each edge only its own share (edge1: the images of 1.txt, edge2: those of 2.txt) under
-   ``.demo/<edge>/data``, and keeps test.txt's images aside in ``.demo/testset`` for evaluation;
+   ``.demo/<edge>/data``, and splits test.txt's images between them as each site's held-out tiles
+   (``/data/test.txt`` on each edge, the job's ``TEST_DATASET_URL``); the whole test set is also kept in
+   ``.demo/testset`` to score the final model centrally, which only a demo can do;
 3. copies the example's scripts to each node's ``/code`` (``.demo/<node>/code``);
 4. provisions the deployment like ``flctl broker init`` (``.demo/secrets``: CA, TLS certificates, passwords,
    ACL, one node.yaml per node), starts Mosquitto with the generated config (TLS, no anonymous access,
    per-node ACLs), the cloud aggregator on node cloud0 and edge trainers on edge1 and edge2, each with
    ``--config`` its node.yaml;
-5. publishes the page's Dataset, Model and FederatedLearningJob with ``flctl create`` as the admin;
+5. publishes the page's Dataset, Model and FederatedLearningJob with ``flctl create`` as the admin, the
+   job with one parameter added per training worker, ``TEST_DATASET_URL: /data/test.txt``;
 6. follows the job's status topic round by round until it is Succeeded or Failed;
-7. prints ``flctl get fl``, where each edge wrote its model, and the model's scores on the held-out set.
+7. prints ``flctl get fl``, where each edge wrote its model, the per-round table of training and
+   evaluation metrics, and the final model's score on the whole held-out set next to the federated
+   evaluation of the same model on the same images (summed over the edges' shares).
 
 Exit code 0 when the job Succeeded and both edges hold the model, non-zero with the reason otherwise.
 """
@@ -20,18 +25,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from flctl import FlctlError
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
+from flctl.printers import table
 from flctl.synth import copy_split, synthesize
 from runtime import configure_logging
-from schemas import JobStatus, Phase, WorkerState
+from schemas import FederatedLearningJob, JobStatus, Phase, RoundRecord, WorkerState, load_yaml_documents
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -63,6 +72,16 @@ def prepare(workdir: Path, scale: float, seed: int) -> Path:
         for script in ("train.py", "interface.py", "evaluate.py"):
             shutil.copy2(HERE / "training_worker" / script, code / script)
     copy_split(source, source / "test.txt", workdir / "testset")
+    # Each site keeps its own held-out tiles: test.txt's lines alternate between the edges. The union of the
+    # shares is test.txt, so the federated evaluation (counts summed over the edges) scores the final model
+    # on exactly the images evaluate.py scores it on centrally.
+    lines = [line for line in (source / "test.txt").read_text().splitlines() if line.strip()]
+    for i, edge in enumerate(EDGES):
+        share = workdir / "test-shares" / edge / "test.txt"
+        share.parent.mkdir(parents=True)
+        share.write_text("".join(f"{line}\n" for line in lines[i :: len(EDGES)]))
+        count = copy_split(source, share, workdir / edge / "data")
+        say(f"{edge}: {count} held-out images in {workdir / edge / 'data' / 'test.txt'} (its share of test.txt)")
     cloud_code = workdir / AGGREGATOR / "code"
     cloud_code.mkdir(parents=True)
     shutil.copy2(HERE / "aggregation_worker" / "aggregate.py", cloud_code / "aggregate.py")
@@ -95,6 +114,68 @@ class Progress:
                     # What the edge's local training reported for this round (Keras history, last epoch).
                     scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(worker.metrics.items()))
                     say(f"  {worker.node}: round {worker.round} local training: {scores}")
+
+
+def job_with_held_out_data(spec: Path, out: Path) -> Path:
+    """The page's documents, the job's training workers given ``TEST_DATASET_URL: /data/test.txt`` (Sedna's
+    knob; resolved under each edge's root, so each edge reads its own share)."""
+    documents = load_yaml_documents(spec.read_text(), str(spec))
+    for document in documents:
+        if isinstance(document, dict) and document.get("kind") == FederatedLearningJob.__name__:
+            for worker in document["spec"]["trainingWorkers"]:
+                parameters = worker["workerSpec"].setdefault("parameters", [])
+                parameters.append({"key": "TEST_DATASET_URL", "value": "/data/test.txt"})
+    out.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    return out
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _accuracy(metrics: dict[str, float], prefix: str = "") -> float | None:
+    """The first accuracy-like training metric (Keras names it after the metric: categorical_accuracy, ...)."""
+    keys = sorted(
+        k for k in metrics if k.startswith(prefix) and k.endswith("accuracy") and (prefix or not k.startswith("val_"))
+    )
+    return metrics[keys[0]] if keys else None
+
+
+def round_table(rounds: list[RoundRecord]) -> str:
+    """Per round: the edges' local training (sample-weighted; val_* is Keras' on each edge's held-out share,
+    of the locally trained model) and the federated evaluation of the round's global model."""
+    headers = [
+        "ROUND",
+        "TIME",
+        "SAMPLES",
+        "TRAIN LOSS",
+        "TRAIN ACC",
+        "VAL LOSS",
+        "VAL ACC",
+        "EVAL LOSS",
+        "EVAL ACC",
+        "EVAL BAL-ACC",
+        "EVAL N",
+    ]
+    rows = []
+    for r in rounds:
+        e = r.eval
+        rows.append(
+            [
+                str(r.round),
+                f"{r.duration_seconds:.1f}s" if r.duration_seconds is not None else "-",
+                str(r.total_samples),
+                _number(r.train.get("loss")),
+                _number(_accuracy(r.train)),
+                _number(r.train.get("val_loss")),
+                _number(_accuracy(r.train, "val_")),
+                _number(e.loss if e else None),
+                _number(e.accuracy if e else None),
+                _number(e.balanced_accuracy if e else None),
+                str(e.num_samples) if e else "-",
+            ]
+        )
+    return table(headers, rows)
 
 
 def evaluate(workdir: Path, test_labels: Path) -> dict[str, float] | None:
@@ -161,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     test_labels = prepare(workdir, args.scale, args.seed)
     with LocalCluster(workdir, port=args.port, secure=True, nodes=[AGGREGATOR, *EDGES], viewers=[VIEWER]) as cluster:
         start_cluster(cluster, workdir)
-        spec = HERE / "surface-defect-detection.yaml"
-        say(f"flctl create -f {spec.relative_to(REPO)}")
+        spec = job_with_held_out_data(HERE / "surface-defect-detection.yaml", workdir / "surface-defect-detection.yaml")
+        say(
+            f"flctl create -f {spec} (examples/surface_defect_detection/surface-defect-detection.yaml with "
+            "TEST_DATASET_URL: /data/test.txt added to each training worker)"
+        )
         if flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) != 0:
             say("flctl create failed")
             return 1
@@ -197,11 +281,26 @@ def main(argv: list[str] | None = None) -> int:
             say(f"FAILED: no model written on {', '.join(missing)}")
             return 1
 
+    print()
+    say(
+        "per round (TRAIN/VAL: the edges' local fit, sample-weighted; EVAL: the round's global model scored on the edges' held-out tiles):"
+    )
+    print(round_table(status.rounds))
+    print()
     scores = evaluate(workdir, test_labels)
+    final = status.rounds[-1].eval if status.rounds else None
     if scores:
         say(
             "held-out test set: accuracy {accuracy:.3f}, balanced accuracy {balanced_accuracy:.3f} "
-            "(always 'no defect' would score {majority_baseline:.3f})".format(**scores)
+            "(always 'no defect' would score {majority_baseline:.3f}; n={n})".format(**scores)
+        )
+    if scores and final is not None:
+        gap = abs(final.accuracy - float(scores["accuracy"])) * 100
+        say(
+            f"federated evaluation of the final model (round {final.round}, summed over the edges' shares of the "
+            f"same images): accuracy {final.accuracy:.3f}, balanced accuracy {final.balanced_accuracy:.3f} "
+            f"(n={final.num_samples}); {gap:.1f} points from the held-out score"
+            + ("" if gap <= 1.0 else ": MORE THAN A POINT APART")
         )
     say("job Succeeded")
     return 0
