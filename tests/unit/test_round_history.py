@@ -55,14 +55,19 @@ def job_spec(edges: list[str]) -> str:
     return "---\n".join(docs)
 
 
+def resources(edges: list[str]) -> tuple[FederatedLearningJob, dict[str, Dataset], dict[str, Model]]:
+    parsed = parse_documents(job_spec(edges), "generated")
+    spec = next(r for r in parsed if isinstance(r, FederatedLearningJob))
+    datasets = {r.metadata.name: r for r in parsed if isinstance(r, Dataset)}
+    models = {r.metadata.name: r for r in parsed if isinstance(r, Model)}
+    return spec, datasets, models
+
+
 class Run:
     """One job through the engine, its edges reporting the way `EdgeJob` does (statuses and transfers)."""
 
     def __init__(self, edges: list[str], rounds: int) -> None:
-        resources = parse_documents(job_spec(edges), "generated")
-        spec = next(r for r in resources if isinstance(r, FederatedLearningJob))
-        datasets = {r.metadata.name: r for r in resources if isinstance(r, Dataset)}
-        models = {r.metadata.name: r for r in resources if isinstance(r, Model)}
+        spec, datasets, models = resources(edges)
         self.port = MemoryPort()
         self.edges = edges
         self.rounds = rounds
@@ -296,3 +301,30 @@ def test_deleting_the_job_clears_its_round_records() -> None:
 
     assert all(run.port.round_records[(JOB, r)] is None for r in (1, 2, 3))
     assert run.port.statuses[(Kind.JOB, JOB)] is None
+
+
+def test_a_resumed_job_keeps_its_round_history_and_fills_in_what_comes_later() -> None:
+    """The aggregator killed after round 1 closed: the resumed run's status keeps round 1's summary, and
+    round 1's evaluation, which the edges send during round 2, still fills it in; round 2 is recorded."""
+    run = Run(["edge1", "edge2"], rounds=3)
+    run.start()
+    run.train_round(1)
+    spec, datasets, models = resources(run.edges)
+    port = MemoryPort(disk=run.port.disk)
+    facts = JobFacts.of(
+        spec, datasets, models, node="cloud0", uid=UID, settings=JobSettings(chunk_size=4096), resume=True
+    )
+    resumed = Job(facts, port, previous_status=run.port.job_status(JOB))
+    resumed.start(100.0)
+    resumed.on_script_frame(WorkerFrame(type="config", aggregation="FedAvg", exit_round=3), 100.1)
+    assert [r.round for r in port.job_status(JOB).rounds] == [1]
+    run.port, run.job, run.clock = port, resumed, 100.2
+
+    run.train_round(2)
+
+    status = port.job_status(JOB)
+    assert [r.round for r in status.rounds] == [1, 2]
+    first = status.rounds[0]
+    assert first.eval is not None and first.eval.num_samples == sum(run.evaluation(e, 1).num_samples for e in run.edges)
+    second = port.round_records[(JOB, 2)]
+    assert second is not None and second.workers is not None and second.train
