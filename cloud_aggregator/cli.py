@@ -37,6 +37,13 @@ def _positive(value: str) -> float:
     return number
 
 
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fl-cloud-aggregator",
@@ -82,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "incomplete update (default: 3)",
     )
     parser.add_argument(
+        "--status-interval",
+        type=_non_negative,
+        default=1.0,
+        help="seconds between two publications of a job's status; a change of phase, round or condition is "
+        "published at once, others wait for the interval (0: every change; default: 1)",
+    )
+    parser.add_argument(
         "--chunk-size", type=int, default=512 * 1024, help="bytes per chunk of a weights transfer (default: 524288)"
     )
     add_mqtt_arguments(parser)
@@ -119,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         node_grace=args.node_grace,
         config_timeout=args.config_timeout,
         resume_after=args.resume_after,
+        status_interval=args.status_interval,
     )
     service = AggregatorService(
         node=node, root=args.root, settings=settings, job_settings=jobs, prefix=args.prefix, code_root=args.code_root

@@ -132,12 +132,14 @@ class Job:
         self._script.on_exit(code, tail)
 
     def tick(self, now_s: float) -> None:
-        """Timers: the config deadline, resume requests for stalled transfers, the round deadline."""
+        """Timers: the config deadline, resume requests for stalled transfers, the round deadline, a deferred
+        status publication."""
         self._ctx.advance(now_s)
         if self._script.tick(now_s):
             return
         self._intake.tick(now_s)
         self._rounds.tick(now_s)
+        self._ctx.flush_due(now_s)
 
     def delete(self) -> None:
         """The job's spec was deleted: stop everything and clear the job's retained plan, status and globals."""
