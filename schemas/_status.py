@@ -14,9 +14,9 @@ import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 # The newest events a job status keeps: the status is republished on every change, so it must stay small.
@@ -90,9 +90,20 @@ class Evaluation(_Wire):
     loss: float | None = None
     accuracy: float
     balanced_accuracy: float
-    confusion: list[list[int]] = Field(max_length=MAX_EVAL_CLASSES)
+    confusion: list[Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_EVAL_CLASSES)]] = Field(
+        max_length=MAX_EVAL_CLASSES
+    )
     # In a combined evaluation: how many edges' figures it sums, and which.
     workers: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _square(self) -> Evaluation:
+        # An edge's report is input like any other: a ragged matrix would make the sum over edges wrong.
+        if any(len(row) != len(self.confusion) for row in self.confusion):
+            raise ValueError(
+                f"confusion must be a square matrix (classes x classes), got rows of {[len(r) for r in self.confusion]}"
+            )
+        return self
 
     @classmethod
     def of(

@@ -7,6 +7,8 @@ file is missing. Training scripts run only from the node's code root (``--code-r
 ``/code``, a folder under the node root): a scriptDir or boot file that resolves elsewhere (another
 folder of the root such as /data, ``..``, a symlink out) is refused. A frameworkVersion other than the installed TensorFlow's only yields a warning:
 scripts written for TF 2.3 usually run on newer versions, and refusing would block every job.
+A ``TEST_DATASET_URL`` parameter (Sedna's held-out label file, which the worker scores every global model
+on) is a spec path like the Dataset url: resolved under the node root, refused when it escapes or is missing.
 """
 
 from __future__ import annotations

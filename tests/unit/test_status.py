@@ -544,3 +544,14 @@ def test_round_summary_drops_per_worker_figures() -> None:
     assert summary.eval.accuracy == evaluation.accuracy and summary.train == {"loss": 0.4}
     assert "workers" not in json.loads(summary.to_json())
     assert RoundRecord.model_validate_json(record.to_json()) == record
+
+
+@pytest.mark.parametrize(
+    "confusion",
+    [[[1, 2], [3]], [[1, -1], [0, 1]], [[0] * 65 for _ in range(65)]],
+    ids=["ragged", "negative", "too-many-classes"],
+)
+def test_an_evaluation_that_is_not_a_square_count_matrix_is_refused(confusion: list[list[int]]) -> None:
+    """An edge's evaluation is input: ragged, negative or oversized confusion matrices are refused."""
+    with pytest.raises(ValidationError, match="confusion"):
+        Evaluation(round=1, num_samples=3, accuracy=0.5, balanced_accuracy=0.5, confusion=confusion)
