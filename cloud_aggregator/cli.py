@@ -42,6 +42,13 @@ def _positive(value: str) -> float:
     return number
 
 
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fl-cloud-aggregator",
@@ -85,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         help="seconds without progress before the aggregator asks an edge for the missing chunks of an "
         "incomplete update (default: 3)",
+    )
+    parser.add_argument(
+        "--status-interval",
+        type=_non_negative,
+        default=1.0,
+        help="seconds between two publications of a job's status; a change of phase, round or condition is "
+        "published at once, others wait for the interval (0: every change; default: 1)",
     )
     parser.add_argument(
         "--chunk-size", type=int, default=512 * 1024, help="bytes per chunk of a weights transfer (default: 524288)"
@@ -158,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         node_grace=args.node_grace,
         config_timeout=args.config_timeout,
         resume_after=args.resume_after,
+        status_interval=args.status_interval,
     )
     service = AggregatorService(
         node=node,

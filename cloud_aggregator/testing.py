@@ -26,6 +26,7 @@ from schemas import (
     Kind,
     ModelRef,
     ResourceStatus,
+    RoundRecord,
     TransferManifest,
     TransferOrigin,
     UpdateAck,
@@ -71,6 +72,9 @@ class MemoryPort:
     plans: dict[str, JobPlan | None] = field(default_factory=dict)
     # Every line of the job event streams, in the order published (each one's wire form is checked).
     events: list[JobEvent] = field(default_factory=list)
+    # (job, round) -> the retained round record (None: cleared); every publication in order
+    round_records: dict[tuple[str, int], RoundRecord | None] = field(default_factory=dict)
+    round_record_history: list[tuple[str, int, RoundRecord | None]] = field(default_factory=list)
     restored_specs: list[tuple[Kind, str, bytes]] = field(default_factory=list)
     retained_globals: dict[str, dict[int, GlobalModel]] = field(default_factory=dict)
     published_globals: list[GlobalModel] = field(default_factory=list)
@@ -89,10 +93,18 @@ class MemoryPort:
     # -- Port ------------------------------------------------------------------------------------
 
     def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
-        copy = status.model_copy(deep=True) if status is not None else None
+        # What a subscriber gets: the document read back from its wire form (a deep copy, and much faster
+        # than deepcopy for a status with many workers and rounds).
+        payload = status.to_json() if status is not None else None
+        copy = type(status).model_validate_json(payload) if status is not None and payload is not None else None
         self.statuses[(kind, name)] = copy
         self.status_history.append((kind, name, copy))
-        self.disk.kept.keep_status(kind, name, status.to_json() if status is not None else None)
+        self.disk.kept.keep_status(kind, name, payload)
+
+    def publish_round_record(self, job: str, round_: int, record: RoundRecord | None) -> None:
+        copy = record.model_copy(deep=True) if record is not None else None
+        self.round_records[(job, round_)] = copy
+        self.round_record_history.append((job, round_, copy))
 
     def publish_event(self, event: JobEvent) -> None:
         self.events.append(JobEvent.model_validate_json(event.to_json()))

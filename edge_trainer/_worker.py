@@ -5,11 +5,13 @@ The script calls ``FederatedLearning(estimator=Estimator).train(train_data, ...)
 Sedna; ``train`` then
 
 1. sends ``hello`` with the number of samples and the estimator's initial weights;
-2. on ``train`` (round r): sets the weights from the global model, runs ``estimator.train`` (local
-   epochs) and sends ``update`` with the new weights, the sample count and the last value of each
-   metric of the training history;
-3. on ``finish``: sets the final weights, saves the model at ``MODEL_URL`` in ``MODEL_FORMAT``,
-   sends ``saved`` (path and weights digest) and returns the estimator;
+2. on ``train`` (round r): sets the weights from the global model of round r-1, scores them on the
+   worker's held-out data and sends ``evaluated`` (federated evaluation, `edge_trainer._evaluate`;
+   not for the round-0 model, which nobody trained), runs ``estimator.train`` (local epochs) and sends
+   ``update`` with the new weights, the sample count and the last value of each metric of the
+   training history;
+3. on ``finish``: sets the final weights, scores them (``evaluated``), saves the model at ``MODEL_URL``
+   in ``MODEL_FORMAT``, sends ``saved`` (path and weights digest) and returns the estimator;
 4. on ``stop``: returns at once.
 
 Any exception is reported to the service as an ``error`` frame (best effort) and re-raised, so the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_trainer._errors import DatasetError, WorkerError
+from edge_trainer._evaluate import HeldOut, evaluate, held_out
 from edge_trainer._model_io import save_model
 from edge_trainer._samples import mark_reported, skipped_samples
 from runtime import ChannelClosed, ServiceWatch, WorkerChannel
@@ -57,6 +61,7 @@ class FederatedLearning:
         self.aggregation = aggregation
         self.job_name = os.environ.get(WorkerEnv.JOB_NAME, "")
         self.worker_name = os.environ.get(WorkerEnv.WORKER_NAME, "")
+        self._held_out: HeldOut | None = None
 
     def train(
         self,
@@ -115,6 +120,13 @@ class FederatedLearning:
         names = _tensor_names(self.estimator, len(weights))
         shapes = [w.shape for w in weights]
         skipped, skipped_lines = skipped_samples()
+        self._held_out = held_out(train_data, valid_data, kwargs)
+        print(
+            "federated evaluation on "
+            + (self._held_out.source if self._held_out else "nothing: no valid_data and no validation_split"),
+            file=sys.stderr,
+            flush=True,
+        )
         channel.send(
             WorkerFrame(
                 type="hello",
@@ -130,6 +142,8 @@ class FederatedLearning:
             frame, body = channel.recv()  # ChannelClosed: the service is gone (see `train`)
             if frame.type == "train":
                 self._set_weights(body, frame.round, shapes)
+                if frame.round > 1:  # the global model of round r-1 (the round-0 model is nobody's work)
+                    self._evaluate(channel, frame.round - 1)
                 result = self.estimator.train(train_data=train_data, valid_data=valid_data, **kwargs)
                 if post_process is not None:
                     result = post_process(result)
@@ -147,6 +161,7 @@ class FederatedLearning:
                 )
             elif frame.type == "finish":
                 self._set_weights(body, frame.round, shapes)
+                self._evaluate(channel, frame.round)
                 final = self._get_weights()
                 digest = weights_digest(final)
                 saved = save_model(
@@ -169,6 +184,19 @@ class FederatedLearning:
                 return self.estimator
             else:
                 raise WorkerError(f"unexpected {frame.type!r} frame from the node service")
+
+    def _evaluate(self, channel: WorkerChannel, round_: int) -> None:
+        """Score the weights just set (the global model of `round_`) and send them. A model whose output is
+        not class scores is said once in worker.log and not evaluated again: evaluation never fails a job."""
+        if self._held_out is None:
+            return
+        try:
+            evaluation = evaluate(self.estimator, self._held_out, round_)
+        except Exception as exc:  # the estimator's predict may raise anything
+            print(f"federated evaluation turned off: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            self._held_out = None
+            return
+        channel.send(WorkerFrame(type="evaluated", round=round_, evaluation=evaluation))
 
     # -- weights -------------------------------------------------------------------------------------
 

@@ -2,19 +2,29 @@
 
 A job's status mirrors Sedna's FLJobStatus (phase, conditions, startTime, completionTime, active,
 succeeded, failed) and adds what Sedna users miss (issue kubeedge/sedna#419): the current and exit
-round, every worker's state, a record per closed round, and the job's recent events.
+round, every worker's state, a summary of the recent rounds (their training and evaluation metrics;
+each round's full record, with per-worker figures, is on its own retained topic), and the job's recent
+events. Training metrics (each edge's local fit, before aggregation) and evaluation metrics (the global
+model scored on the edges' held-out data, `Evaluation`) are kept apart and named so: ``train``, ``eval``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-MAX_EVENTS = 100
+# The newest events a job status keeps: the status is republished on every change, so it must stay small.
+MAX_EVENTS = 30
+# The recent rounds a job status keeps (summaries); every round's full record is on its own topic.
+MAX_STATUS_ROUNDS = 10
+# Classes an evaluation may report (a confusion matrix is classes x classes integers).
+MAX_EVAL_CLASSES = 64
 
 
 def now() -> datetime:
@@ -26,7 +36,8 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode()
+        """Compact JSON, one line: retained statuses are republished on every change."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
 class Phase(StrEnum):
@@ -62,6 +73,79 @@ class Event(_Wire):
     message: str
     round: int | None = None
     node: str | None = None
+
+
+class Evaluation(_Wire):
+    """A model scored on held-out data: one edge's figures (`WorkerStatus.evaluation`), or the sum over the
+    edges that evaluated it (`RoundRecord.eval`, combined by `Evaluation.combine`).
+
+    `confusion[i][j]` counts held-out samples of class i (the index of the model's output) predicted as
+    class j, so the per-class totals and hits, accuracy and balanced accuracy (mean per-class recall over
+    the classes present) all follow from it and add up across edges exactly. `loss` is the mean
+    cross-entropy of the predicted probabilities (None when the model's output is not a distribution).
+    """
+
+    round: int = Field(ge=0)  # the round whose global model was scored
+    num_samples: int = Field(ge=0)
+    loss: float | None = None
+    accuracy: float
+    balanced_accuracy: float
+    confusion: list[Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_EVAL_CLASSES)]] = Field(
+        max_length=MAX_EVAL_CLASSES
+    )
+    # In a combined evaluation: how many edges' figures it sums, and which.
+    workers: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _square(self) -> Evaluation:
+        # An edge's report is input like any other: a ragged matrix would make the sum over edges wrong.
+        if any(len(row) != len(self.confusion) for row in self.confusion):
+            raise ValueError(
+                f"confusion must be a square matrix (classes x classes), got rows of {[len(r) for r in self.confusion]}"
+            )
+        return self
+
+    @classmethod
+    def of(
+        cls, round_: int, confusion: Sequence[Sequence[int]], *, loss: float | None, workers: list[str] | None = None
+    ) -> Evaluation:
+        """The figures that follow from a confusion matrix (and the mean loss, if known)."""
+        matrix = [[int(v) for v in row] for row in confusion]
+        total = sum(sum(row) for row in matrix)
+        hits = sum(row[i] for i, row in enumerate(matrix) if i < len(row))
+        recalls = [row[i] / sum(row) for i, row in enumerate(matrix) if sum(row) > 0 and i < len(row)]
+        return cls(
+            round=round_,
+            num_samples=total,
+            # Six decimals: beyond them the figures are noise, and every digit is republished with the status.
+            loss=round(loss, 6) if loss is not None and math.isfinite(loss) else None,
+            accuracy=round(hits / total, 6) if total else 0.0,
+            balanced_accuracy=round(sum(recalls) / len(recalls), 6) if recalls else 0.0,
+            confusion=matrix,
+            workers=workers,
+        )
+
+    @classmethod
+    def combine(cls, parts: Iterable[tuple[str, Evaluation]]) -> Evaluation | None:
+        """The federated evaluation: confusion matrices summed, the loss weighted by samples (None when an
+        edge did not report one). None when `parts` is empty."""
+        items = sorted(parts, key=lambda p: p[0])
+        if not items:
+            return None
+        size = max(len(e.confusion) for _, e in items)
+        matrix = [[0] * size for _ in range(size)]
+        for _, e in items:
+            for i, row in enumerate(e.confusion):
+                for j, value in enumerate(row):
+                    matrix[i][j] += value
+        total = sum(e.num_samples for _, e in items)
+        losses = [(e.loss, e.num_samples) for _, e in items]
+        loss = (
+            sum(v * n for v, n in losses if v is not None) / total
+            if total and all(v is not None for v, _ in losses)
+            else None
+        )
+        return cls.of(items[0][1].round, matrix, loss=loss, workers=[n for n, _ in items])
 
 
 class WorkerState(StrEnum):
@@ -100,17 +184,57 @@ class WorkerStatus(_Wire):
     message: str = ""
     model_path: str | None = None
     model_digest: str | None = None
+    # Training metrics of this worker's local fit of round `metricsRound` (the last epoch of the Keras
+    # history: loss, accuracy, val_*), before aggregation.
     metrics: dict[str, float] = Field(default_factory=dict)
+    metrics_round: int | None = None
+    # The newest global model this worker scored on its held-out data (federated evaluation): the global
+    # model of round r is scored when round r+1 starts training, the final one before it is saved.
+    evaluation: Evaluation | None = None
     updated_at: datetime = Field(default_factory=now)
 
 
+class WorkerRound(_Wire):
+    """One participant's figures in one round: what it trained on, its local metrics, its upload, and how
+    the round's global model scored on its held-out data."""
+
+    node: str
+    num_samples: int
+    train: dict[str, float] = Field(default_factory=dict)
+    eval: Evaluation | None = None
+    upload_bytes: int | None = None
+    upload_seconds: float | None = None  # first chunk or manifest seen -> the whole blob stored
+
+
 class RoundRecord(_Wire):
+    """One closed round. The job status keeps the newest `MAX_STATUS_ROUNDS` without `workers`; the full
+    record is retained on the round's record topic (``.../rounds/<r>/record``).
+
+    `eval` (the federated evaluation of this round's global model) is filled in after the round closed:
+    the edges score the global model of round r when they start round r+1, and the final one before they
+    save it, so a Succeeded job's last record has it.
+    """
+
     round: int
     participants: list[str]
     total_samples: int
+    opened_at: datetime | None = None
     closed_at: datetime = Field(default_factory=now)
+    duration_seconds: float | None = None  # opened -> closed
+    bytes_in: int | None = None  # the update blobs folded into this round
+    bytes_out: int | None = None  # the round's global model blob, published once (retained)
     missing: list[str] = Field(default_factory=list)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    # Sample-weighted mean of the participants' local training metrics (pre-aggregation).
+    train: dict[str, float] = Field(default_factory=dict)
+    eval: Evaluation | None = None
+    workers: list[WorkerRound] | None = None
+    # Unused since `train`/`eval`; kept so that documents written before still parse.
+    metrics: dict[str, float] | None = None
+
+    def summary(self) -> RoundRecord:
+        """The record without its per-worker figures (nor the names in `eval`): what the job status keeps."""
+        evaluation = self.eval.model_copy(update={"workers": None}) if self.eval is not None else None
+        return self.model_copy(update={"workers": None, "eval": evaluation})
 
 
 class JobStatus(_Wire):

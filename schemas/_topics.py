@@ -13,6 +13,7 @@ by plural kind and name; a job's runtime traffic lives under the job's own path,
     fl/federatedlearningjobs/<job>/rounds/<r>/updates/<node>/<transfer>/manifest   an update
     fl/federatedlearningjobs/<job>/rounds/<r>/updates/<node>/<transfer>/chunks/<i> its chunks
     fl/federatedlearningjobs/<job>/rounds/<r>/acks/<node>   the aggregator's receipt for an update
+    fl/federatedlearningjobs/<job>/rounds/<r>/record        the closed round's full record, retained
     fl/nodes/<node>/status                                  node presence (last will), retained
     fl/clients/<client>/sync                                a client's own barrier topic
 
@@ -101,6 +102,7 @@ class Channel(StrEnum):
     UPDATE_MANIFEST = "update-manifest"
     UPDATE_CHUNK = "update-chunk"
     ACK = "ack"
+    ROUND_RECORD = "round-record"
     NODE_STATUS = "node-status"
     SYNC = "sync"
 
@@ -168,6 +170,10 @@ class Topics:
     def ack(self, job: str, round_: int, node: str) -> str:
         return self._build(*self._round(job, round_), "acks", _name(node))
 
+    def round_record(self, job: str, round_: int) -> str:
+        """The full `RoundRecord` of a closed round (the job status keeps only the recent summaries)."""
+        return self._build(*self._round(job, round_), "record")
+
     def node_status(self, node: str | AclPattern) -> str:
         return self._build("nodes", _node(node), "status")
 
@@ -212,6 +218,13 @@ class Topics:
 
     def job_globals(self, job: str) -> str:
         return self._build(Kind.JOB.value, _name(job), "rounds", "+", "global", "#")
+
+    def all_round_records(self) -> str:
+        """Every job's per-round records (what admins and viewers may read)."""
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "record")
+
+    def job_round_records(self, job: str) -> str:
+        return self._build(Kind.JOB.value, _name(job), "rounds", "+", "record")
 
     def acks_for(self, node: str | AclPattern) -> str:
         return self._build(Kind.JOB.value, "+", "rounds", "+", "acks", _node(node))
@@ -330,6 +343,8 @@ def _parse_levels(rest: list[str]) -> ParsedTopic | None:  # noqa: PLR0911, PLR0
         return ParsedTopic(Channel.EVENTS, kind, name)
     if n == 5 and rest[2] == "workers" and rest[4] == "status":
         return ParsedTopic(Channel.WORKER_STATUS, kind, name, node=check_name(rest[3]))
+    if n == 5 and rest[2] == "rounds" and rest[4] == "record":
+        return ParsedTopic(Channel.ROUND_RECORD, kind, name, _int(rest[3]))
     if n < 6 or rest[2] != "rounds":
         return None
     round_ = _int(rest[3])

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from schemas._parameters import MAX_EXIT_ROUND
-from schemas._status import now
+from schemas._status import Evaluation, now
 from schemas._tensors import MAX_NUM_SAMPLES, WeightsKind, encode_weights
 
 _SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -193,6 +193,7 @@ FrameType = Literal[
     "config",  # aggregation worker -> service: the AggregationServer settings
     "train",  # service -> worker: train one round from the body's weights
     "update",  # worker -> service: trained weights in the body
+    "evaluated",  # worker -> service: the global model it was given, scored on its held-out data
     "finish",  # service -> worker: final weights in the body; save the model and exit
     "saved",  # worker -> service: the model is written
     "stop",  # service -> worker: the job ended (deleted or failed); exit now
@@ -207,6 +208,8 @@ class WorkerFrame(_Wire):
     round: int = 0
     num_samples: int | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    # evaluated: the scores of the global model of `round` on the worker's held-out data
+    evaluation: Evaluation | None = None
     message: str = ""
     # error: "data" when the message is a data error's one line (no log tail is added to it)
     error_kind: Literal["data"] | None = None

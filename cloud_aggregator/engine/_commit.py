@@ -32,6 +32,18 @@ class Committer:
     def folded_transfers(self) -> set[TransferId]:
         return {(r, n, t) for r, pairs in self.folded.items() for n, t in pairs}
 
+    def encode(self, round_: int, weights: Sequence[npt.NDArray[Any]], names: list[str], num_samples: int) -> bytes:
+        """The global model blob of `round_` (what `commit` publishes)."""
+        return encode_weights(
+            weights,
+            kind="global",
+            job=self._ctx.facts.name,
+            round_=round_,
+            sender=self._ctx.facts.node,
+            num_samples=num_samples,
+            names=names,
+        )
+
     def commit(
         self,
         run: Run,
@@ -42,21 +54,16 @@ class Committer:
         *,
         final: bool,
     ) -> None:
-        """A closed round (0: the chosen init): checkpoint, publish the global model, drop the round's spool.
+        """A closed round (0: the chosen init): checkpoint, publish the global model, drop the round's spool."""
+        self.commit_blob(run, round_, self.encode(round_, weights, names, num_samples), num_samples, final=final)
+
+    def commit_blob(self, run: Run, round_: int, blob: bytes, num_samples: int, *, final: bool) -> None:
+        """Commit an encoded global model: checkpoint, publish, drop the round's spool.
 
         A checkpoint that cannot be written is a Warning (the round goes on, a restart would redo it);
         a global model that cannot be published raises `PublishFailedError` (the job cannot go on).
         """
         ctx, facts = self._ctx, self._ctx.facts
-        blob = encode_weights(
-            weights,
-            kind="global",
-            job=facts.name,
-            round_=round_,
-            sender=facts.node,
-            num_samples=num_samples,
-            names=names,
-        )
         checkpoint = Checkpoint(
             job=facts.name,
             uid=facts.uid,

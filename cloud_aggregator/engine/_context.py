@@ -16,10 +16,11 @@ from structlog.typing import FilteringBoundLogger
 
 from cloud_aggregator._errors import AggregatorError
 from cloud_aggregator.engine._facts import JobFacts
+from cloud_aggregator.engine._ledger import RoundLedger
 from cloud_aggregator.engine._port import Port, ScriptSignal
 from cloud_aggregator.engine._stages import Done, JobState, Starting
 from cloud_aggregator.engine._status import StatusBook, initial_status, show_state
-from schemas import JobStatus, Kind, TransferManifest, UpdateAck, WorkerState
+from schemas import JobStatus, Kind, RoundRecord, TransferManifest, UpdateAck, WorkerState, WorkerStatus
 
 __all__ = ["EventType", "JobContext"]
 
@@ -36,8 +37,12 @@ class JobContext:
             job=facts.name, uid=facts.uid
         )
         self.book = StatusBook(initial_status(facts))
+        self.ledger = RoundLedger()
         self.state: JobState = Starting(config_deadline=math.inf)  # due from `AggregationScript.start` on
         self.clock = 0.0  # the latest time any call brought (for timers armed inside handlers)
+        self._published_at: float | None = None  # `clock` of the last status publication
+        self._published_shape: tuple[object, ...] | None = None  # what makes a change urgent (`_shape`)
+        self._deferred = False  # a change not published yet (`status_interval`)
         self._signalled: ScriptSignal | None = None
 
     @property
@@ -69,10 +74,51 @@ class JobContext:
     def set_agg_worker(self, state: WorkerState, message: str) -> None:
         self.book.set_worker(self.facts.node, state, message, role="aggregation", round_=self.state.round)
 
+    def close_round(self, record: RoundRecord) -> None:
+        """A closed round's record: kept by the ledger, summarised in the status, published with the status."""
+        self.ledger.close(record)
+        self.book.show_rounds(self.ledger.recent())
+
+    def note_worker(self, worker: WorkerStatus) -> None:
+        """The training metrics and evaluation a worker's status carries, into the rounds they belong to."""
+        if self.ledger.note(worker):
+            self.book.show_rounds(self.ledger.recent())
+
+    def restore_rounds(self) -> None:
+        """A resumed run: the ledger starts from the round summaries of the restored status."""
+        self.ledger = RoundLedger(self.status.rounds)
+
     def publish(self) -> None:
-        """Publish the status (retained), with whom the job waits for and the open round's message."""
+        """Publish the status (retained), with whom the job waits for and the open round's message, and the
+        full records of the rounds that are due on their own topics; within `status_interval` of the last
+        publication only a change of phase, round or condition (or of a finished job) goes out at once, the
+        rest waits for `flush_due`."""
         show_state(self.status, self.state, self.facts)
+        interval = self.facts.settings.status_interval
+        urgent = self.finished or self._published_shape != self._shape()
+        if urgent or interval <= 0 or self._published_at is None or self.clock - self._published_at >= interval:
+            self._publish_now()
+        else:
+            self._deferred = True
+
+    def flush_due(self, now_s: float) -> None:
+        """Publish a deferred status change once `status_interval` has passed (the service's timer)."""
+        self.advance(now_s)
+        if self._deferred and (
+            self._published_at is None or now_s - self._published_at >= self.facts.settings.status_interval
+        ):
+            self._publish_now()
+
+    def _publish_now(self) -> None:
+        for record in self.ledger.to_publish(finished=self.finished):
+            self.safely(self.port.publish_round_record, self.facts.name, record.round, record)
         self.safely(self.port.publish_status, Kind.JOB, self.facts.name, self.book.snapshot())
+        self._published_at, self._published_shape, self._deferred = self.clock, self._shape(), False
+
+    def _shape(self) -> tuple[object, ...]:
+        status = self.status
+        conditions = tuple((c.type, c.status, c.reason) for c in status.conditions)
+        return (status.phase, status.current_round, self.state.stage, conditions)
 
     # -- other effects ---------------------------------------------------------------------------
 

@@ -35,6 +35,10 @@ class JobSettings:
     node_grace: float = 60.0  # seconds a job waits for a node never seen (an edge may still be booting)
     config_timeout: float = 120.0  # seconds the script has to send its config
     resume_after: float = DEFAULT_RESUME_AFTER  # seconds a stalled transfer waits before the resume request
+    # Seconds between two publications of a job's status (0: every change). A change of phase, round or
+    # condition, and any change of a finished job, is published at once; others wait for the interval,
+    # and the newest is published by `Job.tick` (a 10-edge round changes the status ~50 times).
+    status_interval: float = 0.0
 
 
 def _model_ref(model: Model) -> ModelRef:

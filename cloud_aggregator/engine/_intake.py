@@ -61,6 +61,7 @@ class Intake:
         # every update stored and counted, and every init acknowledged as accepted
         self._stored: set[TransferId] = set()
         self._refused: dict[TransferId, str] = {}  # rejected for good: the same answer again
+        self._first_seen: dict[TransferId, float] = {}  # when a transfer's first manifest or chunk came
 
     # -- what the round engine tells the intake --------------------------------------------------
 
@@ -73,6 +74,12 @@ class Intake:
 
     def mark_stored(self, round_: int, node: str, transfer: str) -> None:
         self._stored.add((round_, node, transfer))
+
+    def receive_seconds(self, round_: int, node: str, transfer: str) -> float | None:
+        """How long the transfer took to arrive whole, from its first manifest or chunk (None: not seen here,
+        e.g. refolded from the spool)."""
+        first = self._first_seen.pop((round_, node, transfer), None)
+        return None if first is None else max(0.0, self._ctx.clock - first)
 
     def restore_stored(self, stored: Iterable[TransferId]) -> None:
         """What a checkpoint says was folded: answered as stored from now on."""
@@ -112,6 +119,8 @@ class Intake:
         for key, incoming in list(self._incoming.items()):
             if round_ is None or incoming.round == round_:
                 self._forget(key)
+        for ident in [i for i in self._first_seen if round_ is None or i[0] <= round_]:
+            del self._first_seen[ident]
         if round_ is None:
             self._assembler.discard_where(lambda _key: True)
 
@@ -143,6 +152,7 @@ class Intake:
         if manifest.kind == "update" and isinstance(state, Training) and node in state.counted:
             self.duplicate(node, manifest)
             return
+        self._first_seen.setdefault((round_, node, manifest.transfer), now_s)
         self._take_manifest(node, round_, manifest, now_s)
 
     def on_malformed(self, node: str, round_: int, transfer: str, reason: str) -> None:
@@ -169,6 +179,7 @@ class Intake:
         key = self._key(round_, node, transfer)
         if (round_, node, transfer) in self._stored:
             return
+        self._first_seen.setdefault((round_, node, transfer), now_s)
         try:
             done = self._assembler.add_chunk(key, index, data)
         except TransferError as exc:  # every chunk matched, the whole blob did not: a bad manifest

@@ -132,12 +132,14 @@ class Job:
         self._script.on_exit(code, tail)
 
     def tick(self, now_s: float) -> None:
-        """Timers: the config deadline, resume requests for stalled transfers, the round deadline."""
+        """Timers: the config deadline, resume requests for stalled transfers, the round deadline, a deferred
+        status publication."""
         self._ctx.advance(now_s)
         if self._script.tick(now_s):
             return
         self._intake.tick(now_s)
         self._rounds.tick(now_s)
+        self._ctx.flush_due(now_s)
 
     def delete(self) -> None:
         """The job's spec was deleted: stop everything and clear the job's retained plan, status and globals."""
@@ -150,6 +152,9 @@ class Job:
         ctx.safely(port.clear_state, name)
         ctx.safely(port.publish_plan, name, None)
         ctx.safely(port.clear_globals, name)
+        # Every round record this run published (rounds 1..current_round; the status says how far it got).
+        for round_ in range(1, self.status.current_round + 1):
+            ctx.safely(port.publish_round_record, name, round_, None)
         ctx.safely(port.publish_status, Kind.JOB, name, None)
         ctx.log.info("job deleted")
 

@@ -19,7 +19,17 @@ import numpy.typing as npt
 
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._kept import KeptState
-from schemas import EffectiveWorker, JobEvent, JobPlan, JobStatus, Kind, ModelRef, ResourceStatus, UpdateAck
+from schemas import (
+    EffectiveWorker,
+    JobEvent,
+    JobPlan,
+    JobStatus,
+    Kind,
+    ModelRef,
+    ResourceStatus,
+    RoundRecord,
+    UpdateAck,
+)
 
 __all__ = ["FinalModel", "Port", "ScriptRequest", "ScriptSignal"]
 
@@ -59,6 +69,9 @@ class Port(Protocol):
 
     def publish_event(self, event: JobEvent) -> None:
         """Publish one line of the job's event stream (QoS 1, not retained; `StreamingPort` derives them)."""
+
+    def publish_round_record(self, job: str, round_: int, record: RoundRecord | None) -> None:
+        """Publish a closed round's full record on its own topic, retained; None clears it."""
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
         """Publish a job's plan, retained; None clears it (the edges stop the job). The kept copy follows."""

@@ -69,6 +69,7 @@ class Recovery:
             return
         closed = checkpoint.closed_round
         ctx.book.status = self._restored_status(checkpoint)
+        ctx.restore_rounds()
         status = ctx.status
         status.phase = Phase.RUNNING
         status.exit_round = run.plan.exit_round

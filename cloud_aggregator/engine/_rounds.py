@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import numpy as np
 
 from cloud_aggregator._errors import AggregatorError, PublishFailedError, StrategyError, UpdateRejectedError
@@ -24,7 +26,7 @@ from cloud_aggregator.engine._port import FinalModel
 from cloud_aggregator.engine._stages import Done, Final, GlobalWeights, Init, Run, Training
 from cloud_aggregator.engine._status import completed_message, final_message
 from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
-from schemas import ConditionType, Phase, RoundRecord, TransferManifest, WorkerState, now
+from schemas import ConditionType, Phase, RoundRecord, TransferManifest, WorkerRound, WorkerState, now
 
 __all__ = ["RoundEngine"]
 
@@ -138,6 +140,10 @@ class RoundEngine:
             return
         open_round.counted[node] = manifest.num_samples
         open_round.transfers[node] = manifest.transfer
+        open_round.received[node] = (
+            manifest.total_bytes,
+            self._intake.receive_seconds(round_, node, manifest.transfer),
+        )
         self._intake.mark_stored(round_, node, manifest.transfer)
         ctx.answer(node, manifest, True, "stored")
         ctx.event(
@@ -235,9 +241,9 @@ class RoundEngine:
         missing = closing.waiting_for(facts.participants)
         stamp = now()
         self._committer.folded[r] = [(n, closing.transfers.get(n, "")) for n in counted]
-        ctx.book.record_round(
-            RoundRecord(round=r, participants=counted, total_samples=total, closed_at=stamp, missing=missing)
-        )
+        model = closing.model.evolved(weights)
+        blob = self._committer.encode(r, model.arrays, model.names, total)
+        ctx.close_round(self._record(closing, counted, missing, stamp, len(blob)))
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", f"Round {r} reaches at {stamp.isoformat()}")
         ctx.status.current_round = r
         if missing:
@@ -256,8 +262,10 @@ class RoundEngine:
         )
         if final:
             ctx.status.message = final_message(r)  # the checkpoint of the final round says so too
-        model = closing.model.evolved(weights)
-        if not self._commit(run, r, model, total, final=final):
+        try:
+            self._committer.commit_blob(run, r, blob, total, final=final)
+        except PublishFailedError as exc:
+            self.fail("PublishFailed", str(exc))
             return
         self._intake.discard(r)
         if not final:
@@ -275,6 +283,34 @@ class RoundEngine:
                 "waiting for them (they catch up from the retained final model)",
             )
         self.check_complete()
+
+    def _record(
+        self, closing: Training, counted: list[str], missing: list[str], closed_at: datetime, bytes_out: int
+    ) -> RoundRecord:
+        """The record of a closing round: who, how much, how long, and each worker's upload."""
+        workers = []
+        for node in counted:
+            size, seconds = closing.received.get(node, (None, None))
+            workers.append(
+                WorkerRound(
+                    node=node,
+                    num_samples=closing.counted[node],
+                    upload_bytes=size,
+                    upload_seconds=round(seconds, 3) if seconds is not None else None,
+                )
+            )
+        return RoundRecord(
+            round=closing.round,
+            participants=counted,
+            total_samples=closing.acc.total_samples,
+            opened_at=closing.opened_at,
+            closed_at=closed_at,
+            duration_seconds=round(max(0.0, self._ctx.clock - closing.opened), 3),
+            bytes_in=sum(size for size, _ in closing.received.values()),
+            bytes_out=bytes_out,
+            missing=missing,
+            workers=workers,
+        )
 
     def _commit(self, run: Run, round_: int, model: GlobalWeights, num_samples: int, *, final: bool) -> bool:
         """Commit a closed round; a global model that cannot be published fails the job (False)."""
@@ -297,8 +333,9 @@ class RoundEngine:
             "aggregation": final.run.strategy.name,
             "participants": facts.participants,
             "digest": model.digest,
-            # The last closed round's aggregated metrics, as the job status records them (empty when none).
-            "metrics": dict(ctx.status.rounds[-1].metrics) if ctx.status.rounds else {},
+            # The last closed round's aggregated training metrics (empty when none); its federated
+            # evaluation arrives after this is written, on the round's record.
+            "metrics": dict(ctx.status.rounds[-1].train) if ctx.status.rounds else {},
             "tensors": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in model.layout],
             "savedAt": now().isoformat(),
         }

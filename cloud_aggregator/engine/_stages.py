@@ -11,6 +11,7 @@ Every state answers `round` (the round in progress, or the last one the job was 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -18,7 +19,7 @@ import numpy.typing as npt
 
 from cloud_aggregator._strategy import AggregationState, Layout, Strategy
 from cloud_aggregator.engine._checkpoint import Checkpoint
-from schemas import JobPlan, TransferManifest, WorkerStatus, weights_digest
+from schemas import JobPlan, TransferManifest, WorkerStatus, now, weights_digest
 
 __all__ = ["Done", "Final", "GlobalWeights", "Init", "JobState", "Run", "Stage", "Starting", "Training"]
 
@@ -103,7 +104,10 @@ class Training:
     opened: float  # when the round opened (its deadline counts from here)
     counted: dict[str, int] = field(default_factory=dict)  # node -> num_samples folded
     transfers: dict[str, str] = field(default_factory=dict)  # node -> the transfer folded
+    # node -> (blob bytes, seconds from its first chunk or manifest to the whole blob; None if unknown)
+    received: dict[str, tuple[int, float | None]] = field(default_factory=dict)
     deadline_passed: bool = False
+    opened_at: datetime = field(default_factory=now)
 
     stage: ClassVar[Stage] = Stage.TRAINING
 

@@ -1,7 +1,8 @@
 """What a job's status says: the `JobStatus` document's bookkeeping and the wording of its messages.
 
-The job engine decides; `StatusBook` only keeps the document consistent and small: conditions and
-round records are capped (events are capped by `JobStatus.add_event`), and `active`/`succeeded`/`failed`
+The job engine decides; `StatusBook` only keeps the document consistent and small: one condition per
+type, updated in place (as kubectl shows them), the recent round summaries only (`RoundLedger` keeps
+the records; events are capped by `JobStatus.add_event`), and `active`/`succeeded`/`failed`
 are counted like Sedna counts pods (every worker, the aggregation worker included). The functions below
 word the status messages that are built from the job's state (tests and users read them: keep them
 stable); one-line event texts stay next to the decision that emits them.
@@ -26,8 +27,6 @@ from schemas import (
 )
 
 __all__ = [
-    "MAX_CONDITIONS",
-    "MAX_ROUND_RECORDS",
     "Role",
     "StatusBook",
     "completed_message",
@@ -38,8 +37,6 @@ __all__ = [
     "waiting_for",
 ]
 
-MAX_CONDITIONS = 20
-MAX_ROUND_RECORDS = 100
 Role = Literal["training", "aggregation"]
 
 
@@ -75,19 +72,30 @@ class StatusBook:
         return all((w := self.worker(n)) is not None and w.state is state for n in nodes)
 
     def condition(self, type_: ConditionType, reason: str, message: str) -> None:
+        """Set the condition of `type_` (True) in place, or add it. Complete or Failed ends Training: its row
+        turns False, keeping its last message."""
         conditions = self.status.conditions
-        conditions.append(Condition(type=type_, reason=reason, message=message))
-        del conditions[:-MAX_CONDITIONS]
+        stamp = now()
+        row = Condition(type=type_, reason=reason, message=message, last_probe_time=stamp, last_heartbeat_time=stamp)
+        for i, existing in enumerate(conditions):
+            if existing.type is type_:
+                conditions[i] = row
+                break
+        else:
+            conditions.append(row)
+        if type_ in (ConditionType.COMPLETE, ConditionType.FAILED):
+            for i, existing in enumerate(conditions):
+                if existing.type is ConditionType.TRAINING and existing.status == "True":
+                    conditions[i] = existing.model_copy(update={"status": "False", "last_probe_time": stamp})
 
     def event(
         self, type_: Literal["Normal", "Warning"], reason: str, message: str, *, round_: int, node: str | None
     ) -> None:
         self.status.add_event(Event(type=type_, reason=reason, message=message, round=round_, node=node))
 
-    def record_round(self, record: RoundRecord) -> None:
-        rounds = self.status.rounds
-        rounds.append(record)
-        del rounds[:-MAX_ROUND_RECORDS]
+    def show_rounds(self, recent: list[RoundRecord]) -> None:
+        """The round summaries the status shows (the ledger's newest)."""
+        self.status.rounds = recent
 
     def snapshot(self) -> JobStatus:
         """The status with fresh counts and timestamp, ready to publish."""

@@ -280,6 +280,9 @@ class StreamingPort:
     def restore_spec(self, kind: Kind, name: str, payload: bytes) -> None:
         self._inner.restore_spec(kind, name, payload)
 
+    def publish_round_record(self, job: str, round_: int, record: RoundRecord | None) -> None:
+        self._inner.publish_round_record(job, round_, record)
+
     def publish_global(self, job: str, round_: int, blob: bytes, *, uid: str, num_samples: int, final: bool) -> None:
         self._inner.publish_global(job, round_, blob, uid=uid, num_samples=num_samples, final=final)
 

@@ -58,6 +58,7 @@ class Workers:
                 f"worker {node} skipped {worker.skipped} label line(s) that are not samples: {first}",
                 node=node,
             )
+        ctx.note_worker(worker)  # before a Completed completes the job: its final evaluation counts
         if not ctx.finished:
             self._worker_changed(node, worker, changed=changed)
         elif worker.state is WorkerState.COMPLETED and changed:

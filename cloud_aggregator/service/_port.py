@@ -32,6 +32,7 @@ from schemas import (
     JobStatus,
     Kind,
     ResourceStatus,
+    RoundRecord,
     TopicError,
     Topics,
     TransferOrigin,
@@ -91,6 +92,10 @@ class MqttPort:
 
     def publish_event(self, event: JobEvent) -> None:
         self._publish(self.topics.events(event.job), event.to_json(), retain=False)
+
+    def publish_round_record(self, job: str, round_: int, record: RoundRecord | None) -> None:
+        # Retained history, not kept for resync: a broker that lost it loses old rounds' details only.
+        self._publish(self.topics.round_record(job, round_), record.to_json() if record else b"", retain=True)
 
     def publish_plan(self, job: str, plan: JobPlan | None) -> None:
         payload = plan.to_json() if plan else b""

@@ -7,6 +7,7 @@ status, upload a weights blob) and a launcher that starts the script (`WorkerHan
     on_frame(hello)             script ready; upload its initial weights      -> Uploading (round 0)
     on_uploaded(init)                                                         -> Ready
     on_global(round r)          train round r+1 from the global model         -> Training (r+1)
+    on_frame(evaluated)         the script scored global model r (kept; said with the next status)
     on_frame(update)            upload the trained weights for round r+1      -> Uploading
     on_uploaded(update)         the broker has it                             -> Waiting
     on_acked / on_refused       the aggregator stored it / refused it for good   (message)
@@ -33,106 +34,30 @@ newest round (catch-up) instead of replaying every round it missed.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable
 from pathlib import PurePosixPath
 
 import numpy as np
-from structlog.typing import FilteringBoundLogger
 
 from edge_trainer._errors import PlanRejectedError
-from edge_trainer.engine._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
-from edge_trainer.engine._ports import JobPorts, Launcher, UploadDone, UploadRequest, WorkerHandle
-from runtime import MODEL_VERSIONS_FOLDER, SERVICE_GONE_EXIT, get_logger
+from edge_trainer.engine._job_core import JobCore
+from edge_trainer.engine._launch import prepare_launch
+from edge_trainer.engine._ports import UploadDone
+from runtime import MODEL_VERSIONS_FOLDER, SERVICE_GONE_EXIT
 from schemas import (
-    JobPlan,
-    NodeRoot,
     TransferManifest,
-    WeightsHeader,
     WeightsKind,
     WireError,
     WorkerFrame,
     WorkerState,
     WorkerStatus,
     decode_weights,
-    read_header,
 )
 
 __all__ = ["EdgeJob"]
 
 
-class EdgeJob:
+class EdgeJob(JobCore):
     """This node's part of one job run (`plan.job`, `plan.uid`). All methods run on the service's logic thread."""
-
-    def __init__(
-        self,
-        plan: JobPlan,
-        *,
-        node: str,
-        root: NodeRoot,
-        ports: JobPorts,
-        launcher: Launcher,
-        tf_version: Callable[[], str | None] = installed_tensorflow_version,
-        stop_grace: float = 10.0,
-        pending_rounds: Callable[[], set[int]] | None = None,
-        delivered_round: Callable[[], int] | None = None,
-        log: FilteringBoundLogger | None = None,
-    ) -> None:
-        """`pending_rounds`: rounds whose update of this run (round 0: the init) is in the node's outbox,
-        not confirmed by the aggregator yet (None: an outbox that is always empty). `delivered_round`: the
-        newest round of this run whose update (0: the init) the aggregator confirmed, as the node recorded
-        it durably; -1 for none (None: nothing recorded, ever)."""
-        self.plan = plan
-        self.node = node
-        self.run_id = uuid.uuid4().hex
-        self.state = WorkerState.PENDING
-        self.round = 0
-        self.used_global = -1  # newest global round handed to the script
-        self.trained_round = 0  # newest round the script was asked to train
-        self.num_samples: int | None = None
-        self.metrics: dict[str, float] = {}
-        self.message = ""
-        self.model_path: str | None = None
-        self.model_digest: str | None = None
-        self.launch: LaunchSpec | None = None
-        self._root = root
-        self._ports = ports
-        self._launcher = launcher
-        self._tf_version = tf_version
-        self._stop_grace = stop_grace
-        self._pending_rounds = pending_rounds or set
-        self._delivered_round = delivered_round or (lambda: -1)
-        self._log = (log or get_logger()).bind(job=plan.job, uid=plan.uid)
-        self._worker: WorkerHandle | None = None
-        self._hello = False
-        self._busy = False  # the script is training or saving: it reads no frame until it answers
-        self._pending: tuple[TransferManifest, bytes] | None = None
-        self._notice = ""  # warnings shown in every non-failure status (framework version)
-        self._error: str | None = None  # what the script reported before exiting
-        self._data_error = False  # ... and it is a data error: its one line is the whole message
-        self.skipped: int | None = None  # label lines the script's data loader skipped (its hello)
-        self.skipped_lines: list[str] | None = None
-        self._retired = False  # deleted or shut down: events of the old run are ignored
-
-    # -- properties --------------------------------------------------------------------------------
-
-    @property
-    def finished(self) -> bool:
-        return self.state.terminal
-
-    @property
-    def active(self) -> bool:
-        """True while events for this run should be handled."""
-        return not self._retired and not self.state.terminal
-
-    @property
-    def worker(self) -> WorkerHandle | None:
-        return self._worker
-
-    @property
-    def newest_global(self) -> int:
-        """The newest global round this job holds (handed to the script or kept for it); -1 for none."""
-        return max(self.used_global, self._pending[0].round if self._pending is not None else -1)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -165,6 +90,8 @@ class EdgeJob:
         self.model_path = status.model_path
         self.model_digest = status.model_digest
         self.metrics = dict(status.metrics)
+        self.metrics_round = status.metrics_round
+        self.evaluation = status.evaluation
         self._log.info("job already completed on this node; not run again", model_path=status.model_path)
 
     def delete(self) -> None:
@@ -192,6 +119,8 @@ class EdgeJob:
             self._on_hello(frame, body)
         elif frame.type == "update":
             self._on_update(frame, body)
+        elif frame.type == "evaluated":
+            self._on_evaluated(frame)
         elif frame.type == "saved":
             self._on_saved(frame)
         elif frame.type == "error":
@@ -354,9 +283,19 @@ class EdgeJob:
         if frame.num_samples is not None:
             self.num_samples = frame.num_samples
         self.metrics = dict(frame.metrics)
+        self.metrics_round = frame.round
         self._set(WorkerState.UPLOADING, frame.round, f"uploading the update of round {frame.round}")
         self._upload("update", frame.round, body)
         self._use_pending()
+
+    def _on_evaluated(self, frame: WorkerFrame) -> None:
+        if not self._busy or frame.evaluation is None or frame.evaluation.round != frame.round:
+            self._protocol_error(f"unexpected evaluation of round {frame.round} (the script is not busy with it)")
+            return
+        if frame.round > self.used_global:
+            self._protocol_error(f"evaluation of round {frame.round}, whose global model this node never sent")
+            return
+        self.evaluation = frame.evaluation
 
     def _on_saved(self, frame: WorkerFrame) -> None:
         if self.state is not WorkerState.SAVING:
@@ -415,84 +354,3 @@ class EdgeJob:
         self._busy = True
         self._worker.send(WorkerFrame(type="train", round=r + 1, has_body=True), blob)
         self._set(WorkerState.TRAINING, r + 1, f"training round {r + 1}")
-
-    def _check_body(self, body: bytes | None, kind: str, round_: int, what: str) -> WeightsHeader | None:
-        if not body:
-            self._protocol_error(f"the {what} frame carries no weights")
-            return None
-        try:
-            header, _ = read_header(body)
-        except WireError as exc:
-            self._protocol_error(f"the {what} frame's weights are malformed: {exc}")
-            return None
-        if header.kind != kind or header.round != round_ or header.job != self.plan.job:
-            self._protocol_error(
-                f"the {what} frame's weights say {header.kind} of job {header.job} round {header.round}, "
-                f"expected {kind} of job {self.plan.job} round {round_}"
-            )
-            return None
-        return header
-
-    def _upload(self, kind: WeightsKind, round_: int, blob: bytes) -> None:
-        request = UploadRequest(
-            kind=kind,
-            job=self.plan.job,
-            uid=self.plan.uid,
-            round=round_,
-            sender=self.node,
-            num_samples=self.num_samples or 0,
-            run_id=self.run_id,
-            blob=blob,
-            chunk_size=self.plan.chunk_size,
-        )
-        self._ports.upload(request)
-
-    def _outbox_rounds(self) -> set[int]:
-        return self._pending_rounds()
-
-    @staticmethod
-    def _delivered_message(round_: int) -> str:
-        return (
-            f"update of round {round_} stored by the aggregator before a restart; "
-            f"waiting for the global model of round {round_}"
-        )
-
-    def _protocol_error(self, reason: str) -> None:
-        self._log.error("worker protocol error", reason=reason)
-        self._fail(reason)
-        if self._worker is not None:
-            self._worker.stop(self._stop_grace)
-
-    def _fail(self, message: str) -> None:
-        self._busy = False
-        self._pending = None
-        self.state = WorkerState.FAILED
-        self.message = message
-        self._publish()
-
-    def _set(self, state: WorkerState, round_: int, message: str) -> None:
-        self.state = state
-        self.round = round_
-        # The notice (e.g. a frameworkVersion mismatch) is said when the script starts and when the job
-        # ends, not repeated on every state in between.
-        noted = state in (WorkerState.STARTING, WorkerState.COMPLETED) and self._notice
-        self.message = f"{message} ({self._notice})" if noted else message
-        self._publish()
-
-    def _publish(self) -> None:
-        self._ports.publish_status(
-            WorkerStatus(
-                job=self.plan.job,
-                uid=self.plan.uid,
-                node=self.node,
-                state=self.state,
-                round=self.round,
-                num_samples=self.num_samples,
-                skipped=self.skipped,
-                skipped_lines=self.skipped_lines,
-                message=self.message,
-                model_path=self.model_path,
-                model_digest=self.model_digest,
-                metrics=self.metrics,
-            )
-        )

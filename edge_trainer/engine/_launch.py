@@ -7,6 +7,8 @@ file is missing. Training scripts run only from the node's code root (``--code-r
 ``/code``, a folder under the node root): a scriptDir or boot file that resolves elsewhere (another
 folder of the root such as /data, ``..``, a symlink out) is refused. A frameworkVersion other than the installed TensorFlow's only yields a warning:
 scripts written for TF 2.3 usually run on newer versions, and refusing would block every job.
+A ``TEST_DATASET_URL`` parameter (Sedna's held-out label file, which the worker scores every global model
+on) is a spec path like the Dataset url: resolved under the node root, refused when it escapes or is missing.
 """
 
 from __future__ import annotations
@@ -136,6 +138,19 @@ def prepare_launch(plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str 
     except ScriptStartError as exc:
         raise PlanRejectedError(plan.job, str(exc)) from exc
     env = {**parameters, **env}
+    test_url = parameters.get(WorkerEnv.TEST_DATASET_URL)
+    if test_url:
+        # Sedna's knob for a held-out label file (the example validates on it, and the worker scores every
+        # global model on it: federated evaluation). A spec path like the Dataset url: under the node root.
+        try:
+            test_path = root.resolve(test_url, f"{field}.parameters {WorkerEnv.TEST_DATASET_URL}")
+        except PathEscapeError as exc:
+            raise PlanRejectedError(plan.job, str(exc)) from exc
+        if not test_path.is_file():
+            raise PlanRejectedError(
+                plan.job, f"{WorkerEnv.TEST_DATASET_URL} label file not found: {test_url} (looked at {test_path})"
+            )
+        env[WorkerEnv.TEST_DATASET_URL] = str(test_path)
     return LaunchSpec(
         job=plan.job,
         script=script,

@@ -3,15 +3,20 @@
 What it does, in order:
 1. wipes ``.demo/`` and writes a synthetic magnetic-tile dataset in the real dataset's layout;
 2. gives each edge only its own share (edge1: the images of 1.txt, edge2: those of 2.txt) under
-   ``.demo/<edge>/data``, and keeps test.txt's images aside in ``.demo/testset`` for evaluation;
+   ``.demo/<edge>/data``, and splits test.txt's images between them as each site's held-out tiles
+   (``/data/test.txt`` on each edge, the job's ``TEST_DATASET_URL``); the whole test set is also kept in
+   ``.demo/testset`` to score the final model centrally, which only a demo can do;
 3. copies the example's scripts to each node's ``/code`` (``.demo/<node>/code``);
 4. provisions the deployment like ``flctl broker init`` (``.demo/secrets``: CA, TLS certificates, passwords,
    ACL, one node.yaml per node), starts Mosquitto with the generated config (TLS, no anonymous access,
    per-node ACLs), the cloud aggregator on node cloud0 and edge trainers on edge1 and edge2, each with
    ``--config`` its node.yaml;
-5. publishes the page's Dataset, Model and FederatedLearningJob with ``flctl create`` as the admin;
+5. publishes the page's Dataset, Model and FederatedLearningJob with ``flctl create`` as the admin, the
+   job with one parameter added per training worker, ``TEST_DATASET_URL: /data/test.txt``;
 6. follows the job's status topic round by round until it is Succeeded or Failed;
-7. prints ``flctl get fl`` and ``flctl top fl`` (the rounds), where each edge wrote its model, and the model's scores on the held-out set.
+7. prints ``flctl get fl`` and ``flctl top fl`` (per round: the training and evaluation metrics), where each
+   edge wrote its model, and the final model's score on the whole held-out set next to the federated
+   evaluation of the same model on the same images (summed over the edges' shares).
 
 Exit code 0 when the job Succeeded and both edges hold the model, non-zero with the reason otherwise.
 """
@@ -26,12 +31,14 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from flctl import FlctlError
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from flctl.synth import copy_split, synthesize
 from runtime import configure_logging
-from schemas import JobStatus, Phase, WorkerState
+from schemas import FederatedLearningJob, JobStatus, Phase, WorkerState, load_yaml_documents
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -63,6 +70,16 @@ def prepare(workdir: Path, scale: float, seed: int) -> Path:
         for script in ("train.py", "interface.py", "evaluate.py"):
             shutil.copy2(HERE / "training_worker" / script, code / script)
     copy_split(source, source / "test.txt", workdir / "testset")
+    # Each site keeps its own held-out tiles: test.txt's lines alternate between the edges. The union of the
+    # shares is test.txt, so the federated evaluation (counts summed over the edges) scores the final model
+    # on exactly the images evaluate.py scores it on centrally.
+    lines = [line for line in (source / "test.txt").read_text().splitlines() if line.strip()]
+    for i, edge in enumerate(EDGES):
+        share = workdir / "test-shares" / edge / "test.txt"
+        share.parent.mkdir(parents=True)
+        share.write_text("".join(f"{line}\n" for line in lines[i :: len(EDGES)]))
+        count = copy_split(source, share, workdir / edge / "data")
+        say(f"{edge}: {count} held-out images in {workdir / edge / 'data' / 'test.txt'} (its share of test.txt)")
     cloud_code = workdir / AGGREGATOR / "code"
     cloud_code.mkdir(parents=True)
     shutil.copy2(HERE / "aggregation_worker" / "aggregate.py", cloud_code / "aggregate.py")
@@ -95,6 +112,19 @@ class Progress:
                     # What the edge's local training reported for this round (Keras history, last epoch).
                     scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(worker.metrics.items()))
                     say(f"  {worker.node}: round {worker.round} local training: {scores}")
+
+
+def job_with_held_out_data(spec: Path, out: Path) -> Path:
+    """The page's documents, the job's training workers given ``TEST_DATASET_URL: /data/test.txt`` (Sedna's
+    knob; resolved under each edge's root, so each edge reads its own share)."""
+    documents = load_yaml_documents(spec.read_text(), str(spec))
+    for document in documents:
+        if isinstance(document, dict) and document.get("kind") == FederatedLearningJob.__name__:
+            for worker in document["spec"]["trainingWorkers"]:
+                parameters = worker["workerSpec"].setdefault("parameters", [])
+                parameters.append({"key": "TEST_DATASET_URL", "value": "/data/test.txt"})
+    out.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    return out
 
 
 def evaluate(workdir: Path, test_labels: Path) -> dict[str, float] | None:
@@ -145,6 +175,28 @@ def start_cluster(cluster: LocalCluster, workdir: Path) -> None:
     )
 
 
+def report_models(status: JobStatus, workdir: Path) -> bool:
+    """Say where every node wrote its final model; False when an edge wrote none."""
+    missing = []
+    for edge in EDGES:
+        worker = status.worker(edge)
+        # The worker reports the path the way the spec says it (/model/...); on this machine it is
+        # under the edge's root folder.
+        path = workdir / edge / "model"
+        # The url holds the latest version's files; versions/ and latest are the versions' layout.
+        files = sorted(p.name for p in path.iterdir() if p.name not in ("versions", "latest")) if path.is_dir() else []
+        if not files:
+            missing.append(edge)
+        digest = worker.model_digest[:16] if worker and worker.model_digest else "?"
+        version = worker.model_path if worker and worker.model_path else "?"  # the version this run wrote
+        say(f"{edge}: final model in {path} ({', '.join(files)}; this run: {version}; weights sha256 {digest}...)")
+    if status.model_path:
+        say(f"{AGGREGATOR}: final global weights in {status.model_path}")
+    if missing:
+        say(f"FAILED: no model written on {', '.join(missing)}")
+    return not missing
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=REPO / ".demo")
@@ -161,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     test_labels = prepare(workdir, args.scale, args.seed)
     with LocalCluster(workdir, port=args.port, secure=True, nodes=[AGGREGATOR, *EDGES], viewers=[VIEWER]) as cluster:
         start_cluster(cluster, workdir)
-        spec = HERE / "surface-defect-detection.yaml"
-        say(f"flctl create -f {spec.relative_to(REPO)}")
+        spec = job_with_held_out_data(HERE / "surface-defect-detection.yaml", workdir / "surface-defect-detection.yaml")
+        say(
+            f"flctl create -f {spec} (examples/surface_defect_detection/surface-defect-detection.yaml with "
+            "TEST_DATASET_URL: /data/test.txt added to each training worker)"
+        )
         if flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) != 0:
             say("flctl create failed")
             return 1
@@ -175,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         flctl_cli.main([*cluster.flctl_args(), "get", "fl"])
         print()
+        say(
+            "per round (TRAIN: the edges' local fit, sample-weighted; EVAL: the round's global model scored on "
+            "the edges' held-out tiles):"
+        )
         flctl_cli.main([*cluster.flctl_args(), "top", "fl", JOB])
         print()
         if status.phase is not Phase.SUCCEEDED:
@@ -182,32 +241,24 @@ def main(argv: list[str] | None = None) -> int:
             flctl_cli.main([*cluster.flctl_args(), "describe", "fl", JOB])
             return 1
 
-        missing = []
-        for edge in EDGES:
-            worker = status.worker(edge)
-            # The worker reports the path the way the spec says it (/model/...); on this machine it is
-            # under the edge's root folder.
-            path = workdir / edge / "model"
-            # The url holds the latest version's files; versions/ and latest are the versions' layout.
-            files = (
-                sorted(p.name for p in path.iterdir() if p.name not in ("versions", "latest")) if path.is_dir() else []
-            )
-            if not files:
-                missing.append(edge)
-            digest = worker.model_digest[:16] if worker and worker.model_digest else "?"
-            version = worker.model_path if worker and worker.model_path else "?"  # the version this run wrote
-            say(f"{edge}: final model in {path} ({', '.join(files)}; this run: {version}; weights sha256 {digest}...)")
-        if status.model_path:
-            say(f"{AGGREGATOR}: final global weights in {status.model_path}")
-        if missing:
-            say(f"FAILED: no model written on {', '.join(missing)}")
+        if not report_models(status, workdir):
             return 1
 
+    print()
     scores = evaluate(workdir, test_labels)
+    final = status.rounds[-1].eval if status.rounds else None
     if scores:
         say(
             "held-out test set: accuracy {accuracy:.3f}, balanced accuracy {balanced_accuracy:.3f} "
-            "(always 'no defect' would score {majority_baseline:.3f})".format(**scores)
+            "(always 'no defect' would score {majority_baseline:.3f}; n={n})".format(**scores)
+        )
+    if scores and final is not None:
+        gap = abs(final.accuracy - float(scores["accuracy"])) * 100
+        say(
+            f"federated evaluation of the final model (round {final.round}, summed over the edges' shares of the "
+            f"same images): accuracy {final.accuracy:.3f}, balanced accuracy {final.balanced_accuracy:.3f} "
+            f"(n={final.num_samples}); {gap:.1f} points from the held-out score"
+            + ("" if gap <= 1.0 else ": MORE THAN A POINT APART")
         )
     say("job Succeeded")
     return 0

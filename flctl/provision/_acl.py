@@ -1,6 +1,6 @@
 """The broker's ACL file, every topic in it built by `schemas.Topics` (`%u` through `AclPattern`).
 
-Roles: admin (writes specs), viewer (flctl get/describe, read-only), monitor ($SYS and statuses,
+Roles: admin (writes specs; reads statuses and per-round records), viewer (flctl get/describe, read-only), monitor ($SYS and statuses,
 read-only), aggregator (everything under the prefix), edge (the `pattern` lines: its own topics only).
 The job event streams are read by the admins, viewers and monitors, written by the aggregators only; an
 edge has no line for them, so it can neither read another job's (or edge's) events nor forge one.
@@ -58,8 +58,9 @@ def render_acl(
     viewers: Iterable[str] = (),
     monitors: Iterable[str] = (),
 ) -> str:
-    """The ACL file: admins write specs and read statuses and job events, viewers read specs, statuses and
-    job events, monitors read `$SYS`, statuses and job events, aggregators everything under the prefix, each node (any user: `pattern`)
+    """The ACL file: admins write specs and read statuses, round records and job events; viewers read
+    specs, statuses, round records and job events; monitors read `$SYS`, statuses and job events;
+    aggregators everything under the prefix; each node (any user: `pattern`)
     only its own updates, worker status, node status, acks and sync topic."""
     t = Topics(prefix)
     lines = [
@@ -75,6 +76,7 @@ def render_acl(
             [
                 f"topic readwrite {t.all_specs()}",
                 f"topic read {t.all_statuses()}",
+                f"topic read {t.all_round_records()}",
                 f"topic read {t.all_node_statuses()}",
                 f"topic read {t.all_events()}",
             ],
@@ -86,6 +88,7 @@ def render_acl(
             [
                 f"topic read {t.all_specs()}",
                 f"topic read {t.all_statuses()}",
+                f"topic read {t.all_round_records()}",
                 f"topic read {t.all_node_statuses()}",
                 f"topic read {t.all_events()}",
                 *_read_only_denials(t, viewer),

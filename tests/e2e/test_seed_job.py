@@ -16,7 +16,7 @@ import pytest
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from flctl.synth import copy_split, synthesize
-from schemas import Channel, Kind, Phase, Topics, TransferManifest
+from schemas import Channel, Kind, Phase, RoundRecord, Topics, TransferManifest
 from tests.helpers.capture import Capture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -83,6 +83,17 @@ def test_seed_job_succeeds_over_mqtt(tmp_path: Path) -> None:
             assert sorted(record.participants) == ["edge1", "edge2"]
         assert status.current_round == 3
         assert status.completion_time is not None
+        # Every round: the edges' local training metrics (Keras history, sample-weighted) and the federated
+        # evaluation of that round's global model on the edges' validation shares (the final round's too:
+        # the edges score it before they report Completed), apart; its duration and bytes.
+        for record in status.rounds:
+            assert {"loss", "categorical_accuracy", "val_loss"} <= set(record.train), record.train
+            assert record.eval is not None and record.eval.round == record.round, record
+            assert record.eval.num_samples > 0 and record.eval.loss is not None
+            assert 0.0 <= record.eval.balanced_accuracy <= 1.0 and len(record.eval.confusion) == 2
+            assert record.duration_seconds is not None and record.duration_seconds > 0
+            assert record.bytes_in is not None and record.bytes_in >= 2 * MODEL_FLOAT32_BYTES
+            assert record.bytes_out is not None and record.bytes_out >= MODEL_FLOAT32_BYTES
 
         # Each edge wrote the final model at its Model url (/model under its root), in ckpt format.
         tensors = {}
@@ -108,6 +119,19 @@ def test_seed_job_succeeds_over_mqtt(tmp_path: Path) -> None:
                 manifest = TransferManifest.model_validate_json(payload)
                 updates.setdefault(manifest.round, []).append(manifest)
         assert global_rounds == {0, 1, 2, 3}
+        # Each round's full record, per worker, on its own retained topic (the newest publication counts).
+        records = {
+            topics.parse(topic).round: RoundRecord.model_validate_json(payload)
+            for topic, payload in capture.messages
+            if payload and topics.parse(topic).channel is Channel.ROUND_RECORD
+        }
+        assert sorted(records) == [1, 2, 3]
+        for round_, record in records.items():
+            assert record.workers is not None and sorted(w.node for w in record.workers) == ["edge1", "edge2"]
+            for worker in record.workers:
+                assert "loss" in worker.train and worker.eval is not None and worker.eval.round == round_
+                assert worker.upload_bytes is not None and worker.upload_bytes >= MODEL_FLOAT32_BYTES
+            assert record.eval is not None and record.eval.workers == ["edge1", "edge2"]
         for round_ in (1, 2, 3):
             assert sorted(m.sender for m in updates[round_]) == ["edge1", "edge2"]
             for manifest in updates[round_]:

@@ -161,6 +161,47 @@ FederatedLearning(Estimator()).train(data)
 """
 
 
+# Scores every global model it is given: P(class 1) = clip(mean pixel + w, 0, 1) with w = weights[0][0, 0],
+# so a global model with w = +1 predicts class 1 for every image and one with w = -1 class 0.
+EVALUATING_SCRIPT = """
+import numpy as np
+
+from edge_trainer import BaseConfig, FederatedLearning, TxtDataParse, load_image
+
+
+class Estimator:
+    def __init__(self):
+        self.weights = [np.zeros((2, 3), dtype=np.float32)]
+
+    def train(self, train_data, valid_data=None, **kwargs):
+        return {"loss": [0.5], "val_loss": [0.6]}
+
+    def get_weights(self):
+        return self.weights
+
+    def set_weights(self, weights):
+        self.weights = weights
+
+    def predict(self, x):
+        p = np.clip(np.asarray(x).mean(axis=(1, 2, 3)) + float(self.weights[0][0, 0]), 0.0, 1.0)
+        return np.stack([1.0 - p, p], axis=1)
+
+    def save(self, path):
+        np.save(path + ".npy", self.weights[0])
+        return path
+
+
+def image_process(line):
+    path, label = line.split(",")
+    return [load_image(BaseConfig.train_dataset_url.rsplit("/", 1)[0] + "/" + path, (16, 16)), int(label)]
+
+
+data = TxtDataParse(data_type="train", func=image_process)
+data.parse(BaseConfig.train_dataset_url)
+FederatedLearning(Estimator()).train(data, validation_split=0.25)
+"""
+
+
 @dataclass
 class Recorder:
     """The job's ports: statuses and uploads are kept; every upload succeeds at once."""
@@ -389,3 +430,38 @@ def test_skipped_label_lines_reach_the_worker_status(tmp_path: Path, edges: list
     assert ready.num_samples == 7 and ready.skipped == 1
     assert ready.skipped_lines == ["1.txt line 3: imgs/tile2.png: a defect mask (tile2.jpg beside it is the image)"]
     assert "edge_trainer: skipped 1.txt line 3" in (edge.root / "logs" / JOB / "worker.log").read_text()
+
+
+def test_the_worker_scores_each_global_model_on_its_validation_share(tmp_path: Path, edges: list[Edge]) -> None:
+    """Federated evaluation in a real script: the global model of round 1 is scored when round 2 starts, the
+    final one before it is saved, each on the last quarter of the 8 tiles (labels 0, 1), with the confusion
+    counts of exactly those weights; the training metrics stay apart."""
+    edge = start_edge(tmp_path, EVALUATING_SCRIPT)
+    edges.append(edge)
+    edge.pump(lambda: edge.state is WorkerState.READY, "hello and the init upload")
+
+    def weights(w: float) -> list[npt.NDArray[np.float32]]:
+        return [np.full((2, 3), w, dtype=np.float32)]
+
+    edge.job.on_global(*global_model(weights(0.0), ["w0"], 0, final=False))
+    edge.pump(lambda: len(edge.ports.uploads) == 2, "the update of round 1")
+    assert edge.ports.statuses[-1].evaluation is None, "the round-0 model is not scored"
+    edge.job.on_global(*global_model(weights(1.0), ["w0"], 1, final=False))
+    edge.pump(lambda: len(edge.ports.uploads) == 3, "the update of round 2")
+
+    round2 = next(s for s in reversed(edge.ports.statuses) if s.state is WorkerState.UPLOADING)
+    assert (round2.metrics, round2.metrics_round) == ({"loss": 0.5, "val_loss": 0.6}, 2)
+    scored = round2.evaluation
+    assert scored is not None and scored.round == 1 and scored.num_samples == 2
+    assert scored.confusion == [[0, 1], [0, 1]]  # w = +1: everything is class 1
+    assert (scored.accuracy, scored.balanced_accuracy) == (0.5, 0.5)
+
+    edge.job.on_global(*global_model(weights(-1.0), ["w0"], 2, final=True))
+    edge.pump(lambda: edge.state is WorkerState.COMPLETED, "the saved model")
+    final = edge.ports.statuses[-1].evaluation
+    assert final is not None and final.round == 2 and final.confusion == [[1, 0], [1, 0]]
+    assert final.loss is not None and final.loss > 0
+    assert (
+        "federated evaluation on the last 0.25 of train_data (2 samples)"
+        in (edge.root / "logs" / JOB / "worker.log").read_text()
+    )

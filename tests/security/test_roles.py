@@ -138,3 +138,26 @@ def test_viewer_and_admin_cannot_read_sys(secure: SecureBroker) -> None:
         session, inbox = secure.session(secure.settings(identity), subscribe=("$SYS/broker/version",))
         session.barrier(10.0)
         assert take_all(inbox) == [], identity
+
+
+@pytest.mark.parametrize("secure", [ROLES], indirect=True)
+def test_round_records_are_written_by_the_aggregator_and_read_by_admins_and_viewers(secure: SecureBroker) -> None:
+    """fl/federatedlearningjobs/<job>/rounds/<r>/record: the aggregator publishes it retained; the admin and
+    the viewer read it; an edge, the admin and the viewer cannot write it, and an edge does not read it."""
+    topic = T.round_record(JOB, 3)
+    cloud, inbox = watcher(secure)
+    cloud.publish(topic, b'{"round":3}', retain=True).wait(10.0)
+    for reader in ("admin", "viewer"):
+        session, inbox = secure.session(secure.settings(reader), subscribe=(T.job_round_records(JOB),))
+        session.barrier(10.0)
+        assert [(m.topic, m.payload) for m in take_all(inbox) if m.topic == topic] == [(topic, b'{"round":3}')], reader
+    edge, edge_inbox = secure.session(secure.settings("edge1"), subscribe=(T.all_round_records(),))
+    edge.barrier(10.0)
+    assert delivered(edge_inbox) == []
+    cloud.barrier(10.0)
+    take_all(inbox)
+    for writer in ("edge1", "admin", "viewer"):
+        session = edge if writer == "edge1" else next(s for s in secure.sessions if s.settings.client_id == writer)
+        refused(session, topic, b'{"forged":true}')
+    cloud.barrier(10.0)
+    assert delivered(inbox) == []

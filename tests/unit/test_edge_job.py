@@ -12,6 +12,7 @@ from edge_trainer.engine import EdgeJob, LaunchSpec, UploadDone
 from edge_trainer.testing import RecordingPorts, ScriptedWorker, global_transfer
 from schemas import (
     DatasetRef,
+    Evaluation,
     JobPlan,
     ModelRef,
     NodeRoot,
@@ -510,3 +511,61 @@ def test_resume_completed_starts_nothing_and_publishes_nothing(root: Path) -> No
     assert h.launches == [] and h.ports.statuses == []
     h.job.on_global(*global_model(3, final=True))
     assert h.worker.sent == []
+
+
+def test_evaluations_are_reported_with_the_next_status_apart_from_training_metrics(root: Path) -> None:
+    """The script scores global model 1 when it starts round 2: the evaluation adds no status of its own, it
+    travels with the round-2 upload (training metrics of round 2, evaluation of round 1), and the final
+    model's evaluation with Completed."""
+    h = started(root)
+    h.job.on_global(*global_model(0))
+    h.job.on_frame(
+        WorkerFrame(type="update", round=1, num_samples=8, metrics={"loss": 0.7}, has_body=True),
+        weights_blob("update", 1),
+    )
+    h.job.on_global(*global_model(1))
+    published = len(h.ports.statuses)
+    scored = Evaluation.of(1, [[3, 1], [0, 2]], loss=0.4)
+
+    h.job.on_frame(WorkerFrame(type="evaluated", round=1, evaluation=scored), None)
+
+    assert len(h.ports.statuses) == published, "said with the next status"
+    h.job.on_frame(
+        WorkerFrame(type="update", round=2, num_samples=8, metrics={"loss": 0.6}, has_body=True),
+        weights_blob("update", 2),
+    )
+    uploading = h.ports.last
+    assert (uploading.state, uploading.round, uploading.metrics_round) == (WorkerState.UPLOADING, 2, 2)
+    assert uploading.metrics == {"loss": 0.6} and uploading.evaluation == scored
+    h.job.on_global(*global_model(2, final=True))
+    final = Evaluation.of(2, [[4, 0], [0, 2]], loss=0.1)
+    h.job.on_frame(WorkerFrame(type="evaluated", round=2, evaluation=final), None)
+    h.job.on_frame(WorkerFrame(type="saved", round=2, model_path=str(root / "model"), model_digest="cd" * 32), None)
+    assert h.ports.last.state is WorkerState.COMPLETED and h.ports.last.evaluation == final
+
+
+def test_an_evaluation_of_a_model_never_sent_is_a_protocol_error(root: Path) -> None:
+    """An evaluated frame for a round whose global model the script was not given fails the worker."""
+    h = started(root)
+    h.job.on_global(*global_model(0))
+
+    h.job.on_frame(WorkerFrame(type="evaluated", round=3, evaluation=Evaluation.of(3, [[1]], loss=None)), None)
+
+    assert h.ports.state() is WorkerState.FAILED and "never sent" in h.ports.last.message
+
+
+def test_test_dataset_url_is_resolved_under_the_node_root(root: Path) -> None:
+    """TEST_DATASET_URL (Sedna's held-out label file; the worker evaluates on it) is a spec path like the
+    Dataset url: resolved under the root, and refused when missing or outside it."""
+    (root / "data" / "test.txt").write_text("b.jpg,1\n")
+    plan = make_plan()
+    worker = plan.workers[0].model_copy(update={"parameters": {"TEST_DATASET_URL": "/data/test.txt"}})
+    h = make_job(root, plan.model_copy(update={"workers": [worker]}))
+    assert h.job.start()
+    assert h.launches[0].env["TEST_DATASET_URL"] == str(root.resolve() / "data" / "test.txt")
+    for url, problem in (("/data/none.txt", "not found"), ("/../outside.txt", "")):
+        bad = worker.model_copy(update={"parameters": {"TEST_DATASET_URL": url}})
+        h = make_job(root, plan.model_copy(update={"workers": [bad]}))
+        assert not h.job.start()
+        assert h.ports.state() is WorkerState.FAILED and "TEST_DATASET_URL" in h.ports.last.message
+        assert problem in h.ports.last.message

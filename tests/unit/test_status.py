@@ -132,7 +132,8 @@ def test_job_status_json_is_camel_case() -> None:
 
 
 def test_job_status_json_is_readable() -> None:
-    """JobStatus.to_json is indented UTF-8 JSON with RFC 3339 UTC times and no null fields."""
+    """JobStatus.to_json is compact UTF-8 JSON on one line (it is republished on every change), with RFC 3339
+    UTC times and no null fields."""
     # Arrange
     status = full_status()
 
@@ -141,7 +142,8 @@ def test_job_status_json_is_readable() -> None:
     data = json.loads(text)
 
     # Assert
-    assert text.startswith('{\n  "apiVersion": "sedna.io/v1alpha1",\n')
+    assert text.startswith('{"apiVersion":"sedna.io/v1alpha1","kind":"FederatedLearningJob",')
+    assert "\n" not in text
     assert "null" not in text
     assert "completionTime" not in data
     assert data["startTime"] == "2025-03-01T12:00:00Z"
@@ -172,7 +174,7 @@ def test_events_are_capped_keeping_the_newest() -> None:
         status.add_event(Event(reason="Tick", message=f"event {i}", time=T0))
 
     # Assert
-    assert MAX_EVENTS == 100
+    assert MAX_EVENTS == 30
     assert len(status.events) == MAX_EVENTS
     assert status.events[0].message == "event 50"
     assert status.events[-1].message == f"event {MAX_EVENTS + 49}"

@@ -41,6 +41,7 @@ def rebuild(topics: Topics, p: ParsedTopic) -> str:
         Channel.UPDATE_MANIFEST: lambda: topics.update_manifest(p.job, p.round, p.node, p.transfer),  # type: ignore[arg-type]
         Channel.UPDATE_CHUNK: lambda: topics.update_chunk(p.job, p.round, p.node, p.transfer, p.chunk),  # type: ignore[arg-type]
         Channel.ACK: lambda: topics.ack(p.job, p.round, p.node),  # type: ignore[arg-type]
+        Channel.ROUND_RECORD: lambda: topics.round_record(p.job, p.round),  # type: ignore[arg-type]
         Channel.NODE_STATUS: lambda: topics.node_status(p.node),  # type: ignore[arg-type]
         Channel.SYNC: lambda: topics.sync(p.name),  # type: ignore[arg-type]
     }
@@ -113,6 +114,11 @@ LAYOUT: list[tuple[Callable[[Topics], str], str, ParsedTopic]] = [
         lambda t: t.ack(JOB, 3, "edge2"),
         f"{JOBS}/rounds/3/acks/edge2",
         ParsedTopic(Channel.ACK, Kind.JOB, JOB, 3, node="edge2"),
+    ),
+    (
+        lambda t: t.round_record(JOB, 12),
+        f"{JOBS}/rounds/12/record",
+        ParsedTopic(Channel.ROUND_RECORD, Kind.JOB, JOB, 12),
     ),
     (
         lambda t: t.node_status("edge1"),
@@ -458,6 +464,8 @@ def test_subscription_filters_have_documented_wildcards() -> None:
         "job_globals": t.job_globals(JOB),
         "acks_for": t.acks_for("edge1"),
         "all_node_statuses": t.all_node_statuses(),
+        "all_round_records": t.all_round_records(),
+        "job_round_records": t.job_round_records(JOB),
         "job_tree": t.job_tree(JOB),
         "everything": t.everything(),
     }
@@ -474,6 +482,8 @@ def test_subscription_filters_have_documented_wildcards() -> None:
         "job_globals": f"{JOBS}/rounds/+/global/#",
         "acks_for": "fl/federatedlearningjobs/+/rounds/+/acks/edge1",
         "all_node_statuses": "fl/nodes/+/status",
+        "all_round_records": "fl/federatedlearningjobs/+/rounds/+/record",
+        "job_round_records": f"{JOBS}/rounds/+/record",
         "job_tree": f"{JOBS}/#",
         "everything": "fl/#",
     }
@@ -499,6 +509,8 @@ def test_subscription_filters_match_exactly_their_channels() -> None:
         t.job_globals(JOB): lambda p: p.channel in (Channel.GLOBAL_MANIFEST, Channel.GLOBAL_CHUNK) and p.name == JOB,
         t.acks_for("edge1"): lambda p: p.channel is Channel.ACK and p.node == "edge1",
         t.all_node_statuses(): lambda p: p.channel is Channel.NODE_STATUS,
+        t.all_round_records(): lambda p: p.channel is Channel.ROUND_RECORD,
+        t.job_round_records(JOB): lambda p: p.channel is Channel.ROUND_RECORD and p.name == JOB,
         t.job_tree(JOB): lambda p: p.kind is Kind.JOB and p.name == JOB,
         t.everything(): lambda p: True,
     }
