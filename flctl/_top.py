@@ -6,8 +6,9 @@ held-out data) that some round has, and LEFT OUT when a round closed without som
 
 Where the records come from is pluggable: each `RoundSource` names the topics it needs and turns what
 the broker holds into `RoundRecord`s; the records of all sources are merged by round number, a later
-source's record of a round replacing an earlier one's. `StatusRounds` reads the job status's `rounds`;
-a source for per-round retained records (a topic per closed round) goes after it in `SOURCES`.
+source's record of a round replacing an earlier one's. `StatusRounds` reads the job status's `rounds`
+(the newest 10 summaries), `RetainedRoundRecords` the full record every closed round keeps on its own
+retained topic (``.../rounds/<r>/record``), so the table has every round of a long job.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from pydantic import ValidationError
+
 from flctl._context import Context
 from flctl._errors import NotFoundError, UsageError
 from flctl._get import subscriptions
 from flctl._kinds import JOBS, resolve
 from flctl.printers import JobView, Retained, collect_jobs, round_rows, rounds_table
-from schemas import JobStatus, RoundRecord, Topics
+from schemas import Channel, JobStatus, RoundRecord, TopicError, Topics
 
 
 class RoundSource(Protocol):
@@ -50,7 +53,31 @@ class StatusRounds:
         return list(status.rounds) if status is not None else []
 
 
-SOURCES: tuple[RoundSource, ...] = (StatusRounds(),)
+class RetainedRoundRecords:
+    """The full record of every closed round, retained on its own topic by the aggregator."""
+
+    def filters(self, topics: Topics, job: str) -> list[str]:
+        return [topics.job_round_records(job)]
+
+    def records(
+        self, topics: Topics, job: str, retained: Mapping[str, Retained], status: JobStatus | None
+    ) -> list[RoundRecord]:
+        found: list[RoundRecord] = []
+        for topic, message in retained.items():
+            try:
+                parsed = topics.parse(topic)
+            except TopicError:
+                continue
+            if parsed.channel is not Channel.ROUND_RECORD or parsed.job != job or not message.payload:
+                continue
+            try:
+                found.append(RoundRecord.model_validate_json(message.payload))
+            except ValidationError:
+                continue  # an unreadable record: the status's summary of that round still shows
+        return found
+
+
+SOURCES: tuple[RoundSource, ...] = (StatusRounds(), RetainedRoundRecords())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

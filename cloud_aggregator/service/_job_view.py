@@ -70,18 +70,16 @@ def _numbers(metrics: dict[str, float]) -> dict[str, float]:
 def round_figures(record: RoundRecord) -> dict[str, float]:
     """A closed round's figures by name: its training metrics as ``train_<name>`` (the sample-weighted mean
     of the participants' local metrics), its federated evaluation as ``eval_accuracy``,
-    ``eval_balanced_accuracy`` and ``eval_loss``, and the names of a flat ``metrics`` dict as they are.
-
-    The structured fields (``train``, ``eval``, ``duration_seconds``, ``opened_at``) come with the round
-    history of issue 9, built alongside this module: they are read with getattr so the metrics follow
-    whichever `RoundRecord` is installed (replace by attribute access once both are in)."""
-    figures: dict[str, float] = dict(getattr(record, "metrics", None) or {})
-    figures.update({f"train_{k}": v for k, v in (getattr(record, "train", None) or {}).items()})
-    evaluation = getattr(record, "eval", None)
-    for name in ("accuracy", "balanced_accuracy", "loss"):
-        value = getattr(evaluation, name, None)
-        if value is not None:
-            figures[f"eval_{name}"] = float(value)
+    ``eval_balanced_accuracy`` and ``eval_loss``, and the names of the legacy flat ``metrics`` dict (records
+    written before ``train``/``eval`` existed) as they are."""
+    figures: dict[str, float] = dict(record.metrics or {})
+    figures.update({f"train_{k}": v for k, v in record.train.items()})
+    evaluation = record.eval
+    if evaluation is not None:
+        figures["eval_accuracy"] = evaluation.accuracy
+        figures["eval_balanced_accuracy"] = evaluation.balanced_accuracy
+        if evaluation.loss is not None:
+            figures["eval_loss"] = evaluation.loss
     return figures
 
 
@@ -127,11 +125,10 @@ def round_opened(status: JobStatus) -> tuple[int, datetime] | None:
 def round_duration(status: JobStatus, record: RoundRecord) -> float | None:
     """Seconds from the opening of the round `record` closes to its close: the record's own figure, else
     from the previous round's close (or round 1's opening)."""
-    recorded = getattr(record, "duration_seconds", None)
-    if recorded is not None:
-        return float(recorded)
+    if record.duration_seconds is not None:
+        return record.duration_seconds
     before = [r for r in status.rounds if r.round == record.round - 1]
-    started = getattr(record, "opened_at", None) or (
+    started = record.opened_at or (
         before[-1].closed_at if before else (_init_time(status) if record.round == 1 else None)
     )
     return None if started is None else max(0.0, (record.closed_at - started).total_seconds())

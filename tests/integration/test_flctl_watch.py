@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas import JobStatus, Kind, Phase, RoundRecord, Topics, WorkerState, WorkerStatus, now
+from schemas import Evaluation, JobStatus, Kind, Phase, RoundRecord, Topics, WorkerState, WorkerStatus, now
 from tests.helpers.flctl import FlctlRunner, publish_retained
 from tests.helpers.mqtt import BrokerHandle
 
@@ -243,3 +243,38 @@ def test_watch_with_o_name_prints_the_name_again_on_each_change(flctl: FlctlRunn
 
     assert watch.finish() == 0
     assert watch.text.splitlines() == [f"{e} federatedlearningjob.sedna.io/{JOB}" for e in ("ADDED", *["MODIFIED"] * 2)]
+
+
+def test_top_shows_every_round_of_a_long_job_from_the_retained_records(
+    flctl: FlctlRunner, broker: BrokerHandle
+) -> None:
+    """The status keeps the newest 10 round summaries; the full record of every round is retained on its own
+    topic, so `flctl top` of a 14-round job shows 14 rows, with the records' evaluation where the summaries
+    have none."""
+    start = now() - timedelta(minutes=10)
+    records = [
+        RoundRecord(
+            round=r,
+            participants=["edge1", "edge2"],
+            total_samples=52,
+            closed_at=start + timedelta(seconds=10 * r),
+            duration_seconds=10.0,
+            train={"loss": 1.0 - 0.05 * r},
+            eval=Evaluation.of(r, [[10 + r, 10 - r // 2], [1, 5]], loss=0.5),
+        )
+        for r in range(1, 15)
+    ]
+    summaries = [r.model_copy(update={"eval": None}) for r in records[-10:]]
+    job = JobStatus(name=JOB, phase=Phase.SUCCEEDED, message="done", current_round=14, exit_round=14, rounds=summaries)
+    publish_retained(broker, TOPICS.status(Kind.JOB, JOB), job.to_json())
+    for record in records:
+        publish_retained(broker, TOPICS.round_record(JOB, record.round), record.to_json())
+
+    top = flctl("top", "fl", JOB)
+
+    assert (top.code, top.err) == (0, "")
+    table = rows(top.out)
+    assert [r[0] for r in table[1:]] == [str(r) for r in range(1, 15)]
+    assert "EVAL ACC" in table[0]
+    accuracy = table[0].index("EVAL ACC")
+    assert [row[accuracy] for row in table[1:]] == [f"{r.eval.accuracy:.3f}" for r in records if r.eval]
