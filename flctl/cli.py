@@ -24,6 +24,7 @@ from broker import (
     node_config_from,
     port_number,
 )
+from flctl import _audit, _logs
 from flctl._client import BrokerOptions, default_client_id
 from flctl._context import Context, session_logger
 from flctl._create import create
@@ -311,6 +312,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-f", "--filename", action="append", default=[], metavar="FILE", help="delete every resource of this file"
     )
+
+    p = command(
+        "logs",
+        "Print a worker's script log, fetched from its node over MQTT (admins only).",
+        _logs.logs,
+        "examples:\n  flctl logs fl surface-defect-detection --worker edge1 --tail 20\n"
+        "  flctl logs fl surface-defect-detection -f\n  flctl logs fl surface-defect-detection --aggregator",
+    )
+    _logs.add_arguments(p)
+    p = command(
+        "audit",
+        "Check that only control JSON and weights of the job's tensor layout left each edge (admins only).",
+        _audit.audit,
+        "exit 0: nothing found; 1: a finding, or a node's ledger could not be read\n\n"
+        "example:\n  flctl audit fl surface-defect-detection",
+    )
+    _audit.add_arguments(p)
 
     p = command("dataset", "Synthetic magnetic-tile data and per-edge shares.", _run_missing_subcommand)
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)

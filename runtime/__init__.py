@@ -13,7 +13,9 @@ worker API loads only this and `schemas`.
 
 from runtime._channel import MAX_BODY, MAX_HEADER, WorkerChannel, spawn_channel_pair
 from runtime._errors import ChannelClosed, ChannelError, NodeRootLockedError, NodeRuntimeError, ScriptStartError
+from runtime._file_reads import JobFiles, answer_request, read_from, read_tail
 from runtime._files import TMP_PREFIX, fsync_dir, write_atomic
+from runtime._ledger import Ledger, blob_layout
 from runtime._logging import configure_logging, get_logger
 from runtime._loop import EventLoop
 from runtime._model_folder import MODEL_JOBS_FOLDER, job_model_folder, model_lock
@@ -39,6 +41,8 @@ __all__ = [
     "ChannelClosed",
     "ChannelError",
     "EventLoop",
+    "JobFiles",
+    "Ledger",
     "NodeRootLock",
     "NodeRootLockedError",
     "NodeRuntimeError",
@@ -52,12 +56,16 @@ __all__ = [
     "ServiceGone",
     "ServiceWatch",
     "WorkerChannel",
+    "answer_request",
+    "blob_layout",
     "configure_logging",
     "fsync_dir",
     "get_logger",
     "job_model_folder",
     "lock_node_root",
     "model_lock",
+    "read_from",
+    "read_tail",
     "script_environment",
     "script_parameters",
     "source_checkout",

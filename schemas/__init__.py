@@ -15,6 +15,16 @@ from schemas._documents import (
     parse_resource,
 )
 from schemas._errors import PathEscapeError, Problem, SchemaError, SpecError, SpecTooLargeError, TopicError, WireError
+from schemas._ledger import (
+    LEDGER_FILE,
+    MAX_LOG_TAIL_LINES,
+    MAX_REPLY_BYTES,
+    LedgerClass,
+    LedgerEntry,
+    LedgerSummary,
+    NodeReply,
+    NodeRequest,
+)
 from schemas._node_root import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot
 from schemas._parameters import (
     DENIED_PARAMETER_NAMES,
@@ -85,13 +95,16 @@ __all__ = [
     "DEFAULT_CODE_ROOT",
     "DENIED_PARAMETER_NAMES",
     "DENIED_PARAMETER_PREFIXES",
+    "LEDGER_FILE",
     "MAX_DOCUMENT_BYTES",
     "MAX_EVENTS",
     "MAX_EXIT_ROUND",
+    "MAX_LOG_TAIL_LINES",
     "MAX_NUM_SAMPLES",
     "MAX_PARAMETERS",
     "MAX_PARAMETER_NAME_CHARS",
     "MAX_PARAMETER_VALUE_CHARS",
+    "MAX_REPLY_BYTES",
     "MAX_TRAINING_WORKERS",
     "NODE_SET_NAMES",
     "PARAMETER_BOUNDS",
@@ -109,8 +122,13 @@ __all__ = [
     "JobPlan",
     "JobStatus",
     "Kind",
+    "LedgerClass",
+    "LedgerEntry",
+    "LedgerSummary",
     "Model",
     "ModelRef",
+    "NodeReply",
+    "NodeRequest",
     "NodeRoot",
     "NodeState",
     "NodeStatus",

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from schemas._ledger import LedgerSummary
+
 MAX_EVENTS = 100
 
 
@@ -101,6 +103,8 @@ class WorkerStatus(_Wire):
     model_path: str | None = None
     model_digest: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    # What this worker published for the job and received of it, from its residency ledger (`flctl audit`).
+    ledger: LedgerSummary | None = None
     updated_at: datetime = Field(default_factory=now)
 
 

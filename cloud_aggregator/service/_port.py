@@ -24,6 +24,7 @@ from cloud_aggregator.service._kept_store import BrokerView, KeptStore
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._scripts import AggregationScripts
 from cloud_aggregator.service._state_store import StateStore
+from runtime import Ledger
 from schemas import JobPlan, JobStatus, Kind, ResourceStatus, Topics, TransferOrigin, UpdateAck
 
 __all__ = ["MqttPort"]
@@ -42,6 +43,8 @@ class MqttPort:
     chunk_size: int
     publish_timeout: float
     log: FilteringBoundLogger
+    # The node's residency ledger: each global model published is noted with its tensor layout.
+    ledger: Ledger | None = None
     # Retained global models this node knows of: job -> round -> chunk count.
     retained_globals: dict[str, dict[int, int]] = field(default_factory=dict, init=False)
 
@@ -115,6 +118,8 @@ class MqttPort:
         except (BrokerError, TimeoutError) as exc:
             raise PublishFailedError(str(exc)) from exc
         self.retained_globals.setdefault(job, {})[round_] = manifest.chunks
+        if self.ledger is not None:
+            self.ledger.published_transfer(manifest, blob, topic=self.topics.global_manifest(job, round_))
         self._view.saw(self.topics.global_manifest(job, round_), manifest.to_json(), self.session.connection)
 
     def clear_globals(self, job: str, keep: int | None = None) -> None:

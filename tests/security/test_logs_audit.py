@@ -1,0 +1,175 @@
+"""`flctl logs` and `flctl audit` across a provisioned broker (TLS, passwords, ACLs), on a small real job.
+
+Real Mosquitto from `flctl broker init`, real service processes, the fault tests' numpy scripts (fast),
+flctl in process as the admin. A capture identity of the aggregator role (it may read the whole tree)
+records, broker side, everything published on each edge's topics: the edges' own ledgers must account
+for exactly that. Then a publication on edge1's update topic that edge1 never made is injected, and the
+audit must flag it."""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from broker import Inbound, MqttSettings, PublishError, Session, load_node_config
+from flctl import cli as flctl_cli
+from flctl.cluster import LocalCluster
+from schemas import LEDGER_FILE, Channel, LedgerEntry, NodeRequest, Phase, Topics
+from tests.faults.conftest import SCRIPTS, job_yaml, samples_of
+from tests.helpers.capture import Capture
+from tests.helpers.mqtt import take_all, wait_until
+
+pytestmark = [pytest.mark.security, pytest.mark.e2e, pytest.mark.timeout(300)]
+
+JOB = "faults"  # the name tests.faults.conftest.job_yaml gives the job
+EDGES = ["edge1", "edge2"]
+CAPTURE = "cloud-capture"  # provisioned with the aggregator role (names starting with "cloud")
+
+
+def _lay_out(tmp: Path) -> Path:
+    for index, edge in enumerate(EDGES):
+        (tmp / edge / "data").mkdir(parents=True)
+        lines = [f"sample-{edge}-{i},{i % 2}" for i in range(samples_of(index))]
+        (tmp / edge / "data" / "train.txt").write_text("\n".join(lines) + "\n")
+        (tmp / edge / "code").mkdir()
+        for name in ("train_numpy.py", "_common.py"):
+            shutil.copy2(SCRIPTS / name, tmp / edge / "code" / name)
+    (tmp / "cloud0" / "code").mkdir(parents=True)
+    shutil.copy2(SCRIPTS / "aggregate.py", tmp / "cloud0" / "code" / "aggregate.py")
+    spec = tmp / "job.yaml"
+    params = {edge: {"features": "8", "hidden": "16"} for edge in EDGES}
+    spec.write_text(job_yaml(EDGES, exit_round=2, script="train_numpy.py", agg_params={}, worker_params=params))
+    return spec
+
+
+def _flctl(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str], *argv: str, as_: str = "admin"
+) -> tuple[int, str, str]:
+    args = cluster.flctl_args()
+    if as_ != "admin":
+        args[args.index("--config") + 1] = str(cluster.node_config(as_))
+    code = flctl_cli.main([*args, *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _edge_topics(topics: Topics, topic: str, edge: str) -> bool:
+    parsed = topics.parse(topic)
+    mine = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK, Channel.NODE_REPLY)
+    return parsed.channel in mine and parsed.node == edge
+
+
+def _ledger(tmp: Path, node: str) -> list[LedgerEntry]:
+    path = tmp / node / "state" / JOB / LEDGER_FILE
+    return [LedgerEntry.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_logs_and_audit_over_a_provisioned_broker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _lay_out(tmp_path)
+    topics = Topics()
+    with LocalCluster(tmp_path, secure=True, nodes=["cloud0", *EDGES, CAPTURE], viewers=["viewer"]) as cluster:
+        cluster.start_broker()
+        capture = Capture(cluster.settings(CAPTURE), topics.job_tree(JOB), topics.replies_to("admin"))
+        with capture:
+            cluster.start_node("cloud0", "aggregator")
+            for edge in EDGES:
+                cluster.start_node(edge, "edge")
+            assert flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) == 0
+            status = cluster.wait_for_job(JOB, timeout=180)
+            assert status.phase is Phase.SUCCEEDED, status.message
+            capsys.readouterr()
+
+            # logs: the tail of each worker's script log and of the aggregation script's, across the broker
+            code, out, err = _flctl(cluster, capsys, "logs", "fl", JOB, "--worker", "edge1", "--tail", "5")
+            assert code == 0, err
+            worker_log = (tmp_path / "edge1" / "logs" / JOB / "worker.log").read_text()
+            assert out.splitlines() == worker_log.splitlines()[-5:]
+            assert out.strip(), "the worker log is empty"
+            code, out, err = _flctl(cluster, capsys, "logs", "fl", JOB, "--aggregator", "--tail", "3")
+            assert code == 0, err
+            agg_log = (tmp_path / "cloud0" / "logs" / JOB / "aggregation.log").read_text()
+            assert out.splitlines() == agg_log.splitlines()[-3:]
+            code, out, err = _flctl(cluster, capsys, "logs", "fl", JOB, "-f", "--interval", "0.2")
+            assert code == 0, err  # a finished job: -f prints everything and ends
+            assert {line.split("] ", 1)[0] + "]" for line in out.splitlines()} == {"[edge1]", "[edge2]"}
+            # a viewer may not ask (decision in docs/security.md): the broker refuses the request
+            code, out, err = _flctl(cluster, capsys, "logs", "fl", JOB, "--worker", "edge1", as_="viewer")
+            assert code == 1 and "not authorized" in err.lower(), err
+
+            # the audit of the finished job: clean, every edge accounted for
+            code, out, err = _flctl(cluster, capsys, "audit", "fl", JOB)
+            assert code == 0, out + err
+            for edge in EDGES:
+                assert f"{edge}: only control JSON and weight blobs of the job's layout left {edge}" in out, out
+        # Broker side: everything published on each edge's topics is exactly what its ledger recorded.
+        for edge in EDGES:
+            captured = Counter(
+                (topic, hashlib.sha256(payload).hexdigest())
+                for topic, payload in capture.messages
+                if _edge_topics(topics, topic, edge)
+            )
+            ledger = Counter((e.topic, e.sha256) for e in _ledger(tmp_path, edge) if e.dir == "out")
+            assert captured == ledger, (edge, captured - ledger, ledger - captured)
+            up = sum(
+                len(p)
+                for t, p in capture.messages
+                if _edge_topics(topics, t, edge) and topics.parse(t).channel is not Channel.NODE_REPLY
+            )
+            total = next(line for line in out.split(f"\n{edge}:")[1].splitlines() if line.strip().startswith("total"))
+            assert f"{up:,}" in total, (up, total)
+            kinds = {e.cls for e in _ledger(tmp_path, edge) if e.dir == "out"}
+            assert kinds <= {"worker-status", "update-manifest", "update-chunk", "reply"}, kinds
+
+        # A foreign publication on edge1's update topic (an identity that may write there, not edge1's
+        # service): the aggregator receives it, edge1's ledger has no such line, the audit says so.
+        foreign = topics.update_chunk(JOB, 2, "edge1", "deadbeefdeadbeef", 0)
+        with _session(cluster, CAPTURE) as (injector, _):
+            injector.publish(foreign, (tmp_path / "edge1" / "data" / "train.txt").read_bytes()).wait(10)
+        wait_until(lambda: any(e.topic == foreign for e in _ledger(tmp_path, "cloud0")), 20, "the aggregator noted it")
+        code, out, err = _flctl(cluster, capsys, "audit", "fl", JOB)
+        assert code == 1, out
+        assert "foreign publication" in out and foreign in out, out
+        assert "edge2: only control JSON" in out
+
+        # An edge's identity cannot ask another edge, nor read another's answers (edge1's service is
+        # stopped first: the broker gives one connection per identity).
+        cluster.kill_node("edge1", hard=False)
+        with _session(cluster, "edge1", subscribe=(topics.replies_to("admin"), "fl/nodes/+/replies/#")) as (
+            edge1,
+            inbox,
+        ):
+            request = NodeRequest(kind="logs", job=JOB, tail=5).to_json()
+            with pytest.raises(PublishError) as refused:
+                edge1.publish(topics.node_request("edge2", "edge1"), request).wait(10)
+            assert refused.value.reason_code == 0x87
+            code, out, err = _flctl(cluster, capsys, "logs", "fl", JOB, "--worker", "edge2", "--tail", "2")
+            assert code == 0 and out.strip(), err
+            edge1.barrier(10)  # the admin's answer from edge2 went out before: edge1 was not given it
+            replies = [m.topic for m in take_all(inbox) if topics.parse(m.topic).channel is Channel.NODE_REPLY]
+            assert replies == []
+
+
+@contextmanager
+def _session(
+    cluster: LocalCluster, identity: str, subscribe: tuple[str, ...] = ()
+) -> Iterator[tuple[Session, queue.Queue[Inbound]]]:
+    """A clean, short session as a provisioned identity (the broker keeps nothing of it afterwards)."""
+    values = load_node_config(cluster.node_config(identity)).mqtt_values()
+    values.update(host="127.0.0.1", port=cluster.port, client_id=identity, clean_start=True, session_expiry=0)
+    inbox: queue.Queue[Inbound] = queue.Queue()
+    session = Session(MqttSettings(**values), inbox=inbox)
+    for flt in subscribe:
+        session.subscribe(flt)
+    session.start()
+    try:
+        assert session.wait_connected(10), session.connect_error
+        yield session, inbox
+    finally:
+        session.stop(timeout=2.0)
