@@ -2,7 +2,7 @@
 
 flctl asks the job's aggregator and each training worker's node for their ledger of the job's current
 run (`NodeRequest` kind ``ledger``, paged at `schemas.MAX_REPLY_BYTES` per answer, over MQTT like
-`flctl logs`), compares them (`flctl._audit_check`) and prints, per edge, the verdict, bytes up and down
+`flctl logs`), compares them (`flctl.residency`) and prints, per edge, the verdict, bytes up and down
 per round and every finding. Exit 0 when nothing was found, 1 otherwise (a finding, or a ledger that
 could not be read).
 """
@@ -13,12 +13,12 @@ import argparse
 
 from pydantic import ValidationError
 
-from flctl._audit_check import EdgeAudit, JobAudit, check_job, describe_layout
 from flctl._client import BrokerClient
 from flctl._context import Context
 from flctl._errors import FlctlError, NoAnswerError, PublishFailedError, UsageError
 from flctl._kinds import JOBS, resolve
 from flctl._logs import job_status
+from flctl.residency import EdgeAudit, JobAudit, check_job, describe_layout
 from schemas import LedgerEntry, NodeRequest
 
 __all__ = ["add_arguments", "audit", "fetch_ledger"]

@@ -95,7 +95,7 @@ def test_ledger_lines_say_class_round_digest_and_layout(tmp_path: Path) -> None:
 
 
 def test_audit_of_a_clean_run(tmp_path: Path) -> None:
-    from flctl._audit_check import check_job
+    from flctl.residency import check_job
 
     edge, agg = _run(tmp_path)
     result = check_job(JOB, UID, "cloud0", _entries(agg), {"edge1": _entries(edge)})
@@ -108,7 +108,7 @@ def test_audit_of_a_clean_run(tmp_path: Path) -> None:
 
 
 def test_audit_flags_layout_foreign_unexpected_and_missing(tmp_path: Path) -> None:
-    from flctl._audit_check import check_job
+    from flctl.residency import check_job
 
     edge, agg = _run(tmp_path, shape=(5, 3))  # the edge's blob is not the job's layout
     edge.published(T.spec(Kind.JOB, JOB), b"kind: X", True)  # not a class an edge sends

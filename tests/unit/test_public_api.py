@@ -177,6 +177,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "flctl": ["FlctlError", "__version__", "main"],
     "flctl.cli": ["broker_options", "build_parser", "main"],
     "flctl.cluster": ["ADMIN", "MONITOR", "LocalCluster", "NodeProcess", "free_port"],
+    "flctl.residency": ["EdgeAudit", "JobAudit", "RoundBytes", "check_job", "describe_layout"],
     "flctl.printers": [
         "CREATED_AT",
         "CREATED_BY",

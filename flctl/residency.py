@@ -1,4 +1,4 @@
-"""The data-residency check behind `flctl audit` (pure): an edge's ledger against the aggregator's.
+"""The data-residency check behind `flctl audit` (pure, public): an edge's ledger against the aggregator's.
 
 For one run (uid) of a job, per edge:
 
