@@ -1,6 +1,7 @@
 """The data-residency ledger of a node: one JSON line per message it published or received for a job.
 
-``<root>/state/<job>/ledger.jsonl`` (`schemas.LedgerEntry` per line). On an edge the session's publish
+``<root>/state/<job>/ledger.jsonl`` (`schemas.LedgerEntry` per line; answers about jobs the node never
+ran, which carry no file, in the node-wide ``<root>/state/ledger.jsonl``). On an edge the session's publish
 observer (`Ledger.published`) records every message the service hands to the broker, whoever in the
 service published it, plus each global model it received (`received_transfer`); on the aggregator the
 service records what arrived on the edges' topics (`received`) and the global models it published
@@ -111,9 +112,9 @@ class Ledger:
         cls = _CLASSES.get(parsed.channel, "other")
         fields = self._describe(parsed, cls, payload)
         uid = fields.pop("uid", None) or self._uid_of(job)
-        self._append(
-            LedgerEntry(dir="out", cls=cls, topic=topic, job=job, uid=uid, node=self.node, retain=retain, **fields)
-        )
+        entry = LedgerEntry(dir="out", cls=cls, topic=topic, job=job, uid=uid, node=self.node, retain=retain, **fields)
+        # An answer about a job this node never ran (a refusal) is node-wide: no folder for a name anyone chose.
+        self._append(entry, node_wide=cls == "reply" and uid is None)
 
     def received(self, topic: str, payload: bytes, *, job: str, uid: str | None, node: str) -> None:
         """A message that arrived on `node`'s topic of `job` (the aggregator's side of the account)."""
@@ -200,19 +201,20 @@ class Ledger:
             )
         return fields
 
-    def _append(self, entry: LedgerEntry) -> None:
+    def _append(self, entry: LedgerEntry, *, node_wide: bool = False) -> None:
         line = entry.to_json() + b"\n"
         with self._lock:
             summary = self._summary(entry.job, entry.uid)
             try:
-                path = self.path(entry.job)
+                path = self.state_dir / LEDGER_FILE if node_wide else self.path(entry.job)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with path.open("ab") as f:
                     f.write(line)
             except (OSError, ValueError) as exc:
                 self._log.error("ledger line not written", job=entry.job, topic=entry.topic, error=str(exc))
                 return
-            self._summaries[(entry.job, entry.uid)] = _add(summary, entry)
+            if not node_wide:
+                self._summaries[(entry.job, entry.uid)] = _add(summary, entry)
 
     def _summary(self, job: str, uid: str | None) -> LedgerSummary:
         """The running summary (lock held); read from the file the first time (a restarted node)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import queue
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +23,11 @@ import pytest
 from broker import Inbound, MqttSettings, PublishError, Session, load_node_config
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
-from schemas import LEDGER_FILE, Channel, LedgerEntry, NodeRequest, Phase, Topics
+from schemas import LEDGER_FILE, Channel, LedgerEntry, NodeReply, NodeRequest, Phase, Topics
 from tests.faults.conftest import SCRIPTS, job_yaml, samples_of
 from tests.helpers.capture import Capture
-from tests.helpers.mqtt import take_all, wait_until
+from tests.helpers.mqtt import take, take_all, wait_until
+from tests.helpers.status import JobWatcher
 
 pytestmark = [pytest.mark.security, pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -33,7 +36,7 @@ EDGES = ["edge1", "edge2"]
 CAPTURE = "cloud-capture"  # provisioned with the aggregator role (names starting with "cloud")
 
 
-def _lay_out(tmp: Path) -> Path:
+def _lay_out(tmp: Path, edge_params: dict[str, dict[str, str]] | None = None) -> Path:
     for index, edge in enumerate(EDGES):
         (tmp / edge / "data").mkdir(parents=True)
         lines = [f"sample-{edge}-{i},{i % 2}" for i in range(samples_of(index))]
@@ -44,7 +47,7 @@ def _lay_out(tmp: Path) -> Path:
     (tmp / "cloud0" / "code").mkdir(parents=True)
     shutil.copy2(SCRIPTS / "aggregate.py", tmp / "cloud0" / "code" / "aggregate.py")
     spec = tmp / "job.yaml"
-    params = {edge: {"features": "8", "hidden": "16"} for edge in EDGES}
+    params = {edge: {"features": "8", "hidden": "16", **(edge_params or {}).get(edge, {})} for edge in EDGES}
     spec.write_text(job_yaml(EDGES, exit_round=2, script="train_numpy.py", agg_params={}, worker_params=params))
     return spec
 
@@ -60,9 +63,12 @@ def _flctl(
     return code, out, err
 
 
-def _edge_topics(topics: Topics, topic: str, edge: str) -> bool:
+def _edge_topics(topics: Topics, topic: str, edge: str, payload: bytes) -> bool:
+    """What `edge` published for the job: its statuses and updates, and its answers about the job."""
     parsed = topics.parse(topic)
-    mine = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK, Channel.NODE_REPLY)
+    if parsed.channel is Channel.NODE_REPLY:
+        return parsed.node == edge and NodeReply.model_validate_json(payload).job == JOB
+    mine = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK)
     return parsed.channel in mine and parsed.node == edge
 
 
@@ -103,6 +109,28 @@ def test_logs_and_audit_over_a_provisioned_broker(tmp_path: Path, capsys: pytest
             code, out, err = _flctl(cluster, capsys, "logs", "fl", JOB, "--worker", "edge1", as_="viewer")
             assert code == 1 and "not authorized" in err.lower(), err
 
+            # a node answers only for jobs it runs, and only to the asker the request's topic names
+            with _session(cluster, "admin", subscribe=(topics.replies_to("admin"),)) as (admin, replies):
+                ask = NodeRequest(kind="logs", job="another-job", tail=5).to_json()
+                admin.publish(
+                    topics.node_request("edge2", "admin"),
+                    ask,
+                    response_topic=topics.node_reply("edge2", "admin"),
+                    correlation_data=b"c1",
+                ).wait(10)
+                (answer,) = take(replies, 1)
+                assert answer.correlation_data == b"c1" and answer.topic == topics.node_reply("edge2", "admin")
+                reply = NodeReply.model_validate_json(answer.payload)
+                assert (reply.ok, reply.error) == (False, "node edge2 runs no part of job another-job")
+                steered = topics.node_reply("edge2", "viewer")
+                admin.publish(topics.node_request("edge2", "admin"), ask, response_topic=steered).wait(10)
+                wait_until(
+                    lambda: "its response topic is not the asker's" in cluster.nodes["edge2"].log_tail(50),
+                    20,
+                    "edge2 refused the steered request",
+                )
+            capsys.readouterr()
+
             # the audit of the finished job: clean, every edge accounted for
             code, out, err = _flctl(cluster, capsys, "audit", "fl", JOB)
             assert code == 0, out + err
@@ -113,14 +141,14 @@ def test_logs_and_audit_over_a_provisioned_broker(tmp_path: Path, capsys: pytest
             captured = Counter(
                 (topic, hashlib.sha256(payload).hexdigest())
                 for topic, payload in capture.messages
-                if _edge_topics(topics, topic, edge)
+                if _edge_topics(topics, topic, edge, payload)
             )
             ledger = Counter((e.topic, e.sha256) for e in _ledger(tmp_path, edge) if e.dir == "out")
             assert captured == ledger, (edge, captured - ledger, ledger - captured)
             up = sum(
                 len(p)
                 for t, p in capture.messages
-                if _edge_topics(topics, t, edge) and topics.parse(t).channel is not Channel.NODE_REPLY
+                if _edge_topics(topics, t, edge, p) and topics.parse(t).channel is not Channel.NODE_REPLY
             )
             total = next(line for line in out.split(f"\n{edge}:")[1].splitlines() if line.strip().startswith("total"))
             assert f"{up:,}" in total, (up, total)
@@ -154,6 +182,56 @@ def test_logs_and_audit_over_a_provisioned_broker(tmp_path: Path, capsys: pytest
             edge1.barrier(10)  # the admin's answer from edge2 went out before: edge1 was not given it
             replies = [m.topic for m in take_all(inbox) if topics.parse(m.topic).channel is Channel.NODE_REPLY]
             assert replies == []
+
+
+def test_logs_follow_a_running_worker(tmp_path: Path) -> None:
+    """`flctl logs -f`, run as a user runs it (the console script, as the admin), prints what the worker's
+    log gains while the job runs and ends once the job has finished."""
+    spec = _lay_out(tmp_path, {"edge1": {"hold_rounds": "2"}})
+    topics = Topics()
+    with LocalCluster(tmp_path, secure=True, nodes=["cloud0", *EDGES, CAPTURE]) as cluster:
+        cluster.start_broker()
+        with JobWatcher(cluster.settings(CAPTURE), topics, JOB) as watch:
+            cluster.start_node("cloud0", "aggregator")
+            for edge in EDGES:
+                cluster.start_node(edge, "edge")
+            assert flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) == 0
+            watch.wait_worker("edge1", "Training", 2, timeout=90)  # held before its round-2 training
+            log = tmp_path / "edge1" / "logs" / JOB / "worker.log"
+            out = tmp_path / "follow.out"
+            flctl = Path(sys.executable).parent / "flctl"
+            argv = [
+                str(flctl),
+                *cluster.flctl_args(),
+                "logs",
+                "fl",
+                JOB,
+                "--worker",
+                "edge1",
+                "-f",
+                "--interval",
+                "0.2",
+            ]
+            with out.open("wb") as sink:
+                proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.PIPE)
+                try:
+                    wait_until(lambda: "=== " in out.read_text(), 30, "the log's start printed")
+                    with log.open("a") as f:  # what the script would print while it trains
+                        f.write("marker: written while flctl follows\n")
+                    wait_until(lambda: "marker: written while flctl follows" in out.read_text(), 30, "the new line")
+                    (tmp_path / "edge1" / "gates").mkdir(exist_ok=True)
+                    (tmp_path / "edge1" / "gates" / "round-2").touch()
+                    assert watch.wait_finished(120).phase is Phase.SUCCEEDED
+                    assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait(10)
+                    if proc.stderr is not None:
+                        proc.stderr.close()
+            followed = out.read_text()
+            assert log.read_text().startswith(followed), (followed, log.read_text())
+            assert followed.count("marker: written while flctl follows") == 1
 
 
 @contextmanager
