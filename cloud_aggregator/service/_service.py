@@ -316,13 +316,12 @@ class AggregatorService:
             self._ledger.received(msg.topic, msg.payload, job=parsed.job, uid=engine.facts.uid, node=parsed.node)
 
     def _uid_of(self, job: str) -> str | None:
-        engine = self._controller.job(job) if self._controller is not None else None
-        return engine.facts.uid if engine is not None else None
+        return self._controller.run_of(job) if self._controller is not None else None
 
     def _job_files(self, name: str) -> JobFiles | None:
         """The aggregation script's log and the ledger of a job this node aggregates (`RequestServer`)."""
-        if self._controller is None or self._controller.job(name) is None:
-            return None
+        if self._controller is None or self._controller.run_of(name) is None:
+            return None  # not a job this node aggregates (or it never ran): its ledger is not here
         log = self.root / "logs" / name / "aggregation.log"
         ledger = self._ledger.path(name)
         return JobFiles(log, ledger, f"/logs/{name}/aggregation.log", f"/state/{name}/{ledger.name}")
