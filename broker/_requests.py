@@ -23,6 +23,8 @@ from schemas import Channel, NodeReply, NodeRequest, TopicError, Topics, check_n
 
 __all__ = ["RequestServer"]
 
+_ESCAPE_FACTOR = 6
+
 
 class RequestServer:
     """Answers the requests to one node; `files(job)` says where a job's files are (None: not this node's job).
@@ -70,6 +72,10 @@ class RequestServer:
             error = f"not a valid NodeRequest: {str(exc).splitlines()[0]}"
             reply = NodeReply(node=self._node, job="-", kind="logs", ok=False, error=error)
         else:
+            # JSON escaping can make text up to 6 times longer (\u00XX): the answer must fit one packet.
+            fits = max(1, self._session.max_payload // _ESCAPE_FACTOR)
+            if request.max_bytes > fits:
+                request = request.model_copy(update={"max_bytes": fits})
             reply = answer_request(request, self._node, self._files(request.job))
             log.info("request answered", kind=request.kind, job=request.job, ok=reply.ok, bytes=len(reply.text))
         try:
