@@ -311,9 +311,9 @@ class AggregatorService:
 
     def _record(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
         """Note a message on an edge's topic of a job this node aggregates in the job's ledger."""
-        engine = controller.job(parsed.job)
-        if engine is not None and parsed.node is not None:
-            self._ledger.received(msg.topic, msg.payload, job=parsed.job, uid=engine.facts.uid, node=parsed.node)
+        uid = controller.run_of(parsed.job)  # also a job that finished before this process started
+        if uid is not None and parsed.node is not None:
+            self._ledger.received(msg.topic, msg.payload, job=parsed.job, uid=uid, node=parsed.node)
 
     def _uid_of(self, job: str) -> str | None:
         return self._controller.run_of(job) if self._controller is not None else None

@@ -72,6 +72,12 @@ def _edge_topics(topics: Topics, topic: str, edge: str, payload: bytes) -> bool:
     return parsed.channel in mine and parsed.node == edge
 
 
+def _account(audit_output: str) -> list[str]:
+    """The audit's verdicts and per-round rows (not the count of replies, which grows with every request)."""
+    keep = ("edge", "  0", "  1", "  2", "  total", "  the aggregator received")
+    return [line for line in audit_output.splitlines() if line.startswith(keep)]
+
+
 def _ledger(tmp: Path, node: str) -> list[LedgerEntry]:
     path = tmp / node / "state" / JOB / LEDGER_FILE
     return [LedgerEntry.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
@@ -154,6 +160,17 @@ def test_logs_and_audit_over_a_provisioned_broker(tmp_path: Path, capsys: pytest
             assert f"{up:,}" in total, (up, total)
             kinds = {e.cls for e in _ledger(tmp_path, edge) if e.dir == "out"}
             assert kinds <= {"worker-status", "update-manifest", "update-chunk", "reply"}, kinds
+
+        # The aggregator restarts: it still answers for the job it aggregated, from the ledger on its disk.
+        service_log = tmp_path / "cloud0" / "service.log"
+        readies = service_log.read_text().count('"event": "ready"')
+        cluster.restart_node("cloud0", hard=False)
+        wait_until(
+            lambda: service_log.read_text().count('"event": "ready"') > readies, 60, "the restarted aggregator ready"
+        )
+        code, again, err = _flctl(cluster, capsys, "audit", "fl", JOB)
+        assert code == 0, again + err
+        assert _account(again) == _account(out), (out, again)  # the same rounds, messages and bytes
 
         # A foreign publication on edge1's update topic (an identity that may write there, not edge1's
         # service): the aggregator receives it, edge1's ledger has no such line, the audit says so.
