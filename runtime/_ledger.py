@@ -1,7 +1,9 @@
 """The data-residency ledger of a node: one JSON line per message it published or received for a job.
 
-``<root>/state/<job>/ledger.jsonl`` (`schemas.LedgerEntry` per line; answers about jobs the node never
-ran, which carry no file, in the node-wide ``<root>/state/ledger.jsonl``). On an edge the session's publish
+``<root>/state/<job>/ledger.jsonl`` (`schemas.LedgerEntry` per line). What belongs to no job of the node
+(its presence, its session's sync messages, answers refusing a job it never ran, anything off the topic
+layout) goes to the node-wide ``<root>/state/ledger.jsonl``: every byte the session publishes is in one
+of them. On an edge the session's publish
 observer (`Ledger.published`) records every message the service hands to the broker, whoever in the
 service published it, plus each global model it received (`received_transfer`); on the aggregator the
 service records what arrived on the edges' topics (`received`) and the global models it published
@@ -55,7 +57,10 @@ _CLASSES: dict[Channel, LedgerClass] = {
     Channel.GLOBAL_MANIFEST: "global-manifest",
     Channel.GLOBAL_CHUNK: "global-chunk",
     Channel.NODE_REPLY: "reply",
+    Channel.NODE_STATUS: "node-status",
+    Channel.SYNC: "sync",
 }
+NODE_WIDE = "-"  # the job of a node-wide line
 
 
 def blob_layout(blob: bytes) -> Layout | None:
@@ -106,9 +111,21 @@ class Ledger:
         except TopicError:
             parsed = None
         job = self._job_of(parsed, payload)
-        if job is None:
-            return  # presence, the client's own sync topic: node-wide, not a job's
-        assert parsed is not None
+        if parsed is None or job is None:
+            # presence, the session's own sync topic, anything off the layout: node-wide, not a job's
+            cls: LedgerClass = _CLASSES.get(parsed.channel, "other") if parsed is not None else "other"
+            line = LedgerEntry(
+                dir="out",
+                cls=cls,
+                topic=topic,
+                job=NODE_WIDE,
+                node=self.node,
+                retain=retain,
+                bytes=len(payload),
+                sha256=hashlib.sha256(payload).hexdigest(),
+            )
+            self._append(line, node_wide=True)
+            return
         cls = _CLASSES.get(parsed.channel, "other")
         fields = self._describe(parsed, cls, payload)
         uid = fields.pop("uid", None) or self._uid_of(job)

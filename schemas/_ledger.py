@@ -37,9 +37,19 @@ LEDGER_FILE = "ledger.jsonl"
 
 #: What a ledger line's message was, from its topic: the job's control JSON (worker status, update
 #: manifest, global manifest), weight bytes (update and global chunks), an answer to an admin's
-#: request, or anything else a node published under the job (which an audit flags).
+#: request, or anything else a node published under the job (which an audit flags). A node's own
+#: presence and sync messages (and anything off the layout) are node-wide, in ``<root>/state/ledger.jsonl``.
 LedgerClass = Literal[
-    "worker-status", "update-manifest", "update-chunk", "global-manifest", "global-chunk", "global", "reply", "other"
+    "worker-status",
+    "update-manifest",
+    "update-chunk",
+    "global-manifest",
+    "global-chunk",
+    "global",
+    "reply",
+    "node-status",
+    "sync",
+    "other",
 ]
 
 
@@ -92,7 +102,7 @@ class LedgerEntry(_Compact):
     dir: Literal["out", "in"]
     cls: LedgerClass = Field(alias="class")
     topic: str
-    job: str
+    job: str  # "-" in the node-wide ledger
     uid: str | None = None
     node: str  # out: who published (the ledger's node); in: the node whose topic it came on
     round: int | None = None

@@ -72,6 +72,16 @@ def _edge_topics(topics: Topics, topic: str, edge: str, payload: bytes) -> bool:
     return parsed.channel in mine and parsed.node == edge
 
 
+def _writable_by(topics: Topics, topic: str, edge: str) -> bool:
+    parsed = topics.parse(topic)
+    return parsed.node == edge or (parsed.channel is Channel.SYNC and parsed.name == edge)
+
+
+def _node_ledger(tmp: Path, node: str) -> list[LedgerEntry]:
+    path = tmp / node / "state" / LEDGER_FILE
+    return [LedgerEntry.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _account(audit_output: str) -> list[str]:
     """The audit's verdicts and per-round rows (not the count of replies, which grows with every request)."""
     keep = ("edge", "  0", "  1", "  2", "  total", "  the aggregator received")
@@ -88,7 +98,19 @@ def test_logs_and_audit_over_a_provisioned_broker(tmp_path: Path, capsys: pytest
     topics = Topics()
     with LocalCluster(tmp_path, secure=True, nodes=["cloud0", *EDGES, CAPTURE], viewers=["viewer"]) as cluster:
         cluster.start_broker()
-        capture = Capture(cluster.settings(CAPTURE), topics.job_tree(JOB), topics.replies_to("admin"))
+        # Every topic the ACL lets an edge write (its updates, worker and node status, replies, sync topic).
+        writable = [
+            flt
+            for edge in EDGES
+            for flt in (
+                topics.updates_of(edge),
+                topics.worker_statuses_of(edge),
+                topics.node_status(edge),
+                topics.replies_of(edge),
+                topics.client_tree(edge),
+            )
+        ]
+        capture = Capture(cluster.settings(CAPTURE), *writable)
         with capture:
             cluster.start_node("cloud0", "aggregator")
             for edge in EDGES:
@@ -142,15 +164,18 @@ def test_logs_and_audit_over_a_provisioned_broker(tmp_path: Path, capsys: pytest
             assert code == 0, out + err
             for edge in EDGES:
                 assert f"{edge}: only control JSON and weight blobs of the job's layout left {edge}" in out, out
-        # Broker side: everything published on each edge's topics is exactly what its ledger recorded.
+        # Broker side: everything published on each edge's topics is exactly what its ledgers recorded (the
+        # job's, and the node-wide one: presence, sync messages, refusals about other jobs).
         for edge in EDGES:
             captured = Counter(
                 (topic, hashlib.sha256(payload).hexdigest())
                 for topic, payload in capture.messages
-                if _edge_topics(topics, topic, edge, payload)
+                if _writable_by(topics, topic, edge)
             )
-            ledger = Counter((e.topic, e.sha256) for e in _ledger(tmp_path, edge) if e.dir == "out")
+            ledgers = [*_ledger(tmp_path, edge), *_node_ledger(tmp_path, edge)]
+            ledger = Counter((e.topic, e.sha256) for e in ledgers if e.dir == "out")
             assert captured == ledger, (edge, captured - ledger, ledger - captured)
+            assert any(e.cls == "node-status" for e in _node_ledger(tmp_path, edge))
             up = sum(
                 len(p)
                 for t, p in capture.messages

@@ -85,6 +85,10 @@ def test_ledger_lines_say_class_round_digest_and_layout(tmp_path: Path) -> None:
     assert manifest.tensors == [("w0", "float32", [4, 3]), ("w1", "float32", [3])]
     assert manifest.round == 1 and manifest.uid == UID and manifest.chunk_sha256
     assert all(e.topic != T.node_status("edge1") for e in lines)
+    node_wide = [
+        LedgerEntry.model_validate_json(x) for x in (tmp_path / "edge1" / "ledger.jsonl").read_text().splitlines()
+    ]
+    assert [(e.cls, e.job, e.topic) for e in node_wide] == [("node-status", "-", T.node_status("edge1"))]
     summary = edge.summary(JOB, UID)
     out = [e for e in lines if e.dir == "out"]
     assert summary.messages == len(out) and summary.bytes_up == sum(e.bytes for e in out)
