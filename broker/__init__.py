@@ -6,7 +6,7 @@ is re-exported here (see docs/dev/internal-apis.md); the modules behind it are p
 
 from broker._assembler import Assembler, CompletedTransfer, chunk_index, manifest_from_payload, transfer_key
 from broker._errors import BrokerError, ConnectError, PayloadTooLarge, PublishError, TransferError
-from broker._messages import Inbound, Inbox, PublishResult
+from broker._messages import Inbound, Inbox, PublishObserver, PublishResult
 from broker._nodeconfig import BrokerAddress, NodeConfig, NodeTls, load_node_config
 from broker._options import (
     add_connection_options,
@@ -17,6 +17,7 @@ from broker._options import (
     node_from_args,
     port_number,
 )
+from broker._requests import RequestServer
 from broker._sender import BlobSender, new_transfer_id
 from broker._session import Session
 from broker._settings import (
@@ -46,7 +47,9 @@ __all__ = [
     "NodeTls",
     "PayloadTooLarge",
     "PublishError",
+    "PublishObserver",
     "PublishResult",
+    "RequestServer",
     "Session",
     "TransferError",
     "add_connection_options",

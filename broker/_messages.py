@@ -15,7 +15,15 @@ from paho.mqtt.properties import Properties
 
 from broker._errors import BrokerError
 
-__all__ = ["PACKET_HEADROOM", "Inbound", "Inbox", "PublishResult", "new_properties", "publish_packet_size"]
+__all__ = [
+    "PACKET_HEADROOM",
+    "Inbound",
+    "Inbox",
+    "PublishObserver",
+    "PublishResult",
+    "new_properties",
+    "publish_packet_size",
+]
 
 # Room left in every packet for the fixed header, topic, packet id and properties: `max_payload`
 # is the packet limit minus this. Topics of the layout are < 300 bytes; properties a few dozen.
@@ -33,6 +41,9 @@ class Inbound:
     qos: int
     mid: int
     user_properties: dict[str, str] = field(default_factory=dict)
+    # MQTT v5 request/response: where the sender wants the answer, and what to echo back with it.
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
     # Which connection delivered it: a mid is only meaningful on the connection that assigned it.
     connection: int = field(default=0, compare=False, repr=False)
 
@@ -45,6 +56,15 @@ class Inbox(Protocol):
     """
 
     def put_nowait(self, item: Inbound, /) -> None: ...
+
+
+class PublishObserver(Protocol):
+    """Told of every message a session hands to paho (topic, payload, retain), on the publishing thread.
+
+    The edge's residency ledger is one: it sees every byte the node publishes, whoever in the service
+    published it. It must be quick and must not call back into the session."""
+
+    def __call__(self, topic: str, payload: bytes, retain: bool, /) -> None: ...
 
 
 class PublishResult:

@@ -51,7 +51,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 from structlog.typing import FilteringBoundLogger
 
 from broker._errors import BrokerError, ConnectError, PayloadTooLarge, PublishError
-from broker._messages import PACKET_HEADROOM, Inbound, Inbox, PublishResult, new_properties, publish_packet_size
+from broker._messages import (
+    PACKET_HEADROOM,
+    Inbound,
+    Inbox,
+    PublishObserver,
+    PublishResult,
+    new_properties,
+    publish_packet_size,
+)
 from broker._reconciler import CLAIM_PREFIX, RC_UNSPECIFIED, Reconciler
 from broker._settings import MqttSettings
 from runtime import get_logger
@@ -73,6 +81,21 @@ _RC_TOPIC_INVALID = 0x90
 # -- the session ---------------------------------------------------------------------------------
 
 
+def _publish_properties(
+    user_properties: Mapping[str, str] | None, response_topic: str | None, correlation_data: bytes | None
+) -> Properties | None:
+    if not user_properties and response_topic is None and correlation_data is None:
+        return None
+    props = new_properties(PacketTypes.PUBLISH)
+    if user_properties:
+        props.UserProperty = [(str(k), str(v)) for k, v in user_properties.items()]
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if correlation_data is not None:
+        props.CorrelationData = bytes(correlation_data)
+    return props
+
+
 class Session:
     """One MQTT connection of one node: publish, subscribe, barrier, manual acks. See the module docstring."""
 
@@ -84,9 +107,11 @@ class Session:
         will: tuple[str, bytes] | None = None,
         log: FilteringBoundLogger | None = None,
         topics: Topics | None = None,
+        observer: PublishObserver | None = None,
     ) -> None:
         self.settings = settings
         self.inbox = inbox
+        self._observer = observer
         ident = {"component": "mqtt", "client_id": settings.client_id}
         self._log = log.bind(**ident) if log is not None else get_logger(**ident)
         self._sync_topic = (topics or Topics()).sync(settings.client_id)
@@ -285,17 +310,17 @@ class Session:
         qos: int = 1,
         retain: bool = False,
         user_properties: Mapping[str, str] | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
     ) -> PublishResult:
         """Publish; never blocks on the network. Raises PayloadTooLarge before sending an oversized packet.
 
         While offline the message is queued (QoS 1) and the result completes after the reconnect.
+        `response_topic` and `correlation_data` are MQTT v5's request/response properties.
         """
         if self._stopped.is_set():
             raise PublishError(topic, RC_UNSPECIFIED, "session is stopped")
-        props: Properties | None = None
-        if user_properties:
-            props = new_properties(PacketTypes.PUBLISH)
-            props.UserProperty = [(str(k), str(v)) for k, v in user_properties.items()]
+        props = _publish_properties(user_properties, response_topic, correlation_data)
         limit = self._packet_limit
         size = publish_packet_size(topic, len(payload), props, qos)
         if size > limit or len(payload) > limit - PACKET_HEADROOM:
@@ -307,6 +332,8 @@ class Session:
             raise PublishError(topic, _RC_TOPIC_INVALID, str(exc)) from exc
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0):
             self._reconciler.on_sent(info.mid, result)
+            if self._observer is not None:
+                self._observer(topic, bytes(payload), retain)
         elif info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             result._resolve(PublishError(topic, RC_UNSPECIFIED, "not connected; QoS 0 messages are not queued"))
         else:
@@ -410,6 +437,8 @@ class Session:
                 return
             props = getattr(msg, "properties", None)
             user_props = dict(getattr(props, "UserProperty", []) or [])
+            response_topic = getattr(props, "ResponseTopic", None)
+            correlation = getattr(props, "CorrelationData", None)
             inbound = Inbound(
                 topic=topic,
                 payload=bytes(msg.payload),
@@ -418,6 +447,8 @@ class Session:
                 qos=msg.qos,
                 mid=msg.mid,
                 user_properties=user_props,
+                response_topic=str(response_topic) if response_topic is not None else None,
+                correlation_data=bytes(correlation) if correlation is not None else None,
                 connection=self._connection,
             )
             try:

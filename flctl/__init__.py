@@ -10,6 +10,7 @@ Public, besides this package's root:
     flctl.provision  `flctl broker init`: PKI, ACL, passwords and node configs of a secured deployment
     flctl.synth      the synthetic magnetic-tile dataset and per-edge splits (numpy and pillow)
     flctl.cluster    `LocalCluster`: a whole deployment on one machine (demo, end-to-end and fault tests)
+    flctl.residency  the data-residency check of `flctl audit`: edges' ledgers against the aggregator's
 
 Every other module (a name starting with ``_``: the verbs, the broker client, the errors) is private.
 """

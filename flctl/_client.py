@@ -17,18 +17,20 @@ import getpass
 import os
 import queue
 import re
+import secrets
 import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 
+from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
 import broker
-from flctl._errors import BrokerUnreachableError, PublishFailedError, UsageError
+from flctl._errors import BrokerError, BrokerUnreachableError, NoAnswerError, PublishFailedError, UsageError
 from flctl.printers import Retained
-from schemas import Topics
+from schemas import Channel, NodeReply, NodeRequest, TopicError, Topics
 
 # The socket-level check runs once, this long after the first connection attempt had its chance.
 _FIRST_ATTEMPT = 0.25
@@ -103,6 +105,8 @@ class BrokerClient:
         except broker.ConnectError as exc:  # TLS files that do not load
             raise self._unreachable(str(exc)) from exc
         self._sync_topic = self.topics.sync(options.client_id)
+        self._replies_filter: str | None = None
+        self._replies: dict[bytes, broker.Inbound] = {}  # correlation data -> a reply not yet asked for
         self._latest: dict[str, Retained] = {}
         self._started = False
 
@@ -221,6 +225,9 @@ class BrokerClient:
         try:
             if msg.topic == self._sync_topic:
                 return
+            if msg.response_topic is None and msg.correlation_data is not None and self._is_reply(msg.topic):
+                self._replies[msg.correlation_data] = msg
+                return
             previous = self._latest.get(msg.topic)
             if msg.payload:
                 if previous is None or previous.payload != msg.payload:
@@ -252,3 +259,56 @@ class BrokerClient:
             raise PublishFailedError(topic, f"no PUBACK within {self.options.timeout:g}s", timed_out=True) from exc
         except broker.BrokerError as exc:
             raise PublishFailedError(topic, str(exc)) from exc
+
+    # -- requests to node services -------------------------------------------------------------------
+
+    def _is_reply(self, topic: str) -> bool:
+        if self._replies_filter is None:
+            return False
+        try:
+            return self.topics.parse(topic).channel is Channel.NODE_REPLY
+        except TopicError:
+            return False
+
+    def request(self, node: str, request: NodeRequest) -> NodeReply:
+        """Ask `node`'s service (MQTT v5 request/response: ResponseTopic, CorrelationData) and return its
+        answer; NoAnswerError when none comes within --timeout, PublishFailedError when the broker refuses
+        the request (an identity that may not ask: reason code 0x87)."""
+        client_id = self.options.client_id
+        if self._replies_filter is None:
+            self._replies_filter = self.topics.replies_to(client_id)
+            self._session.subscribe(self._replies_filter, qos=1)
+            self._barrier()  # the subscription is in place before the first answer can come
+        correlation = secrets.token_bytes(12)
+        topic = self.topics.node_request(node, client_id)
+        timeout = self.options.timeout
+        try:
+            self._session.publish(
+                topic,
+                request.to_json(),
+                qos=1,
+                response_topic=self.topics.node_reply(node, client_id),
+                correlation_data=correlation,
+            ).wait(timeout)
+        except broker.PublishError as exc:
+            reason = str(exc).removeprefix(f"publish to {topic!r} failed: ")
+            raise PublishFailedError(topic, f"refused by the broker: {reason}", reason_code=exc.reason_code) from exc
+        except TimeoutError as exc:
+            raise PublishFailedError(topic, f"no PUBACK within {timeout:g}s", timed_out=True) from exc
+        deadline = time.monotonic() + timeout
+        while correlation not in self._replies:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NoAnswerError(node, request.kind, timeout)
+            try:
+                msg = self._inbox.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self._record(msg, set())
+        msg = self._replies.pop(correlation)
+        try:
+            return NodeReply.model_validate_json(msg.payload)
+        except ValidationError as exc:
+            raise BrokerError(
+                f"node {node} answered on {msg.topic} with something that is not a NodeReply: {exc}"
+            ) from exc

@@ -11,8 +11,9 @@
     ├── WaitTimeoutError            `wait` / `get -w --watch-timeout` ran out of time (exit 4)
     └── BrokerError                 the broker side of a request failed
         ├── BrokerUnreachableError  no MQTT connection within --timeout (exit 3)
-        └── PublishFailedError      the broker refused a publish or did not acknowledge it in time
-                                    (exit 3 when it was not acknowledged at all)
+        ├── PublishFailedError      the broker refused a publish or did not acknowledge it in time
+        │                           (exit 3 when it was not acknowledged at all)
+        └── NoAnswerError           a node did not answer a request (logs, ledger) within --timeout
 
 Each carries what the user needs to act: the resource, the topic, the broker address, the reason code.
 `str(error)` is the whole message, without the leading ``error:`` that the CLI adds.
@@ -121,3 +122,14 @@ class PublishFailedError(BrokerError):
         if timed_out:
             self.exit_code = EXIT_UNREACHABLE
         super().__init__(f"publishing to {topic} failed: {reason}")
+
+
+class NoAnswerError(BrokerError):
+    """A node service did not answer a request within the time given (offline, or not this version)."""
+
+    def __init__(self, node: str, what: str, timeout: float) -> None:
+        self.node = node
+        super().__init__(
+            f"node {node} did not answer the {what} request within {timeout:g}s "
+            f"(is its service running? see `flctl get nodes`)"
+        )

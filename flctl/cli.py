@@ -23,8 +23,9 @@ from broker import (
     add_connection_options,
     connection_flags,
     node_config_from,
-    port_number,
 )
+from flctl import _audit, _logs
+from flctl._broker_init import add_broker_init, run_broker_init
 from flctl._client import BrokerOptions, default_client_id
 from flctl._context import Context, session_logger
 from flctl._create import create
@@ -38,7 +39,6 @@ from flctl._version import __version__
 from flctl._wait import WaitRequest, wait
 from flctl._wait import add_arguments as add_wait_arguments
 from flctl.printers import OUTPUTS
-from flctl.provision import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, provision
 from schemas import API_VERSION, TopicError, Topics
 
 # Where flctl finds a node config when --config is not given: its own variable first, then the services'.
@@ -117,93 +117,6 @@ def _global_options(*, with_defaults: bool, broker_timeout: bool = True) -> argp
         help="log the MQTT session to stderr",
     )
     return parser
-
-
-def _add_broker_init(p: argparse.ArgumentParser) -> None:
-    """`flctl broker init` and its options (docs/security.md)."""
-    tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
-    s = tools.add_parser(
-        "init",
-        help="write the broker config, CA and certificates, passwords, ACL and one config per node",
-        description="Write everything a secured deployment needs under --out (docs/security.md): "
-        "DIR/broker/ (mosquitto.conf, passwd, acl, ca.crt, server.crt, server.key), DIR/ca/ca.key (keep it "
-        "offline), DIR/nodes/<node>/ (node.yaml, ca.crt), DIR/admin/flctl.yaml, DIR/viewer/<name>.yaml, "
-        "DIR/monitor/<name>/ (<name>.yaml, mosquitto_sub options). Secrets are 0600 and never printed.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  flctl broker init --nodes cloud0,edge1,edge2 --hostname broker.example.com --out ./fl-secrets",
-    )
-    s.set_defaults(handler=_run_broker_init)
-    # Not the global options: --port here is the broker's TLS port, not where flctl connects.
-    s.add_argument("--prefix", default=argparse.SUPPRESS, help="topic prefix the ACL is written for (default fl)")
-    s.add_argument("--nodes", required=True, action="append", metavar="N1,N2", help="node names (comma-separated)")
-    s.add_argument(
-        "--out", required=True, type=Path, metavar="DIR", help="folder to write (must not exist, or be empty)"
-    )
-    s.add_argument(
-        "--aggregators",
-        action="append",
-        metavar="N1,..",
-        help="nodes with the aggregator role (default: the nodes whose name starts with 'cloud')",
-    )
-    s.add_argument(
-        "--admin",
-        action="append",
-        metavar="NAME",
-        help="the job publisher's identity (default admin; writes specs); more names (comma-separated) get "
-        "DIR/admin/<name>.yaml",
-    )
-    s.add_argument(
-        "--viewer",
-        action="append",
-        metavar="NAME",
-        help="read-only flctl identities (get, describe, -w; comma-separated): DIR/viewer/<name>.yaml",
-    )
-    s.add_argument(
-        "--monitor",
-        action="append",
-        metavar="NAME",
-        help="monitoring identities that read $SYS and statuses only (default monitor): DIR/monitor/<name>/",
-    )
-    s.add_argument(
-        "--hostname",
-        action="append",
-        default=[],
-        metavar="HOST",
-        help="the broker's name or address as nodes reach it (repeatable; the first goes into every node.yaml; "
-        "the server certificate also names localhost and 127.0.0.1)",
-    )
-    s.add_argument(
-        "--port",
-        dest="tls_port",
-        type=port_number,
-        default=DEFAULT_TLS_PORT,
-        help=f"TLS listener port (default {DEFAULT_TLS_PORT})",
-    )
-    s.add_argument(
-        "--plain-port",
-        type=port_number,
-        default=DEFAULT_PLAIN_PORT,
-        help=f"plain listener on 127.0.0.1, for local tools (default {DEFAULT_PLAIN_PORT})",
-    )
-    s.add_argument("--bind", metavar="ADDR", help="address of the TLS listener (default: every interface)")
-    s.add_argument(
-        "--client-certs",
-        action="store_true",
-        help="mutual TLS: issue each node a certificate (CN = node); the broker requires it on the TLS listener",
-    )
-    s.add_argument(
-        "--broker-dir",
-        type=Path,
-        metavar="PATH",
-        help="where DIR/broker will live on the broker host; mosquitto.conf names its files there "
-        "(default: DIR/broker as written)",
-    )
-    s.add_argument(
-        "--run-as-root",
-        action=argparse.BooleanOptionalAction,  # None when not given: decided when the files are written
-        help="write `user root` into mosquitto.conf (default: exactly when this command runs as root)",
-    )
-    s.add_argument("--force", action="store_true", help="replace the layout in an existing DIR (new CA and secrets)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,6 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
         "-f", "--filename", action="append", default=[], metavar="FILE", help="delete every resource of this file"
     )
 
+    p = command(
+        "logs",
+        "Print a worker's script log, fetched from its node over MQTT (admins only).",
+        _logs.logs,
+        "examples:\n  flctl logs fl surface-defect-detection --worker edge1 --tail 20\n"
+        "  flctl logs fl surface-defect-detection -f\n  flctl logs fl surface-defect-detection --aggregator",
+    )
+    _logs.add_arguments(p)
+    p = command(
+        "audit",
+        "Check that only control JSON and weights of the job's tensor layout left each edge (admins only).",
+        _audit.audit,
+        "exit 0: nothing found; 1: a finding, or a node's ledger could not be read\n\n"
+        "example:\n  flctl audit fl surface-defect-detection",
+    )
+    _audit.add_arguments(p)
+
     p = command("dataset", "Synthetic magnetic-tile data and per-edge shares.", _run_missing_subcommand)
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
     s = tools.add_parser("synth", help="write a synthetic dataset with 1.txt, 2.txt and test.txt", parents=[common])
@@ -354,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dest", required=True, type=Path, metavar="DIR")
 
     p = command("broker", "Set up a secured broker deployment.", _run_missing_subcommand)
-    _add_broker_init(p)
+    add_broker_init(p, _run_broker_init)
 
     command("version", "Print the client version.", _run_version)
     return parser
@@ -415,30 +345,7 @@ def _run_split(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _run_broker_init(ctx: Context, args: argparse.Namespace) -> int:
-    done = provision(
-        args.out,
-        args.nodes,
-        aggregators=args.aggregators,
-        admins=args.admin or ["admin"],
-        viewers=args.viewer or [],
-        monitors=args.monitor or ["monitor"],
-        hostnames=args.hostname,
-        port=args.tls_port,
-        plain_port=args.plain_port,
-        bind=args.bind,
-        client_certs=args.client_certs,
-        broker_dir=args.broker_dir,
-        prefix=ctx.options.prefix,
-        run_as_root=args.run_as_root,
-        force=args.force,
-    )
-    ctx.say(f"wrote a secured deployment to {done.out} (secrets are 0600; none is printed):")
-    ctx.say(f"  broker:   {done.conf_path}  (mosquitto -c {done.conf_path})")
-    ctx.say(f"            TLS on port {done.tls_port}, plain on 127.0.0.1:{done.plain_port}, anonymous refused")
-    for name, path in done.configs.items():
-        ctx.say(f"  {done.roles[name]:<9} {name}: {path}")
-    ctx.say(f"  CA key:   {done.out / 'ca' / 'ca.key'}  (keep it offline; needed only to issue certificates)")
-    return 0
+    return run_broker_init(ctx, args)
 
 
 def _run_version(ctx: Context, args: argparse.Namespace) -> int:

@@ -14,8 +14,10 @@ worker API loads only this and `schemas`.
 
 from runtime._channel import MAX_BODY, MAX_HEADER, WorkerChannel, spawn_channel_pair
 from runtime._errors import ChannelClosed, ChannelError, NodeRootLockedError, NodeRuntimeError, ScriptStartError
+from runtime._file_reads import JobFiles, answer_request, read_from, read_tail
 from runtime._files import TMP_PREFIX, fsync_dir, write_atomic
 from runtime._held_models import ModelUrlBook, held_models
+from runtime._ledger import Ledger, blob_layout
 from runtime._logging import configure_logging, get_logger
 from runtime._loop import EventLoop
 from runtime._model_folder import (
@@ -58,6 +60,8 @@ __all__ = [
     "ChannelClosed",
     "ChannelError",
     "EventLoop",
+    "JobFiles",
+    "Ledger",
     "ModelUrlBook",
     "NodeRootLock",
     "NodeRootLockedError",
@@ -72,6 +76,8 @@ __all__ = [
     "ServiceGone",
     "ServiceWatch",
     "WorkerChannel",
+    "answer_request",
+    "blob_layout",
     "commit_version",
     "configure_logging",
     "fsync_dir",
@@ -84,6 +90,8 @@ __all__ = [
     "model_lock",
     "new_version_folder",
     "prune_versions",
+    "read_from",
+    "read_tail",
     "remove_stale_versions",
     "script_environment",
     "script_parameters",

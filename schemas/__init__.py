@@ -16,6 +16,16 @@ from schemas._documents import (
 )
 from schemas._errors import PathEscapeError, Problem, SchemaError, SpecError, SpecTooLargeError, TopicError, WireError
 from schemas._events import JobEvent
+from schemas._ledger import (
+    LEDGER_FILE,
+    MAX_LOG_TAIL_LINES,
+    MAX_REPLY_BYTES,
+    LedgerClass,
+    LedgerEntry,
+    LedgerSummary,
+    NodeReply,
+    NodeRequest,
+)
 from schemas._node_root import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot
 from schemas._parameters import (
     DENIED_PARAMETER_NAMES,
@@ -94,16 +104,19 @@ __all__ = [
     "DEFAULT_CODE_ROOT",
     "DENIED_PARAMETER_NAMES",
     "DENIED_PARAMETER_PREFIXES",
+    "LEDGER_FILE",
     "MAX_DOCUMENT_BYTES",
     "MAX_EVAL_CLASSES",
     "MAX_EVENTS",
     "MAX_EXIT_ROUND",
     "MAX_HELD_MODELS",
     "MAX_HELD_VERSIONS",
+    "MAX_LOG_TAIL_LINES",
     "MAX_NUM_SAMPLES",
     "MAX_PARAMETERS",
     "MAX_PARAMETER_NAME_CHARS",
     "MAX_PARAMETER_VALUE_CHARS",
+    "MAX_REPLY_BYTES",
     "MAX_STATUS_ROUNDS",
     "MAX_TRAINING_WORKERS",
     "NODE_SET_NAMES",
@@ -126,8 +139,13 @@ __all__ = [
     "JobPlan",
     "JobStatus",
     "Kind",
+    "LedgerClass",
+    "LedgerEntry",
+    "LedgerSummary",
     "Model",
     "ModelRef",
+    "NodeReply",
+    "NodeRequest",
     "NodeRoot",
     "NodeState",
     "NodeStatus",

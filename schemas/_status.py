@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from schemas._ledger import LedgerSummary
+
 # The newest events a job status keeps: the status is republished on every change, so it must stay small.
 MAX_EVENTS = 30
 # The recent rounds a job status keeps (summaries); every round's full record is on its own topic.
@@ -191,6 +193,8 @@ class WorkerStatus(_Wire):
     # The newest global model this worker scored on its held-out data (federated evaluation): the global
     # model of round r is scored when round r+1 starts training, the final one before it is saved.
     evaluation: Evaluation | None = None
+    # What this worker published for the job and received of it, from its residency ledger (`flctl audit`).
+    ledger: LedgerSummary | None = None
     updated_at: datetime = Field(default_factory=now)
 
 

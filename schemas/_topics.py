@@ -15,7 +15,14 @@ by plural kind and name; a job's runtime traffic lives under the job's own path,
     fl/federatedlearningjobs/<job>/rounds/<r>/acks/<node>   the aggregator's receipt for an update
     fl/federatedlearningjobs/<job>/rounds/<r>/record        the closed round's full record, retained
     fl/nodes/<node>/status                                  node presence (last will), retained
+    fl/nodes/<node>/requests/<client>                       a request to a node service (logs, ledger)
+    fl/nodes/<node>/replies/<client>                        its answer (the request's MQTT v5 response topic)
     fl/clients/<client>/sync                                a client's own barrier topic
+
+A request's topic names the node asked and the client asking, its reply's topic the node answering and
+the client it answers: the broker's ACL lets only admins write requests (each on its own level), a node
+read only requests to itself and write only replies from itself, and a client read only replies to
+itself, so no edge can ask another for its logs, read another's answers or answer in another's name.
 
 The node name is a whole topic level wherever a node publishes, so broker ACLs can key on it
 (``pattern write fl/federatedlearningjobs/+/rounds/+/updates/%u/#``): the builders of one node's (or
@@ -104,6 +111,8 @@ class Channel(StrEnum):
     ACK = "ack"
     ROUND_RECORD = "round-record"
     NODE_STATUS = "node-status"
+    NODE_REQUEST = "node-request"
+    NODE_REPLY = "node-reply"
     SYNC = "sync"
 
 
@@ -180,6 +189,14 @@ class Topics:
     def sync(self, client_id: str) -> str:
         return self._build("clients", _client(client_id), "sync")
 
+    def node_request(self, node: str, client_id: str) -> str:
+        """A request from `client_id` to the service of `node` (`NodeRequest`)."""
+        return self._build("nodes", _name(node), "requests", _client(client_id))
+
+    def node_reply(self, node: str, client_id: str) -> str:
+        """The answer of `node` to `client_id` (`NodeReply`): what a request names as its response topic."""
+        return self._build("nodes", _name(node), "replies", _client(client_id))
+
     # -- subscription filters ------------------------------------------------------------------
 
     def all_specs(self) -> str:
@@ -231,6 +248,22 @@ class Topics:
 
     def all_node_statuses(self) -> str:
         return self._build("nodes", "+", "status")
+
+    def requests_to(self, node: str | AclPattern) -> str:
+        """Every request to one node: what its service subscribes to (and the ACL lets it read)."""
+        return self._build("nodes", _node(node), "requests", "+")
+
+    def requests_from(self, client_id: str | AclPattern) -> str:
+        """One client's requests to every node: what the ACL lets an admin write."""
+        return self._build("nodes", "+", "requests", _client(client_id))
+
+    def replies_of(self, node: str | AclPattern) -> str:
+        """Every answer of one node: what the ACL lets its service write."""
+        return self._build("nodes", _node(node), "replies", "+")
+
+    def replies_to(self, client_id: str | AclPattern) -> str:
+        """Every node's answers to one client: what the client subscribes to (and the ACL lets it read)."""
+        return self._build("nodes", "+", "replies", _client(client_id))
 
     def job_tree(self, job: str) -> str:
         """Everything of one job: what `mosquitto_sub` needs to watch or a delete needs to clear."""
@@ -322,6 +355,11 @@ def _parse_levels(rest: list[str]) -> ParsedTopic | None:  # noqa: PLR0911, PLR0
     n = len(rest)
     if n == 3 and rest[0] == "nodes" and rest[2] == "status":
         return ParsedTopic(Channel.NODE_STATUS, node=check_name(rest[1]))
+    if n == 4 and rest[0] == "nodes" and rest[2] in ("requests", "replies"):
+        if not _CLIENT_RE.fullmatch(rest[3]):
+            raise ValueError(f"client id {rest[3]!r} is not 1-128 of [A-Za-z0-9_.:-]")
+        channel = Channel.NODE_REQUEST if rest[2] == "requests" else Channel.NODE_REPLY
+        return ParsedTopic(channel, node=check_name(rest[1]), name=rest[3])
     if n == 3 and rest[0] == "clients" and rest[2] == "sync":
         # Validate the client id as sync() does, so parse() accepts only what the builders write.
         if not _CLIENT_RE.fullmatch(rest[1]):

@@ -141,6 +141,16 @@ class Controller:
         entry = self._jobs.get(name)
         return entry.engine if entry else None
 
+    def run_of(self, name: str) -> str | None:
+        """The uid of the current or last run of job `name` on this aggregation node (after a restart, that of
+        its retained terminal status); None when it is not one of this node's jobs or never ran."""
+        entry = self._jobs.get(name)
+        if entry is None:
+            return None
+        if entry.engine is not None:
+            return entry.engine.facts.uid
+        return entry.finished.uid if entry.finished is not None else None
+
     def engines(self) -> list[Job]:
         return [e.engine for e in self._jobs.values() if e.engine is not None]
 

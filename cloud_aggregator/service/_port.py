@@ -25,6 +25,7 @@ from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._scripts import AggregationScripts
 from cloud_aggregator.service._state_store import StateStore
+from runtime import Ledger
 from schemas import (
     Channel,
     JobEvent,
@@ -59,6 +60,8 @@ class MqttPort:
     model_written: Callable[[str], None] = lambda _url: None
     # What the engine publishes is also what the metrics count (None: no metrics).
     metrics: AggregatorMetrics | None = None
+    # The node's residency ledger: each global model published is noted with its tensor layout.
+    ledger: Ledger | None = None
     # Retained global models this node knows of: job -> round -> chunk count.
     retained_globals: dict[str, dict[int, int]] = field(default_factory=dict, init=False)
 
@@ -148,6 +151,8 @@ class MqttPort:
         except (BrokerError, TimeoutError) as exc:
             raise PublishFailedError(str(exc)) from exc
         self.retained_globals.setdefault(job, {})[round_] = manifest.chunks
+        if self.ledger is not None:
+            self.ledger.published_transfer(manifest, blob, topic=self.topics.global_manifest(job, round_))
         self._view.saw(self.topics.global_manifest(job, round_), manifest.to_json(), self.session.connection)
         if self.metrics is not None:
             self.metrics.observe_sent(Channel.GLOBAL_CHUNK.value, len(blob))

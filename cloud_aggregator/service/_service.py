@@ -29,14 +29,14 @@ from pathlib import Path
 
 from structlog.typing import FilteringBoundLogger
 
-from broker import BrokerError, Inbound, MqttSettings, Session, manifest_from_payload
+from broker import BrokerError, Inbound, MqttSettings, RequestServer, Session, manifest_from_payload
 from cloud_aggregator._errors import AggregatorError
 from cloud_aggregator.engine import Controller, JobSettings
 from cloud_aggregator.service._audit import AuditBarrier, ReconnectAudit
 from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts
-from runtime import EventLoop, ModelUrlBook, ScriptExited, ScriptFrame, get_logger, held_models
+from runtime import EventLoop, JobFiles, Ledger, ModelUrlBook, ScriptExited, ScriptFrame, get_logger, held_models
 from schemas import (
     DEFAULT_CODE_ROOT,
     Channel,
@@ -65,6 +65,8 @@ Event = Inbound | ScriptFrame | ScriptExited | AuditBarrier
 # What the broker is seen to hold of these is compared with the kept copy (`MqttPort.resync`).
 _KEPT_CHANNELS = (Channel.SPEC, Channel.STATUS, Channel.PLAN, Channel.GLOBAL_MANIFEST)
 _RUNTIME_CHANNELS = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK, Channel.NODE_STATUS)
+# What an edge publishes for a job: the aggregator's ledger of the job records each arrival.
+_LEDGER_CHANNELS = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK)
 
 
 class AggregatorService:
@@ -108,6 +110,9 @@ class AggregatorService:
             log=self._log,
         )
         self._session: Session | None = None
+        self._requests: RequestServer | None = None
+        # What arrived on the edges' topics of this node's jobs, and the global models it published.
+        self._ledger = Ledger(self.root / "state", node, self.topics, self._uid_of, self._log)
         self._port: MqttPort | None = None
         self._controller: Controller | None = None
         self._audit: ReconnectAudit | None = None
@@ -157,6 +162,8 @@ class AggregatorService:
         )
         self._session = session
         self.metrics.connected_by(lambda: session.connected)
+        self._requests = RequestServer(session, self.topics, self.node, self._job_files, self._log)
+        session.subscribe(self._requests.filter)
         session.start()
         try:
             if not self._connect(session):
@@ -194,6 +201,7 @@ class AggregatorService:
             log=self._log,
             model_written=self._model_written,
             metrics=self.metrics,
+            ledger=self._ledger,
         )
         self._controller = Controller(node=self.node, port=self._port, settings=jobs)
         self._audit = ReconnectAudit(
@@ -336,6 +344,10 @@ class AggregatorService:
         self.metrics.observe_received(channel.value, len(msg.payload))
         if channel is Channel.NODE_STATUS and parsed.node is not None:
             self.metrics.observe_node(parsed.node, msg.payload)
+        if channel is Channel.NODE_REQUEST:
+            if self._requests is not None:
+                self._requests.handle(msg)
+            return
         if channel in _KEPT_CHANNELS and self._port is not None:
             self._port.saw(msg.topic, msg.payload, msg.connection)
         if channel is Channel.SPEC and parsed.kind is not None and parsed.name is not None:
@@ -346,14 +358,36 @@ class AggregatorService:
             controller.on_retained_plan(parsed.job, msg.payload)
         elif channel is Channel.GLOBAL_MANIFEST:
             self._seen_global(controller, parsed, msg)
-        elif not controller.is_ready:
-            return  # runtime traffic before the catch-up belongs to earlier runs
-        elif channel is Channel.WORKER_STATUS and parsed.node is not None:
+        elif controller.is_ready:  # runtime traffic before the catch-up belongs to earlier runs
+            self._runtime(controller, parsed, msg)
+
+    def _runtime(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
+        channel = parsed.channel
+        if channel in _LEDGER_CHANNELS:
+            self._record(controller, parsed, msg)
+        if channel is Channel.WORKER_STATUS and parsed.node is not None:
             controller.on_worker_status(parsed.job, parsed.node, msg.payload, retained=msg.retain)
         elif channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
             self._transfer(controller, parsed, msg)
         elif channel is Channel.NODE_STATUS and parsed.node is not None:
             controller.on_node_status(parsed.node, msg.payload, time.monotonic())
+
+    def _record(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
+        """Note a message on an edge's topic of a job this node aggregates in the job's ledger."""
+        uid = controller.run_of(parsed.job)  # also a job that finished before this process started
+        if uid is not None and parsed.node is not None:
+            self._ledger.received(msg.topic, msg.payload, job=parsed.job, uid=uid, node=parsed.node)
+
+    def _uid_of(self, job: str) -> str | None:
+        return self._controller.run_of(job) if self._controller is not None else None
+
+    def _job_files(self, name: str) -> JobFiles | None:
+        """The aggregation script's log and the ledger of a job this node aggregates (`RequestServer`)."""
+        if self._controller is None or self._controller.run_of(name) is None:
+            return None  # not a job this node aggregates (or it never ran): its ledger is not here
+        log = self.root / "logs" / name / "aggregation.log"
+        ledger = self._ledger.path(name)
+        return JobFiles(log, ledger, f"/logs/{name}/aggregation.log", f"/state/{name}/{ledger.name}")
 
     def _seen_global(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
         """A retained global manifest at startup: remembered so the job's globals can be cleared later."""

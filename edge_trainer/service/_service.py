@@ -36,6 +36,7 @@ from broker import (
     BrokerError,
     Inbound,
     MqttSettings,
+    RequestServer,
     Session,
     TransferError,
     manifest_from_payload,
@@ -52,7 +53,17 @@ from edge_trainer.engine import (
     installed_tensorflow_version,
 )
 from edge_trainer.service._uploads import OutboxWritten, ResendDone, Uploads, UploadWiring
-from runtime import EventLoop, ModelUrlBook, ScriptExited, ScriptFrame, ScriptSupervisor, get_logger, held_models
+from runtime import (
+    EventLoop,
+    JobFiles,
+    Ledger,
+    ModelUrlBook,
+    ScriptExited,
+    ScriptFrame,
+    ScriptSupervisor,
+    get_logger,
+    held_models,
+)
 from schemas import (
     DEFAULT_CODE_ROOT,
     Channel,
@@ -112,13 +123,18 @@ class EdgeService:
         self._events: EventLoop[Event] = EventLoop(
             self.handle, tick=self._tick, next_deadline=self._next_deadline, poll=_POLL, clock=clock, log=self._log
         )
+        self._uids: dict[str, str] = {}  # job -> the run this node last planned (kept after it retired)
+        # Every message the session publishes goes through the ledger: the account `flctl audit` reads.
+        self._ledger = Ledger(self.root.path / "state", node, self.topics, self._uids.get, self._log)
         self._session = Session(
             settings,
             inbox=self._events,
             will=(self.topics.node_status(node), self._presence(NodeState.OFFLINE)),
             log=self._log,
             topics=self.topics,
+            observer=self._ledger.published,
         )
+        self._requests = RequestServer(self._session, self.topics, node, self._job_files, self._log)
         # Global models being reassembled, by (job, round).
         self._assembler: Assembler[tuple[str, int]] = Assembler(log=self._log)
         self._jobs: dict[str, EdgeJob] = {}
@@ -127,7 +143,16 @@ class EdgeService:
         self._uploads = Uploads(
             Outbox(self.root.path / "state"),
             self._deliveries,
-            UploadWiring(self._session, self.topics, node, self._events.put, self._jobs, self._after, self._log),
+            UploadWiring(
+                self._session,
+                self.topics,
+                node,
+                self._events.put,
+                self._jobs,
+                self._after,
+                self._log,
+                note_blob=self._ledger.note_blob,
+            ),
             upload_timeout=upload_timeout,
         )
         self._own_status: dict[str, WorkerStatus] = {}  # job -> this node's retained worker status
@@ -147,6 +172,7 @@ class EdgeService:
         self._session.subscribe(self.topics.all_plans())
         self._session.subscribe(self.topics.acks_for(self.node))
         self._session.subscribe(self.topics.node_status(self.node))
+        self._session.subscribe(self._requests.filter)
         self._session.start()
         try:
             self._events.run(stop)
@@ -210,6 +236,8 @@ class EdgeService:
     # -- MQTT messages -----------------------------------------------------------------------------
 
     def _on_message(self, msg: Inbound) -> None:
+        if self._requests.handle(msg):
+            return
         try:
             parsed = self.topics.parse(msg.topic)
         except TopicError:
@@ -242,6 +270,8 @@ class EdgeService:
             self._log.error("plan ignored: its job name does not match its topic", job=name, plan_job=plan.job)
             return
         mine = plan.worker(self.node) is not None
+        if mine:
+            self._uids[name] = plan.uid
         if current is not None:
             if current.plan.uid == plan.uid and mine:
                 return  # the same plan again (retained, redelivered)
@@ -295,6 +325,7 @@ class EdgeService:
             self._assembler.discard(key)
             return
         if done is not None:
+            self._ledger.received_transfer(done.manifest, done.blob, topic=self.topics.global_manifest(*key))
             job.on_global(done.manifest, done.blob)
             self._after(job)
 
@@ -343,6 +374,14 @@ class EdgeService:
     def _forget_transfers(self, name: str) -> None:
         self._assembler.discard_where(lambda key: key[0] == name)
 
+    def _job_files(self, name: str) -> JobFiles | None:
+        """A job's script log and ledger, for the jobs whose current plan names this node (`RequestServer`)."""
+        if name not in self._jobs:
+            return None
+        log = self.root.path / "logs" / name / "worker.log"
+        ledger = self._ledger.path(name)
+        return JobFiles(log, ledger, self.root.to_url(log), self.root.to_url(ledger))
+
     def _launch(self, spec: LaunchSpec, run_id: str) -> WorkerHandle:
         """Start the job's training script (the `engine.Launcher` of every job)."""
         return self._scripts.start(spec.script_launch(run_id))
@@ -368,6 +407,7 @@ class EdgeService:
     # -- JobPorts ----------------------------------------------------------------------------------
 
     def publish_status(self, status: WorkerStatus) -> None:
+        status = status.model_copy(update={"ledger": self._ledger.summary(status.job, status.uid)})
         self._log.info(
             "worker status", job=status.job, state=status.state.value, round=status.round, message=status.message[:300]
         )

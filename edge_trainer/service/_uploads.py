@@ -79,6 +79,8 @@ class UploadWiring:
     jobs: Mapping[str, EdgeJob]  # the service's jobs by name (a live view)
     after: Callable[[EdgeJob], None]  # a job handled an event
     log: FilteringBoundLogger  # the service's (any thread)
+    # the uploader thread: the blob a transfer is about to carry (the ledger records its tensor layout)
+    note_blob: Callable[[str, bytes], None] = lambda _transfer, _blob: None
 
 
 class Uploads:
@@ -295,6 +297,7 @@ class Uploads:
         """(complete, permanent error). A timeout is no error: the entry stays and is sent again."""
         m = entry.manifest
         topics, node = self._w.topics, self._w.node
+        self._w.note_blob(m.transfer, blob)
         try:
             sender.resend(
                 topics.update_manifest(m.job, m.round, node, m.transfer),

@@ -1,9 +1,16 @@
 """The broker's ACL file, every topic in it built by `schemas.Topics` (`%u` through `AclPattern`).
 
-Roles: admin (writes specs; reads statuses and per-round records), viewer (flctl get/describe, read-only), monitor ($SYS and statuses,
+Roles: admin (writes specs; reads statuses and per-round records; asks nodes for logs and ledgers), viewer (flctl get/describe, read-only), monitor ($SYS and statuses,
 read-only), aggregator (everything under the prefix), edge (the `pattern` lines: its own topics only).
 The job event streams are read by the admins, viewers and monitors, written by the aggregators only; an
 edge has no line for them, so it can neither read another job's (or edge's) events nor forge one.
+
+Requests to a node service (`flctl logs`, `flctl audit`) are written only by admins, each under its own
+name (``fl/nodes/+/requests/<admin>``); a node reads the requests to itself and writes only its own
+replies (``fl/nodes/%u/replies/+``); everyone reads only the replies to itself. Viewers and monitors
+cannot ask: a worker's log is its script's free-form output (file names, sample lines, values in a
+traceback), more than the bounded status documents a read-only identity is for, and an admin, who
+decides which scripts run, learns nothing from it it could not already arrange to learn.
 
 Mosquitto applies `pattern` lines to every user, so on their own they would let a viewer or a monitor
 write "its own" node status, worker statuses and updates. Mosquitto 2.0 checks a user's own lines
@@ -38,6 +45,9 @@ def _edge_patterns(t: Topics, own: str | AclPattern) -> list[tuple[str, str]]:
         ("read", t.all_globals()),
         ("read", t.acks_for(own)),
         ("readwrite", t.client_tree(own)),
+        ("read", t.requests_to(own)),
+        ("write", t.replies_of(own)),
+        ("read", t.replies_to(own)),
     ]
 
 
@@ -79,6 +89,8 @@ def render_acl(
                 f"topic read {t.all_round_records()}",
                 f"topic read {t.all_node_statuses()}",
                 f"topic read {t.all_events()}",
+                # flctl logs / audit: requests to any node, under this admin's own name only
+                f"topic write {t.requests_from(admin)}",
             ],
         )
     for viewer in viewers:

@@ -279,3 +279,16 @@ def test_a_delete_interrupted_after_its_tombstone_is_a_delete(tmp_path: Path) ->
     again = KeptStore(tmp_path, topics, log).state
 
     assert again.specs == {} and again.was_deleted(Kind.JOB, "j1", b"job spec")
+
+
+def test_a_finished_job_is_still_this_nodes_after_a_restart() -> None:
+    """`run_of` (what the aggregator answers `flctl logs` and `flctl audit` for) names the run of a job that
+    Succeeded before the restart, though no engine runs it now; a job of no spec here is not this node's."""
+    disk = MemoryDisk()
+    first_run(disk, finished=True)
+    controller, port = controller_on(disk, "b" * 32)
+    assert controller.run_of(JOB) is None  # before the barrier nothing is known
+    controller.ready(0.0)
+    assert port.scripts == []
+    assert controller.job(JOB) is None and controller.run_of(JOB) == "a" * 32
+    assert controller.run_of("another-job") is None
