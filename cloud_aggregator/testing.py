@@ -106,6 +106,9 @@ class MemoryPort:
         self.round_records[(job, round_)] = copy
         self.round_record_history.append((job, round_, copy))
 
+    def status_changed(self, name: str, status: JobStatus) -> None:
+        pass  # only the engine's StreamingPort acts on it
+
     def publish_event(self, event: JobEvent) -> None:
         self.events.append(JobEvent.model_validate_json(event.to_json()))
 

@@ -100,6 +100,7 @@ class JobContext:
             self._publish_now()
         else:
             self._deferred = True
+            self.safely(self.port.status_changed, self.facts.name, self.book.snapshot())
 
     def flush_due(self, now_s: float) -> None:
         """Publish a deferred status change once `status_interval` has passed (the service's timer)."""

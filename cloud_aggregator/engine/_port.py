@@ -67,6 +67,11 @@ class Port(Protocol):
     def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
         """Publish a resource's status, retained; None clears it. The kept copy (`kept`) follows."""
 
+    def status_changed(self, name: str, status: JobStatus) -> None:
+        """A job status change that `status_interval` holds back from the status topic: the event stream
+        (`StreamingPort`) follows every change, the retained status at most one per interval. Nothing
+        else needs it: the service's port does nothing."""
+
     def publish_event(self, event: JobEvent) -> None:
         """Publish one line of the job's event stream (QoS 1, not retained; `StreamingPort` derives them)."""
 

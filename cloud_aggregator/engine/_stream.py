@@ -259,6 +259,13 @@ class StreamingPort:
                 self._send(JobEvent(job=name, uid=before.uid, reason="Deleted", message="job deleted"))
             return
         assert isinstance(status, JobStatus)
+        self._stream(name, before, status)
+
+    def status_changed(self, name: str, status: JobStatus) -> None:
+        """A change held back from the status topic still goes on the stream: it reads like a log."""
+        self._stream(name, self._before(name), status)
+
+    def _stream(self, name: str, before: Seen | None, status: JobStatus) -> None:
         lines, self._seen[name] = job_events(before, status)
         for line in lines:
             self._send(line)

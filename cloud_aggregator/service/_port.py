@@ -93,6 +93,9 @@ class MqttPort:
         self._kept.keep_status(kind, name, payload)
         self._publish(self.topics.status(kind, name), payload, retain=True)
 
+    def status_changed(self, name: str, status: JobStatus) -> None:
+        pass  # the engine's StreamingPort turns it into stream lines; the status topic waits for its interval
+
     def publish_event(self, event: JobEvent) -> None:
         self._publish(self.topics.events(event.job), event.to_json(), retain=False)
 

@@ -219,3 +219,33 @@ def test_a_job_whose_aggregation_node_was_never_seen_is_reported_on_the_stream()
 
     said = [(e.type, e.reason) for e in port.job_events(JOB)]
     assert said == [("Normal", "WaitingForNode"), ("Warning", "UnknownNode")]
+
+
+def test_changes_the_status_interval_holds_back_are_on_the_stream_at_once() -> None:
+    """`status_interval` limits how often the retained status is republished, not what the stream says: a
+    worker's Training -> Uploading -> Waiting within one interval is three lines, though the status topic
+    gets none of it until the interval has passed."""
+    port = MemoryPort()
+    controller = Controller(
+        node="cloud0", port=port, settings=JobSettings(chunk_size=4096, status_interval=60.0), new_uid=lambda: UID
+    )
+    for edge in ("edge1", "edge2"):
+        announce(controller, edge)
+    controller.ready(0.0)
+    create(controller)
+    job = controller.job(JOB)
+    assert job is not None
+    job.on_script_frame(WorkerFrame(type="config", aggregation="FedAvg", exit_round=2), 0.1)
+    send(job, "edge1", 0, 0.0)
+    published = len(port.status_history)
+    port.events.clear()
+
+    for state in (WorkerState.TRAINING, WorkerState.UPLOADING, WorkerState.WAITING):
+        report(job, "edge1", state, 1)
+
+    assert len(port.status_history) == published  # held back by the interval
+    assert [(e.reason, (e.data or {}).get("to")) for e in port.job_events(JOB)] == [
+        ("WorkerStateChanged", "Training"),
+        ("WorkerStateChanged", "Uploading"),
+        ("WorkerStateChanged", "Waiting"),
+    ]
