@@ -278,7 +278,7 @@ def malformed(rogue: Rogue) -> dict[str, Callable[[], str]]:
 def start_rogue(d: Deployment) -> Rogue:
     """Once round 1 is open (edge1 held at its gate): the uid and the round-0 model's tensors."""
     d.watcher.wait(
-        lambda w: w.status is not None and "edge1" in w.status.waiting_for and w.status.uid is not None,
+        lambda w: w.status is not None and w.status.current_round == 1 and "edge1" in w.status.waiting_for,
         60,
         "round 1 open",
     )
@@ -350,7 +350,12 @@ def test_malformed_updates_are_rejected_and_the_job_succeeds(deploy: Callable[[s
 
 def test_bad_specs_of_other_jobs_do_not_disturb_a_running_job(deploy: Callable[[str], Deployment]) -> None:
     d = deploy(spec_text(exit_round=2, hold={"edge1": "1"}))
-    d.watcher.wait(lambda w: w.status is not None and "edge1" in w.status.waiting_for, 60, "round 1 open")
+    # Round 1 is open (not the initial models or a job waiting for its nodes, which also wait for edge1).
+    d.watcher.wait(
+        lambda w: w.status is not None and w.status.current_round == 1 and "edge1" in w.status.waiting_for,
+        60,
+        "round 1 open",
+    )
     admin = d.session("bad-spec-publisher")
     outside = spec_text(exit_round=2, script_dirs={"edge1": "/data"}).replace(f"name: {JOB}}}", "name: outside}")
     outside_job = outside.split("---\n")[-1]
