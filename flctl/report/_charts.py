@@ -65,18 +65,20 @@ def _rounds_axis(ax: Axes, rounds: Sequence[int]) -> None:
 
 
 def _curves(series: RoundSeries, metric: str, ylabel: str, *, unit_range: bool) -> Figure:
-    """Training (dashed: each edge's local fit, before aggregation) against evaluation (solid: the round's
-    global model on the edges' held-out data) of one metric family."""
+    """Training (dashed: each edge's local fit, before aggregation; dotted: that fit scored on the edge's
+    own validation split, Keras' val_*) against evaluation (solid: the round's global model on the edges'
+    held-out data) of one metric family. One colour per kind, the same in both plots."""
     figure, (ax,) = _figure()
     rounds = list(series.rounds)
-    for group, name, label, style in (
-        ("train", metric, f"training {ylabel} (local fit, before aggregation)", "--o"),
-        ("eval", metric, f"evaluation {ylabel} (global model, held-out data)", "-o"),
-        ("train", f"balanced_{metric}", f"training balanced {ylabel}", "--s"),
-        ("eval", f"balanced_{metric}", f"evaluation balanced {ylabel} (global model)", "-s"),
+    for group, name, label, style, color in (
+        ("train", metric, f"training {ylabel} (local fit, before aggregation)", "--o", "tab:blue"),
+        ("train", f"val_{metric}", f"local validation {ylabel} (local fit, before aggregation)", ":^", "tab:cyan"),
+        ("train", f"balanced_{metric}", f"training balanced {ylabel}", "--s", "tab:green"),
+        ("eval", metric, f"evaluation {ylabel} (global model, held-out data)", "-o", "tab:orange"),
+        ("eval", f"balanced_{metric}", f"evaluation balanced {ylabel} (global model)", "-s", "tab:red"),
     ):
         if series.has(group, name):
-            ax.plot(rounds, _nan(series.metric(group, name)), style, label=label)
+            ax.plot(rounds, _nan(series.metric(group, name)), style, color=color, label=label)
     if unit_range:
         ax.set_ylim(0.0, 1.02)
     ax.set_ylabel(ylabel)
@@ -220,17 +222,18 @@ def charts(series: RoundSeries) -> list[Chart]:
 
 def _charts(series: RoundSeries) -> list[Chart]:
     out: list[Chart] = []
-    if any(series.has(g, m) for g in ("train", "eval") for m in ("accuracy", "balanced_accuracy")):
+    if any(series.has(g, m) for g in ("train", "eval") for m in ("accuracy", "val_accuracy", "balanced_accuracy")):
         out.append(
             Chart(
                 "accuracy",
                 "Accuracy per round",
-                "Training: the participants' local fit, sample-weighted, before aggregation. Evaluation: the "
-                "round's global model scored on the edges' held-out data, summed over the edges.",
+                "Training: the participants' local fit, sample-weighted, before aggregation (local validation: "
+                "that fit on each edge's own validation split). Evaluation: the round's global model scored on "
+                "the edges' held-out data, summed over the edges.",
                 _curves(series, "accuracy", "accuracy", unit_range=True),
             )
         )
-    if series.has("train", "loss") or series.has("eval", "loss"):
+    if any(series.has(g, m) for g, m in (("train", "loss"), ("train", "val_loss"), ("eval", "loss"))):
         out.append(
             Chart(
                 "loss",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flctl.printers import RoundRow, round_rows
+from flctl.printers import RoundRow, named_figures, round_rows
 from schemas import Evaluation, RoundRecord
 
 
@@ -90,7 +90,7 @@ def _worker(node: str, records: Sequence[RoundRecord]) -> WorkerSeries:
         share.append(figures.num_samples / record.total_samples if record.total_samples > 0 else None)
         upload_bytes.append(figures.upload_bytes)
         upload_seconds.append(figures.upload_seconds)
-        train_accuracy.append(figures.train.get("accuracy"))
+        train_accuracy.append(named_figures(figures.train).get("accuracy"))
         eval_accuracy.append(figures.eval.accuracy if figures.eval is not None else None)
     return WorkerSeries(
         node,

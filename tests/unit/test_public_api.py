@@ -211,6 +211,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "human_duration",
         "jobs_table",
         "models_wide_table",
+        "named_figures",
         "render_views",
         "round_column",
         "round_rows",

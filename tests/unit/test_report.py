@@ -34,7 +34,7 @@ def record(r: int, *, without: Sequence[str] = ()) -> RoundRecord:
         WorkerRound(
             node=n,
             num_samples=SAMPLES[n],
-            train={"loss": 1.0 / (r + i + 1), "accuracy": 0.5 + 0.07 * r + 0.01 * i},
+            train={"loss": 1.0 / (r + i + 1), "categorical_accuracy": 0.5 + 0.07 * r + 0.01 * i},
             eval=Evaluation.of(r, [[20 + r, 5], [3 + i, 7 + r]], loss=0.6 - 0.05 * r),
             upload_bytes=480_000 + 1_000 * i,
             upload_seconds=0.25 + 0.1 * i + 0.01 * r,
@@ -50,7 +50,13 @@ def record(r: int, *, without: Sequence[str] = ()) -> RoundRecord:
         bytes_in=sum(w.upload_bytes or 0 for w in workers),
         bytes_out=481_000 + r,
         missing=list(without),
-        train={"loss": 0.9 - 0.1 * r, "accuracy": 0.55 + 0.06 * r},
+        # As Keras names them (the Sedna example's one-hot labels): val_* is the local fit's own validation.
+        train={
+            "loss": 0.9 - 0.1 * r,
+            "categorical_accuracy": 0.55 + 0.06 * r,
+            "val_loss": 0.8 - 0.1 * r,
+            "val_categorical_accuracy": 0.6 + 0.05 * r,
+        },
         eval=Evaluation.of(r, [[40 + r, 10 - r], [6, 14 + 2 * r]], loss=0.62 - 0.04 * r),
         workers=workers,
     )
@@ -127,11 +133,13 @@ def test_each_plot_shows_the_records_figures() -> None:
 
     assert list(plots) == ["accuracy", "loss", "workers", "durations", "bytes", "confusion"]
     (accuracy,) = plots["accuracy"].figure.axes
-    assert same(line(accuracy, "training accuracy"), [r.train["accuracy"] for r in RECORDS])
+    assert same(line(accuracy, "training accuracy"), [r.train["categorical_accuracy"] for r in RECORDS])
+    assert same(line(accuracy, "local validation"), [r.train["val_categorical_accuracy"] for r in RECORDS])
     assert same(line(accuracy, "evaluation accuracy"), [r.eval.accuracy for r in RECORDS if r.eval])
     assert same(line(accuracy, "evaluation balanced"), [r.eval.balanced_accuracy for r in RECORDS if r.eval])
     (loss,) = plots["loss"].figure.axes
     assert same(line(loss, "training loss"), [r.train["loss"] for r in RECORDS])
+    assert same(line(loss, "local validation"), [r.train["val_loss"] for r in RECORDS])
     assert same(line(loss, "evaluation loss"), [r.eval.loss for r in RECORDS if r.eval])
 
     samples, upload_size, upload_time = plots["workers"].figure.axes
@@ -191,6 +199,9 @@ def test_the_page_embeds_every_plot_as_a_png_and_tables_every_round(tmp_path: Pa
         (str(r), n) for r in range(1, 6) for n in SAMPLES if (r, n) != (3, "edge2")
     ]
     assert page.column("workers", "SHARE")[:3] == ["60.0%", "40.0%", "60.0%"]
+    assert page.column("workers", "TRAIN ACC")[:2] == [
+        f"{w.train['categorical_accuracy']:.3f}" for w in RECORDS[0].workers or ()
+    ]
     assert "<dt>Phase</dt><dd>Succeeded</dd>" in text
 
 
