@@ -99,11 +99,28 @@ def _worker_row(worker: WorkerSeries, index: int, round_: int) -> list[str]:
         str(samples),
         NO_VALUE if share is None else f"{share:.1%}",
         _size(worker.upload_bytes[index]),
-        _number(worker.upload_seconds[index], ".2f"),
+        _number(worker.upload_seconds[index]),
         _number(worker.train_accuracy[index]),
         _number(worker.eval_accuracy[index]),
     ]
     return [_row(cells, attrs=f' data-round="{round_}" data-worker="{escape(worker.node)}"', text_columns=[1])]
+
+
+def confusion_table(series: RoundSeries) -> str:
+    """The final evaluation's confusion matrix as counts (rows: true class, columns: predicted), or ""."""
+    final = series.final_evaluation
+    if final is None or not final.confusion:
+        return ""
+    classes = range(len(final.confusion))
+    lines = [_row(["true \\ predicted", *(str(c) for c in classes)], header=True, text_columns=[0])]
+    lines += [
+        _row([str(i), *(str(v) for v in row)], text_columns=[0])
+        for i, row in zip(classes, final.confusion, strict=True)
+    ]
+    return (
+        f"<h2>Confusion matrix of round {final.round} (federated evaluation, counts)</h2>\n"
+        f'<table class="confusion">\n' + "\n".join(lines) + "\n</table>"
+    )
 
 
 def _figure(chart: Chart) -> str:
@@ -119,13 +136,16 @@ def render_html(
     job: str, status: JobStatus | None, series: RoundSeries, plots: Sequence[Chart], generated: datetime
 ) -> str:
     """The whole page: the job's summary, every plot, the per-round table, the per-worker table (when the
-    records have per-worker figures)."""
-    facts = [("Job", job), ("Rounds closed", str(len(series.records))), ("Report written", timestamp(generated))]
+    records have per-worker figures), the final evaluation's confusion matrix as counts."""
+    facts = [("Job", job)]
     if status is not None:
-        facts[1:1] = [("Phase", status.phase.value), ("Status", status.message or NO_VALUE)]
+        facts += [("Phase", status.phase.value), ("Status", status.message or NO_VALUE)]
+    facts.append(("Rounds closed", str(len(series.records))))
+    if status is not None:
         if status.exit_round:
             facts.append(("Rounds planned", str(status.exit_round)))
         facts += [("Started", timestamp(status.start_time)), ("Completed", timestamp(status.completion_time))]
+    facts.append(("Report written", timestamp(generated)))
     summary = "\n".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
     parts = [
         "<!DOCTYPE html>",
@@ -144,5 +164,7 @@ def render_html(
     ]
     if series.workers:
         parts += ["<h2>Workers per round</h2>", workers_table(series)]
+    if confusion := confusion_table(series):
+        parts.append(confusion)
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)

@@ -179,7 +179,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "flctl.cli": ["broker_options", "build_parser", "main"],
     "flctl.cluster": ["ADMIN", "MONITOR", "LocalCluster", "NodeProcess", "free_port"],
     "flctl.residency": ["EdgeAudit", "JobAudit", "RoundBytes", "check_job", "describe_layout"],
-    "flctl.report": ["Chart", "RoundSeries", "WorkerSeries", "charts", "render_html", "rounds_table", "workers_table"],
+    "flctl.report": ["Chart", "RoundSeries", "WorkerSeries", "charts", "render_html"],
     "flctl.printers": [
         "CREATED_AT",
         "CREATED_BY",

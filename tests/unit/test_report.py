@@ -202,6 +202,11 @@ def test_the_page_embeds_every_plot_as_a_png_and_tables_every_round(tmp_path: Pa
     assert page.column("workers", "TRAIN ACC")[:2] == [
         f"{w.train['categorical_accuracy']:.3f}" for w in RECORDS[0].workers or ()
     ]
+    final = RECORDS[-1].eval
+    assert final is not None
+    header, *matrix = page.tables["confusion"]
+    assert header[1] == ["true \\ predicted", "0", "1"]
+    assert [cells for _, cells in matrix] == [[str(i), *map(str, row)] for i, row in enumerate(final.confusion)]
     assert "<dt>Phase</dt><dd>Succeeded</dd>" in text
 
 
@@ -229,7 +234,7 @@ def test_summaries_without_per_worker_figures_give_only_the_plots_they_can() -> 
     (durations,) = plots["durations"].figure.axes
     assert same(bars(durations, "round duration"), [None, 7.0, 7.0])
     page = Page(render_html("job", None, series, list(plots.values()), now()))
-    assert len(page.images) == 3 and "workers" not in page.tables
+    assert len(page.images) == 3 and "workers" not in page.tables and "confusion" not in page.tables
     assert len(page.rows("rounds")) == 3
 
 
