@@ -177,6 +177,14 @@ def start_cluster(cluster: LocalCluster, workdir: Path) -> None:
     )
 
 
+def shown(path: Path) -> Path:
+    """`path` relative to the current folder when it is under it, else as it is."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def report_models(status: JobStatus, workdir: Path) -> bool:
     """Say where every node wrote its final model; False when an edge wrote none."""
     missing = []
@@ -238,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         flctl_cli.main([*cluster.flctl_args(), "top", "fl", JOB])
         print()
-        page, plots = workdir / "report.html", workdir / "plots"
+        # Relative to where the demo runs (the repo, for make demo): the paths to type to open the report.
+        page, plots = shown(workdir / "report.html"), shown(workdir / "plots")
         say(f"flctl report fl {JOB} -o {page} --png-dir {plots}")
         reported = flctl_cli.main(
             [*cluster.flctl_args(), "report", "fl", JOB, "-o", str(page), "--png-dir", str(plots)]
