@@ -8,7 +8,8 @@ Where the records come from is pluggable: each `RoundSource` names the topics it
 the broker holds into `RoundRecord`s; the records of all sources are merged by round number, a later
 source's record of a round replacing an earlier one's. `StatusRounds` reads the job status's `rounds`
 (the newest 10 summaries), `RetainedRoundRecords` the full record every closed round keeps on its own
-retained topic (``.../rounds/<r>/record``), so the table has every round of a long job.
+retained topic (``.../rounds/<r>/record``), so the table has every round of a long job. `read_rounds` is
+the one reader of a job's rounds: `flctl report` plots what it returns.
 """
 
 from __future__ import annotations
@@ -97,21 +98,25 @@ def merged_records(
     return [by_round[r] for r in sorted(by_round)]
 
 
+def read_rounds(ctx: Context, name: str, sources: Sequence[RoundSource] = SOURCES) -> tuple[JobView, list[RoundRecord]]:
+    """Job `name`'s view and the records of its closed rounds (merged from `sources`), from one snapshot of
+    the retained topics; NotFoundError when the job has no retained spec. `flctl report` reads here too."""
+    with ctx.client() as client:
+        topics = client.topics
+        filters = subscriptions(topics, JOBS, [name]) + [f for s in sources for f in s.filters(topics, name)]
+        retained = client.snapshot(filters)
+    view: JobView | None = next((v for v in collect_jobs(topics, retained) if v.name == name), None)
+    if view is None:
+        raise NotFoundError(JOBS.plural, name)
+    return view, merged_records(sources, topics, name, retained, view.status)
+
+
 def top(ctx: Context, type_word: str, names: Sequence[str], sources: Sequence[RoundSource] = SOURCES) -> int:
     if resolve(type_word) is not JOBS:
         raise UsageError("flctl top works on federatedlearningjobs (fl) only")
     if len(names) != 1:
         raise UsageError("flctl top fl takes one job name")
-    (name,) = names
-    with ctx.client() as client:
-        topics = client.topics
-        filters = subscriptions(topics, JOBS, names) + [f for s in sources for f in s.filters(topics, name)]
-        retained = client.snapshot(filters)
-    view: JobView | None = next((v for v in collect_jobs(topics, retained) if v.name == name), None)
-    if view is None:
-        ctx.fail(NotFoundError(JOBS.plural, name))
-        return 1
-    records = merged_records(sources, topics, name, retained, view.status)
+    view, records = read_rounds(ctx, names[0], sources)
     if not records:
         ctx.note(f"No rounds closed yet ({view.phase.value}: {view.message}).")
         return 0

@@ -24,7 +24,7 @@ from broker import (
     connection_flags,
     node_config_from,
 )
-from flctl import _audit, _logs
+from flctl import _audit, _logs, _report
 from flctl._broker_init import add_broker_init, run_broker_init
 from flctl._client import BrokerOptions, default_client_id
 from flctl._context import Context, session_logger
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  flctl get fl -o wide\n"
             "  flctl get fl surface-defect-detection --watch\n"
             "  flctl top fl surface-defect-detection\n"
+            "  flctl report fl surface-defect-detection -o report.html\n"
             "  flctl wait fl surface-defect-detection --for=condition=Succeeded --timeout=30m\n"
             "  flctl describe fl surface-defect-detection\n"
             "  flctl delete fl surface-defect-detection\n"
@@ -264,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
         "example:\n  flctl audit fl surface-defect-detection",
     )
     _audit.add_arguments(p)
+    p = command(
+        "report",
+        "Plot a job's rounds into one self-contained HTML page (and PNGs): accuracy, loss, workers, bytes.",
+        _report.report,
+        "examples:\n  flctl report fl surface-defect-detection -o report.html\n"
+        "  flctl report fl surface-defect-detection --png-dir plots/",
+    )
+    _report.add_arguments(p)
 
     p = command("dataset", "Synthetic magnetic-tile data and per-edge shares.", _run_missing_subcommand)
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)

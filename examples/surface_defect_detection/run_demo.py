@@ -14,9 +14,11 @@ What it does, in order:
 5. publishes the page's Dataset, Model and FederatedLearningJob with ``flctl create`` as the admin, the
    job with one parameter added per training worker, ``TEST_DATASET_URL: /data/test.txt``;
 6. follows the job's status topic round by round until it is Succeeded or Failed;
-7. prints ``flctl get fl`` and ``flctl top fl`` (per round: the training and evaluation metrics), where each
-   edge wrote its model, and the final model's score on the whole held-out set next to the federated
-   evaluation of the same model on the same images (summed over the edges' shares).
+7. prints ``flctl get fl`` and ``flctl top fl`` (per round: the training and evaluation metrics), writes
+   ``flctl report fl``'s page (``.demo/report.html``: the plots, self-contained) and its plots as PNGs
+   (``.demo/plots/``), says where each edge wrote its model, and the final model's score on the whole
+   held-out set next to the federated evaluation of the same model on the same images (summed over the
+   edges' shares).
 
 Exit code 0 when the job Succeeded and both edges hold the model, non-zero with the reason otherwise.
 """
@@ -175,6 +177,14 @@ def start_cluster(cluster: LocalCluster, workdir: Path) -> None:
     )
 
 
+def shown(path: Path) -> Path:
+    """`path` relative to the current folder when it is under it, else as it is."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def report_models(status: JobStatus, workdir: Path) -> bool:
     """Say where every node wrote its final model; False when an edge wrote none."""
     missing = []
@@ -236,11 +246,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         flctl_cli.main([*cluster.flctl_args(), "top", "fl", JOB])
         print()
+        # Relative to where the demo runs (the repo, for make demo): the paths to type to open the report.
+        page, plots = shown(workdir / "report.html"), shown(workdir / "plots")
+        say(f"flctl report fl {JOB} -o {page} --png-dir {plots}")
+        reported = flctl_cli.main(
+            [*cluster.flctl_args(), "report", "fl", JOB, "-o", str(page), "--png-dir", str(plots)]
+        )
+        if reported == 0:
+            say(f"report: {page} (open it in a browser; no network needed)")
+        print()
         if status.phase is not Phase.SUCCEEDED:
             say(f"job ended {status.phase.value}: {status.message}")
             flctl_cli.main([*cluster.flctl_args(), "describe", "fl", JOB])
             return 1
 
+        if reported != 0:
+            say("FAILED: flctl report of a Succeeded job")
+            return 1
         if not report_models(status, workdir):
             return 1
 

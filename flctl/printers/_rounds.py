@@ -25,8 +25,18 @@ _TRAIN_GROUPS = ("train", "training", "train_metrics", "training_metrics")
 _EVAL_GROUPS = ("eval", "evaluation", "eval_metrics", "evaluation_metrics")
 _EVAL_PREFIXES = ("eval_", "evaluation_", "val_")
 _TRAIN_PREFIXES = ("train_", "training_")
-# The names one figure goes by, and the name it is shown under.
-_ALIASES = {"acc": "accuracy", "bacc": "balanced_accuracy", "balanced_acc": "balanced_accuracy"}
+# The names one figure goes by, and the name it is shown under. Keras names accuracy after the labels'
+# encoding (the Sedna example's one-hot labels give categorical_accuracy); it is the accuracy all the same.
+_KERAS_ACCURACY = ("categorical_accuracy", "sparse_categorical_accuracy", "binary_accuracy")
+_ALIASES = {
+    "acc": "accuracy",
+    "bacc": "balanced_accuracy",
+    "balanced_acc": "balanced_accuracy",
+    **{name: "accuracy" for name in _KERAS_ACCURACY},
+    # A local fit's own validation (Keras' val_*, before aggregation): kept apart from the federated
+    # evaluation of the global model, under one name whatever the encoding.
+    **{f"val_{name}": "val_accuracy" for name in _KERAS_ACCURACY},
+}
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 #: (column header, group, metric) of the metric columns, in table order.
@@ -44,8 +54,10 @@ def _snake(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
-def _numbers(group: Any) -> dict[str, float]:
-    """The numeric figures of one metrics map (nested lists, such as a confusion matrix, are not figures)."""
+def named_figures(group: Any) -> dict[str, float]:
+    """The numeric figures of one metrics map under the names the tables show them by (``accuracy`` for
+    ``acc`` or Keras' ``categorical_accuracy``, snake_case); nested lists, such as a confusion matrix, are
+    not figures."""
     if not isinstance(group, Mapping):
         return {}
     return {
@@ -72,15 +84,15 @@ class RoundRow:
         data: dict[str, Any] = record.model_dump(mode="json")
         train: dict[str, float] = {}
         evaluation: dict[str, float] = {}
-        for key, value in _numbers(data.get("metrics")).items():
+        for key, value in named_figures(data.get("metrics")).items():
             if key.startswith(_EVAL_PREFIXES):
                 evaluation[_snake(key.split("_", 1)[1])] = value
             else:
                 train[_snake(key.split("_", 1)[1]) if key.startswith(_TRAIN_PREFIXES) else key] = value
         for name in _TRAIN_GROUPS:
-            train.update(_numbers(data.get(name)))
+            train.update(named_figures(data.get(name)))
         for name in _EVAL_GROUPS:
-            evaluation.update(_numbers(data.get(name)))
+            evaluation.update(named_figures(data.get(name)))
         duration = next(
             (float(v) for k, v in data.items() if k.startswith("duration") and isinstance(v, int | float)), None
         )

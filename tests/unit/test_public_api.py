@@ -179,6 +179,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "flctl.cli": ["broker_options", "build_parser", "main"],
     "flctl.cluster": ["ADMIN", "MONITOR", "LocalCluster", "NodeProcess", "free_port"],
     "flctl.residency": ["EdgeAudit", "JobAudit", "RoundBytes", "check_job", "describe_layout"],
+    "flctl.report": ["Chart", "RoundSeries", "WorkerSeries", "charts", "render_html"],
     "flctl.printers": [
         "CREATED_AT",
         "CREATED_BY",
@@ -210,6 +211,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "human_duration",
         "jobs_table",
         "models_wide_table",
+        "named_figures",
         "render_views",
         "round_column",
         "round_rows",

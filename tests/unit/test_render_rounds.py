@@ -71,6 +71,22 @@ def test_metrics_are_split_into_training_and_evaluation_by_their_names() -> None
     assert row.eval == {"loss": 0.55, "accuracy": 0.8125}
 
 
+def test_keras_accuracy_names_are_the_training_accuracy_and_its_validation_stays_local() -> None:
+    """Keras names accuracy after the label encoding (the Sedna example: categorical_accuracy); its val_*
+    figures are the local fit's own validation, not the federated evaluation of the global model."""
+    keras = record(
+        1,
+        1.0,
+        train={"loss": 0.66, "categorical_accuracy": 0.5, "val_loss": 0.58, "val_categorical_accuracy": 0.88},
+        eval={"round": 1, "num_samples": 20, "accuracy": 0.8, "balanced_accuracy": 0.75, "confusion": [[8, 2], [2, 8]]},
+    )
+
+    (row,) = round_rows([keras])
+
+    assert row.train == {"loss": 0.66, "accuracy": 0.5, "val_loss": 0.58, "val_accuracy": 0.88}
+    assert cells(rounds_table([row]).splitlines()[0])[4:] == ["TRAIN LOSS", "TRAIN ACC", "EVAL ACC", "EVAL BACC"]
+
+
 def test_grouped_metrics_and_a_recorded_duration_win() -> None:
     """A record with `train`/`eval` groups and its own duration (what a richer RoundRecord carries) is read
     by name: camelCase and short aliases are understood, a confusion matrix is not a figure."""
