@@ -43,7 +43,8 @@ def lay_out(tmp: Path) -> Path:
     (tmp / "cloud0" / "code").mkdir(parents=True)
     shutil.copy2(SCRIPTS / "aggregate.py", tmp / "cloud0" / "code" / "aggregate.py")
     spec = tmp / "job.yaml"
-    params = {"features": "8", "hidden": "16", "hold_rounds": "2"}
+    # validation_split: the workers score each global model on their last quarter (federated evaluation).
+    params = {"features": "8", "hidden": "16", "hold_rounds": "2", "validation_split": "0.25"}
     spec.write_text(
         job_yaml(
             EDGES,
@@ -131,6 +132,7 @@ def test_a_real_prometheus_scrapes_the_aggregator_during_a_job(tmp_path: Path) -
             prom.wait_value(f'fl_job_phase{{{job},phase="Succeeded"}}', lambda v: v == 1, WAIT, "Succeeded")
             prom.wait_value(f"fl_rounds_closed_total{{{job}}}", lambda v: v == 3, WAIT, "3 rounds closed")
             prom.wait_value(f"fl_round_duration_seconds_count{{{job}}}", lambda v: v == 3, WAIT, "3 durations")
+            prom.wait_value(f"fl_job_eval_accuracy{{{job}}}", lambda v: 0.0 <= v <= 1.0, WAIT, "evaluation accuracy")
             assert prom.query(f"fl_job_round_opened_timestamp_seconds{{{job}}}") == {}, "no round open after the job"
             assert prom.wait_value(f"fl_job_round{{{job}}}", lambda v: v == 0, WAIT) == 0
 
