@@ -61,6 +61,7 @@ from runtime import (
     MODEL_VERSIONS_FOLDER,
     commit_version,
     fsync_dir,
+    fsync_tree,
     keep_versions,
     model_lock,
     new_version_folder,
@@ -168,7 +169,7 @@ def save_model(
             "created": datetime.now(UTC).isoformat(),
         }
         (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _sync_tree(staging)
+        fsync_tree(staging)
         try:
             with model_lock(directory):
                 _recover(directory, key)
@@ -358,11 +359,3 @@ def _link_into(src: Path, dst: Path) -> None:
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)
-
-
-def _sync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
-    fsync_dir(root)

@@ -1,6 +1,6 @@
 """The node runtime: what every process of this system needs besides the network.
 
-Structured logging (`configure_logging`, `get_logger`), crash-safe files (`write_atomic`, `fsync_dir`),
+Structured logging (`configure_logging`, `get_logger`), crash-safe files (`write_atomic`, `fsync_dir`, `fsync_tree`),
 the worker link (the local channel between a node service and the job script it runs: `WorkerChannel`;
 the one supervisor both services run scripts with: `ScriptSupervisor`, `ScriptProcess`, `ScriptLaunch`;
 the script's environment: `script_environment`; on the script's side, the watch on its service:
@@ -15,7 +15,7 @@ worker API loads only this and `schemas`.
 from runtime._channel import MAX_BODY, MAX_HEADER, WorkerChannel, spawn_channel_pair
 from runtime._errors import ChannelClosed, ChannelError, NodeRootLockedError, NodeRuntimeError, ScriptStartError
 from runtime._file_reads import JobFiles, answer_request, read_from, read_tail
-from runtime._files import TMP_PREFIX, fsync_dir, write_atomic
+from runtime._files import TMP_PREFIX, fsync_dir, fsync_tree, write_atomic
 from runtime._held_models import ModelUrlBook, held_models
 from runtime._ledger import Ledger, blob_layout
 from runtime._logging import configure_logging, get_logger
@@ -81,6 +81,7 @@ __all__ = [
     "commit_version",
     "configure_logging",
     "fsync_dir",
+    "fsync_tree",
     "get_logger",
     "held_models",
     "keep_versions",

@@ -29,6 +29,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(root: Path) -> None:
+    """Make every file under `root` and `root`'s own entries durable (a model folder before it is renamed
+    into place: after a crash the new name holds whole files, never empty ones)."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(root)
+
+
 def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     """Write `data` to `path`: temp sibling, fsync, rename, then (by default) fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)

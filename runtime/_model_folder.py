@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from runtime._files import TMP_PREFIX, fsync_dir
+from runtime._files import TMP_PREFIX, fsync_dir, fsync_tree
 from schemas import WorkerEnv
 
 __all__ = [
@@ -109,7 +109,7 @@ def commit_version(tmp: Path, version: str) -> Path:
     A version of that name already there (the same job run saving the same round again, e.g. after a
     restart) is replaced whole: moved aside, the new one renamed in, the old one removed.
     """
-    _sync_tree(tmp)
+    fsync_tree(tmp)
     target = tmp.parent / version
     old = tmp.parent / f"{_OLD}{version}.{uuid.uuid4().hex[:8]}"
     if target.exists():
@@ -204,14 +204,6 @@ def prune_versions(folder: Path, keep: int, *, protect: frozenset[str] = frozens
     if removed:
         fsync_dir(folder / MODEL_VERSIONS_FOLDER)
     return removed
-
-
-def _sync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
-    fsync_dir(root)
 
 
 # -- the lock ---------------------------------------------------------------------------------------

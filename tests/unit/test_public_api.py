@@ -276,6 +276,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "commit_version",
         "configure_logging",
         "fsync_dir",
+        "fsync_tree",
         "get_logger",
         "held_models",
         "keep_versions",
