@@ -193,6 +193,8 @@ PARAMETER_BOUNDS: Mapping[str, NumberBound] = MappingProxyType(
         "min_participants": NumberBound(whole=True, low=1, high=MAX_TRAINING_WORKERS),
         # 0: no deadline (a round waits for every training worker)
         "round_deadline": NumberBound(whole=False, low=0, high=7 * 24 * 3600, unit="of seconds"),
+        # how long a participant must stay offline before an open round stops waiting for it
+        "offline_grace": NumberBound(whole=False, low=0, high=24 * 3600, unit="of seconds"),
         "batch_size": NumberBound(whole=True, low=1, high=65536),
         "epochs": NumberBound(whole=True, low=1, high=10_000),
         "learning_rate": NumberBound(whole=False, low=0, high=10, low_open=True),

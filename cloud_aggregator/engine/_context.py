@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Literal
 
 import structlog
@@ -44,6 +45,9 @@ class JobContext:
         self._published_shape: tuple[object, ...] | None = None  # what makes a change urgent (`_shape`)
         self._deferred = False  # a change not published yet (`status_interval`)
         self._signalled: ScriptSignal | None = None
+        # node -> (`clock`, wall time) of its last will, while its worker shows Offline (`Workers` keeps it;
+        # `RoundEngine` stops waiting for it after the job's offline_grace)
+        self.offline_since: dict[str, tuple[float, datetime]] = {}
 
     @property
     def status(self) -> JobStatus:

@@ -425,7 +425,7 @@ class Controller:
             self._foreign.node_seen(node, now_s)
             self._recheck(now_s, f"node {node} appeared")
         for engine in self.engines():
-            engine.on_node_status(node, status.state)
+            engine.on_node_status(node, status.state, now_s)
 
     def on_update_manifest(self, topic: ParsedTopic, manifest: TransferManifest, now_s: float) -> None:
         """An update (or init) manifest; a finished job still answers for what it stored."""

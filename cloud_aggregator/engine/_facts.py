@@ -21,9 +21,12 @@ from schemas import (
     ScriptRef,
 )
 
-__all__ = ["DEFAULT_RESUME_AFTER", "JobFacts", "JobSettings", "planned_workers"]
+__all__ = ["DEFAULT_OFFLINE_GRACE", "DEFAULT_RESUME_AFTER", "JobFacts", "JobSettings", "planned_workers"]
 
 DEFAULT_RESUME_AFTER = 3.0
+# Seconds a participant's node must stay offline (its last will) before an open round stops waiting for
+# it: a link that drops and comes back within seconds (paho reconnects after 1 s) does not close rounds.
+DEFAULT_OFFLINE_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -69,23 +72,29 @@ def planned_workers(spec: FederatedLearningJob, datasets: Mapping[str, Dataset])
     return planned
 
 
-def _round_rules(worker: EffectiveWorker, participants: int) -> tuple[float | None, int]:
-    """round_deadline (None: no deadline) and min_participants (clamped to 1..participants) from the spec."""
+def _seconds(raw: object) -> float | None:
+    """A parameter's value in seconds, None when absent or not a number (the spec's check reports those)."""
+    if raw in (None, ""):
+        return None
+    try:
+        return float(str(raw))
+    except ValueError:
+        return None
+
+
+def _round_rules(worker: EffectiveWorker, participants: int) -> tuple[float | None, int, float]:
+    """round_deadline (None: no deadline), min_participants (clamped to 1..participants) and offline_grace
+    (seconds, default `DEFAULT_OFFLINE_GRACE`) from the spec."""
     params = worker.parameters
-    deadline: float | None = None
-    raw = params.get("round_deadline")
-    if raw not in (None, ""):
-        try:
-            value = float(str(raw))
-        except ValueError:
-            value = 0.0
-        deadline = value if value > 0 else None
+    value = _seconds(params.get("round_deadline"))
+    deadline = value if value is not None and value > 0 else None
     quorum = participants
     raw = params.get("min_participants")
     if raw not in (None, ""):
         with contextlib.suppress(ValueError):
             quorum = max(1, min(int(str(raw)), participants))
-    return deadline, quorum
+    grace = _seconds(params.get("offline_grace"))
+    return deadline, quorum, grace if grace is not None and grace >= 0 else DEFAULT_OFFLINE_GRACE
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,7 @@ class JobFacts:
     participants: list[str]
     round_deadline: float | None
     min_participants: int
+    offline_grace: float  # seconds offline before a participant no longer holds a round open (`RoundEngine`)
     aggregation_worker: EffectiveWorker
     model: ModelRef
     pretrained_model: ModelRef | None
@@ -130,7 +140,7 @@ class JobFacts:
         worker = agg.effective()
         pretrained = spec.spec.pretrained_model
         planned = planned_workers(spec, datasets)
-        deadline, quorum = _round_rules(worker, len(planned))
+        deadline, quorum, grace = _round_rules(worker, len(planned))
         return cls(
             spec=spec,
             spec_hash=spec.spec_hash(),
@@ -140,6 +150,7 @@ class JobFacts:
             participants=[w.node for w in planned],
             round_deadline=deadline,
             min_participants=quorum,
+            offline_grace=grace,
             aggregation_worker=worker,
             model=_model_ref(models[agg.model.name]),
             pretrained_model=_model_ref(models[pretrained.name]) if pretrained else None,

@@ -224,6 +224,6 @@ class Job:
         """A training worker's own status: folded into the job status; Failed fails the job."""
         self._workers.on_worker_status(node, worker, retained=retained)
 
-    def on_node_status(self, node: str, state: NodeState) -> None:
+    def on_node_status(self, node: str, state: NodeState, now_s: float) -> None:
         """A participant's node went offline (its last will) or came back."""
-        self._workers.on_node_status(node, state)
+        self._workers.on_node_status(node, state, now_s)

@@ -6,8 +6,11 @@
 - **TRAINING** (rounds 1..exit_round): each participant's update is checked, stored (`Port.store_update`)
   and folded into the strategy's accumulator on arrival, exactly once, then acknowledged. The round
   closes when every participant is in, or after its deadline (aggregationWorker parameter
-  ``round_deadline``) as soon as ``min_participants`` are in; missing workers are named in
-  `RoundRecord.missing` and a Warning event. Each closed round is committed (`Committer`).
+  ``round_deadline``) as soon as ``min_participants`` are in, or (`closes_early`) before the deadline
+  when the quorum is in and every participant still missing is *absent*: its node's last will said
+  offline at least ``offline_grace`` seconds ago and it has not spoken since. Missing workers are named
+  in `RoundRecord.missing` and a Warning event (saying since when an absent one is offline). Each closed
+  round is committed (`Committer`).
 - **FINAL**: the final weights are written under the Model url; once every worker of the final round
   reported Completed the job is Succeeded and the script gets `finish`.
 """
@@ -154,21 +157,21 @@ class RoundEngine:
             + f"; {len(open_round.counted)}/{len(facts.participants)} in",
             node=node,
         )
-        if not open_round.waiting_for(facts.participants) or (
-            open_round.deadline_passed and len(open_round.counted) >= facts.min_participants
-        ):
+        if self._closable(open_round):
             self._close(open_round)
         ctx.publish()
 
     # -- timers ----------------------------------------------------------------------------------
 
     def tick(self, now_s: float) -> None:
-        """The round deadline: close with a quorum, else wait for it (and say for whom)."""
+        """The round deadline: close with a quorum, else wait for it (and say for whom). Before it, the
+        offline grace of an absent participant may run out (`closes_early`)."""
         ctx, facts = self._ctx, self._ctx.facts
         state, deadline = ctx.state, facts.round_deadline
         if not isinstance(state, Training) or deadline is None or state.deadline_passed:
             return
         if now_s < state.opened + deadline:
+            self.on_presence()
             return
         state.deadline_passed = True
         if len(state.counted) >= facts.min_participants:
@@ -182,6 +185,48 @@ class RoundEngine:
                 f"waiting for {', '.join(state.waiting_for(facts.participants))}",
             )
         ctx.publish()
+
+    def on_presence(self) -> None:
+        """A participant went offline, or time passed: close the open round if the absent no longer hold it."""
+        state = self._ctx.state
+        if isinstance(state, Training) and self.closes_early(state):
+            self._close(state)
+            self._ctx.publish()
+
+    # -- the closing rule --------------------------------------------------------------------------
+
+    def absent(self, node: str) -> bool:
+        """`node`'s worker is Offline (its node's last will) since at least the job's offline_grace."""
+        ctx = self._ctx
+        worker = ctx.book.worker(node)
+        since = ctx.offline_since.get(node)
+        if worker is None or worker.state is not WorkerState.OFFLINE or since is None:
+            return False
+        return ctx.clock - since[0] >= ctx.facts.offline_grace
+
+    def closes_early(self, open_round: Training) -> bool:
+        """Before its deadline, with the quorum in, a round stops waiting for participants known to be gone.
+
+        Only a job with a ``round_deadline`` agreed to rounds without everyone; without one, every
+        participant is awaited every round (Sedna's contract), offline or not. The quorum still holds
+        (``min_participants``, by default every participant: then nothing closes early either)."""
+        facts = self._ctx.facts
+        missing = open_round.waiting_for(facts.participants)
+        return (
+            facts.round_deadline is not None
+            and not open_round.deadline_passed
+            and bool(missing)
+            and len(open_round.counted) >= facts.min_participants
+            and all(self.absent(node) for node in missing)
+        )
+
+    def _closable(self, open_round: Training) -> bool:
+        facts = self._ctx.facts
+        if not open_round.waiting_for(facts.participants):
+            return True
+        if open_round.deadline_passed:
+            return len(open_round.counted) >= facts.min_participants
+        return self.closes_early(open_round)
 
     # -- stages ----------------------------------------------------------------------------------
 
@@ -247,13 +292,7 @@ class RoundEngine:
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", f"Round {r} reaches at {stamp.isoformat()}")
         ctx.status.current_round = r
         if missing:
-            waited = ctx.clock - closing.opened
-            ctx.event(
-                "Warning",
-                "RoundClosedWithout",
-                f"round {r} closed without {', '.join(missing)} after {waited:.0f} s "
-                f"({len(counted)}/{len(facts.participants)} updates, quorum {facts.min_participants})",
-            )
+            self._closed_without(closing, missing)
         ctx.event(
             "Normal",
             "RoundClosed",
@@ -283,6 +322,22 @@ class RoundEngine:
                 "waiting for them (they catch up from the retained final model)",
             )
         self.check_complete()
+
+    def _closed_without(self, closing: Training, missing: list[str]) -> None:
+        """The Warning event of a round closed with participants missing: who, after how long, and why."""
+        ctx, facts = self._ctx, self._ctx.facts
+        waited = ctx.clock - closing.opened
+        offline = [
+            f"{node} offline since {ctx.offline_since[node][1]:%H:%M:%S} UTC" for node in missing if self.absent(node)
+        ]
+        why = f"{'; '.join(offline)}; " if offline else ""
+        early = "" if closing.deadline_passed or facts.round_deadline is None else ", before its deadline"
+        ctx.event(
+            "Warning",
+            "RoundClosedWithout",
+            f"round {closing.round} closed without {', '.join(missing)} after {waited:.0f} s{early} "
+            f"({why}{len(closing.counted)}/{len(facts.participants)} updates, quorum {facts.min_participants})",
+        )
 
     def _record(
         self, closing: Training, counted: list[str], missing: list[str], closed_at: datetime, bytes_out: int

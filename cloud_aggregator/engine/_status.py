@@ -145,14 +145,19 @@ def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
         return
     who = ", ".join(status.waiting_for)
     n, total = len(state.counted), len(facts.participants)
+    # Said because an offline participant is what a round waits for longest (until the deadline or, past
+    # the offline grace and with the quorum in, not at all: `RoundEngine.closes_early`).
+    offline = [w.node for w in status.workers if w.node in status.waiting_for and w.state is WorkerState.OFFLINE]
+    gone = f"; offline: {', '.join(offline)}" if offline else ""
     if state.deadline_passed:
         status.message = (
-            f"round {state.round}: waiting for {who} ({n}/{total} updates, quorum {facts.min_participants})"
+            f"round {state.round}: waiting for {who} ({n}/{total} updates, quorum {facts.min_participants}){gone}"
         )
         return
     status.message = f"round {state.round}/{state.run.plan.exit_round}: waiting for updates from {who} ({n}/{total} in)"
     if facts.round_deadline is not None:
         status.message += f", deadline {facts.round_deadline:g} s, quorum {facts.min_participants}"
+    status.message += gone
 
 
 def final_message(round_: int) -> str:

@@ -1,7 +1,8 @@
 """What the training workers and their nodes report, folded into the job's status.
 
 A worker's own status replaces its entry (Failed fails the job, as in Sedna; Completed may complete
-it); a node's last will marks its worker Offline until the node or the worker speaks again. Statuses
+it); a node's last will marks its worker Offline until the node or the worker speaks again (and, with a
+round deadline and a quorum, lets an open round close without it once the offline grace ran out). Statuses
 of this run that arrive while a resumed job waits for its script are kept in `Starting` and replayed.
 """
 
@@ -45,6 +46,7 @@ class Workers:
             return
         previous = ctx.book.worker(node)
         self._offline_from.pop(node, None)
+        ctx.offline_since.pop(node, None)  # it speaks: its node is back
         ctx.book.replace_worker(worker.model_copy(update={"role": "training"}))
         changed = previous is None or previous.state is not worker.state
         if changed:
@@ -87,19 +89,24 @@ class Workers:
                 )
             self._rounds.check_complete()
 
-    def on_node_status(self, node: str, state: NodeState) -> None:
-        """A participant's node went offline (its last will) or came back."""
+    def on_node_status(self, node: str, state: NodeState, now_s: float) -> None:
+        """A participant's node went offline (its last will) or came back. An open round stops waiting for
+        an offline participant after the job's offline_grace (`RoundEngine.on_presence`)."""
         ctx = self._ctx
         if node not in ctx.facts.participants or ctx.finished:
             return
         worker = ctx.book.worker(node)
         if worker is None or worker.state.terminal:
             return
+        ctx.advance(now_s)
         if state is NodeState.OFFLINE and worker.state is not WorkerState.OFFLINE:
             self._offline_from[node] = worker
+            ctx.offline_since[node] = (ctx.clock, now())
             ctx.book.set_worker(node, WorkerState.OFFLINE, "node offline (its last will)")
             ctx.event("Warning", "NodeOffline", f"node {node} went offline", node=node)
+            self._rounds.on_presence()
         elif state is NodeState.ONLINE and worker.state is WorkerState.OFFLINE:
+            ctx.offline_since.pop(node, None)
             before = self._offline_from.pop(node, None)
             if before is not None:
                 ctx.book.replace_worker(before.model_copy(update={"message": "node back online", "updated_at": now()}))

@@ -189,16 +189,16 @@ def test_last_will_marks_offline_and_the_next_status_brings_it_back() -> None:
     job = job_with(port)
     report(job, "edge2", WorkerState.TRAINING, uid=UID, round=1)
 
-    job.on_node_status("edge2", NodeState.OFFLINE)
+    job.on_node_status("edge2", NodeState.OFFLINE, 1.0)
     worker = port.job_status(JOB).worker("edge2")
     assert worker is not None and worker.state is WorkerState.OFFLINE
     assert any(e.reason == "NodeOffline" for e in port.job_status(JOB).events)
 
-    job.on_node_status("edge2", NodeState.ONLINE)
+    job.on_node_status("edge2", NodeState.ONLINE, 1.0)
     worker = port.job_status(JOB).worker("edge2")
     assert worker is not None and worker.state is WorkerState.TRAINING
 
-    job.on_node_status("edge2", NodeState.OFFLINE)
+    job.on_node_status("edge2", NodeState.OFFLINE, 1.0)
     report(job, "edge2", WorkerState.UPLOADING, uid=UID, round=1)
     worker = port.job_status(JOB).worker("edge2")
     assert worker is not None and worker.state is WorkerState.UPLOADING
