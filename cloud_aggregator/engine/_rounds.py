@@ -199,9 +199,11 @@ class RoundEngine:
         """`node`'s worker is Offline (its node's last will) since at least the job's offline_grace."""
         ctx = self._ctx
         worker = ctx.book.worker(node)
-        since = ctx.offline_since.get(node)
-        if worker is None or worker.state is not WorkerState.OFFLINE or since is None:
+        if worker is None or worker.state is not WorkerState.OFFLINE:
             return False
+        # A resumed run restores an Offline entry from the retained status, and the retained will then
+        # changes nothing: its grace counts from now (this run saw no will), its wall time is the entry's.
+        since = ctx.offline_since.setdefault(node, (ctx.clock, worker.updated_at))
         return ctx.clock - since[0] >= ctx.facts.offline_grace
 
     def closes_early(self, open_round: Training) -> bool:

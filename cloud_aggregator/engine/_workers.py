@@ -99,7 +99,11 @@ class Workers:
         if worker is None or worker.state.terminal:
             return
         ctx.advance(now_s)
-        if state is NodeState.OFFLINE and worker.state is not WorkerState.OFFLINE:
+        if state is NodeState.OFFLINE and worker.state is WorkerState.OFFLINE:
+            # Restored Offline by a resumed run: its offline grace counts from this will (`RoundEngine.absent`).
+            ctx.offline_since.setdefault(node, (ctx.clock, worker.updated_at))
+            return
+        if state is NodeState.OFFLINE:
             self._offline_from[node] = worker
             ctx.offline_since[node] = (ctx.clock, now())
             ctx.book.set_worker(node, WorkerState.OFFLINE, "node offline (its last will)")

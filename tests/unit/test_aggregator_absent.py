@@ -8,8 +8,18 @@ import yaml
 
 from cloud_aggregator.engine import Job, Stage
 from cloud_aggregator.testing import MemoryPort
-from schemas import NodeState, SpecError, WorkerState, load_yaml_documents, parameter_value_problem, parse_documents
-from tests.unit.test_aggregator_rounds import EXAMPLE, job_with, upload
+from schemas import (
+    JobStatus,
+    Kind,
+    NodeState,
+    SpecError,
+    WorkerFrame,
+    WorkerState,
+    load_yaml_documents,
+    parameter_value_problem,
+    parse_documents,
+)
+from tests.unit.test_aggregator_rounds import EXAMPLE, facts_with, job_with, upload
 from tests.unit.test_job_rounds import JOB, UID, report
 
 RULES = {"round_deadline": "30", "min_participants": "1", "offline_grace": "2"}
@@ -136,6 +146,32 @@ def test_without_a_deadline_and_a_quorum_nothing_changes(params: dict[str, str],
 
     assert job.round == 1, reason
     assert port.job_status(JOB).waiting_for == ["edge2"]
+
+
+def test_after_an_aggregator_restart_the_offline_edge_still_does_not_hold_rounds() -> None:
+    """kill -9 of the aggregator while edge2 is offline: the resumed run restores edge2's Offline entry, the
+    retained will arrives again (no change of state), and round 2 closes once the grace ran out again."""
+    old = MemoryPort()
+    job = job_with(old, exit_round=3, **RULES)
+    job.on_node_status("edge2", NodeState.OFFLINE, 1.0)
+    upload(job, "edge1", 1, 5.0)
+    assert job.round == 2
+
+    port = MemoryPort(disk=old.disk)
+    previous = old.statuses.get((Kind.JOB, JOB))
+    assert isinstance(previous, JobStatus)
+    job = Job(facts_with(resume=True, **RULES), port, previous_status=previous)
+    job.start(100.0)
+    job.on_script_frame(WorkerFrame(type="config", aggregation="FedAvg", exit_round=3), 100.1)
+    worker = port.job_status(JOB).worker("edge2")
+    assert job.round == 2 and worker is not None and worker.state is WorkerState.OFFLINE
+    job.on_node_status("edge2", NodeState.OFFLINE, 100.2)
+    upload(job, "edge1", 2, 101.0)
+    assert job.round == 2  # the grace counts from the will this run saw
+
+    job.tick(102.2)
+
+    assert job.round == 3 and port.job_status(JOB).rounds[-1].missing == ["edge2"]
 
 
 def test_quorum_not_met_by_the_online_ones_waits_for_the_deadline() -> None:

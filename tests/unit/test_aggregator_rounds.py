@@ -24,8 +24,8 @@ from tests.unit.test_aggregator_intake import send, transfer
 from tests.unit.test_job_rounds import EXAMPLE, JOB, SETTINGS, UID, report, weights
 
 
-def job_with(port: MemoryPort, *, exit_round: int = 2, **params: str) -> Job:
-    """The example job with extra aggregationWorker parameters, configured and past round 0 (edge1's init)."""
+def facts_with(*, resume: bool = False, **params: str) -> JobFacts:
+    """The facts of the example job with extra aggregationWorker parameters."""
     docs = load_yaml_documents(EXAMPLE.read_text(), str(EXAMPLE))
     for doc in docs:
         if doc["kind"] == "FederatedLearningJob":
@@ -35,7 +35,12 @@ def job_with(port: MemoryPort, *, exit_round: int = 2, **params: str) -> Job:
     spec = next(r for r in resources if isinstance(r, FederatedLearningJob))
     datasets = {r.metadata.name: r for r in resources if isinstance(r, Dataset)}
     models = {r.metadata.name: r for r in resources if isinstance(r, Model)}
-    job = Job(JobFacts.of(spec, datasets, models, node="cloud0", uid=UID, settings=SETTINGS), port)
+    return JobFacts.of(spec, datasets, models, node="cloud0", uid=UID, settings=SETTINGS, resume=resume)
+
+
+def job_with(port: MemoryPort, *, exit_round: int = 2, **params: str) -> Job:
+    """The example job with extra aggregationWorker parameters, configured and past round 0 (edge1's init)."""
+    job = Job(facts_with(**params), port)
     job.start(0.0)
     job.on_script_frame(WorkerFrame(type="config", aggregation="FedAvg", exit_round=exit_round), 0.0)
     manifest, chunks = transfer("edge1", 0, weights(0.0), kind="init")
