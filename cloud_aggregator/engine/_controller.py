@@ -60,6 +60,7 @@ from schemas import (
     JobStatus,
     Kind,
     Model,
+    NodeState,
     NodeStatus,
     ParsedTopic,
     Phase,
@@ -370,6 +371,9 @@ class Controller:
             self._gate.release(hold, engine.status, cause)
         self._log.info("job resumes" if previous is not None else "job starts", job=entry.name, uid=engine.facts.uid)
         engine.start(now_s)
+        for node in facts.participants:
+            if self._nodes.offline(node):  # its last will came before the job: the job knows it is gone
+                engine.on_node_status(node, NodeState.OFFLINE, now_s)
         for (job, node), payload in list(self._old_worker_statuses.items()):
             if job == entry.name:
                 del self._old_worker_statuses[(job, node)]
@@ -421,7 +425,7 @@ class Controller:
             return
         if status.node != node:
             return
-        if self._nodes.saw(node, status.role) and self._ready:
+        if self._nodes.saw(node, status.role, offline=status.state is NodeState.OFFLINE) and self._ready:
             self._foreign.node_seen(node, now_s)
             self._recheck(now_s, f"node {node} appeared")
         for engine in self.engines():

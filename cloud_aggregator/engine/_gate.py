@@ -61,16 +61,26 @@ Role = Literal["edge", "aggregator", "cli"]
 
 
 class Nodes:
-    """Every node seen so far (any `NodeStatus`, online or offline) and the role its last status gave."""
+    """Every node seen so far (any `NodeStatus`, online or offline), the role its last status gave and
+    whether that status said offline (a job that starts learns which of its participants are gone)."""
 
     def __init__(self) -> None:
         self._roles: dict[str, Role] = {}
+        self._offline: set[str] = set()
 
-    def saw(self, node: str, role: Role) -> bool:
+    def saw(self, node: str, role: Role, *, offline: bool = False) -> bool:
         """Note a status of `node`; True when that is news (its first status, or another role)."""
         news = self._roles.get(node) != role
         self._roles[node] = role
+        if offline:
+            self._offline.add(node)
+        else:
+            self._offline.discard(node)
         return news
+
+    def offline(self, node: str) -> bool:
+        """`node`'s last status said offline (its last will)."""
+        return node in self._offline
 
     def problem(self, node: str, role: Role) -> str | None:
         """Why `node` cannot take a `role` part (None: it can)."""

@@ -19,7 +19,7 @@ from cloud_aggregator.engine._recovery import Recovery
 from cloud_aggregator.engine._rounds import RoundEngine
 from cloud_aggregator.engine._stages import Done, Init, Run, Starting
 from cloud_aggregator.engine._workers import Workers
-from schemas import MAX_EXIT_ROUND, ConditionType, PathEscapeError, Phase, WorkerFrame, WorkerState, now
+from schemas import MAX_EXIT_ROUND, ConditionType, NodeState, PathEscapeError, Phase, WorkerFrame, WorkerState, now
 
 __all__ = ["DEFAULT_AGGREGATION", "TAIL_CHARS", "AggregationScript"]
 
@@ -177,13 +177,20 @@ class AggregationScript:
             self.recovery.resume(run, *starting.checkpoint)
         else:
             self._running(run)
-        # What arrived for this run while it was starting, in the order it came.
+        self._replay(starting)
+
+    def _replay(self, starting: Starting) -> None:
+        """What arrived for this run while it was starting, in the order it came; then the offline nodes."""
+        ctx = self.ctx
         for node, (worker, retained) in starting.early_statuses.items():
             if not ctx.finished:
                 self.workers.on_worker_status(node, worker, retained=retained)
         for (round_, node, _), manifest in starting.early_manifests.items():
             if not ctx.finished:
                 self.intake.on_manifest(node, round_, manifest, ctx.clock)
+        for node in sorted(starting.offline):
+            if not ctx.finished:
+                self.workers.on_node_status(node, NodeState.OFFLINE, ctx.clock)
 
     def _running(self, run: Run) -> None:
         """The job runs (a new run, or one resumed without a checkpoint): round 0 waits for an init."""

@@ -68,11 +68,13 @@ class Starting:
     """The aggregation script runs; its config frame is due by `config_deadline`.
 
     A resumed run keeps here what arrives before the round state is restored: the checkpoint it
-    loaded, and the worker statuses and manifests of this run (replayed once the job runs).
+    loaded, and the worker statuses and manifests of this run (replayed once the job runs). Every run
+    keeps the participants whose node is offline (`offline`, replayed after the worker statuses).
     """
 
     config_deadline: float
     checkpoint: tuple[Checkpoint, bytes] | None = None
+    offline: set[str] = field(default_factory=set)
     early_statuses: dict[str, tuple[WorkerStatus, bool]] = field(default_factory=dict)
     early_manifests: dict[TransferId, TransferManifest] = field(default_factory=dict)
 

@@ -95,10 +95,18 @@ class Workers:
         ctx = self._ctx
         if node not in ctx.facts.participants or ctx.finished:
             return
+        ctx.advance(now_s)
+        starting = ctx.state
+        if isinstance(starting, Starting):
+            # A resumed run's status is restored at its config: the newest presence is replayed after it.
+            if state is NodeState.OFFLINE:
+                starting.offline.add(node)
+            else:
+                starting.offline.discard(node)
+            return
         worker = ctx.book.worker(node)
         if worker is None or worker.state.terminal:
             return
-        ctx.advance(now_s)
         if state is NodeState.OFFLINE and worker.state is WorkerState.OFFLINE:
             # Restored Offline by a resumed run: its offline grace counts from this will (`RoundEngine.absent`).
             ctx.offline_since.setdefault(node, (ctx.clock, worker.updated_at))

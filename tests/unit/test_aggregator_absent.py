@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cloud_aggregator.engine import Job, Stage
+from cloud_aggregator.engine import Controller, Job, Stage
 from cloud_aggregator.testing import MemoryPort
 from schemas import (
     JobStatus,
     Kind,
     NodeState,
+    NodeStatus,
     SpecError,
     WorkerFrame,
     WorkerState,
@@ -19,8 +20,10 @@ from schemas import (
     parameter_value_problem,
     parse_documents,
 )
+from tests.unit.test_aggregator_intake import send, transfer
 from tests.unit.test_aggregator_rounds import EXAMPLE, facts_with, job_with, upload
-from tests.unit.test_job_rounds import JOB, UID, report
+from tests.unit.test_controller import FIXED, announce, documents, job_payload, publish
+from tests.unit.test_job_rounds import JOB, SETTINGS, UID, report, weights
 
 RULES = {"round_deadline": "30", "min_participants": "1", "offline_grace": "2"}
 
@@ -172,6 +175,33 @@ def test_after_an_aggregator_restart_the_offline_edge_still_does_not_hold_rounds
     job.tick(102.2)
 
     assert job.round == 3 and port.job_status(JOB).rounds[-1].missing == ["edge2"]
+
+
+def test_an_edge_whose_last_will_came_before_the_job_is_known_absent() -> None:
+    """The controller saw edge2's last will before the job was created: the job shows edge2 Offline from
+    its config on, and round 1 closes once edge1 delivered and the grace (from then) ran out."""
+    port = MemoryPort()
+    controller = Controller(node="cloud0", port=port, settings=SETTINGS, new_uid=lambda: UID)
+    announce(controller, "edge1")
+    will = NodeStatus.model_validate({"node": "edge2", "role": "edge", "state": NodeState.OFFLINE})
+    controller.on_node_status("edge2", will.to_json(), 0.0)
+    controller.ready(0.0)
+    params = [{"key": "exit_round", "value": "3"}, *({"key": k, "value": v} for k, v in RULES.items())]
+    for kind, name, payload in documents(FIXED):
+        body = job_payload({"spec.aggregationWorker.workerSpec.parameters": params}) if kind is Kind.JOB else payload
+        publish(controller, kind, name, body, 1.0)
+    controller.on_script_frame(JOB, UID, WorkerFrame(type="config", aggregation="FedAvg", exit_round=3), 1.1)
+    job = controller.job(JOB)
+    assert job is not None
+    worker = port.job_status(JOB).worker("edge2")
+    assert worker is not None and worker.state is WorkerState.OFFLINE
+    send(job, "edge1", *transfer("edge1", 0, weights(0.0), kind="init"), 1.5)
+    send(job, "edge1", *transfer("edge1", 1, weights(1.0)), 2.0)
+    assert job.round == 1
+
+    controller.tick(3.2)
+
+    assert job.round == 2 and port.job_status(JOB).rounds[-1].missing == ["edge2"]
 
 
 def test_quorum_not_met_by_the_online_ones_waits_for_the_deadline() -> None:
