@@ -147,7 +147,8 @@ def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
     n, total = len(state.counted), len(facts.participants)
     # Said because an offline participant is what a round waits for longest (until the deadline or, past
     # the offline grace and with the quorum in, not at all: `RoundEngine.closes_early`).
-    offline = [w.node for w in status.workers if w.node in status.waiting_for and w.state is WorkerState.OFFLINE]
+    waiting = set(status.waiting_for)
+    offline = [w.node for w in status.workers if w.state is WorkerState.OFFLINE and w.node in waiting]
     gone = f"; offline: {', '.join(offline)}" if offline else ""
     if state.deadline_passed:
         status.message = (
