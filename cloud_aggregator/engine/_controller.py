@@ -49,7 +49,7 @@ from cloud_aggregator.engine._restart import (
     lost_specs,
     restart_rule,
 )
-from cloud_aggregator.engine._stages import Stage
+from cloud_aggregator.engine._routes import JobRoutes
 from cloud_aggregator.engine._stream import StreamingPort
 from schemas import (
     Condition,
@@ -62,12 +62,9 @@ from schemas import (
     Model,
     NodeState,
     NodeStatus,
-    ParsedTopic,
     Phase,
     SpecError,
     SpecTooLargeError,
-    TransferManifest,
-    WorkerFrame,
     WorkerStatus,
     parse_for_topic,
 )
@@ -94,7 +91,7 @@ class _Entry:
         return self.engine is not None or (self.finished is not None and self.finished.uid is not None)
 
 
-class Controller:
+class Controller(JobRoutes):
     """Owns every resource's status and every job of this aggregation node."""
 
     def __init__(
@@ -394,10 +391,6 @@ class Controller:
 
     # -- job runtime -----------------------------------------------------------------------------
 
-    def _running(self, job: str) -> Job | None:
-        engine = self.job(job)
-        return engine if engine is not None and not engine.finished else None
-
     def on_worker_status(self, job: str, node: str, payload: bytes, *, retained: bool) -> None:
         """A worker's status (``.../workers/<node>/status``), for a job this node runs."""
         engine = self.job(job)
@@ -430,40 +423,3 @@ class Controller:
             self._recheck(now_s, f"node {node} appeared")
         for engine in self.engines():
             engine.on_node_status(node, status.state, now_s)
-
-    def on_update_manifest(self, topic: ParsedTopic, manifest: TransferManifest, now_s: float) -> None:
-        """An update (or init) manifest; a finished job still answers for what it stored."""
-        engine = self.job(topic.job)
-        if engine is None or topic.node is None or topic.round is None:
-            return
-        engine.on_update_manifest(topic.node, topic.round, manifest, now_s)
-
-    def on_malformed_manifest(self, topic: ParsedTopic, reason: str) -> None:
-        """An update manifest that does not validate: the running job refuses it with a Warning event."""
-        engine = self._running(topic.job)
-        if engine is None or topic.node is None or topic.round is None or topic.transfer is None:
-            return
-        engine.on_malformed_manifest(topic.node, topic.round, topic.transfer, reason)
-
-    def on_update_chunk(self, topic: ParsedTopic, data: bytes, now_s: float) -> None:
-        """One chunk of an update transfer, for a running job of this node."""
-        engine = self._running(topic.job)
-        if engine is None or topic.node is None or topic.round is None or topic.transfer is None:
-            return
-        if topic.chunk is None:
-            return
-        engine.on_update_chunk(topic.node, topic.round, topic.transfer, topic.chunk, data, now_s=now_s)
-
-    def on_script_frame(self, job: str, uid: str, frame: WorkerFrame, now_s: float) -> None:
-        engine = self.job(job)
-        if engine is not None and engine.facts.uid == uid:
-            engine.on_script_frame(frame, now_s)
-
-    def on_script_exit(self, job: str, uid: str, code: int | None, tail: str, now_s: float) -> None:
-        engine = self.job(job)
-        if engine is not None and engine.facts.uid == uid:
-            engine.on_script_exit(code, tail, now_s)
-
-    def stage(self, job: str) -> Stage | None:
-        engine = self.job(job)
-        return engine.stage if engine else None
