@@ -120,21 +120,31 @@ def blobs(messages: list[tuple[str, bytes]], topics: Topics) -> tuple[dict[int, 
     return globals_, updates
 
 
-def fedadam_by_hand(x0: Arrays, updates: dict[int, list[bytes]]) -> dict[int, Arrays]:
-    """Reddi et al.'s FedAdam without bias correction, m and v from zero, every step in float64."""
+def fedadam_by_hand(
+    x0: Arrays,
+    updates: dict[int, list[bytes]],
+    *,
+    rounds: int = EXIT_ROUND,
+    eta: float = ETA,
+    beta_1: float = BETA_1,
+    beta_2: float = BETA_2,
+    tau: float = TAU,
+) -> dict[int, Arrays]:
+    """Reddi et al.'s FedAdam without bias correction, m and v from zero, every step in float64; each
+    round's model is the float32 the edges receive (and the next round steps from)."""
     x = [np.asarray(a, np.float64) for a in x0]
     m = [np.zeros_like(a) for a in x]
     v = [np.zeros_like(a) for a in x]
     out: dict[int, Arrays] = {}
-    for r in range(1, EXIT_ROUND + 1):
+    for r in range(1, rounds + 1):
         decoded = [decode_weights(blob) for blob in updates[r]]
         total = sum(header.num_samples for header, _ in decoded)
         for i in range(len(x)):
             mean = sum(header.num_samples * np.asarray(arrays[i], np.float64) for header, arrays in decoded) / total
             delta = mean - x[i]
-            m[i] = BETA_1 * m[i] + (1 - BETA_1) * delta
-            v[i] = BETA_2 * v[i] + (1 - BETA_2) * delta**2
-            x[i] = (x[i] + ETA * m[i] / (np.sqrt(v[i]) + TAU)).astype(np.float32).astype(np.float64)
+            m[i] = beta_1 * m[i] + (1 - beta_1) * delta
+            v[i] = beta_2 * v[i] + (1 - beta_2) * delta**2
+            x[i] = (x[i] + eta * m[i] / (np.sqrt(v[i]) + tau)).astype(np.float32).astype(np.float64)
         out[r] = [a.astype(np.float32) for a in x]
     return out
 
