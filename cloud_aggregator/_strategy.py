@@ -188,13 +188,15 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     defaults: ClassVar[Mapping[str, float]] = MappingProxyType({})
+    # Set by __init__; the class default serves a registered strategy whose own __init__ skips it.
+    hyper: Mapping[str, float] = MappingProxyType({})
 
     def __init__(self, **hyper: float) -> None:
         unknown = sorted(set(hyper) - set(self.defaults))
         if unknown:
             known = ", ".join(sorted(self.defaults)) or "none"
             raise StrategyError(f"{self.name} has no hyper-parameter {', '.join(unknown)} (it has: {known})")
-        self.hyper: Mapping[str, float] = MappingProxyType({**self.defaults, **hyper})
+        self.hyper = MappingProxyType({**self.defaults, **hyper})
 
     def describe(self) -> str:
         """`FedAdam (server_learning_rate=0.1, beta_1=0.9, ...)`, or the name alone without hyper-parameters."""
