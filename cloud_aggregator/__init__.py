@@ -16,10 +16,12 @@ from cloud_aggregator._errors import (
     UpdateRejectedError,
     WorkerScriptError,
 )
+from cloud_aggregator._server_opt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from cloud_aggregator._strategy import (
     AggregationState,
     FedAvg,
     Layout,
+    ServerState,
     Strategy,
     get_strategy,
     register_strategy,
@@ -33,9 +35,14 @@ __all__ = [
     "AggregatorError",
     "Context",
     "ControllerError",
+    "FedAdagrad",
+    "FedAdam",
     "FedAvg",
+    "FedAvgM",
+    "FedYogi",
     "Layout",
     "PublishFailedError",
+    "ServerState",
     "StateError",
     "Strategy",
     "StrategyError",

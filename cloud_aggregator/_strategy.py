@@ -20,7 +20,15 @@ Rules every strategy keeps:
 `finish` also receives the previous global model, which server-side optimisers need (FedAdam, FedYogi:
 the pseudo-gradient is ``previous - mean``; FedProx needs nothing on the server); strategy-specific
 accumulators live in `AggregationState.extra`. Strategies are found by name with `get_strategy`
-(case-insensitive; ``-`` and ``_`` are ignored, so ``fedavg`` and ``Fed_Avg`` both name FedAvg).
+(case-insensitive; ``-`` and ``_`` are ignored, so ``fedavg`` and ``Fed_Avg`` both name FedAvg), their
+hyper-parameters (`Strategy.defaults`) set from the aggregation worker's parameters of the same names.
+
+**Cross-round server state.** A server-side optimiser (FedAvgM, FedAdam, FedYogi, FedAdagrad:
+`cloud_aggregator._server_opt`) also carries state from one round to the next (momentum, moments). It
+is a `ServerState`, a frozen value like `AggregationState`: `begin_server(layout)` makes the first one,
+and a round closes with ``weights, server = strategy.step(state, previous, server)``. The engine keeps
+it with the checkpoint of the round that produced it. A stateless strategy's `begin_server` is None and
+its `step` is `finish`.
 """
 
 from __future__ import annotations
@@ -37,12 +45,13 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_aggregator._errors import StrategyError
-from schemas import MAX_NUM_SAMPLES
+from schemas import MAX_NUM_SAMPLES, PARAMETER_BOUNDS
 
 __all__ = [
     "AggregationState",
     "FedAvg",
     "Layout",
+    "ServerState",
     "Strategy",
     "get_strategy",
     "register_strategy",
@@ -84,14 +93,9 @@ class AggregationState:
             "count": self.count,
             "extra": sorted(self.extra),
         }
-        arrays: dict[str, npt.NDArray[Any]] = {
-            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-        }
-        arrays.update({f"sum{i}": s for i, s in enumerate(self.sums)})
+        arrays: dict[str, npt.NDArray[Any]] = {f"sum{i}": s for i, s in enumerate(self.sums)}
         arrays.update({f"extra{i}": self.extra[k] for i, k in enumerate(sorted(self.extra))})
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False, **arrays)
-        return buffer.getvalue()
+        return _npz(meta, arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AggregationState:
@@ -99,7 +103,7 @@ class AggregationState:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 meta = json.loads(archive["meta"].tobytes().decode())
-                layout: Layout = tuple((str(n), str(d), tuple(int(x) for x in s)) for n, d, s in meta["layout"])
+                layout = _layout_of(meta)
                 sums = tuple(_frozen(np.array(archive[f"sum{i}"], dtype=np.float64)) for i in range(len(layout)))
                 extra = {
                     k: _frozen(np.array(archive[f"extra{i}"], dtype=np.float64)) for i, k in enumerate(meta["extra"])
@@ -116,10 +120,99 @@ class AggregationState:
         )
 
 
+def _npz(meta: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
+    """An ``.npz`` archive (no pickle) of `arrays` plus `meta` as JSON."""
+    named: dict[str, npt.NDArray[Any]] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+    named.update(arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **named)
+    return buffer.getvalue()
+
+
+def _layout_of(meta: Mapping[str, Any]) -> Layout:
+    return tuple((str(n), str(d), tuple(int(x) for x in s)) for n, d, s in meta["layout"])
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What a server-side optimiser carries from one round to the next: a value, serialisable without pickle.
+
+    `slots` maps a slot name (``m``, ``v``) to one float64 array per tensor of `layout`; `steps` counts
+    the server steps taken (the rounds closed with this state)."""
+
+    strategy: str
+    layout: Layout
+    slots: Mapping[str, tuple[F64, ...]]
+    steps: int = 0
+
+    def to_bytes(self) -> bytes:
+        """Serialise as an ``.npz`` archive (no pickle): the arrays plus a small JSON description."""
+        meta = {
+            "strategy": self.strategy,
+            "layout": [[name, dtype, list(shape)] for name, dtype, shape in self.layout],
+            "steps": self.steps,
+            "slots": sorted(self.slots),
+        }
+        arrays = {f"{k}{i}": a for k in sorted(self.slots) for i, a in enumerate(self.slots[k])}
+        return _npz(meta, arrays)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ServerState:
+        """The inverse of `to_bytes`; raise StrategyError when the bytes are not such an archive."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                meta = json.loads(archive["meta"].tobytes().decode())
+                layout = _layout_of(meta)
+                slots = {
+                    str(k): tuple(_frozen(np.array(archive[f"{k}{i}"], dtype=np.float64)) for i in range(len(layout)))
+                    for k in meta["slots"]
+                }
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StrategyError(f"not a serialised server state: {exc}") from exc
+        for k, arrays in slots.items():
+            for a, (name, _, shape) in zip(arrays, layout, strict=True):
+                if a.shape != shape:
+                    raise StrategyError(
+                        f"server state slot {k}, tensor {name}: shape {list(a.shape)}, not {list(shape)}"
+                    )
+        return cls(
+            strategy=str(meta["strategy"]), layout=layout, slots=MappingProxyType(slots), steps=int(meta["steps"])
+        )
+
+
 class Strategy(ABC):
-    """An aggregation strategy. Subclasses set `name` and implement `fold` and `finish`."""
+    """An aggregation strategy. Subclasses set `name` and implement `fold` and `finish`.
+
+    `defaults` names the strategy's hyper-parameters and their defaults; `get_strategy` sets them from
+    the aggregation worker's parameters (each checked against `schemas.PARAMETER_BOUNDS`)."""
 
     name: ClassVar[str]
+    defaults: ClassVar[Mapping[str, float]] = MappingProxyType({})
+    # Set by __init__; the class default serves a registered strategy whose own __init__ skips it.
+    hyper: Mapping[str, float] = MappingProxyType({})
+
+    def __init__(self, **hyper: float) -> None:
+        unknown = sorted(set(hyper) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise StrategyError(f"{self.name} has no hyper-parameter {', '.join(unknown)} (it has: {known})")
+        self.hyper = MappingProxyType({**self.defaults, **hyper})
+
+    def describe(self) -> str:
+        """`FedAdam (server_learning_rate=0.1, beta_1=0.9, ...)`, or the name alone without hyper-parameters."""
+        if not self.hyper:
+            return self.name
+        return f"{self.name} ({', '.join(f'{k}={v:g}' for k, v in self.hyper.items())})"
+
+    def begin_server(self, layout: Layout) -> ServerState | None:
+        """The server state before the first round (None: the strategy keeps none across rounds)."""
+        return None
+
+    def step(
+        self, state: AggregationState, previous: Arrays | None, server: ServerState | None
+    ) -> tuple[list[npt.NDArray[Any]], ServerState | None]:
+        """Close a round: its global model and the server state after it (stateless: `finish`, `server` as is)."""
+        return self.finish(state, previous), server
 
     def begin(self, layout: Layout, previous: Arrays | None = None) -> AggregationState:
         """An empty accumulator for `layout`. `previous` (the current global model) is for strategies that need it."""
@@ -181,20 +274,25 @@ class FedAvg(Strategy):
         )
 
     def finish(self, state: AggregationState, previous: Arrays | None = None) -> list[npt.NDArray[Any]]:
+        return [cast_to(mean, dtype) for mean, (_, dtype, _) in zip(self.means(state), state.layout, strict=True)]
+
+    @staticmethod
+    def means(state: AggregationState) -> list[F64]:
+        """The sample-weighted mean of the folded updates, per tensor, in float64."""
         if state.count == 0 or state.total_samples <= 0:
             raise StrategyError("no update was folded: there is nothing to average")
-        out: list[npt.NDArray[Any]] = []
-        for total, (_, dtype_name, _) in zip(state.sums, state.layout, strict=True):
-            mean = total / float(state.total_samples)
-            dtype = np.dtype(dtype_name)
-            if dtype.kind == "b":
-                out.append(mean >= 0.5)
-            elif dtype.kind in "iu":
-                info = np.iinfo(dtype)
-                out.append(np.clip(np.rint(mean), info.min, info.max).astype(dtype))
-            else:
-                out.append(mean.astype(dtype))
-        return out
+        return [total / float(state.total_samples) for total in state.sums]
+
+
+def cast_to(values: F64, dtype_name: str) -> npt.NDArray[Any]:
+    """Float64 `values` as a tensor of `dtype_name`: integers rounded and clipped, booleans true from one half."""
+    dtype = np.dtype(dtype_name)
+    if dtype.kind == "b":
+        return values >= 0.5
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
 
 
 # -- registry ------------------------------------------------------------------------------------
@@ -226,10 +324,30 @@ def strategy_names() -> list[str]:
     return sorted(_CANONICAL)
 
 
-def get_strategy(name: str) -> Strategy:
-    """A new strategy instance by name; raise StrategyError listing the known names if there is none."""
+def get_strategy(name: str, parameters: Mapping[str, str] | None = None) -> Strategy:
+    """A new strategy instance by name, its hyper-parameters from `parameters` (the aggregation worker's).
+
+    A hyper-parameter is read under its own name or its UPPERCASE spelling (as Sedna's
+    `Context.get_parameters` reads them) and must hold its bound (`schemas.PARAMETER_BOUNDS`); other
+    parameters are the script's business. Raise StrategyError listing the known names if there is no
+    such strategy, or naming the parameter and its bound if a value is out of it."""
     cls = _REGISTRY.get(_key(name)) if isinstance(name, str) else None
     if cls is None:
         known = ", ".join(strategy_names())
         raise StrategyError(f"unknown aggregation algorithm {name!r}; known: {known}")
-    return cls()
+    hyper: dict[str, float] = {}
+    for key in cls.defaults:
+        spelling = next((k for k in (key, key.upper()) if parameters and parameters.get(k, "") != ""), None)
+        if spelling is None or parameters is None:
+            continue
+        raw = str(parameters[spelling])
+        bound = PARAMETER_BOUNDS.get(key)
+        problem = bound.problem(raw) if bound is not None else None
+        if problem is None:
+            try:
+                hyper[key] = float(raw)
+            except ValueError:
+                problem = "expected a number"
+        if problem is not None:
+            raise StrategyError(f"aggregationWorker parameter {spelling}={raw!r} ({cls.name}): {problem}")
+    return cls(**hyper)

@@ -60,6 +60,8 @@ class MemoryDisk:
 
     spool: dict[str, dict[int, list[SpooledUpdate]]] = field(default_factory=dict)
     checkpoints: dict[str, tuple[Checkpoint, bytes]] = field(default_factory=dict)
+    # job -> (closed round, the strategy's server state saved with that round's checkpoint)
+    server_states: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     kept: KeptState = field(default_factory=KeptState)
 
 
@@ -179,15 +181,24 @@ class MemoryPort:
         for r in [r for r in rounds if r <= upto]:
             del rounds[r]
 
-    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes) -> None:
+    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None) -> None:
+        if server_state is not None:
+            self.disk.server_states[checkpoint.job] = (checkpoint.closed_round, server_state)
+        else:
+            self.disk.server_states.pop(checkpoint.job, None)
         self.disk.checkpoints[checkpoint.job] = (Checkpoint.model_validate_json(checkpoint.to_json()), global_blob)
 
     def load_checkpoint(self, job: str) -> tuple[Checkpoint, bytes] | None:
         return self.disk.checkpoints.get(job)
 
+    def load_server_state(self, job: str, round_: int) -> bytes | None:
+        saved = self.disk.server_states.get(job)
+        return saved[1] if saved is not None and saved[0] == round_ else None
+
     def clear_state(self, job: str) -> None:
         self.disk.spool.pop(job, None)
         self.disk.checkpoints.pop(job, None)
+        self.disk.server_states.pop(job, None)
 
     # -- queries ---------------------------------------------------------------------------------
 

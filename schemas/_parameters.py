@@ -200,6 +200,12 @@ PARAMETER_BOUNDS: Mapping[str, NumberBound] = MappingProxyType(
         "learning_rate": NumberBound(whole=False, low=0, high=10, low_open=True),
         "validation_split": NumberBound(whole=False, low=0, high=1, high_open=True),
         "validation": NumberBound(whole=False, low=0, high=1, high_open=True),
+        # the aggregation worker's server-side optimisers (cloud_aggregator: FedAvgM, FedAdam, ...)
+        "server_learning_rate": NumberBound(whole=False, low=0, high=10, low_open=True),
+        "server_momentum": NumberBound(whole=False, low=0, high=1, high_open=True),
+        "beta_1": NumberBound(whole=False, low=0, high=1, high_open=True),
+        "beta_2": NumberBound(whole=False, low=0, high=1, high_open=True),
+        "tau": NumberBound(whole=False, low=0, high=1, low_open=True),
     }
 )
 """The parameters whose meaning this system knows and their bounds. A bound holds for the name as

@@ -32,6 +32,9 @@ class Checkpoint(BaseModel):
     # round (as a string: JSON keys) -> [[node, transfer], ...] folded into that round's global model
     folded: dict[str, list[tuple[str, str]]] = Field(default_factory=dict)
     status: JobStatus
+    # sha256 of the strategy's server state after `closed_round` (momentum, moments; None: it keeps
+    # none), stored beside the global blob: the restart checks that it reads the state of this round
+    server_state: str | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode()

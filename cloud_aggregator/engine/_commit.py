@@ -4,16 +4,20 @@ The order is what crash recovery relies on: the checkpoint (global blob, then ch
 written before the global model is published, and the round's spool is dropped only after both. An
 aggregator killed anywhere in between restarts from the previous checkpoint and its spool, or from
 this one. `folded` is the ledger the checkpoints carry: which (node, transfer) made each closed round.
+A strategy's server state (FedAdam's moments, FedAvgM's momentum) after a round is saved with that
+round's checkpoint, so a restart steps from exactly the state the global model was made with.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy.typing as npt
 
 from cloud_aggregator._errors import AggregatorError, PublishFailedError
+from cloud_aggregator._strategy import ServerState
 from cloud_aggregator.engine._checkpoint import Checkpoint
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._stages import Run, TransferId
@@ -57,13 +61,16 @@ class Committer:
         """A closed round (0: the chosen init): checkpoint, publish the global model, drop the round's spool."""
         self.commit_blob(run, round_, self.encode(round_, weights, names, num_samples), num_samples, final=final)
 
-    def commit_blob(self, run: Run, round_: int, blob: bytes, num_samples: int, *, final: bool) -> None:
-        """Commit an encoded global model: checkpoint, publish, drop the round's spool.
+    def commit_blob(
+        self, run: Run, round_: int, blob: bytes, num_samples: int, *, final: bool, server: ServerState | None = None
+    ) -> None:
+        """Commit an encoded global model and the server state after its round: checkpoint, publish, drop the spool.
 
         A checkpoint that cannot be written is a Warning (the round goes on, a restart would redo it);
         a global model that cannot be published raises `PublishFailedError` (the job cannot go on).
         """
         ctx, facts = self._ctx, self._ctx.facts
+        state = server.to_bytes() if server is not None else None
         checkpoint = Checkpoint(
             job=facts.name,
             uid=facts.uid,
@@ -74,9 +81,10 @@ class Committer:
             strategy=run.strategy.name,
             folded={str(r): list(pairs) for r, pairs in sorted(self.folded.items())},
             status=ctx.book.snapshot().model_copy(deep=True),
+            server_state=hashlib.sha256(state).hexdigest() if state is not None else None,
         )
         try:
-            ctx.port.save_checkpoint(checkpoint, blob)
+            ctx.port.save_checkpoint(checkpoint, blob, state)
         except AggregatorError as exc:
             ctx.event("Warning", "CheckpointFailed", f"round {round_}: the checkpoint could not be written: {exc}")
         self.publish_global(round_, blob, num_samples, final=final)

@@ -127,8 +127,13 @@ class Port(Protocol):
     def drop_spool(self, job: str, upto: int) -> None:
         """Delete the spooled updates of every round <= `upto`."""
 
-    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes) -> None:
-        """Write global-<r>.blob, then checkpoint.json, atomically."""
+    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None) -> None:
+        """Write global-<r>.blob and the strategy's server state of round r (if any), then checkpoint.json
+        (which names them), each atomically: a reader sees the old checkpoint or the new one, whole."""
+
+    def load_server_state(self, job: str, round_: int) -> bytes | None:
+        """The server state saved with the checkpoint of `round_`, or None."""
+        ...
 
     def load_checkpoint(self, job: str) -> tuple[Checkpoint, bytes] | None:
         """The job's last checkpoint and its global blob, or None."""

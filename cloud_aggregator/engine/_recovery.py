@@ -3,16 +3,20 @@
 The controller resumes a job whose retained status is Running with the same uid and spec hash. At
 `start` its checkpoint is loaded (one of another run or spec is ignored and cleared); once the script
 sent its config, `resume` restores the status, the global model and what was folded, republishes the
-latest global model (retained), and opens the round after the checkpoint's, folding again the updates
-stored for it before the crash (the spool), each (node, round) once. Without a checkpoint the run
-resumes at round 0.
+latest global model (retained), and opens the round after the checkpoint's on the strategy's server
+state saved with it (checked against the checkpoint's digest), folding again the updates stored for it
+before the crash (the spool), each (node, round) once. So a restart closes that round exactly as an
+uninterrupted run would have. Without a checkpoint the run resumes at round 0.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
-from cloud_aggregator._errors import AggregatorError, PublishFailedError
+from cloud_aggregator._errors import AggregatorError, PublishFailedError, StrategyError
+from cloud_aggregator._strategy import Layout, ServerState
 from cloud_aggregator.engine._checkpoint import Checkpoint
 from cloud_aggregator.engine._commit import Committer
 from cloud_aggregator.engine._context import JobContext
@@ -68,6 +72,11 @@ class Recovery:
             self._rounds.fail("CheckpointUnreadable", f"the checkpoint's global model cannot be read: {exc}")
             return
         closed = checkpoint.closed_round
+        try:
+            server = self._server_state(run, checkpoint, header.layout())
+        except AggregatorError as exc:
+            self._rounds.fail("CheckpointUnreadable", f"the checkpoint's server state of round {closed}: {exc}")
+            return
         ctx.book.status = self._restored_status(checkpoint)
         ctx.restore_rounds()
         status = ctx.status
@@ -100,8 +109,27 @@ class Recovery:
             status.message = final_message(closed)
             self._rounds.check_complete()
             return
-        self._rounds.open_round(run, model, closed + 1)
+        self._rounds.open_round(run, model, closed + 1, server)
         self._refold_spool(closed + 1)
+
+    def _server_state(self, run: Run, checkpoint: Checkpoint, layout: Layout) -> ServerState | None:
+        """The strategy's server state after the checkpoint's round (raise when it is missing or not that one)."""
+        initial = run.strategy.begin_server(layout)
+        if initial is None:
+            return None
+        if checkpoint.server_state is None:
+            if checkpoint.closed_round == 0:
+                return initial  # round 0 is the chosen init: no step was taken yet
+            raise StrategyError(f"{run.strategy.name} keeps state across rounds, and the checkpoint has none")
+        data = self._ctx.port.load_server_state(self._ctx.facts.name, checkpoint.closed_round)
+        if data is None:
+            raise StrategyError("it is missing")
+        if hashlib.sha256(data).hexdigest() != checkpoint.server_state:
+            raise StrategyError("it is not the one the checkpoint names (its digest differs)")
+        server = ServerState.from_bytes(data)
+        if server.strategy != initial.strategy or server.layout != initial.layout:
+            raise StrategyError(f"it belongs to {server.strategy}, not to {run.strategy.name} with this model")
+        return server
 
     def _restored_status(self, checkpoint: Checkpoint) -> JobStatus:
         """The checkpoint's status, with the training workers' own states from the retained status."""

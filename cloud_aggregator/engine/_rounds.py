@@ -22,6 +22,7 @@ from datetime import datetime
 import numpy as np
 
 from cloud_aggregator._errors import AggregatorError, PublishFailedError, StrategyError, UpdateRejectedError
+from cloud_aggregator._strategy import ServerState
 from cloud_aggregator.engine._commit import Committer
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._intake import Intake
@@ -77,7 +78,7 @@ class RoundEngine:
             if self._commit(state.run, 0, model, manifest.num_samples, final=False):
                 self._intake.mark_stored(0, node, manifest.transfer)
                 ctx.answer(node, manifest, True, "round-0 model")
-                self.open_round(state.run, model, 1)
+                self.open_round(state.run, model, 1, state.run.strategy.begin_server(layout))
         elif isinstance(state, Training | Final):
             source = state.model.source
             diff = describe_layout_difference(state.model.layout, layout)
@@ -232,11 +233,11 @@ class RoundEngine:
 
     # -- stages ----------------------------------------------------------------------------------
 
-    def open_round(self, run: Run, model: GlobalWeights, round_: int) -> None:
-        """TRAINING: round `round_` opens on `model`, with an empty accumulator, from now on."""
+    def open_round(self, run: Run, model: GlobalWeights, round_: int, server: ServerState | None) -> None:
+        """TRAINING: round `round_` opens on `model` and the strategy's `server` state, with an empty accumulator."""
         ctx = self._ctx
         acc = run.strategy.begin(model.layout, model.arrays)
-        ctx.state = Training(run=run, model=model, round=round_, acc=acc, opened=ctx.clock)
+        ctx.state = Training(run=run, model=model, round=round_, acc=acc, opened=ctx.clock, server=server)
         ctx.log = ctx.log.bind(round=round_)
 
     def check_complete(self) -> None:
@@ -278,7 +279,7 @@ class RoundEngine:
         ctx, facts = self._ctx, self._ctx.facts
         r, run = closing.round, closing.run
         try:
-            weights = run.strategy.finish(closing.acc, closing.model.arrays)
+            weights, server = run.strategy.step(closing.acc, closing.model.arrays, closing.server)
         except StrategyError as exc:
             self.fail("AggregationFailed", f"round {r}: {exc}")
             return
@@ -298,19 +299,19 @@ class RoundEngine:
         ctx.event(
             "Normal",
             "RoundClosed",
-            f"round {r}: {run.strategy.name} of {len(counted)} updates, {total} samples"
+            f"round {r}: {run.strategy.describe()} of {len(counted)} updates, {total} samples"
             + (" (final)" if final else ""),
         )
         if final:
             ctx.status.message = final_message(r)  # the checkpoint of the final round says so too
         try:
-            self._committer.commit_blob(run, r, blob, total, final=final)
+            self._committer.commit_blob(run, r, blob, total, final=final, server=server)
         except PublishFailedError as exc:
             self.fail("PublishFailed", str(exc))
             return
         self._intake.discard(r)
         if not final:
-            self.open_round(run, model, r + 1)
+            self.open_round(run, model, r + 1, server)
             return
         finished = Final(run=run, model=model, round=r, participants=counted)
         ctx.state = finished

@@ -2,16 +2,19 @@
 
 The script is Sedna's aggregation worker: `AggregationServer(...).start()` sends one `config` frame
 (aggregation, exit_round, participants_count) and waits. That frame must arrive within
-`config_timeout`; then the strategy is chosen, the plan is published (retained) and the job runs, or
-resumes from its checkpoint. An `error` frame, or an exit before the job ended, fails the job.
+`config_timeout`; then the strategy is chosen (the frame's aggregation name, Sedna's
+``aggregation_algorithm`` parameter in the example's script; its hyper-parameters from the aggregation
+worker's parameters), the plan is published (retained) and the job runs, or resumes from its checkpoint. An `error` frame, or an exit before the job ended, fails the job.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cloud_aggregator._errors import AggregatorError, StrategyError
-from cloud_aggregator._strategy import get_strategy
+from cloud_aggregator._strategy import Strategy, get_strategy
+from cloud_aggregator.engine._checkpoint import Checkpoint
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._intake import Intake
 from cloud_aggregator.engine._port import ScriptRequest
@@ -135,20 +138,21 @@ class AggregationScript:
     def _configure(self, starting: Starting, frame: WorkerFrame) -> None:
         """The script's config: the strategy and exit_round, the plan published, then INIT (or resume)."""
         ctx, facts = self.ctx, self.ctx.facts
-        try:
-            strategy = get_strategy(frame.aggregation or DEFAULT_AGGREGATION)
-        except StrategyError as exc:
-            ctx.set_agg_worker(WorkerState.FAILED, str(exc))
-            self.rounds.fail("UnknownAggregation", str(exc))
+        checkpoint = starting.checkpoint[0] if starting.checkpoint else None
+        # Warnings said once the run's status is in place (a resume restores the checkpoint's status,
+        # which would drop events said before it).
+        warnings: list[tuple[str, str]] = []
+        strategy = self._strategy(frame.aggregation or DEFAULT_AGGREGATION, checkpoint, warnings)
+        if strategy is None:
             return
         exit_round = max(int(frame.exit_round or 1), 1)
-        checkpoint = starting.checkpoint[0] if starting.checkpoint else None
         if checkpoint is not None and checkpoint.exit_round != exit_round:
-            ctx.event(
-                "Warning",
-                "ExitRoundChanged",
-                f"the aggregation script says exit_round={exit_round}, the checkpoint's run has "
-                f"{checkpoint.exit_round}; the run keeps {checkpoint.exit_round}",
+            warnings.append(
+                (
+                    "ExitRoundChanged",
+                    f"the aggregation script says exit_round={exit_round}, the checkpoint's run has "
+                    f"{checkpoint.exit_round}; the run keeps {checkpoint.exit_round}",
+                )
             )
             exit_round = checkpoint.exit_round
         if exit_round > MAX_EXIT_ROUND:  # the spec's bound; a plan past it would be refused by every edge
@@ -159,11 +163,12 @@ class AggregationScript:
             return
         count = frame.participants_count
         if count is not None and count != len(facts.participants):
-            ctx.event(
-                "Warning",
-                "ParticipantsCount",
-                f"the aggregation script says participants_count={count}, the job has "
-                f"{len(facts.participants)} training workers; every training worker takes part in each round",
+            warnings.append(
+                (
+                    "ParticipantsCount",
+                    f"the aggregation script says participants_count={count}, the job has "
+                    f"{len(facts.participants)} training workers; every training worker takes part in each round",
+                )
             )
         run = Run(strategy=strategy, plan=facts.plan(strategy.name, exit_round))
         # The plan counts as issued from here on: failing the job clears it, also when publishing it failed.
@@ -177,6 +182,8 @@ class AggregationScript:
             self.recovery.resume(run, *starting.checkpoint)
         else:
             self._running(run)
+        for reason, message in warnings:
+            self.ctx.event("Warning", reason, message)
         self._replay(starting)
 
     def _replay(self, starting: Starting) -> None:
@@ -192,6 +199,31 @@ class AggregationScript:
             if not ctx.finished:
                 self.workers.on_node_status(node, NodeState.OFFLINE, ctx.clock)
 
+    def _strategy(self, name: str, checkpoint: Checkpoint | None, warnings: list[tuple[str, str]]) -> Strategy | None:
+        """The run's strategy, its hyper-parameters from the aggregation worker's parameters (None: the job failed)."""
+        ctx = self.ctx
+        if checkpoint is not None and checkpoint.strategy != name:
+            # The run's global models and server state were made by the checkpoint's strategy.
+            warnings.append(
+                (
+                    "AggregationChanged",
+                    f"the aggregation script says aggregation={name!r}, the checkpoint's run has "
+                    f"{checkpoint.strategy!r}; the run keeps {checkpoint.strategy!r}",
+                )
+            )
+            name = checkpoint.strategy
+        parameters = ctx.facts.aggregation_worker.parameters
+        # The name first (its error lists the known ones), then the hyper-parameters' bounds.
+        for reason, given in (("UnknownAggregation", None), ("InvalidAggregationParameter", parameters)):
+            try:
+                strategy = get_strategy(name, given)
+            except StrategyError as exc:
+                message = f"{_said_by(name, parameters)}: {exc}"
+                ctx.set_agg_worker(WorkerState.FAILED, message)
+                self.rounds.fail(reason, message)
+                return None
+        return strategy
+
     def _running(self, run: Run) -> None:
         """The job runs (a new run, or one resumed without a checkpoint): round 0 waits for an init."""
         ctx, facts = self.ctx, self.ctx.facts
@@ -202,10 +234,19 @@ class AggregationScript:
         status.exit_round = run.plan.exit_round
         status.message = f"round 0: waiting for an initial model from {', '.join(facts.participants)}"
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", "waiting for the round-0 model")
-        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.plan.exit_round} rounds")
+        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.describe()}, {run.plan.exit_round} rounds")
         ctx.event(
             "Normal",
             "Started" if not facts.resume else "Resumed",
-            f"plan published: {run.strategy.name}, {run.plan.exit_round} rounds, participants "
+            f"plan published: {run.strategy.describe()}, {run.plan.exit_round} rounds, participants "
             f"{', '.join(facts.participants)}" + (" (resumed without a checkpoint: round 0)" if facts.resume else ""),
         )
+
+
+def _said_by(name: str, parameters: Mapping[str, str]) -> str:
+    """Where the aggregation name came from, as the user wrote it: the aggregation worker's parameter
+    (``aggregation_algorithm``, Sedna's, or ``aggregation``) when it holds that name, else the script."""
+    for key in ("aggregation_algorithm", "AGGREGATION_ALGORITHM", "aggregation", "AGGREGATION"):
+        if parameters.get(key) == name:
+            return f"aggregationWorker parameter {key}={name!r}"
+    return f"the aggregation script's AggregationServer(aggregation={name!r})"

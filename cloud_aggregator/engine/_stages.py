@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy.typing as npt
 
-from cloud_aggregator._strategy import AggregationState, Layout, Strategy
+from cloud_aggregator._strategy import AggregationState, Layout, ServerState, Strategy
 from cloud_aggregator.engine._checkpoint import Checkpoint
 from schemas import JobPlan, TransferManifest, WorkerStatus, now, weights_digest
 
@@ -104,6 +104,9 @@ class Training:
     round: int
     acc: AggregationState
     opened: float  # when the round opened (its deadline counts from here)
+    # The strategy's cross-round state as the previous round left it (None: the strategy keeps none);
+    # the round's close steps from it, and the checkpoint of that round keeps the state after it.
+    server: ServerState | None = None
     counted: dict[str, int] = field(default_factory=dict)  # node -> num_samples folded
     transfers: dict[str, str] = field(default_factory=dict)  # node -> the transfer folded
     # node -> (blob bytes, seconds from its first chunk or manifest to the whole blob; None if unknown)

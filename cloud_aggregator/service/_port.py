@@ -213,8 +213,11 @@ class MqttPort:
     def drop_spool(self, job: str, upto: int) -> None:
         self._state.drop_spool(job, upto)
 
-    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes) -> None:
-        self._state.save_checkpoint(checkpoint, global_blob)
+    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None) -> None:
+        self._state.save_checkpoint(checkpoint, global_blob, server_state)
+
+    def load_server_state(self, job: str, round_: int) -> bytes | None:
+        return self._state.load_server_state(job, round_)
 
     def load_checkpoint(self, job: str) -> tuple[Checkpoint, bytes] | None:
         return self._state.load_checkpoint(job)

@@ -4,6 +4,7 @@ Layout (one folder per job, ``ROOT/state/<job>/``)::
 
     spool/<round>/<node>-<transfer>.blob   every accepted update, stored before it is folded and acknowledged
     global-<r>.blob                        the global model of the last closed round r (a weights blob)
+    server-<r>.npz                         the strategy's server state after round r (FedAdam's moments, ...)
     checkpoint.json                        `engine.Checkpoint`: which round closed, what was folded, the JobStatus
 
 Beside the jobs' folders, ``ROOT/state/_kept/`` is `KeptStore`'s (the kept copy of the retained state; no
@@ -11,8 +12,9 @@ job name has an underscore).
 
 Every file is written to a temporary sibling, fsynced, renamed over its name (``os.replace``) and its
 folder fsynced, so a reader (the aggregator restarted after kill -9) sees either the old or the new
-file, never half of one. The order of a round's commit is: global blob, checkpoint, (publish), spool
-deleted; a crash anywhere in between leaves a state the restart can resume from.
+file, never half of one. The order of a round's commit is: global blob, server state, checkpoint (the
+commit point: it names round r, so the files of round r are read with it), older rounds' files, (publish),
+spool deleted; a crash anywhere in between leaves a state the restart can resume from.
 
 `StateStore` is the file side; the job engine reaches it only through the `Port` (`store_update`,
 `spooled_updates`, `drop_spool`, `save_checkpoint`, `load_checkpoint`, `clear_state`).
@@ -81,18 +83,30 @@ class StateStore:
         except OSError as exc:
             raise StateError(f"cannot clean the spool: {exc}") from exc
 
-    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes) -> None:
+    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None) -> None:
         folder = self.job_dir(checkpoint.job)
         r = checkpoint.closed_round
         try:
             write_atomic(folder / f"global-{r}.blob", global_blob)
+            if server_state is not None:
+                write_atomic(folder / f"server-{r}.npz", server_state)
             write_atomic(folder / "checkpoint.json", checkpoint.to_json())
-            for old in folder.glob("global-*.blob"):
-                number = old.name[len("global-") : -len(".blob")]
-                if number.isdigit() and int(number) != r:
-                    old.unlink(missing_ok=True)
+            # Only after the checkpoint names round r: the files of older rounds (a crash before this
+            # leaves them, harmless, and the next commit removes them).
+            for prefix, suffix in (("global-", ".blob"), ("server-", ".npz")):
+                for old in folder.glob(f"{prefix}*{suffix}"):
+                    number = old.name[len(prefix) : -len(suffix)]
+                    if number.isdigit() and (int(number) != r or (prefix == "server-" and server_state is None)):
+                        old.unlink(missing_ok=True)
         except OSError as exc:
             raise StateError(f"cannot write the checkpoint of round {r}: {exc}") from exc
+
+    def load_server_state(self, job: str, round_: int) -> bytes | None:
+        path = self.job_dir(job) / f"server-{round_}.npz"
+        try:
+            return path.read_bytes() if path.is_file() else None
+        except OSError as exc:
+            raise StateError(f"cannot read the server state of round {round_}: {exc}") from exc
 
     def load_checkpoint(self, job: str) -> tuple[Checkpoint, bytes] | None:
         folder = self.job_dir(job)
