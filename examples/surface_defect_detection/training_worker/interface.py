@@ -24,6 +24,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras
 import numpy as np
+from keras import ops
 from keras.layers import Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
 from keras.models import Sequential
 
@@ -89,6 +90,49 @@ def binary_metrics(defect_true: np.ndarray, defect_pred: np.ndarray) -> dict[str
     }
 
 
+class ProximalLoss(keras.losses.Loss):
+    """FedProx's local objective: ``base`` plus ``(mu/2) * sum ||w - w_global||^2`` over the model's
+    trainable variables (Li et al. 2020, the paper's squared norm).
+
+    Compiled in place of ``base``, so ``fit`` differentiates the term inside its own gradient tape
+    and every optimizer, callback and class weight works unchanged. The term is added once per
+    batch, after ``base`` has applied the sample (class) weights: it weighs the same whatever the
+    batch holds. ``w_global`` and ``mu`` live in non-trainable variables that `anchor` re-assigns
+    each round, so the compiled train function is traced once, not once per round.
+    Non-trainable weights (none in this network) get no term: training does not move them.
+    """
+
+    def __init__(self, base: keras.losses.Loss, model: keras.Model) -> None:
+        super().__init__(name=f"proximal_{base.name}")
+        self.base = base
+        # Positions in get_weights() order (model.weights), which is the order global_weights come in.
+        self._count = len(model.weights)
+        self._indices = [i for i, v in enumerate(model.weights) if v.trainable]
+        self._variables = [model.weights[i] for i in self._indices]
+        self._anchors = [
+            keras.Variable(ops.zeros(v.shape, dtype=v.dtype), trainable=False, name=f"anchor_{n}")
+            for n, v in enumerate(self._variables)
+        ]
+        self._mu = keras.Variable(0.0, trainable=False, dtype="float32", name="proximal_mu")
+
+    def anchor(self, global_weights: Any, mu: float) -> None:
+        """Set this round's global weights (all of them, in ``get_weights()`` order) and ``mu``."""
+        arrays = list(global_weights)
+        if len(arrays) != self._count:
+            raise ValueError(f"global_weights has {len(arrays)} arrays, the model {self._count} (get_weights() order)")
+        for anchor, i in zip(self._anchors, self._indices, strict=True):
+            anchor.assign(np.asarray(arrays[i], dtype=anchor.dtype).reshape(anchor.shape))
+        self._mu.assign(float(mu))
+
+    def term(self) -> Any:
+        """``(mu/2) * sum ||w - w_global||^2`` for the current weights (a scalar tensor)."""
+        squares = [ops.sum(ops.square(v - a)) for v, a in zip(self._variables, self._anchors, strict=True)]
+        return 0.5 * self._mu * ops.sum(ops.stack(squares))
+
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        return self.base(y_true, y_pred, sample_weight) + ops.cast(self.term(), self.base.dtype)
+
+
 def _checkpoint_prefix(path: str | os.PathLike[str]) -> Path:
     """A model directory means ``<dir>/model.ckpt``; anything else is taken as a checkpoint prefix."""
     p = Path(path)
@@ -108,6 +152,7 @@ class Estimator:
         self.model = self.build(kwargs.get("init_seed", 0))
         self.has_init = False
         self.class_weight: str | dict[int, float] | None = kwargs.get("class_weight", "balanced")
+        self.proximal: ProximalLoss | None = None  # FedProx's term, once a train call had mu > 0
 
     @staticmethod
     def build(init_seed: int | None = None) -> keras.Model:
@@ -164,15 +209,20 @@ class Estimator:
         model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
         return model
 
-    def compile(self, learning_rate: float) -> None:
+    def compile(self, learning_rate: float, proximal: bool = False) -> None:
         """(Re)compile with Adam(learning_rate) and plain categorical cross-entropy.
 
         Sedna compiles with ``CategoricalCrossentropy(from_logits=True)`` on top of the softmax
         layer, i.e. a softmax applied twice, which flattens the gradients. The output already is
         a probability distribution, so the loss must take probabilities (``from_logits=False``).
+        ``proximal``: wrap it in FedProx's `ProximalLoss` (``self.proximal``; `train` anchors it).
         """
+        loss: keras.losses.Loss = keras.losses.CategoricalCrossentropy(from_logits=False)
+        if proximal:
+            self.proximal = ProximalLoss(loss, self.model)
+            loss = self.proximal
         self.model.compile(
-            loss=keras.losses.CategoricalCrossentropy(from_logits=False),
+            loss=loss,
             optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
             metrics=[keras.metrics.CategoricalAccuracy(name="categorical_accuracy")],
         )
@@ -187,6 +237,8 @@ class Estimator:
         batch_size: int = 1,
         learning_rate: float = 0.01,
         validation_split: float = 0.2,
+        mu: float = 0.0,
+        global_weights: Any = None,
         **kwargs: Any,
     ) -> dict[str, list[float]]:
         """Model train: ``epochs`` local epochs on ``train_data.x``/``train_data.y``.
@@ -196,9 +248,22 @@ class Estimator:
         Without ``valid_data`` Keras holds out the LAST ``validation_split`` of the samples
         (unshuffled). Returns the Keras history as plain python floats (Sedna used ``np.float``,
         which NumPy 1.24 removed).
+
+        FedProx (not in Sedna): with ``mu > 0`` the worker API passes the round's ``global_weights``
+        and the loss becomes cross-entropy + ``(mu/2)·||w - global_weights||²`` (`ProximalLoss`; the
+        history's ``loss`` includes the term). ``mu = 0`` compiles and trains exactly as before.
         """
+        mu = float(mu)
+        if mu > 0 and global_weights is None:
+            raise ValueError(f"mu={mu:g} (FedProx) needs the round's global_weights")
         if not self.has_init:
-            self.compile(float(learning_rate))
+            self.compile(float(learning_rate), proximal=mu > 0)
+        elif mu > 0 and self.proximal is None:
+            # mu appeared after plain rounds: never in a job (mu is one per job). Recompiling with the
+            # term starts Adam afresh.
+            self.compile(float(learning_rate), proximal=True)
+        if self.proximal is not None:
+            self.proximal.anchor(global_weights if mu > 0 else self.get_weights(), mu)
         x = np.asarray(train_data.x, dtype=np.float32)
         y = to_one_hot(train_data.y)
         fit_args: dict[str, Any] = {
