@@ -86,22 +86,32 @@ def test_anchor_refuses_weights_of_another_model(iface: ModuleType) -> None:
         estimator.proximal.anchor(estimator.get_weights()[:2], 0.1)
 
 
-def test_mu_zero_trains_bit_identically_to_no_term(iface: ModuleType, data: Data) -> None:
-    start, plain = train(iface, data)
+@pytest.fixture(scope="module")
+def plain(iface: ModuleType, data: Data) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Training without FedProx (trained once for the tests below): (start, end)."""
+    return train(iface, data)
+
+
+def test_mu_zero_trains_bit_identically_to_no_term(
+    iface: ModuleType, data: Data, plain: tuple[list[np.ndarray], list[np.ndarray]]
+) -> None:
+    start, plain_end = plain
     _, zero = train(iface, data, mu=0.0, global_weights=start)
-    assert any(not np.array_equal(a, b) for a, b in zip(start, plain, strict=True)), "training moved nothing"
-    for a, b in zip(plain, zero, strict=True):
+    assert any(not np.array_equal(a, b) for a, b in zip(start, plain_end, strict=True)), "training moved nothing"
+    for a, b in zip(plain_end, zero, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
-def test_mu_keeps_the_trained_weights_nearer_the_global_model(iface: ModuleType, data: Data) -> None:
-    start, plain = train(iface, data)
+def test_mu_keeps_the_trained_weights_nearer_the_global_model(
+    iface: ModuleType, data: Data, plain: tuple[list[np.ndarray], list[np.ndarray]]
+) -> None:
+    start, plain_end = plain
     _, proximal = train(iface, data, mu=50.0, global_weights=start)
 
     def distance(weights: list[np.ndarray]) -> float:
         return float(np.sqrt(sum(np.sum((w - s).astype(np.float64) ** 2) for w, s in zip(weights, start, strict=True))))
 
-    assert distance(proximal) < 0.9 * distance(plain), (distance(proximal), distance(plain))
+    assert distance(proximal) < 0.9 * distance(plain_end), (distance(proximal), distance(plain_end))
 
 
 def test_mu_needs_the_global_weights(iface: ModuleType, data: Data) -> None:
