@@ -114,6 +114,22 @@ def test_mu_keeps_the_trained_weights_nearer_the_global_model(
     assert distance(proximal) < 0.9 * distance(plain_end), (distance(proximal), distance(plain_end))
 
 
+def test_a_fedprox_model_saved_as_keras_loads_in_plain_keras(iface: ModuleType, data: Data, tmp_path: Path) -> None:
+    """The .keras file names its compiled loss; after FedProx it is the plain cross-entropy, so
+    keras.models.load_model needs no interface.py, and the weights are the trained ones."""
+    import keras
+
+    estimator = iface.Estimator()
+    estimator.train(
+        data, epochs=1, batch_size=4, validation_split=0.0, verbose=0, mu=0.1, global_weights=estimator.get_weights()
+    )
+    path = estimator.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.loss, keras.losses.CategoricalCrossentropy)
+    for a, b in zip(loaded.get_weights(), estimator.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_mu_needs_the_global_weights(iface: ModuleType, data: Data) -> None:
     with pytest.raises(ValueError, match="needs the round's global_weights"):
         iface.Estimator().train(data, mu=0.1)

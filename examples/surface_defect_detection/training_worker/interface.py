@@ -332,13 +332,34 @@ class Estimator:
         path = Path(model_path)
         if path.suffix == ".keras":
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.model.save(path)
+            self._without_proximal_term().save(path)
             return str(path)
         import tensorflow as tf
 
         prefix = path if path.suffix == ".ckpt" else path / CHECKPOINT_NAME
         prefix.parent.mkdir(parents=True, exist_ok=True)
         return str(tf.train.Checkpoint(model=self.model).write(str(prefix)))
+
+    def _without_proximal_term(self) -> keras.Model:
+        """What a ``.keras`` file holds: after FedProx training, a copy compiled with the plain loss.
+
+        The file records the compiled loss by class; ``ProximalLoss`` would make plain
+        ``keras.models.load_model`` fail on it. The copy's optimizer is fresh (Adam's moments at zero):
+        the file is a final model, not a training state.
+        """
+        if self.proximal is None:
+            return self.model
+        plain = self.build(None)  # not keras.models.clone_model: it re-reads the compiled ProximalLoss
+        plain.set_weights(self.model.get_weights())
+        plain.compile(
+            loss=self.proximal.base,
+            optimizer=keras.optimizers.Adam(learning_rate=float(self.model.optimizer.learning_rate.numpy())),
+            metrics=[keras.metrics.CategoricalAccuracy(name="categorical_accuracy")],
+        )
+        # Built, as a trained model's optimizer is: load_model refuses a file whose optimizer has fewer
+        # variables than the one it builds.
+        plain.optimizer.build(plain.trainable_variables)
+        return plain
 
     def load(self, model_url: str | os.PathLike[str]) -> None:
         """Restore weights saved by :meth:`save` (model directory, ``.ckpt`` prefix or ``.keras`` file)."""
