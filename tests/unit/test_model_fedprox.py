@@ -60,6 +60,7 @@ def test_proximal_gradient_is_mu_times_the_distance(iface: ModuleType) -> None:
     import keras
     from keras import ops
 
+    mu, lr = 0.3, 0.5
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     w_global = [np.arange(6, dtype=np.float32).reshape(3, 2) / 10, np.array([0.5, -0.5], dtype=np.float32)]
     model.set_weights([w + 1.0 for w in w_global])
@@ -68,11 +69,10 @@ def test_proximal_gradient_is_mu_times_the_distance(iface: ModuleType) -> None:
         def call(self, y_true: Any, y_pred: Any) -> Any:
             return 0.0 * ops.sum(y_pred, axis=-1)  # differentiable, gradient 0: only the term moves w
 
-    proximal = iface.ProximalLoss(Zero(name="zero"), model)
-    mu, lr = 0.3, 0.5
+    model.compile(loss=Zero(name="zero"), optimizer=keras.optimizers.SGD(learning_rate=lr))
+    proximal = iface.ProximalTerm(model)
     proximal.anchor(w_global, mu)
-    assert float(proximal.term()) == pytest.approx(mu / 2 * 8)
-    model.compile(loss=proximal, optimizer=keras.optimizers.SGD(learning_rate=lr))
+    assert proximal.term() == pytest.approx(mu / 2 * 8)
     model.fit(np.ones((1, 3), dtype=np.float32), np.zeros((1, 2), dtype=np.float32), epochs=1, verbose=0)
     for got, anchor in zip(model.get_weights(), w_global, strict=True):
         np.testing.assert_allclose(got, anchor + 1.0 - lr * mu, rtol=1e-6)
@@ -80,10 +80,8 @@ def test_proximal_gradient_is_mu_times_the_distance(iface: ModuleType) -> None:
 
 def test_anchor_refuses_weights_of_another_model(iface: ModuleType) -> None:
     estimator = iface.Estimator()
-    estimator.compile(0.001, proximal=True)
-    assert estimator.proximal is not None
     with pytest.raises(ValueError, match="global_weights has 2 arrays, the model 10"):
-        estimator.proximal.anchor(estimator.get_weights()[:2], 0.1)
+        iface.ProximalTerm(estimator.model).anchor(estimator.get_weights()[:2], 0.1)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +113,8 @@ def test_mu_keeps_the_trained_weights_nearer_the_global_model(
 
 
 def test_a_fedprox_model_saved_as_keras_loads_in_plain_keras(iface: ModuleType, data: Data, tmp_path: Path) -> None:
-    """The .keras file names its compiled loss; after FedProx it is the plain cross-entropy, so
-    keras.models.load_model needs no interface.py, and the weights are the trained ones."""
+    """FedProx changes nothing a .keras file records (compiled loss, layer configs), so plain
+    keras.models.load_model reads it without interface.py, with the trained weights."""
     import keras
 
     estimator = iface.Estimator()

@@ -90,23 +90,32 @@ def binary_metrics(defect_true: np.ndarray, defect_pred: np.ndarray) -> dict[str
     }
 
 
-class ProximalLoss(keras.losses.Loss):
-    """FedProx's local objective: ``base`` plus ``(mu/2) * sum ||w - w_global||^2`` over the model's
-    trainable variables (Li et al. 2020, the paper's squared norm).
+class _Pull(keras.regularizers.Regularizer):
+    """One variable's share of the proximal term, ``(mu/2) * ||v - anchor||^2``, on top of the
+    variable's own regularizer if it had one."""
 
-    Compiled in place of ``base``, so ``fit`` differentiates the term inside its own gradient tape
-    and every optimizer, callback and class weight works unchanged. The term is added once per
-    batch, after ``base`` has applied the sample (class) weights: it weighs the same whatever the
-    batch holds. ``w_global`` and ``mu`` live in non-trainable variables that `anchor` re-assigns
-    each round, so the compiled train function is traced once, not once per round.
-    Non-trainable weights (none in this network) get no term: training does not move them.
+    def __init__(self, anchor: keras.Variable, mu: keras.Variable, previous: Any) -> None:
+        self.anchor, self.mu, self.previous = anchor, mu, previous
+
+    def __call__(self, x: Any) -> Any:
+        pull = 0.5 * self.mu * ops.sum(ops.square(x - self.anchor))
+        return pull if self.previous is None else pull + self.previous(x)
+
+
+class ProximalTerm:
+    """FedProx's local objective on a Keras model: the compiled loss plus ``(mu/2) * sum ||w - w_global||^2``
+    over the model's trainable variables (Li et al. 2020, the paper's squared norm).
+
+    Attached as weight regularizers, so Keras' own train step adds the term (once per batch, after
+    the loss applied the sample and class weights) inside its gradient tape, and nothing about the
+    compiled loss, the layers' configs or the saved model changes: a checkpoint or ``.keras`` file is
+    Sedna's. ``w_global`` and ``mu`` live in non-trainable variables that `anchor` re-assigns each
+    round, so the train function is traced once, not once per round. Attach it before the model's
+    first ``fit`` (or rebuild the train function). Non-trainable weights get no term.
     """
 
-    def __init__(self, base: keras.losses.Loss, model: keras.Model) -> None:
-        super().__init__(name=f"proximal_{base.name}")
-        self.base = base
-        # Positions in get_weights() order (model.weights), which is the order global_weights come in.
-        self._count = len(model.weights)
+    def __init__(self, model: keras.Model) -> None:
+        self._count = len(model.weights)  # global_weights come in get_weights() order: model.weights
         self._indices = [i for i, v in enumerate(model.weights) if v.trainable]
         self._variables = [model.weights[i] for i in self._indices]
         self._anchors = [
@@ -114,6 +123,8 @@ class ProximalLoss(keras.losses.Loss):
             for n, v in enumerate(self._variables)
         ]
         self._mu = keras.Variable(0.0, trainable=False, dtype="float32", name="proximal_mu")
+        for variable, anchor in zip(self._variables, self._anchors, strict=True):
+            variable.regularizer = _Pull(anchor, self._mu, variable.regularizer)
 
     def anchor(self, global_weights: Any, mu: float) -> None:
         """Set this round's global weights (all of them, in ``get_weights()`` order) and ``mu``."""
@@ -124,13 +135,13 @@ class ProximalLoss(keras.losses.Loss):
             anchor.assign(np.asarray(arrays[i], dtype=anchor.dtype).reshape(anchor.shape))
         self._mu.assign(float(mu))
 
-    def term(self) -> Any:
-        """``(mu/2) * sum ||w - w_global||^2`` for the current weights (a scalar tensor)."""
-        squares = [ops.sum(ops.square(v - a)) for v, a in zip(self._variables, self._anchors, strict=True)]
-        return 0.5 * self._mu * ops.sum(ops.stack(squares))
-
-    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        return self.base(y_true, y_pred, sample_weight) + ops.cast(self.term(), self.base.dtype)
+    def term(self) -> float:
+        """``(mu/2) * sum ||w - w_global||^2`` for the current weights."""
+        return float(
+            sum(float(ops.sum(ops.square(v - a))) for v, a in zip(self._variables, self._anchors, strict=True))
+            * 0.5
+            * float(self._mu.numpy())
+        )
 
 
 def _checkpoint_prefix(path: str | os.PathLike[str]) -> Path:
@@ -152,7 +163,7 @@ class Estimator:
         self.model = self.build(kwargs.get("init_seed", 0))
         self.has_init = False
         self.class_weight: str | dict[int, float] | None = kwargs.get("class_weight", "balanced")
-        self.proximal: ProximalLoss | None = None  # FedProx's term, once a train call had mu > 0
+        self.proximal: ProximalTerm | None = None  # FedProx's term, once a train call had mu > 0
 
     @staticmethod
     def build(init_seed: int | None = None) -> keras.Model:
@@ -209,20 +220,15 @@ class Estimator:
         model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
         return model
 
-    def compile(self, learning_rate: float, proximal: bool = False) -> None:
+    def compile(self, learning_rate: float) -> None:
         """(Re)compile with Adam(learning_rate) and plain categorical cross-entropy.
 
         Sedna compiles with ``CategoricalCrossentropy(from_logits=True)`` on top of the softmax
         layer, i.e. a softmax applied twice, which flattens the gradients. The output already is
         a probability distribution, so the loss must take probabilities (``from_logits=False``).
-        ``proximal``: wrap it in FedProx's `ProximalLoss` (``self.proximal``; `train` anchors it).
         """
-        loss: keras.losses.Loss = keras.losses.CategoricalCrossentropy(from_logits=False)
-        if proximal:
-            self.proximal = ProximalLoss(loss, self.model)
-            loss = self.proximal
         self.model.compile(
-            loss=loss,
+            loss=keras.losses.CategoricalCrossentropy(from_logits=False),
             optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
             metrics=[keras.metrics.CategoricalAccuracy(name="categorical_accuracy")],
         )
@@ -250,18 +256,19 @@ class Estimator:
         which NumPy 1.24 removed).
 
         FedProx (not in Sedna): with ``mu > 0`` the worker API passes the round's ``global_weights``
-        and the loss becomes cross-entropy + ``(mu/2)·||w - global_weights||²`` (`ProximalLoss`; the
-        history's ``loss`` includes the term). ``mu = 0`` compiles and trains exactly as before.
+        and the loss becomes cross-entropy + ``(mu/2)·||w - global_weights||²`` (`ProximalTerm`; the
+        history's ``loss`` includes the term). ``mu = 0`` trains exactly as before.
         """
         mu = float(mu)
         if mu > 0 and global_weights is None:
             raise ValueError(f"mu={mu:g} (FedProx) needs the round's global_weights")
         if not self.has_init:
-            self.compile(float(learning_rate), proximal=mu > 0)
-        elif mu > 0 and self.proximal is None:
-            # mu appeared after plain rounds: never in a job (mu is one per job). Recompiling with the
-            # term starts Adam afresh.
-            self.compile(float(learning_rate), proximal=True)
+            self.compile(float(learning_rate))
+        if mu > 0 and self.proximal is None:
+            self.proximal = ProximalTerm(self.model)
+            # A train function traced before (plain rounds; never in a job, whose mu is fixed) knows no
+            # regularizers: trace it again.
+            self.model.make_train_function(force=True)
         if self.proximal is not None:
             self.proximal.anchor(global_weights if mu > 0 else self.get_weights(), mu)
         x = np.asarray(train_data.x, dtype=np.float32)
@@ -332,34 +339,13 @@ class Estimator:
         path = Path(model_path)
         if path.suffix == ".keras":
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._without_proximal_term().save(path)
+            self.model.save(path)
             return str(path)
         import tensorflow as tf
 
         prefix = path if path.suffix == ".ckpt" else path / CHECKPOINT_NAME
         prefix.parent.mkdir(parents=True, exist_ok=True)
         return str(tf.train.Checkpoint(model=self.model).write(str(prefix)))
-
-    def _without_proximal_term(self) -> keras.Model:
-        """What a ``.keras`` file holds: after FedProx training, a copy compiled with the plain loss.
-
-        The file records the compiled loss by class; ``ProximalLoss`` would make plain
-        ``keras.models.load_model`` fail on it. The copy's optimizer is fresh (Adam's moments at zero):
-        the file is a final model, not a training state.
-        """
-        if self.proximal is None:
-            return self.model
-        plain = self.build(None)  # not keras.models.clone_model: it re-reads the compiled ProximalLoss
-        plain.set_weights(self.model.get_weights())
-        plain.compile(
-            loss=self.proximal.base,
-            optimizer=keras.optimizers.Adam(learning_rate=float(self.model.optimizer.learning_rate.numpy())),
-            metrics=[keras.metrics.CategoricalAccuracy(name="categorical_accuracy")],
-        )
-        # Built, as a trained model's optimizer is: load_model refuses a file whose optimizer has fewer
-        # variables than the one it builds.
-        plain.optimizer.build(plain.trainable_variables)
-        return plain
 
     def load(self, model_url: str | os.PathLike[str]) -> None:
         """Restore weights saved by :meth:`save` (model directory, ``.ckpt`` prefix or ``.keras`` file)."""
