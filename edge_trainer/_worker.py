@@ -7,12 +7,21 @@ Sedna; ``train`` then
 1. sends ``hello`` with the number of samples and the estimator's initial weights;
 2. on ``train`` (round r): sets the weights from the global model of round r-1, scores them on the
    worker's held-out data and sends ``evaluated`` (federated evaluation, `edge_trainer._evaluate`;
-   not for the round-0 model, which nobody trained), runs ``estimator.train`` (local epochs) and sends
+   not for the round-0 model, which nobody trained), runs ``estimator.train`` (local epochs; with FedProx,
+   see below, also given ``global_weights=`` and ``mu=``) and sends
    ``update`` with the new weights, the sample count and the last value of each metric of the
    training history;
 3. on ``finish``: sets the final weights, scores them (``evaluated``), saves the model at ``MODEL_URL``
    in ``MODEL_FORMAT``, sends ``saved`` (path and weights digest) and returns the estimator;
 4. on ``stop``: returns at once.
+
+FedProx: the job's ``mu`` parameter (a training-worker parameter, default 0; or ``train(..., mu=...)`` in
+the script, which wins) is the proximal weight. With ``mu > 0`` every ``estimator.train`` call also gets
+``global_weights`` (the arrays of the global model this round trains from, the very ones just set, in
+``get_weights()`` order, read-only) and ``mu``, so the estimator can add ``(mu/2)·||w - global_weights||²``
+to its loss. With ``mu = 0`` nothing is added to the call: a script that does not know FedProx trains as
+before. An estimator whose ``train`` can take neither (no ``**kwargs``, no such parameters) while ``mu > 0``
+is a `WorkerError` before the hello, not a job that silently trains without the term.
 
 Any exception is reported to the service as an ``error`` frame (best effort) and re-raised, so the
 script exits non-zero with its traceback in the job's worker.log; a `DatasetError` is sent as a data
@@ -27,6 +36,7 @@ Keras model imports it (`edge_trainer._model_io`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import sys
@@ -41,7 +51,16 @@ from edge_trainer._evaluate import HeldOut, evaluate, held_out
 from edge_trainer._model_io import save_model
 from edge_trainer._samples import mark_reported, skipped_samples
 from runtime import ChannelClosed, ServiceWatch, WorkerChannel
-from schemas import WeightsKind, WorkerEnv, WorkerFrame, decode_weights, encode_weights, weights_digest
+from schemas import (
+    PARAMETER_BOUNDS,
+    Context,
+    WeightsKind,
+    WorkerEnv,
+    WorkerFrame,
+    decode_weights,
+    encode_weights,
+    weights_digest,
+)
 
 __all__ = ["FederatedLearning"]
 
@@ -74,7 +93,8 @@ class FederatedLearning:
 
         ``post_process``, if given, is applied to each ``estimator.train`` result before its metrics are
         read (Sedna names a registered callback here; pass the callable itself). Other keyword
-        arguments go to ``estimator.train`` (epochs, batch_size, ...).
+        arguments go to ``estimator.train`` (epochs, batch_size, ...); ``mu`` sets FedProx's proximal
+        weight instead of the job's ``mu`` parameter (see the module's docstring).
         """
         if post_process is not None and not callable(post_process):
             raise WorkerError(f"post_process must be a callable, got {type(post_process).__name__}")
@@ -116,6 +136,8 @@ class FederatedLearning:
             num_samples = len(train_data)
         except TypeError as exc:
             raise WorkerError(f"train_data has no length ({type(train_data).__name__}); pass a parsed dataset") from exc
+        mu = _proximal_mu(kwargs)  # before anything is sent: a bad mu fails the worker up front
+        _check_proximal(self.estimator.train, mu)
         weights = self._get_weights()
         names = _tensor_names(self.estimator, len(weights))
         shapes = [w.shape for w in weights]
@@ -127,6 +149,8 @@ class FederatedLearning:
             file=sys.stderr,
             flush=True,
         )
+        if mu > 0:
+            print(f"FedProx: mu={mu:g} (estimator.train gets global_weights and mu)", file=sys.stderr, flush=True)
         channel.send(
             WorkerFrame(
                 type="hello",
@@ -141,10 +165,13 @@ class FederatedLearning:
         while True:
             frame, body = channel.recv()  # ChannelClosed: the service is gone (see `train`)
             if frame.type == "train":
-                self._set_weights(body, frame.round, shapes)
+                global_weights = self._set_weights(body, frame.round, shapes)
                 if frame.round > 1:  # the global model of round r-1 (the round-0 model is nobody's work)
                     self._evaluate(channel, frame.round - 1)
-                result = self.estimator.train(train_data=train_data, valid_data=valid_data, **kwargs)
+                # FedProx's anchor: this round's decoded arrays, not the estimator's copies (which training
+                # changes in place for some estimators). Nothing extra for mu = 0: older scripts keep working.
+                proximal = {"global_weights": global_weights, "mu": mu} if mu > 0 else {}
+                result = self.estimator.train(train_data=train_data, valid_data=valid_data, **kwargs, **proximal)
                 if post_process is not None:
                     result = post_process(result)
                 weights = self._get_weights()
@@ -203,7 +230,8 @@ class FederatedLearning:
     def _get_weights(self) -> Arrays:
         return [np.asarray(w) for w in self.estimator.get_weights()]
 
-    def _set_weights(self, body: bytes | None, round_: int, shapes: list[tuple[int, ...]]) -> None:
+    def _set_weights(self, body: bytes | None, round_: int, shapes: list[tuple[int, ...]]) -> Arrays:
+        """Set the global model of `round_` from its blob; return its arrays (read-only views of the blob)."""
         if not body:
             raise WorkerError(f"the node service sent no weights for round {round_}")
         _header, arrays = decode_weights(body)
@@ -215,6 +243,7 @@ class FederatedLearning:
             )
         # Writable copies: the decoded arrays are read-only views of the blob.
         self.estimator.set_weights([np.array(a) for a in arrays])
+        return list(arrays)
 
     def _encode(
         self, weights: Arrays, kind: WeightsKind, round_: int, num_samples: int, names: list[str] | None
@@ -250,6 +279,38 @@ def _required_env(name: str) -> str:
     if not value:
         raise WorkerError(f"{name} is not set: start this script through fl-edge-trainer")
     return value
+
+
+def _proximal_mu(kwargs: dict[str, Any]) -> float:
+    """FedProx's mu: ``train(mu=...)`` (taken out of the estimator's kwargs, the API passes it itself), else
+    the job's ``mu`` parameter, else 0; within `schemas.PARAMETER_BOUNDS` (the rule ``flctl create`` applies)."""
+    given = kwargs.pop("mu", None)
+    raw = given if given is not None else Context.get_parameters("mu")
+    source = "train(mu=...)" if given is not None else "parameter mu"
+    if raw is None or str(raw).strip() == "":
+        return 0.0
+    problem = PARAMETER_BOUNDS["mu"].problem(str(raw).strip())
+    if problem is not None:
+        raise WorkerError(f"{source}={raw!r}: {problem} (FedProx's proximal weight; 0: plain FedAvg training)")
+    return float(raw)
+
+
+def _check_proximal(train: Callable[..., Any], mu: float) -> None:
+    """A `WorkerError` when ``mu > 0`` and ``train`` can take no ``global_weights`` and ``mu`` keywords."""
+    if mu <= 0:
+        return
+    try:
+        parameters = inspect.signature(train).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): the call itself will tell
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    named = {p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    if not {"global_weights", "mu"} <= named:
+        raise WorkerError(
+            f"the job sets mu={mu:g} (FedProx) but estimator.train takes no global_weights and mu keyword "
+            "arguments: add them and the proximal term (README, FedProx), or set mu to 0"
+        )
 
 
 def _tensor_names(estimator: Any, count: int) -> list[str] | None:

@@ -206,6 +206,9 @@ PARAMETER_BOUNDS: Mapping[str, NumberBound] = MappingProxyType(
         "beta_1": NumberBound(whole=False, low=0, high=1, high_open=True),
         "beta_2": NumberBound(whole=False, low=0, high=1, high_open=True),
         "tau": NumberBound(whole=False, low=0, high=1, low_open=True),
+        # FedProx's proximal weight (a training-worker parameter; 0, the default, is plain FedAvg training).
+        # The paper tunes it in {0.001, 0.01, 0.1, 1}; past 1000 the term alone would dominate any loss.
+        "mu": NumberBound(whole=False, low=0, high=1000),
     }
 )
 """The parameters whose meaning this system knows and their bounds. A bound holds for the name as

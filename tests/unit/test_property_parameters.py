@@ -186,6 +186,7 @@ BOUNDS: dict[str, tuple[bool, float, float, bool, bool]] = {
     "epochs": (True, 1, 10_000, True, True),
     "learning_rate": (False, 0, 10, False, True),
     "validation_split": (False, 0, 1, True, False),
+    "mu": (False, 0, 1000, True, True),
 }
 
 

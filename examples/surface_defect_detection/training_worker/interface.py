@@ -24,6 +24,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras
 import numpy as np
+from keras import ops
 from keras.layers import Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
 from keras.models import Sequential
 
@@ -89,6 +90,60 @@ def binary_metrics(defect_true: np.ndarray, defect_pred: np.ndarray) -> dict[str
     }
 
 
+class _Pull(keras.regularizers.Regularizer):
+    """One variable's share of the proximal term, ``(mu/2) * ||v - anchor||^2``, on top of the
+    variable's own regularizer if it had one."""
+
+    def __init__(self, anchor: keras.Variable, mu: keras.Variable, previous: Any) -> None:
+        self.anchor, self.mu, self.previous = anchor, mu, previous
+
+    def __call__(self, x: Any) -> Any:
+        pull = 0.5 * self.mu * ops.sum(ops.square(x - self.anchor))
+        return pull if self.previous is None else pull + self.previous(x)
+
+
+class ProximalTerm:
+    """FedProx's local objective on a Keras model: the compiled loss plus ``(mu/2) * sum ||w - w_global||^2``
+    over the model's trainable variables (Li et al. 2020, the paper's squared norm).
+
+    Attached as weight regularizers, so Keras' own train step adds the term (once per batch, after
+    the loss applied the sample and class weights) inside its gradient tape, and nothing about the
+    compiled loss, the layers' configs or the saved model changes: a checkpoint or ``.keras`` file is
+    Sedna's. ``w_global`` and ``mu`` live in non-trainable variables that `anchor` re-assigns each
+    round, so the train function is traced once, not once per round. Attach it before the model's
+    first ``fit`` (or rebuild the train function). Non-trainable weights get no term.
+    """
+
+    def __init__(self, model: keras.Model) -> None:
+        self._count = len(model.weights)  # global_weights come in get_weights() order: model.weights
+        self._indices = [i for i, v in enumerate(model.weights) if v.trainable]
+        self._variables = [model.weights[i] for i in self._indices]
+        self._anchors = [
+            keras.Variable(ops.zeros(v.shape, dtype=v.dtype), trainable=False, name=f"anchor_{n}")
+            for n, v in enumerate(self._variables)
+        ]
+        self._mu = keras.Variable(0.0, trainable=False, dtype="float32", name="proximal_mu")
+        for variable, anchor in zip(self._variables, self._anchors, strict=True):
+            variable.regularizer = _Pull(anchor, self._mu, variable.regularizer)
+
+    def anchor(self, global_weights: Any, mu: float) -> None:
+        """Set this round's global weights (all of them, in ``get_weights()`` order) and ``mu``."""
+        arrays = list(global_weights)
+        if len(arrays) != self._count:
+            raise ValueError(f"global_weights has {len(arrays)} arrays, the model {self._count} (get_weights() order)")
+        for anchor, i in zip(self._anchors, self._indices, strict=True):
+            anchor.assign(np.asarray(arrays[i], dtype=anchor.dtype).reshape(anchor.shape))
+        self._mu.assign(float(mu))
+
+    def term(self) -> float:
+        """``(mu/2) * sum ||w - w_global||^2`` for the current weights."""
+        return float(
+            sum(float(ops.sum(ops.square(v - a))) for v, a in zip(self._variables, self._anchors, strict=True))
+            * 0.5
+            * float(self._mu.numpy())
+        )
+
+
 def _checkpoint_prefix(path: str | os.PathLike[str]) -> Path:
     """A model directory means ``<dir>/model.ckpt``; anything else is taken as a checkpoint prefix."""
     p = Path(path)
@@ -108,6 +163,7 @@ class Estimator:
         self.model = self.build(kwargs.get("init_seed", 0))
         self.has_init = False
         self.class_weight: str | dict[int, float] | None = kwargs.get("class_weight", "balanced")
+        self.proximal: ProximalTerm | None = None  # FedProx's term, once a train call had mu > 0
 
     @staticmethod
     def build(init_seed: int | None = None) -> keras.Model:
@@ -187,6 +243,8 @@ class Estimator:
         batch_size: int = 1,
         learning_rate: float = 0.01,
         validation_split: float = 0.2,
+        mu: float = 0.0,
+        global_weights: Any = None,
         **kwargs: Any,
     ) -> dict[str, list[float]]:
         """Model train: ``epochs`` local epochs on ``train_data.x``/``train_data.y``.
@@ -196,9 +254,23 @@ class Estimator:
         Without ``valid_data`` Keras holds out the LAST ``validation_split`` of the samples
         (unshuffled). Returns the Keras history as plain python floats (Sedna used ``np.float``,
         which NumPy 1.24 removed).
+
+        FedProx (not in Sedna): with ``mu > 0`` the worker API passes the round's ``global_weights``
+        and the loss becomes cross-entropy + ``(mu/2)·||w - global_weights||²`` (`ProximalTerm`; the
+        history's ``loss`` includes the term). ``mu = 0`` trains exactly as before.
         """
+        mu = float(mu)
+        if mu > 0 and global_weights is None:
+            raise ValueError(f"mu={mu:g} (FedProx) needs the round's global_weights")
         if not self.has_init:
             self.compile(float(learning_rate))
+        if mu > 0 and self.proximal is None:
+            self.proximal = ProximalTerm(self.model)
+            # A train function traced before (plain rounds; never in a job, whose mu is fixed) knows no
+            # regularizers: trace it again.
+            self.model.make_train_function(force=True)
+        if self.proximal is not None:
+            self.proximal.anchor(global_weights if mu > 0 else self.get_weights(), mu)
         x = np.asarray(train_data.x, dtype=np.float32)
         y = to_one_hot(train_data.y)
         fit_args: dict[str, Any] = {

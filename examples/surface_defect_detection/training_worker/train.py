@@ -2,7 +2,7 @@
 
 Mirrors Sedna's ``examples/federated_learning/surface_defect_detection/training_worker/train.py``
 line by line; only the imports change (our ``edge_trainer`` replaces ``sedna``), plus two marked
-fixes. Run it with the same parameters Sedna's controller would pass (``TRAIN_DATASET_URL``,
+fixes and a note on FedProx's ``mu``. Run it with the same parameters Sedna's controller would pass (``TRAIN_DATASET_URL``,
 ``epochs``, ``batch_size``, ``learning_rate``... as environment variables).
 """
 
@@ -48,6 +48,8 @@ def main():
     learning_rate = float(Context.get_parameters("learning_rate", 0.001))
     validation_split = float(Context.get_parameters("validation_split", 0.2))
 
+    # FedProx (not in Sedna): the job's `mu` parameter needs nothing here. FederatedLearning reads it
+    # and passes global_weights= and mu= to Estimator.train, which adds the proximal term.
     fl_model = FederatedLearning(estimator=Estimator, aggregation=aggregation_algorithm)
 
     train_jobs = fl_model.train(

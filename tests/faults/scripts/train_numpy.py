@@ -5,7 +5,8 @@ seconds of CPU and hundreds of MB just to import TensorFlow, which would make th
 process start-up instead of about the broker. This estimator (a linear least-squares model trained
 with one gradient step per round) has the same surface the worker API drives (get_weights,
 set_weights, train, save), and its weights are as large as the scenario wants (``features`` x
-``hidden``), so the transfers carry the many chunks the scenario is about. Saved with
+``hidden``), so the transfers carry the many chunks the scenario is about. It honours FedProx's ``mu``
+(tests/integration/test_fedprox_job.py recomputes a job's final model from its data). Saved with
 ``estimator.save(path)`` (no Keras ``.model``): ``<path>.npz``.
 """
 
@@ -18,6 +19,7 @@ from edge_trainer import BaseConfig, Context, FederatedLearning
 
 FEATURES = int(Context.get_parameters("features", 8))
 HIDDEN = int(Context.get_parameters("hidden", 16))
+LOCAL_STEPS = int(Context.get_parameters("local_steps", 1))  # one gradient step per round unless a test asks
 
 
 class Estimator:
@@ -27,14 +29,22 @@ class Estimator:
         self.b = np.zeros(HIDDEN, dtype=np.float32)
         self.calls = 0
 
-    def train(self, train_data, valid_data=None, learning_rate=0.01, **kwargs):
+    def train(self, train_data, valid_data=None, learning_rate=0.01, global_weights=None, mu=0.0, **kwargs):
+        """``local_steps`` full-batch gradient steps; with FedProx (``mu`` > 0, the worker API passes the
+        round's ``global_weights``) each step's gradient gains ``mu * (w - w_global)``."""
         self.calls += 1
         wait_gate(self.calls)
         x = train_data.x
         target = np.repeat(train_data.y.astype(np.float32)[:, None], HIDDEN, axis=1)
-        error = x @ self.w + self.b - target
-        self.w = (self.w - learning_rate * x.T @ error / len(x)).astype(np.float32)
-        self.b = (self.b - learning_rate * error.mean(axis=0)).astype(np.float32)
+        for _ in range(LOCAL_STEPS):
+            error = x @ self.w + self.b - target
+            grad_w = x.T @ error / len(x)
+            grad_b = error.mean(axis=0)
+            if mu:
+                grad_w = grad_w + mu * (self.w - global_weights[0])
+                grad_b = grad_b + mu * (self.b - global_weights[1])
+            self.w = (self.w - learning_rate * grad_w).astype(np.float32)
+            self.b = (self.b - learning_rate * grad_b).astype(np.float32)
         return {"loss": [float((error**2).mean())]}
 
     def get_weights(self):
@@ -58,7 +68,9 @@ def main() -> None:
     data = load_samples(BaseConfig.train_dataset_url, FEATURES)
     # With a validation_split the worker API scores every global model on that share (federated evaluation).
     split = float(Context.get_parameters("validation_split", 0) or 0)
-    FederatedLearning(estimator=Estimator).train(train_data=data, **({"validation_split": split} if split else {}))
+    rate = float(Context.get_parameters("learning_rate", 0.01))
+    extra = {"validation_split": split} if split else {}
+    FederatedLearning(estimator=Estimator).train(train_data=data, learning_rate=rate, **extra)
 
 
 if __name__ == "__main__":
