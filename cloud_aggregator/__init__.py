@@ -16,6 +16,15 @@ from cloud_aggregator._errors import (
     UpdateRejectedError,
     WorkerScriptError,
 )
+from cloud_aggregator._robust import (
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    RobustResult,
+    RobustStrategy,
+    RobustUpdate,
+)
 from cloud_aggregator._server_opt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from cloud_aggregator._strategy import (
     AggregationState,
@@ -39,9 +48,16 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedMedian",
+    "FedTrimmedAvg",
     "FedYogi",
+    "Krum",
     "Layout",
+    "MultiKrum",
     "PublishFailedError",
+    "RobustResult",
+    "RobustStrategy",
+    "RobustUpdate",
     "ServerState",
     "StateError",
     "Strategy",

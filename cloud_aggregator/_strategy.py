@@ -190,6 +190,9 @@ class Strategy(ABC):
     defaults: ClassVar[Mapping[str, float]] = MappingProxyType({})
     # Set by __init__; the class default serves a registered strategy whose own __init__ skips it.
     hyper: Mapping[str, float] = MappingProxyType({})
+    # The L2 bound on each update's delta from the previous global model (0: none), for every strategy:
+    # `get_strategy` sets it from the `clip_norm` parameter, the engine applies `clip` before `fold`.
+    clip_norm: float = 0.0
 
     def __init__(self, **hyper: float) -> None:
         unknown = sorted(set(hyper) - set(self.defaults))
@@ -200,9 +203,25 @@ class Strategy(ABC):
 
     def describe(self) -> str:
         """`FedAdam (server_learning_rate=0.1, beta_1=0.9, ...)`, or the name alone without hyper-parameters."""
-        if not self.hyper:
+        settings = dict(self.hyper)
+        if self.clip_norm > 0:
+            settings["clip_norm"] = self.clip_norm
+        if not settings:
             return self.name
-        return f"{self.name} ({', '.join(f'{k}={v:g}' for k, v in self.hyper.items())})"
+        return f"{self.name} ({', '.join(f'{k}={v:g}' for k, v in settings.items())})"
+
+    def clip(self, arrays: Arrays, previous: Arrays | None) -> tuple[list[npt.NDArray[Any]], str | None]:
+        """`arrays` with their delta from `previous` clipped to `clip_norm`, and the audit note (None: untouched)."""
+        scale, norm = clip_scale(arrays, previous, self.clip_norm)
+        if scale >= 1.0 or previous is None:
+            return list(arrays), None
+        clipped = [
+            cast_to(np.asarray(p, dtype=np.float64) + (np.asarray(a, dtype=np.float64) - p) * scale, a.dtype.name)
+            if _clippable(a)
+            else a
+            for a, p in zip(arrays, previous, strict=True)
+        ]
+        return clipped, clip_note(norm, self.clip_norm)
 
     def begin_server(self, layout: Layout) -> ServerState | None:
         """The server state before the first round (None: the strategy keeps none across rounds)."""
@@ -295,6 +314,31 @@ def cast_to(values: F64, dtype_name: str) -> npt.NDArray[Any]:
     return values.astype(dtype)
 
 
+def _clippable(array: npt.NDArray[Any]) -> bool:
+    # Only floating tensors are clipped: integer and boolean ones (step counters, masks) are not a
+    # direction in weight space, and scaling them would round to nonsense.
+    return np.dtype(array.dtype).kind == "f"
+
+
+def clip_scale(arrays: Arrays, previous: Arrays | None, clip_norm: float) -> tuple[float, float]:
+    """The factor ``min(1, C/‖Δ‖)`` for the update's delta from `previous` (floating tensors), and ‖Δ‖.
+
+    Computed tensor by tensor in float64, so it needs no copy of the whole model."""
+    if clip_norm <= 0 or previous is None:
+        return 1.0, 0.0
+    squares = 0.0
+    for a, p in zip(arrays, previous, strict=True):
+        if _clippable(a):
+            squares += float(np.sum(np.square(np.asarray(a, dtype=np.float64) - np.asarray(p, dtype=np.float64))))
+    norm = float(np.sqrt(squares))
+    return (min(1.0, clip_norm / norm) if norm > 0 else 1.0), norm
+
+
+def clip_note(norm: float, clip_norm: float) -> str:
+    """The audit note of a clipped update."""
+    return f"clipped from norm {norm:.6g} to {clip_norm:.6g}"
+
+
 # -- registry ------------------------------------------------------------------------------------
 
 _REGISTRY: dict[str, type[Strategy]] = {}
@@ -350,4 +394,11 @@ def get_strategy(name: str, parameters: Mapping[str, str] | None = None) -> Stra
                 problem = "expected a number"
         if problem is not None:
             raise StrategyError(f"aggregationWorker parameter {spelling}={raw!r} ({cls.name}): {problem}")
-    return cls(**hyper)
+    strategy = cls(**hyper)
+    raw_clip = (parameters or {}).get("clip_norm") or (parameters or {}).get("CLIP_NORM") or ""
+    if raw_clip != "":
+        problem = PARAMETER_BOUNDS["clip_norm"].problem(str(raw_clip))
+        if problem is not None:
+            raise StrategyError(f"aggregationWorker parameter clip_norm={raw_clip!r}: {problem}")
+        strategy.clip_norm = float(raw_clip)
+    return strategy

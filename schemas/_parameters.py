@@ -209,6 +209,13 @@ PARAMETER_BOUNDS: Mapping[str, NumberBound] = MappingProxyType(
         # FedProx's proximal weight (a training-worker parameter; 0, the default, is plain FedAvg training).
         # The paper tunes it in {0.001, 0.01, 0.1, 1}; past 1000 the term alone would dominate any loss.
         "mu": NumberBound(whole=False, low=0, high=1000),
+        # Robust aggregation (cloud_aggregator._robust): the L2 bound on each update's delta from the
+        # previous global model (0: no clipping), trimmed mean's fraction cut at each end (below one
+        # half, else nothing is left), Krum's assumed attackers and Multi-Krum's kept updates.
+        "clip_norm": NumberBound(whole=False, low=0, high=1e12),
+        "trim_beta": NumberBound(whole=False, low=0, high=0.5, high_open=True),
+        "krum_f": NumberBound(whole=True, low=0, high=1000),
+        "krum_m": NumberBound(whole=True, low=0, high=1000),
     }
 )
 """The parameters whose meaning this system knows and their bounds. A bound holds for the name as

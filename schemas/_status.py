@@ -208,6 +208,9 @@ class WorkerRound(_Wire):
     eval: Evaluation | None = None
     upload_bytes: int | None = None
     upload_seconds: float | None = None  # first chunk or manifest seen -> the whole blob stored
+    # What robust aggregation did to this update, for an operator to read: "clipped from norm X to Y",
+    # "excluded by Krum (score S)", "trimmed at k of n coordinates" (None: used as sent).
+    robust: str | None = None
 
 
 class RoundRecord(_Wire):
@@ -228,6 +231,9 @@ class RoundRecord(_Wire):
     bytes_in: int | None = None  # the update blobs folded into this round
     bytes_out: int | None = None  # the round's global model blob, published once (retained)
     missing: list[str] = Field(default_factory=list)
+    # How many updates robust aggregation left out of this round's model (Krum, Multi-Krum); each
+    # worker's `robust` note says why (None: not a robust rule).
+    excluded: int | None = None
     # Sample-weighted mean of the participants' local training metrics (pre-aggregation).
     train: dict[str, float] = Field(default_factory=dict)
     eval: Evaluation | None = None

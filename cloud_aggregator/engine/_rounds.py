@@ -22,11 +22,13 @@ from datetime import datetime
 import numpy as np
 
 from cloud_aggregator._errors import AggregatorError, PublishFailedError, StrategyError, UpdateRejectedError
+from cloud_aggregator._robust import RobustResult, RobustStrategy
 from cloud_aggregator._strategy import ServerState
 from cloud_aggregator.engine._commit import Committer
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._intake import Intake
 from cloud_aggregator.engine._port import FinalModel
+from cloud_aggregator.engine._robust_close import robust_close
 from cloud_aggregator.engine._stages import Done, Final, GlobalWeights, Init, Run, Training
 from cloud_aggregator.engine._status import completed_message, final_message
 from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
@@ -137,6 +139,11 @@ class RoundEngine:
                 ctx.publish()
                 return
         try:
+            # Clipping comes before any strategy; a restart refolds the spooled (unclipped) update and
+            # clips it again identically.
+            arrays, note = open_round.run.strategy.clip(arrays, open_round.model.arrays)
+            if note is not None:
+                open_round.clipped[node] = note
             open_round.acc = open_round.run.strategy.fold(open_round.acc, arrays, manifest.num_samples)
         except StrategyError as exc:  # check() passed: a bug in the strategy
             self.fail("AggregationFailed", f"round {round_}: folding the update of {node} failed: {exc}")
@@ -278,8 +285,13 @@ class RoundEngine:
         """Close the open round: record it, commit its global model, then open the next or go FINAL."""
         ctx, facts = self._ctx, self._ctx.facts
         r, run = closing.round, closing.run
+        audit = RobustResult(weights=[], notes=dict(closing.clipped))
         try:
-            weights, server = run.strategy.step(closing.acc, closing.model.arrays, closing.server)
+            if isinstance(run.strategy, RobustStrategy):
+                audit = robust_close(ctx, run.strategy, closing)
+                weights, server = audit.weights, closing.server
+            else:
+                weights, server = run.strategy.step(closing.acc, closing.model.arrays, closing.server)
         except StrategyError as exc:
             self.fail("AggregationFailed", f"round {r}: {exc}")
             return
@@ -291,7 +303,7 @@ class RoundEngine:
         self._committer.folded[r] = [(n, closing.transfers.get(n, "")) for n in counted]
         model = closing.model.evolved(weights)
         blob = self._committer.encode(r, model.arrays, model.names, total)
-        ctx.close_round(self._record(closing, counted, missing, stamp, len(blob)))
+        ctx.close_round(self._record(closing, counted, missing, stamp, len(blob), audit))
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", f"Round {r} reaches at {stamp.isoformat()}")
         ctx.status.current_round = r
         if missing:
@@ -300,6 +312,7 @@ class RoundEngine:
             "Normal",
             "RoundClosed",
             f"round {r}: {run.strategy.describe()} of {len(counted)} updates, {total} samples"
+            + (f", {len(audit.excluded)} excluded ({', '.join(audit.excluded)})" if audit.excluded else "")
             + (" (final)" if final else ""),
         )
         if final:
@@ -343,7 +356,13 @@ class RoundEngine:
         )
 
     def _record(
-        self, closing: Training, counted: list[str], missing: list[str], closed_at: datetime, bytes_out: int
+        self,
+        closing: Training,
+        counted: list[str],
+        missing: list[str],
+        closed_at: datetime,
+        bytes_out: int,
+        audit: RobustResult,
     ) -> RoundRecord:
         """The record of a closing round: who, how much, how long, and each worker's upload."""
         workers = []
@@ -355,6 +374,7 @@ class RoundEngine:
                     num_samples=closing.counted[node],
                     upload_bytes=size,
                     upload_seconds=round(seconds, 3) if seconds is not None else None,
+                    robust=audit.notes.get(node),
                 )
             )
         return RoundRecord(
@@ -367,6 +387,7 @@ class RoundEngine:
             bytes_in=sum(size for size, _ in closing.received.values()),
             bytes_out=bytes_out,
             missing=missing,
+            excluded=len(audit.excluded) if isinstance(closing.run.strategy, RobustStrategy) else None,
             workers=workers,
         )
 

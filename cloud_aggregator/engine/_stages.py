@@ -111,6 +111,8 @@ class Training:
     transfers: dict[str, str] = field(default_factory=dict)  # node -> the transfer folded
     # node -> (blob bytes, seconds from its first chunk or manifest to the whole blob; None if unknown)
     received: dict[str, tuple[int, float | None]] = field(default_factory=dict)
+    # node -> the audit note of clipping its update (`Strategy.clip`), for the round record
+    clipped: dict[str, str] = field(default_factory=dict)
     deadline_passed: bool = False
     opened_at: datetime = field(default_factory=now)
 

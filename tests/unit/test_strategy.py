@@ -190,7 +190,17 @@ def test_unknown_strategy_names_the_known_ones() -> None:
 def test_fedavg_aliases(name: str) -> None:
     """FedAvg is found case-insensitively, ignoring '-' and '_'."""
     assert isinstance(get_strategy(name), FedAvg)
-    assert strategy_names() == ["FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedYogi"]
+    assert strategy_names() == [
+        "FedAdagrad",
+        "FedAdam",
+        "FedAvg",
+        "FedAvgM",
+        "FedMedian",
+        "FedTrimmedAvg",
+        "FedYogi",
+        "Krum",
+        "MultiKrum",
+    ]
 
 
 def test_integer_tensors_are_rounded_back() -> None:
