@@ -20,6 +20,9 @@ from edge_trainer import BaseConfig, Context, FederatedLearning
 FEATURES = int(Context.get_parameters("features", 8))
 HIDDEN = int(Context.get_parameters("hidden", 16))
 LOCAL_STEPS = int(Context.get_parameters("local_steps", 1))  # one gradient step per round unless a test asks
+# A poisoning edge for the robust-aggregation tests: it sends the global model plus its trained delta
+# times this factor (1: honest).
+POISON_SCALE = float(Context.get_parameters("poison_scale", 1))
 
 
 class Estimator:
@@ -27,6 +30,7 @@ class Estimator:
         rng = np.random.default_rng(7)
         self.w = (rng.standard_normal((FEATURES, HIDDEN)) * 0.1).astype(np.float32)
         self.b = np.zeros(HIDDEN, dtype=np.float32)
+        self.start = [self.w, self.b]  # the weights this round trained from (the global model)
         self.calls = 0
 
     def train(self, train_data, valid_data=None, learning_rate=0.01, global_weights=None, mu=0.0, **kwargs):
@@ -48,7 +52,9 @@ class Estimator:
         return {"loss": [float((error**2).mean())]}
 
     def get_weights(self):
-        return [self.w, self.b]
+        if POISON_SCALE == 1 or not self.calls:
+            return [self.w, self.b]
+        return [(s + (a - s) * POISON_SCALE).astype(np.float32) for a, s in zip([self.w, self.b], self.start)]
 
     def predict(self, x):
         """The probability of class 1 (what the worker API's federated evaluation scores)."""
@@ -56,6 +62,7 @@ class Estimator:
 
     def set_weights(self, weights):
         self.w, self.b = (np.array(w, dtype=np.float32) for w in weights)
+        self.start = [self.w, self.b]
 
     def save(self, model_path):
         path = f"{model_path}.npz"
