@@ -6,9 +6,9 @@ round closes with `RobustStrategy.aggregate(updates, previous)`, where `updates`
 spool (their arrays views on the stored blobs). It is a pure function of the updates and the previous
 global model, so an aggregator killed mid-close re-runs it identically.
 
-**Memory.** The rules work on deltas ``Δ_k = w_k − previous`` tensor by tensor: for each tensor they
-stack that one tensor of the m updates (float64), so the working set is ``m × the largest tensor``,
-never ``m × the model``. Krum adds an m × m distance matrix, summed tensor by tensor.
+**Memory.** The rules work on deltas ``Δ_k = w_k - previous`` tensor by tensor: for each tensor they
+stack that one tensor of the m updates (float64), so the working set is ``m x the largest tensor``,
+never ``m x the model``. Krum adds an m x m distance matrix, summed tensor by tensor.
 
 **Weighting** follows Flower: FedMedian, FedTrimmedAvg and Krum ignore the sample counts; Multi-Krum
 averages the kept updates weighted by them. Updates are ordered by node name first, so the spool's
@@ -111,7 +111,7 @@ class RobustStrategy(Strategy):
 
 
 class _Deltas:
-    """The m clipped deltas of a round, handed out one tensor at a time (m × that tensor, float64)."""
+    """The m clipped deltas of a round, handed out one tensor at a time (m x that tensor, float64)."""
 
     def __init__(self, updates: Sequence[RobustUpdate], previous: Arrays, scales: Sequence[float]) -> None:
         self.updates = updates
@@ -178,7 +178,7 @@ class FedTrimmedAvg(RobustStrategy):
 
 
 class Krum(RobustStrategy):
-    """Krum (Blanchard et al. 2017): keep the update closest to its ``m−f−2`` nearest others; needs m > 2f+2."""
+    """Krum (Blanchard et al. 2017): keep the update closest to its ``m-f-2`` nearest others; needs m > 2f+2."""
 
     name: ClassVar[str] = "Krum"
     defaults: ClassVar[dict[str, float]] = {"krum_f": 1}
@@ -221,7 +221,7 @@ class Krum(RobustStrategy):
 
 
 class MultiKrum(Krum):
-    """Multi-Krum: average (by samples) the ``krum_m`` lowest-scoring updates (0: m − f)."""
+    """Multi-Krum: average (by samples) the ``krum_m`` lowest-scoring updates (0: m - f)."""
 
     name: ClassVar[str] = "MultiKrum"
     defaults: ClassVar[dict[str, float]] = {"krum_f": 1, "krum_m": 0}

@@ -303,7 +303,7 @@ class RoundEngine:
         self._committer.folded[r] = [(n, closing.transfers.get(n, "")) for n in counted]
         model = closing.model.evolved(weights)
         blob = self._committer.encode(r, model.arrays, model.names, total)
-        ctx.close_round(self._record(closing, counted, missing, stamp, len(blob), audit))
+        ctx.close_round(self._record(closing, counted, missing, stamp, len(blob), audit=audit))
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", f"Round {r} reaches at {stamp.isoformat()}")
         ctx.status.current_round = r
         if missing:
@@ -362,6 +362,7 @@ class RoundEngine:
         missing: list[str],
         closed_at: datetime,
         bytes_out: int,
+        *,
         audit: RobustResult,
     ) -> RoundRecord:
         """The record of a closing round: who, how much, how long, and each worker's upload."""

@@ -25,9 +25,9 @@ def median_by_hand(
     for round_ in sorted(updates):
         arrays = [decode_weights(blob)[1] for blob in updates[round_]]
         model = [
-            (p + np.median(np.stack([np.asarray(u[t], np.float64) - p for u in arrays]), axis=0)).astype(
-                start[t].dtype
-            ).astype(np.float64)
+            (p + np.median(np.stack([np.asarray(u[t], np.float64) - p for u in arrays]), axis=0))
+            .astype(start[t].dtype)
+            .astype(np.float64)
             for t, p in enumerate(model)
         ]
         out[round_] = model

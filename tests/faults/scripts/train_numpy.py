@@ -54,7 +54,9 @@ class Estimator:
     def get_weights(self):
         if POISON_SCALE == 1 or not self.calls:
             return [self.w, self.b]
-        return [(s + (a - s) * POISON_SCALE).astype(np.float32) for a, s in zip([self.w, self.b], self.start)]
+        return [
+            (s + (a - s) * POISON_SCALE).astype(np.float32) for a, s in zip([self.w, self.b], self.start, strict=True)
+        ]
 
     def predict(self, x):
         """The probability of class 1 (what the worker API's federated evaluation scores)."""
