@@ -3,7 +3,7 @@
 These rules need every update of a round at once, so they cannot stream like FedAvg. Their `fold`
 only counts (the engine keeps each accepted update in the durable spool anyway, for recovery), and the
 round closes with `RobustStrategy.aggregate(updates, previous)`, where `updates` are read back from the
-spool (their arrays views on the stored blobs). It is a pure function of the updates and the previous
+spool (their arrays read-only views on the memory-mapped blobs: `engine/_robust_close`). It is a pure function of the updates and the previous
 global model, so an aggregator killed mid-close re-runs it identically.
 
 **Memory.** The rules work on deltas ``Δ_k = w_k - previous`` tensor by tensor: for each tensor they

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cloud_aggregator._errors import AggregatorError
+from cloud_aggregator._errors import AggregatorError, StateError
 from cloud_aggregator.engine import Checkpoint, FinalModel, KeptState, ScriptRequest, ScriptSignal, SpooledUpdate
 from schemas import (
     JobEvent,
@@ -175,6 +175,12 @@ class MemoryPort:
 
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
         return list(self.disk.spool.get(job, {}).get(round_, []))
+
+    def read_spooled_update(self, job: str, round_: int, node: str, transfer: str) -> memoryview:
+        for entry in self.disk.spool.get(job, {}).get(round_, []):
+            if entry.node == node and entry.transfer == transfer:
+                return memoryview(entry.blob)
+        raise StateError(f"no spooled update of {node} ({transfer}) for round {round_}")
 
     def drop_spool(self, job: str, upto: int) -> None:
         rounds = self.disk.spool.get(job, {})

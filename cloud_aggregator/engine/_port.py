@@ -124,6 +124,11 @@ class Port(Protocol):
         """The updates stored for `round_` (oldest first)."""
         ...
 
+    def read_spooled_update(self, job: str, round_: int, node: str, transfer: str) -> memoryview:
+        """One stored update's blob, read-only; the service memory-maps the file, so the bytes are paged
+        in as they are read and are the OS's to reclaim (a robust rule's close reads them tensor by tensor)."""
+        ...
+
     def drop_spool(self, job: str, upto: int) -> None:
         """Delete the spooled updates of every round <= `upto`."""
 

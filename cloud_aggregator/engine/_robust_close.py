@@ -2,37 +2,56 @@
 
 The spool (`Port.store_update`) already holds every accepted update of the open round, durably, for
 recovery; a robust rule (`cloud_aggregator.RobustStrategy`) needs all of them at once, so the close
-reads them from there instead of keeping m models in memory while the round is open. The close is a
-pure function of the spool and the previous global model: an aggregator killed mid-close restarts from
-the previous checkpoint, refolds the same spool and closes the round to the same model.
+reads them from there instead of keeping m models in memory while the round is open. Each counted
+update is read with `Port.read_spooled_update` (the service memory-maps the file) and decoded into
+read-only views on those bytes, never copied: the rule then stacks one tensor of every update at a time,
+so what the close itself allocates is m x the largest tensor (float64).
+
+The close is a pure function of the spool and the previous global model: an aggregator killed mid-close
+restarts from the previous checkpoint, refolds the same spool and closes the round to the same model.
 """
 
 from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from cloud_aggregator._errors import AggregatorError, StrategyError
 from cloud_aggregator._robust import RobustResult, RobustStrategy, RobustUpdate
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._stages import Training
-from schemas import WireError, decode_weights
+from schemas import WireError, read_header
 
 
 def robust_close(ctx: JobContext, strategy: RobustStrategy, closing: Training) -> RobustResult:
     """The round's model by `strategy` over the spooled updates counted in `closing` (raise StrategyError)."""
-    try:
-        spooled = ctx.port.spooled_updates(ctx.facts.name, closing.round)
-    except AggregatorError as exc:
-        raise StrategyError(f"the round's spooled updates cannot be read: {exc}") from exc
-    updates: dict[str, RobustUpdate] = {}
-    for entry in spooled:
-        # Only the transfer counted for each node (a node's update is counted once per round).
-        if closing.transfers.get(entry.node) != entry.transfer or entry.node in updates:
-            continue
+    updates = []
+    for node, num_samples in closing.counted.items():
+        transfer = closing.transfers.get(node, "")
         try:
-            _, arrays = decode_weights(entry.blob)
-        except WireError as exc:
-            raise StrategyError(f"the spooled update of {entry.node} cannot be read: {exc}") from exc
-        updates[entry.node] = RobustUpdate(entry.node, closing.counted[entry.node], arrays)
-    missing = sorted(set(closing.counted) - set(updates))
-    if missing:
-        raise StrategyError(f"the spool lacks the counted updates of {', '.join(missing)}")
-    return strategy.aggregate(list(updates.values()), closing.model.arrays)
+            blob = ctx.port.read_spooled_update(ctx.facts.name, closing.round, node, transfer)
+            arrays = _views(blob)
+        except (AggregatorError, WireError) as exc:
+            raise StrategyError(f"the spooled update of {node} cannot be read: {exc}") from exc
+        updates.append(RobustUpdate(node, num_samples, arrays))
+    return strategy.aggregate(updates, closing.model.arrays)
+
+
+def _views(blob: memoryview) -> list[npt.NDArray[Any]]:
+    """The blob's tensors as read-only views on it (`schemas.decode_weights` would copy the payload).
+
+    The checksum is checked again: the file was checked when it arrived, but it has sat on disk since."""
+    header, offset = read_header(blob)
+    if hashlib.sha256(blob[offset:]).hexdigest() != header.sha256:
+        raise WireError("weights", "tensor bytes do not match the header's sha256")
+    arrays: list[npt.NDArray[Any]] = []
+    pos = offset
+    for spec in header.tensors:
+        dtype = np.dtype(spec.dtype).newbyteorder("<")
+        array = np.frombuffer(blob, dtype=dtype, count=spec.nbytes // dtype.itemsize, offset=pos)
+        arrays.append(array.reshape(spec.shape))
+        pos += spec.nbytes
+    return arrays

@@ -323,6 +323,9 @@ class StreamingPort:
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
         return self._inner.spooled_updates(job, round_)
 
+    def read_spooled_update(self, job: str, round_: int, node: str, transfer: str) -> memoryview:
+        return self._inner.read_spooled_update(job, round_, node, transfer)
+
     def drop_spool(self, job: str, upto: int) -> None:
         self._inner.drop_spool(job, upto)
 

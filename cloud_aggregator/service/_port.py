@@ -210,6 +210,9 @@ class MqttPort:
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
         return self._state.spooled_updates(job, round_)
 
+    def read_spooled_update(self, job: str, round_: int, node: str, transfer: str) -> memoryview:
+        return self._state.read_spooled_update(job, round_, node, transfer)
+
     def drop_spool(self, job: str, upto: int) -> None:
         self._state.drop_spool(job, upto)
 

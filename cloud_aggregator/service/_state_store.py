@@ -17,11 +17,12 @@ commit point: it names round r, so the files of round r are read with it), older
 spool deleted; a crash anywhere in between leaves a state the restart can resume from.
 
 `StateStore` is the file side; the job engine reaches it only through the `Port` (`store_update`,
-`spooled_updates`, `drop_spool`, `save_checkpoint`, `load_checkpoint`, `clear_state`).
+`spooled_updates`, `read_spooled_update`, `drop_spool`, `save_checkpoint`, `load_checkpoint`, `clear_state`).
 """
 
 from __future__ import annotations
 
+import mmap
 import re
 import shutil
 from pathlib import Path
@@ -70,6 +71,18 @@ class StateStore:
         except OSError as exc:
             raise StateError(f"cannot read the spool of round {round_}: {exc}") from exc
         return out
+
+    def read_spooled_update(self, job: str, round_: int, node: str, transfer: str) -> memoryview:
+        """The stored blob, memory-mapped read-only: pages come in as they are read and, being clean and
+        file-backed, the OS can drop them again, so reading m updates tensor by tensor keeps only what is
+        in use resident. (Deleting the file later is safe: the mapping keeps its inode.)"""
+        path = self._spool(job, round_) / f"{node}-{transfer}.blob"
+        try:
+            with path.open("rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
+            raise StateError(f"cannot read the spooled update of {node} for round {round_}: {exc}") from exc
+        return memoryview(mapped)
 
     def drop_spool(self, job: str, upto: int) -> None:
         """Delete the spool of every round <= `upto` (those rounds are in a checkpoint now)."""

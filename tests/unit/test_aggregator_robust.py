@@ -4,13 +4,18 @@ aggregator killed mid-close restarts to the same global model."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from cloud_aggregator.engine import Stage
+from cloud_aggregator import StateError
+from cloud_aggregator.engine import SpooledUpdate, Stage
+from cloud_aggregator.service import StateStore
 from cloud_aggregator.testing import MemoryPort
 from tests.unit.test_aggregator_intake import transfer
 from tests.unit.test_aggregator_server_state import EDGES, begin, deliver, globals_of, started, update_of
+from schemas import Phase
 from tests.unit.test_job_rounds import JOB
 
 MEDIAN = {"aggregation_algorithm": "FedMedian"}
@@ -82,3 +87,36 @@ def test_a_kill_mid_close_reruns_the_close_identically() -> None:
         assert globals_of(port)[1] == want
         assert port.disk.checkpoints[JOB][0].closed_round == 1
         assert 1 not in port.disk.spool.get(JOB, {})  # committed, then the spool dropped
+
+
+def test_the_state_store_maps_a_spooled_update_read_only(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.store_update(JOB, 1, "edge1", "ab" * 8, b"blob-1")
+    view = store.read_spooled_update(JOB, 1, "edge1", "ab" * 8)
+    assert view.readonly and bytes(view) == b"blob-1"
+    store.drop_spool(JOB, 1)  # the mapping outlives the file's name
+    assert bytes(view) == b"blob-1"
+    with pytest.raises(StateError, match="cannot read the spooled update of edge2 for round 1"):
+        store.read_spooled_update(JOB, 1, "edge2", "cd" * 8)
+
+
+def test_a_spooled_update_lost_before_the_close_fails_the_round_naming_it() -> None:
+    port = MemoryPort()
+    job = begin(port, MEDIAN)
+    deliver(job, "edge1", 1, 1.0)
+    port.disk.spool[JOB][1][0] = SpooledUpdate("edge1", port.disk.spool[JOB][1][0].transfer, b"garbage")
+    deliver(job, "edge2", 1, 1.0)
+    status = port.job_status(JOB)
+    assert status.phase is Phase.FAILED
+    assert status.message.startswith("round 1: the spooled update of edge1 cannot be read: ")
+    assert status.conditions[-1].reason == "AggregationFailed"
+
+
+def test_krum_with_too_few_updates_fails_the_round_naming_krum_f() -> None:
+    port = MemoryPort()
+    job = begin(port, {"aggregation_algorithm": "Krum", "krum_f": "1"})
+    for node in EDGES:
+        deliver(job, node, 1, 1.0)
+    status = port.job_status(JOB)
+    assert status.phase is Phase.FAILED
+    assert status.message == "round 1: Krum with krum_f=1 needs more than 4 updates, the round has 2"
