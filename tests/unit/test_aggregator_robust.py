@@ -13,9 +13,9 @@ from cloud_aggregator import StateError
 from cloud_aggregator.engine import SpooledUpdate, Stage
 from cloud_aggregator.service import StateStore
 from cloud_aggregator.testing import MemoryPort
+from schemas import Phase
 from tests.unit.test_aggregator_intake import transfer
 from tests.unit.test_aggregator_server_state import EDGES, begin, deliver, globals_of, started, update_of
-from schemas import Phase
 from tests.unit.test_job_rounds import JOB
 
 MEDIAN = {"aggregation_algorithm": "FedMedian"}
