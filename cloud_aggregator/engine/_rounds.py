@@ -140,10 +140,11 @@ class RoundEngine:
                 return
         try:
             # Clipping comes before any strategy; a restart refolds the spooled (unclipped) update and
-            # clips it again identically.
-            arrays, note = open_round.run.strategy.clip(arrays, open_round.model.arrays)
-            if note is not None:
-                open_round.clipped[node] = note
+            # clips it again identically. A robust rule folds no values: it clips at its close.
+            if not isinstance(open_round.run.strategy, RobustStrategy):
+                arrays, note = open_round.run.strategy.clip(arrays, open_round.model.arrays)
+                if note is not None:
+                    open_round.clipped[node] = note
             open_round.acc = open_round.run.strategy.fold(open_round.acc, arrays, manifest.num_samples)
         except StrategyError as exc:  # check() passed: a bug in the strategy
             self.fail("AggregationFailed", f"round {round_}: folding the update of {node} failed: {exc}")

@@ -120,3 +120,19 @@ def test_krum_with_too_few_updates_fails_the_round_naming_krum_f() -> None:
     status = port.job_status(JOB)
     assert status.phase is Phase.FAILED
     assert status.message == "round 1: Krum with krum_f=1 needs more than 4 updates, the round has 2"
+
+
+def test_a_robust_rule_clips_at_its_close_and_audits_it() -> None:
+    port = MemoryPort()
+    job = begin(port, {**MEDIAN, "clip_norm": "0.5"})
+    for node in EDGES:
+        deliver(job, node, 1, 1.0)
+    record = port.round_records[(JOB, 1)]
+    assert record is not None and record.workers is not None
+    notes = {w.node: w.robust for w in record.workers}
+    assert notes["edge1"] is not None and notes["edge1"].startswith("clipped from norm 3.754")
+    assert notes["edge2"] is not None and notes["edge2"].endswith(" to 0.5")
+    # Both deltas now have norm 0.5: the model moved by at most 0.5 from the init.
+    moved = np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for a, b in zip(
+        port.published_globals[-1].arrays, [np.zeros((3, 2)), np.ones(4)], strict=True)))  # fmt: skip
+    assert moved <= 0.5 + 1e-6
