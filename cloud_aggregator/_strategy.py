@@ -368,6 +368,12 @@ def strategy_names() -> list[str]:
     return sorted(_CANONICAL)
 
 
+# Names users write that are not server-side rules: the error says what to do instead.
+_CLIENT_SIDE = {
+    "fedprox": "FedProx is client-side: keep FedAvg here and set the training workers' mu parameter",
+}
+
+
 def get_strategy(name: str, parameters: Mapping[str, str] | None = None) -> Strategy:
     """A new strategy instance by name, its hyper-parameters from `parameters` (the aggregation worker's).
 
@@ -378,7 +384,8 @@ def get_strategy(name: str, parameters: Mapping[str, str] | None = None) -> Stra
     cls = _REGISTRY.get(_key(name)) if isinstance(name, str) else None
     if cls is None:
         known = ", ".join(strategy_names())
-        raise StrategyError(f"unknown aggregation algorithm {name!r}; known: {known}")
+        hint = _CLIENT_SIDE.get(_key(name)) if isinstance(name, str) else None
+        raise StrategyError(f"unknown aggregation algorithm {name!r}; known: {known}" + (f" ({hint})" if hint else ""))
     hyper: dict[str, float] = {}
     for key in cls.defaults:
         spelling = next((k for k in (key, key.upper()) if parameters and parameters.get(k, "") != ""), None)

@@ -212,3 +212,15 @@ def test_integer_tensors_are_rounded_back() -> None:
 
     assert result[0].dtype == np.int32
     np.testing.assert_array_equal(result[0], [2, 3])
+
+
+def test_fedprox_as_a_server_rule_says_it_is_the_training_workers_mu() -> None:
+    """FedProx is not a server-side rule (its server averages): a user who writes it where Sedna's YAML names
+    the aggregation learns where it goes instead."""
+    with pytest.raises(StrategyError) as info:
+        get_strategy("Fed_Prox")
+
+    assert "FedProx is client-side" in str(info.value) and "mu parameter" in str(info.value)
+    with pytest.raises(StrategyError) as other:
+        get_strategy("FedNope")
+    assert "client-side" not in str(other.value)
