@@ -73,8 +73,8 @@ class RobustStrategy(Strategy):
         empty = tuple(np.zeros(0, dtype=np.float64) for _ in layout)
         return AggregationState(strategy=self.name, layout=layout, sums=empty)
 
-    def fold(self, state: AggregationState, arrays: Arrays, num_samples: int) -> AggregationState:
-        self.check(state, arrays, num_samples)
+    def fold(self, state: AggregationState, arrays: Arrays, num_samples: int, scale: float = 1.0) -> AggregationState:
+        self.check(state, arrays, num_samples, scale)
         return AggregationState(
             strategy=state.strategy,
             layout=state.layout,
@@ -82,6 +82,7 @@ class RobustStrategy(Strategy):
             total_samples=state.total_samples + int(num_samples),
             count=state.count + 1,
             extra=state.extra,
+            total_weight=state.total_weight + float(num_samples) * float(scale),
         )
 
     def finish(self, state: AggregationState, previous: Arrays | None = None) -> list[npt.NDArray[Any]]:

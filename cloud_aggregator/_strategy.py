@@ -74,7 +74,9 @@ class AggregationState:
     """What a strategy knows mid-round: a value, never mutated, serialisable without pickle.
 
     `sums` holds one float64 accumulator per tensor of `layout`; `total_samples` and `count` say how
-    many samples and updates were folded; `extra` is for strategy-specific accumulators.
+    many samples and updates were folded; `total_weight` is what the sums are weighted by in all
+    (``sum(num_samples * scale)``: the samples themselves unless an update was discounted, see `fold`);
+    `extra` is for strategy-specific accumulators.
     """
 
     strategy: str
@@ -83,6 +85,7 @@ class AggregationState:
     total_samples: int = 0
     count: int = 0
     extra: Mapping[str, F64] = field(default_factory=lambda: MappingProxyType({}))
+    total_weight: float = 0.0
 
     def to_bytes(self) -> bytes:
         """Serialise as an ``.npz`` archive (no pickle): the arrays plus a small JSON description."""
@@ -90,6 +93,7 @@ class AggregationState:
             "strategy": self.strategy,
             "layout": [[name, dtype, list(shape)] for name, dtype, shape in self.layout],
             "totalSamples": self.total_samples,
+            "totalWeight": self.total_weight,
             "count": self.count,
             "extra": sorted(self.extra),
         }
@@ -117,6 +121,7 @@ class AggregationState:
             total_samples=int(meta["totalSamples"]),
             count=int(meta["count"]),
             extra=MappingProxyType(extra),
+            total_weight=float(meta.get("totalWeight", meta["totalSamples"])),
         )
 
 
@@ -241,15 +246,20 @@ class Strategy(ABC):
         return AggregationState(strategy=self.name, layout=layout, sums=sums)
 
     @abstractmethod
-    def fold(self, state: AggregationState, arrays: Arrays, num_samples: int) -> AggregationState:
-        """Fold one update (trained on `num_samples` samples) into `state`; return the new state."""
+    def fold(self, state: AggregationState, arrays: Arrays, num_samples: int, scale: float = 1.0) -> AggregationState:
+        """Fold one update (trained on `num_samples` samples) into `state`; return the new state.
+
+        `scale` in (0, 1] discounts the update: it weighs ``num_samples * scale`` (the asynchronous
+        mode's staleness weight); 1 is the update as it is."""
 
     @abstractmethod
     def finish(self, state: AggregationState, previous: Arrays | None = None) -> list[npt.NDArray[Any]]:
         """The aggregated model: one new array per tensor of the layout, in each tensor's dtype."""
 
-    def check(self, state: AggregationState, arrays: Arrays, num_samples: int) -> None:
-        """Raise StrategyError unless `arrays` match the state's layout and `num_samples` > 0."""
+    def check(self, state: AggregationState, arrays: Arrays, num_samples: int, scale: float = 1.0) -> None:
+        """Raise StrategyError unless `arrays` match the state's layout, `num_samples` > 0 and `scale` in (0, 1]."""
+        if not (isinstance(scale, float | int) and 0.0 < float(scale) <= 1.0):
+            raise StrategyError(f"scale must be a number in (0, 1], got {scale!r}")
         if state.strategy != self.name:
             raise StrategyError(f"state belongs to strategy {state.strategy!r}, not {self.name!r}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer) or num_samples <= 0:
@@ -276,9 +286,10 @@ class FedAvg(Strategy):
 
     name: ClassVar[str] = "FedAvg"
 
-    def fold(self, state: AggregationState, arrays: Arrays, num_samples: int) -> AggregationState:
-        self.check(state, arrays, num_samples)
-        weight = float(num_samples)
+    def fold(self, state: AggregationState, arrays: Arrays, num_samples: int, scale: float = 1.0) -> AggregationState:
+        self.check(state, arrays, num_samples, scale)
+        # float(n) * 1.0 is n exactly: an undiscounted round weighs as it always did, bit for bit.
+        weight = float(num_samples) * float(scale)
         sums = tuple(
             _frozen(np.add(s, np.multiply(np.asarray(a, dtype=np.float64), weight)))
             for s, a in zip(state.sums, arrays, strict=True)
@@ -290,6 +301,7 @@ class FedAvg(Strategy):
             total_samples=state.total_samples + int(num_samples),
             count=state.count + 1,
             extra=state.extra,
+            total_weight=state.total_weight + weight,
         )
 
     def finish(self, state: AggregationState, previous: Arrays | None = None) -> list[npt.NDArray[Any]]:
@@ -297,10 +309,10 @@ class FedAvg(Strategy):
 
     @staticmethod
     def means(state: AggregationState) -> list[F64]:
-        """The sample-weighted mean of the folded updates, per tensor, in float64."""
-        if state.count == 0 or state.total_samples <= 0:
+        """The weighted mean of the folded updates (by samples, times each one's scale), per tensor, in float64."""
+        if state.count == 0 or state.total_samples <= 0 or state.total_weight <= 0:
             raise StrategyError("no update was folded: there is nothing to average")
-        return [total / float(state.total_samples) for total in state.sums]
+        return [total / state.total_weight for total in state.sums]
 
 
 def cast_to(values: F64, dtype_name: str) -> npt.NDArray[Any]:

@@ -62,6 +62,7 @@ class MemoryDisk:
     checkpoints: dict[str, tuple[Checkpoint, bytes]] = field(default_factory=dict)
     # job -> (closed round, the strategy's server state saved with that round's checkpoint)
     server_states: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    globals: dict[str, dict[int, bytes]] = field(default_factory=dict)  # job -> round -> kept global blob
     kept: KeptState = field(default_factory=KeptState)
 
 
@@ -187,7 +188,14 @@ class MemoryPort:
         for r in [r for r in rounds if r <= upto]:
             del rounds[r]
 
-    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None, *, keep_globals: int = 1
+    ) -> None:
+        r = checkpoint.closed_round
+        kept = self.disk.globals.setdefault(checkpoint.job, {})
+        kept[r] = global_blob
+        for old in [v for v in kept if not r - max(1, keep_globals) < v <= r]:
+            del kept[old]
         if server_state is not None:
             self.disk.server_states[checkpoint.job] = (checkpoint.closed_round, server_state)
         else:
@@ -197,6 +205,9 @@ class MemoryPort:
     def load_checkpoint(self, job: str) -> tuple[Checkpoint, bytes] | None:
         return self.disk.checkpoints.get(job)
 
+    def load_global(self, job: str, round_: int) -> bytes | None:
+        return self.disk.globals.get(job, {}).get(round_)
+
     def load_server_state(self, job: str, round_: int) -> bytes | None:
         saved = self.disk.server_states.get(job)
         return saved[1] if saved is not None and saved[0] == round_ else None
@@ -205,6 +216,7 @@ class MemoryPort:
         self.disk.spool.pop(job, None)
         self.disk.checkpoints.pop(job, None)
         self.disk.server_states.pop(job, None)
+        self.disk.globals.pop(job, None)
 
     # -- queries ---------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ __all__ = [
     "MAX_TRAINING_WORKERS",
     "NODE_SET_NAMES",
     "PARAMETER_BOUNDS",
+    "PARAMETER_CHOICES",
     "NumberBound",
     "parameter_name_problem",
     "parameter_value_problem",
@@ -216,18 +217,38 @@ PARAMETER_BOUNDS: Mapping[str, NumberBound] = MappingProxyType(
         "trim_beta": NumberBound(whole=False, low=0, high=0.5, high_open=True),
         "krum_f": NumberBound(whole=True, low=0, high=1000),
         "krum_m": NumberBound(whole=True, low=0, high=1000),
+        # Asynchronous aggregation (``aggregation_mode: async``): the updates a round's buffer folds
+        # before it publishes the next model, how many model versions old an update may be, and how
+        # hard staleness discounts it (weight ``(1 + s) ** -staleness_exponent``).
+        "buffer_size": NumberBound(whole=True, low=1, high=MAX_TRAINING_WORKERS),
+        "max_staleness": NumberBound(whole=True, low=0, high=1000),
+        "staleness_exponent": NumberBound(whole=False, low=0, high=10),
     }
 )
 """The parameters whose meaning this system knows and their bounds. A bound holds for the name as
 written here and for its UPPERCASE spelling, the two that Sedna's `Context.get_parameters` reads."""
 
 
+PARAMETER_CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        # how the aggregation worker closes rounds: Sedna's synchronous rounds, or FedBuff-style buffers
+        "aggregation_mode": ("sync", "async"),
+    }
+)
+"""The parameters this system knows that hold one of a few words (compared case-insensitively)."""
+
+
 def parameter_value_problem(name: str, value: str) -> str | None:
-    """Why `value` is not a valid value of parameter `name` (length, then its bound if it has one), or None."""
+    """Why `value` is not a valid value of parameter `name` (length, then its bound or choices), or None."""
     if len(value) > MAX_PARAMETER_VALUE_CHARS:
         return f"a parameter value has at most {MAX_PARAMETER_VALUE_CHARS} characters, this one {len(value)}"
     if "\x00" in value:
         return "a parameter value cannot contain a NUL character (it becomes an environment variable)"
     key = name.lower()
-    bound = PARAMETER_BOUNDS.get(key) if name in (key, key.upper()) else None
+    if name not in (key, key.upper()):
+        return None
+    choices = PARAMETER_CHOICES.get(key)
+    if choices is not None and value.strip().lower() not in choices:
+        return f"expected one of {', '.join(choices)}, got {value!r}"
+    bound = PARAMETER_BOUNDS.get(key)
     return bound.problem(value) if bound is not None else None

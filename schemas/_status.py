@@ -211,6 +211,11 @@ class WorkerRound(_Wire):
     # What robust aggregation did to this update, for an operator to read: "clipped from norm X to Y",
     # "excluded by Krum (score S)", "trimmed at k of n coordinates" (None: used as sent).
     robust: str | None = None
+    # Asynchronous rounds only (None in synchronous ones, where every update trained from the previous
+    # round's model): the global model version (round) the update was trained from, and how many
+    # versions older than this round's base that is (its weight was discounted by it).
+    trained_from: int | None = None
+    staleness: int | None = None
 
 
 class RoundRecord(_Wire):

@@ -35,6 +35,9 @@ class Checkpoint(BaseModel):
     # sha256 of the strategy's server state after `closed_round` (momentum, moments; None: it keeps
     # none), stored beside the global blob: the restart checks that it reads the state of this round
     server_state: str | None = None
+    # Asynchronous rounds: round -> {node: the round its update was trained for}, for the updates folded
+    # into a later round than their own (stale ones); the others were trained for the round that folded them.
+    origins: dict[str, dict[str, int]] | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode()

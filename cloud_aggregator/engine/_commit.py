@@ -21,6 +21,7 @@ from cloud_aggregator._strategy import ServerState
 from cloud_aggregator.engine._checkpoint import Checkpoint
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._stages import Run, TransferId
+from cloud_aggregator.engine._staleness import BaseModels
 from schemas import encode_weights
 
 __all__ = ["Committer"]
@@ -32,9 +33,17 @@ class Committer:
     def __init__(self, ctx: JobContext) -> None:
         self._ctx = ctx
         self.folded: dict[int, list[tuple[str, str]]] = {}  # closed round -> (node, transfer) folded
+        # closed round -> node -> the round its update was for, where that is not the closed round (stale)
+        self.origins: dict[int, dict[str, int]] = {}
+        asynchrony = ctx.facts.asynchrony
+        # How many of the newest global models the checkpoints keep, and `bases` holds in memory: the
+        # asynchronous mode rebases an update onto the version it was trained from (`_staleness`).
+        self.keep_globals = asynchrony.max_staleness + 1 if asynchrony is not None else 1
+        self.bases = BaseModels(self.keep_globals)
 
     def folded_transfers(self) -> set[TransferId]:
-        return {(r, n, t) for r, pairs in self.folded.items() for n, t in pairs}
+        """(the update's own round, node, transfer) of every folded update: what the edges' acks name."""
+        return {(self.origins.get(r, {}).get(n, r), n, t) for r, pairs in self.folded.items() for n, t in pairs}
 
     def encode(self, round_: int, weights: Sequence[npt.NDArray[Any]], names: list[str], num_samples: int) -> bytes:
         """The global model blob of `round_` (what `commit` publishes)."""
@@ -60,6 +69,7 @@ class Committer:
     ) -> None:
         """A closed round (0: the chosen init): checkpoint, publish the global model, drop the round's spool."""
         self.commit_blob(run, round_, self.encode(round_, weights, names, num_samples), num_samples, final=final)
+        self.bases.add(round_, weights)
 
     def commit_blob(
         self, run: Run, round_: int, blob: bytes, num_samples: int, *, final: bool, server: ServerState | None = None
@@ -82,9 +92,10 @@ class Committer:
             folded={str(r): list(pairs) for r, pairs in sorted(self.folded.items())},
             status=ctx.book.snapshot().model_copy(deep=True),
             server_state=hashlib.sha256(state).hexdigest() if state is not None else None,
+            origins={str(r): dict(o) for r, o in sorted(self.origins.items()) if o} or None,
         )
         try:
-            ctx.port.save_checkpoint(checkpoint, blob, state)
+            ctx.port.save_checkpoint(checkpoint, blob, state, keep_globals=self.keep_globals)
         except AggregatorError as exc:
             ctx.event("Warning", "CheckpointFailed", f"round {round_}: the checkpoint could not be written: {exc}")
         self.publish_global(round_, blob, num_samples, final=final)

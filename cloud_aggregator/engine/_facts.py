@@ -21,12 +21,48 @@ from schemas import (
     ScriptRef,
 )
 
-__all__ = ["DEFAULT_OFFLINE_GRACE", "DEFAULT_RESUME_AFTER", "JobFacts", "JobSettings", "planned_workers"]
+__all__ = [
+    "DEFAULT_MAX_STALENESS",
+    "DEFAULT_OFFLINE_GRACE",
+    "DEFAULT_RESUME_AFTER",
+    "DEFAULT_STALENESS_EXPONENT",
+    "Asynchrony",
+    "JobFacts",
+    "JobSettings",
+    "planned_workers",
+]
 
 DEFAULT_RESUME_AFTER = 3.0
 # Seconds a participant's node must stay offline (its last will) before an open round stops waiting for
 # it: a link that drops and comes back within seconds (paho reconnects after 1 s) does not close rounds.
 DEFAULT_OFFLINE_GRACE = 10.0
+# FedBuff's defaults (Nguyen et al. 2022): polynomial staleness weight (1 + s) ** -0.5; an update may lag
+# a few versions, past which it is more noise than signal (their staleness rarely exceeded ~5).
+DEFAULT_MAX_STALENESS = 4
+DEFAULT_STALENESS_EXPONENT = 0.5
+
+
+@dataclass(frozen=True)
+class Asynchrony:
+    """The asynchronous mode's rules (aggregation worker parameter ``aggregation_mode: async``).
+
+    A round is a buffer: round R opens on global model version R-1 and closes when `buffer_size` updates
+    are in, whichever version each was trained from, as long as it lags at most `max_staleness` versions
+    (its staleness ``s = R - its round``); each weighs ``num_samples * (1 + s) ** -exponent``."""
+
+    buffer_size: int
+    max_staleness: int = DEFAULT_MAX_STALENESS
+    exponent: float = DEFAULT_STALENESS_EXPONENT
+
+    def scale(self, staleness: int) -> float:
+        """The discount of an update `staleness` versions old (1.0 for a fresh one)."""
+        return float((1.0 + staleness) ** -self.exponent) if staleness > 0 else 1.0
+
+    def describe(self) -> str:
+        return (
+            f"asynchronous: buffers of {self.buffer_size}, max staleness {self.max_staleness}, "
+            f"weight (1+s)^-{self.exponent:g}"
+        )
 
 
 @dataclass(frozen=True)
@@ -97,6 +133,31 @@ def _round_rules(worker: EffectiveWorker, participants: int) -> tuple[float | No
     return deadline, quorum, grace if grace is not None and grace >= 0 else DEFAULT_OFFLINE_GRACE
 
 
+def _whole(raw: object, default: int) -> int:
+    """A whole-number parameter, `default` when absent or not one (the spec's check reports those)."""
+    try:
+        return int(str(raw)) if raw not in (None, "") else default
+    except ValueError:
+        return default
+
+
+def _asynchrony(worker: EffectiveWorker, participants: int) -> Asynchrony | None:
+    """The asynchronous mode's rules from the aggregation worker's parameters; None: synchronous rounds.
+
+    `buffer_size` defaults to half the training workers (rounded up; FedBuff's K), clamped to 1..participants:
+    a buffer larger than the fleet would never fill."""
+    params = {k.lower(): v for k, v in worker.parameters.items()}
+    if str(params.get("aggregation_mode", "")).strip().lower() != "async":
+        return None
+    buffer = max(1, min(_whole(params.get("buffer_size"), (participants + 1) // 2), max(1, participants)))
+    exponent = _seconds(params.get("staleness_exponent"))
+    return Asynchrony(
+        buffer_size=buffer,
+        max_staleness=max(0, _whole(params.get("max_staleness"), DEFAULT_MAX_STALENESS)),
+        exponent=exponent if exponent is not None and exponent >= 0 else DEFAULT_STALENESS_EXPONENT,
+    )
+
+
 @dataclass(frozen=True)
 class JobFacts:
     """One run of one job on this aggregation node (`resume`: it restarts from its checkpoint)."""
@@ -111,6 +172,7 @@ class JobFacts:
     round_deadline: float | None
     min_participants: int
     offline_grace: float  # seconds offline before a participant no longer holds a round open (`RoundEngine`)
+    asynchrony: Asynchrony | None  # None: Sedna's synchronous rounds
     aggregation_worker: EffectiveWorker
     model: ModelRef
     pretrained_model: ModelRef | None
@@ -151,6 +213,7 @@ class JobFacts:
             round_deadline=deadline,
             min_participants=quorum,
             offline_grace=grace,
+            asynchrony=_asynchrony(worker, len(planned)),
             aggregation_worker=worker,
             model=_model_ref(models[agg.model.name]),
             pretrained_model=_model_ref(models[pretrained.name]) if pretrained else None,

@@ -60,6 +60,7 @@ class Intake:
         self._retries: dict[str, int] = {}
         # every update stored and counted, and every init acknowledged as accepted
         self._stored: set[TransferId] = set()
+        self._delivered: set[tuple[int, str]] = set()  # (round, node) of every stored update or init
         self._refused: dict[TransferId, str] = {}  # rejected for good: the same answer again
         self._first_seen: dict[TransferId, float] = {}  # when a transfer's first manifest or chunk came
 
@@ -70,10 +71,21 @@ class Intake:
         state = self._ctx.state
         if isinstance(state, Done) or (isinstance(state, Starting) and not self._ctx.facts.resume):
             return False
-        return round_ == 0 or isinstance(state, Starting) or (isinstance(state, Training) and round_ == state.round)
+        if round_ == 0 or isinstance(state, Starting):
+            return True
+        if not isinstance(state, Training):
+            return False
+        asynchrony = self._ctx.facts.asynchrony
+        lag = asynchrony.max_staleness if asynchrony is not None else 0
+        return state.round - lag <= round_ <= state.round
 
     def mark_stored(self, round_: int, node: str, transfer: str) -> None:
         self._stored.add((round_, node, transfer))
+        self._delivered.add((round_, node))
+
+    def delivered(self, node: str, round_: int) -> bool:
+        """Whether an update of `node` for `round_` is stored already (under any transfer id)."""
+        return (round_, node) in self._delivered
 
     def receive_seconds(self, round_: int, node: str, transfer: str) -> float | None:
         """How long the transfer took to arrive whole, from its first manifest or chunk (None: not seen here,
@@ -84,6 +96,7 @@ class Intake:
     def restore_stored(self, stored: Iterable[TransferId]) -> None:
         """What a checkpoint says was folded: answered as stored from now on."""
         self._stored = set(stored)
+        self._delivered = {(r, n) for r, n, _ in self._stored}
 
     def reject(self, node: str, manifest: TransferManifest, exc: UpdateRejectedError) -> None:
         """Refuse a transfer for good: the ack, and a Warning event unless it is not news for the job."""
@@ -110,14 +123,14 @@ class Intake:
         self._ctx.publish()
 
     def duplicate(self, node: str, manifest: TransferManifest) -> None:
-        """A second update of a worker already counted in this round: acknowledged, not used."""
+        """An update already counted (or carried to the next round): acknowledged, not used again."""
         self._ctx.answer(node, manifest, True, f"already counted in round {self._ctx.state.round}")
         self._ctx.log.info("duplicate update ignored", worker=node, transfer=manifest.transfer)
 
     def discard(self, round_: int | None = None) -> None:
-        """Drop incomplete transfers (of `round_`, or all)."""
+        """Drop incomplete transfers (of rounds up to `round_`, or all)."""
         for key, incoming in list(self._incoming.items()):
-            if round_ is None or incoming.round == round_:
+            if round_ is None or incoming.round <= round_:
                 self._forget(key)
         for ident in [i for i in self._first_seen if round_ is None or i[0] <= round_]:
             del self._first_seen[ident]
@@ -149,7 +162,7 @@ class Intake:
             self.reject(node, manifest, exc)
             ctx.publish()
             return
-        if manifest.kind == "update" and isinstance(state, Training) and node in state.counted:
+        if manifest.kind == "update" and isinstance(state, Training) and state.holds(node, round_):
             self.duplicate(node, manifest)
             return
         self._first_seen.setdefault((round_, node, manifest.transfer), now_s)

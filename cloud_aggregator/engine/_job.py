@@ -212,7 +212,7 @@ class Job:
 
     def on_update(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
         """A complete `update` transfer: checked, stored, counted once per worker and round, folded on arrival."""
-        self._rounds.on_update(node, round_, manifest, blob)
+        self._rounds.updates.on_update(node, round_, manifest, blob)
 
     def _deliver(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
         # The intake is made before the round engine (which needs it), so it delivers through here.

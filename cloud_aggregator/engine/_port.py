@@ -132,9 +132,16 @@ class Port(Protocol):
     def drop_spool(self, job: str, upto: int) -> None:
         """Delete the spooled updates of every round <= `upto`."""
 
-    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None, *, keep_globals: int = 1
+    ) -> None:
         """Write global-<r>.blob and the strategy's server state of round r (if any), then checkpoint.json
-        (which names them), each atomically: a reader sees the old checkpoint or the new one, whole."""
+        (which names them), each atomically: a reader sees the old checkpoint or the new one, whole.
+        The global blobs of the `keep_globals` newest rounds stay (the asynchronous mode rebases onto them)."""
+
+    def load_global(self, job: str, round_: int) -> bytes | None:
+        """The global blob of `round_` kept with the checkpoints, or None."""
+        ...
 
     def load_server_state(self, job: str, round_: int) -> bytes | None:
         """The server state saved with the checkpoint of `round_`, or None."""

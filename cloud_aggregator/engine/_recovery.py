@@ -22,9 +22,9 @@ from cloud_aggregator.engine._commit import Committer
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._intake import Intake
 from cloud_aggregator.engine._rounds import RoundEngine
-from cloud_aggregator.engine._stages import Final, GlobalWeights, Run, Training
+from cloud_aggregator.engine._stages import Final, GlobalWeights, Run
 from cloud_aggregator.engine._status import final_message
-from schemas import JobStatus, Phase, TransferOrigin, WireError, WorkerState, decode_weights, manifest_for
+from schemas import JobStatus, Phase, WireError, WorkerState, decode_weights
 
 __all__ = ["Recovery"]
 
@@ -88,6 +88,7 @@ class Recovery:
             [np.array(a) for a in arrays], header.layout(), [t.name for t in header.tensors], source
         )
         self._committer.folded = {int(r): [(n, t) for n, t in pairs] for r, pairs in checkpoint.folded.items()}
+        self._committer.origins = {int(r): dict(o) for r, o in (checkpoint.origins or {}).items()}
         self._intake.restore_stored(self._committer.folded_transfers())
         final = closed >= run.plan.exit_round
         ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.plan.exit_round} rounds (resumed)")
@@ -109,8 +110,23 @@ class Recovery:
             status.message = final_message(closed)
             self._rounds.check_complete()
             return
+        self._load_bases(closed)
         self._rounds.open_round(run, model, closed + 1, server)
-        self._refold_spool(closed + 1)
+        if ctx.facts.asynchrony is None:  # the asynchronous mode's open_round refolds its spool itself
+            self._rounds.updates.refold_spool(closed + 1)
+
+    def _load_bases(self, closed: int) -> None:
+        """The global models kept with the checkpoints that updates may still be rebased onto (asynchronous)."""
+        ctx = self._ctx
+        keep = self._committer.keep_globals
+        for version in range(max(0, closed - keep + 1), closed + 1):
+            try:
+                blob = ctx.port.load_global(ctx.facts.name, version)
+                if blob is not None:
+                    self._committer.bases.add(version, decode_weights(blob)[1])
+            except (AggregatorError, WireError) as exc:
+                # Updates trained from it are refused ("no longer kept"); the edges train again from the newest.
+                ctx.log.warning("kept global model unreadable", version=version, error=str(exc))
 
     def _server_state(self, run: Run, checkpoint: Checkpoint, layout: Layout) -> ServerState | None:
         """The strategy's server state after the checkpoint's round (raise when it is missing or not that one)."""
@@ -144,26 +160,3 @@ class Recovery:
                     ]
                     restored.workers.append(worker)
         return restored
-
-    def _refold_spool(self, round_: int) -> None:
-        """Fold the updates stored for `round_` before a restart, each (node, round) once."""
-        ctx, facts = self._ctx, self._ctx.facts
-        try:
-            spooled = ctx.port.spooled_updates(facts.name, round_)
-        except AggregatorError as exc:
-            ctx.event("Warning", "SpoolUnreadable", f"round {round_}: the spooled updates cannot be read: {exc}")
-            return
-        for entry in spooled:
-            state = ctx.state
-            if not isinstance(state, Training) or state.round != round_:
-                break  # the round closed (or the job ended) on an update folded before this one
-            if entry.node in state.counted or entry.node not in facts.participants:
-                continue
-            try:
-                header, _ = decode_weights(entry.blob)
-            except WireError as exc:
-                ctx.log.warning("unreadable spooled update skipped", worker=entry.node, error=str(exc))
-                continue
-            origin = TransferOrigin("update", facts.name, facts.uid, round_, entry.node, header.num_samples)
-            manifest = manifest_for(entry.blob, origin, chunk_size=max(1, len(entry.blob)), transfer=entry.transfer)
-            self._rounds.on_update(entry.node, round_, manifest, entry.blob, spooled=True)

@@ -14,6 +14,7 @@ restarts from the previous checkpoint, refolds the same spool and closes the rou
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,19 +24,30 @@ from cloud_aggregator._errors import AggregatorError, StrategyError
 from cloud_aggregator._robust import RobustResult, RobustStrategy, RobustUpdate
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._stages import Training
+from cloud_aggregator.engine._staleness import rebase
 from schemas import WireError, read_header
 
+BaseOf = Callable[[Training, int], list[npt.NDArray[Any]] | None]
 
-def robust_close(ctx: JobContext, strategy: RobustStrategy, closing: Training) -> RobustResult:
-    """The round's model by `strategy` over the spooled updates counted in `closing` (raise StrategyError)."""
+
+def robust_close(ctx: JobContext, strategy: RobustStrategy, closing: Training, base_of: BaseOf) -> RobustResult:
+    """The round's model by `strategy` over the spooled updates counted in `closing` (raise StrategyError).
+
+    `base_of(closing, r)` is the model an update of round r was trained from when it is not the round's
+    own (asynchronous rounds): such an update is rebased onto the round's model first (`_staleness`), a
+    copy of that one update. Robust rules rank updates rather than weigh them: staleness does not
+    discount them here."""
     updates = []
     for node, num_samples in closing.counted.items():
         transfer = closing.transfers.get(node, "")
         try:
             blob = ctx.port.read_spooled_update(ctx.facts.name, closing.round, node, transfer)
             arrays = _views(blob)
+            base = base_of(closing, closing.origins.get(node, closing.round))
         except (AggregatorError, WireError) as exc:
             raise StrategyError(f"the spooled update of {node} cannot be read: {exc}") from exc
+        if base is not None:
+            arrays = rebase(arrays, base, closing.model.arrays)
         updates.append(RobustUpdate(node, num_samples, arrays))
     return strategy.aggregate(updates, closing.model.arrays)
 

@@ -32,7 +32,16 @@ from cloud_aggregator.engine._robust_close import robust_close
 from cloud_aggregator.engine._stages import Done, Final, GlobalWeights, Init, Run, Training
 from cloud_aggregator.engine._status import completed_message, final_message
 from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
-from schemas import ConditionType, Phase, RoundRecord, TransferManifest, WorkerRound, WorkerState, now
+from cloud_aggregator.engine._updates import UpdatePath
+from schemas import (
+    ConditionType,
+    Phase,
+    RoundRecord,
+    TransferManifest,
+    WorkerRound,
+    WorkerState,
+    now,
+)
 
 __all__ = ["RoundEngine"]
 
@@ -44,6 +53,7 @@ class RoundEngine:
         self._ctx = ctx
         self._intake = intake
         self._committer = committer
+        self.updates = UpdatePath(ctx, intake, committer, self)
 
     # -- transfers -------------------------------------------------------------------------------
 
@@ -52,7 +62,7 @@ class RoundEngine:
         if manifest.kind == "init":
             self.on_init(node, round_, manifest, blob)
         else:
-            self.on_update(node, round_, manifest, blob)
+            self.updates.on_update(node, round_, manifest, blob)
 
     def on_init(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
         """A complete `init` transfer: the first valid one becomes the global model of round 0."""
@@ -96,80 +106,6 @@ class RoundEngine:
                 ctx.log.info("init transfer ignored: the round-0 model is already chosen", worker=node)
         ctx.publish()
 
-    def on_update(
-        self, node: str, round_: int, manifest: TransferManifest, blob: bytes, *, spooled: bool = False
-    ) -> None:
-        """A complete `update` transfer: checked, stored, counted once per worker and round, folded on arrival.
-
-        `spooled`: the update comes from the spool (a restart refolds it): it is stored already.
-        """
-        ctx, facts = self._ctx, self._ctx.facts
-        try:
-            open_round = check_manifest(facts, ctx.state, node, round_, manifest)
-            if open_round is None:
-                raise UpdateRejectedError(f"expected an update transfer, got kind {manifest.kind}")
-            if node in open_round.counted:
-                self._intake.duplicate(node, manifest)
-                return
-            layout, arrays, _ = decode_checked(manifest, blob, node=node, job=facts.name)
-            if manifest.num_samples <= 0:
-                raise UpdateRejectedError("num_samples must be > 0")
-            diff = describe_layout_difference(open_round.model.layout, layout)
-            if diff:
-                raise UpdateRejectedError(f"layout differs from the global model: {diff}")
-            try:
-                open_round.run.strategy.check(open_round.acc, arrays, manifest.num_samples)
-            except StrategyError as exc:
-                raise UpdateRejectedError(str(exc)) from exc
-        except UpdateRejectedError as exc:
-            self._intake.reject(node, manifest, exc)
-            ctx.publish()
-            return
-        if not spooled:
-            try:
-                ctx.port.store_update(facts.name, round_, node, manifest.transfer, blob)
-            except AggregatorError as exc:
-                # Not acknowledged: the edge keeps its copy and sends the manifest again later.
-                ctx.event(
-                    "Warning",
-                    "UpdateNotStored",
-                    f"update from {node} for round {round_} could not be stored (not acknowledged): {exc}",
-                    node=node,
-                )
-                ctx.publish()
-                return
-        try:
-            # Clipping comes before any strategy; a restart refolds the spooled (unclipped) update and
-            # clips it again identically. A robust rule folds no values: it clips at its close.
-            if not isinstance(open_round.run.strategy, RobustStrategy):
-                arrays, note = open_round.run.strategy.clip(arrays, open_round.model.arrays)
-                if note is not None:
-                    open_round.clipped[node] = note
-            open_round.acc = open_round.run.strategy.fold(open_round.acc, arrays, manifest.num_samples)
-        except StrategyError as exc:  # check() passed: a bug in the strategy
-            self.fail("AggregationFailed", f"round {round_}: folding the update of {node} failed: {exc}")
-            ctx.publish()
-            return
-        open_round.counted[node] = manifest.num_samples
-        open_round.transfers[node] = manifest.transfer
-        open_round.received[node] = (
-            manifest.total_bytes,
-            self._intake.receive_seconds(round_, node, manifest.transfer),
-        )
-        self._intake.mark_stored(round_, node, manifest.transfer)
-        ctx.answer(node, manifest, True, "stored")
-        ctx.event(
-            "Normal",
-            "UpdateAccepted",
-            f"update from {node} for round {open_round.round} ({manifest.num_samples} samples)"
-            + (", from the spool" if spooled else "")
-            + f"; {len(open_round.counted)}/{len(facts.participants)} in",
-            node=node,
-        )
-        if self._closable(open_round):
-            self._close(open_round)
-        ctx.publish()
-
     # -- timers ----------------------------------------------------------------------------------
 
     def tick(self, now_s: float) -> None:
@@ -183,8 +119,8 @@ class RoundEngine:
             self.on_presence()
             return
         state.deadline_passed = True
-        if len(state.counted) >= facts.min_participants:
-            self._close(state)
+        if self.closable(state):
+            self.close(state)
         else:
             ctx.event(
                 "Warning",
@@ -199,7 +135,7 @@ class RoundEngine:
         """A participant went offline, or time passed: close the open round if the absent no longer hold it."""
         state = self._ctx.state
         if isinstance(state, Training) and self.closes_early(state):
-            self._close(state)
+            self.close(state)
             self._ctx.publish()
 
     # -- the closing rule --------------------------------------------------------------------------
@@ -215,6 +151,10 @@ class RoundEngine:
         since = ctx.offline_since.setdefault(node, (ctx.clock, worker.updated_at))
         return ctx.clock - since[0] >= ctx.facts.offline_grace
 
+    def _quorum(self) -> int:
+        """Updates a round needs once its deadline passed: the quorum, or any one in the asynchronous mode."""
+        return 1 if self._ctx.facts.asynchrony is not None else self._ctx.facts.min_participants
+
     def closes_early(self, open_round: Training) -> bool:
         """Before its deadline, with the quorum in, a round stops waiting for participants known to be gone.
 
@@ -225,18 +165,21 @@ class RoundEngine:
         missing = open_round.waiting_for(facts.participants)
         return (
             facts.round_deadline is not None
+            and facts.asynchrony is None  # a buffer waits for no one in particular
             and not open_round.deadline_passed
             and bool(missing)
             and len(open_round.counted) >= facts.min_participants
             and all(self.absent(node) for node in missing)
         )
 
-    def _closable(self, open_round: Training) -> bool:
+    def closable(self, open_round: Training) -> bool:
         facts = self._ctx.facts
+        if facts.asynchrony is not None and len(open_round.counted) >= facts.asynchrony.buffer_size:
+            return True
         if not open_round.waiting_for(facts.participants):
             return True
         if open_round.deadline_passed:
-            return len(open_round.counted) >= facts.min_participants
+            return len(open_round.counted) >= self._quorum()
         return self.closes_early(open_round)
 
     # -- stages ----------------------------------------------------------------------------------
@@ -247,6 +190,8 @@ class RoundEngine:
         acc = run.strategy.begin(model.layout, model.arrays)
         ctx.state = Training(run=run, model=model, round=round_, acc=acc, opened=ctx.clock, server=server)
         ctx.log = ctx.log.bind(round=round_)
+        if ctx.facts.asynchrony is not None:
+            self.updates.refold_spool(round_)  # the updates carried to this buffer while the previous one was open
 
     def check_complete(self) -> None:
         """FINAL -> DONE (Succeeded) once every worker of the final round reported Completed."""
@@ -282,14 +227,14 @@ class RoundEngine:
             # No plan, no work: the edges stop this job's training scripts.
             ctx.safely(ctx.port.publish_plan, ctx.facts.name, None)
 
-    def _close(self, closing: Training) -> None:
+    def close(self, closing: Training) -> None:
         """Close the open round: record it, commit its global model, then open the next or go FINAL."""
         ctx, facts = self._ctx, self._ctx.facts
         r, run = closing.round, closing.run
         audit = RobustResult(weights=[], notes=dict(closing.clipped))
         try:
             if isinstance(run.strategy, RobustStrategy):
-                audit = robust_close(ctx, run.strategy, closing)
+                audit = robust_close(ctx, run.strategy, closing, self.updates.base_of)
                 weights, server = audit.weights, closing.server
             else:
                 weights, server = run.strategy.step(closing.acc, closing.model.arrays, closing.server)
@@ -299,9 +244,11 @@ class RoundEngine:
         final = r >= run.plan.exit_round
         total = closing.acc.total_samples
         counted = list(closing.counted)
-        missing = closing.waiting_for(facts.participants)
+        # A buffer waits for no one in particular: nobody is "missing" from an asynchronous round.
+        missing = closing.waiting_for(facts.participants) if facts.asynchrony is None else []
         stamp = now()
         self._committer.folded[r] = [(n, closing.transfers.get(n, "")) for n in counted]
+        self._committer.origins[r] = {n: o for n, o in closing.origins.items() if o != r}
         model = closing.model.evolved(weights)
         blob = self._committer.encode(r, model.arrays, model.names, total)
         ctx.close_round(self._record(closing, counted, missing, stamp, len(blob), audit=audit))
@@ -309,10 +256,12 @@ class RoundEngine:
         ctx.status.current_round = r
         if missing:
             self._closed_without(closing, missing)
+        stale = [r - closing.origins.get(n, r) for n in counted]
         ctx.event(
             "Normal",
             "RoundClosed",
             f"round {r}: {run.strategy.describe()} of {len(counted)} updates, {total} samples"
+            + (f" (staleness {', '.join(map(str, stale))})" if facts.asynchrony is not None else "")
             + (f", {len(audit.excluded)} excluded ({', '.join(audit.excluded)})" if audit.excluded else "")
             + (" (final)" if final else ""),
         )
@@ -323,7 +272,9 @@ class RoundEngine:
         except PublishFailedError as exc:
             self.fail("PublishFailed", str(exc))
             return
-        self._intake.discard(r)
+        self._committer.bases.add(r, model.arrays)
+        # Incomplete transfers the next round cannot take any more (asynchronous: too stale for it).
+        self._intake.discard(r - (facts.asynchrony.max_staleness if facts.asynchrony is not None else 0))
         if not final:
             self.open_round(run, model, r + 1, server)
             return
@@ -367,6 +318,7 @@ class RoundEngine:
         audit: RobustResult,
     ) -> RoundRecord:
         """The record of a closing round: who, how much, how long, and each worker's upload."""
+        asynchronous = self._ctx.facts.asynchrony is not None
         workers = []
         for node in counted:
             size, seconds = closing.received.get(node, (None, None))
@@ -377,6 +329,8 @@ class RoundEngine:
                     upload_bytes=size,
                     upload_seconds=round(seconds, 3) if seconds is not None else None,
                     robust=audit.notes.get(node),
+                    trained_from=closing.origins.get(node, closing.round) - 1 if asynchronous else None,
+                    staleness=closing.round - closing.origins.get(node, closing.round) if asynchronous else None,
                 )
             )
         return RoundRecord(

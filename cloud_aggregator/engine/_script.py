@@ -234,11 +234,12 @@ class AggregationScript:
         status.exit_round = run.plan.exit_round
         status.message = f"round 0: waiting for an initial model from {', '.join(facts.participants)}"
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", "waiting for the round-0 model")
-        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.describe()}, {run.plan.exit_round} rounds")
+        mode = f", {facts.asynchrony.describe()}" if facts.asynchrony is not None else ""
+        ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.describe()}, {run.plan.exit_round} rounds{mode}")
         ctx.event(
             "Normal",
             "Started" if not facts.resume else "Resumed",
-            f"plan published: {run.strategy.describe()}, {run.plan.exit_round} rounds, participants "
+            f"plan published: {run.strategy.describe()}, {run.plan.exit_round} rounds{mode}, participants "
             f"{', '.join(facts.participants)}" + (" (resumed without a checkpoint: round 0)" if facts.resume else ""),
         )
 

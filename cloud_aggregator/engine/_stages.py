@@ -113,6 +113,10 @@ class Training:
     received: dict[str, tuple[int, float | None]] = field(default_factory=dict)
     # node -> the audit note of clipping its update (`Strategy.clip`), for the round record
     clipped: dict[str, str] = field(default_factory=dict)
+    # Asynchronous rounds (`_staleness`): node -> the round its counted update was trained for (a stale
+    # one's is older than `round`), and node -> the round of its next update, carried to the next buffer.
+    origins: dict[str, int] = field(default_factory=dict)
+    carried: dict[str, int] = field(default_factory=dict)
     deadline_passed: bool = False
     opened_at: datetime = field(default_factory=now)
 
@@ -120,6 +124,11 @@ class Training:
 
     def waiting_for(self, participants: list[str]) -> list[str]:
         return [p for p in participants if p not in self.counted]
+
+    def holds(self, node: str, round_: int) -> bool:
+        """Whether `node`'s update of `round_` is counted in this round or carried to the next one."""
+        counted = node in self.counted and self.origins.get(node, self.round) == round_
+        return counted or self.carried.get(node) == round_
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,13 @@ def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
     waiting = set(status.waiting_for)
     offline = [w.node for w in status.workers if w.state is WorkerState.OFFLINE and w.node in waiting]
     gone = f"; offline: {', '.join(offline)}" if offline else ""
+    if facts.asynchrony is not None:
+        k = facts.asynchrony.buffer_size
+        status.message = (
+            f"round {state.round}/{state.run.plan.exit_round}: {n}/{k} updates in the buffer "
+            f"(asynchronous; any of {total} workers, up to {facts.asynchrony.max_staleness} versions stale){gone}"
+        )
+        return
     if state.deadline_passed:
         status.message = (
             f"round {state.round}: waiting for {who} ({n}/{total} updates, quorum {facts.min_participants}){gone}"

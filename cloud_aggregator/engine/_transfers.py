@@ -19,6 +19,7 @@ from cloud_aggregator._errors import UpdateRejectedError
 from cloud_aggregator._strategy import Layout
 from cloud_aggregator.engine._facts import JobFacts
 from cloud_aggregator.engine._stages import Done, Final, Init, JobState, Starting, Training
+from cloud_aggregator.engine._staleness import stale_problem
 from schemas import TransferManifest, WireError, decode_weights
 
 __all__ = ["check_manifest", "check_origin", "decode_checked", "describe_layout_difference"]
@@ -30,6 +31,8 @@ def check_manifest(
     """Who sent it, for which run and round, and whether the job takes it now: no weights needed.
 
     Returns the open round's state for an update, None for an init (round 0, in any running stage).
+    An update belongs to the open round; in the asynchronous mode also to an earlier one, up to
+    ``max_staleness`` rounds back (`_staleness`).
     """
     check_origin(manifest, node=node, round_=round_, uid=facts.uid, job=facts.name, participants=facts.participants)
     if isinstance(state, Starting | Done):
@@ -42,10 +45,11 @@ def check_manifest(
         raise UpdateRejectedError(f"kind {manifest.kind} is not an update")
     if isinstance(state, Init):
         raise UpdateRejectedError(f"round {round_} has not started: no round-0 model yet")
-    if isinstance(state, Final) or round_ < state.round:
+    if isinstance(state, Final):
         raise UpdateRejectedError(f"round {round_} is closed")
-    if round_ > state.round:
-        raise UpdateRejectedError(f"round {round_} has not started; the current round is {state.round}")
+    problem = stale_problem(facts.asynchrony, state.round, round_)
+    if problem is not None:
+        raise UpdateRejectedError(problem)
     return state
 
 

@@ -216,8 +216,13 @@ class MqttPort:
     def drop_spool(self, job: str, upto: int) -> None:
         self._state.drop_spool(job, upto)
 
-    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None) -> None:
-        self._state.save_checkpoint(checkpoint, global_blob, server_state)
+    def save_checkpoint(
+        self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None, *, keep_globals: int = 1
+    ) -> None:
+        self._state.save_checkpoint(checkpoint, global_blob, server_state, keep_globals=keep_globals)
+
+    def load_global(self, job: str, round_: int) -> bytes | None:
+        return self._state.load_global(job, round_)
 
     def load_server_state(self, job: str, round_: int) -> bytes | None:
         return self._state.load_server_state(job, round_)

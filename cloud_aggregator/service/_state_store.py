@@ -3,7 +3,8 @@
 Layout (one folder per job, ``ROOT/state/<job>/``)::
 
     spool/<round>/<node>-<transfer>.blob   every accepted update, stored before it is folded and acknowledged
-    global-<r>.blob                        the global model of the last closed round r (a weights blob)
+    global-<r>.blob                        the global model of the last closed round r (a weights blob; the
+                                           asynchronous mode keeps the last max_staleness + 1 rounds)
     server-<r>.npz                         the strategy's server state after round r (FedAdam's moments, ...)
     checkpoint.json                        `engine.Checkpoint`: which round closed, what was folded, the JobStatus
 
@@ -17,7 +18,8 @@ commit point: it names round r, so the files of round r are read with it), older
 spool deleted; a crash anywhere in between leaves a state the restart can resume from.
 
 `StateStore` is the file side; the job engine reaches it only through the `Port` (`store_update`,
-`spooled_updates`, `read_spooled_update`, `drop_spool`, `save_checkpoint`, `load_checkpoint`, `clear_state`).
+`spooled_updates`, `read_spooled_update`, `drop_spool`, `save_checkpoint`, `load_checkpoint`, `load_global`,
+`clear_state`).
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ class StateStore:
         except OSError as exc:
             raise StateError(f"cannot clean the spool: {exc}") from exc
 
-    def save_checkpoint(self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None, *, keep_globals: int = 1
+    ) -> None:
         folder = self.job_dir(checkpoint.job)
         r = checkpoint.closed_round
         try:
@@ -105,14 +109,28 @@ class StateStore:
                 write_atomic(folder / f"server-{r}.npz", server_state)
             write_atomic(folder / "checkpoint.json", checkpoint.to_json())
             # Only after the checkpoint names round r: the files of older rounds (a crash before this
-            # leaves them, harmless, and the next commit removes them).
+            # leaves them, harmless, and the next commit removes them). The asynchronous mode keeps the
+            # global blobs of its last `keep_globals` rounds: updates trained from them are rebased onto them.
             for prefix, suffix in (("global-", ".blob"), ("server-", ".npz")):
                 for old in folder.glob(f"{prefix}*{suffix}"):
                     number = old.name[len(prefix) : -len(suffix)]
-                    if number.isdigit() and (int(number) != r or (prefix == "server-" and server_state is None)):
+                    if not number.isdigit():
+                        continue
+                    if prefix == "global-":
+                        stale = not r - max(1, keep_globals) < int(number) <= r
+                    else:
+                        stale = int(number) != r or server_state is None
+                    if stale:
                         old.unlink(missing_ok=True)
         except OSError as exc:
             raise StateError(f"cannot write the checkpoint of round {r}: {exc}") from exc
+
+    def load_global(self, job: str, round_: int) -> bytes | None:
+        path = self.job_dir(job) / f"global-{round_}.blob"
+        try:
+            return path.read_bytes() if path.is_file() else None
+        except OSError as exc:
+            raise StateError(f"cannot read the global model of round {round_}: {exc}") from exc
 
     def load_server_state(self, job: str, round_: int) -> bytes | None:
         path = self.job_dir(job) / f"server-{round_}.npz"

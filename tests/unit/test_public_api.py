@@ -333,6 +333,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "MAX_TRAINING_WORKERS",
         "NODE_SET_NAMES",
         "PARAMETER_BOUNDS",
+        "PARAMETER_CHOICES",
         "AclPattern",
         "BaseConfig",
         "Channel",

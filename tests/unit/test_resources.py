@@ -17,6 +17,7 @@ from schemas import (
     DENIED_PARAMETER_PREFIXES,
     NODE_SET_NAMES,
     PARAMETER_BOUNDS,
+    PARAMETER_CHOICES,
     Dataset,
     EffectiveWorker,
     FederatedLearningJob,
@@ -500,6 +501,9 @@ def test_security_doc_lists_the_rule_as_built() -> None:
         row = next(line for line in section.splitlines() if f"`{name}`" in line and line.startswith("|"))
         interval = bound.describe().rsplit(" in ", 1)[1]
         assert interval in row, (name, interval, row)
+    for name, choices in PARAMETER_CHOICES.items():
+        row = next(line for line in section.splitlines() if f"`{name}`" in line and line.startswith("|"))
+        assert all(f"`{choice}`" in row for choice in choices), (name, row)
 
 
 @pytest.mark.parametrize(
