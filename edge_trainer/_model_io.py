@@ -25,13 +25,14 @@ compiled model still restores it with ``tf.train.Checkpoint(model=m).read(prefix
 An estimator without a Keras ``.model`` is saved Sedna's way, ``estimator.save(path)``.
 
 Writes are atomic and ordered so that a crash at any step leaves whole models: the model is written to
-a staging folder next to the url without a lock (the slow part); then, under `runtime.model_lock`, the
-version folder is built from staging with hard links and renamed into ``versions/`` (a version is
-there whole or not at all), the ``latest`` symlink is put into staging, and staging replaces the url
-folder with two renames (what the url held besides the model, ``versions/`` included, is carried over
-as hard links), so the url's files, its model.json and ``latest`` change together. Last, old versions
-are pruned. A url naming a file is replaced file by file instead (each file atomically, model.json
-last, then ``latest``), so the folder around it, which may hold anything, is never moved.
+a staging folder next to the url without a lock (the slow part); then `runtime.write_version` runs the
+sequence the cloud's writer runs too, under `runtime.model_lock`: the version folder is built from
+staging with hard links and renamed into ``versions/`` (a version is there whole or not at all), then
+this module's step replaces the url: the ``latest`` symlink is put into staging, and staging replaces
+the url folder with two renames (what the url held besides the model, ``versions/`` included, is
+carried over as hard links), so the url's files, its model.json and ``latest`` change together. Last,
+old versions are pruned. A url naming a file is replaced file by file instead (each file atomically,
+model.json last, then ``latest``), so the folder around it, which may hold anything, is never moved.
 
 Two jobs may save to the same Model url at the same time (issue 8): each writes its own version, the
 url holds whichever was saved last. Staging folders are named after the job run and the writing
@@ -59,16 +60,11 @@ from edge_trainer._errors import ModelSaveError
 from runtime import (
     MODEL_LATEST,
     MODEL_VERSIONS_FOLDER,
-    commit_version,
     fsync_dir,
     fsync_tree,
     keep_versions,
-    model_lock,
-    new_version_folder,
-    prune_versions,
-    remove_stale_versions,
-    set_latest,
     version_name,
+    write_version,
 )
 from schemas import WorkerEnv
 
@@ -171,10 +167,7 @@ def save_model(
         (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         fsync_tree(staging)
         try:
-            with model_lock(directory):
-                _recover(directory, key)
-                folder = _commit(staging, directory, version, file_form=file_form)
-                prune_versions(directory, keep, protect=frozenset({version}))
+            folder = _commit(staging, directory, version, key=key, keep=keep, file_form=file_form)
         except TimeoutError as exc:
             raise ModelSaveError(f"cannot save at Model url {url}: {exc}") from exc
     finally:
@@ -189,24 +182,27 @@ def save_model(
     )
 
 
-def _commit(staging: Path, directory: Path, version: str, *, file_form: bool) -> Path:
-    """Under the lock: the version folder from staging (hard links), then the url's files and ``latest``."""
-    if directory.is_dir():
-        remove_stale_versions(directory)
-    else:
-        directory.mkdir()  # the url's folder: versions/ lives in it
-    tmp = new_version_folder(directory)
-    for entry in staging.iterdir():
-        _link_into(entry, tmp / entry.name)
-    folder = commit_version(tmp, version)
-    # Crash here: the version is whole, the url still holds the previous latest (a consistent state).
-    if file_form:
-        _replace_files(staging, directory)
-        set_latest(directory, version)
-    else:
+def _commit(staging: Path, directory: Path, version: str, *, key: str, keep: int, file_form: bool) -> Path:
+    """The version folder from staging (hard links), then the url's files and ``latest`` (`runtime.write_version`)."""
+
+    def fill(building: Path) -> None:
+        for entry in staging.iterdir():
+            _link_into(entry, building / entry.name)
+
+    def swap_folder() -> None:
         os.symlink(f"{MODEL_VERSIONS_FOLDER}/{version}", staging / MODEL_LATEST)
         _replace_dir(staging, directory)  # the url's files, model.json and latest change with one rename
-    return folder
+
+    return write_version(
+        directory,
+        version,
+        fill=fill,
+        # A url naming a file: its folder may hold anything, so it is never moved; write_version sets latest.
+        replace_url=(lambda: _replace_files(staging, directory)) if file_form else swap_folder,
+        replaces_latest=not file_form,
+        keep=keep,
+        recover=lambda: _recover(directory, key),
+    )
 
 
 def _run_key(job: str, run: str) -> str:

@@ -6,7 +6,8 @@ the one supervisor both services run scripts with: `ScriptSupervisor`, `ScriptPr
 the script's environment: `script_environment`; on the script's side, the watch on its service:
 `ServiceWatch`, so a script whose service died exits with one line and `SERVICE_GONE_EXIT`), the one
 shape of a service's logic thread (`EventLoop`), the layout of model versions under a Model url
-(`version_name`, `commit_version`, `set_latest`, `prune_versions` under `model_lock`) and what a node
+(`version_name`, `commit_version`, `set_latest`, `prune_versions` under `model_lock`; `write_version`
+runs them in their one order) and what a node
 reports of them (`held_models`, `ModelUrlBook`), and the lock that keeps one service per node root
 (`lock_node_root`). Nothing here imports paho-mqtt or TensorFlow, so a worker script that imports the
 worker API loads only this and `schemas`.
@@ -35,6 +36,7 @@ from runtime._model_folder import (
     set_latest,
     version_metadata,
     version_name,
+    write_version,
 )
 from runtime._node_lock import NodeRootLock, lock_node_root
 from runtime._script_env import PRIVATE_ENV_PREFIXES, script_environment, script_parameters, source_checkout
@@ -102,4 +104,5 @@ __all__ = [
     "version_metadata",
     "version_name",
     "write_atomic",
+    "write_version",
 ]

@@ -22,6 +22,10 @@ A version folder is built in ``versions/.tmp-<pid>.<random>`` and renamed into p
 exclusive ``flock`` on ``.<name>.lock`` beside the url's folder. A ``.tmp-`` folder seen under the lock
 is a crashed writer's leftover (`remove_stale_versions`). The lock only serialises writers on one
 machine: a Model url on a network filesystem shared by several nodes is not covered.
+
+Both writers run that sequence through `write_version`, so its order is written once; they differ only
+in the step that replaces the url's own files (the edge swaps the whole folder, the cloud replaces file
+by file), which they pass in.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from runtime._files import TMP_PREFIX, fsync_dir, fsync_tree
@@ -54,6 +58,7 @@ __all__ = [
     "set_latest",
     "version_metadata",
     "version_name",
+    "write_version",
 ]
 
 MODEL_VERSIONS_FOLDER = "versions"
@@ -204,6 +209,49 @@ def prune_versions(folder: Path, keep: int, *, protect: frozenset[str] = frozens
     if removed:
         fsync_dir(folder / MODEL_VERSIONS_FOLDER)
     return removed
+
+
+# -- the whole sequence ----------------------------------------------------------------------------
+
+
+def write_version(
+    folder: Path,
+    version: str,
+    *,
+    fill: Callable[[Path], None],
+    replace_url: Callable[[], None],
+    keep: int,
+    recover: Callable[[], None] | None = None,
+    replaces_latest: bool = False,
+) -> Path:
+    """Write `version` under the Model url folder `folder` and make it the latest; return its folder.
+
+    Under `model_lock(folder)`, in this order: `recover()` (the writer's own leftovers, e.g. its
+    temporary files or an url folder a crash left aside), then `remove_stale_versions`; `fill(tmp)` puts
+    the version's files into an empty ``versions/.tmp-`` folder (hard links: the files are written
+    before the lock), which `commit_version` fsyncs and renames to ``versions/<version>``; then
+    `replace_url()` replaces the url's own files with the version's (each change atomic); then
+    ``latest`` is pointed at the version (`set_latest`), unless `replaces_latest` says the step already
+    moved it in with the url's files; last, `prune_versions` keeps the newest `keep`.
+
+    A failure or a crash at any step leaves whole versions: before the commit, only a ``.tmp-`` folder
+    the next write removes; after it, the new version whole beside a url and a ``latest`` that still
+    hold the previous one (nothing is pruned then). The error propagates and the lock is released.
+    """
+    with model_lock(folder):
+        if recover is not None:
+            recover()  # first: it may put back the url folder itself
+        folder.mkdir(exist_ok=True)  # versions/ lives in it
+        remove_stale_versions(folder)
+        building = new_version_folder(folder)
+        fill(building)
+        committed = commit_version(building, version)
+        # Crash here: the version is whole, the url still holds the previous latest (a consistent state).
+        replace_url()
+        if not replaces_latest:
+            set_latest(folder, version)
+        prune_versions(folder, keep, protect=frozenset({version}))
+    return committed
 
 
 # -- the lock ---------------------------------------------------------------------------------------

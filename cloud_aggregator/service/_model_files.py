@@ -4,10 +4,11 @@ The cloud follows the edges' rule (`runtime._model_folder`, issue 9): the job ru
 a version, ``<url>/versions/<job>-<uid8>-r<round>/<model>.npz`` plus ``<model>.json``; the url's own
 ``<model>.npz`` and ``<model>.json`` are the latest version's (hard links) and ``<url>/latest`` names
 it. The archive is written under a temporary name unique to the writer (two jobs may finish at the
-same time), then, under `runtime.model_lock`: the version folder is built and renamed into place, the
-url's files are replaced (``.npz`` first, the ``.json`` that describes it last), ``latest`` is swapped,
-and old versions are pruned (`runtime.keep_versions()`). A crash at any step leaves whole versions and
-a url whose files are a whole model.
+same time), then `runtime.write_version` runs the sequence both writers share under `runtime.model_lock`:
+the version folder is built and renamed into place, the url's files are replaced (this module's step:
+``.npz`` first, the ``.json`` that describes it last), ``latest`` is swapped, and old versions are pruned
+(`runtime.keep_versions()`). A crash at any step leaves whole versions and a url whose files are a whole
+model.
 """
 
 from __future__ import annotations
@@ -24,16 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_aggregator._errors import ControllerError
-from runtime import (
-    commit_version,
-    keep_versions,
-    model_lock,
-    new_version_folder,
-    prune_versions,
-    remove_stale_versions,
-    set_latest,
-    version_name,
-)
+from runtime import keep_versions, version_name, write_version
 from schemas import NodeRoot
 
 __all__ = ["write_model"]
@@ -80,6 +72,15 @@ def write_model(
     tmp = folder / f".{model_name}.npz{tag}"
     tmp_side = folder / f".{model_name}.json{tag}"
     npz, side = f"{model_name}.npz", f"{model_name}.json"
+
+    def fill(building: Path) -> None:
+        os.link(tmp, building / npz)
+        os.link(tmp_side, building / side)
+
+    def replace_url() -> None:  # the url's own files, one by one
+        os.replace(tmp, folder / npz)
+        os.replace(tmp_side, folder / side)  # last: it describes the .npz now at the url
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
@@ -88,18 +89,16 @@ def write_model(
                     np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
         document = {**meta, "version": version, "file": npz, "keys": keys}
         tmp_side.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-        with model_lock(folder):  # the lock the edge takes too, in case both write under one root
-            _remove_dead_writers_files(folder, model_name)
-            remove_stale_versions(folder)
-            building = new_version_folder(folder)
-            os.link(tmp, building / npz)
-            os.link(tmp_side, building / side)
-            target = commit_version(building, version)
-            # Crash here: the version is whole; the url still holds the previous latest.
-            os.replace(tmp, folder / npz)
-            os.replace(tmp_side, folder / side)  # last: it describes the .npz now at the url
-            set_latest(folder, version)
-            prune_versions(folder, keep, protect=frozenset({version}))
+
+        # The edge's sequence and lock too, in case both write under one root.
+        target = write_version(
+            folder,
+            version,
+            fill=fill,
+            replace_url=replace_url,
+            keep=keep,
+            recover=lambda: _remove_dead_writers_files(folder, model_name),
+        )
     except (OSError, TimeoutError) as exc:
         raise ControllerError(f"cannot write the model to {folder}: {exc}") from exc
     finally:

@@ -309,6 +309,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "version_metadata",
         "version_name",
         "write_atomic",
+        "write_version",
     ],
     "schemas": [
         "API_VERSION",
