@@ -239,6 +239,9 @@ class RoundRecord(_Wire):
     # How many updates robust aggregation left out of this round's model (Krum, Multi-Krum); each
     # worker's `robust` note says why (None: not a robust rule).
     excluded: int | None = None
+    # Asynchronous rounds: how many of the folded updates were trained from an older model version than
+    # this round's base (each worker's `staleness` says by how much; None: a synchronous round).
+    stale: int | None = None
     # Sample-weighted mean of the participants' local training metrics (pre-aggregation).
     train: dict[str, float] = Field(default_factory=dict)
     eval: Evaluation | None = None

@@ -344,6 +344,9 @@ class RoundEngine:
             bytes_out=bytes_out,
             missing=missing,
             excluded=len(audit.excluded) if isinstance(closing.run.strategy, RobustStrategy) else None,
+            stale=sum(closing.origins.get(n, closing.round) != closing.round for n in counted)
+            if asynchronous
+            else None,
             workers=workers,
         )
 

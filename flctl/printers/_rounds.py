@@ -74,6 +74,8 @@ class RoundRow:
     samples: int
     missing: tuple[str, ...] = ()
     duration: float | None = None  # seconds
+    excluded: int | None = None  # updates a robust rule left out (None: not a robust rule)
+    stale: int | None = None  # updates trained from an older model version (None: a synchronous round)
     train: Mapping[str, float] = field(default_factory=dict)
     eval: Mapping[str, float] = field(default_factory=dict)
 
@@ -104,6 +106,8 @@ class RoundRow:
             samples=record.total_samples,
             missing=tuple(record.missing),
             duration=duration,
+            excluded=record.excluded,
+            stale=record.stale,
             train=train,
             eval=evaluation,
         )
@@ -130,16 +134,23 @@ def figure(value: float | None) -> str:
 
 
 def rounds_table(rows: Sequence[RoundRow]) -> str:
-    """ROUND WORKERS SAMPLES DURATION, the metric columns some round has, and LEFT OUT when a round had any."""
+    """ROUND WORKERS SAMPLES DURATION, the metric columns some round has, EXCLUDED (robust rules) and STALE
+    (asynchronous rounds) when a round says them, and LEFT OUT when a round had any."""
     metrics = [(h, g, m) for h, g, m in METRIC_COLUMNS if any(m in getattr(r, g) for r in rows)]
+    counts = [
+        (h, name)
+        for h, name in (("EXCLUDED", "excluded"), ("STALE", "stale"))
+        if any(getattr(r, name) is not None for r in rows)
+    ]
     left_out = any(r.missing for r in rows)
-    headers = ["ROUND", "WORKERS", "SAMPLES", "DURATION", *(h for h, _, _ in metrics)]
+    headers = ["ROUND", "WORKERS", "SAMPLES", "DURATION", *(h for h, _, _ in metrics), *(h for h, _ in counts)]
     if left_out:
         headers.append("LEFT OUT")
     lines = []
     for row in rows:
         cells = [str(row.round), str(row.participants), str(row.samples), seconds(row.duration)]
         cells += [figure(getattr(row, g).get(m)) for _, g, m in metrics]
+        cells += [NO_VALUE if getattr(row, name) is None else str(getattr(row, name)) for _, name in counts]
         if left_out:
             cells.append(",".join(row.missing) or NO_VALUE)
         lines.append(cells)

@@ -109,7 +109,8 @@ def test_a_stale_update_is_rebased_and_discounted_to_the_hand_computed_model() -
     record = port.round_records[(JOB, 2)]
     assert record is not None and record.workers is not None and record.missing == []
     assert [(w.node, w.trained_from, w.staleness) for w in record.workers] == [("edge3", 0, 1), ("edge1", 1, 0)]
-    assert record.total_samples == 30
+    assert record.total_samples == 30 and record.stale == 1
+    assert port.job_status(JOB).rounds[1].stale == 1  # the summary on the job status keeps the count
     closed = events(port, "RoundClosed")
     assert closed[1].startswith("round 2: FedAvg of 2 updates, 30 samples (staleness 1, 0)")
     assert "update from edge3 for round 1 (20 samples, 1 versions stale) into round 2; 1/2 in" in events(

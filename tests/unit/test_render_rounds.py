@@ -123,6 +123,18 @@ def test_only_the_metric_columns_some_round_has_are_shown() -> None:
     assert cells(lines[2]) == ["2", "2", "40", "2.0s", "-"]
 
 
+def test_robust_and_asynchronous_rounds_show_what_was_excluded_and_how_many_were_stale() -> None:
+    robust = round_rows([record(1, 1.0, excluded=1), record(2, 3.0, excluded=0)])
+    lines = rounds_table(robust).splitlines()
+    assert cells(lines[0]) == ["ROUND", "WORKERS", "SAMPLES", "DURATION", "EXCLUDED"]
+    assert [cells(line)[-1] for line in lines[1:]] == ["1", "0"]
+
+    buffers = round_rows([record(1, 1.0, stale=0), record(2, 3.0, stale=1)])
+    lines = rounds_table(buffers).splitlines()
+    assert cells(lines[0])[-1] == "STALE" and [cells(line)[-1] for line in lines[1:]] == ["0", "1"]
+    assert "STALE" not in rounds_table(round_rows([record(1, 1.0)]))  # a synchronous job: no such column
+
+
 def test_jobs_table_columns_read_the_newest_evaluation_and_the_last_round() -> None:
     status = JobStatus(
         name="job",
