@@ -17,6 +17,7 @@ from cloud_aggregator._errors import (
     WorkerScriptError,
 )
 from cloud_aggregator._robust import (
+    Bulyan,
     FedMedian,
     FedTrimmedAvg,
     Krum,
@@ -42,6 +43,7 @@ __all__ = [
     "AggregationServer",
     "AggregationState",
     "AggregatorError",
+    "Bulyan",
     "Context",
     "ControllerError",
     "FedAdagrad",

@@ -1,4 +1,4 @@
-"""Robust aggregation: coordinate-wise median, trimmed mean, Krum and Multi-Krum.
+"""Robust aggregation: coordinate-wise median, trimmed mean, Krum, Multi-Krum and Bulyan.
 
 These rules need every update of a round at once, so they cannot stream like FedAvg. Their `fold`
 only counts (the engine keeps each accepted update in the durable spool anyway, for recovery), and the
@@ -40,7 +40,16 @@ from cloud_aggregator._strategy import (
     register_strategy,
 )
 
-__all__ = ["FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "RobustResult", "RobustStrategy", "RobustUpdate"]
+__all__ = [
+    "Bulyan",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "MultiKrum",
+    "RobustResult",
+    "RobustStrategy",
+    "RobustUpdate",
+]
 
 F64 = npt.NDArray[np.float64]
 
@@ -194,14 +203,8 @@ class Krum(RobustStrategy):
         keep = self.keep(m)
         if not 1 <= keep <= m:
             raise StrategyError(f"{self.name}: krum_m={keep} must be between 1 and the round's {m} updates")
-        distances = np.zeros((m, m), dtype=np.float64)
-        for t in range(len(deltas.previous)):
-            flat = deltas.tensor(t).reshape(m, -1)
-            for i in range(m):
-                distances[i] += np.sum(np.square(flat - flat[i]), axis=1)
-        neighbours = m - f - 2
-        # Each row without its own entry (by index, not by value: identical updates must still count).
-        scores = np.array([np.sort(np.delete(distances[i], i))[:neighbours].sum() for i in range(m)])
+        distances = squared_distances(deltas)
+        scores = krum_scores(distances, list(range(m)), f)
         chosen = sorted(np.argsort(scores, kind="stable")[:keep].tolist())
         samples = np.array([deltas.updates[i].num_samples for i in chosen], dtype=np.float64)
         share = samples / samples.sum() if self.weighted else np.full(len(chosen), 1.0 / len(chosen))
@@ -221,6 +224,25 @@ class Krum(RobustStrategy):
     weighted: ClassVar[bool] = False
 
 
+def squared_distances(deltas: _Deltas) -> F64:
+    """The m x m squared L2 distances between the (clipped) deltas, summed tensor by tensor."""
+    m = len(deltas)
+    distances = np.zeros((m, m), dtype=np.float64)
+    for t in range(len(deltas.previous)):
+        flat = deltas.tensor(t).reshape(m, -1)
+        for i in range(m):
+            distances[i] += np.sum(np.square(flat - flat[i]), axis=1)
+    return distances
+
+
+def krum_scores(distances: F64, among: Sequence[int], f: int) -> F64:
+    """Krum's score of each update in `among`: the sum of its ``len(among) - f - 2`` smallest squared
+    distances to the others in `among` (each row without its own entry, by index, not by value: identical
+    updates must still count as neighbours)."""
+    neighbours = max(0, len(among) - f - 2)
+    return np.array([np.sort(distances[i, [j for j in among if j != i]])[:neighbours].sum() for i in among])
+
+
 class MultiKrum(Krum):
     """Multi-Krum: average (by samples) the ``krum_m`` lowest-scoring updates (0: m - f)."""
 
@@ -233,7 +255,46 @@ class MultiKrum(Krum):
         return wanted if wanted > 0 else m - int(self.hyper["krum_f"])
 
 
+class Bulyan(RobustStrategy):
+    """Bulyan (El Mhamdi et al. 2018): pick ``θ = m - 2f`` updates by Krum again and again (each time the
+    best-scoring of those left), then per coordinate average the ``β = θ - 2f`` of them closest to their
+    median. Needs m >= 4f + 3; ignores sample counts (as Flower's Bulyan)."""
+
+    name: ClassVar[str] = "Bulyan"
+    defaults: ClassVar[dict[str, float]] = {"krum_f": 1}
+
+    def combine(self, deltas: _Deltas) -> tuple[list[npt.NDArray[Any]], dict[str, str], list[str]]:
+        m, f = len(deltas), int(self.hyper["krum_f"])
+        if m < 4 * f + 3:
+            raise StrategyError(f"Bulyan with krum_f={f} needs at least {4 * f + 3} updates, the round has {m}")
+        distances = squared_distances(deltas)
+        left, picked = list(range(m)), list[int]()
+        while len(picked) < m - 2 * f:
+            scores = krum_scores(distances, left, f)
+            best = left[int(np.argmin(scores))]  # ties: the first name (the updates are ordered by node)
+            picked.append(best)
+            left.remove(best)
+        chosen = sorted(picked)
+        beta = len(chosen) - 2 * f
+        weights = []
+        for t in range(len(deltas.previous)):
+            stack = deltas.tensor(t)[chosen].reshape(len(chosen), -1)
+            gap = np.abs(stack - np.median(stack, axis=0))
+            closest = np.argsort(gap, axis=0, kind="stable")[:beta]
+            mean = np.take_along_axis(stack, closest, axis=0).mean(axis=0)
+            weights.append(deltas.model(t, mean.reshape(deltas.previous[t].shape)))
+        notes = {
+            node: (
+                f"selected by Bulyan ({picked.index(i) + 1} of {len(picked)})" if i in picked else "excluded by Bulyan"
+            )
+            for i, node in enumerate(deltas.nodes)
+        }
+        excluded = [node for i, node in enumerate(deltas.nodes) if i not in picked]
+        return weights, notes, excluded
+
+
 register_strategy(FedMedian, "median")
 register_strategy(FedTrimmedAvg, "trimmedmean", "trimmedavg")
 register_strategy(Krum)
 register_strategy(MultiKrum)
+register_strategy(Bulyan)

@@ -217,7 +217,7 @@ def test_an_unknown_algorithm_fails_the_job_naming_the_parameter_and_the_known_o
     assert status.phase is Phase.FAILED
     assert status.message == (
         "aggregationWorker parameter aggregation_algorithm='FedAdamm': unknown aggregation algorithm "
-        "'FedAdamm'; known: FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, FedYogi, Krum, MultiKrum"
+        "'FedAdamm'; known: Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, FedYogi, Krum, MultiKrum"
     )
     assert status.conditions[-1].reason == "UnknownAggregation"
     assert JOB not in port.plans

@@ -85,6 +85,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "AggregationServer",
         "AggregationState",
         "AggregatorError",
+        "Bulyan",
         "Context",
         "ControllerError",
         "FedAdagrad",

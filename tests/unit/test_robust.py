@@ -8,6 +8,7 @@ import pytest
 
 from cloud_aggregator import (
     AggregationState,
+    Bulyan,
     FedAvg,
     FedMedian,
     FedTrimmedAvg,
@@ -56,6 +57,28 @@ def test_reference_values_of_every_rule() -> None:
     multi = MultiKrum(krum_f=1, krum_m=3).aggregate(updates, ZERO)
     assert value(multi.weights) == pytest.approx(0.25)  # (0.1 + 0.3 + 0.35) / 3
     assert multi.excluded == ("n0", "n4")
+
+
+def test_bulyan_selects_by_repeated_krum_then_averages_the_closest_to_the_median() -> None:
+    """m = 7, f = 1: θ = 5 picks, β = 3. Krum scores over the updates left (4, 3, 2, 1, 0 nearest):
+    n2 (0.1425), n1 (0.1625), n3 (0.125), then n0 and n4 tie at 0.16 (the first name wins), then n4;
+    the picks [0, 0.1, 0.3, 0.35, 0.4] have median 0.3, and its 3 closest, 0.3, 0.35, 0.4, average 0.35."""
+    updates = scalars([0.0, 0.1, 0.3, 0.35, 0.4, 10.0, -8.0])
+    result = Bulyan(krum_f=1).aggregate(updates, ZERO)
+    assert value(result.weights) == pytest.approx(0.35)
+    assert result.excluded == ("n5", "n6")
+    assert result.notes == {
+        "n0": "selected by Bulyan (4 of 5)",
+        "n1": "selected by Bulyan (2 of 5)",
+        "n2": "selected by Bulyan (1 of 5)",
+        "n3": "selected by Bulyan (3 of 5)",
+        "n4": "selected by Bulyan (5 of 5)",
+        "n5": "excluded by Bulyan",
+        "n6": "excluded by Bulyan",
+    }
+    with pytest.raises(StrategyError, match="Bulyan with krum_f=1 needs at least 7 updates, the round has 6"):
+        Bulyan(krum_f=1).aggregate(updates[:6], ZERO)
+    assert isinstance(get_strategy("bulyan", {"krum_f": "2"}), Bulyan)
 
 
 def test_median_of_an_even_count_is_the_mean_of_the_middle_two() -> None:

@@ -191,6 +191,7 @@ def test_fedavg_aliases(name: str) -> None:
     """FedAvg is found case-insensitively, ignoring '-' and '_'."""
     assert isinstance(get_strategy(name), FedAvg)
     assert strategy_names() == [
+        "Bulyan",
         "FedAdagrad",
         "FedAdam",
         "FedAvg",
