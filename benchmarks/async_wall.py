@@ -325,6 +325,10 @@ def first_reaching(run: Run, metric: str, target: float) -> float | None:
     return None
 
 
+def ratio_of(value: float | None, base: float | None) -> float | None:
+    return value / base if value is not None and base else None
+
+
 def fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -351,23 +355,21 @@ def report(runs: list[Run], tolerance: float) -> dict[str, Any]:
     )
     print(
         "| mode | rounds | updates | final acc | final bal-acc | s to finish | s to target acc | s to target bal-acc |"
-        " ratio to sync (acc, bal-acc) |\n|---|---|---|---|---|---|---|---|---|"
+        " ratio to sync (to target acc, bal-acc; finish) |\n|---|---|---|---|---|---|---|---|---|"
     )
     summary: dict[str, Any] = {"targets": targets, "runs": []}
     base = {m: first_reaching(sync, m, t) for m, t in targets.items()}
+    sync_finish = sync.finished_seconds if sync.finished_seconds is not None else (final.seconds if final else None)
     for run in runs:
         last = run.rounds[-1] if run.rounds else None
         reach = {m: first_reaching(run, m, t) for m, t in targets.items()}
-        ratio = {
-            m: (reach[m] / base[m]) if reach[m] is not None and base[m] else None
-            for m in ("accuracy", "balanced_accuracy")
-        }
         finish = run.finished_seconds if run.finished_seconds is not None else (last.seconds if last else None)
+        ratio = {m: ratio_of(reach[m], base[m]) for m in targets} | {"finish": ratio_of(finish, sync_finish)}
         print(
             f"| {run.mode} | {len(run.rounds)} | {sum(len(r.participants) for r in run.rounds)} | "
             f"{fmt(last.accuracy if last else None)} | {fmt(last.balanced_accuracy if last else None)} | "
             f"{fmt(finish, '.1f')} | {fmt(reach['accuracy'], '.1f')} | {fmt(reach['balanced_accuracy'], '.1f')} | "
-            f"{fmt(ratio['accuracy'], '.2f')}, {fmt(ratio['balanced_accuracy'], '.2f')} |"
+            f"{fmt(ratio['accuracy'], '.2f')}, {fmt(ratio['balanced_accuracy'], '.2f')}; {fmt(ratio['finish'], '.2f')} |"
         )
         summary["runs"].append({**asdict(run), "to_target": reach, "ratio_to_sync": ratio, "finish_seconds": finish})
     return summary
