@@ -1,6 +1,7 @@
 """Edges of very different speeds: wall time to a target accuracy, synchronous vs asynchronous rounds.
 
-Issue 10, benchmark (d). On demand, not in ``make test``; a few minutes on 2 cores at the defaults.
+Issue 10, benchmark (d). On demand, not in ``make test``; about 11 minutes on 2 shared cores at the defaults
+(both runs, data generation and scoring included; ``--scale 0.3 --edges 3 --rounds 2`` takes about 3).
 
 The real system, twice on the same data and seeds: for each mode a fresh deployment under
 ``<workdir>/<mode>`` (``flctl.cluster.LocalCluster``, as ``make demo``: Mosquitto with TLS and per-node
