@@ -225,6 +225,7 @@ class Round:
     round: int
     seconds: float  # closedAt less the moment just before `flctl create`
     participants: list[str]
+    duration: float | None = None  # the record's durationSeconds: opened -> closed
     accuracy: float | None = None
     balanced_accuracy: float | None = None
 
@@ -276,7 +277,12 @@ def run_mode(args: argparse.Namespace, mode: str, source: Path, shares: dict[str
         for r, blob in rec.globals.items():
             (globals_dir / f"{r}.blob").write_bytes(blob)
         rounds = [
-            Round(r, (rec.records[r].closed_at - origin).total_seconds(), rec.records[r].participants)
+            Round(
+                r,
+                (rec.records[r].closed_at - origin).total_seconds(),
+                rec.records[r].participants,
+                rec.records[r].duration_seconds,
+            )
             for r in sorted(rec.records)
         ]
         finished = (status.completion_time - origin).total_seconds() if status.completion_time else None
@@ -338,11 +344,11 @@ def report(runs: list[Run], tolerance: float) -> dict[str, Any]:
     for run in runs:
         print(f"\n{run.mode}: {len(run.rounds)} rounds, job {run.phase}")
         print(
-            "| round | s since create | updates | accuracy | balanced acc | participants |\n|---|---|---|---|---|---|"
+            "| round | s since create | s open | updates | accuracy | balanced acc | participants |\n|---|---|---|---|---|---|---|"
         )
         for rnd in run.rounds:
             print(
-                f"| {rnd.round} | {rnd.seconds:.1f} | {len(rnd.participants)} | {fmt(rnd.accuracy)} | "
+                f"| {rnd.round} | {rnd.seconds:.1f} | {fmt(rnd.duration, '.1f')} | {len(rnd.participants)} | {fmt(rnd.accuracy)} | "
                 f"{fmt(rnd.balanced_accuracy)} | {', '.join(rnd.participants)} |"
             )
     sync = next((r for r in runs if r.mode == "sync"), runs[0])
