@@ -48,4 +48,4 @@ typecheck:
 	$(BIN)/mypy
 
 clean:
-	rm -rf .demo
+	rm -rf .demo .bench

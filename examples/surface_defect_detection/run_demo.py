@@ -56,6 +56,25 @@ def say(text: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
+# role -> (the example's folder, the scripts a node of that role runs from its /code).
+SCRIPTS = {
+    "edge": ("training_worker", ("train.py", "interface.py", "evaluate.py")),
+    "aggregator": ("aggregation_worker", ("aggregate.py",)),
+}
+
+
+def install_scripts(root: Path, role: str) -> Path:
+    """Copy the example's scripts for a node of `role` (edge, aggregator) to its ``<root>/code``; return it.
+
+    benchmarks/async_wall.py lays out its nodes with this too."""
+    folder, scripts = SCRIPTS[role]
+    code = root / "code"
+    code.mkdir(parents=True, exist_ok=True)
+    for script in scripts:
+        shutil.copy2(HERE / folder / script, code / script)
+    return code
+
+
 def prepare(workdir: Path, scale: float, seed: int) -> Path:
     """Lay out every node's root folder; return the held-out test label file."""
     if workdir.exists():
@@ -67,10 +86,7 @@ def prepare(workdir: Path, scale: float, seed: int) -> Path:
     for edge, labels in EDGES.items():
         count = copy_split(source, source / labels, workdir / edge / "data")
         say(f"{edge}: {count} labelled images in {workdir / edge / 'data'} ({labels}); they never leave {edge}")
-        code = workdir / edge / "code"
-        code.mkdir(parents=True)
-        for script in ("train.py", "interface.py", "evaluate.py"):
-            shutil.copy2(HERE / "training_worker" / script, code / script)
+        install_scripts(workdir / edge, "edge")
     copy_split(source, source / "test.txt", workdir / "testset")
     # Each site keeps its own held-out tiles: test.txt's lines alternate between the edges. The union of the
     # shares is test.txt, so the federated evaluation (counts summed over the edges) scores the final model
@@ -82,9 +98,7 @@ def prepare(workdir: Path, scale: float, seed: int) -> Path:
         share.write_text("".join(f"{line}\n" for line in lines[i :: len(EDGES)]))
         count = copy_split(source, share, workdir / edge / "data")
         say(f"{edge}: {count} held-out images in {workdir / edge / 'data' / 'test.txt'} (its share of test.txt)")
-    cloud_code = workdir / AGGREGATOR / "code"
-    cloud_code.mkdir(parents=True)
-    shutil.copy2(HERE / "aggregation_worker" / "aggregate.py", cloud_code / "aggregate.py")
+    install_scripts(workdir / AGGREGATOR, "aggregator")
     return workdir / "testset" / "test.txt"
 
 
