@@ -16,6 +16,7 @@ from cloud_aggregator._errors import (
     UpdateRejectedError,
     WorkerScriptError,
 )
+from cloud_aggregator._privacy import DEFAULT_DP_DELTA, Privacy, epsilon_spent
 from cloud_aggregator._robust import (
     FedMedian,
     FedTrimmedAvg,
@@ -39,6 +40,7 @@ from cloud_aggregator._strategy import (
 from cloud_aggregator._worker_api import AggregationServer, Context
 
 __all__ = [
+    "DEFAULT_DP_DELTA",
     "AggregationServer",
     "AggregationState",
     "AggregatorError",
@@ -54,6 +56,7 @@ __all__ = [
     "Krum",
     "Layout",
     "MultiKrum",
+    "Privacy",
     "PublishFailedError",
     "RobustResult",
     "RobustStrategy",
@@ -64,6 +67,7 @@ __all__ = [
     "StrategyError",
     "UpdateRejectedError",
     "WorkerScriptError",
+    "epsilon_spent",
     "get_strategy",
     "register_strategy",
     "strategy_names",

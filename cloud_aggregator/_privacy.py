@@ -33,6 +33,7 @@ checkpoint's closed round. With a budget, the round after which one more would p
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ DEFAULT_DP_DELTA = 1e-5
 Arrays = Sequence[npt.NDArray[Any]]
 
 
+@functools.lru_cache(maxsize=256)  # a round's close asks for rounds r and r+1, the status again
 def epsilon_spent(rounds: int, noise_multiplier: float, delta: float, sampling_rate: float = 1.0) -> float:
     """The epsilon at `delta` after `rounds` Gaussian mechanisms of `noise_multiplier`, each on a Poisson
     sample of rate `sampling_rate`, by ``dp_accounting``'s RDP accountant (0.0 for no round)."""
