@@ -160,6 +160,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "load_dataset",
         "load_image",
         "parse_label_line",
+        "privatise_update",
         "read_label_file",
         "save_model",
     ],
