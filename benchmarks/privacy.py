@@ -80,16 +80,31 @@ def delta_norm(update: Arrays, base: Arrays) -> float:
     )
 
 
-def local_updates(args: argparse.Namespace, edge: Any, data: list[Data], base: Arrays) -> list[tuple[int, Arrays]]:
-    """Each client's local training from `base`, one after the other on one Keras model (building one model
-    per client would cost more than the training itself)."""
-    updates = []
-    for shard in data:
-        edge.set_weights([np.array(a) for a in base])
-        edge.train(shard, None, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                   validation_split=0.0, verbose=0)  # fmt: skip
-        updates.append((len(shard), [np.asarray(w) for w in edge.get_weights()]))
-    return updates
+class Clients:
+    """Every client's local training on one Keras model, one after the other (building one model per client
+    would cost more than the training itself). Each client keeps its own Adam moments from round to round,
+    as a real edge's Estimator does: they are swapped in and out around its training."""
+
+    def __init__(self, args: argparse.Namespace, edge: Any, data: list[Data]) -> None:
+        self.args, self.edge, self.data = args, edge, data
+        edge.compile(args.lr)
+        optimizer = edge.model.optimizer
+        optimizer.build(edge.model.trainable_variables)
+        fresh = [v.numpy() for v in optimizer.variables]
+        self.moments = [[np.array(v) for v in fresh] for _ in data]
+
+    def train(self, base: Arrays) -> list[tuple[int, Arrays]]:
+        updates = []
+        optimizer = self.edge.model.optimizer
+        for shard, moments in zip(self.data, self.moments, strict=True):
+            for variable, value in zip(optimizer.variables, moments, strict=True):
+                variable.assign(value)
+            self.edge.set_weights([np.array(a) for a in base])
+            self.edge.train(shard, None, epochs=self.args.epochs, batch_size=self.args.batch_size,
+                            learning_rate=self.args.lr, validation_split=0.0, verbose=0)  # fmt: skip
+            moments[:] = [v.numpy() for v in optimizer.variables]
+            updates.append((len(shard), [np.asarray(w) for w in self.edge.get_weights()]))
+        return updates
 
 
 def aggregate(mode: str, privacy: Privacy | None, updates: list[tuple[int, Arrays]], base: Arrays) -> Arrays:
@@ -125,13 +140,14 @@ def run_once(
 
     keras.utils.set_random_seed(seed)
     edge = iface.Estimator(init_seed=seed)
+    clients = Clients(args, edge, data)
     base = [np.asarray(w) for w in edge.get_weights()]
     privacy = None
     if math.isfinite(epsilon):
         z = calibrate(epsilon, args.rounds, args.delta)
         privacy = Privacy(mode, clip, z, args.delta, None, len(data))  # type: ignore[arg-type]
     for _ in range(args.rounds):
-        base = aggregate(mode, privacy, local_updates(args, edge, data, base), base)
+        base = aggregate(mode, privacy, clients.train(base), base)
     edge.set_weights(base)
     metrics = edge.evaluate(test)
     return {
@@ -176,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         keras.utils.set_random_seed(args.tf_seed)
         edge = iface.Estimator(init_seed=args.tf_seed)
         base = [np.asarray(w) for w in edge.get_weights()]
-        norms = [delta_norm(u, base) for _, u in local_updates(args, edge, data, base)]
+        norms = [delta_norm(u, base) for _, u in Clients(args, edge, data).train(base)]
         clip = float(np.median(norms))
         print(f"update norms in a non-private first round: {[round(n, 3) for n in norms]}; C = {clip:.4g}", flush=True)
     else:
