@@ -1,5 +1,8 @@
 """Differential privacy end to end: two real edges (the numpy training script) over a real broker.
 
+Central DP: the edges send their updates as trained; the aggregator clips and noises (checked against the
+captured blobs: the global model minus the mean of the clipped deltas has the noise's std).
+
 Distributed DP: the plan tells each edge its clip norm and its share of the noise, and each update leaves
 its training script already clipped and noised (the captured update's delta from the global model is the
 noise's size, far past the clip norm, though the script trains a delta of its own). The aggregator folds
@@ -63,4 +66,38 @@ def test_a_distributed_dp_job_noises_on_the_edges_and_stops_at_its_budget(rig: R
             want = previous[t] + (deltas[0][t] + deltas[1][t]) / 2
             np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6, err_msg=f"round {round_} tensor {t}")
     assert ("global", 3, "") not in blobs
+    r.finish()
+
+
+def test_a_central_dp_job_clips_and_noises_at_the_aggregator(rig: RigFactory) -> None:
+    """Central DP: the edges send their updates as trained; each round's global model is the previous one
+    plus the mean of the clipped deltas plus noise of std z*C/n, and the status reports epsilon."""
+    clip, z = 0.01, 2.0
+    dp = {"dp_mode": "central", "dp_clip_norm": str(clip), "dp_noise_multiplier": str(z)}
+    r = rig(2, exit_round=2, keras=False, hidden=4, proxies=False, agg_params=dp)
+    status = r.wait_job(150)
+
+    assert status.phase is Phase.SUCCEEDED, r.watch.describe()
+    assert status.privacy is not None and status.privacy.mode == "central" and not status.privacy.budget_spent
+    assert status.privacy.epsilon == pytest.approx(epsilon_spent(2, z, DELTA), rel=1e-5)
+    assert [record.epsilon for record in status.rounds] == [
+        pytest.approx(epsilon_spent(t, z, DELTA), rel=1e-5) for t in (1, 2)
+    ]
+    assert r.capture is not None
+    blobs = reassemble(r.capture.messages, r.topics)
+    residuals = []
+    for round_ in (1, 2):
+        previous = [np.float64(a) for a in decode_weights(blobs[("global", round_ - 1, "")][-1])[1]]
+        clipped = []
+        for edge in r.edges:
+            (update,) = blobs[("update", round_, edge)]
+            delta = [np.float64(a) - p for a, p in zip(decode_weights(update)[1], previous, strict=True)]
+            norm = float(np.sqrt(sum(np.sum(d**2) for d in delta)))
+            assert norm > clip  # the edge sent its delta as trained, unclipped
+            clipped.append([d * min(1.0, clip / norm) for d in delta])
+        got = decode_weights(blobs[("global", round_, "")][-1])[1]
+        for t, g in enumerate(got):
+            residuals.append(np.float64(g) - (previous[t] + (clipped[0][t] + clipped[1][t]) / 2))
+    noise = np.concatenate([x.ravel() for x in residuals])  # 2 rounds x 36 coordinates
+    assert float(noise.std()) == pytest.approx(z * clip / 2, rel=0.35)
     r.finish()
