@@ -10,7 +10,9 @@
   when the quorum is in and every participant still missing is *absent*: its node's last will said
   offline at least ``offline_grace`` seconds ago and it has not spoken since. Missing workers are named
   in `RoundRecord.missing` and a Warning event (saying since when an absent one is offline). Each closed
-  round is committed (`Committer`).
+  round is committed (`Committer`). With differential privacy (`Run.privacy`) the close adds the noise to
+  the round's mean and the record carries the epsilon spent (`cloud_aggregator._privacy`); a round after
+  which one more would pass the budget is the final one (`Run.is_final`).
 - **FINAL**: the final weights are written under the Model url; once every worker of the final round
   reported Completed the job is Succeeded and the script gets `finish`.
 """

@@ -4,7 +4,8 @@ The script is Sedna's aggregation worker: `AggregationServer(...).start()` sends
 (aggregation, exit_round, participants_count) and waits. That frame must arrive within
 `config_timeout`; then the strategy is chosen (the frame's aggregation name, Sedna's
 ``aggregation_algorithm`` parameter in the example's script; its hyper-parameters from the aggregation
-worker's parameters), the plan is published (retained) and the job runs, or resumes from its checkpoint. An `error` frame, or an exit before the job ended, fails the job.
+worker's parameters; with it the job's differential privacy, `Privacy`, refused when it cannot hold),
+the plan is published (retained) and the job runs, or resumes from its checkpoint. An `error` frame, or an exit before the job ended, fails the job.
 """
 
 from __future__ import annotations
