@@ -16,6 +16,7 @@ from cloud_aggregator._errors import (
     UpdateRejectedError,
     WorkerScriptError,
 )
+from cloud_aggregator._privacy import DEFAULT_DP_DELTA, Privacy, epsilon_spent
 from cloud_aggregator._robust import (
     Bulyan,
     FedMedian,
@@ -40,6 +41,7 @@ from cloud_aggregator._strategy import (
 from cloud_aggregator._worker_api import AggregationServer, Context
 
 __all__ = [
+    "DEFAULT_DP_DELTA",
     "AggregationServer",
     "AggregationState",
     "AggregatorError",
@@ -56,6 +58,7 @@ __all__ = [
     "Krum",
     "Layout",
     "MultiKrum",
+    "Privacy",
     "PublishFailedError",
     "RobustResult",
     "RobustStrategy",
@@ -66,6 +69,7 @@ __all__ = [
     "StrategyError",
     "UpdateRejectedError",
     "WorkerScriptError",
+    "epsilon_spent",
     "get_strategy",
     "register_strategy",
     "strategy_names",

@@ -24,6 +24,7 @@ from edge_trainer._errors import (
     WorkerError,
 )
 from edge_trainer._model_io import SavedModel, save_model
+from edge_trainer._privacy import privatise_update
 from edge_trainer._worker import FederatedLearning
 from schemas import BaseConfig, Context
 
@@ -44,6 +45,7 @@ __all__ = [
     "load_dataset",
     "load_image",
     "parse_label_line",
+    "privatise_update",
     "read_label_file",
     "save_model",
 ]

@@ -10,7 +10,8 @@ Sedna; ``train`` then
    not for the round-0 model, which nobody trained), runs ``estimator.train`` (local epochs; with FedProx,
    see below, also given ``global_weights=`` and ``mu=``) and sends
    ``update`` with the new weights, the sample count and the last value of each metric of the
-   training history;
+   training history (local or distributed DP, the plan's ``dp_mode``: its delta from the global model
+   clipped and noised first, `edge_trainer._privacy`);
 3. on ``finish``: sets the final weights, scores them (``evaluated``), saves the model at ``MODEL_URL``
    in ``MODEL_FORMAT``, sends ``saved`` (path and weights digest) and returns the estimator;
 4. on ``stop``: returns at once.
@@ -49,6 +50,7 @@ import numpy.typing as npt
 from edge_trainer._errors import DatasetError, WorkerError
 from edge_trainer._evaluate import HeldOut, evaluate, held_out
 from edge_trainer._model_io import save_model
+from edge_trainer._privacy import EdgePrivacy
 from edge_trainer._samples import mark_reported, skipped_samples
 from runtime import ChannelClosed, ServiceWatch, WorkerChannel
 from schemas import (
@@ -138,6 +140,7 @@ class FederatedLearning:
             raise WorkerError(f"train_data has no length ({type(train_data).__name__}); pass a parsed dataset") from exc
         mu = _proximal_mu(kwargs)  # before anything is sent: a bad mu fails the worker up front
         _check_proximal(self.estimator.train, mu)
+        privacy = EdgePrivacy.from_parameters()  # so does a bad DP setting
         weights = self._get_weights()
         names = _tensor_names(self.estimator, len(weights))
         shapes = [w.shape for w in weights]
@@ -149,6 +152,8 @@ class FederatedLearning:
             file=sys.stderr,
             flush=True,
         )
+        if privacy is not None:  # the settings only: the noise itself is never written anywhere
+            print(privacy.describe(), file=sys.stderr, flush=True)
         if mu > 0:
             print(f"FedProx: mu={mu:g} (estimator.train gets global_weights and mu)", file=sys.stderr, flush=True)
         channel.send(
@@ -175,6 +180,8 @@ class FederatedLearning:
                 if post_process is not None:
                     result = post_process(result)
                 weights = self._get_weights()
+                if privacy is not None:  # local or distributed DP: noised before it leaves this process
+                    weights = privacy.apply(weights, global_weights)
                 last_metrics = _metrics(result)
                 channel.send(
                     WorkerFrame(

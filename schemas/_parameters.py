@@ -223,6 +223,15 @@ PARAMETER_BOUNDS: Mapping[str, NumberBound] = MappingProxyType(
         "buffer_size": NumberBound(whole=True, low=1, high=MAX_TRAINING_WORKERS),
         "max_staleness": NumberBound(whole=True, low=0, high=1000),
         "staleness_exponent": NumberBound(whole=False, low=0, high=10),
+        # Differential privacy (``dp_mode``, cloud_aggregator._privacy): the L2 bound C on each update's
+        # delta, the noise multiplier z (the noise std is z*C on the round's sum of updates), the delta of
+        # the (epsilon, delta) guarantee and the epsilon budget after which the job ends. The plan tells
+        # an edge that noises its own update (local or distributed DP) its std as ``dp_noise_std``.
+        "dp_clip_norm": NumberBound(whole=False, low=0, high=1e6, low_open=True),
+        "dp_noise_multiplier": NumberBound(whole=False, low=0, high=1000, low_open=True),
+        "dp_delta": NumberBound(whole=False, low=0, high=1, low_open=True, high_open=True),
+        "dp_target_epsilon": NumberBound(whole=False, low=0, high=1e6, low_open=True),
+        "dp_noise_std": NumberBound(whole=False, low=0, high=1e12),
     }
 )
 """The parameters whose meaning this system knows and their bounds. A bound holds for the name as
@@ -233,6 +242,9 @@ PARAMETER_CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         # how the aggregation worker closes rounds: Sedna's synchronous rounds, or FedBuff-style buffers
         "aggregation_mode": ("sync", "async"),
+        # where differential privacy's noise is added: nowhere, at the aggregator (central DP), on each edge
+        # in full (local DP) or a 1/sqrt(n) share of it on each of n edges (distributed DP)
+        "dp_mode": ("none", "central", "local", "distributed"),
     }
 )
 """The parameters this system knows that hold one of a few words (compared case-insensitively)."""

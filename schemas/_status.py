@@ -218,6 +218,23 @@ class WorkerRound(_Wire):
     staleness: int | None = None
 
 
+class PrivacyStatus(_Wire):
+    """A job's differential privacy (aggregation worker parameter ``dp_mode``): its settings and the
+    (epsilon, delta) guarantee spent so far, after `rounds` closed rounds, by Google's ``dp-accounting``
+    (`accountant`). `budget_spent`: the job ended because one more round would pass `target_epsilon`."""
+
+    mode: Literal["central", "local", "distributed"]
+    clip_norm: float  # C: the L2 bound on each update's delta from the global model it trained from
+    noise_multiplier: float  # z: the noise std on the round's sum of clipped deltas is z*C
+    delta: float
+    target_epsilon: float | None = None  # None: no budget (the job runs to its exit_round)
+    sampling_rate: float = 1.0  # the fraction of the training workers a round samples
+    accountant: str = "rdp"
+    rounds: int = 0
+    epsilon: float = 0.0
+    budget_spent: bool = False
+
+
 class RoundRecord(_Wire):
     """One closed round. The job status keeps the newest `MAX_STATUS_ROUNDS` without `workers`; the full
     record is retained on the round's record topic (``.../rounds/<r>/record``).
@@ -242,6 +259,8 @@ class RoundRecord(_Wire):
     # Asynchronous rounds: how many of the folded updates were trained from an older model version than
     # this round's base (each worker's `staleness` says by how much; None: a synchronous round).
     stale: int | None = None
+    # Differential privacy: the epsilon spent after this round (at the job's dp_delta; None: no DP).
+    epsilon: float | None = None
     # Sample-weighted mean of the participants' local training metrics (pre-aggregation).
     train: dict[str, float] = Field(default_factory=dict)
     eval: Evaluation | None = None
@@ -279,6 +298,8 @@ class JobStatus(_Wire):
     events: list[Event] = Field(default_factory=list)
     spec_hash: str | None = None
     model_path: str | None = None
+    # Differential privacy's settings and the epsilon spent so far (None: the job has none).
+    privacy: PrivacyStatus | None = None
     updated_at: datetime = Field(default_factory=now)
 
     def add_event(self, event: Event) -> None:

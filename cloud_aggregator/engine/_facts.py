@@ -223,8 +223,14 @@ class JobFacts:
             settings=settings,
         )
 
-    def plan(self, aggregation: str, exit_round: int) -> JobPlan:
-        """The plan the edges follow, once the script's config chose the aggregation and exit_round."""
+    def plan(self, aggregation: str, exit_round: int, worker_parameters: Mapping[str, str] | None = None) -> JobPlan:
+        """The plan the edges follow, once the script's config chose the aggregation and exit_round.
+
+        `worker_parameters` go to every training worker's parameters, over its own of the same names: what
+        the aggregation worker's settings tell the edges' scripts (local DP's clip norm and noise std)."""
+        workers = self.planned
+        if worker_parameters:
+            workers = [w.model_copy(update={"parameters": {**w.parameters, **worker_parameters}}) for w in self.planned]
         return JobPlan(
             job=self.name,
             namespace=self.namespace,
@@ -235,6 +241,6 @@ class JobFacts:
             participants=list(self.participants),
             model=self.model,
             pretrained_model=self.pretrained_model,
-            workers=self.planned,
+            workers=workers,
             chunk_size=self.settings.chunk_size,
         )

@@ -90,7 +90,9 @@ class Recovery:
         self._committer.folded = {int(r): [(n, t) for n, t in pairs] for r, pairs in checkpoint.folded.items()}
         self._committer.origins = {int(r): dict(o) for r, o in (checkpoint.origins or {}).items()}
         self._intake.restore_stored(self._committer.folded_transfers())
-        final = closed >= run.plan.exit_round
+        final = run.is_final(closed)
+        if run.privacy is not None:  # derived from the closed rounds, as the round that closed computed it
+            status.privacy = run.privacy.status(closed, budget_spent=final and closed < run.plan.exit_round)
         ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.name}, {run.plan.exit_round} rounds (resumed)")
         ctx.event(
             "Normal",

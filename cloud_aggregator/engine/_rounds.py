@@ -10,7 +10,9 @@
   when the quorum is in and every participant still missing is *absent*: its node's last will said
   offline at least ``offline_grace`` seconds ago and it has not spoken since. Missing workers are named
   in `RoundRecord.missing` and a Warning event (saying since when an absent one is offline). Each closed
-  round is committed (`Committer`).
+  round is committed (`Committer`). With differential privacy (`Run.privacy`) the close adds the noise to
+  the round's mean and the record carries the epsilon spent (`cloud_aggregator._privacy`); a round after
+  which one more would pass the budget is the final one (`Run.is_final`).
 - **FINAL**: the final weights are written under the Model url; once every worker of the final round
   reported Completed the job is Succeeded and the script gets `finish`.
 """
@@ -18,8 +20,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cloud_aggregator._errors import AggregatorError, PublishFailedError, StrategyError, UpdateRejectedError
 from cloud_aggregator._robust import RobustResult, RobustStrategy
@@ -30,7 +34,7 @@ from cloud_aggregator.engine._intake import Intake
 from cloud_aggregator.engine._port import FinalModel
 from cloud_aggregator.engine._robust_close import robust_close
 from cloud_aggregator.engine._stages import Done, Final, GlobalWeights, Init, Run, Training
-from cloud_aggregator.engine._status import completed_message, final_message
+from cloud_aggregator.engine._status import budget_message, completed_message, final_message
 from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
 from cloud_aggregator.engine._updates import UpdatePath
 from schemas import (
@@ -204,7 +208,13 @@ class RoundEngine:
         status.phase = Phase.SUCCEEDED
         status.completion_time = now()
         left_out = [p for p in ctx.facts.participants if p not in state.participants]
-        status.message = completed_message(state.run.plan.exit_round, left_out)
+        status.message = completed_message(state.round, left_out)
+        if (
+            state.run.privacy is not None
+            and state.run.budget_spent(state.round)
+            and state.round < state.run.plan.exit_round
+        ):
+            status.message += f" ({budget_message(state.run.privacy, state.round)})"
         ctx.book.condition(ConditionType.COMPLETE, "Completed", "FederatedLearningJob completed")
         ctx.event("Normal", "Completed", "FederatedLearningJob completed")
         ctx.signal("finish")
@@ -231,17 +241,12 @@ class RoundEngine:
         """Close the open round: record it, commit its global model, then open the next or go FINAL."""
         ctx, facts = self._ctx, self._ctx.facts
         r, run = closing.round, closing.run
-        audit = RobustResult(weights=[], notes=dict(closing.clipped))
         try:
-            if isinstance(run.strategy, RobustStrategy):
-                audit = robust_close(ctx, run.strategy, closing, self.updates.base_of)
-                weights, server = audit.weights, closing.server
-            else:
-                weights, server = run.strategy.step(closing.acc, closing.model.arrays, closing.server)
+            weights, server, audit = self._aggregate(closing)
         except StrategyError as exc:
             self.fail("AggregationFailed", f"round {r}: {exc}")
             return
-        final = r >= run.plan.exit_round
+        final = run.is_final(r)
         total = closing.acc.total_samples
         counted = list(closing.counted)
         # A buffer waits for no one in particular: nobody is "missing" from an asynchronous round.
@@ -251,7 +256,14 @@ class RoundEngine:
         self._committer.origins[r] = {n: o for n, o in closing.origins.items() if o != r}
         model = closing.model.evolved(weights)
         blob = self._committer.encode(r, model.arrays, model.names, total)
-        ctx.close_round(self._record(closing, counted, missing, stamp, len(blob), audit=audit))
+        record = self._record(closing, counted, missing, stamp, len(blob), audit=audit)
+        spent = run.budget_spent(r) and r < run.plan.exit_round
+        if run.privacy is not None:
+            ctx.status.privacy = run.privacy.status(r, budget_spent=spent)
+            record.epsilon = ctx.status.privacy.epsilon
+        ctx.close_round(record)
+        if spent and run.privacy is not None:
+            ctx.event("Normal", "PrivacyBudgetSpent", budget_message(run.privacy, r))
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", f"Round {r} reaches at {stamp.isoformat()}")
         ctx.status.current_round = r
         if missing:
@@ -290,6 +302,19 @@ class RoundEngine:
                 "waiting for them (they catch up from the retained final model)",
             )
         self.check_complete()
+
+    def _aggregate(self, closing: Training) -> tuple[list[npt.NDArray[Any]], ServerState | None, RobustResult]:
+        """The round's global weights, the server state after it and the robust rule's audit (StrategyError)."""
+        run = closing.run
+        if isinstance(run.strategy, RobustStrategy):
+            audit = robust_close(self._ctx, run.strategy, closing, self.updates.base_of)
+            return audit.weights, closing.server, audit
+        acc = closing.acc
+        if run.privacy is not None:
+            # Fresh OS entropy every close: noise that could be replayed from a seed protects nothing.
+            acc = run.privacy.close(acc, closing.model.arrays, np.random.default_rng())
+        weights, server = run.strategy.step(acc, closing.model.arrays, closing.server)
+        return weights, server, RobustResult(weights=[], notes=dict(closing.clipped))
 
     def _closed_without(self, closing: Training, missing: list[str]) -> None:
         """The Warning event of a round closed with participants missing: who, after how long, and why."""

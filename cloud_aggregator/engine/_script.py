@@ -4,15 +4,19 @@ The script is Sedna's aggregation worker: `AggregationServer(...).start()` sends
 (aggregation, exit_round, participants_count) and waits. That frame must arrive within
 `config_timeout`; then the strategy is chosen (the frame's aggregation name, Sedna's
 ``aggregation_algorithm`` parameter in the example's script; its hyper-parameters from the aggregation
-worker's parameters), the plan is published (retained) and the job runs, or resumes from its checkpoint. An `error` frame, or an exit before the job ended, fails the job.
+worker's parameters; with it the job's differential privacy, `Privacy`, refused when it cannot hold),
+the plan is published (retained) and the job runs, or resumes from its checkpoint. An `error` frame, or an exit before the job ended, fails the job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from cloud_aggregator._errors import AggregatorError, StrategyError
+from cloud_aggregator._privacy import Privacy
+from cloud_aggregator._robust import RobustStrategy
 from cloud_aggregator._strategy import Strategy, get_strategy
 from cloud_aggregator.engine._checkpoint import Checkpoint
 from cloud_aggregator.engine._context import JobContext
@@ -170,7 +174,11 @@ class AggregationScript:
                     f"{len(facts.participants)} training workers; every training worker takes part in each round",
                 )
             )
-        run = Run(strategy=strategy, plan=facts.plan(strategy.name, exit_round))
+        privacy = self._privacy(strategy)
+        if privacy is False:
+            return
+        edge = privacy.edge_parameters() if privacy is not None else None
+        run = Run(strategy=strategy, plan=facts.plan(strategy.name, exit_round, edge), privacy=privacy)
         # The plan counts as issued from here on: failing the job clears it, also when publishing it failed.
         ctx.state = Init(run)
         try:
@@ -224,6 +232,38 @@ class AggregationScript:
                 return None
         return strategy
 
+    def _privacy(self, strategy: Strategy) -> Privacy | Literal[False] | None:
+        """The run's differential privacy from the aggregation worker's parameters (None: none; False: the
+        job failed on them). Central DP clips at the aggregator: `strategy.clip_norm` becomes at most C."""
+        ctx, facts = self.ctx, self.ctx.facts
+        try:
+            privacy = Privacy.of(facts.aggregation_worker.parameters, len(facts.participants))
+            if privacy is not None:
+                if isinstance(strategy, RobustStrategy):
+                    # A median or Krum has no sensitivity bound of C/n: the Gaussian noise would not cover it.
+                    raise StrategyError(
+                        f"dp_mode={privacy.mode} needs a mean (FedAvg and its server-side optimisers), not {strategy.name}"
+                    )
+                if facts.asynchrony is not None:
+                    raise StrategyError(
+                        f"dp_mode={privacy.mode} is for synchronous rounds (not aggregation_mode: async)"
+                    )
+                if not privacy.allows(1):
+                    raise StrategyError(
+                        f"dp_target_epsilon={privacy.target_epsilon:g} allows no round: one round already spends "
+                        f"epsilon {privacy.epsilon(1):.4g} at dp_delta={privacy.delta:g} "
+                        f"(raise dp_noise_multiplier or the budget)"
+                    )
+        except StrategyError as exc:
+            ctx.set_agg_worker(WorkerState.FAILED, str(exc))
+            self.rounds.fail("InvalidPrivacyParameters", str(exc))
+            return False
+        if privacy is not None and privacy.aggregator_clips:
+            strategy.clip_norm = (
+                min(strategy.clip_norm, privacy.clip_norm) if strategy.clip_norm > 0 else privacy.clip_norm
+            )
+        return privacy
+
     def _running(self, run: Run) -> None:
         """The job runs (a new run, or one resumed without a checkpoint): round 0 waits for an init."""
         ctx, facts = self.ctx, self.ctx.facts
@@ -235,6 +275,9 @@ class AggregationScript:
         status.message = f"round 0: waiting for an initial model from {', '.join(facts.participants)}"
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", "waiting for the round-0 model")
         mode = f", {facts.asynchrony.describe()}" if facts.asynchrony is not None else ""
+        if run.privacy is not None:
+            mode += f", {run.privacy.describe()}"
+            status.privacy = run.privacy.status(0)
         ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.describe()}, {run.plan.exit_round} rounds{mode}")
         ctx.event(
             "Normal",

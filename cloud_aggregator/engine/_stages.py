@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy.typing as npt
 
+from cloud_aggregator._privacy import Privacy
 from cloud_aggregator._strategy import AggregationState, Layout, ServerState, Strategy
 from cloud_aggregator.engine._checkpoint import Checkpoint
 from schemas import JobPlan, TransferManifest, WorkerStatus, now, weights_digest
@@ -42,6 +43,15 @@ class Run:
 
     strategy: Strategy
     plan: JobPlan  # the run's exit_round is plan.exit_round
+    privacy: Privacy | None = None  # differential privacy (`dp_mode`), None: none
+
+    def is_final(self, round_: int) -> bool:
+        """Round `round_` is the run's last: the plan's exit_round, or one more would pass the privacy budget."""
+        return round_ >= self.plan.exit_round or self.budget_spent(round_)
+
+    def budget_spent(self, round_: int) -> bool:
+        """After `round_` closed rounds, one more would spend more epsilon than the job's budget allows."""
+        return self.privacy is not None and not self.privacy.allows(round_ + 1)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from cloud_aggregator._privacy import Privacy
 from cloud_aggregator.engine._facts import JobFacts
 from cloud_aggregator.engine._stages import Init, JobState, Training
 from schemas import (
@@ -29,6 +30,7 @@ from schemas import (
 __all__ = [
     "Role",
     "StatusBook",
+    "budget_message",
     "completed_message",
     "final_message",
     "initial_status",
@@ -172,11 +174,20 @@ def final_message(round_: int) -> str:
     return f"final model published (round {round_}); waiting for every worker to save it"
 
 
-def completed_message(exit_round: int, left_out: list[str]) -> str:
-    message = f"completed {exit_round} rounds; every worker of the final round saved the final model"
+def completed_message(rounds: int, left_out: list[str]) -> str:
+    message = f"completed {rounds} rounds; every worker of the final round saved the final model"
     if left_out:
         message += f" (not in the final round: {', '.join(left_out)})"
     return message
+
+
+def budget_message(privacy: Privacy, round_: int) -> str:
+    """Why a DP job ends at `round_`, before its exit_round."""
+    return (
+        f"privacy budget spent: epsilon {privacy.epsilon(round_):.4g} after round {round_}, one more round would "
+        f"spend {privacy.epsilon(round_ + 1):.4g} > dp_target_epsilon {privacy.target_epsilon:g} "
+        f"(delta {privacy.delta:g}); round {round_} is the final one"
+    )
 
 
 def rejected_message(kind: str, node: str, round_: int, reason: str) -> str:

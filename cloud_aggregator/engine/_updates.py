@@ -184,6 +184,9 @@ class UpdatePath:
                 if note is not None:
                     open_round.clipped[node] = note
             scale = asynchrony.scale(open_round.round - round_) if asynchrony is not None else 1.0
+            privacy = open_round.run.privacy
+            if privacy is not None:  # DP-FedAvg weighs every update equally (`cloud_aggregator._privacy`)
+                scale = privacy.fold_scale(manifest.num_samples)
             open_round.acc = strategy.fold(open_round.acc, arrays, manifest.num_samples, scale)
         except StrategyError as exc:  # check() passed: a bug in the strategy
             self._closer.fail("AggregationFailed", f"round {round_}: folding the update of {node} failed: {exc}")

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from flctl.printers._tables import NONE, age, cell, round_column, table, timestamp, workers_column
 from flctl.printers._views import JobView, NodeView, ResourceView, SpecView
-from schemas import API_VERSION, Dataset, EffectiveWorker, FederatedLearningJob, Model
+from schemas import API_VERSION, Dataset, EffectiveWorker, FederatedLearningJob, Model, PrivacyStatus
 
 INDENT = "  "
 
@@ -87,6 +87,16 @@ def _job_spec(job: FederatedLearningJob) -> list[str]:
     return lines
 
 
+def _privacy(privacy: PrivacyStatus) -> str:
+    """`central DP: epsilon 2.1 of 3 spent at delta 1e-05 after 4 rounds (clip 1, noise multiplier 1.1)`."""
+    budget = f" of {privacy.target_epsilon:g}" if privacy.target_epsilon is not None else ""
+    spent = "; budget spent" if privacy.budget_spent else ""
+    return (
+        f"{privacy.mode} DP: epsilon {privacy.epsilon:.4g}{budget} spent at delta {privacy.delta:g} after "
+        f"{privacy.rounds} rounds (clip {privacy.clip_norm:g}, noise multiplier {privacy.noise_multiplier:g}){spent}"
+    )
+
+
 def describe_job(view: JobView, now: datetime) -> str:
     """Everything known about one job: metadata, phase, round, conditions, workers, rounds, spec, events."""
     status = view.status
@@ -101,6 +111,7 @@ def describe_job(view: JobView, now: datetime) -> str:
             ("Workers Healthy", workers_column(status, view.participants)),
             ("Aggregation Node", cell(status.aggregation_node if status else None)),
             *([("Model Path", status.model_path)] if status and status.model_path else []),
+            *([("Privacy", _privacy(status.privacy))] if status and status.privacy else []),
         ]
     )
     conditions = [
@@ -122,12 +133,18 @@ def describe_job(view: JobView, now: datetime) -> str:
     lines += section("Workers", ["NODE", "ROLE", "STATE", "ROUND", "SAMPLES", "MESSAGE"], workers)
     records = status.rounds if status else []
     with_missing = any(r.missing for r in records)
+    with_epsilon = any(r.epsilon is not None for r in records)
     rounds = [
         [str(r.round), ",".join(r.participants) or NONE, str(r.total_samples), age(r.closed_at, now)]
         + ([",".join(r.missing) or NONE] if with_missing else [])
+        + ([NONE if r.epsilon is None else f"{r.epsilon:.4g}"] if with_epsilon else [])
         for r in records
     ]
-    headers = ["ROUND", "PARTICIPANTS", "SAMPLES", "CLOSED"] + (["MISSING"] if with_missing else [])
+    headers = (
+        ["ROUND", "PARTICIPANTS", "SAMPLES", "CLOSED"]
+        + (["MISSING"] if with_missing else [])
+        + (["EPSILON"] if with_epsilon else [])
+    )
     lines += section("Rounds", headers, rounds)
     if view.job is not None:
         lines += _job_spec(view.job)

@@ -29,6 +29,7 @@ from schemas import (
     JobStatus,
     Kind,
     Phase,
+    PrivacyStatus,
     RoundRecord,
     Topics,
     WorkerState,
@@ -225,6 +226,25 @@ def test_describe_job_has_every_section() -> None:
     ):
         assert expected in text.splitlines(), expected
     assert text.index("Rounds:") < text.index("Spec:") < text.index("Events:")
+
+
+def test_describe_job_says_the_privacy_spent_and_each_rounds_epsilon() -> None:
+    status = running_status(worker("edge1", WorkerState.COMPLETED), worker("edge2", WorkerState.COMPLETED))
+    for r, eps in ((1, 1.5), (2, 2.25)):
+        status.rounds.append(
+            RoundRecord(round=r, participants=["edge1"], total_samples=120, closed_at=NOW, epsilon=eps)
+        )
+    status.privacy = PrivacyStatus(
+        mode="distributed", clip_norm=0.5, noise_multiplier=1.1, delta=1e-5, target_epsilon=3, rounds=2, epsilon=2.25,
+        budget_spent=True,
+    )  # fmt: skip
+    lines = describe_job(job_view(status), NOW).splitlines()
+    assert (
+        "Privacy:           distributed DP: epsilon 2.25 of 3 spent at delta 1e-05 after 2 rounds "
+        "(clip 0.5, noise multiplier 1.1); budget spent"
+    ) in lines
+    assert "  ROUND   PARTICIPANTS   SAMPLES   CLOSED   EPSILON" in lines
+    assert "  2       edge1          120       0s       2.25" in lines
 
 
 def alias_bomb(levels: int = 9, width: int = 10) -> bytes:
