@@ -223,6 +223,8 @@ PARAMETER_BOUNDS: Mapping[str, NumberBound] = MappingProxyType(
         "buffer_size": NumberBound(whole=True, low=1, high=MAX_TRAINING_WORKERS),
         "max_staleness": NumberBound(whole=True, low=0, high=1000),
         "staleness_exponent": NumberBound(whole=False, low=0, high=10),
+        # Update compression (a training-worker parameter): the share of each tensor's entries top-k sends.
+        "topk_fraction": NumberBound(whole=False, low=0, high=1, low_open=True),
     }
 )
 """The parameters whose meaning this system knows and their bounds. A bound holds for the name as
@@ -233,6 +235,10 @@ PARAMETER_CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         # how the aggregation worker closes rounds: Sedna's synchronous rounds, or FedBuff-style buffers
         "aggregation_mode": ("sync", "async"),
+        # how an edge encodes its update's delta (a training-worker parameter; schemas.compress_update)
+        "compression": ("none", "float16", "int8", "topk"),
+        # how the aggregator stores the global models it publishes (an aggregation-worker parameter)
+        "global_compression": ("none", "float16"),
     }
 )
 """The parameters this system knows that hold one of a few words (compared case-insensitively)."""
