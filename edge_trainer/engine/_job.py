@@ -352,5 +352,8 @@ class EdgeJob(JobCore):
             return
         self.trained_round = r + 1
         self._busy = True
+        if self._codec is not None:
+            # The update's delta is taken from exactly what the script gets (checked in on_global).
+            self._base = (r + 1, decode_weights(blob)[1])
         self._worker.send(WorkerFrame(type="train", round=r + 1, has_body=True), blob)
         self._set(WorkerState.TRAINING, r + 1, f"training round {r + 1}")
