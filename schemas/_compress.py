@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from schemas._encoding import Codec, encode_tensor
 from schemas._errors import WireError
-from schemas._tensors import decode_weights, join_blob
+from schemas._tensors import decode_weights, join_blob, read_header
 
 __all__ = ["DEFAULT_TOPK_FRACTION", "compress_update", "update_compression"]
 
@@ -43,9 +43,9 @@ def compress_update(
     `fraction`: top-k's share of each tensor's entries kept (at least one). `residual`: top-k's carried
     residual (None or a different layout: start from zero). Raises WireError when `blob` is not a raw blob
     of `base`'s layout."""
-    header, arrays = decode_weights(blob)
-    if header.encoded:
+    if read_header(blob)[0].encoded:
         raise WireError("weights", "the blob is encoded already")
+    header, arrays = decode_weights(blob)
     if len(arrays) != len(base):
         raise WireError("weights", f"{len(arrays)} tensors, the base model has {len(base)}")
     carried = residual if residual is not None and _fits(residual, arrays) else None
