@@ -42,7 +42,7 @@ def test_int8_and_top_k_updates_with_float16_globals(rig: RigFactory, capsys: py
             assert header.payload_bytes <= raw_bytes * (0.25 if codec == "int8" else 0.21), (edge, header)
             # the decoded update is a float32 model of the round-0 layout, trained from `base`
             _, arrays = decode_weights(blob, base=base)
-            assert [(a.dtype, a.shape) for a in arrays] == [(np.float32, (8, 64)), (np.float32, (64,))]
+            assert [(a.dtype.name, a.shape) for a in arrays] == [("float32", (8, 64)), ("float32", (64,))]
         (global_blob,) = blobs[("global", round_, "")][-1:]
         assert read_header(global_blob)[0].payload_bytes == (8 * 64 + 64) * 2  # float16 on the wire
 
