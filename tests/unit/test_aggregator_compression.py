@@ -212,3 +212,23 @@ def test_float16_global_models() -> None:
     want = fedavg(decoded).astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(published.arrays[0], want)
     assert job.round == 2
+
+
+def test_asynchronous_a_stale_encoded_update_is_decoded_onto_its_own_base_then_rebased() -> None:
+    """Buffers of two, staleness exponent 1: edge3's int8 update of round 1 (deltas from version 0) arrives in
+    round 2: decoded onto version 0, rebased onto version 1, weighed 20 / 2; edge1's of round 2 onto version 1."""
+    port = MemoryPort()
+    asynchronous = {"aggregation_mode": "async", "buffer_size": "2", "max_staleness": "1", "staleness_exponent": "1"}
+    job = started(port, asynchronous, {"compression": "int8"})
+    v0 = global_of(port, 0)
+    for node in ("edge1", "edge2"):
+        deliver(job, node, 1, compressed(node, 1, v0, "int8"))
+    v1 = global_of(port, 1)
+    stale = compressed("edge3", 1, v0, "int8")
+    fresh = compressed("edge1", 2, v1, "int8")
+    deliver(job, "edge3", 1, stale)
+    deliver(job, "edge1", 2, fresh)
+    d3 = decode_weights(stale, base=v0)[1][0].astype(np.float64)
+    rebased = (v1[0].astype(np.float64) + (d3 - v0[0])).astype(np.float32)
+    want = fedavg([(10, [rebased]), (10, decode_weights(fresh, base=v1)[1])])
+    np.testing.assert_allclose(global_of(port, 2)[0], want, rtol=1e-6)
