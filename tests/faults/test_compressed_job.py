@@ -6,7 +6,6 @@ global model, the updates on the wire are the encoded size, the residual is on e
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from flctl import cli as flctl_cli
