@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 import yaml
 
 from cloud_aggregator.engine import Job, JobFacts, Stage
@@ -145,19 +146,23 @@ def test_round_one_by_hand_with_top_k() -> None:
     np.testing.assert_allclose(global_of(port, 1)[0].reshape(-1), want, rtol=1e-6)
 
 
-def test_a_restart_refolds_compressed_spooled_updates_to_the_same_bytes() -> None:
+@pytest.mark.parametrize("aggregation", [{}, {"global_compression": "float16"}])
+def test_a_restart_refolds_compressed_spooled_updates_to_the_same_bytes(aggregation: dict[str, str]) -> None:
+    """Killed in round 2 with edge1's int8 update spooled: the resumed run decodes it onto the checkpoint's
+    model (float16 globals: the rounded one, as the edges decoded it) and closes rounds 2 and 3 to the same
+    bytes as a run without the restart."""
     want = MemoryPort()
-    job = started(want, training={"compression": "int8"})
+    job = started(want, aggregation, {"compression": "int8"})
     steps = [(node, r) for r in (1, 2) for node in SAMPLES]
     for node, r in steps:
         deliver(job, node, r, compressed(node, r, global_of(want, r - 1), "int8"))
     old = MemoryPort()
-    job = started(old, training={"compression": "int8"})
+    job = started(old, aggregation, {"compression": "int8"})
     for node, r in steps[:4]:  # round 1 closed, edge1's update of round 2 spooled
         deliver(job, node, r, compressed(node, r, global_of(old, r - 1), "int8"))
     port = MemoryPort(disk=old.disk)
     port.statuses = dict(old.statuses)
-    job = started(port, training={"compression": "int8"}, resume=True)
+    job = started(port, aggregation, {"compression": "int8"}, resume=True)
     for node, r in steps[4:]:
         deliver(job, node, r, compressed(node, r, global_of(old, r - 1), "int8"), now_s=2.0)
     got = {g.round: g.blob[read_header(g.blob)[1] :] for g in [*old.published_globals, *port.published_globals]}
