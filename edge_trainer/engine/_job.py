@@ -25,6 +25,9 @@ A confirmed update leaves the outbox, so the job also asks the node's delivery r
 restart (e.g. killed while the aggregator was down, issue 7), a global model older than a delivered
 round trains nothing and the init is not uploaded again; the job waits for that round's global model.
 A job this node already completed (`resume_completed`) starts no script at all.
+With a ``compression`` parameter the job keeps the global model it hands the script for training and
+passes it with the round's update (`UploadRequest.compression`): the uploader encodes the update's delta
+from it before the outbox stores it.
 
 Global models: older than the newest one handed to the script are ignored (duplicates, retained
 rounds of the past); while the script is busy (training, saving) or not ready yet (no hello) only
