@@ -3,6 +3,7 @@
 Depends on pydantic, PyYAML and numpy only; never on paho, TensorFlow or service code.
 """
 
+from schemas._compress import compress_update, update_compression
 from schemas._documents import (
     MAX_DOCUMENT_BYTES,
     check_parameters,
@@ -14,6 +15,7 @@ from schemas._documents import (
     parse_for_topic,
     parse_resource,
 )
+from schemas._encoding import Codec, TensorEncoding
 from schemas._errors import PathEscapeError, Problem, SchemaError, SpecError, SpecTooLargeError, TopicError, WireError
 from schemas._events import JobEvent
 from schemas._ledger import (
@@ -79,6 +81,7 @@ from schemas._tensors import (
     TensorSpec,
     WeightsHeader,
     WeightsKind,
+    decode_tensors,
     decode_weights,
     encode_weights,
     read_header,
@@ -127,6 +130,7 @@ __all__ = [
     "AclPattern",
     "BaseConfig",
     "Channel",
+    "Codec",
     "Condition",
     "ConditionType",
     "Context",
@@ -166,6 +170,7 @@ __all__ = [
     "ScriptRef",
     "SpecError",
     "SpecTooLargeError",
+    "TensorEncoding",
     "TensorSpec",
     "TopicError",
     "Topics",
@@ -184,6 +189,8 @@ __all__ = [
     "check_parameters",
     "check_references",
     "closest_name",
+    "compress_update",
+    "decode_tensors",
     "decode_weights",
     "describe_document",
     "encode_weights",
@@ -196,6 +203,7 @@ __all__ = [
     "parse_for_topic",
     "parse_resource",
     "read_header",
+    "update_compression",
     "weights_digest",
     "weights_transfer",
 ]

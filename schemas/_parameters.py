@@ -232,6 +232,8 @@ PARAMETER_BOUNDS: Mapping[str, NumberBound] = MappingProxyType(
         "dp_delta": NumberBound(whole=False, low=0, high=1, low_open=True, high_open=True),
         "dp_target_epsilon": NumberBound(whole=False, low=0, high=1e6, low_open=True),
         "dp_noise_std": NumberBound(whole=False, low=0, high=1e12),
+        # Update compression (a training-worker parameter): the share of each tensor's entries top-k sends.
+        "topk_fraction": NumberBound(whole=False, low=0, high=1, low_open=True),
     }
 )
 """The parameters whose meaning this system knows and their bounds. A bound holds for the name as
@@ -245,6 +247,10 @@ PARAMETER_CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         # where differential privacy's noise is added: nowhere, at the aggregator (central DP), on each edge
         # in full (local DP) or a 1/sqrt(n) share of it on each of n edges (distributed DP)
         "dp_mode": ("none", "central", "local", "distributed"),
+        # how an edge encodes its update's delta (a training-worker parameter; schemas.compress_update)
+        "compression": ("none", "float16", "int8", "topk"),
+        # how the aggregator stores the global models it publishes (an aggregation-worker parameter)
+        "global_compression": ("none", "float16"),
     }
 )
 """The parameters this system knows that hold one of a few words (compared case-insensitively)."""

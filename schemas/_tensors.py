@@ -6,7 +6,11 @@ A blob is::
 
 The tensor bytes are each tensor's little-endian, C-order bytes, one after another, in header order.
 The header names every tensor with its dtype and shape, says who sent it for which job and round,
-and carries the SHA-256 of the tensor bytes. The blob is within a kilobyte or two of the raw
+and carries the SHA-256 of the tensor bytes. A tensor spec may also name an ``encoding``
+(`schemas._encoding`: float16, int8, top-k; optionally a delta from the base model the update was trained
+from): its dtype and shape are then what it decodes to, and its stored bytes are the encoding's. A spec
+without one is raw, as in every blob written before encodings existed; the header of a raw blob is
+byte for byte what it was (absent fields are not written). The blob is within a kilobyte or two of the raw
 float32 size (Sedna's JSON float lists are about five times larger) and is never pickled.
 
 This is the one module of the contract that needs numpy: the codec is part of the wire format.
@@ -19,12 +23,13 @@ import json
 import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas._encoding import TensorEncoding, decode_tensor, encode_tensor, stored_bytes
 from schemas._errors import WireError
 
 MAGIC = b"FLW1"
@@ -51,13 +56,33 @@ class TensorSpec(BaseModel):
     # a bad dimension against another tensor and reach numpy, which raised ValueError instead of
     # WireError (found and fixed in test review).
     shape: tuple[Annotated[int, Field(ge=0)], ...] = Field(max_length=MAX_DIMS)
+    encoding: TensorEncoding | None = None  # None: raw bytes
+
+    @model_validator(mode="after")
+    def _encodable(self) -> Self:
+        if self.encoding is not None:
+            if not self.dtype.startswith("float"):
+                raise ValueError(f"only floating-point tensors are encoded, not {self.dtype}")
+            if self.encoding.count is not None and self.encoding.count > self.size:
+                raise ValueError(f"top-k count {self.encoding.count} exceeds the tensor's {self.size} elements")
+        return self
 
     @property
-    def nbytes(self) -> int:
+    def size(self) -> int:
         count = 1
         for dim in self.shape:
             count *= dim
-        return count * np.dtype(self.dtype).itemsize
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        """The tensor's decoded size in bytes."""
+        return self.size * np.dtype(self.dtype).itemsize
+
+    @property
+    def stored_bytes(self) -> int:
+        """What the tensor takes in the payload: its raw bytes, or its encoding's."""
+        return self.nbytes if self.encoding is None else stored_bytes(self.encoding, self.size)
 
 
 class WeightsHeader(BaseModel):
@@ -77,7 +102,21 @@ class WeightsHeader(BaseModel):
 
     @property
     def payload_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
+        return sum(t.stored_bytes for t in self.tensors)
+
+    @property
+    def encoded(self) -> bool:
+        """Some tensor is stored encoded (not its raw bytes)."""
+        return any(t.encoding is not None for t in self.tensors)
+
+    @property
+    def needs_base(self) -> bool:
+        """Some tensor is a delta: decoding it needs the base model (`decode_weights`' `base`)."""
+        return any(t.encoding is not None and t.encoding.delta for t in self.tensors)
+
+    def to_json(self) -> bytes:
+        # Absent fields (a raw tensor's encoding) are left out: a raw blob's header is what it always was.
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
     def layout(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
         """Names, dtypes and shapes: what two blobs must share to be averaged together."""
@@ -107,13 +146,21 @@ def encode_weights(
     sender: str,
     num_samples: int,
     names: Sequence[str] | None = None,
+    float16: bool = False,
 ) -> bytes:
-    """Encode arrays as a blob. The arrays are copied once into the payload, little-endian, C order."""
+    """Encode arrays as a blob. The arrays are copied once into the payload, little-endian, C order.
+
+    `float16`: floating-point tensors are stored as half precision (a compressed global model); they
+    decode to their own dtype again."""
     specs = tensor_specs(arrays, names)
     digest = hashlib.sha256()
     parts: list[bytes] = []
-    for spec, arr in zip(specs, arrays, strict=True):
-        data = np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype).newbyteorder("<")).tobytes()
+    for i, (spec, arr) in enumerate(zip(specs, arrays, strict=True)):
+        if float16 and spec.dtype.startswith("float"):
+            encoding, data, _ = encode_tensor(np.asarray(arr, dtype=np.float64), "float16", delta=False)
+            specs[i] = spec.model_copy(update={"encoding": encoding})
+        else:
+            data = np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype).newbyteorder("<")).tobytes()
         digest.update(data)
         parts.append(data)
     header = WeightsHeader(
@@ -126,7 +173,12 @@ def encode_weights(
         sha256=digest.hexdigest(),
         created_at=datetime.now(UTC),
     )
-    head = header.model_dump_json(by_alias=True).encode()
+    return join_blob(header, parts)
+
+
+def join_blob(header: WeightsHeader, parts: Sequence[bytes]) -> bytes:
+    """The blob of `header` and its tensors' stored bytes (`header.sha256` must be theirs)."""
+    head = header.to_json()
     return b"".join([_PREFIX.pack(MAGIC, len(head)), head, *parts])
 
 
@@ -154,21 +206,50 @@ def read_header(blob: bytes | memoryview) -> tuple[WeightsHeader, int]:
 
 
 def decode_weights(
-    blob: bytes | memoryview, *, verify: bool = True
+    blob: bytes | memoryview, *, verify: bool = True, base: Sequence[npt.NDArray[np.generic]] | None = None
 ) -> tuple[WeightsHeader, list[npt.NDArray[np.generic]]]:
-    """Decode a blob into its header and arrays (read-only views into a private copy of the blob)."""
+    """Decode a blob into its header and arrays (read-only views into a private copy of the blob; an
+    encoded tensor decodes into an array of its own). `base`: the model a delta-encoded blob is relative to."""
     header, offset = read_header(blob)
     payload = bytes(memoryview(blob)[offset:])
     if verify and hashlib.sha256(payload).hexdigest() != header.sha256:
         raise WireError("weights", "tensor bytes do not match the header's sha256")
+    return header, decode_tensors(header, memoryview(payload), base=base)
+
+
+def decode_tensors(
+    header: WeightsHeader, payload: memoryview, *, base: Sequence[npt.NDArray[np.generic]] | None = None
+) -> list[npt.NDArray[np.generic]]:
+    """The tensors of `payload` (a blob's bytes after its header): raw ones as read-only views on it (no
+    copy), encoded ones decoded to their spec's dtype and shape, a delta added to `base`'s tensor."""
+    if header.needs_base:
+        if base is None:
+            raise WireError("weights", f"the {header.kind} of round {header.round} holds deltas; no base model given")
+        if len(base) != len(header.tensors):
+            raise WireError("weights", f"{len(header.tensors)} tensors, the base model has {len(base)}")
     arrays: list[npt.NDArray[np.generic]] = []
     pos = 0
-    for spec in header.tensors:
+    for i, spec in enumerate(header.tensors):
+        data = payload[pos : pos + spec.stored_bytes]
+        pos += spec.stored_bytes
         dtype = np.dtype(spec.dtype).newbyteorder("<")
-        arr = np.frombuffer(payload, dtype=dtype, count=spec.nbytes // dtype.itemsize, offset=pos)
-        arrays.append(arr.reshape(spec.shape))
-        pos += spec.nbytes
-    return header, arrays
+        if spec.encoding is None:
+            arrays.append(np.frombuffer(data, dtype=dtype, count=spec.size).reshape(spec.shape))
+            continue
+        try:
+            values = decode_tensor(spec.encoding, data, spec.size).reshape(spec.shape)
+        except ValueError as exc:
+            raise WireError("weights", f"tensor {i} ({spec.name}): {exc}") from exc
+        if spec.encoding.delta:
+            assert base is not None  # checked above
+            if np.shape(base[i]) != spec.shape:
+                raise WireError("weights", f"tensor {i} ({spec.name}) is {spec.shape}, its base {np.shape(base[i])}")
+            values = values + np.asarray(base[i], dtype=np.float64)
+        with np.errstate(over="ignore"):  # a value past the dtype's range becomes inf: refused as non-finite
+            array = values.astype(dtype)
+        array.flags.writeable = False
+        arrays.append(array)
+    return arrays
 
 
 def weights_digest(arrays: Sequence[npt.NDArray[np.generic]]) -> str:

@@ -6,6 +6,9 @@ aggregator killed anywhere in between restarts from the previous checkpoint and 
 this one. `folded` is the ledger the checkpoints carry: which (node, transfer) made each closed round.
 A strategy's server state (FedAdam's moments, FedAvgM's momentum) after a round is saved with that
 round's checkpoint, so a restart steps from exactly the state the global model was made with.
+With ``global_compression: float16`` the global models are published as float16 and the job's model *is*
+the float16-rounded one (`published`): the edges train from it and their encoded deltas are relative to
+it, so the aggregator's base and the edges' agree bit for bit.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from cloud_aggregator._errors import AggregatorError, PublishFailedError
@@ -45,6 +49,12 @@ class Committer:
         """(the update's own round, node, transfer) of every folded update: what the edges' acks name."""
         return {(self.origins.get(r, {}).get(n, r), n, t) for r, pairs in self.folded.items() for n, t in pairs}
 
+    def published(self, weights: Sequence[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        """`weights` as the edges will decode them from the published blob (float16-rounded when compressed)."""
+        if not self._ctx.facts.global_float16:
+            return list(weights)
+        return [w.astype(np.float16).astype(w.dtype) if w.dtype.kind == "f" else w for w in weights]
+
     def encode(self, round_: int, weights: Sequence[npt.NDArray[Any]], names: list[str], num_samples: int) -> bytes:
         """The global model blob of `round_` (what `commit` publishes)."""
         return encode_weights(
@@ -55,6 +65,7 @@ class Committer:
             sender=self._ctx.facts.node,
             num_samples=num_samples,
             names=names,
+            float16=self._ctx.facts.global_float16,
         )
 
     def commit(

@@ -19,6 +19,7 @@ from schemas import (
     ModelRef,
     PlannedWorker,
     ScriptRef,
+    update_compression,
 )
 
 __all__ = [
@@ -222,6 +223,16 @@ class JobFacts:
             resume=resume,
             settings=settings,
         )
+
+    @property
+    def global_float16(self) -> bool:
+        """The global models are published as float16 (aggregation worker parameter ``global_compression``)."""
+        params = {k.lower(): v for k, v in self.aggregation_worker.parameters.items()}
+        return str(params.get("global_compression", "none")).strip().lower() == "float16"
+
+    def topk_workers(self) -> list[str]:
+        """The training workers that send top-k sparsified updates (parameter ``compression: topk``)."""
+        return [w.node for w in self.planned if update_compression(w.parameters)[0] == "topk"]
 
     def plan(self, aggregation: str, exit_round: int, worker_parameters: Mapping[str, str] | None = None) -> JobPlan:
         """The plan the edges follow, once the script's config chose the aggregation and exit_round.

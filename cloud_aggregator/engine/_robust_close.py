@@ -4,7 +4,8 @@ The spool (`Port.store_update`) already holds every accepted update of the open 
 recovery; a robust rule (`cloud_aggregator.RobustStrategy`) needs all of them at once, so the close
 reads them from there instead of keeping m models in memory while the round is open. Each counted
 update is read with `Port.read_spooled_update` (the service memory-maps the file) and decoded into
-read-only views on those bytes, never copied: the rule then stacks one tensor of every update at a time,
+read-only views on those bytes, never copied (an encoded update is decoded onto the model it was trained
+from: that one update is a float array of its own): the rule then stacks one tensor of every update at a time,
 so what the close itself allocates is m x the largest tensor (float64).
 
 The close is a pure function of the spool and the previous global model: an aggregator killed mid-close
@@ -17,7 +18,6 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 from cloud_aggregator._errors import AggregatorError, StrategyError
@@ -25,7 +25,7 @@ from cloud_aggregator._robust import RobustResult, RobustStrategy, RobustUpdate
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._stages import Training
 from cloud_aggregator.engine._staleness import rebase
-from schemas import WireError, read_header
+from schemas import WireError, decode_tensors, read_header
 
 BaseOf = Callable[[Training, int], list[npt.NDArray[Any]] | None]
 
@@ -42,8 +42,8 @@ def robust_close(ctx: JobContext, strategy: RobustStrategy, closing: Training, b
         transfer = closing.transfers.get(node, "")
         try:
             blob = ctx.port.read_spooled_update(ctx.facts.name, closing.round, node, transfer)
-            arrays = _views(blob)
             base = base_of(closing, closing.origins.get(node, closing.round))
+            arrays = _views(blob, closing.model.arrays if base is None else base)
         except (AggregatorError, WireError) as exc:
             raise StrategyError(f"the spooled update of {node} cannot be read: {exc}") from exc
         if base is not None:
@@ -52,18 +52,12 @@ def robust_close(ctx: JobContext, strategy: RobustStrategy, closing: Training, b
     return strategy.aggregate(updates, closing.model.arrays)
 
 
-def _views(blob: memoryview) -> list[npt.NDArray[Any]]:
-    """The blob's tensors as read-only views on it (`schemas.decode_weights` would copy the payload).
+def _views(blob: memoryview, base: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+    """The blob's tensors as read-only views on it (`schemas.decode_weights` would copy the payload); an
+    encoded tensor is decoded (onto `base`, the model its update was trained from, when it is a delta).
 
     The checksum is checked again: the file was checked when it arrived, but it has sat on disk since."""
     header, offset = read_header(blob)
     if hashlib.sha256(blob[offset:]).hexdigest() != header.sha256:
         raise WireError("weights", "tensor bytes do not match the header's sha256")
-    arrays: list[npt.NDArray[Any]] = []
-    pos = offset
-    for spec in header.tensors:
-        dtype = np.dtype(spec.dtype).newbyteorder("<")
-        array = np.frombuffer(blob, dtype=dtype, count=spec.nbytes // dtype.itemsize, offset=pos)
-        arrays.append(array.reshape(spec.shape))
-        pos += spec.nbytes
-    return arrays
+    return decode_tensors(header, blob[offset:], base=base)

@@ -81,7 +81,7 @@ class RoundEngine:
             return
         state = ctx.state
         if isinstance(state, Init):
-            model = GlobalWeights.of([np.array(a) for a in arrays], layout, names, node)
+            model = GlobalWeights.of([np.array(a) for a in self._committer.published(arrays)], layout, names, node)
             self._committer.folded[0] = [(node, manifest.transfer)]
             params = sum(int(np.prod(shape)) for _, _, shape in layout)
             ctx.event(
@@ -254,7 +254,7 @@ class RoundEngine:
         stamp = now()
         self._committer.folded[r] = [(n, closing.transfers.get(n, "")) for n in counted]
         self._committer.origins[r] = {n: o for n, o in closing.origins.items() if o != r}
-        model = closing.model.evolved(weights)
+        model = closing.model.evolved(self._committer.published(weights))
         blob = self._committer.encode(r, model.arrays, model.names, total)
         record = self._record(closing, counted, missing, stamp, len(blob), audit=audit)
         spent = run.budget_spent(r) and r < run.plan.exit_round

@@ -230,6 +230,18 @@ class AggregationScript:
                 ctx.set_agg_worker(WorkerState.FAILED, message)
                 self.rounds.fail(reason, message)
                 return None
+        topk = ctx.facts.topk_workers()
+        if isinstance(strategy, RobustStrategy) and topk:
+            # A robust rule ranks each coordinate across updates; top-k updates are zero almost everywhere
+            # (each edge's few entries at different places), so a median or trimmed mean would drop nearly
+            # every change and Krum's distances would compare sparsity patterns, not models.
+            message = (
+                f"{_said_by(name, parameters)}: the robust rule {name} cannot aggregate top-k sparsified "
+                f"updates (trainingWorkers with compression=topk: {', '.join(topk)}); use float16 or int8"
+            )
+            ctx.set_agg_worker(WorkerState.FAILED, message)
+            self.rounds.fail("InvalidAggregationParameter", message)
+            return None
         return strategy
 
     def _privacy(self, strategy: Strategy) -> Privacy | Literal[False] | None:

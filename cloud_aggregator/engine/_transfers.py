@@ -1,15 +1,16 @@
 """Weights transfers as the engine sees them: the checks they must pass, and the manifest of a blob (pure).
 
 `check_manifest` needs only the manifest, the topic and the job's stage (so a bad transfer is dropped
-before its chunks are assembled); `decode_checked` decodes the blob and checks that its header agrees
-with the manifest and that every value is finite; `describe_layout_difference` says how two tensor
+before its chunks are assembled); `decode_checked` decodes the blob (an encoded update's deltas onto the
+model it was trained from, asked for only when the blob holds deltas) and checks that its header agrees
+with the manifest and that every decoded value is finite; `describe_layout_difference` says how two tensor
 layouts differ. Each failed check raises `UpdateRejectedError` with a one-line reason for the Warning
 event and the ack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from cloud_aggregator._strategy import Layout
 from cloud_aggregator.engine._facts import JobFacts
 from cloud_aggregator.engine._stages import Done, Final, Init, JobState, Starting, Training
 from cloud_aggregator.engine._staleness import stale_problem
-from schemas import TransferManifest, WireError, decode_weights
+from schemas import TransferManifest, WireError, decode_weights, read_header
 
 __all__ = ["check_manifest", "check_origin", "decode_checked", "describe_layout_difference"]
 
@@ -70,11 +71,22 @@ def check_origin(
 
 
 def decode_checked(
-    manifest: TransferManifest, blob: bytes, *, node: str, job: str
+    manifest: TransferManifest,
+    blob: bytes,
+    *,
+    node: str,
+    job: str,
+    base: Callable[[], Sequence[npt.NDArray[Any]]] | None = None,
 ) -> tuple[Layout, list[npt.NDArray[Any]], list[str]]:
-    """The blob's layout, arrays and tensor names, once its header agrees with the manifest and its values are finite."""
+    """The blob's layout, arrays and tensor names, once its header agrees with the manifest and its values are finite.
+
+    `base`: the model the update was trained from, called only for a blob of encoded deltas (it may raise
+    UpdateRejectedError: that version is no longer kept); None: deltas are refused (an init)."""
     try:
-        header, arrays = decode_weights(blob)
+        header, _ = read_header(blob)
+        if header.needs_base and base is None:
+            raise WireError("weights", f"an encoded delta cannot be a {manifest.kind}")
+        header, arrays = decode_weights(blob, base=base() if header.needs_base and base is not None else None)
     except WireError as exc:
         raise UpdateRejectedError(f"unreadable weights: {exc}") from exc
     for what, got, want in (

@@ -23,7 +23,7 @@ from cloud_aggregator.engine._intake import Intake
 from cloud_aggregator.engine._stages import Training
 from cloud_aggregator.engine._staleness import rebase
 from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
-from schemas import TransferManifest, TransferOrigin, WireError, decode_weights, manifest_for
+from schemas import TransferManifest, TransferOrigin, WireError, manifest_for, read_header
 
 __all__ = ["Closer", "UpdatePath"]
 
@@ -93,6 +93,11 @@ class UpdatePath:
             raise UpdateRejectedError(f"the model version it was trained from ({round_ - 1}) is no longer kept")
         return base
 
+    def decode_base(self, open_round: Training, round_: int) -> Arrays:
+        """The model an encoded update of `round_` holds deltas from: the global model of round_ - 1."""
+        base = self.base_of(open_round, round_)
+        return open_round.model.arrays if base is None else base
+
     def refold_spool(self, round_: int) -> None:
         """Fold the updates stored for `round_` before it opened, each (node, round) once: a restart's spool,
         or (asynchronous) the updates carried to it. A buffer that fills on the way closes, and the rest of
@@ -110,7 +115,7 @@ class UpdatePath:
             if entry.node not in facts.participants:
                 continue
             try:
-                header, _ = decode_weights(entry.blob)
+                header, _ = read_header(entry.blob)
             except WireError as exc:
                 ctx.log.warning("unreadable spooled update skipped", worker=entry.node, error=str(exc))
                 continue
@@ -141,7 +146,9 @@ class UpdatePath:
                 f"the final round {open_round.round} already holds this node's update of round "
                 f"{open_round.origins.get(node, open_round.round)}"
             )
-        layout, arrays, _ = decode_checked(manifest, blob, node=node, job=facts.name)
+        layout, arrays, _ = decode_checked(
+            manifest, blob, node=node, job=facts.name, base=lambda: self.decode_base(open_round, round_)
+        )
         if manifest.num_samples <= 0:
             raise UpdateRejectedError("num_samples must be > 0")
         diff = describe_layout_difference(open_round.model.layout, layout)

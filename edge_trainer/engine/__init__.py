@@ -14,10 +14,12 @@ from edge_trainer.engine._deliveries import AckOutcome, Deliveries, Delivery
 from edge_trainer.engine._job import EdgeJob
 from edge_trainer.engine._launch import LaunchSpec, installed_tensorflow_version, prepare_launch
 from edge_trainer.engine._outbox import Outbox, OutboxEntry
-from edge_trainer.engine._ports import JobPorts, Launcher, UploadDone, UploadRequest, WorkerHandle
+from edge_trainer.engine._ports import Compression, JobPorts, Launcher, UploadDone, UploadRequest, WorkerHandle
+from edge_trainer.engine._residuals import Residuals
 
 __all__ = [
     "AckOutcome",
+    "Compression",
     "Deliveries",
     "Delivery",
     "EdgeJob",
@@ -26,6 +28,7 @@ __all__ = [
     "Launcher",
     "Outbox",
     "OutboxEntry",
+    "Residuals",
     "UploadDone",
     "UploadRequest",
     "WorkerHandle",

@@ -25,6 +25,9 @@ A confirmed update leaves the outbox, so the job also asks the node's delivery r
 restart (e.g. killed while the aggregator was down, issue 7), a global model older than a delivered
 round trains nothing and the init is not uploaded again; the job waits for that round's global model.
 A job this node already completed (`resume_completed`) starts no script at all.
+With a ``compression`` parameter the job keeps the global model it hands the script for training and
+passes it with the round's update (`UploadRequest.compression`): the uploader encodes the update's delta
+from it before the outbox stores it.
 
 Global models: older than the newest one handed to the script are ignored (duplicates, retained
 rounds of the past); while the script is busy (training, saving) or not ready yet (no hello) only
@@ -352,5 +355,8 @@ class EdgeJob(JobCore):
             return
         self.trained_round = r + 1
         self._busy = True
+        if self._codec is not None:
+            # The update's delta is taken from exactly what the script gets (checked in on_global).
+            self._base = (r + 1, decode_weights(blob)[1])
         self._worker.send(WorkerFrame(type="train", round=r + 1, has_body=True), blob)
         self._set(WorkerState.TRAINING, r + 1, f"training round {r + 1}")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Any
 
+import numpy.typing as npt
 from structlog.typing import FilteringBoundLogger
 
 from edge_trainer.engine._launch import LaunchSpec, installed_tensorflow_version
-from edge_trainer.engine._ports import JobPorts, Launcher, UploadRequest, WorkerHandle
+from edge_trainer.engine._ports import Compression, JobPorts, Launcher, UploadRequest, WorkerHandle
 from runtime import get_logger
 from schemas import (
     Evaluation,
@@ -26,6 +28,7 @@ from schemas import (
     WorkerState,
     WorkerStatus,
     read_header,
+    update_compression,
 )
 
 __all__ = ["JobCore"]
@@ -87,6 +90,11 @@ class JobCore:
         self.skipped: int | None = None  # label lines the script's data loader skipped (its hello)
         self.skipped_lines: list[str] | None = None
         self._retired = False  # deleted or shut down: events of the old run are ignored
+        planned = plan.worker(node)
+        # The update encoding (training-worker parameter ``compression``) and, while the script trains a
+        # round, the global model it trains from: the base the update's delta is taken from.
+        self._codec, self._fraction = update_compression(planned.parameters if planned is not None else {})
+        self._base: tuple[int, list[npt.NDArray[Any]]] | None = None
 
     # -- properties --------------------------------------------------------------------------------
 
@@ -126,7 +134,11 @@ class JobCore:
         return header
 
     def _upload(self, kind: WeightsKind, round_: int, blob: bytes) -> None:
+        compression = None
+        if kind == "update" and self._codec is not None and self._base is not None and self._base[0] == round_:
+            compression = Compression(self._codec, self._fraction, self._base[1])
         request = UploadRequest(
+            compression=compression,
             kind=kind,
             job=self.plan.job,
             uid=self.plan.uid,

@@ -11,23 +11,37 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy.typing as npt
 
 from edge_trainer.engine._launch import LaunchSpec
-from schemas import TransferOrigin, WeightsKind, WorkerFrame, WorkerStatus
+from schemas import Codec, TransferOrigin, WeightsKind, WorkerFrame, WorkerStatus
 
-__all__ = ["JobPorts", "Launcher", "UploadDone", "UploadRequest", "WorkerHandle"]
+__all__ = ["Compression", "JobPorts", "Launcher", "UploadDone", "UploadRequest", "WorkerHandle"]
 
 
 # An upload request is the transfer's origin plus what to send: it is passed as the origin itself
 # (`BlobSender.prepare(blob, request)`), and `request.kind`, `request.round`, ... are the origin's fields.
+@dataclass(frozen=True)
+class Compression:
+    """Encode an update before it is stored: `codec` over its delta from `base`, the global model the
+    script trained it from (`schemas.compress_update`; top-k keeps `fraction` of each tensor)."""
+
+    codec: Codec
+    fraction: float
+    base: list[npt.NDArray[Any]]
+
+
 @dataclass(frozen=True, kw_only=True)
 class UploadRequest(TransferOrigin):
-    """Upload `blob` (this node's `kind` weights of `round`) as a chunked transfer of `chunk_size` bytes."""
+    """Upload `blob` (this node's `kind` weights of `round`) as a chunked transfer of `chunk_size` bytes;
+    `compression`: encode it first (None: as the script wrote it)."""
 
     run_id: str
     blob: bytes
     chunk_size: int
+    compression: Compression | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The edge's uploads: an uploader thread that stores and publishes, and the outbox's logic-thread side.
 
-The uploader thread stores each update in the outbox (`engine.Outbox`: on disk, fsynced) and then
-publishes it as a chunked transfer (it waits for the broker's acks, which may take long on a slow
+The uploader thread encodes an update when its job compresses them (`UploadRequest.compression`:
+`schemas.compress_update` over the delta from the global model the script trained from; top-k's residual
+in `engine.Residuals`), stores it in the outbox (`engine.Outbox`: on disk, fsynced: the encoded blob is
+what is stored, resent and acknowledged) and then publishes it as a chunked transfer (it waits for the broker's acks, which may take long on a slow
 link); it also republishes chunks and manifests of stored entries. It reports `OutboxWritten`,
 `UploadDone` and `ResendDone` to the service's event loop; nothing it does decides anything.
 
@@ -32,10 +34,11 @@ from edge_trainer.engine import (
     EdgeJob,
     Outbox,
     OutboxEntry,
+    Residuals,
     UploadDone,
     UploadRequest,
 )
-from schemas import Topics, UpdateAck
+from schemas import Topics, UpdateAck, WireError, compress_update
 
 __all__ = ["OutboxWritten", "ResendDone", "UploadEvent", "UploadWiring", "Uploads"]
 
@@ -88,6 +91,7 @@ class Uploads:
 
     def __init__(self, outbox: Outbox, deliveries: Deliveries, wiring: UploadWiring, *, upload_timeout: float) -> None:
         self.outbox = outbox
+        self.residuals = Residuals(outbox.state_dir)
         self.deliveries = deliveries
         self._w = wiring
         self._timeout = upload_timeout
@@ -153,6 +157,7 @@ class Uploads:
         """The run is gone (deleted, replaced, or no longer ours): its pending updates mean nothing now."""
         self.deliveries.drop_job(job)
         self.outbox.clear(job)
+        self.residuals.clear(job)
 
     def pending_rounds(self, job: str, uid: str) -> Callable[[], set[int]]:
         """For `EdgeJob`: the rounds of this run whose update is in the outbox."""
@@ -263,15 +268,39 @@ class Uploads:
             self._log.exception("uploader failed on one transfer", job=req.job, round=req.round, error=str(exc))
             return UploadDone(req.job, req.run_id, req.kind, req.round, error=f"the uploader failed: {exc}")
 
+    def _encoded(self, req: UploadRequest) -> bytes:
+        """The blob to store and send: the script's, or its encoded delta (top-k: the residual saved first)."""
+        compression = req.compression
+        if compression is None:
+            return req.blob
+        residual = self.residuals.load(req.job, req.uid) if compression.codec == "topk" else None
+        try:
+            blob, left = compress_update(
+                req.blob, compression.base, compression.codec, fraction=compression.fraction, residual=residual
+            )
+        except WireError as exc:
+            # Not the model it was trained from (a script that changed its layout): sent raw, so the
+            # aggregator's layout check answers with its usual reason.
+            self._log.warning("update not compressed; sent raw", job=req.job, round=req.round, error=str(exc))
+            return req.blob
+        if left is not None:
+            try:
+                self.residuals.save(req.job, req.uid, req.round, left)
+            except OSError as exc:
+                self._log.warning("top-k residual not saved; it is lost", job=req.job, round=req.round, error=str(exc))
+        self._log.debug("update compressed", job=req.job, codec=compression.codec, raw=len(req.blob), sent=len(blob))
+        return blob
+
     def _store_and_publish(self, req: UploadRequest) -> UploadDone:
         sender = BlobSender(self._w.session, chunk_size=req.chunk_size, window=_WINDOW)
+        blob = self._encoded(req)
         try:
-            m = sender.prepare(req.blob, req, transfer=new_transfer_id())
-            entry = self.outbox.put(m, req.blob)
+            m = sender.prepare(blob, req, transfer=new_transfer_id())
+            entry = self.outbox.put(m, blob)
         except (BrokerError, OutboxError) as exc:
             return UploadDone(req.job, req.run_id, req.kind, req.round, error=str(exc))
         self._w.emit(OutboxWritten(entry, req.run_id))
-        complete, error = self._publish_entry(sender, entry, req.blob, None)
+        complete, error = self._publish_entry(sender, entry, blob, None)
         if complete:
             self._log.info(
                 "weights uploaded", job=m.job, round=m.round, kind=m.kind, transfer=m.transfer, bytes=m.total_bytes

@@ -130,19 +130,25 @@ class Rig:
                 b for (kind, r, _node), found in blobs.items() if kind == "global" and r == record.round for b in found
             ]
             assert globals_, f"no global model of round {record.round} captured"
-            _, target = decode_weights(globals_[-1])
+            header, target = decode_weights(globals_[-1])
+            # A compressed update holds deltas from the global model it was trained from (round - 1).
+            previous = blobs.get(("global", record.round - 1, ""), [])
+            base = decode_weights(previous[-1])[1] if previous else None
             options = []
             for node in record.participants:
                 found = blobs.get(("update", record.round, node), [])
                 assert found, f"no update of {node} for round {record.round} captured"
-                options.append([(decode_weights(b)[0].num_samples, decode_weights(b)[1]) for b in found])
+                decoded = [decode_weights(b, base=base) for b in found]
+                options.append([(h.num_samples, arrays) for h, arrays in decoded])
             matched = False
             for combo in itertools.islice(itertools.product(*options), 64):
                 total = sum(n for n, _ in combo)
                 mean = [
-                    sum(np.asarray(arrays[i], dtype=np.float64) * n for n, arrays in combo) / total
+                    np.asarray(sum(np.asarray(arrays[i], dtype=np.float64) * n for n, arrays in combo) / total)
                     for i in range(len(target))
                 ]
+                if header.encoded:  # a float16 global model: the mean as the edges decode it
+                    mean = [m.astype(np.float32).astype(np.float16).astype(np.float64) for m in mean]
                 if all(np.allclose(m, t, rtol=1e-5, atol=1e-6) for m, t in zip(mean, target, strict=True)):
                     matched = True
                     break

@@ -23,6 +23,7 @@ from schemas import (
     WorkerFrame,
     WorkerState,
     WorkerStatus,
+    decode_weights,
     encode_weights,
 )
 
@@ -569,3 +570,31 @@ def test_test_dataset_url_is_resolved_under_the_node_root(root: Path) -> None:
         assert not h.job.start()
         assert h.ports.state() is WorkerState.FAILED and "TEST_DATASET_URL" in h.ports.last.message
         assert problem in h.ports.last.message
+
+
+def test_a_compressing_job_encodes_the_update_against_the_global_it_trained_from(root: Path) -> None:
+    """compression=int8: the update's upload asks for int8 over its delta from global model 1 (what the script
+    trained round 2 from, as the script got it); the init and a job without the parameter upload raw."""
+    plan = make_plan()
+    plan.workers[0].parameters["compression"] = "int8"
+    h = make_job(root, plan)
+    assert h.job.start()
+    h.job.on_frame(WorkerFrame(type="hello", num_samples=8, has_body=True), weights_blob("init", 0))
+    arrays = [np.full((2, 3), 0.5, dtype=np.float32), np.ones(3, dtype=np.float32)]
+    blob = encode_weights(arrays, kind="global", job=JOB, round_=1, sender="cloud0", num_samples=16, float16=True)
+    manifest = global_transfer(arrays, job=JOB, uid=UID, round_=1, num_samples=16, transfer="1" * 16)[0]
+    h.job.on_global(manifest, blob)  # a float16 global model: the script and the base get it decoded
+    h.job.on_frame(WorkerFrame(type="update", round=2, num_samples=8, has_body=True), weights_blob("update", 2, 1.0))
+    init, update = h.ports.uploads
+    assert init.compression is None
+    assert update.compression is not None and update.compression.codec == "int8"
+    assert [a.tolist() for a in update.compression.base] == [a.tolist() for a in arrays]
+    header, sent = decode_weights(update.blob)  # the uploader encodes it (before the outbox)
+    assert not header.encoded and sent[0].tolist() == [[1.0] * 3] * 2
+
+
+def test_a_job_without_the_parameter_uploads_raw(root: Path) -> None:
+    h = started(root)
+    h.job.on_global(*global_model(0))
+    h.job.on_frame(WorkerFrame(type="update", round=1, num_samples=8, has_body=True), weights_blob("update", 1))
+    assert [u.compression for u in h.ports.uploads] == [None, None]

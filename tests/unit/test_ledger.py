@@ -12,6 +12,7 @@ from runtime import JobFiles, Ledger, answer_request, read_from, read_tail
 from schemas import (
     AclPattern,
     Channel,
+    Codec,
     Kind,
     LedgerEntry,
     NodeRequest,
@@ -19,6 +20,8 @@ from schemas import (
     TransferOrigin,
     WorkerState,
     WorkerStatus,
+    compress_update,
+    manifest_for,
     weights_transfer,
 )
 
@@ -30,16 +33,22 @@ def _entries(ledger: Ledger) -> list[LedgerEntry]:
     return [LedgerEntry.model_validate_json(x) for x in ledger.path(JOB).read_text().splitlines()]
 
 
-def _update(ledger: Ledger, node: str, round_: int, shape: tuple[int, ...] = (4, 3)) -> None:
+def _update(
+    ledger: Ledger, node: str, round_: int, shape: tuple[int, ...] = (4, 3), codec: Codec | None = None
+) -> None:
     arrays = [np.ones(shape, np.float32), np.zeros(3, np.float32)]
-    m, blob = weights_transfer(arrays, TransferOrigin("update", JOB, UID, round_, node, 10), chunk_size=20)
+    origin = TransferOrigin("update", JOB, UID, round_, node, 10)
+    m, blob = weights_transfer(arrays, origin, chunk_size=20)
+    if codec is not None:  # the edge service's encoding of the delta from the model it was trained from
+        blob = compress_update(blob, [np.zeros(shape, np.float32), np.zeros(3, np.float32)], codec)[0]
+        m = manifest_for(blob, origin, chunk_size=20, transfer=m.transfer)
     ledger.note_blob(m.transfer, blob)
     for i in range(m.chunks):
         ledger.published(T.update_chunk(JOB, round_, node, m.transfer, i), blob[i * 20 : (i + 1) * 20], False)
     ledger.published(T.update_manifest(JOB, round_, node, m.transfer), m.to_json(), False)
 
 
-def _run(tmp_path: Path, *, shape: tuple[int, ...] = (4, 3)) -> tuple[Ledger, Ledger]:
+def _run(tmp_path: Path, *, shape: tuple[int, ...] = (4, 3), codec: Codec | None = None) -> tuple[Ledger, Ledger]:
     """An edge's ledger of two rounds and the aggregator's that received all of it."""
     edge = Ledger(tmp_path / "edge1", "edge1", T, lambda _job: UID)
     agg = Ledger(tmp_path / "cloud0", "cloud0", T, lambda _job: UID)
@@ -52,7 +61,7 @@ def _run(tmp_path: Path, *, shape: tuple[int, ...] = (4, 3)) -> tuple[Ledger, Le
     edge.received_transfer(g, gblob, topic=T.global_manifest(JOB, 0))
     status = WorkerStatus(job=JOB, node="edge1", uid=UID, state=WorkerState.TRAINING, round=1)
     edge.published(T.worker_status(JOB, "edge1"), status.to_json(), True)
-    _update(edge, "edge1", 1, shape)
+    _update(edge, "edge1", 1, shape, codec)
     edge.published(T.node_status("edge1"), b'{"state": "online"}', True)  # node-wide: not a job's line
     for e in _entries(edge):
         if e.dir == "out":
@@ -124,6 +133,21 @@ def test_audit_flags_layout_foreign_unexpected_and_missing(tmp_path: Path) -> No
     assert "the aggregator did not receive fl/federatedlearningjobs/job1/spec" in findings
     assert "foreign publication" in findings and "deadbeefdeadbeef" in findings
     assert result.edges[1].error == "no answer" and not result.clean
+
+
+@pytest.mark.parametrize("codec", ["float16", "int8", "topk"])
+def test_audit_of_encoded_updates_checks_the_layout_they_decode_to(tmp_path: Path, codec: Codec) -> None:
+    """An encoded update of the job's layout is clean (its header names what it decodes to); one of another
+    layout is flagged as before."""
+    from flctl.residency import check_job
+
+    edge, agg = _run(tmp_path / "ok", codec=codec)
+    update = next(e for e in _entries(edge) if e.cls == "update-manifest")
+    assert update.tensors == [("w0", "float32", [4, 3]), ("w1", "float32", [3])]
+    assert check_job(JOB, UID, "cloud0", _entries(agg), {"edge1": _entries(edge)}).clean
+    edge, agg = _run(tmp_path / "foreign", shape=(5, 3), codec=codec)
+    findings = "\n".join(check_job(JOB, UID, "cloud0", _entries(agg), {"edge1": _entries(edge)}).edges[0].findings)
+    assert "differs from the job's layout: tensor 0 is w0 float32[5, 3]" in findings
 
 
 def test_read_tail_and_read_from_are_bounded_and_cut_at_line_ends(tmp_path: Path) -> None:
