@@ -25,7 +25,7 @@ scenario and strategy on them: all strategies of a repeat see the same data and 
 accuracy and balanced accuracy, mean ± sample std over the repeats, as a markdown table; ``--json``
 writes every run with its per-round scores. Not a test (not under tests/, not in ``make test``).
 
-    .venv/bin/python benchmarks/strategies.py                      # the full table, about 20 min on 2 cores
+    .venv/bin/python benchmarks/strategies.py      # the full table: about 20 min alone on 2 cores, 42 shared
     .venv/bin/python benchmarks/strategies.py --scenarios central iid --repeats 1 --rounds 2
 """
 
@@ -369,7 +369,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         best = max(skewed, key=lambda s: -1.0 if math.isnan(skewed[s]) else skewed[s])
         gap = 100 * (iid - skewed[best])
         lines.append(
-            f"skewed: best {best} {skewed[best]:.3f}, {gap:.1f} points below iid FedAvg: goal (<= 3) {'holds' if gap <= 3 else 'FAILS'}"
+            f"skewed: best {best} {skewed[best]:.3f}, {-gap:+.1f} points vs iid FedAvg {iid:.3f}: "
+            f"goal (at most 3 below) {'holds' if gap <= 3 else 'FAILS'}"
         )
     for attack in ("signflip", "scaled"):
         scores = {s: mean_of((sc, s)) for sc, s in groups if sc == attack}
@@ -382,8 +383,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
             gap = 100 * (iid - robust[best])
             collapse = 100 * (iid - fedavg)
             lines.append(
-                f"{attack}: best {best} {robust[best]:.3f} ({gap:.1f} points below clean FedAvg: "
-                f"{'holds' if gap <= 2 else 'FAILS'} <= 2); FedAvg {fedavg:.3f} ({collapse:.1f} points below)"
+                f"{attack}: best {best} {robust[best]:.3f}, {-gap:+.1f} points vs clean FedAvg {iid:.3f} "
+                f"(goal: at most 2 below: {'holds' if gap <= 2 else 'FAILS'}); FedAvg {fedavg:.3f}, {-collapse:+.1f} points"
             )
     return "\n".join(lines)
 
