@@ -19,7 +19,8 @@ and scripts) with N training workers instead of two.
   ``--slow-factor`` times a normal edge's. ``slowdown`` is a training-worker parameter of the job.
 * sync: FedAvg, every participant in every round (Sedna's contract), ``exit_round = --rounds``.
 * async: the same job plus the aggregation-worker parameters ``aggregation_mode: async``,
-  ``buffer_size`` (``--buffer-size``, default N-1) and ``max_staleness`` (``--max-staleness``).
+  ``buffer_size`` (``--buffer-size``, default N-1) and ``max_staleness`` (``--max-staleness``, default 6:
+  above the slow factor, so the slow edge's updates, about that many versions old, still count).
   Its exit_round gives it the same number of local trainings as the sync run,
   ``ceil(N * rounds / buffer_size)``: each asynchronous version folds ``buffer_size`` updates where a
   synchronous round folds N. Same total training work, so the comparison is of how the two modes spend
@@ -394,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="the sync run's exit_round")
     parser.add_argument("--epochs", type=int, default=2, help="local epochs per round")
     parser.add_argument("--buffer-size", type=int, default=None, help="async: updates per version (default N-1)")
-    parser.add_argument("--max-staleness", type=int, default=3)
+    # Above the slow factor: the slow edge's update lags about `slow_factor` versions; at 3 it would always be
+    # refused and the async run would simply leave that edge out.
+    parser.add_argument("--max-staleness", type=int, default=6)
     parser.add_argument("--async-rounds", type=int, default=None, help="async exit_round (default: same updates)")
     parser.add_argument("--modes", default="sync,async", help="comma-separated, in order (sync sets the target)")
     parser.add_argument("--tolerance", type=float, default=0.0, help="target = sync's final less this (0-1 scale)")
