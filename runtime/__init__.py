@@ -9,14 +9,26 @@ shape of a service's logic thread (`EventLoop`), the layout of model versions un
 (`version_name`, `commit_version`, `set_latest`, `prune_versions` under `model_lock`; `write_version`
 runs them in their one order) and what a node
 reports of them (`held_models`, `ModelUrlBook`), and the lock that keeps one service per node root
-(`lock_node_root`). Nothing here imports paho-mqtt or TensorFlow, so a worker script that imports the
+(`lock_node_root`). Secure aggregation's primitives, shared by edge and cloud (the protocol over MQTT is
+not built yet; docs/dev/secagg.md): the ring encoding `FixedPoint` (integers mod `SECAGG_MODULUS`), Shamir
+sharing (`split_secret`, `reconstruct_secret`, `Share`, over `SHAMIR_PRIME`), X25519+HKDF keys bound to a
+`RoundContext`, AES-CTR masks (`expand_mask`, `mask_input`, `sum_masked`, `unmask_sum`) and AES-GCM sealed
+shares (`seal_share`, `open_share`); `SecAggError`. Nothing here imports paho-mqtt or TensorFlow, so a worker script that imports the
 worker API loads only this and `schemas`.
 """
 
 from runtime._channel import MAX_BODY, MAX_HEADER, WorkerChannel, spawn_channel_pair
-from runtime._errors import ChannelClosed, ChannelError, NodeRootLockedError, NodeRuntimeError, ScriptStartError
+from runtime._errors import (
+    ChannelClosed,
+    ChannelError,
+    NodeRootLockedError,
+    NodeRuntimeError,
+    ScriptStartError,
+    SecAggError,
+)
 from runtime._file_reads import JobFiles, answer_request, read_from, read_tail
 from runtime._files import TMP_PREFIX, fsync_dir, fsync_tree, write_atomic
+from runtime._fixed_point import SECAGG_MODULUS, FixedPoint
 from runtime._held_models import ModelUrlBook, held_models
 from runtime._ledger import Ledger, blob_layout
 from runtime._logging import configure_logging, get_logger
@@ -40,7 +52,18 @@ from runtime._model_folder import (
 )
 from runtime._node_lock import NodeRootLock, lock_node_root
 from runtime._script_env import PRIVATE_ENV_PREFIXES, script_environment, script_parameters, source_checkout
+from runtime._secagg import (
+    SEED_BYTES,
+    RoundContext,
+    expand_mask,
+    mask_input,
+    open_share,
+    seal_share,
+    sum_masked,
+    unmask_sum,
+)
 from runtime._service_watch import SERVICE_GONE_EXIT, ServiceGone, ServiceWatch
+from runtime._shamir import SHAMIR_PRIME, Share, reconstruct_secret, split_secret
 from runtime._supervisor import (
     ScriptEvent,
     ScriptExited,
@@ -57,17 +80,22 @@ __all__ = [
     "MODEL_LATEST",
     "MODEL_VERSIONS_FOLDER",
     "PRIVATE_ENV_PREFIXES",
+    "SECAGG_MODULUS",
+    "SEED_BYTES",
     "SERVICE_GONE_EXIT",
+    "SHAMIR_PRIME",
     "TMP_PREFIX",
     "ChannelClosed",
     "ChannelError",
     "EventLoop",
+    "FixedPoint",
     "JobFiles",
     "Ledger",
     "ModelUrlBook",
     "NodeRootLock",
     "NodeRootLockedError",
     "NodeRuntimeError",
+    "RoundContext",
     "ScriptEvent",
     "ScriptExited",
     "ScriptFrame",
@@ -75,13 +103,16 @@ __all__ = [
     "ScriptProcess",
     "ScriptStartError",
     "ScriptSupervisor",
+    "SecAggError",
     "ServiceGone",
     "ServiceWatch",
+    "Share",
     "WorkerChannel",
     "answer_request",
     "blob_layout",
     "commit_version",
     "configure_logging",
+    "expand_mask",
     "fsync_dir",
     "fsync_tree",
     "get_logger",
@@ -90,17 +121,24 @@ __all__ = [
     "latest_version",
     "list_versions",
     "lock_node_root",
+    "mask_input",
     "model_lock",
     "new_version_folder",
+    "open_share",
     "prune_versions",
     "read_from",
     "read_tail",
+    "reconstruct_secret",
     "remove_stale_versions",
     "script_environment",
     "script_parameters",
+    "seal_share",
     "set_latest",
     "source_checkout",
     "spawn_channel_pair",
+    "split_secret",
+    "sum_masked",
+    "unmask_sum",
     "version_metadata",
     "version_name",
     "write_atomic",

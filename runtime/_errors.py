@@ -4,7 +4,9 @@
     ├── ChannelError            a worker frame is malformed or too large; the channel is closed
     │   └── ChannelClosed       the worker channel's peer went away (EOF, broken pipe), or it was closed here
     ├── ScriptStartError        a worker script cannot be started (its log cannot be opened, exec failed)
-    └── NodeRootLockedError     another service holds the node root's lock (one service per root)
+    ├── NodeRootLockedError     another service holds the node root's lock (one service per root)
+    └── SecAggError             a secure-aggregation primitive got bad input (a share, a vector, a
+                                ciphertext that does not authenticate, a bound the ring cannot hold)
 
 Contract errors (`schemas.WireError` for a frame header that is not a `WorkerFrame`) pass through
 unchanged. Logging and crash-safe files raise the builtin `OSError`, as their callers expect.
@@ -14,7 +16,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ChannelClosed", "ChannelError", "NodeRootLockedError", "NodeRuntimeError", "ScriptStartError"]
+__all__ = [
+    "ChannelClosed",
+    "ChannelError",
+    "NodeRootLockedError",
+    "NodeRuntimeError",
+    "ScriptStartError",
+    "SecAggError",
+]
 
 
 class NodeRuntimeError(Exception):
@@ -40,3 +49,7 @@ class NodeRootLockedError(NodeRuntimeError):
         super().__init__(message)
         self.path = path
         self.holder = holder
+
+
+class SecAggError(NodeRuntimeError):
+    """A secure-aggregation primitive cannot do what was asked; the message names the input and why."""
