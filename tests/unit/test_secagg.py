@@ -243,7 +243,7 @@ def test_a_round_survives_a_dropout_after_masking(parties: int, threshold: int) 
                 key = CONTEXT.derive_key(c_keys[u], c_public[v], purpose="share", own=u, peer=v)
                 relayed[(u, v)] = seal_share(key, plaintext, context=CONTEXT, sender=u, receiver=v)
 
-    # 2 MaskedInputCollection: everyone masks; the last edge drops before its upload arrives.
+    # 2 MaskedInputCollection: everyone masks; a middle edge (pair signs both ways) drops before its upload arrives.
     masked = {
         u: mask_input(
             fixed.encode_weighted(updates[u], samples[u], max_weight=100.0),
@@ -255,8 +255,8 @@ def test_a_round_survives_a_dropout_after_masking(parties: int, threshold: int) 
         )
         for u in names
     }
-    dropped = names[-1]
-    survivors = names[:-1]
+    dropped = names[parties // 2]
+    survivors = [name for name in names if name != dropped]
     masked_sum = sum_masked(masked[u] for u in survivors)
 
     # 4 Unmasking: any t survivors open what they hold: b-shares of survivors, s-shares of the dropped edge.
@@ -295,3 +295,24 @@ def test_a_round_survives_a_dropout_after_masking(parties: int, threshold: int) 
     # Without the dropped edge's pair masks the sum stays masked.
     leftover = unmask_sum(masked_sum, self_seeds=rebuilt_seeds)
     assert np.mean(leftover == expected) < 0.01
+
+
+@settings(max_examples=25, deadline=None)
+@given(parties=st.integers(2, 8), data=st.data())
+def test_any_dropout_set_unmasks_exactly(parties: int, data: st.DataObject) -> None:
+    """Whichever edges drop after key sharing (all but one at most), re-adding their pair masks towards the
+    ones whose masked vectors arrived leaves exactly the arrived edges' encoded sum."""
+    names = [f"edge{i}" for i in range(parties)]
+    arrived = sorted(data.draw(st.sets(st.sampled_from(names), min_size=1), label="arrived"))
+    fixed = FixedPoint(clip=1.0, max_parties=parties)
+    rng = np.random.default_rng(parties)
+    encoded = {name: fixed.encode(rng.uniform(-1, 1, 33)) for name in names}
+    self_seeds, pair_seeds = pairwise_setup(names)
+
+    masked_sum = sum_masked(
+        mask_input(encoded[u], own=u, self_seed=self_seeds[u], pair_seeds=pair_seeds[u]) for u in arrived
+    )
+    dropped = {d: {u: pair_seeds[d][u] for u in arrived} for d in names if d not in arrived}
+    unmasked = unmask_sum(masked_sum, self_seeds=[self_seeds[u] for u in arrived], dropped=dropped)
+
+    assert np.array_equal(unmasked, sum_masked(encoded[u] for u in arrived))
