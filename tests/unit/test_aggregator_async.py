@@ -30,8 +30,11 @@ SAMPLES = {"edge1": 10, "edge2": 30, "edge3": 20}
 ASYNC = {"aggregation_mode": "async", "buffer_size": "2", "max_staleness": "1", "staleness_exponent": "1"}
 
 
-def three_edges(parameters: dict[str, str], *, resume: bool = False) -> JobFacts:
-    """The example job with a third training worker (edge3) and `parameters` on its aggregation worker."""
+def three_edges(
+    parameters: dict[str, str], training: dict[str, str] | None = None, *, resume: bool = False
+) -> JobFacts:
+    """The example job with a third training worker (edge3), `parameters` on its aggregation worker and
+    `training` on every training worker."""
     docs = list(yaml.safe_load_all(EXAMPLE.read_text()))
     dataset = {**docs[1], "metadata": {"name": "edge3-dataset"}, "spec": {**docs[1]["spec"], "nodeName": "edge3"}}
     job = docs[-1]
@@ -40,6 +43,9 @@ def three_edges(parameters: dict[str, str], *, resume: bool = False) -> JobFacts
     job["spec"]["aggregationWorker"]["workerSpec"]["parameters"] += [
         {"key": k, "value": v} for k, v in parameters.items()
     ]
+    for w in job["spec"]["trainingWorkers"]:
+        w["workerSpec"] = {**w["workerSpec"], "parameters": [*w["workerSpec"]["parameters"]]}
+        w["workerSpec"]["parameters"] += [{"key": k, "value": v} for k, v in (training or {}).items()]
     resources = parse_documents(yaml.safe_dump_all([*docs[:-1], dataset, job]), "three-edges.yaml")
     spec = next(r for r in resources if isinstance(r, FederatedLearningJob))
     datasets = {r.metadata.name: r for r in resources if isinstance(r, Dataset)}

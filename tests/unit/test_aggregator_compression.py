@@ -10,16 +10,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-import yaml
 
 from cloud_aggregator.engine import Job, JobFacts, Stage
 from cloud_aggregator.testing import MemoryPort, chunks_of
 from schemas import (
     Codec,
-    Dataset,
-    FederatedLearningJob,
     Kind,
-    Model,
     Phase,
     TransferOrigin,
     WorkerFrame,
@@ -27,11 +23,11 @@ from schemas import (
     decode_weights,
     encode_weights,
     manifest_for,
-    parse_documents,
     read_header,
 )
+from tests.unit.test_aggregator_async import three_edges
 from tests.unit.test_aggregator_intake import send, transfer
-from tests.unit.test_job_rounds import EXAMPLE, JOB, SETTINGS, UID
+from tests.unit.test_job_rounds import JOB, SETTINGS, UID
 
 Arrays = list[npt.NDArray[Any]]
 SAMPLES = {"edge1": 10, "edge2": 30, "edge3": 20}
@@ -41,22 +37,7 @@ INIT: Arrays = [np.zeros((3, 2), np.float32), np.arange(4, dtype=np.int64)]
 def facts(aggregation: dict[str, str], training: dict[str, str], *, resume: bool = False) -> JobFacts:
     """The example job with a third training worker, `aggregation` parameters on its aggregation worker and
     `training` on every training worker."""
-    docs = list(yaml.safe_load_all(EXAMPLE.read_text()))
-    dataset = {**docs[1], "metadata": {"name": "edge3-dataset"}, "spec": {**docs[1]["spec"], "nodeName": "edge3"}}
-    job = docs[-1]
-    worker = {**job["spec"]["trainingWorkers"][1], "nodeName": "edge3", "dataset": {"name": "edge3-dataset"}}
-    job["spec"]["trainingWorkers"].append(worker)
-    job["spec"]["aggregationWorker"]["workerSpec"]["parameters"] += [
-        {"key": k, "value": v} for k, v in aggregation.items()
-    ]
-    for w in job["spec"]["trainingWorkers"]:
-        w["workerSpec"] = {**w["workerSpec"], "parameters": [*w["workerSpec"]["parameters"]]}
-        w["workerSpec"]["parameters"] += [{"key": k, "value": v} for k, v in training.items()]
-    resources = parse_documents(yaml.safe_dump_all([*docs[:-1], dataset, job]), "three-edges.yaml")
-    spec = next(r for r in resources if isinstance(r, FederatedLearningJob))
-    datasets = {r.metadata.name: r for r in resources if isinstance(r, Dataset)}
-    models = {r.metadata.name: r for r in resources if isinstance(r, Model)}
-    return JobFacts.of(spec, datasets, models, node="cloud0", uid=UID, settings=SETTINGS, resume=resume)
+    return three_edges(aggregation, training, resume=resume)
 
 
 def started(
