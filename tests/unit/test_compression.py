@@ -37,7 +37,8 @@ def blob_of(arrays: Arrays, round_: int = 2) -> bytes:
 @given(base=tensors, data=st.data())
 def test_float16_and_int8_decode_within_their_stated_error(base: npt.NDArray[np.float32], data: st.DataObject) -> None:
     """float16: each delta within half a float16 ulp (relative 2**-11, or 2**-25 absolute near zero);
-    int8: within scale / 2 = (max - min) / 510 of the tensor's delta; plus the float32 rounding of the sum."""
+    int8: within scale / 2 = (max - min) / 510 of the tensor's delta; plus the float32 rounding of the sum and
+    the float64 rounding of the delta."""
     update = data.draw(hnp.arrays(np.float32, base.shape, elements=finite32))
     true_delta = update.astype(np.float64) - base.astype(np.float64)
     for codec in ("float16", "int8"):
@@ -47,8 +48,11 @@ def test_float16_and_int8_decode_within_their_stated_error(base: npt.NDArray[np.
         assert decoded.dtype == np.float32 and decoded.shape == update.shape
         assert header.layout() == (("w0", "float32", update.shape),)  # the layout is what it decodes to
         error = np.abs(decoded.astype(np.float64) - update.astype(np.float64))
-        # the cast of base + delta to float32 rounds by half an ulp of the result
+        # the cast of base + delta to float32 rounds by half an ulp of the result, and the delta itself is a
+        # float64 (update - base): near update ~ 0 with base ~ 1 that rounding, an ulp of the base in float64,
+        # is what is left (found by hypothesis on a fresh clone: base 1, update 3.6e-15, error 3.3e-17)
         ulp32 = np.spacing(np.maximum(np.abs(update), np.abs(decoded)).astype(np.float32)).astype(np.float64)
+        ulp32 = ulp32 + np.spacing(np.abs(base).astype(np.float64))
         if codec == "float16":
             bound = np.maximum(np.abs(true_delta) * 2.0**-11, 2.0**-25)
         else:
