@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,10 @@ from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import Channel, JobStatus, Phase, Topics, TransferManifest, decode_weights
 from tests.helpers.capture import Capture
+from tests.helpers.nodes import lay_out_nodes
 from tests.helpers.proxy import FlakyProxy
 from tests.helpers.status import JobWatcher, wait_no_processes_under
 
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
 JOB = "faults"
 # Short keepalive so a silent link is noticed within seconds (scenario 2); resumes and resends fast.
 KEEPALIVE = 2
@@ -293,15 +292,10 @@ def rig(tmp_path: Path) -> Iterator[RigFactory]:
     ) -> Rig:
         names = [f"edge{i}" for i in range(1, edges + 1)]
         script = "train_keras.py" if keras else "train_numpy.py"
-        for index, edge in enumerate(names):
-            (tmp_path / edge / "data").mkdir(parents=True)
-            lines = [f"sample-{edge}-{i},{i % 2}" for i in range(samples_of(index))]
-            (tmp_path / edge / "data" / "train.txt").write_text("\n".join(lines) + "\n")
-            (tmp_path / edge / "code").mkdir()
-            for name in (script, "_common.py"):
-                shutil.copy2(SCRIPTS / name, tmp_path / edge / "code" / name)
-        (tmp_path / "cloud0" / "code").mkdir(parents=True)
-        shutil.copy2(SCRIPTS / "aggregate.py", tmp_path / "cloud0" / "code" / "aggregate.py")
+        labels = {
+            edge: [f"sample-{edge}-{i},{i % 2}" for i in range(samples_of(index))] for index, edge in enumerate(names)
+        }
+        lay_out_nodes(tmp_path, labels, script=script)
         params = {
             edge: {"features": "8", "hidden": str(hidden), **(common_params or {}), **(edge_params or {}).get(edge, {})}
             for edge in names

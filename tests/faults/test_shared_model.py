@@ -9,7 +9,6 @@ every model on disk is the one its job's status reports (its digest), on the edg
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ import pytest
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import Phase, Topics
-from tests.faults.conftest import SCRIPTS, SERVICE_FLAGS
+from tests.faults.conftest import SERVICE_FLAGS
+from tests.helpers.nodes import lay_out_nodes
 from tests.helpers.status import JobWatcher, wait_no_processes_under
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
@@ -53,14 +53,7 @@ def spec() -> str:
 
 
 def test_two_jobs_on_one_model_both_succeed_and_keep_their_models(tmp_path: Path) -> None:
-    for e in EDGES:
-        (tmp_path / e / "data").mkdir(parents=True)
-        (tmp_path / e / "data" / "train.txt").write_text("".join(f"sample-{e}-{i},{i % 2}\n" for i in range(12)))
-        (tmp_path / e / "code").mkdir()
-        for name in ("train_numpy.py", "_common.py"):
-            shutil.copy2(SCRIPTS / name, tmp_path / e / "code" / name)
-    (tmp_path / "cloud0" / "code").mkdir(parents=True)
-    shutil.copy2(SCRIPTS / "aggregate.py", tmp_path / "cloud0" / "code" / "aggregate.py")
+    lay_out_nodes(tmp_path, {e: [f"sample-{e}-{i},{i % 2}" for i in range(12)] for e in EDGES})
     (tmp_path / "jobs.yaml").write_text(spec())
     topics = Topics()
 

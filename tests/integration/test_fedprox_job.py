@@ -10,7 +10,6 @@ recomputation without the term ends elsewhere, so a worker that ignored ``mu`` w
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,11 +21,11 @@ import pytest
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import Phase, Topics
+from tests.helpers.nodes import SCRIPTS, lay_out_nodes
 from tests.helpers.status import JobWatcher
 
 pytestmark = pytest.mark.timeout(180)
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "faults" / "scripts"
 JOB = "fedprox-job"
 EDGES = ("edge1", "edge2")
 SAMPLES = {"edge1": 12, "edge2": 20}
@@ -105,15 +104,7 @@ def recompute(data: dict[str, Any], mu: float) -> list[F32]:
 
 
 def test_a_fedprox_job_ends_at_the_recomputed_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for edge in EDGES:
-        (tmp_path / edge / "data").mkdir(parents=True)
-        lines = "".join(f"prox-{edge}-{i},{i % 3 == 0:d}\n" for i in range(SAMPLES[edge]))
-        (tmp_path / edge / "data" / "train.txt").write_text(lines)
-        (tmp_path / edge / "code").mkdir()
-        for name in ("train_numpy.py", "_common.py"):
-            shutil.copy2(SCRIPTS / name, tmp_path / edge / "code" / name)
-    (tmp_path / "cloud0" / "code").mkdir(parents=True)
-    shutil.copy2(SCRIPTS / "aggregate.py", tmp_path / "cloud0" / "code" / "aggregate.py")
+    lay_out_nodes(tmp_path, {edge: [f"prox-{edge}-{i},{i % 3 == 0:d}" for i in range(SAMPLES[edge])] for edge in EDGES})
     (tmp_path / "job.yaml").write_text(job_yaml())
 
     with LocalCluster(tmp_path) as cluster:

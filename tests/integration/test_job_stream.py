@@ -30,8 +30,8 @@ from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import JobEvent, Phase, Topics
 from tests.helpers.flctl import Run
+from tests.helpers.nodes import lay_out_nodes
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "faults" / "scripts"
 JOB = "watched"
 EDGES = ("edge1", "edge2")
 SAMPLES = {"edge1": 24, "edge2": 28}
@@ -70,15 +70,7 @@ def job_yaml() -> str:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    for edge in EDGES:
-        (tmp_path / edge / "data").mkdir(parents=True)
-        lines = [f"sample-{edge}-{i},{i % 2}" for i in range(SAMPLES[edge])]
-        (tmp_path / edge / "data" / "train.txt").write_text("\n".join(lines) + "\n")
-        (tmp_path / edge / "code").mkdir()
-        for name in ("train_numpy.py", "_common.py"):
-            shutil.copy2(SCRIPTS / name, tmp_path / edge / "code" / name)
-    (tmp_path / "cloud0" / "code").mkdir(parents=True)
-    shutil.copy2(SCRIPTS / "aggregate.py", tmp_path / "cloud0" / "code" / "aggregate.py")
+    lay_out_nodes(tmp_path, {edge: [f"sample-{edge}-{i},{i % 2}" for i in range(SAMPLES[edge])] for edge in EDGES})
     (tmp_path / "job.yaml").write_text(job_yaml())
     with LocalCluster(tmp_path) as running:
         running.start_broker()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import queue
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -20,12 +19,12 @@ import pytest
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import JobStatus, NodeStatus, Phase, Topics
+from tests.helpers.nodes import lay_out_nodes
 from tests.helpers.status import JobWatcher, wait_no_processes_under
 
 pytestmark = pytest.mark.timeout(180)
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = REPO / "tests" / "faults" / "scripts"
 EDGES = ("edge1", "edge2")
 NODES = ("cloud0", *EDGES)
 JOB = "versions-job"
@@ -58,14 +57,7 @@ def spec() -> str:
 
 
 def prepare(tmp_path: Path) -> None:
-    for e in EDGES:
-        (tmp_path / e / "data").mkdir(parents=True)
-        (tmp_path / e / "data" / "train.txt").write_text("".join(f"s-{e}-{i},{i % 2}\n" for i in range(8)))
-        (tmp_path / e / "code").mkdir()
-        for name in ("train_numpy.py", "_common.py"):
-            shutil.copy2(SCRIPTS / name, tmp_path / e / "code" / name)
-    (tmp_path / "cloud0" / "code").mkdir(parents=True)
-    shutil.copy2(SCRIPTS / "aggregate.py", tmp_path / "cloud0" / "code" / "aggregate.py")
+    lay_out_nodes(tmp_path, {e: [f"s-{e}-{i},{i % 2}" for i in range(8)] for e in EDGES})
     (tmp_path / "jobs.yaml").write_text(spec())
 
 

@@ -9,7 +9,6 @@ job, round, update, byte, node and broker series must be in Prometheus; after th
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,9 @@ from broker import Session
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import Phase
-from tests.faults.conftest import JOB, SCRIPTS, job_yaml, samples_of
+from tests.faults.conftest import JOB, job_yaml, samples_of
 from tests.helpers.mqtt import free_port
+from tests.helpers.nodes import lay_out_nodes
 from tests.helpers.prometheus import PrometheusServer, prometheus_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -33,15 +33,10 @@ WAIT = 60.0
 
 def lay_out(tmp: Path) -> Path:
     """Label files and the numpy worker for each edge, the aggregation script, the job (held before round 2)."""
-    for index, edge in enumerate(EDGES):
-        (tmp / edge / "data").mkdir(parents=True)
-        lines = [f"sample-{edge}-{i},{i % 2}" for i in range(samples_of(index))]
-        (tmp / edge / "data" / "train.txt").write_text("\n".join(lines) + "\n")
-        (tmp / edge / "code").mkdir()
-        for name in ("train_numpy.py", "_common.py"):
-            shutil.copy2(SCRIPTS / name, tmp / edge / "code" / name)
-    (tmp / "cloud0" / "code").mkdir(parents=True)
-    shutil.copy2(SCRIPTS / "aggregate.py", tmp / "cloud0" / "code" / "aggregate.py")
+    lay_out_nodes(
+        tmp,
+        {edge: [f"sample-{edge}-{i},{i % 2}" for i in range(samples_of(index))] for index, edge in enumerate(EDGES)},
+    )
     spec = tmp / "job.yaml"
     # validation_split: the workers score each global model on their last quarter (federated evaluation).
     params = {"features": "8", "hidden": "16", "hold_rounds": "2", "validation_split": "0.25"}

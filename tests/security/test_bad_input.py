@@ -21,7 +21,6 @@ import hashlib
 import math
 import queue
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,8 +35,9 @@ from broker import Session
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import JobStatus, Kind, Phase, Topics, TransferManifest, decode_weights, encode_weights
-from tests.faults.conftest import SCRIPTS, job_yaml, reassemble, samples_of
+from tests.faults.conftest import job_yaml, reassemble, samples_of
 from tests.helpers.capture import Capture
+from tests.helpers.nodes import lay_out_nodes
 from tests.helpers.status import JobWatcher
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(300)]
@@ -125,15 +125,10 @@ def deploy(tmp_path: Path) -> Iterator[Callable[[str], Deployment]]:
     made: list[Deployment] = []
 
     def make(spec: str) -> Deployment:
-        for index, edge in enumerate(EDGES):
-            (tmp_path / edge / "data").mkdir(parents=True)
-            lines = [f"sample-{edge}-{i},{i % 2}" for i in range(samples_of(index))]
-            (tmp_path / edge / "data" / "train.txt").write_text("\n".join(lines) + "\n")
-            (tmp_path / edge / "code").mkdir()
-            for name in ("train_numpy.py", "_common.py"):
-                shutil.copy2(SCRIPTS / name, tmp_path / edge / "code" / name)
-        (tmp_path / "cloud0" / "code").mkdir(parents=True)
-        shutil.copy2(SCRIPTS / "aggregate.py", tmp_path / "cloud0" / "code" / "aggregate.py")
+        labels = {
+            edge: [f"sample-{edge}-{i},{i % 2}" for i in range(samples_of(index))] for index, edge in enumerate(EDGES)
+        }
+        lay_out_nodes(tmp_path, labels)
         (tmp_path / "job.yaml").write_text(spec)
         cluster = LocalCluster(tmp_path, broker_config={"autosave_interval": 1})
         cluster.start_broker()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import queue
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -24,9 +23,10 @@ from broker import Inbound, MqttSettings, PublishError, Session, load_node_confi
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import LEDGER_FILE, Channel, LedgerEntry, NodeReply, NodeRequest, Phase, Topics
-from tests.faults.conftest import SCRIPTS, job_yaml, samples_of
+from tests.faults.conftest import job_yaml, samples_of
 from tests.helpers.capture import Capture
 from tests.helpers.mqtt import take, take_all, wait_until
+from tests.helpers.nodes import lay_out_nodes
 from tests.helpers.status import JobWatcher
 
 pytestmark = [pytest.mark.security, pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -37,15 +37,10 @@ CAPTURE = "cloud-capture"  # provisioned with the aggregator role (names startin
 
 
 def _lay_out(tmp: Path, edge_params: dict[str, dict[str, str]] | None = None) -> Path:
-    for index, edge in enumerate(EDGES):
-        (tmp / edge / "data").mkdir(parents=True)
-        lines = [f"sample-{edge}-{i},{i % 2}" for i in range(samples_of(index))]
-        (tmp / edge / "data" / "train.txt").write_text("\n".join(lines) + "\n")
-        (tmp / edge / "code").mkdir()
-        for name in ("train_numpy.py", "_common.py"):
-            shutil.copy2(SCRIPTS / name, tmp / edge / "code" / name)
-    (tmp / "cloud0" / "code").mkdir(parents=True)
-    shutil.copy2(SCRIPTS / "aggregate.py", tmp / "cloud0" / "code" / "aggregate.py")
+    lay_out_nodes(
+        tmp,
+        {edge: [f"sample-{edge}-{i},{i % 2}" for i in range(samples_of(index))] for index, edge in enumerate(EDGES)},
+    )
     spec = tmp / "job.yaml"
     params = {edge: {"features": "8", "hidden": "16", **(edge_params or {}).get(edge, {})} for edge in EDGES}
     spec.write_text(job_yaml(EDGES, exit_round=2, script="train_numpy.py", agg_params={}, worker_params=params))
