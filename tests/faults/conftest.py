@@ -81,6 +81,29 @@ class Rig:
             what="edge1's round-2 update acknowledged",
         )
 
+    def kill_aggregator_mid_round_two(self) -> str | None:
+        """With edge2 held in round 2: SIGKILL the aggregator once edge1's round-2 update is stored (round 1
+        closed, round 2 half in), restart it and let edge2 go on; the uid of the run the kill interrupted."""
+        self.wait_round_two_delivered_by_edge1()
+        uid = self.watch.status.uid if self.watch.status else None
+        assert self.cluster.kill_node("cloud0") == -9
+        self.cluster.restart_node("cloud0")
+        self.open_gate("edge2", 2)
+        return uid
+
+    def updates_by_round(
+        self, blobs: dict[tuple[str, int, str], list[bytes]], rounds: Sequence[int]
+    ) -> dict[int, list[bytes]]:
+        """The captured update of each edge (in `edges` order) for each of `rounds`; exactly one per edge and round."""
+        updates = {}
+        for round_ in rounds:
+            per_edge = [blobs.get(("update", round_, edge), []) for edge in self.edges]
+            assert [len(found) for found in per_edge] == [1] * len(self.edges), (
+                f"round {round_}: one update per edge expected"
+            )
+            updates[round_] = [found[0] for found in per_edge]
+        return updates
+
     def wait_job(self, timeout: float) -> JobStatus:
         return self.watch.wait_finished(timeout)
 

@@ -36,11 +36,7 @@ def median_by_hand(
 
 def test_aggregator_sigkill_mid_fedmedian_round_closes_it_from_the_spool(rig: RigFactory) -> None:
     r = rig(2, keras=False, agg_params=MEDIAN, edge_params={"edge2": {"hold_rounds": "2"}})
-    r.wait_round_two_delivered_by_edge1()  # round 1 closed, edge1's round-2 update is in the spool
-    uid = r.watch.status.uid if r.watch.status else None
-    assert r.cluster.kill_node("cloud0") == -9
-    r.cluster.restart_node("cloud0")
-    r.open_gate("edge2", 2)
+    uid = r.kill_aggregator_mid_round_two()  # round 1 closed, edge1's round-2 update is in the spool
     status = r.wait_job(120)
 
     assert status.phase is Phase.SUCCEEDED, r.watch.describe()
@@ -50,11 +46,7 @@ def test_aggregator_sigkill_mid_fedmedian_round_closes_it_from_the_spool(rig: Ri
     ]
     assert r.capture is not None
     blobs = reassemble(r.capture.messages, r.topics)
-    updates = {}
-    for round_ in (1, 2, 3):
-        per_edge = [blobs.get(("update", round_, edge), []) for edge in r.edges]
-        assert [len(found) for found in per_edge] == [1, 1], f"round {round_}: one update per edge expected"
-        updates[round_] = [found[0] for found in per_edge]
+    updates = r.updates_by_round(blobs, (1, 2, 3))
     (round0,) = blobs[("global", 0, "")]
     want = median_by_hand(decode_weights(round0)[1], updates)
     for round_ in (1, 2, 3):

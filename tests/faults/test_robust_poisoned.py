@@ -28,11 +28,7 @@ def test_fedmedian_ignores_an_update_scaled_by_100(rig: RigFactory) -> None:
     assert status.phase is Phase.SUCCEEDED, r.watch.describe()
     assert r.capture is not None
     blobs = reassemble(r.capture.messages, r.topics)
-    updates = {}
-    for round_ in (1, 2):
-        per_edge = [blobs.get(("update", round_, edge), []) for edge in r.edges]
-        assert [len(found) for found in per_edge] == [1, 1, 1], f"round {round_}: one update per edge expected"
-        updates[round_] = [found[0] for found in per_edge]
+    updates = r.updates_by_round(blobs, (1, 2))
     (round0,) = blobs[("global", 0, "")]
     want = median_by_hand(decode_weights(round0)[1], updates)
     previous = [np.asarray(a, np.float64) for a in decode_weights(round0)[1]]
