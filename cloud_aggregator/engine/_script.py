@@ -162,8 +162,7 @@ class AggregationScript:
         if exit_round > MAX_EXIT_ROUND:  # the spec's bound; a plan past it would be refused by every edge
             said = "the checkpoint's run has" if checkpoint is not None else "the aggregation script says"
             message = f"{said} exit_round={exit_round}, over the limit of {MAX_EXIT_ROUND}"
-            ctx.set_agg_worker(WorkerState.FAILED, message)
-            self.rounds.fail("InvalidExitRound", message)
+            self._refuse("InvalidExitRound", message)
             return
         count = frame.participants_count
         if count is not None and count != len(facts.participants):
@@ -227,8 +226,7 @@ class AggregationScript:
                 strategy = get_strategy(name, given)
             except StrategyError as exc:
                 message = f"{_said_by(name, parameters)}: {exc}"
-                ctx.set_agg_worker(WorkerState.FAILED, message)
-                self.rounds.fail(reason, message)
+                self._refuse(reason, message)
                 return None
         topk = ctx.facts.topk_workers()
         if isinstance(strategy, RobustStrategy) and topk:
@@ -239,15 +237,19 @@ class AggregationScript:
                 f"{_said_by(name, parameters)}: the robust rule {name} cannot aggregate top-k sparsified "
                 f"updates (trainingWorkers with compression=topk: {', '.join(topk)}); use float16 or int8"
             )
-            ctx.set_agg_worker(WorkerState.FAILED, message)
-            self.rounds.fail("InvalidAggregationParameter", message)
+            self._refuse("InvalidAggregationParameter", message)
             return None
         return strategy
+
+    def _refuse(self, reason: str, message: str) -> None:
+        """The script's config cannot run: its worker entry and the job fail, both saying `message`."""
+        self.ctx.set_agg_worker(WorkerState.FAILED, message)
+        self.rounds.fail(reason, message)
 
     def _privacy(self, strategy: Strategy) -> Privacy | Literal[False] | None:
         """The run's differential privacy from the aggregation worker's parameters (None: none; False: the
         job failed on them). Central DP clips at the aggregator: `strategy.clip_norm` becomes at most C."""
-        ctx, facts = self.ctx, self.ctx.facts
+        facts = self.ctx.facts
         try:
             privacy = Privacy.of(facts.aggregation_worker.parameters, len(facts.participants))
             if privacy is not None:
@@ -267,8 +269,7 @@ class AggregationScript:
                         f"(raise dp_noise_multiplier or the budget)"
                     )
         except StrategyError as exc:
-            ctx.set_agg_worker(WorkerState.FAILED, str(exc))
-            self.rounds.fail("InvalidPrivacyParameters", str(exc))
+            self._refuse("InvalidPrivacyParameters", str(exc))
             return False
         if privacy is not None and privacy.aggregator_clips:
             strategy.clip_norm = (
