@@ -62,6 +62,7 @@ from runtime._secagg import (
     sum_masked,
     unmask_sum,
 )
+from runtime._secagg_round import RoundSecrets, mask_update, share_bundle, unmask_answer, unmask_total
 from runtime._service_watch import SERVICE_GONE_EXIT, ServiceGone, ServiceWatch
 from runtime._shamir import SHAMIR_PRIME, Share, reconstruct_secret, split_secret
 from runtime._supervisor import (
@@ -96,6 +97,7 @@ __all__ = [
     "NodeRootLockedError",
     "NodeRuntimeError",
     "RoundContext",
+    "RoundSecrets",
     "ScriptEvent",
     "ScriptExited",
     "ScriptFrame",
@@ -122,6 +124,7 @@ __all__ = [
     "list_versions",
     "lock_node_root",
     "mask_input",
+    "mask_update",
     "model_lock",
     "new_version_folder",
     "open_share",
@@ -134,11 +137,14 @@ __all__ = [
     "script_parameters",
     "seal_share",
     "set_latest",
+    "share_bundle",
     "source_checkout",
     "spawn_channel_pair",
     "split_secret",
     "sum_masked",
+    "unmask_answer",
     "unmask_sum",
+    "unmask_total",
     "version_metadata",
     "version_name",
     "write_atomic",

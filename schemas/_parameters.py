@@ -234,6 +234,11 @@ PARAMETER_BOUNDS: Mapping[str, NumberBound] = MappingProxyType(
         "dp_noise_std": NumberBound(whole=False, low=0, high=1e12),
         # Update compression (a training-worker parameter): the share of each tensor's entries top-k sends.
         "topk_fraction": NumberBound(whole=False, low=0, high=1, low_open=True),
+        # Secure aggregation (``secure_aggregation: "true"``, an aggregation-worker parameter): Shamir's
+        # threshold t (0: a majority of the training workers) and the bound every value of an edge's
+        # delta is clipped to before the fixed-point encoding (schemas.SecAggSettings).
+        "secagg_threshold": NumberBound(whole=True, low=0, high=MAX_TRAINING_WORKERS),
+        "secagg_clip": NumberBound(whole=False, low=0, high=1e6, low_open=True),
     }
 )
 """The parameters whose meaning this system knows and their bounds. A bound holds for the name as
@@ -251,6 +256,8 @@ PARAMETER_CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "compression": ("none", "float16", "int8", "topk"),
         # how the aggregator stores the global models it publishes (an aggregation-worker parameter)
         "global_compression": ("none", "float16"),
+        # secure aggregation (an aggregation-worker parameter): the aggregator learns only each round's sum
+        "secure_aggregation": ("false", "true"),
     }
 )
 """The parameters this system knows that hold one of a few words (compared case-insensitively)."""

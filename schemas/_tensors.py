@@ -41,7 +41,7 @@ MAX_DIMS = 8
 # No edge inspection dataset comes near a billion images.
 MAX_NUM_SAMPLES = 10**9
 
-DType = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
+DType = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint32", "bool"]
 WeightsKind = Literal["init", "update", "global"]
 
 

@@ -14,6 +14,8 @@ by plural kind and name; a job's runtime traffic lives under the job's own path,
     fl/federatedlearningjobs/<job>/rounds/<r>/updates/<node>/<transfer>/chunks/<i> its chunks
     fl/federatedlearningjobs/<job>/rounds/<r>/acks/<node>   the aggregator's receipt for an update
     fl/federatedlearningjobs/<job>/rounds/<r>/record        the closed round's full record, retained
+    fl/federatedlearningjobs/<job>/rounds/<r>/secagg/state          secure aggregation: the round's phase, retained
+    fl/federatedlearningjobs/<job>/rounds/<r>/secagg/<step>/<node>  an edge's keys, shares or unmask answer, retained
     fl/nodes/<node>/status                                  node presence (last will), retained
     fl/nodes/<node>/requests/<client>                       a request to a node service (logs, ledger)
     fl/nodes/<node>/replies/<client>                        its answer (the request's MQTT v5 response topic)
@@ -114,6 +116,15 @@ class Channel(StrEnum):
     NODE_REQUEST = "node-request"
     NODE_REPLY = "node-reply"
     SYNC = "sync"
+    SECAGG_STATE = "secagg-state"
+    SECAGG_KEYS = "secagg-keys"
+    SECAGG_SHARES = "secagg-shares"
+    SECAGG_UNMASK = "secagg-unmask"
+
+
+#: The per-node steps of secure aggregation (`Channel` of each): what an edge publishes under
+#: ``rounds/<r>/secagg/<step>/<node>``.
+SECAGG_STEPS = {"keys": Channel.SECAGG_KEYS, "shares": Channel.SECAGG_SHARES, "unmask": Channel.SECAGG_UNMASK}
 
 
 @dataclass(frozen=True)
@@ -182,6 +193,35 @@ class Topics:
     def round_record(self, job: str, round_: int) -> str:
         """The full `RoundRecord` of a closed round (the job status keeps only the recent summaries)."""
         return self._build(*self._round(job, round_), "record")
+
+    def secagg_state(self, job: str, round_: int) -> str:
+        """Secure aggregation: the round's `SecAggState` (the aggregator's; retained)."""
+        return self._build(*self._round(job, round_), "secagg", "state")
+
+    def secagg_step(self, job: str, round_: int, step: str, node: str) -> str:
+        """Secure aggregation: `node`'s message of `step` (keys, shares, unmask) in round `round_` (retained)."""
+        if step not in SECAGG_STEPS:
+            raise TopicError(step, f"secure aggregation step must be one of {', '.join(SECAGG_STEPS)}")
+        return self._build(*self._round(job, round_), "secagg", step, _name(node))
+
+    def secagg_of(self, job: str) -> str:
+        """Every secure aggregation message of one job (the aggregator's and its edges' filter)."""
+        return self._build(Kind.JOB.value, _name(job), "rounds", "+", "secagg", "#")
+
+    def secagg_writes(self, step: str, node: str | AclPattern) -> str:
+        """The ACL filter of what `node` may publish for `step` in any job and round."""
+        if step not in SECAGG_STEPS:
+            raise TopicError(step, f"secure aggregation step must be one of {', '.join(SECAGG_STEPS)}")
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "secagg", step, _node(node))
+
+    def all_secagg_states(self) -> str:
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "secagg", "state")
+
+    def all_secagg_shares(self) -> str:
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "secagg", "shares", "+")
+
+    def all_secagg(self) -> str:
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "secagg", "#")
 
     def node_status(self, node: str | AclPattern) -> str:
         return self._build("nodes", _node(node), "status")
@@ -392,6 +432,12 @@ def _parse_levels(rest: list[str]) -> ParsedTopic | None:  # noqa: PLR0911, PLR0
             return ParsedTopic(Channel.GLOBAL_MANIFEST, kind, name, round_)
         if n == 7 and rest[5] == "chunks":
             return ParsedTopic(Channel.GLOBAL_CHUNK, kind, name, round_, chunk=_int(rest[6]))
+        return None
+    if section == "secagg":
+        if n == 6 and rest[5] == "state":
+            return ParsedTopic(Channel.SECAGG_STATE, kind, name, round_)
+        if n == 7 and rest[5] in SECAGG_STEPS:
+            return ParsedTopic(SECAGG_STEPS[rest[5]], kind, name, round_, node=check_name(rest[6]))
         return None
     if section == "acks" and n == 6:
         return ParsedTopic(Channel.ACK, kind, name, round_, node=check_name(rest[5]))
