@@ -112,7 +112,10 @@ class SecAggState(_Message):
     phase: SecAggPhase
     threshold: int = Field(ge=1)
     clip: float = Field(gt=0, allow_inf_nan=False)
-    max_weight: int = Field(default=1, ge=1)  # the largest sample count in U1: weights are n_k / max_weight
+    # Each edge encodes its delta times n_k / max_weight (max_weight: the largest sample count in U1) and the
+    # ratio as one more value; `weighted: false` (differential privacy's uniform mean): ratio 1 everywhere.
+    max_weight: int = Field(default=1, ge=1)
+    weighted: bool = True
     u1: list[SecAggMember] = Field(default_factory=list)
     u2: list[str] = Field(default_factory=list)
     u3: list[str] = Field(default_factory=list)

@@ -208,6 +208,14 @@ class Topics:
         """Every secure aggregation message of one job (the aggregator's and its edges' filter)."""
         return self._build(Kind.JOB.value, _name(job), "rounds", "+", "secagg", "#")
 
+    def secagg_states_of(self, job: str) -> str:
+        """The `SecAggState` of every round of one job (an edge's subscription)."""
+        return self._build(Kind.JOB.value, _name(job), "rounds", "+", "secagg", "state")
+
+    def secagg_shares_of(self, job: str) -> str:
+        """Every `ShareBundle` of one job (an edge's subscription: it opens only the entries sealed for it)."""
+        return self._build(Kind.JOB.value, _name(job), "rounds", "+", "secagg", "shares", "+")
+
     def secagg_writes(self, step: str, node: str | AclPattern) -> str:
         """The ACL filter of what `node` may publish for `step` in any job and round."""
         if step not in SECAGG_STEPS:
