@@ -16,7 +16,8 @@ Mosquitto applies `pattern` lines to every user, so on their own they would let 
 write "its own" node status, worker statuses and updates. Mosquitto 2.0 checks a user's own lines
 first and a matching `topic deny` ends the check, before any pattern is looked at: so each read-only
 identity gets a `deny` for the topics the patterns would let it write (they name only itself, so no
-read it needs is lost) and for the global models.
+read it needs is lost) and for the global models. Admins and read-only identities also get a `deny` for
+secure aggregation's topics (``rounds/+/secagg/#``): they are no party to a round.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def _edge_patterns(t: Topics, own: str | AclPattern) -> list[tuple[str, str]]:
         ("read", t.requests_to(own)),
         ("write", t.replies_of(own)),
         ("read", t.replies_to(own)),
+        # Secure aggregation: its own keys, share bundle and unmask answer; the rounds' states (the roster
+        # carries everyone's public keys) and every bundle (each entry is sealed for one receiver). Never
+        # another edge's keys or answers: the answers hold plaintext shares.
+        ("write", t.secagg_writes("keys", own)),
+        ("write", t.secagg_writes("shares", own)),
+        ("write", t.secagg_writes("unmask", own)),
+        ("read", t.all_secagg_states()),
+        ("read", t.all_secagg_shares()),
     ]
 
 
@@ -56,8 +65,17 @@ def _read_only_denials(t: Topics, name: str) -> list[str]:
     trained model is the job's product, not something to look at). Its client tree stays: flctl's read
     barrier publishes there, and only `name` itself reads it."""
     written = [topic for access, topic in _edge_patterns(t, name) if "write" in access]
-    denied = [topic for topic in dict.fromkeys(written) if topic != t.client_tree(name)] + [t.all_globals()]
-    return [f"topic deny {topic}" for topic in denied]
+    # (Secure aggregation's own topics are covered by the one denial of them all.)
+    denied = [
+        topic for topic in dict.fromkeys(written) if topic != t.client_tree(name) and "/secagg/" not in topic
+    ] + [t.all_globals()]
+    return [f"topic deny {topic}" for topic in denied] + [_secagg_denial(t)]
+
+
+def _secagg_denial(t: Topics) -> str:
+    """Secure aggregation's messages are for the round's parties: the patterns would let anyone read the
+    states and bundles; admins and read-only identities are not parties."""
+    return f"topic deny {t.all_secagg()}"
 
 
 def render_acl(
@@ -91,6 +109,7 @@ def render_acl(
                 f"topic read {t.all_events()}",
                 # flctl logs / audit: requests to any node, under this admin's own name only
                 f"topic write {t.requests_from(admin)}",
+                _secagg_denial(t),
             ],
         )
     for viewer in viewers:
