@@ -66,3 +66,12 @@ def wait_gate(call: int) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"gate {gate} not opened within {GATE_TIMEOUT} s")
         time.sleep(0.05)
+
+
+def record_update(call: int, start: list[np.ndarray], trained: list[np.ndarray]) -> None:
+    """Keep what the `call`-th train call started from and sent (``<root>/recorded/<pid>-<call>.npz``: a
+    restarted script counts its calls from 1 again, and the start weights say which round it was)."""
+    folder = Path(os.environ["FL_NODE_ROOT"]) / "recorded"
+    folder.mkdir(exist_ok=True)
+    with open(folder / f"{os.getpid()}-{call}.npz", "wb") as f:
+        np.savez(f, *start, *trained)

@@ -13,7 +13,7 @@ set_weights, train, save), and its weights are as large as the scenario wants (`
 from __future__ import annotations
 
 import numpy as np
-from _common import load_samples, wait_gate
+from _common import load_samples, record_update, wait_gate
 
 from edge_trainer import BaseConfig, Context, FederatedLearning
 
@@ -23,6 +23,9 @@ LOCAL_STEPS = int(Context.get_parameters("local_steps", 1))  # one gradient step
 # A poisoning edge for the robust-aggregation tests: it sends the global model plus its trained delta
 # times this factor (1: honest).
 POISON_SCALE = float(Context.get_parameters("poison_scale", 1))
+# The secure aggregation tests compare what the aggregator could see with each edge's true update: with
+# ``record_updates`` the script keeps every round's start and trained weights under its node root.
+RECORD = bool(Context.get_parameters("record_updates", ""))
 
 
 class Estimator:
@@ -49,6 +52,8 @@ class Estimator:
                 grad_b = grad_b + mu * (self.b - global_weights[1])
             self.w = (self.w - learning_rate * grad_w).astype(np.float32)
             self.b = (self.b - learning_rate * grad_b).astype(np.float32)
+        if RECORD:
+            record_update(self.calls, self.start, self.get_weights())
         return {"loss": [float((error**2).mean())]}
 
     def get_weights(self):
