@@ -122,6 +122,7 @@ class SecAggParty:
             return  # a round whose global model this node holds: over
         self._states[state.round] = state
         self._advance(state.round)
+        self._note_held(state.round)
 
     def on_bundle(self, bundle: ShareBundle) -> None:
         """Another edge's retained share bundle (this node keeps the entry sealed for it)."""
@@ -148,10 +149,7 @@ class SecAggParty:
             return
         self._held[round_] = _Held(blob, base)
         self._advance(round_)
-        if round_ in self._held:
-            state = self._states.get(round_)
-            phase = f"phase {state.phase}" if state is not None else "waiting for its keys phase"
-            self._say(round_, f"update of round {round_} held for secure aggregation ({phase})")
+        self._note_held(round_)
 
     def on_global(self, round_: int) -> None:
         """A global model of `round_` arrived: that round and the older ones are over."""
@@ -214,6 +212,9 @@ class SecAggParty:
         samples = self._links.num_samples()
         if samples is None:
             return  # the script has not said hello: `resume` comes back here
+        if samples < 1:
+            self._leave(r, "its script reported no training samples (a key advert needs at least 1)")
+            return
         if record is None:
             record = RoundRecord(uid=self.uid, round=r, secrets=RoundSecrets.fresh())
             if not self._save(record):
@@ -237,7 +238,7 @@ class SecAggParty:
                 sealed, secrets = share_bundle(
                     record.secrets, self.context(r), own=self.node, roster=roster, threshold=state.threshold
                 )
-            except SecAggError as exc:
+            except (SecAggError, ValueError) as exc:  # a roster the threshold does not fit
                 self._log.error("cannot share keys", round=r, error=str(exc))
                 self._leave(r, f"its keys cannot be shared: {exc}")
                 return
@@ -261,17 +262,24 @@ class SecAggParty:
             self._leave(r, f"its update cannot be masked: {exc}")
             return
         weighted = state.weighted
-        # The advertised count is the one U1 (and max_weight) was fixed with, so the ratio stays <= 1.
-        masked = mask_update(
-            record.secrets,
-            self.context(r),
-            own=self.node,
-            delta=delta,
-            weight=member.num_samples if weighted else 1,
-            max_weight=state.max_weight if weighted else 1,
-            fixed=FixedPoint(state.clip, max_parties=len(state.u1)),
-            peers={m.node: b64decode(m.s_public, f"{m.node}'s s public key") for m in state.u1 if m.node in state.u2},
-        )
+        try:
+            # The advertised count is the one U1 (and max_weight) was fixed with, so the ratio stays <= 1.
+            masked = mask_update(
+                record.secrets,
+                self.context(r),
+                own=self.node,
+                delta=delta,
+                weight=member.num_samples if weighted else 1,
+                max_weight=state.max_weight if weighted else 1,
+                fixed=FixedPoint(state.clip, max_parties=len(state.u1)),
+                peers={
+                    m.node: b64decode(m.s_public, f"{m.node}'s s public key") for m in state.u1 if m.node in state.u2
+                },
+            )
+        except SecAggError as exc:  # e.g. a state whose max_weight is below this node's advertised count
+            self._log.error("cannot mask the update", round=r, error=str(exc))
+            self._leave(r, f"its update cannot be masked: {exc}")
+            return
         blob = masked_blob(masked, job=self.job, round_=r, sender=self.node, num_samples=member.num_samples)
         if not self._save(dataclasses.replace(record, masked=True)):
             return
@@ -355,6 +363,13 @@ class SecAggParty:
                 f"update of round {r} not sent: this node's masked update of round {r} was made before a "
                 "restart (one masked input per round); waiting for the round to close",
             )
+
+    def _note_held(self, r: int) -> None:
+        """While round `r`'s update waits here, the worker status names the phase it waits in."""
+        if r in self._held:
+            state = self._states.get(r)
+            phase = f"phase {state.phase}" if state is not None else "waiting for its keys phase"
+            self._say(r, f"update of round {r} held for secure aggregation ({phase})")
 
     def _say(self, r: int, message: str) -> None:
         if self._said.get(r) != message:

@@ -1,226 +1,58 @@
-"""An edge's part of secure aggregation (`EdgeJob` + `SecAggParty`), without a broker: the aggregator's states
-and the other parties' bundles, masked vectors and answers are made here with runtime's party functions
-(as tests/unit/test_secagg_round.py does), so the edge's messages are checked against the real arithmetic."""
+"""An edge's part of secure aggregation (`EdgeJob` + `SecAggParty`), without a broker: a whole round checked
+against the real arithmetic (the other parties from tests/helpers/secagg_edge.py), the keys phase, the
+unmask wait, aborted rounds, round files."""
 
 from __future__ import annotations
 
-import json
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_trainer.engine import EdgeJob, LaunchSpec, UploadRequest
-from edge_trainer.testing import RecordingPorts, ScriptedWorker, global_transfer
-from runtime import (
-    FixedPoint,
-    RoundContext,
-    RoundSecrets,
-    Share,
-    mask_update,
-    open_share,
-    share_bundle,
-    sum_masked,
-    unmask_answer,
-    unmask_total,
-)
+from edge_trainer.engine import EdgeJob, UploadRequest
+from edge_trainer.testing import ScriptedWorker, global_transfer
+from runtime import FixedPoint, RoundSecrets, Share, mask_update, open_share, sum_masked, unmask_answer, unmask_total
 from schemas import (
-    DatasetRef,
-    JobPlan,
     KeyAdvert,
-    ModelRef,
     NodeRoot,
-    PlannedWorker,
-    ScriptRef,
-    SecAggMember,
-    SecAggPhase,
-    SecAggState,
     ShareBundle,
     UnmaskAnswer,
     WorkerFrame,
     WorkerState,
     b64decode,
-    b64encode,
     encode_weights,
     read_masked,
 )
-
-JOB, UID, NODE = "sdd", "uid-1", "edge1"
-PEERS = {"edge2": 20, "edge3": 12}  # the other parties and their sample counts
-SAMPLES = 8  # this edge's (its hello)
-CLIP = 1.0
-CONTEXT = RoundContext(f"{JOB}/{UID}", 1)
-GLOBAL0 = [np.full((2, 3), 0.5, dtype=np.float32), np.array([1.0, -1.0, 0.25], dtype=np.float32)]
-UPDATE1 = [np.full((2, 3), 0.55, dtype=np.float32), np.array([0.9, -0.95, 0.2], dtype=np.float32)]
-
-
-@dataclass
-class FileCheckingPorts(RecordingPorts):
-    """RecordingPorts that also notes, at each secure aggregation publish, what the round file then held."""
-
-    root: Path = Path()
-    files_at_publish: list[dict[str, object] | None] = field(default_factory=list)
-
-    def publish_secagg(self, step: str, job: str, round_: int, payload: bytes) -> None:
-        path = self.root / "state" / job / "secagg" / f"r{round_}.json"
-        self.files_at_publish.append(json.loads(path.read_bytes()) if path.exists() else None)
-        super().publish_secagg(step, job, round_, payload)
-
-    def sent(self, step: str) -> list[bytes]:
-        return [payload for s, _, payload in self.secagg if s == step]
-
-
-@dataclass
-class Edge:
-    job: EdgeJob
-    ports: FileCheckingPorts
-    worker: ScriptedWorker
-
-
-@dataclass
-class Peer:
-    """Another party of the round, computed as the real edge would."""
-
-    name: str
-    samples: int
-    delta: np.ndarray
-    secrets: RoundSecrets = field(default_factory=RoundSecrets.fresh)
+from tests.helpers.secagg_edge import (
+    CLIP,
+    CONTEXT,
+    GLOBAL0,
+    JOB,
+    NODE,
+    PEERS,
+    SAMPLES,
+    UID,
+    FileCheckingPorts,
+    edge,
+    node_root,
+    own_delta,
+    peer_bundles,
+    peers,
+    plan,
+    record,
+    roster,
+    state,
+    through_shares,
+    train,
+    updates,
+)
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    node = tmp_path / NODE
-    (node / "data").mkdir(parents=True)
-    (node / "data" / "1.txt").write_text("a.jpg,0\n")
-    (node / "code").mkdir()
-    (node / "code" / "train.py").write_text("print('hi')\n")
-    return node
-
-
-def plan() -> JobPlan:
-    return JobPlan(
-        job=JOB,
-        uid=UID,
-        aggregation_node="cloud0",
-        aggregation="FedAvg",
-        exit_round=3,
-        participants=[NODE, *PEERS],
-        model=ModelRef(name="m", url="/model", format="ckpt"),
-        workers=[
-            PlannedWorker(
-                node=NODE,
-                dataset=DatasetRef(name="d1", url="/data/1.txt", format="txt", node_name=NODE),
-                script=ScriptRef(dir="/code", boot_file="train.py", framework_type="tensorflow"),
-                parameters={"epochs": "1", "SECURE_AGGREGATION": "True"},
-            )
-        ],
-        chunk_size=64 * 1024,
-    )
-
-
-def edge(root: Path, *, outbox: set[int] | None = None) -> Edge:
-    """A started job (hello said) that holds global model 0 and trains round 1."""
-    ports, worker = FileCheckingPorts(root=root, outbox=outbox or set()), ScriptedWorker()
-
-    def launcher(spec: LaunchSpec, run_id: str) -> ScriptedWorker:
-        return worker
-
-    job = EdgeJob(
-        plan(),
-        node=NODE,
-        root=NodeRoot(root),
-        ports=ports,
-        launcher=launcher,
-        tf_version=lambda: "2.21.0",
-        pending_rounds=lambda: set(ports.outbox),
-        delivered_round=lambda: ports.delivered,
-    )
-    assert job.start()
-    init = encode_weights(GLOBAL0, kind="init", job=JOB, round_=0, sender=NODE, num_samples=SAMPLES)
-    job.on_frame(WorkerFrame(type="hello", num_samples=SAMPLES, has_body=True), init)
-    job.on_global(*global_transfer(GLOBAL0, job=JOB, uid=UID, round_=0))
-    return Edge(job, ports, worker)
-
-
-def train(e: Edge, round_: int = 1) -> None:
-    """The script answers round `round_` with UPDATE1."""
-    body = encode_weights(UPDATE1, kind="update", job=JOB, round_=round_, sender=NODE, num_samples=SAMPLES)
-    e.job.on_frame(WorkerFrame(type="update", round=round_, num_samples=SAMPLES, has_body=True), body)
-
-
-def updates(e: Edge) -> list[UploadRequest]:
-    """The update uploads the job asked for (the initial weights left out)."""
-    return [u for u in e.ports.uploads if u.kind == "update"]
-
-
-def own_delta() -> np.ndarray:
-    return np.concatenate(
-        [(u.astype(np.float64) - g.astype(np.float64)).ravel() for u, g in zip(UPDATE1, GLOBAL0, strict=True)]
-    )
-
-
-def peers() -> dict[str, Peer]:
-    rng = np.random.default_rng(7)
-    return {n: Peer(n, s, rng.normal(0, 0.05, own_delta().size)) for n, s in PEERS.items()}
-
-
-def state(phase: SecAggPhase, *, u1: list[SecAggMember] | None = None, **fixed: object) -> SecAggState:
-    members = u1 or []
-    return SecAggState.model_validate(
-        {
-            "job": JOB,
-            "uid": UID,
-            "round": 1,
-            "phase": phase,
-            "threshold": 2,
-            "clip": CLIP,
-            "max_weight": max((m.num_samples for m in members), default=1),
-            "u1": [m.model_dump() for m in members],
-            **fixed,
-        }
-    )
-
-
-def roster(advert: KeyAdvert, others: dict[str, Peer]) -> list[SecAggMember]:
-    """U1 as the aggregator fixes it: the advertisers sorted by name, x = position + 1."""
-    keys = {advert.node: (advert.c_public, advert.s_public, advert.num_samples)}
-    keys.update(
-        {p.name: (b64encode(p.secrets.c_public), b64encode(p.secrets.s_public), p.samples) for p in others.values()}
-    )
-    return [
-        SecAggMember(node=n, x=i + 1, c_public=c, s_public=s, num_samples=k)
-        for i, (n, (c, s, k)) in enumerate(sorted(keys.items()))
-    ]
-
-
-def peer_bundles(others: dict[str, Peer], u1: list[SecAggMember]) -> dict[str, ShareBundle]:
-    table = {m.node: (m.x, b64decode(m.c_public, "c")) for m in u1}
-    bundles = {}
-    for p in others.values():
-        sealed, p.secrets = share_bundle(p.secrets, CONTEXT, own=p.name, roster=table, threshold=2)
-        bundles[p.name] = ShareBundle(
-            job=JOB, uid=UID, round=1, node=p.name, sealed={k: b64encode(v) for k, v in sealed.items()}
-        )
-    return bundles
-
-
-def through_shares(e: Edge, others: dict[str, Peer]) -> tuple[list[SecAggMember], dict[str, ShareBundle]]:
-    """keys -> shares with every party in U1; the peers' bundles are delivered to the edge."""
-    e.job.on_secagg_state(state("keys"))
-    u1 = roster(KeyAdvert.model_validate_json(e.ports.sent("keys")[-1]), others)
-    e.job.on_secagg_state(state("shares", u1=u1))
-    bundles = peer_bundles(others, u1)
-    for bundle in bundles.values():
-        e.job.on_secagg_bundle(bundle)
-    return u1, bundles
-
-
-def record(root: Path, round_: int = 1) -> dict[str, object]:
-    data: dict[str, object] = json.loads((root / "state" / JOB / "secagg" / f"r{round_}.json").read_bytes())
-    return data
+    return node_root(tmp_path)
 
 
 def test_key_advert_is_published_after_its_round_file(root: Path) -> None:
@@ -357,87 +189,6 @@ def test_unmask_waits_for_every_bundle_of_u2(root: Path) -> None:
     assert sorted(answer.b_shares) == sorted(u2) and answer.s_shares == {}
 
 
-def test_an_edge_outside_u2_sits_the_round_out(root: Path) -> None:
-    """Not in U2: the held update is dropped with a status saying so, nothing is uploaded, and the next
-    global model is trained as usual."""
-    e, others = edge(root), peers()
-    u1, _ = through_shares(e, others)
-    train(e)
-    e.job.on_secagg_state(state("masked", u1=u1, u2=list(PEERS)))
-    assert updates(e) == [] and e.ports.state() is WorkerState.WAITING
-    assert e.ports.last.message.startswith("left out of round 1's secure aggregation: this node is not in U2")
-    e.job.on_global(*global_transfer(GLOBAL0, job=JOB, uid=UID, round_=1))
-    assert e.worker.types()[-1] == ("train", 2)
-    assert not (root / "state" / JOB / "secagg" / "r1.json").exists()
-
-
-def test_an_edge_outside_u1_drops_its_update_when_it_comes(root: Path) -> None:
-    """U1 fixed without this edge while it trains: its update, when it comes, is dropped with a status."""
-    e, others = edge(root), peers()
-    e.job.on_secagg_state(state("keys"))
-    advert = KeyAdvert(
-        job=JOB,
-        uid=UID,
-        round=1,
-        node="edge2",
-        c_public=b64encode(others["edge2"].secrets.c_public),
-        s_public=b64encode(others["edge2"].secrets.s_public),
-        num_samples=20,
-    )
-    u1 = [m for m in roster(advert, others) if m.node != NODE]
-    e.job.on_secagg_state(state("shares", u1=u1))
-    assert e.ports.sent("shares") == []
-    train(e)
-    assert updates(e) == [] and "not in its roster U1" in e.ports.last.message
-
-
-def test_restart_republishes_the_same_messages_and_refuses_another_u3(root: Path) -> None:
-    """A restarted edge reads its round file: the same keys and bundle again; in phase unmask the same answer
-    for the stored U3, none for another U3. With the file saying masked and the outbox empty, the update
-    trained again is not sent."""
-    first, others = edge(root), peers()
-    u1, bundles = through_shares(first, others)
-    train(first)
-    u2 = [NODE, *PEERS]
-    first.job.on_secagg_state(state("masked", u1=u1, u2=u2))
-    first.job.on_secagg_state(state("unmask", u1=u1, u2=u2, u3=u2))
-    [keys], [shares], [answer] = first.ports.sent("keys"), first.ports.sent("shares"), first.ports.sent("unmask")
-    first.job.shutdown()
-
-    again = edge(root)  # the outbox lost the masked update
-    again.job.on_secagg_state(state("keys"))
-    again.job.on_secagg_state(state("shares", u1=u1))
-    assert again.ports.sent("keys") == [keys] and again.ports.sent("shares") == [shares]
-    for bundle in bundles.values():
-        again.job.on_secagg_bundle(bundle)
-    train(again)
-    again.job.on_secagg_state(state("masked", u1=u1, u2=u2))
-    assert updates(again) == [] and "not sent" in again.ports.last.message
-    again.job.on_secagg_state(state("unmask", u1=u1, u2=u2, u3=u2))
-    assert again.ports.sent("unmask") == [answer]
-    again.job.shutdown()
-
-    third = edge(root, outbox={1})
-    for bundle in bundles.values():
-        third.job.on_secagg_bundle(bundle)
-    third.job.on_secagg_state(state("unmask", u1=u1, u2=u2, u3=[NODE, "edge2"]))
-    assert third.ports.sent("unmask") == [] and record(root)["u3"] == u2
-
-
-def test_without_its_round_file_past_keys_the_edge_sits_out(root: Path) -> None:
-    """Restarted without its round file in phase shares: no bundle, and its update is dropped."""
-    first, others = edge(root), peers()
-    first.job.on_secagg_state(state("keys"))
-    u1 = roster(KeyAdvert.model_validate_json(first.ports.sent("keys")[0]), others)
-    first.job.shutdown()
-    (root / "state" / JOB / "secagg" / "r1.json").unlink()
-    again = edge(root)
-    again.job.on_secagg_state(state("shares", u1=u1))
-    assert again.ports.secagg == []
-    train(again)
-    assert updates(again) == [] and "no round file" in again.ports.last.message
-
-
 def test_an_aborted_round_drops_the_update_and_its_files(root: Path) -> None:
     """Phase aborted: the held update is dropped saying why; the round's file is deleted."""
     e, others = edge(root), peers()
@@ -453,3 +204,16 @@ def test_messages_of_another_run_are_ignored(root: Path) -> None:
     e = edge(root)
     e.job.on_secagg_state(state("keys").model_copy(update={"uid": "other"}))
     assert e.ports.secagg == []
+
+
+def test_round_files_go_with_the_job(root: Path) -> None:
+    """A deleted job (or one that ends) leaves no round file behind; a newer global model removes the older
+    rounds' files."""
+    e = edge(root)
+    e.job.on_secagg_state(state("keys"))
+    e.job.on_secagg_state(state("keys").model_copy(update={"round": 2}))
+    assert sorted(p.name for p in (root / "state" / JOB / "secagg").iterdir()) == ["r1.json", "r2.json"]
+    e.job.on_global(*global_transfer(GLOBAL0, job=JOB, uid=UID, round_=1))
+    assert sorted(p.name for p in (root / "state" / JOB / "secagg").iterdir()) == ["r2.json"]
+    e.job.delete()
+    assert not (root / "state" / JOB / "secagg").exists()
