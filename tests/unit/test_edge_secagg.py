@@ -91,11 +91,14 @@ def test_no_keys_for_a_round_whose_global_model_it_holds_nor_before_hello(root: 
     assert [s for s, _, _ in ports.secagg] == ["keys"]
 
 
-def test_a_whole_round_unmasks_to_the_weighted_mean(root: Path) -> None:
+@pytest.mark.parametrize("weighted", [True, False])
+def test_a_whole_round_unmasks_to_the_weighted_mean(root: Path, weighted: bool) -> None:
     """keys -> shares -> masked -> unmask, edge3 dropping after its bundle: the edge's bundle opens for its
     receivers, its upload is a masked blob held until phase masked, and with edge2's masked vector and answer
-    `unmask_total` decodes to the weighted mean of the edge's and edge2's deltas."""
+    `unmask_total` decodes to the weighted mean of the edge's and edge2's deltas (`weighted: false`, as under
+    differential privacy: their plain mean)."""
     e, others = edge(root), peers()
+    dp: dict[str, object] = {} if weighted else {"weighted": False, "max_weight": 1}
     u1, bundles = through_shares(e, others)
     mine = ShareBundle.model_validate_json(e.ports.sent("shares")[0])
     assert sorted(mine.sealed) == sorted(PEERS)
@@ -115,14 +118,14 @@ def test_a_whole_round_unmasks_to_the_weighted_mean(root: Path) -> None:
     assert "held for secure aggregation (phase shares)" in e.ports.last.message
 
     u2 = [NODE, *PEERS]
-    e.job.on_secagg_state(state("masked", u1=u1, u2=u2))
+    e.job.on_secagg_state(state("masked", u1=u1, u2=u2, **dp))
     [upload] = updates(e)
     assert isinstance(upload, UploadRequest) and upload.compression is None and upload.round == 1
     assert e.ports.state() is WorkerState.UPLOADING and record(root)["masked"] is True
     read = read_masked(upload.blob)
     assert read is not None and read[0].sender == NODE and read[1].size == own_delta().size + 1
 
-    max_weight = max(PEERS["edge2"], SAMPLES, PEERS["edge3"])
+    max_weight = max(PEERS["edge2"], SAMPLES, PEERS["edge3"]) if weighted else 1
     fixed = FixedPoint(CLIP, max_parties=3)
     s_publics = {m.node: b64decode(m.s_public, "s") for m in u1}
     edge2 = others["edge2"]
@@ -131,15 +134,16 @@ def test_a_whole_round_unmasks_to_the_weighted_mean(root: Path) -> None:
         CONTEXT,
         own="edge2",
         delta=edge2.delta,
-        weight=edge2.samples,
+        weight=edge2.samples if weighted else 1,
         max_weight=max_weight,
         fixed=fixed,
         peers=s_publics,
     )
     u3 = [NODE, "edge2"]  # edge3 never uploaded
-    e.job.on_secagg_state(state("unmask", u1=u1, u2=u2, u3=u3))
+    e.job.on_secagg_state(state("unmask", u1=u1, u2=u2, u3=u3, **dp))
     answer = UnmaskAnswer.model_validate_json(e.ports.sent("unmask")[0])
-    assert answer.u3 == u3 and record(root)["u3"] == u3
+    written = e.ports.files_at_publish[-1]
+    assert answer.u3 == u3 and written is not None and written["u3"] == u3  # stored before it was published
     assert sorted(answer.b_shares) == sorted(u3) and sorted(answer.s_shares) == ["edge3"]
     assert not set(answer.b_shares) & set(answer.s_shares)  # never both secrets of one member
     b2, s2 = unmask_answer(
@@ -164,7 +168,8 @@ def test_a_whole_round_unmasks_to_the_weighted_mean(root: Path) -> None:
         sum_masked([read[1], vector2]), CONTEXT, s_publics=s_publics, u2=u2, u3=u3, answers=answers, threshold=2
     )
     mean = fixed.decode_weighted_mean(total)
-    expected = np.average([own_delta(), edge2.delta], axis=0, weights=[SAMPLES, edge2.samples])
+    weights = [SAMPLES, edge2.samples] if weighted else [1, 1]
+    expected = np.average([own_delta(), edge2.delta], axis=0, weights=weights)
     np.testing.assert_allclose(mean, expected, atol=1e-6)
 
     e.job.on_secagg_state(state("closed", u1=u1, u2=u2, u3=u3))
