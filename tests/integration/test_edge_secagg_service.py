@@ -103,16 +103,36 @@ def edge_root(tmp_path: Path) -> Path:
     return root
 
 
+@dataclass
+class RunningEdge:
+    stop: threading.Event
+    thread: threading.Thread
+
+    def close(self) -> None:
+        """Stop the service (idempotent)."""
+        self.stop.set()
+        self.thread.join(20.0)
+        assert not self.thread.is_alive()
+
+
 @pytest.fixture
-def running_edge(edge_root: Path, mqtt_settings_factory: Callable[..., MqttSettings]) -> Iterator[None]:
-    service = HelloScriptService(NODE, edge_root, mqtt_settings_factory(NODE), stop_grace=1.0)
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(20.0)
-    assert not thread.is_alive()
+def start_edge(
+    edge_root: Path, mqtt_settings_factory: Callable[..., MqttSettings]
+) -> Iterator[Callable[[], RunningEdge]]:
+    """``start()``: the edge service on its root (again after a `close`: a restart)."""
+    running: list[RunningEdge] = []
+
+    def start() -> RunningEdge:
+        service = HelloScriptService(NODE, edge_root, mqtt_settings_factory(NODE), stop_grace=1.0)
+        stop = threading.Event()
+        edge = RunningEdge(stop, threading.Thread(target=service.run, args=(stop,), daemon=True))
+        edge.thread.start()
+        running.append(edge)
+        return edge
+
+    yield start
+    for edge in running:
+        edge.close()
 
 
 def state(phase: str, u1: list[SecAggMember] | None = None) -> SecAggState:
@@ -132,18 +152,19 @@ def state(phase: str, u1: list[SecAggMember] | None = None) -> SecAggState:
 
 
 def test_the_edge_service_answers_retained_states_with_its_keys_and_bundle(
-    session_factory: SessionFactory, edge_root: Path, request: pytest.FixtureRequest
+    session_factory: SessionFactory, edge_root: Path, start_edge: Callable[[], RunningEdge]
 ) -> None:
     """A retained `keys` state published before the edge starts: the edge advertises its keys (retained, the
     keys of its round file); the `shares` state with it and edge2 in U1: it publishes its bundle, whose one
-    entry is sealed for edge2; edge2's own bundle for round 1 reaches it without effect on what it sent."""
+    entry is sealed for edge2. Restarted, it reads the retained state and its round file and publishes the
+    very same bundle again."""
     cloud, inbox = session_factory("cloud0")
     cloud.subscribe(T.secagg_step(JOB, 1, "keys", NODE))
     cloud.subscribe(T.secagg_step(JOB, 1, "shares", NODE))
     cloud.barrier(WAIT)
     cloud.publish(T.plan(JOB), make_plan().to_json(), retain=True).wait(WAIT)
     cloud.publish(T.secagg_state(JOB, 1), state("keys").to_json(), retain=True).wait(WAIT)
-    request.getfixturevalue("running_edge")
+    edge = start_edge()
 
     [keys_msg] = take(inbox, 1, WAIT)
     cloud.ack(keys_msg)
@@ -180,3 +201,9 @@ def test_the_edge_service_answers_retained_states_with_its_keys_and_bundle(
     bundle = ShareBundle.model_validate_json(shares_msg.payload)
     assert bundle.node == NODE and list(bundle.sealed) == [PEER]
     assert json.loads((edge_root / "state" / JOB / "secagg" / "r1.json").read_bytes())["bundle"] == bundle.sealed
+
+    edge.close()
+    start_edge()
+    [again] = take(inbox, 1, WAIT)
+    cloud.ack(again)
+    assert again.topic == shares_msg.topic and again.payload == shares_msg.payload
