@@ -32,12 +32,16 @@ class RecordingPorts:
     uploads: list[UploadRequest] = field(default_factory=list)
     outbox: set[int] = field(default_factory=set)
     delivered: int = -1
+    secagg: list[tuple[str, int, bytes]] = field(default_factory=list)  # (step, round, payload) published
 
     def publish_status(self, status: WorkerStatus) -> None:
         self.statuses.append(status)
 
     def upload(self, request: UploadRequest) -> None:
         self.uploads.append(request)
+
+    def publish_secagg(self, step: str, job: str, round_: int, payload: bytes) -> None:
+        self.secagg.append((step, round_, payload))
 
     @property
     def last(self) -> WorkerStatus:

@@ -4,6 +4,8 @@
 global models, upload results, the aggregator's acks) with its effects behind `JobPorts` and a
 `WorkerHandle`; its states and transitions are drawn in its module's docstring.
 
+`SecAggParty` is the job's part of secure aggregation (its round files: `SecAggFiles`, `RoundRecord`).
+
 `prepare_launch` decides whether this node can run its part of a plan (`LaunchSpec`). The outbox
 (`Outbox`: every update on disk until the aggregator confirms it, plus the delivery record) and its
 bookkeeping (`Deliveries`: what an ack means, when to resend) are here too; the service
@@ -16,6 +18,8 @@ from edge_trainer.engine._launch import LaunchSpec, installed_tensorflow_version
 from edge_trainer.engine._outbox import Outbox, OutboxEntry
 from edge_trainer.engine._ports import Compression, JobPorts, Launcher, UploadDone, UploadRequest, WorkerHandle
 from edge_trainer.engine._residuals import Residuals
+from edge_trainer.engine._secagg import PartyLinks, SecAggParty
+from edge_trainer.engine._secagg_files import RoundRecord, SecAggFiles
 
 __all__ = [
     "AckOutcome",
@@ -28,7 +32,11 @@ __all__ = [
     "Launcher",
     "Outbox",
     "OutboxEntry",
+    "PartyLinks",
     "Residuals",
+    "RoundRecord",
+    "SecAggFiles",
+    "SecAggParty",
     "UploadDone",
     "UploadRequest",
     "WorkerHandle",

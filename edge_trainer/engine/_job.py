@@ -25,6 +25,9 @@ A confirmed update leaves the outbox, so the job also asks the node's delivery r
 restart (e.g. killed while the aggregator was down, issue 7), a global model older than a delivered
 round trains nothing and the init is not uploaded again; the job waits for that round's global model.
 A job this node already completed (`resume_completed`) starts no script at all.
+With ``secure_aggregation`` (docs/dev/secagg.md) the script's update is not uploaded when it comes: it
+is held by `SecAggParty` (`secagg`), which masks it and uploads it once the round's phase allows it
+(`on_secagg_state`, `on_secagg_bundle`), or drops it when this node sits the round out.
 With a ``compression`` parameter the job keeps the global model it hands the script for training and
 passes it with the round's update (`UploadRequest.compression`): the uploader encodes the update's delta
 from it before the outbox stores it.
@@ -47,6 +50,8 @@ from edge_trainer.engine._launch import prepare_launch
 from edge_trainer.engine._ports import UploadDone
 from runtime import MODEL_VERSIONS_FOLDER, SERVICE_GONE_EXIT
 from schemas import (
+    SecAggState,
+    ShareBundle,
     TransferManifest,
     WeightsKind,
     WireError,
@@ -100,6 +105,8 @@ class EdgeJob(JobCore):
     def delete(self) -> None:
         """The job is gone (empty plan, or replaced by a new uid): stop the script, publish nothing more."""
         self._retired = True
+        if self.secagg is not None:
+            self.secagg.close()
         if self._worker is not None:
             self._worker.stop(self._stop_grace)
 
@@ -191,6 +198,8 @@ class EdgeJob(JobCore):
         if problem is not None:
             self._log.error(f"global model ignored: {problem}", round=manifest.round)
             return
+        if self.secagg is not None:
+            self.secagg.on_global(manifest.round)
         if not self._hello or self._busy:
             self._pending = (manifest, blob)
             return
@@ -248,6 +257,16 @@ class EdgeJob(JobCore):
                 f"the aggregator refused the {kind} of round {round_}: {reason}; waiting for the next global model",
             )
 
+    def on_secagg_state(self, state: SecAggState) -> None:
+        """The aggregator's secure aggregation state of a round of this job (ignored by other jobs)."""
+        if self.active and self.secagg is not None:
+            self.secagg.on_state(state)
+
+    def on_secagg_bundle(self, bundle: ShareBundle) -> None:
+        """An edge's share bundle of a round of this job."""
+        if self.active and self.secagg is not None:
+            self.secagg.on_bundle(bundle)
+
     # -- frames ------------------------------------------------------------------------------------
 
     def _on_hello(self, frame: WorkerFrame, body: bytes | None) -> None:
@@ -274,6 +293,8 @@ class EdgeJob(JobCore):
         else:
             self._set(WorkerState.UPLOADING, 0, "uploading the initial weights")
             self._upload("init", 0, body)
+        if self.secagg is not None:
+            self.secagg.resume()  # a round's keys phase may have waited for the sample count
         self._use_pending()
 
     def _on_update(self, frame: WorkerFrame, body: bytes | None) -> None:
@@ -287,8 +308,13 @@ class EdgeJob(JobCore):
             self.num_samples = frame.num_samples
         self.metrics = dict(frame.metrics)
         self.metrics_round = frame.round
-        self._set(WorkerState.UPLOADING, frame.round, f"uploading the update of round {frame.round}")
-        self._upload("update", frame.round, body)
+        if self.secagg is not None:
+            # Held, not uploaded: it leaves this node only masked, once the round's phase allows it.
+            base = self._base[1] if self._base is not None and self._base[0] == frame.round else []
+            self.secagg.hold(frame.round, body, base)
+        else:
+            self._set(WorkerState.UPLOADING, frame.round, f"uploading the update of round {frame.round}")
+            self._upload("update", frame.round, body)
         self._use_pending()
 
     def _on_evaluated(self, frame: WorkerFrame) -> None:
@@ -355,7 +381,7 @@ class EdgeJob(JobCore):
             return
         self.trained_round = r + 1
         self._busy = True
-        if self._codec is not None:
+        if self._codec is not None or self.secagg is not None:
             # The update's delta is taken from exactly what the script gets (checked in on_global).
             self._base = (r + 1, decode_weights(blob)[1])
         self._worker.send(WorkerFrame(type="train", round=r + 1, has_body=True), blob)

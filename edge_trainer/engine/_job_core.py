@@ -16,6 +16,8 @@ from structlog.typing import FilteringBoundLogger
 
 from edge_trainer.engine._launch import LaunchSpec, installed_tensorflow_version
 from edge_trainer.engine._ports import Compression, JobPorts, Launcher, UploadRequest, WorkerHandle
+from edge_trainer.engine._secagg import PartyLinks, SecAggParty, is_secure_aggregation
+from edge_trainer.engine._secagg_files import SecAggFiles
 from runtime import get_logger
 from schemas import (
     Evaluation,
@@ -95,6 +97,19 @@ class JobCore:
         # round, the global model it trains from: the base the update's delta is taken from.
         self._codec, self._fraction = update_compression(planned.parameters if planned is not None else {})
         self._base: tuple[int, list[npt.NDArray[Any]]] | None = None
+        # Secure aggregation (the plan gives every training worker ``secure_aggregation: "true"``): the
+        # update is held for the masking step instead of uploaded; the protocol is `SecAggParty`'s.
+        self.secagg: SecAggParty | None = None
+        if planned is not None and is_secure_aggregation(planned.parameters):
+            links = PartyLinks(
+                publish=lambda step, round_, payload: ports.publish_secagg(step, plan.job, round_, payload),
+                upload=self._upload_masked,
+                say=self._say_held,
+                num_samples=lambda: self.num_samples if self._hello else None,
+                newest_global=lambda: self.newest_global,
+            )
+            files = SecAggFiles(root.path / "state")
+            self.secagg = SecAggParty(job=plan.job, uid=plan.uid, node=node, files=files, links=links, log=self._log)
 
     # -- properties --------------------------------------------------------------------------------
 
@@ -133,9 +148,15 @@ class JobCore:
             return None
         return header
 
-    def _upload(self, kind: WeightsKind, round_: int, blob: bytes) -> None:
+    def _upload(self, kind: WeightsKind, round_: int, blob: bytes, *, masked: bool = False) -> None:
         compression = None
-        if kind == "update" and self._codec is not None and self._base is not None and self._base[0] == round_:
+        if (
+            kind == "update"
+            and not masked
+            and self._codec is not None
+            and self._base is not None
+            and self._base[0] == round_
+        ):
             compression = Compression(self._codec, self._fraction, self._base[1])
         request = UploadRequest(
             compression=compression,
@@ -150,6 +171,18 @@ class JobCore:
             chunk_size=self.plan.chunk_size,
         )
         self._ports.upload(request)
+
+    def _upload_masked(self, round_: int, blob: bytes) -> None:
+        """The masked update of `round_` (`SecAggParty`): stored and sent as it is, never re-encoded."""
+        if not self.active:
+            return
+        self._set(WorkerState.UPLOADING, round_, f"uploading the masked update of round {round_}")
+        self._upload("update", round_, blob, masked=True)
+
+    def _say_held(self, round_: int, message: str) -> None:
+        """A word about the update of `round_` held for secure aggregation (while the job is at that round)."""
+        if self.active and not self._busy and self.round == round_:
+            self._set(WorkerState.WAITING, round_, message)
 
     def _outbox_rounds(self) -> set[int]:
         return self._pending_rounds()
@@ -173,6 +206,8 @@ class JobCore:
         self.state = WorkerState.FAILED
         self.message = message
         self._publish()
+        if self.secagg is not None:
+            self.secagg.close()
 
     def _set(self, state: WorkerState, round_: int, message: str) -> None:
         self.state = state
@@ -182,6 +217,8 @@ class JobCore:
         noted = state in (WorkerState.STARTING, WorkerState.COMPLETED) and self._notice
         self.message = f"{message} ({self._notice})" if noted else message
         self._publish()
+        if state.terminal and self.secagg is not None:
+            self.secagg.close()  # the job ended: its round files mean nothing now
 
     def _publish(self) -> None:
         self._ports.publish_status(

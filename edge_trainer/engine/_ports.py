@@ -69,6 +69,11 @@ class JobPorts(Protocol):
         `EdgeJob.on_uploaded`, the aggregator's verdict through `on_acked` / `on_refused`."""
         ...
 
+    def publish_secagg(self, step: str, job: str, round_: int, payload: bytes) -> None:
+        """Publish this node's secure aggregation message of `step` (``keys``, ``shares``, ``unmask``) of
+        `job`'s round `round_`: retained, QoS 1, on `Topics.secagg_step`."""
+        ...
+
 
 class WorkerHandle(Protocol):
     """The running script, as `runtime.ScriptProcess` provides it."""

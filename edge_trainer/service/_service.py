@@ -16,12 +16,12 @@ is on disk, is not run again.
 Subscriptions, in this order: this node's worker statuses (so a retained Completed is known before the
 plan it belongs to), every plan (a plan is small and retained; the ones naming this node matter), this
 node's acks, this node's own presence topic (to put ``online`` back after the broker published the
-last will), and the global models of each job this node runs.
+last will), and the global models of each job this node runs (and, for a secure aggregation job, its rounds'
+states and share bundles: `SecAggWire`).
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +41,6 @@ from broker import (
     TransferError,
     manifest_from_payload,
 )
-from edge_trainer._model_io import METADATA_FILE
 from edge_trainer.engine import (
     Deliveries,
     EdgeJob,
@@ -52,6 +51,8 @@ from edge_trainer.engine import (
     WorkerHandle,
     installed_tensorflow_version,
 )
+from edge_trainer.service._resume import completed_before
+from edge_trainer.service._secagg_wire import SECAGG_CHANNELS, SecAggWire
 from edge_trainer.service._uploads import OutboxWritten, ResendDone, Uploads, UploadWiring
 from runtime import (
     EventLoop,
@@ -135,6 +136,7 @@ class EdgeService:
             observer=self._ledger.published,
         )
         self._requests = RequestServer(self._session, self.topics, node, self._job_files, self._log)
+        self._secagg = SecAggWire(self._session, self.topics, node, self._log)
         # Global models being reassembled, by (job, round).
         self._assembler: Assembler[tuple[str, int]] = Assembler(log=self._log)
         self._jobs: dict[str, EdgeJob] = {}
@@ -253,6 +255,10 @@ class EdgeService:
             self._uploads.on_ack(msg.payload)
         elif parsed.channel is Channel.WORKER_STATUS and parsed.node == self.node:
             self._on_own_status(parsed.job, msg.payload)
+        elif parsed.channel in SECAGG_CHANNELS:
+            self._secagg.route(parsed, msg, job := self._jobs.get(parsed.job))
+            if job is not None:
+                self._after(job)
 
     def _on_plan(self, name: str, payload: bytes) -> None:
         current = self._jobs.get(name)
@@ -294,11 +300,12 @@ class EdgeService:
         self._jobs[name] = job
         self._log.info("job planned on this node", job=name, uid=plan.uid, exit_round=plan.exit_round)
         self._uploads.resume(job)
-        completed = self._completed_before(plan)
+        completed = completed_before(self._own_status.get(plan.job), plan, self.root, self._log)
         if completed is not None:
             job.resume_completed(completed)
             return
         if job.start():
+            self._secagg.follow(job)  # before the globals: a round's state is read before its model
             self._session.subscribe(self.topics.job_globals(name))
 
     def _on_global_part(self, parsed: ParsedTopic, msg: Inbound) -> None:
@@ -360,6 +367,7 @@ class EdgeService:
         if job.finished:
             self._forget_transfers(job.plan.job)
             self._session.unsubscribe(self.topics.job_globals(job.plan.job))
+            self._secagg.unfollow(job.plan.job)
 
     def _retire(self, job: EdgeJob, *, clear_status: bool) -> None:
         job.delete()
@@ -368,6 +376,7 @@ class EdgeService:
         self._forget_transfers(name)
         self._uploads.drop_job(name)
         self._session.unsubscribe(self.topics.job_globals(name))
+        self._secagg.unfollow(name)
         if clear_status:
             self._publish(self.topics.worker_status(name, self.node), b"", retain=True)
 
@@ -385,24 +394,6 @@ class EdgeService:
     def _launch(self, spec: LaunchSpec, run_id: str) -> WorkerHandle:
         """Start the job's training script (the `engine.Launcher` of every job)."""
         return self._scripts.start(spec.script_launch(run_id))
-
-    def _completed_before(self, plan: JobPlan) -> WorkerStatus | None:
-        """This node's retained Completed status of this run, if the model it names is on disk with that digest."""
-        status = self._own_status.get(plan.job)
-        if status is None or status.uid != plan.uid or status.state is not WorkerState.COMPLETED:
-            return None
-        if not status.model_path or not status.model_digest:
-            return None
-        try:
-            meta_path = self.root.resolve(status.model_path, "model path").parent / METADATA_FILE
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            self._log.info("completed before, but the saved model is not readable: running again", error=str(exc))
-            return None
-        if not isinstance(meta, dict) or meta.get("digest") != status.model_digest or meta.get("job") != plan.job:
-            self._log.info("completed before, but the saved model differs: running again", job=plan.job)
-            return None
-        return status
 
     # -- JobPorts ----------------------------------------------------------------------------------
 
@@ -427,6 +418,9 @@ class EdgeService:
 
     def upload(self, request: UploadRequest) -> None:
         self._uploads.submit(request)
+
+    def publish_secagg(self, step: str, job: str, round_: int, payload: bytes) -> None:
+        self._secagg.publish(step, job, round_, payload)
 
     # -- publishing --------------------------------------------------------------------------------
 
