@@ -66,9 +66,9 @@ def _read_only_denials(t: Topics, name: str) -> list[str]:
     barrier publishes there, and only `name` itself reads it."""
     written = [topic for access, topic in _edge_patterns(t, name) if "write" in access]
     # (Secure aggregation's own topics are covered by the one denial of them all.)
-    denied = [
-        topic for topic in dict.fromkeys(written) if topic != t.client_tree(name) and "/secagg/" not in topic
-    ] + [t.all_globals()]
+    denied = [topic for topic in dict.fromkeys(written) if topic != t.client_tree(name) and "/secagg/" not in topic] + [
+        t.all_globals()
+    ]
     return [f"topic deny {topic}" for topic in denied] + [_secagg_denial(t)]
 
 
