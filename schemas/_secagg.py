@@ -205,4 +205,3 @@ def read_masked(blob: bytes) -> tuple[WeightsHeader, npt.NDArray[np.uint32]] | N
     if vector.dtype != np.uint32 or vector.ndim != 1:
         raise WireError("weights", f"the masked tensor must be a flat uint32 vector, got {vector.dtype} {vector.shape}")
     return header, np.asarray(vector, dtype=np.uint32)
-
