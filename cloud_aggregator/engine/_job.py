@@ -180,6 +180,11 @@ class Job:
             ctx.event("Warning", "GlobalNotRestored", f"the global model could not be published again: {exc}")
             ctx.publish()
 
+    def republish_secagg(self) -> None:
+        """A broker that may have lost its retained state: the open secure aggregation round's state again
+        (the edges take the same state twice as once)."""
+        self._rounds.secagg.republish()
+
     def reject_spec(self, message: str) -> None:
         """A different or invalid spec was published for this job; it goes on unchanged."""
         self._ctx.event("Warning", "SpecRejected", message)

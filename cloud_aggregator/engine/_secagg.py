@@ -139,6 +139,12 @@ class SecureAggregation:
                 )
         ctx.publish()
 
+    def republish(self) -> None:
+        """Publish the open round's state again (a broker that lost its retained messages; the same state)."""
+        state = self._ctx.state
+        if isinstance(state, Training) and state.secagg is not None:
+            self._publish(state.secagg)
+
     def clear(self, round_: int, *, keep_state: bool = False) -> None:
         """Clear the round's retained messages: every training worker's keys, shares and unmask answer (a
         superset of U1: late advertisers too), and the state unless `keep_state`."""

@@ -6,6 +6,7 @@ bad messages, a restart, a server optimiser and distributed differential privacy
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 
 from cloud_aggregator import get_strategy
 from cloud_aggregator.engine import Job, Stage
+from cloud_aggregator.service import StateStore
 from cloud_aggregator.testing import MemoryPort, chunks_of, make_transfer
 from runtime import FixedPoint, RoundContext, RoundSecrets, mask_update, share_bundle, unmask_answer
 from schemas import (
@@ -153,6 +155,7 @@ def start(
     training: dict[str, str] | None = None,
     secure: bool = True,
     resume: bool = False,
+    exit_round: int = 1,
 ) -> Job:
     params = {"secure_aggregation": "true"} if secure else {}
     params.update(parameters or {})
@@ -160,7 +163,7 @@ def start(
     job = Job(three_edges(params, training, resume=resume), port, previous_status=previous)  # type: ignore[arg-type]
     job.start(0.0)
     name = params.get("aggregation_algorithm", "FedAvg")
-    job.on_script_frame(WorkerFrame(type="config", aggregation=name, exit_round=1), 0.1)
+    job.on_script_frame(WorkerFrame(type="config", aggregation=name, exit_round=exit_round), 0.1)
     if not resume and not job.finished:
         manifest, blob = make_transfer(INIT, kind="init", job=JOB, uid=UID, round_=0, sender="edge1", num_samples=10)
         send(job, "edge1", manifest, chunks_of(manifest, blob), 0.2)
@@ -275,6 +278,32 @@ def test_between_threshold_and_quorum_the_phase_waits_for_the_quorum() -> None:
     assert reasons(port, "BelowQuorum")[-1].endswith("passed with 2/3, quorum 3; waiting for edge3")
     fleet.advertise("edge3")
     assert fleet.state().phase == "shares"
+
+
+def test_the_next_round_opens_in_phase_keys_and_leftovers_of_a_closed_round_are_cleared() -> None:
+    port = MemoryPort()
+    job = start(port, exit_round=2)
+    fleet = Fleet(job, port)
+    full_round(fleet)
+    assert job.round == 2 and fleet.state(2).phase == "keys" and fleet.state(2).u1 == []
+    cleared = len(port.secagg_cleared)
+
+    fleet.advertise("edge1")  # round 1's advert, retained by a broker the clearing did not reach
+    job.republish_secagg()  # after a reconnect: the same state again
+
+    assert port.secagg_cleared[cleared:] == [(JOB, 1, "keys", "edge1")]
+    assert reasons(port, "SecAggMessageIgnored") == []
+    assert port.secagg_history[-1] == (JOB, 2, fleet.state(2)) and fleet.state(2).phase == "keys"
+
+
+def test_the_state_store_keeps_the_record_beside_the_spool_and_drops_it_with_it(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.store_update(JOB, 3, "edge1", "0123abcd", b"blob")
+    store.save_secagg(JOB, 3, b'{"state": 1}')
+    assert store.load_secagg(JOB, 3) == b'{"state": 1}' and store.load_secagg(JOB, 4) is None
+    assert [u.node for u in store.spooled_updates(JOB, 3)] == ["edge1"]  # the record is not an update
+    store.drop_spool(JOB, 3)
+    assert store.load_secagg(JOB, 3) is None
 
 
 # -- (e) refusals at config ---------------------------------------------------------------------------------
