@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pytest
 
 from cloud_aggregator import get_strategy
-from cloud_aggregator.engine import Job, Stage
+from cloud_aggregator.engine import Controller, Job, Stage
 from cloud_aggregator.service import StateStore
 from cloud_aggregator.testing import MemoryPort, chunks_of, make_transfer
 from runtime import FixedPoint, RoundContext, RoundSecrets, mask_update, share_bundle, unmask_answer
@@ -36,7 +36,8 @@ from schemas import (
 )
 from tests.unit.test_aggregator_async import three_edges
 from tests.unit.test_aggregator_intake import send
-from tests.unit.test_job_rounds import JOB, UID
+from tests.unit.test_controller import FIXED, announce, documents, job_payload, publish
+from tests.unit.test_job_rounds import JOB, SETTINGS, UID
 
 Arrays = list[npt.NDArray[Any]]
 NODES = ["edge1", "edge2", "edge3"]
@@ -511,3 +512,45 @@ def port_privacy(port: MemoryPort) -> Any:
     status: JobStatus = port.job_status(JOB)
     assert status.privacy is not None
     return (status.privacy.mode, status.privacy.rounds, status.privacy.epsilon)
+
+
+# -- the controller's routing ----------------------------------------------------------------------------------
+
+
+def test_the_controller_routes_the_edges_steps_to_the_job_and_ignores_its_own_state() -> None:
+    port = MemoryPort()
+    controller = Controller(node="cloud0", port=port, settings=SETTINGS, new_uid=lambda: UID)
+    announce(controller, "edge1")
+    announce(controller, "edge2")
+    controller.ready(0.0)
+    params = [{"key": "exit_round", "value": "1"}, {"key": "secure_aggregation", "value": "true"}]
+    for kind, name, payload in documents(FIXED):
+        body = job_payload({"spec.aggregationWorker.workerSpec.parameters": params}) if kind is Kind.JOB else payload
+        publish(controller, kind, name, body, 1.0)
+    controller.on_script_frame(JOB, UID, WorkerFrame(type="config", aggregation="FedAvg", exit_round=1), 1.1)
+    job = controller.job(JOB)
+    assert job is not None
+    manifest, blob = make_transfer(INIT, kind="init", job=JOB, uid=UID, round_=0, sender="edge1", num_samples=10)
+    send(job, "edge1", manifest, chunks_of(manifest, blob), 1.2)
+    state = port.secagg_states[(JOB, 1)]
+    assert state is not None and state.phase == "keys" and state.threshold == 2
+
+    echo = TOPICS.secagg_state(JOB, 1)
+    controller.on_secagg(TOPICS.parse(echo), echo, state.to_json(), 1.3)
+    for node in ("edge1", "edge2"):
+        secrets = RoundSecrets.fresh()
+        advert = KeyAdvert(
+            job=JOB,
+            uid=UID,
+            round=1,
+            node=node,
+            c_public=b64encode(secrets.c_public),
+            s_public=b64encode(secrets.s_public),
+            num_samples=5,
+        )
+        topic = TOPICS.secagg_step(JOB, 1, "keys", node)
+        controller.on_secagg(TOPICS.parse(topic), topic, advert.to_json(), 1.4)
+
+    state = port.secagg_states[(JOB, 1)]
+    assert state is not None and state.phase == "shares" and [m.node for m in state.u1] == ["edge1", "edge2"]
+    assert state.max_weight == 5 and reasons(port, "SecAggMessageIgnored") == []
