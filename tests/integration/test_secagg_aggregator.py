@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from schemas import (
     NodeStatus,
     SecAggState,
     ShareBundle,
+    Topics,
     TransferManifest,
     TransferOrigin,
     UnmaskAnswer,
@@ -138,15 +140,29 @@ class Edges:
         return JobPlan.model_validate_json(self.until(self.topics.plan(JOB))).uid
 
 
-def test_the_aggregator_runs_a_secure_round_over_mqtt(cluster: LocalCluster) -> None:
-    edges = Edges(cluster)
+@dataclass
+class Played:
+    """The round as the played edges know it."""
+
+    uid: str
+    state: SecAggState
+    secrets: dict[str, RoundSecrets]
+    bundles: dict[str, dict[str, bytes]]
+
+    @property
+    def context(self) -> RoundContext:
+        return RoundContext(f"{JOB}/{self.uid}", 1)
+
+
+def run_to_unmask(edges: Edges, topics: Topics) -> Played:
+    """The job created, round 0's model sent, keys and shares exchanged, both masked updates uploaded."""
     for edge in EDGES:  # present, so the job is not held back for nodes never seen
         online = NodeStatus(node=edge, role="edge", state=NodeState.ONLINE)
-        edges.publish(cluster.topics.node_status(edge), online.to_json())
+        edges.publish(topics.node_status(edge), online.to_json())
     for doc in job_yaml().split("---\n"):
         kind = Kind.JOB if "FederatedLearningJob" in doc else Kind.MODEL if "kind: Model" in doc else Kind.DATASET
         name = doc.split("metadata: {name: ")[1].split("}")[0]
-        edges.publish(cluster.topics.spec(kind, name), doc.encode())
+        edges.publish(topics.spec(kind, name), doc.encode())
     uid = edges.uid
     context = RoundContext(f"{JOB}/{uid}", 1)
     edges.send(0, "edge1", "init", encode_weights(INIT, kind="init", job=JOB, round_=0, sender="edge1", num_samples=12))
@@ -163,7 +179,7 @@ def test_the_aggregator_runs_a_secure_round_over_mqtt(cluster: LocalCluster) -> 
             s_public=b64encode(secrets[edge].s_public),
             num_samples=SAMPLES[edge],
         )
-        edges.publish(cluster.topics.secagg_step(JOB, 1, "keys", edge), advert.to_json())
+        edges.publish(topics.secagg_step(JOB, 1, "keys", edge), advert.to_json())
     state = edges.phase("shares")
     roster = {m.node: (m.x, b64decode(m.c_public, "c")) for m in state.u1}
     bundles = {}
@@ -171,7 +187,7 @@ def test_the_aggregator_runs_a_secure_round_over_mqtt(cluster: LocalCluster) -> 
         sealed, secrets[edge] = share_bundle(secrets[edge], context, own=edge, roster=roster, threshold=2)
         bundles[edge] = sealed
         wire = ShareBundle(job=JOB, uid=uid, round=1, node=edge, sealed={k: b64encode(v) for k, v in sealed.items()})
-        edges.publish(cluster.topics.secagg_step(JOB, 1, "shares", edge), wire.to_json())
+        edges.publish(topics.secagg_step(JOB, 1, "shares", edge), wire.to_json())
     state = edges.phase("masked")
     for edge in EDGES:
         delta = np.concatenate([(u.astype(np.float64) - i).ravel() for u, i in zip(UPDATES[edge], INIT, strict=True)])
@@ -188,39 +204,72 @@ def test_the_aggregator_runs_a_secure_round_over_mqtt(cluster: LocalCluster) -> 
         edges.send(1, edge, "update", masked_blob(masked, job=JOB, round_=1, sender=edge, num_samples=SAMPLES[edge]))
     state = edges.phase("unmask")
     assert state.u3 == list(EDGES)
-    for edge in EDGES:
-        b, s = unmask_answer(
-            secrets[edge],
-            context,
-            own=edge,
-            c_publics={m.node: b64decode(m.c_public, "c") for m in state.u1},
-            sealed_for_me={v: bundles[v][edge] for v in EDGES if v != edge},
-            u2=state.u2,
-            u3=state.u3,
-        )
-        wire = UnmaskAnswer(
-            job=JOB,
-            uid=uid,
-            round=1,
-            node=edge,
-            u3=state.u3,
-            b_shares={k: b64encode(v) for k, v in b.items()},
-            s_shares={k: b64encode(v) for k, v in s.items()},
-        )
-        edges.publish(cluster.topics.secagg_step(JOB, 1, "unmask", edge), wire.to_json())
-    edges.phase("closed")
-    edges.wait(None)  # then the state is cleared
-    assert [s.phase if s else None for s in edges.states] == ["keys", "shares", "masked", "unmask", "closed", None]
+    return Played(uid, state, secrets, bundles)
 
-    steps = [cluster.topics.secagg_step(JOB, 1, step, edge) for step in ("keys", "shares", "unmask") for edge in EDGES]
-    while any(edges.retained.get(topic) for topic in steps):  # each edge's messages cleared too
+
+def answer(edges: Edges, topics: Topics, played: Played, edge: str) -> None:
+    state = played.state
+    b, s = unmask_answer(
+        played.secrets[edge],
+        played.context,
+        own=edge,
+        c_publics={m.node: b64decode(m.c_public, "c") for m in state.u1},
+        sealed_for_me={v: played.bundles[v][edge] for v in EDGES if v != edge},
+        u2=state.u2,
+        u3=state.u3,
+    )
+    wire = UnmaskAnswer(
+        job=JOB,
+        uid=played.uid,
+        round=1,
+        node=edge,
+        u3=state.u3,
+        b_shares={k: b64encode(v) for k, v in b.items()},
+        s_shares={k: b64encode(v) for k, v in s.items()},
+    )
+    edges.publish(topics.secagg_step(JOB, 1, "unmask", edge), wire.to_json())
+
+
+def assert_closed_as_fedavg(edges: Edges, topics: Topics) -> None:
+    """The state says closed, then is cleared with every edge's messages; the global model is FedAvg."""
+    edges.phase("closed")
+    edges.wait(None)
+    steps = [topics.secagg_step(JOB, 1, step, edge) for step in ("keys", "shares", "unmask") for edge in EDGES]
+    while any(edges.retained.get(topic) for topic in steps):
         msg = edges.inbox.get(timeout=WAIT)
         edges.retained[msg.topic] = msg.payload
-
-    manifest = TransferManifest.model_validate_json(edges.until(cluster.topics.global_manifest(JOB, 1)))
-    blob = b"".join(edges.until(cluster.topics.global_chunk(JOB, 1, i)) for i in range(manifest.chunks))
+    manifest = TransferManifest.model_validate_json(edges.until(topics.global_manifest(JOB, 1)))
+    blob = b"".join(edges.until(topics.global_chunk(JOB, 1, i)) for i in range(manifest.chunks))
     _, arrays = decode_weights(blob)
     for i, got in enumerate(arrays):
         want = np.average([UPDATES[e][i] for e in EDGES], axis=0, weights=[SAMPLES[e] for e in EDGES])
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_the_aggregator_runs_a_secure_round_over_mqtt(cluster: LocalCluster) -> None:
+    edges = Edges(cluster)
+    played = run_to_unmask(edges, cluster.topics)
+    for edge in EDGES:
+        answer(edges, cluster.topics, played, edge)
+    assert_closed_as_fedavg(edges, cluster.topics)
+    phases = [s.phase if s else None for s in edges.states]
+    assert phases == ["keys", "shares", "masked", "unmask", "closed", None]
+    edges.session.stop()
+
+
+def test_an_aggregator_killed_before_the_answers_restarts_where_the_round_was(cluster: LocalCluster) -> None:
+    """kill -9 once the state says unmask (saved before it was published); both edges answer while it is down
+    (retained). The restarted aggregator reloads the round's record, refolds the spooled masked updates,
+    republishes the state, takes the retained answers and closes the round with the same model."""
+    edges = Edges(cluster)
+    played = run_to_unmask(edges, cluster.topics)
+    cluster.kill_node("cloud0")
+    for edge in EDGES:
+        answer(edges, cluster.topics, played, edge)
+
+    cluster.start_node("cloud0", "aggregator")
+
+    again = edges.phase("unmask")  # the restart republishes the saved state
+    assert again == played.state
+    assert_closed_as_fedavg(edges, cluster.topics)
     edges.session.stop()
