@@ -158,12 +158,17 @@ class SecureAggregation:
     # -- the edges' messages ---------------------------------------------------------------------------
 
     def on_message(self, step: str, node: str, round_: int, topic: str, payload: bytes) -> None:
-        """An edge's key advert, share bundle or unmask answer (``rounds/<r>/secagg/<step>/<node>``)."""
+        """An edge's key advert, share bundle or unmask answer (``rounds/<r>/secagg/<step>/<node>``), or
+        (`step` ``state``) this aggregator's own state coming back."""
         ctx = self._ctx
         if not payload:
             return  # a cleared retained message (this aggregator's own clearing)
         state = ctx.state
         record = state.secagg if isinstance(state, Training) else None
+        if step == "state":
+            if record is not None and round_ < record.round:  # a closed round's, left by a stop before its clearing
+                ctx.safely(ctx.port.publish_secagg_state, ctx.facts.name, round_, None)
+            return
         if not isinstance(state, Training) or record is None:
             ctx.log.info("secure aggregation message outside a round ignored", topic=topic, worker=node)
             return

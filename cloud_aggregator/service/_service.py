@@ -64,8 +64,9 @@ Event = Inbound | ScriptFrame | ScriptExited | AuditBarrier
 
 # What the broker is seen to hold of these is compared with the kept copy (`MqttPort.resync`).
 _KEPT_CHANNELS = (Channel.SPEC, Channel.STATUS, Channel.PLAN, Channel.GLOBAL_MANIFEST)
-# Secure aggregation: what the edges publish (the state channel is this node's own, echoed back).
-_SECAGG_CHANNELS = (Channel.SECAGG_KEYS, Channel.SECAGG_SHARES, Channel.SECAGG_UNMASK)
+# Secure aggregation: what the edges publish, and the state (this node's own: a closed round's is cleared).
+_SECAGG_STEP_CHANNELS = (Channel.SECAGG_KEYS, Channel.SECAGG_SHARES, Channel.SECAGG_UNMASK)
+_SECAGG_CHANNELS = (*_SECAGG_STEP_CHANNELS, Channel.SECAGG_STATE)
 _RUNTIME_CHANNELS = (
     Channel.WORKER_STATUS,
     Channel.UPDATE_MANIFEST,
@@ -74,7 +75,7 @@ _RUNTIME_CHANNELS = (
     *_SECAGG_CHANNELS,
 )
 # What an edge publishes for a job: the aggregator's ledger of the job records each arrival.
-_LEDGER_CHANNELS = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK, *_SECAGG_CHANNELS)
+_LEDGER_CHANNELS = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK, *_SECAGG_STEP_CHANNELS)
 
 
 class AggregatorService:

@@ -290,6 +290,10 @@ def test_the_next_round_opens_in_phase_keys_and_leftovers_of_a_closed_round_are_
     cleared = len(port.secagg_cleared)
 
     fleet.advertise("edge1")  # round 1's advert, retained by a broker the clearing did not reach
+    left = SecAggState(job=JOB, uid=UID, round=1, phase="unmask", threshold=2, clip=8.0)
+    job.on_secagg("state", "", 1, TOPICS.secagg_state(JOB, 1), left.to_json(), now_s=2.0)  # so was its state
+    job.on_secagg("state", "", 2, TOPICS.secagg_state(JOB, 2), fleet.state(2).to_json(), now_s=2.0)  # own echo
+    assert port.secagg_history[-1] == (JOB, 1, None)
     job.republish_secagg()  # after a reconnect: the same state again
 
     assert port.secagg_cleared[cleared:] == [(JOB, 1, "keys", "edge1")]
