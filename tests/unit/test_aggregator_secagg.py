@@ -449,6 +449,25 @@ def test_a_restart_after_the_masked_uploads_gives_the_same_model() -> None:
     assert_model(restarted, fedavg(NODES))
 
 
+def test_a_restart_in_phase_keys_keeps_the_adverts_it_had() -> None:
+    port = MemoryPort()
+    job = start(port)
+    fleet = Fleet(job, port)
+    fleet.advertise("edge1", "edge2")
+
+    restarted = MemoryPort(disk=port.disk, statuses=dict(port.statuses))
+    again = start(restarted, resume=True)
+    fleet.job, fleet.port = again, restarted
+    assert fleet.state().phase == "keys"  # republished
+    fleet.advertise("edge3")  # edge1's and edge2's adverts came from the record, not from the broker
+
+    assert [m.node for m in fleet.state().u1] == NODES and fleet.state().phase == "shares"
+    fleet.share(*NODES)
+    fleet.upload(*NODES)
+    fleet.answer("edge2", "edge3")
+    assert_model(restarted, fedavg(NODES))
+
+
 # -- (h), (i) strategies and differential privacy --------------------------------------------------------------
 
 
