@@ -27,6 +27,7 @@ from schemas import (
     ModelRef,
     ResourceStatus,
     RoundRecord,
+    SecAggState,
     TransferManifest,
     TransferOrigin,
     UpdateAck,
@@ -64,6 +65,7 @@ class MemoryDisk:
     server_states: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     globals: dict[str, dict[int, bytes]] = field(default_factory=dict)  # job -> round -> kept global blob
     kept: KeptState = field(default_factory=KeptState)
+    secagg: dict[str, dict[int, bytes]] = field(default_factory=dict)  # job -> round -> secure aggregation record
 
 
 @dataclass
@@ -82,6 +84,11 @@ class MemoryPort:
     retained_globals: dict[str, dict[int, GlobalModel]] = field(default_factory=dict)
     published_globals: list[GlobalModel] = field(default_factory=list)
     acks: list[UpdateAck] = field(default_factory=list)
+    # Secure aggregation: (job, round) -> the retained state (None: cleared), every publication in order,
+    # and every retained edge message cleared: (job, round, step, node).
+    secagg_states: dict[tuple[str, int], SecAggState | None] = field(default_factory=dict)
+    secagg_history: list[tuple[str, int, SecAggState | None]] = field(default_factory=list)
+    secagg_cleared: list[tuple[str, int, str, str]] = field(default_factory=list)
     # The "disk": job -> round -> [(node, transfer, blob)], and job -> (checkpoint, global blob).
     # Share `disk` between two ports to simulate a restart on the same node root.
     disk: MemoryDisk = field(default_factory=MemoryDisk)
@@ -152,6 +159,14 @@ class MemoryPort:
     def send_ack(self, ack: UpdateAck) -> None:
         self.acks.append(ack)
 
+    def publish_secagg_state(self, job: str, round_: int, state: SecAggState | None) -> None:
+        copy = SecAggState.model_validate_json(state.to_json()) if state is not None else None
+        self.secagg_states[(job, round_)] = copy
+        self.secagg_history.append((job, round_, copy))
+
+    def clear_secagg_step(self, job: str, round_: int, step: str, node: str) -> None:
+        self.secagg_cleared.append((job, round_, step, node))
+
     def start_script(self, request: ScriptRequest) -> None:
         if self.fail_start is not None:
             raise self.fail_start
@@ -187,6 +202,17 @@ class MemoryPort:
         rounds = self.disk.spool.get(job, {})
         for r in [r for r in rounds if r <= upto]:
             del rounds[r]
+        records = self.disk.secagg.get(job, {})
+        for r in [r for r in records if r <= upto]:
+            del records[r]
+
+    def save_secagg(self, job: str, round_: int, data: bytes) -> None:
+        if self.fail_store is not None:
+            raise self.fail_store
+        self.disk.secagg.setdefault(job, {})[round_] = bytes(data)
+
+    def load_secagg(self, job: str, round_: int) -> bytes | None:
+        return self.disk.secagg.get(job, {}).get(round_)
 
     def save_checkpoint(
         self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None, *, keep_globals: int = 1
@@ -217,6 +243,7 @@ class MemoryPort:
         self.disk.checkpoints.pop(job, None)
         self.disk.server_states.pop(job, None)
         self.disk.globals.pop(job, None)
+        self.disk.secagg.pop(job, None)
 
     # -- queries ---------------------------------------------------------------------------------
 

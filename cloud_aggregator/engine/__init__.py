@@ -32,7 +32,8 @@ with `cloud_aggregator.testing.MemoryPort` and a fake clock (every call takes ``
 job is a few parts with one role each, sharing one `_context.JobContext`: the stage objects
 (`_stages`), the aggregation script and the STARTING stage (`_script`), the intake of transfers
 (`_intake`), the round engine (`_rounds`), committing rounds (`_commit`), crash recovery
-(`_recovery`), the workers' reports (`_workers`) and the status wording (`_status`).
+(`_recovery`), the workers' reports (`_workers`), the status wording (`_status`) and secure aggregation's
+phases (`_secagg`, with the round's record in `_secagg_record` and its unmasked close in `_secagg_close`).
 """
 
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate

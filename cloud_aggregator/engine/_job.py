@@ -25,7 +25,7 @@ from cloud_aggregator.engine._port import Port
 from cloud_aggregator.engine._recovery import Recovery
 from cloud_aggregator.engine._rounds import RoundEngine
 from cloud_aggregator.engine._script import AggregationScript
-from cloud_aggregator.engine._stages import Done, Final, Stage, Training
+from cloud_aggregator.engine._stages import Done, Final, Stage, Starting, Training
 from cloud_aggregator.engine._workers import Workers
 from schemas import (
     JobPlan,
@@ -152,6 +152,8 @@ class Job:
         ctx.safely(port.clear_state, name)
         ctx.safely(port.publish_plan, name, None)
         ctx.safely(port.clear_globals, name)
+        if state.run is not None and state.run.secagg is not None and state.round > 0:
+            self._rounds.secagg.clear(state.round)  # the retained state and messages of its last round
         # Every round record this run published (rounds 1..current_round; the status says how far it got).
         for round_ in range(1, self.status.current_round + 1):
             ctx.safely(port.publish_round_record, name, round_, None)
@@ -177,6 +179,11 @@ class Job:
         except (AggregatorError, WireError) as exc:
             ctx.event("Warning", "GlobalNotRestored", f"the global model could not be published again: {exc}")
             ctx.publish()
+
+    def republish_secagg(self) -> None:
+        """A broker that may have lost its retained state: the open secure aggregation round's state again
+        (the edges take the same state twice as once)."""
+        self._rounds.secagg.republish()
 
     def reject_spec(self, message: str) -> None:
         """A different or invalid spec was published for this job; it goes on unchanged."""
@@ -213,6 +220,16 @@ class Job:
     def on_update(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
         """A complete `update` transfer: checked, stored, counted once per worker and round, folded on arrival."""
         self._rounds.updates.on_update(node, round_, manifest, blob)
+
+    def on_secagg(self, step: str, node: str, round_: int, topic: str, payload: bytes, *, now_s: float) -> None:
+        """An edge's secure aggregation message (`step`: keys, shares or unmask) on `topic`; while the job starts
+        (a restart: the retained ones arrive at the subscription) it waits for the round to be restored."""
+        self._ctx.advance(now_s)  # a phase's deadline counts from the arrival that started it
+        state = self._ctx.state
+        if isinstance(state, Starting):
+            state.early_secagg.append((step, node, round_, topic, payload))
+        else:
+            self._rounds.secagg.on_message(step, node, round_, topic, payload)
 
     def _deliver(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
         # The intake is made before the round engine (which needs it), so it delivers through here.

@@ -28,6 +28,7 @@ from schemas import (
     ModelRef,
     ResourceStatus,
     RoundRecord,
+    SecAggState,
     UpdateAck,
 )
 
@@ -93,6 +94,13 @@ class Port(Protocol):
     def send_ack(self, ack: UpdateAck) -> None:
         """Tell an edge what became of its update (not retained)."""
 
+    def publish_secagg_state(self, job: str, round_: int, state: SecAggState | None) -> None:
+        """Publish a secure aggregation round's state (``rounds/<r>/secagg/state``), retained; None clears it."""
+
+    def clear_secagg_step(self, job: str, round_: int, step: str, node: str) -> None:
+        """Clear an edge's retained secure aggregation message (``rounds/<r>/secagg/<step>/<node>``; step:
+        keys, shares or unmask) with an empty retained payload."""
+
     def start_script(self, request: ScriptRequest) -> None:
         """Start the aggregation script; its frames and exit come back as controller calls."""
 
@@ -130,7 +138,14 @@ class Port(Protocol):
         ...
 
     def drop_spool(self, job: str, upto: int) -> None:
-        """Delete the spooled updates of every round <= `upto`."""
+        """Delete the spooled updates of every round <= `upto` (and their rounds' secure aggregation records)."""
+
+    def save_secagg(self, job: str, round_: int, data: bytes) -> None:
+        """Store a round's secure aggregation record durably (write-atomic, beside the round's spool)."""
+
+    def load_secagg(self, job: str, round_: int) -> bytes | None:
+        """The secure aggregation record saved for `round_`, or None."""
+        ...
 
     def save_checkpoint(
         self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None, *, keep_globals: int = 1

@@ -6,7 +6,8 @@ sent its config, `resume` restores the status, the global model and what was fol
 latest global model (retained), and opens the round after the checkpoint's on the strategy's server
 state saved with it (checked against the checkpoint's digest), folding again the updates stored for it
 before the crash (the spool), each (node, round) once. So a restart closes that round exactly as an
-uninterrupted run would have. Without a checkpoint the run resumes at round 0.
+uninterrupted run would have. A secure aggregation round reloads its record (`_secagg`), and its spooled
+masked updates go into the masked sum again. Without a checkpoint the run resumes at round 0.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cloud_aggregator.engine._commit import Committer
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._intake import Intake
 from cloud_aggregator.engine._rounds import RoundEngine
-from cloud_aggregator.engine._stages import Final, GlobalWeights, Run
+from cloud_aggregator.engine._stages import Final, GlobalWeights, Run, Training
 from cloud_aggregator.engine._status import final_message
 from schemas import JobStatus, Phase, WireError, WorkerState, decode_weights
 
@@ -116,6 +117,10 @@ class Recovery:
         self._rounds.open_round(run, model, closed + 1, server)
         if ctx.facts.asynchrony is None:  # the asynchronous mode's open_round refolds its spool itself
             self._rounds.updates.refold_spool(closed + 1)
+        state = ctx.state
+        if isinstance(state, Training) and state.secagg is not None:
+            # The masked sum is whole again: the saved phase may be ready to move on (or to unmask).
+            self._rounds.secagg.progress(state)
 
     def _load_bases(self, closed: int) -> None:
         """The global models kept with the checkpoints that updates may still be rebased onto (asynchronous)."""

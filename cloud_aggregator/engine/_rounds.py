@@ -33,6 +33,7 @@ from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._intake import Intake
 from cloud_aggregator.engine._port import FinalModel
 from cloud_aggregator.engine._robust_close import robust_close
+from cloud_aggregator.engine._secagg import SecureAggregation
 from cloud_aggregator.engine._stages import Done, Final, GlobalWeights, Init, Run, Training
 from cloud_aggregator.engine._status import budget_message, completed_message, final_message
 from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
@@ -57,7 +58,8 @@ class RoundEngine:
         self._ctx = ctx
         self._intake = intake
         self._committer = committer
-        self.updates = UpdatePath(ctx, intake, committer, self)
+        self.secagg = SecureAggregation(ctx, self)
+        self.updates = UpdatePath(ctx, intake, committer, self, self.secagg)
 
     # -- transfers -------------------------------------------------------------------------------
 
@@ -117,6 +119,9 @@ class RoundEngine:
         offline grace of an absent participant may run out (`closes_early`)."""
         ctx, facts = self._ctx, self._ctx.facts
         state, deadline = ctx.state, facts.round_deadline
+        if isinstance(state, Training) and state.secagg is not None:
+            self.secagg.tick(state, now_s)  # each phase has its deadline; the unmasked sum closes the round
+            return
         if not isinstance(state, Training) or deadline is None or state.deadline_passed:
             return
         if now_s < state.opened + deadline:
@@ -168,7 +173,8 @@ class RoundEngine:
         facts = self._ctx.facts
         missing = open_round.waiting_for(facts.participants)
         return (
-            facts.round_deadline is not None
+            open_round.secagg is None  # a secure aggregation round closes when its sum is unmasked
+            and facts.round_deadline is not None
             and facts.asynchrony is None  # a buffer waits for no one in particular
             and not open_round.deadline_passed
             and bool(missing)
@@ -178,6 +184,8 @@ class RoundEngine:
 
     def closable(self, open_round: Training) -> bool:
         facts = self._ctx.facts
+        if open_round.secagg is not None:
+            return False  # it closes when its sum is unmasked (`SecureAggregation`)
         if facts.asynchrony is not None and len(open_round.counted) >= facts.asynchrony.buffer_size:
             return True
         if not open_round.waiting_for(facts.participants):
@@ -194,6 +202,8 @@ class RoundEngine:
         acc = run.strategy.begin(model.layout, model.arrays)
         ctx.state = Training(run=run, model=model, round=round_, acc=acc, opened=ctx.clock, server=server)
         ctx.log = ctx.log.bind(round=round_)
+        if run.secagg is not None:
+            self.secagg.open(ctx.state)  # state keys (or, after a restart, the round's saved phase)
         if ctx.facts.asynchrony is not None:
             self.updates.refold_spool(round_)  # the updates carried to this buffer while the previous one was open
 

@@ -10,7 +10,15 @@ from abc import ABC, abstractmethod
 
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._stages import Stage
-from schemas import ParsedTopic, TransferManifest, WorkerFrame
+from schemas import Channel, ParsedTopic, TransferManifest, WorkerFrame
+
+# The edges' secure aggregation steps, and the state (``secagg/state``: this aggregator's own, coming back).
+_SECAGG_STEPS = {
+    Channel.SECAGG_KEYS: "keys",
+    Channel.SECAGG_SHARES: "shares",
+    Channel.SECAGG_UNMASK: "unmask",
+    Channel.SECAGG_STATE: "state",
+}
 
 __all__ = ["JobRoutes"]
 
@@ -48,6 +56,15 @@ class JobRoutes(ABC):
         if topic.chunk is None:
             return
         engine.on_update_chunk(topic.node, topic.round, topic.transfer, topic.chunk, data, now_s=now_s)
+
+    def on_secagg(self, topic: ParsedTopic, raw_topic: str, payload: bytes, now_s: float) -> None:
+        """An edge's key advert, share bundle or unmask answer, for a running job of this node; a state (this
+        aggregator's own publication coming back) matters only when it is a closed round's leftover."""
+        step = _SECAGG_STEPS.get(topic.channel)
+        engine = self._running(topic.job) if step is not None else None
+        if engine is None or step is None or topic.round is None or (topic.node is None and step != "state"):
+            return
+        engine.on_secagg(step, topic.node or "", topic.round, raw_topic, payload, now_s=now_s)
 
     def on_script_frame(self, job: str, uid: str, frame: WorkerFrame, now_s: float) -> None:
         engine = self.job(job)

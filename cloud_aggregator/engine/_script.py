@@ -4,7 +4,8 @@ The script is Sedna's aggregation worker: `AggregationServer(...).start()` sends
 (aggregation, exit_round, participants_count) and waits. That frame must arrive within
 `config_timeout`; then the strategy is chosen (the frame's aggregation name, Sedna's
 ``aggregation_algorithm`` parameter in the example's script; its hyper-parameters from the aggregation
-worker's parameters; with it the job's differential privacy, `Privacy`, refused when it cannot hold),
+worker's parameters; with it the job's differential privacy, `Privacy`, and secure aggregation,
+`SecAggSettings`, each refused when it cannot hold),
 the plan is published (retained) and the job runs, or resumes from its checkpoint. An `error` frame, or an exit before the job ended, fails the job.
 """
 
@@ -26,7 +27,18 @@ from cloud_aggregator.engine._recovery import Recovery
 from cloud_aggregator.engine._rounds import RoundEngine
 from cloud_aggregator.engine._stages import Done, Init, Run, Starting
 from cloud_aggregator.engine._workers import Workers
-from schemas import MAX_EXIT_ROUND, ConditionType, NodeState, PathEscapeError, Phase, WorkerFrame, WorkerState, now
+from schemas import (
+    MAX_EXIT_ROUND,
+    ConditionType,
+    NodeState,
+    PathEscapeError,
+    Phase,
+    SecAggSettings,
+    WorkerFrame,
+    WorkerState,
+    now,
+    update_compression,
+)
 
 __all__ = ["DEFAULT_AGGREGATION", "TAIL_CHARS", "AggregationScript"]
 
@@ -176,8 +188,14 @@ class AggregationScript:
         privacy = self._privacy(strategy)
         if privacy is False:
             return
-        edge = privacy.edge_parameters() if privacy is not None else None
-        run = Run(strategy=strategy, plan=facts.plan(strategy.name, exit_round, edge), privacy=privacy)
+        secagg = self._secagg(strategy, privacy)
+        if secagg is False:
+            return
+        edge = privacy.edge_parameters() if privacy is not None else {}
+        if secagg is not None:
+            edge["secure_aggregation"] = "true"  # how an edge knows to mask its updates
+        plan = facts.plan(strategy.name, exit_round, edge or None)
+        run = Run(strategy=strategy, plan=plan, privacy=privacy, secagg=secagg)
         # The plan counts as issued from here on: failing the job clears it, also when publishing it failed.
         ctx.state = Init(run)
         try:
@@ -202,6 +220,9 @@ class AggregationScript:
         for (round_, node, _), manifest in starting.early_manifests.items():
             if not ctx.finished:
                 self.intake.on_manifest(node, round_, manifest, ctx.clock)
+        for step, node, round_, topic, payload in starting.early_secagg:
+            if not ctx.finished:
+                self.rounds.secagg.on_message(step, node, round_, topic, payload)
         for node in sorted(starting.offline):
             if not ctx.finished:
                 self.workers.on_node_status(node, NodeState.OFFLINE, ctx.clock)
@@ -277,6 +298,42 @@ class AggregationScript:
             )
         return privacy
 
+    def _secagg(self, strategy: Strategy, privacy: Privacy | None) -> SecAggSettings | Literal[False] | None:
+        """The run's secure aggregation from the aggregation worker's parameters (None: none; False: the job
+        failed on them, `InvalidSecAggParameters`, one message naming the parameters that cannot go together)."""
+        facts = self.ctx.facts
+        parameters = facts.aggregation_worker.parameters
+        try:
+            settings = SecAggSettings.of(parameters, len(facts.participants))
+        except ValueError as exc:
+            self._refuse("InvalidSecAggParameters", f"aggregationWorker parameter {exc}")
+            return False
+        if settings is None:
+            return None
+        # The aggregator sees only the sum of a round's updates: anything that needs each update is out.
+        compressed = [w.node for w in facts.planned if update_compression(w.parameters)[0] is not None]
+        conflict = None
+        if isinstance(strategy, RobustStrategy):
+            conflict = f"the robust rule {strategy.name} (it needs each update; use FedAvg or a server optimiser)"
+        elif facts.asynchrony is not None:
+            conflict = "aggregation_mode=async (staleness weights are per update)"
+        elif privacy is not None and privacy.mode == "central":
+            conflict = "dp_mode=central (the aggregator would clip each update; use dp_mode=distributed)"
+        elif strategy.clip_norm > 0:
+            conflict = f"clip_norm={strategy.clip_norm:g} at the aggregator (each edge clips to secagg_clip)"
+        elif compressed:
+            conflict = (
+                f"compression on trainingWorkers {', '.join(compressed)} (a masked update is incompressible "
+                "uniform words; set compression: none)"
+            )
+        if conflict is not None:
+            self._refuse(
+                "InvalidSecAggParameters",
+                f"aggregationWorker parameter secure_aggregation=true cannot be combined with {conflict}",
+            )
+            return False
+        return settings
+
     def _running(self, run: Run) -> None:
         """The job runs (a new run, or one resumed without a checkpoint): round 0 waits for an init."""
         ctx, facts = self.ctx, self.ctx.facts
@@ -291,6 +348,8 @@ class AggregationScript:
         if run.privacy is not None:
             mode += f", {run.privacy.describe()}"
             status.privacy = run.privacy.status(0)
+        if run.secagg is not None:
+            mode += f", secure aggregation ({run.secagg.threshold} of {len(facts.participants)})"
         ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.describe()}, {run.plan.exit_round} rounds{mode}")
         ctx.event(
             "Normal",

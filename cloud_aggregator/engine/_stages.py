@@ -20,7 +20,8 @@ import numpy.typing as npt
 from cloud_aggregator._privacy import Privacy
 from cloud_aggregator._strategy import AggregationState, Layout, ServerState, Strategy
 from cloud_aggregator.engine._checkpoint import Checkpoint
-from schemas import JobPlan, TransferManifest, WorkerStatus, now, weights_digest
+from cloud_aggregator.engine._secagg_record import SecAggRound
+from schemas import JobPlan, SecAggSettings, TransferManifest, WorkerStatus, now, weights_digest
 
 __all__ = ["Done", "Final", "GlobalWeights", "Init", "JobState", "Run", "Stage", "Starting", "Training"]
 
@@ -44,6 +45,7 @@ class Run:
     strategy: Strategy
     plan: JobPlan  # the run's exit_round is plan.exit_round
     privacy: Privacy | None = None  # differential privacy (`dp_mode`), None: none
+    secagg: SecAggSettings | None = None  # secure aggregation (`secure_aggregation`), None: none
 
     def is_final(self, round_: int) -> bool:
         """Round `round_` is the run's last: the plan's exit_round, or one more would pass the privacy budget."""
@@ -87,6 +89,9 @@ class Starting:
     offline: set[str] = field(default_factory=set)
     early_statuses: dict[str, tuple[WorkerStatus, bool]] = field(default_factory=dict)
     early_manifests: dict[TransferId, TransferManifest] = field(default_factory=dict)
+    # Secure aggregation messages of this run (retained ones arrive at the restart's subscription), in
+    # order: (step, node, round, topic, payload).
+    early_secagg: list[tuple[str, str, int, str, bytes]] = field(default_factory=list)
 
     stage: ClassVar[Stage] = Stage.STARTING
     round: ClassVar[int] = 0
@@ -129,6 +134,9 @@ class Training:
     carried: dict[str, int] = field(default_factory=dict)
     deadline_passed: bool = False
     opened_at: datetime = field(default_factory=now)
+    # Secure aggregation (`Run.secagg`): the round's protocol record; the masked sum replaces `acc` until
+    # the round is unmasked (`_secagg`).
+    secagg: SecAggRound | None = None
 
     stage: ClassVar[Stage] = Stage.TRAINING
 

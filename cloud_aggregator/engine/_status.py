@@ -168,6 +168,8 @@ def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
     if facts.round_deadline is not None:
         status.message += f", deadline {facts.round_deadline:g} s, quorum {facts.min_participants}"
     status.message += gone
+    if state.secagg is not None:
+        status.message += f"; secure aggregation phase {state.secagg.phase}"
 
 
 def final_message(round_: int) -> str:

@@ -34,7 +34,19 @@ from cloud_aggregator._errors import AggregatorError
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._kept import KeptState
 from cloud_aggregator.engine._port import FinalModel, Port, ScriptRequest, ScriptSignal
-from schemas import MAX_EVENTS, Event, JobEvent, JobPlan, JobStatus, Kind, Phase, ResourceStatus, RoundRecord, UpdateAck
+from schemas import (
+    MAX_EVENTS,
+    Event,
+    JobEvent,
+    JobPlan,
+    JobStatus,
+    Kind,
+    Phase,
+    ResourceStatus,
+    RoundRecord,
+    SecAggState,
+    UpdateAck,
+)
 
 __all__ = ["Seen", "StreamingPort", "job_events"]
 
@@ -299,6 +311,12 @@ class StreamingPort:
     def send_ack(self, ack: UpdateAck) -> None:
         self._inner.send_ack(ack)
 
+    def publish_secagg_state(self, job: str, round_: int, state: SecAggState | None) -> None:
+        self._inner.publish_secagg_state(job, round_, state)
+
+    def clear_secagg_step(self, job: str, round_: int, step: str, node: str) -> None:
+        self._inner.clear_secagg_step(job, round_, step, node)
+
     def start_script(self, request: ScriptRequest) -> None:
         self._inner.start_script(request)
 
@@ -328,6 +346,12 @@ class StreamingPort:
 
     def drop_spool(self, job: str, upto: int) -> None:
         self._inner.drop_spool(job, upto)
+
+    def save_secagg(self, job: str, round_: int, data: bytes) -> None:
+        self._inner.save_secagg(job, round_, data)
+
+    def load_secagg(self, job: str, round_: int) -> bytes | None:
+        return self._inner.load_secagg(job, round_)
 
     def save_checkpoint(
         self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None, *, keep_globals: int = 1

@@ -20,6 +20,7 @@ from cloud_aggregator._robust import RobustStrategy
 from cloud_aggregator.engine._commit import Committer
 from cloud_aggregator.engine._context import JobContext
 from cloud_aggregator.engine._intake import Intake
+from cloud_aggregator.engine._secagg import SecureAggregation
 from cloud_aggregator.engine._stages import Training
 from cloud_aggregator.engine._staleness import rebase
 from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
@@ -51,11 +52,14 @@ class _Checked:
 class UpdatePath:
     """Takes one job's update transfers into its open round."""
 
-    def __init__(self, ctx: JobContext, intake: Intake, committer: Committer, closer: Closer) -> None:
+    def __init__(
+        self, ctx: JobContext, intake: Intake, committer: Committer, closer: Closer, secagg: SecureAggregation
+    ) -> None:
         self._ctx = ctx
         self._intake = intake
         self._committer = committer
         self._closer = closer
+        self._secagg = secagg
 
     def on_update(
         self, node: str, round_: int, manifest: TransferManifest, blob: bytes, *, spooled: bool = False
@@ -65,6 +69,10 @@ class UpdatePath:
         `spooled`: the update comes from the spool (a restart refolds it): it is stored already.
         """
         ctx = self._ctx
+        state = ctx.state
+        if isinstance(state, Training) and state.secagg is not None:
+            self._on_masked(node, round_, manifest, blob, spooled=spooled)
+            return
         try:
             checked = self._check(node, round_, manifest, blob)
         except UpdateRejectedError as exc:
@@ -124,6 +132,33 @@ class UpdatePath:
             origin = TransferOrigin("update", facts.name, facts.uid, header.round, entry.node, header.num_samples)
             manifest = manifest_for(entry.blob, origin, chunk_size=max(1, len(entry.blob)), transfer=entry.transfer)
             self.on_update(entry.node, header.round, manifest, entry.blob, spooled=state.round == round_)
+
+    def _on_masked(self, node: str, round_: int, manifest: TransferManifest, blob: bytes, *, spooled: bool) -> None:
+        """Secure aggregation: a masked update (checked as any update's origin, then by the round's phase),
+        stored, added into the masked sum, counted and acknowledged; all of U2 in moves the round on."""
+        ctx = self._ctx
+        try:
+            open_round = check_manifest(ctx.facts, ctx.state, node, round_, manifest)
+            if open_round is None:
+                raise UpdateRejectedError(f"expected an update transfer, got kind {manifest.kind}")
+            if open_round.holds(node, round_):
+                self._intake.duplicate(node, manifest)
+                return
+            vector = self._secagg.check_masked(open_round, node, manifest, blob, spooled=spooled)
+        except UpdateRejectedError as exc:
+            if spooled:  # stored before the phase moved on without it: it stays out of the sum, nothing to answer
+                ctx.log.info("spooled masked update left out", worker=node, reason=str(exc))
+                return
+            self._intake.reject(node, manifest, exc)
+            ctx.publish()
+            return
+        if spooled or self._store(open_round, node, round_, manifest, blob):
+            assert open_round.secagg is not None
+            open_round.secagg.add_masked(vector)
+            self._count(open_round, node, round_, manifest, spooled=spooled)
+            if not spooled:  # a restart's refold moves on once every spooled update is in (`Recovery`)
+                self._secagg.progress(open_round)
+        ctx.publish()
 
     # -- steps -------------------------------------------------------------------------------------
 

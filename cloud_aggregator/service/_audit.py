@@ -13,7 +13,8 @@ new connection is audited the way the startup catches up, without blocking the l
    so when the logic thread takes it (`finish`), everything the broker holds has been handled:
    deleted resources' leftovers are cleared (`Controller.end_audit`), every kept entry the broker did not
    deliver byte for byte on this connection is republished (`MqttPort.resync`), so is the last global
-   model of each job of this process whose manifest it does not hold (`Job.republish_global`), and this node
+   model of each job of this process whose manifest it does not hold (`Job.republish_global`), and the state
+   of each open secure aggregation round (`Job.republish_secagg`), and this node
    says ``online`` again (its last will may have said ``offline``).
 
 A barrier that fails, or a connection that changed meanwhile, leaves the audit due: the next tick starts
@@ -105,6 +106,7 @@ class ReconnectAudit:
             engine.republish_global(
                 functools.partial(port.holds_global, engine.facts.name, connection=event.connection)
             )
+            engine.republish_secagg()
         announce()
         self.audited = event.connection
         self._log.info("broker's retained state checked", connection=event.connection, republished=republished)

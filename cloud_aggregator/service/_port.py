@@ -34,6 +34,7 @@ from schemas import (
     Kind,
     ResourceStatus,
     RoundRecord,
+    SecAggState,
     TopicError,
     Topics,
     TransferOrigin,
@@ -190,6 +191,12 @@ class MqttPort:
             self.metrics.observe_ack(ack)
         self._publish(self.topics.ack(ack.job, ack.round, ack.node), ack.to_json(), retain=False)
 
+    def publish_secagg_state(self, job: str, round_: int, state: SecAggState | None) -> None:
+        self._publish(self.topics.secagg_state(job, round_), state.to_json() if state else b"", retain=True)
+
+    def clear_secagg_step(self, job: str, round_: int, step: str, node: str) -> None:
+        self._publish(self.topics.secagg_step(job, round_, step, node), b"", retain=True)
+
     def start_script(self, request: ScriptRequest) -> None:
         self.scripts.start(request)
 
@@ -215,6 +222,12 @@ class MqttPort:
 
     def drop_spool(self, job: str, upto: int) -> None:
         self._state.drop_spool(job, upto)
+
+    def save_secagg(self, job: str, round_: int, data: bytes) -> None:
+        self._state.save_secagg(job, round_, data)
+
+    def load_secagg(self, job: str, round_: int) -> bytes | None:
+        return self._state.load_secagg(job, round_)
 
     def save_checkpoint(
         self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None, *, keep_globals: int = 1

@@ -64,9 +64,18 @@ Event = Inbound | ScriptFrame | ScriptExited | AuditBarrier
 
 # What the broker is seen to hold of these is compared with the kept copy (`MqttPort.resync`).
 _KEPT_CHANNELS = (Channel.SPEC, Channel.STATUS, Channel.PLAN, Channel.GLOBAL_MANIFEST)
-_RUNTIME_CHANNELS = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK, Channel.NODE_STATUS)
+# Secure aggregation: what the edges publish, and the state (this node's own: a closed round's is cleared).
+_SECAGG_STEP_CHANNELS = (Channel.SECAGG_KEYS, Channel.SECAGG_SHARES, Channel.SECAGG_UNMASK)
+_SECAGG_CHANNELS = (*_SECAGG_STEP_CHANNELS, Channel.SECAGG_STATE)
+_RUNTIME_CHANNELS = (
+    Channel.WORKER_STATUS,
+    Channel.UPDATE_MANIFEST,
+    Channel.UPDATE_CHUNK,
+    Channel.NODE_STATUS,
+    *_SECAGG_CHANNELS,
+)
 # What an edge publishes for a job: the aggregator's ledger of the job records each arrival.
-_LEDGER_CHANNELS = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK)
+_LEDGER_CHANNELS = (Channel.WORKER_STATUS, Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK, *_SECAGG_STEP_CHANNELS)
 
 
 class AggregatorService:
@@ -249,6 +258,7 @@ class AggregatorService:
             self.topics.all_worker_statuses(),
             self.topics.all_updates(),
             self.topics.all_node_statuses(),
+            self.topics.all_secagg(),  # the edges' secure aggregation steps (retained: a restart reads them)
         ):
             session.subscribe(flt)
         if self.metrics.serving:
@@ -371,6 +381,8 @@ class AggregatorService:
             self._transfer(controller, parsed, msg)
         elif channel is Channel.NODE_STATUS and parsed.node is not None:
             controller.on_node_status(parsed.node, msg.payload, time.monotonic())
+        elif channel in _SECAGG_CHANNELS:
+            controller.on_secagg(parsed, msg.topic, msg.payload, time.monotonic())
 
     def _record(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
         """Note a message on an edge's topic of a job this node aggregates in the job's ledger."""

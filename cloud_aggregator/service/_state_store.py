@@ -3,6 +3,7 @@
 Layout (one folder per job, ``ROOT/state/<job>/``)::
 
     spool/<round>/<node>-<transfer>.blob   every accepted update, stored before it is folded and acknowledged
+    spool/<round>/secagg.json              a secure aggregation round's protocol record (dropped with the spool)
     global-<r>.blob                        the global model of the last closed round r (a weights blob; the
                                            asynchronous mode keeps the last max_staleness + 1 rounds)
     server-<r>.npz                         the strategy's server state after round r (FedAdam's moments, ...)
@@ -19,7 +20,7 @@ spool deleted; a crash anywhere in between leaves a state the restart can resume
 
 `StateStore` is the file side; the job engine reaches it only through the `Port` (`store_update`,
 `spooled_updates`, `read_spooled_update`, `drop_spool`, `save_checkpoint`, `load_checkpoint`, `load_global`,
-`clear_state`).
+`save_secagg`, `load_secagg`, `clear_state`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from runtime import fsync_dir, write_atomic
 
 __all__ = ["StateStore"]
 
+_SECAGG_RECORD = "secagg.json"  # not a spooled update's name (`_SPOOL_NAME`): the spool's listing skips it
 _SPOOL_NAME = re.compile(r"^(?P<node>[a-z0-9]([a-z0-9.-]*[a-z0-9])?)-(?P<transfer>[0-9a-f]{8,64})\.blob$")
 
 
@@ -85,6 +87,21 @@ class StateStore:
         except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
             raise StateError(f"cannot read the spooled update of {node} for round {round_}: {exc}") from exc
         return memoryview(mapped)
+
+    def save_secagg(self, job: str, round_: int, data: bytes) -> None:
+        """The round's secure aggregation record, beside its spool (so it goes when the round's spool goes)."""
+        path = self._spool(job, round_) / _SECAGG_RECORD
+        try:
+            write_atomic(path, data)
+        except OSError as exc:
+            raise StateError(f"cannot store the secure aggregation record of round {round_}: {exc}") from exc
+
+    def load_secagg(self, job: str, round_: int) -> bytes | None:
+        path = self._spool(job, round_) / _SECAGG_RECORD
+        try:
+            return path.read_bytes() if path.is_file() else None
+        except OSError as exc:
+            raise StateError(f"cannot read the secure aggregation record of round {round_}: {exc}") from exc
 
     def drop_spool(self, job: str, upto: int) -> None:
         """Delete the spool of every round <= `upto` (those rounds are in a checkpoint now)."""
