@@ -4,7 +4,7 @@
 global models, upload results, the aggregator's acks) with its effects behind `JobPorts` and a
 `WorkerHandle`; its states and transitions are drawn in its module's docstring.
 
-`SecAggParty` is the job's part of secure aggregation (its round files: `SecAggFiles`, `RoundRecord`).
+`SecAggParty` is the job's part of secure aggregation (its round files: `SecAggFiles`, `SecAggRoundFile`).
 
 `prepare_launch` decides whether this node can run its part of a plan (`LaunchSpec`). The outbox
 (`Outbox`: every update on disk until the aggregator confirms it, plus the delivery record) and its
@@ -19,7 +19,7 @@ from edge_trainer.engine._outbox import Outbox, OutboxEntry
 from edge_trainer.engine._ports import Compression, JobPorts, Launcher, UploadDone, UploadRequest, WorkerHandle
 from edge_trainer.engine._residuals import Residuals
 from edge_trainer.engine._secagg import PartyLinks, SecAggParty
-from edge_trainer.engine._secagg_files import RoundRecord, SecAggFiles
+from edge_trainer.engine._secagg_files import SecAggFiles, SecAggRoundFile
 
 __all__ = [
     "AckOutcome",
@@ -34,9 +34,9 @@ __all__ = [
     "OutboxEntry",
     "PartyLinks",
     "Residuals",
-    "RoundRecord",
     "SecAggFiles",
     "SecAggParty",
+    "SecAggRoundFile",
     "UploadDone",
     "UploadRequest",
     "WorkerHandle",

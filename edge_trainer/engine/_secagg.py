@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from structlog.typing import FilteringBoundLogger
 
-from edge_trainer.engine._secagg_files import RoundRecord, SecAggFiles
+from edge_trainer.engine._secagg_files import SecAggFiles, SecAggRoundFile
 from runtime import FixedPoint, RoundContext, RoundSecrets, SecAggError, mask_update, share_bundle, unmask_answer
 from schemas import (
     KeyAdvert,
@@ -208,7 +208,7 @@ class SecAggParty:
             self._drop_retrained(r, record)
             self._unmask(r, state, record)
 
-    def _keys(self, r: int, record: RoundRecord | None) -> None:
+    def _keys(self, r: int, record: SecAggRoundFile | None) -> None:
         samples = self._links.num_samples()
         if samples is None:
             return  # the script has not said hello: `resume` comes back here
@@ -216,7 +216,7 @@ class SecAggParty:
             self._leave(r, "its script reported no training samples (a key advert needs at least 1)")
             return
         if record is None:
-            record = RoundRecord(uid=self.uid, round=r, secrets=RoundSecrets.fresh())
+            record = SecAggRoundFile(uid=self.uid, round=r, secrets=RoundSecrets.fresh())
             if not self._save(record):
                 return
         secrets = record.secrets
@@ -231,7 +231,7 @@ class SecAggParty:
         )
         self._publish(r, "keys", advert.to_json())
 
-    def _shares(self, r: int, state: SecAggState, record: RoundRecord) -> None:
+    def _shares(self, r: int, state: SecAggState, record: SecAggRoundFile) -> None:
         if record.bundle is None:
             roster = {m.node: (m.x, b64decode(m.c_public, f"{m.node}'s c public key")) for m in state.u1}
             try:
@@ -249,7 +249,7 @@ class SecAggParty:
         bundle = ShareBundle(job=self.job, uid=self.uid, round=r, node=self.node, sealed=record.bundle)
         self._publish(r, "shares", bundle.to_json())
 
-    def _masked(self, r: int, state: SecAggState, record: RoundRecord, member: SecAggMember) -> None:
+    def _masked(self, r: int, state: SecAggState, record: SecAggRoundFile, member: SecAggMember) -> None:
         if record.masked:
             self._drop_retrained(r, record)
             return  # in the outbox (resent from there), confirmed, or lost: never masked twice
@@ -288,7 +288,7 @@ class SecAggParty:
         self._log.info("masked update of the round to the outbox", round=r, values=int(delta.size))
         self._links.upload(r, blob)
 
-    def _unmask(self, r: int, state: SecAggState, record: RoundRecord) -> None:
+    def _unmask(self, r: int, state: SecAggState, record: SecAggRoundFile) -> None:
         if record.u3 is not None and sorted(record.u3) != sorted(state.u3):
             if r not in self._refused:
                 self._refused.add(r)
@@ -354,7 +354,7 @@ class SecAggParty:
     def _left_message(self, r: int) -> str:
         return f"left out of round {r}'s secure aggregation: {self._out[r]}; waiting for the next global model"
 
-    def _drop_retrained(self, r: int, record: RoundRecord) -> None:
+    def _drop_retrained(self, r: int, record: SecAggRoundFile) -> None:
         """An update trained again after a restart whose file says the round's masked update was made:
         never a second masked input for one round."""
         if record.masked and self._held.pop(r, None) is not None:
@@ -376,7 +376,7 @@ class SecAggParty:
             self._said[r] = message
             self._links.say(r, message)
 
-    def _save(self, record: RoundRecord) -> bool:
+    def _save(self, record: SecAggRoundFile) -> bool:
         try:
             self.files.save(self.job, record)
         except OSError as exc:

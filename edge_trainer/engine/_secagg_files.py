@@ -24,14 +24,14 @@ from pathlib import Path
 from runtime import RoundSecrets, SecAggError, write_atomic
 from schemas import check_name
 
-__all__ = ["RoundRecord", "SecAggFiles"]
+__all__ = ["SecAggFiles", "SecAggRoundFile"]
 
 _FOLDER = "secagg"
 _NAME = re.compile(r"^r(\d+)\.json$")
 
 
 @dataclass(frozen=True)
-class RoundRecord:
+class SecAggRoundFile:
     """This node's part of one round: its secrets, the bundle it published, whether its masked update went
     to the outbox, and the U3 it answered for (None: not yet)."""
 
@@ -56,7 +56,7 @@ class RoundRecord:
         ).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> RoundRecord:
+    def from_json(cls, data: bytes) -> SecAggRoundFile:
         """The record; ValueError saying what is wrong with it."""
         try:
             raw = json.loads(data)
@@ -93,16 +93,16 @@ class SecAggFiles:
     def path(self, job: str, round_: int) -> Path:
         return self.folder(job) / f"r{round_}.json"
 
-    def load(self, job: str, uid: str, round_: int) -> RoundRecord | None:
+    def load(self, job: str, uid: str, round_: int) -> SecAggRoundFile | None:
         """Run `uid`'s record of `round_`; None when there is none, it is unreadable (ValueError is not
         raised: a broken file is a lost one) or it belongs to another run."""
         try:
-            record = RoundRecord.from_json(self.path(job, round_).read_bytes())
+            record = SecAggRoundFile.from_json(self.path(job, round_).read_bytes())
         except (OSError, ValueError):
             return None
         return record if record.uid == uid and record.round == round_ else None
 
-    def save(self, job: str, record: RoundRecord) -> None:
+    def save(self, job: str, record: SecAggRoundFile) -> None:
         """Replace the record of its round (OSError when it cannot be written: publish nothing then)."""
         folder = self.folder(job)
         folder.mkdir(parents=True, exist_ok=True)
