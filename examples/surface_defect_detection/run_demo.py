@@ -130,15 +130,18 @@ class Progress:
                     say(f"  {worker.node}: round {worker.round} local training: {scores}")
 
 
-def job_with_held_out_data(spec: Path, out: Path) -> Path:
+def job_with_held_out_data(spec: Path, out: Path, aggregation: dict[str, str] | None = None) -> Path:
     """The page's documents, the job's training workers given ``TEST_DATASET_URL: /data/test.txt`` (Sedna's
-    knob; resolved under each edge's root, so each edge reads its own share)."""
+    knob; resolved under each edge's root, so each edge reads its own share), and its aggregation worker
+    the `aggregation` parameters (``--aggregation-parameter``; none for ``make demo``)."""
     documents = load_yaml_documents(spec.read_text(), str(spec))
     for document in documents:
         if isinstance(document, dict) and document.get("kind") == FederatedLearningJob.__name__:
             for worker in document["spec"]["trainingWorkers"]:
                 parameters = worker["workerSpec"].setdefault("parameters", [])
                 parameters.append({"key": "TEST_DATASET_URL", "value": "/data/test.txt"})
+            agg = document["spec"]["aggregationWorker"]["workerSpec"].setdefault("parameters", [])
+            agg.extend({"key": key, "value": value} for key, value in (aggregation or {}).items())
     out.write_text(yaml.safe_dump_all(documents, sort_keys=False))
     return out
 
@@ -221,15 +224,33 @@ def report_models(status: JobStatus, workdir: Path) -> bool:
     return not missing
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, str]]:
+    """The options, and the ``--aggregation-parameter`` pairs as a mapping."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=REPO / ".demo")
     parser.add_argument("--port", type=int, default=None, help="the broker's TLS port (default: a free one)")
     parser.add_argument("--scale", type=float, default=1.0, help="dataset size relative to the real one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the job may take")
+    parser.add_argument(
+        "--aggregation-parameter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="add a parameter to the job's aggregation worker, e.g. secure_aggregation=true (repeatable)",
+    )
     args = parser.parse_args(argv)
+    aggregation = {}
+    for item in args.aggregation_parameter:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--aggregation-parameter {item!r}: expected KEY=VALUE")
+        aggregation[key] = value
+    return args, aggregation
 
+
+def main(argv: list[str] | None = None) -> int:
+    args, aggregation = parse_args(argv)
     workdir: Path = args.workdir.resolve()
     # The demo's own MQTT sessions (flctl, the status watcher) log only problems; the services log to
     # their own files.
@@ -237,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     test_labels = prepare(workdir, args.scale, args.seed)
     with LocalCluster(workdir, port=args.port, secure=True, nodes=[AGGREGATOR, *EDGES], viewers=[VIEWER]) as cluster:
         start_cluster(cluster, workdir)
-        spec = job_with_held_out_data(HERE / "surface-defect-detection.yaml", workdir / "surface-defect-detection.yaml")
+        spec = job_with_held_out_data(
+            HERE / "surface-defect-detection.yaml", workdir / "surface-defect-detection.yaml", aggregation
+        )
         say(
             f"flctl create -f {spec} (examples/surface_defect_detection/surface-defect-detection.yaml with "
             "TEST_DATASET_URL: /data/test.txt added to each training worker)"
