@@ -118,15 +118,9 @@ def secagg_round(
     for name in names:
         advert = on_edge(
             name,
-            lambda name=name: KeyAdvert(
-                job="bench",
-                uid="u",
-                round=1,
-                node=name,
-                c_public=b64encode(secrets[name].c_public),
-                s_public=b64encode(secrets[name].s_public),
-                num_samples=samples[name],
-            ).to_json(),
+            lambda name=name: (
+                secrets[name].key_advert(job="bench", uid="u", round_=1, node=name, num_samples=samples[name]).to_json()
+            ),
         )
         adverts[name] = KeyAdvert.model_validate_json(advert)
         edge_bytes[name] += len(advert)

@@ -31,6 +31,7 @@ from runtime._errors import SecAggError
 from runtime._fixed_point import FixedPoint
 from runtime._secagg import SEED_BYTES, RoundContext, mask_input, open_share, seal_share, unmask_sum
 from runtime._shamir import SHARE_BYTES, Share, reconstruct_secret, split_secret
+from schemas import KeyAdvert, b64encode
 
 __all__ = ["RoundSecrets", "mask_update", "share_bundle", "unmask_answer", "unmask_total"]
 
@@ -60,6 +61,18 @@ class RoundSecrets:
     @property
     def s_public(self) -> bytes:
         return X25519PrivateKey.from_private_bytes(self.s_private).public_key().public_bytes_raw()
+
+    def key_advert(self, *, job: str, uid: str, round_: int, node: str, num_samples: int) -> KeyAdvert:
+        """The round's `KeyAdvert` of these secrets' public keys (what the edge publishes in phase ``keys``)."""
+        return KeyAdvert(
+            job=job,
+            uid=uid,
+            round=round_,
+            node=node,
+            c_public=b64encode(self.c_public),
+            s_public=b64encode(self.s_public),
+            num_samples=num_samples,
+        )
 
     def to_json(self) -> dict[str, str]:
         return {

@@ -32,7 +32,6 @@ from structlog.typing import FilteringBoundLogger
 from edge_trainer.engine._secagg_files import SecAggFiles, SecAggRoundFile
 from runtime import FixedPoint, RoundContext, RoundSecrets, SecAggError, mask_update, share_bundle, unmask_answer
 from schemas import (
-    KeyAdvert,
     SecAggMember,
     SecAggState,
     ShareBundle,
@@ -220,15 +219,7 @@ class SecAggParty:
             if not self._save(record):
                 return
         secrets = record.secrets
-        advert = KeyAdvert(
-            job=self.job,
-            uid=self.uid,
-            round=r,
-            node=self.node,
-            c_public=b64encode(secrets.c_public),
-            s_public=b64encode(secrets.s_public),
-            num_samples=samples,
-        )
+        advert = secrets.key_advert(job=self.job, uid=self.uid, round_=r, node=self.node, num_samples=samples)
         self._publish(r, "keys", advert.to_json())
 
     def _shares(self, r: int, state: SecAggState, record: SecAggRoundFile) -> None:

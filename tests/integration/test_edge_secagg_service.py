@@ -36,6 +36,7 @@ from schemas import (
     encode_weights,
 )
 from tests.helpers.mqtt import SessionFactory, take
+from tests.helpers.secagg_edge import node_root
 
 T = Topics()
 JOB, UID, NODE, PEER = "sa-job", "uid-sa-1", "edge1", "edge2"
@@ -95,12 +96,7 @@ class HelloScriptService(EdgeService):
 
 @pytest.fixture
 def edge_root(tmp_path: Path) -> Path:
-    root = tmp_path / NODE
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "1.txt").write_text("a.jpg,0\n")
-    (root / "code").mkdir()
-    (root / "code" / "train.py").write_text("print('never run')\n")
-    return root
+    return node_root(tmp_path)
 
 
 @dataclass

@@ -20,7 +20,6 @@ from flctl.cluster import LocalCluster
 from runtime import FixedPoint, RoundContext, RoundSecrets, mask_update, share_bundle, unmask_answer
 from schemas import (
     JobPlan,
-    KeyAdvert,
     Kind,
     NodeState,
     NodeStatus,
@@ -170,15 +169,7 @@ def run_to_unmask(edges: Edges, topics: Topics) -> Played:
     edges.phase("keys")
     secrets = {edge: RoundSecrets.fresh() for edge in EDGES}
     for edge in EDGES:
-        advert = KeyAdvert(
-            job=JOB,
-            uid=uid,
-            round=1,
-            node=edge,
-            c_public=b64encode(secrets[edge].c_public),
-            s_public=b64encode(secrets[edge].s_public),
-            num_samples=SAMPLES[edge],
-        )
+        advert = secrets[edge].key_advert(job=JOB, uid=uid, round_=1, node=edge, num_samples=SAMPLES[edge])
         edges.publish(topics.secagg_step(JOB, 1, "keys", edge), advert.to_json())
     state = edges.phase("shares")
     roster = {m.node: (m.x, b64decode(m.c_public, "c")) for m in state.u1}

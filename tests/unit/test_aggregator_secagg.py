@@ -75,15 +75,7 @@ class Fleet:
     def advertise(self, *nodes: str) -> None:
         for node in nodes:
             self.secrets[node] = secrets = RoundSecrets.fresh()
-            advert = KeyAdvert(
-                job=JOB,
-                uid=UID,
-                round=1,
-                node=node,
-                c_public=b64encode(secrets.c_public),
-                s_public=b64encode(secrets.s_public),
-                num_samples=SAMPLES[node],
-            )
+            advert = secrets.key_advert(job=JOB, uid=UID, round_=1, node=node, num_samples=SAMPLES[node])
             self.say("keys", node, advert.to_json())
 
     def share(self, *nodes: str) -> None:
@@ -561,16 +553,7 @@ def test_the_controller_routes_the_edges_steps_to_the_job_and_ignores_its_own_st
     echo = TOPICS.secagg_state(JOB, 1)
     controller.on_secagg(TOPICS.parse(echo), echo, state.to_json(), 1.3)
     for node in ("edge1", "edge2"):
-        secrets = RoundSecrets.fresh()
-        advert = KeyAdvert(
-            job=JOB,
-            uid=UID,
-            round=1,
-            node=node,
-            c_public=b64encode(secrets.c_public),
-            s_public=b64encode(secrets.s_public),
-            num_samples=5,
-        )
+        advert = RoundSecrets.fresh().key_advert(job=JOB, uid=UID, round_=1, node=node, num_samples=5)
         topic = TOPICS.secagg_step(JOB, 1, "keys", node)
         controller.on_secagg(TOPICS.parse(topic), topic, advert.to_json(), 1.4)
 

@@ -11,7 +11,6 @@ from edge_trainer.testing import global_transfer
 from schemas import (
     KeyAdvert,
     WorkerState,
-    b64encode,
 )
 from tests.helpers.secagg_edge import (
     GLOBAL0,
@@ -54,15 +53,7 @@ def test_an_edge_outside_u1_drops_its_update_when_it_comes(root: Path) -> None:
     """U1 fixed without this edge while it trains: its update, when it comes, is dropped with a status."""
     e, others = edge(root), peers()
     e.job.on_secagg_state(state("keys"))
-    advert = KeyAdvert(
-        job=JOB,
-        uid=UID,
-        round=1,
-        node="edge2",
-        c_public=b64encode(others["edge2"].secrets.c_public),
-        s_public=b64encode(others["edge2"].secrets.s_public),
-        num_samples=20,
-    )
+    advert = others["edge2"].secrets.key_advert(job=JOB, uid=UID, round_=1, node="edge2", num_samples=20)
     u1 = [m for m in roster(advert, others) if m.node != NODE]
     e.job.on_secagg_state(state("shares", u1=u1))
     assert e.ports.sent("shares") == []

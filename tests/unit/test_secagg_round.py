@@ -18,7 +18,6 @@ from runtime import (
     unmask_total,
 )
 from schemas import (
-    KeyAdvert,
     SecAggMember,
     SecAggSettings,
     SecAggState,
@@ -42,18 +41,7 @@ def run_round(
     deltas = {n: rng.normal(0, 0.05, 200) for n in names}
     samples = {n: int(rng.integers(5, 50)) for n in names}
     secrets = {n: RoundSecrets.fresh() for n in names}
-    adverts = [
-        KeyAdvert(
-            job="job-a",
-            uid="u",
-            round=3,
-            node=n,
-            c_public=b64encode(secrets[n].c_public),
-            s_public=b64encode(secrets[n].s_public),
-            num_samples=samples[n],
-        )
-        for n in names
-    ]
+    adverts = [secrets[n].key_advert(job="job-a", uid="u", round_=3, node=n, num_samples=samples[n]) for n in names]
     u1 = [
         SecAggMember(node=a.node, x=i + 1, c_public=a.c_public, s_public=a.s_public, num_samples=a.num_samples)
         for i, a in enumerate(adverts)
