@@ -28,6 +28,7 @@ from schemas import (
     ResourceStatus,
     RoundRecord,
     SecAggState,
+    ShareBundle,
     TransferManifest,
     TransferOrigin,
     UpdateAck,
@@ -89,6 +90,7 @@ class MemoryPort:
     secagg_states: dict[tuple[str, int], SecAggState | None] = field(default_factory=dict)
     secagg_history: list[tuple[str, int, SecAggState | None]] = field(default_factory=list)
     secagg_cleared: list[tuple[str, int, str, str]] = field(default_factory=list)
+    secagg_restored: list[tuple[str, ShareBundle]] = field(default_factory=list)
     # The "disk": job -> round -> [(node, transfer, blob)], and job -> (checkpoint, global blob).
     # Share `disk` between two ports to simulate a restart on the same node root.
     disk: MemoryDisk = field(default_factory=MemoryDisk)
@@ -163,6 +165,9 @@ class MemoryPort:
         copy = SecAggState.model_validate_json(state.to_json()) if state is not None else None
         self.secagg_states[(job, round_)] = copy
         self.secagg_history.append((job, round_, copy))
+
+    def restore_secagg_bundle(self, job: str, bundle: ShareBundle) -> None:
+        self.secagg_restored.append((job, ShareBundle.model_validate_json(bundle.to_json())))
 
     def clear_secagg_step(self, job: str, round_: int, step: str, node: str) -> None:
         self.secagg_cleared.append((job, round_, step, node))

@@ -29,6 +29,7 @@ from schemas import (
     ResourceStatus,
     RoundRecord,
     SecAggState,
+    ShareBundle,
     UpdateAck,
 )
 
@@ -96,6 +97,10 @@ class Port(Protocol):
 
     def publish_secagg_state(self, job: str, round_: int, state: SecAggState | None) -> None:
         """Publish a secure aggregation round's state (``rounds/<r>/secagg/state``), retained; None clears it."""
+
+    def restore_secagg_bundle(self, job: str, bundle: ShareBundle) -> None:
+        """Publish an edge's share bundle again on its own topic (``rounds/<r>/secagg/shares/<node>``, retained):
+        a broker that lost it; the edges read each other's bundles from the broker."""
 
     def clear_secagg_step(self, job: str, round_: int, step: str, node: str) -> None:
         """Clear an edge's retained secure aggregation message (``rounds/<r>/secagg/<step>/<node>``; step:

@@ -140,10 +140,13 @@ class SecureAggregation:
         ctx.publish()
 
     def republish(self) -> None:
-        """Publish the open round's state again (a broker that lost its retained messages; the same state)."""
-        state = self._ctx.state
+        """Publish the open round's state again, and the share bundles it holds (a broker that lost its
+        retained messages: the edges need each other's bundles to answer; the same messages again)."""
+        ctx, state = self._ctx, self._ctx.state
         if isinstance(state, Training) and state.secagg is not None:
             self._publish(state.secagg)
+            for bundle in state.secagg.bundles.values():
+                ctx.safely(ctx.port.restore_secagg_bundle, ctx.facts.name, bundle)
 
     def clear(self, round_: int, *, keep_state: bool = False) -> None:
         """Clear the round's retained messages: every training worker's keys, shares and unmask answer (a
@@ -252,6 +255,7 @@ class SecureAggregation:
             return None if node in record.u2 else f"U2 is fixed ({', '.join(record.u2)}; phase {record.phase})"
         if node not in record.shared:
             record.shared[node] = expected
+            record.bundles[node] = bundle
             self._save(record)
             self.progress(open_round)
         return None

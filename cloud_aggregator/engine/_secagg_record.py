@@ -1,7 +1,8 @@
 """One secure aggregation round's protocol record (docs/dev/secagg.md): what the aggregator knows of it.
 
 The record is the round's phase and what each phase fixed (U1 with every member's keys, U2, U3) plus what
-arrived for the phase in progress: the key adverts, who shared, the unmask answers. It is saved
+arrived for the phase in progress: the key adverts, who shared (and their bundles, kept for the round), the
+unmask answers. It is saved
 (`Port.save_secagg`, write-atomic beside the round's spool) before the state that follows from it is
 published, and every message the edges send is kept in it as it arrives: a restarted aggregator reloads it
 and needs nothing from the broker it had already received (retained messages arriving again are no-ops).
@@ -19,7 +20,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from schemas import KeyAdvert, SecAggMember, SecAggPhase, SecAggSettings, SecAggState, UnmaskAnswer
+from schemas import KeyAdvert, SecAggMember, SecAggPhase, SecAggSettings, SecAggState, ShareBundle, UnmaskAnswer
 
 __all__ = ["SecAggRound"]
 
@@ -34,6 +35,7 @@ class _Saved(BaseModel):
     adverts: list[KeyAdvert] = Field(default_factory=list)
     shared: dict[str, list[str]] = Field(default_factory=dict)  # sender -> the receivers its bundle names
     answers: list[UnmaskAnswer] = Field(default_factory=list)
+    bundles: list[ShareBundle] = Field(default_factory=list)
 
 
 @dataclass
@@ -54,6 +56,9 @@ class SecAggRound:
     adverts: dict[str, KeyAdvert] = field(default_factory=dict)  # keys phase: node -> its advert
     shared: dict[str, list[str]] = field(default_factory=dict)  # shares phase: sender -> receivers
     answers: dict[str, UnmaskAnswer] = field(default_factory=dict)  # unmask phase, in arrival order
+    # The bundles of U2 (kept until the round closes): the edges read each other's from the broker, so a
+    # broker that lost its retained messages gets them again from here (`SecureAggregation.republish`).
+    bundles: dict[str, ShareBundle] = field(default_factory=dict)
     # Not saved: the sum mod 2**32 of the counted masked updates (None until the first), and the clock.
     masked_sum: npt.NDArray[np.uint32] | None = None
     phase_started: float = 0.0
@@ -100,6 +105,7 @@ class SecAggRound:
             adverts=list(self.adverts.values()),
             shared=dict(self.shared),
             answers=list(self.answers.values()),
+            bundles=list(self.bundles.values()),
         )
         return saved.model_dump_json(by_alias=True, exclude_none=True).encode()
 
@@ -126,4 +132,5 @@ class SecAggRound:
             adverts={a.node: a for a in saved.adverts},
             shared=dict(saved.shared),
             answers={a.node: a for a in saved.answers},
+            bundles={b.node: b for b in saved.bundles},
         )

@@ -45,6 +45,7 @@ from schemas import (
     ResourceStatus,
     RoundRecord,
     SecAggState,
+    ShareBundle,
     UpdateAck,
 )
 
@@ -313,6 +314,9 @@ class StreamingPort:
 
     def publish_secagg_state(self, job: str, round_: int, state: SecAggState | None) -> None:
         self._inner.publish_secagg_state(job, round_, state)
+
+    def restore_secagg_bundle(self, job: str, bundle: ShareBundle) -> None:
+        self._inner.restore_secagg_bundle(job, bundle)
 
     def clear_secagg_step(self, job: str, round_: int, step: str, node: str) -> None:
         self._inner.clear_secagg_step(job, round_, step, node)

@@ -35,6 +35,7 @@ from schemas import (
     ResourceStatus,
     RoundRecord,
     SecAggState,
+    ShareBundle,
     TopicError,
     Topics,
     TransferOrigin,
@@ -193,6 +194,10 @@ class MqttPort:
 
     def publish_secagg_state(self, job: str, round_: int, state: SecAggState | None) -> None:
         self._publish(self.topics.secagg_state(job, round_), state.to_json() if state else b"", retain=True)
+
+    def restore_secagg_bundle(self, job: str, bundle: ShareBundle) -> None:
+        topic = self.topics.secagg_step(job, bundle.round, "shares", bundle.node)
+        self._publish(topic, bundle.to_json(), retain=True)
 
     def clear_secagg_step(self, job: str, round_: int, step: str, node: str) -> None:
         self._publish(self.topics.secagg_step(job, round_, step, node), b"", retain=True)

@@ -119,6 +119,10 @@ class SecAggParty:
             return
         if state.round <= self._links.newest_global():
             return  # a round whose global model this node holds: over
+        if self._states.get(state.round) == state:
+            # The same state again: the aggregator republished it after a reconnect, because its broker may
+            # have lost its retained messages; this round's current message goes out again (the same bytes).
+            self._sent = {(r, step) for r, step in self._sent if r != state.round}
         self._states[state.round] = state
         self._advance(state.round)
         self._note_held(state.round)
@@ -379,7 +383,8 @@ class SecAggParty:
         return True
 
     def _publish(self, r: int, step: str, payload: bytes) -> None:
-        # Once per process: retained and QoS 1, so the broker keeps it; a restart publishes it once again.
+        # Once per process and state: retained and QoS 1, so the broker keeps it; a restart, or the same state
+        # republished by the aggregator (`on_state`), publishes it once again.
         if (r, step) not in self._sent:
             self._sent.add((r, step))
             self._links.publish(step, r, payload)

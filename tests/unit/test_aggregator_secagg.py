@@ -560,3 +560,31 @@ def test_the_controller_routes_the_edges_steps_to_the_job_and_ignores_its_own_st
     state = port.secagg_states[(JOB, 1)]
     assert state is not None and state.phase == "shares" and [m.node for m in state.u1] == ["edge1", "edge2"]
     assert state.max_weight == 5 and reasons(port, "SecAggMessageIgnored") == []
+
+
+def test_a_broker_that_lost_its_retained_messages_gets_the_state_and_every_bundle_again() -> None:
+    """The edges read each other's bundles from the broker: after a reconnect (the broker may have lost its
+    retained messages) the aggregator publishes the open round's state and each bundle of U2 again, from its
+    record, also after its own restart; the round then completes as before."""
+    port = MemoryPort()
+    job = start(port)
+    fleet = Fleet(job, port)
+    fleet.advertise(*NODES)
+    fleet.share(*NODES)
+    sent = {node: ShareBundle(job=JOB, uid=UID, round=1, node=node, sealed=fleet.bundles[node]) for node in NODES}
+
+    job.republish_secagg()
+    assert port.secagg_history[-1][2] == fleet.state() and fleet.state().phase == "masked"
+    assert {bundle.node: bundle for _, bundle in port.secagg_restored} == sent
+
+    restarted = MemoryPort(disk=port.disk, statuses=dict(port.statuses), secagg_states=dict(port.secagg_states))
+    again = Job(three_edges({"secure_aggregation": "true"}, resume=True), restarted, port.job_status(JOB))
+    again.start(0.0)
+    again.on_script_frame(WorkerFrame(type="config", aggregation="FedAvg", exit_round=1), 0.1)
+    again.republish_secagg()
+    assert {bundle.node: bundle for _, bundle in restarted.secagg_restored} == sent
+
+    fleet.job, fleet.port = again, restarted
+    fleet.upload(*NODES)
+    fleet.answer("edge1", "edge2")
+    assert_model(restarted, fedavg(NODES))

@@ -69,8 +69,9 @@ def test_key_advert_is_published_after_its_round_file(root: Path) -> None:
     assert b64decode(advert.c_public, "c") == secrets.c_public and b64decode(advert.s_public, "s") == secrets.s_public
     path = root / "state" / JOB / "secagg" / "r1.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    e.job.on_secagg_state(state("keys"))  # the retained state again: no new secrets, no second advert
-    assert len(e.ports.sent("keys")) == 1 and record(root)["secrets"] == on_disk["secrets"]
+    # The same state again (a republish after a reconnect): no new secrets; the same advert once more.
+    e.job.on_secagg_state(state("keys"))
+    assert e.ports.sent("keys") == [e.ports.sent("keys")[0]] * 2 and record(root)["secrets"] == on_disk["secrets"]
 
 
 def test_no_keys_for_a_round_whose_global_model_it_holds_nor_before_hello(root: Path) -> None:
@@ -176,7 +177,7 @@ def test_a_whole_round_unmasks_to_the_weighted_mean(root: Path, weighted: bool) 
     assert not (root / "state" / JOB / "secagg" / "r1.json").exists()
 
 
-def test_unmask_waits_for_every_bundle_of_u2(root: Path) -> None:
+def test_unmask_waits_for_every_bundle_of_u2_and_answers_again_on_a_republished_state(root: Path) -> None:
     """Phase unmask before edge3's bundle arrived: nothing is answered until it comes."""
     e, others = edge(root), peers()
     e.job.on_secagg_state(state("keys"))
@@ -192,6 +193,13 @@ def test_unmask_waits_for_every_bundle_of_u2(root: Path) -> None:
     e.job.on_secagg_bundle(bundles["edge3"])
     answer = UnmaskAnswer.model_validate_json(e.ports.sent("unmask")[0])
     assert sorted(answer.b_shares) == sorted(u2) and answer.s_shares == {}
+
+    # The bundle again (retained) changes nothing; the same state again (the aggregator republishes it after
+    # a reconnect: the broker may have lost its retained messages) sends the same answer once more.
+    e.job.on_secagg_bundle(bundles["edge3"])
+    assert len(e.ports.sent("unmask")) == 1
+    e.job.on_secagg_state(state("unmask", u1=u1, u2=u2, u3=u2))
+    assert e.ports.sent("unmask") == [e.ports.sent("unmask")[0]] * 2
 
 
 def test_an_aborted_round_drops_the_update_and_its_files(root: Path) -> None:
