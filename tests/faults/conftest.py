@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,21 @@ class Rig:
             )
             updates[round_] = [found[0] for found in per_edge]
         return updates
+
+    def kill_broker(self, *, restore: Path | None = None) -> None:
+        """kill -9 the broker; start it again from an empty data directory (what a kill before the autosave
+        loses, made deterministic), or from the database `restore`. Returns once the traffic capture is
+        subscribed again (a broker that lost its sessions has none)."""
+        assert self.capture is not None and self.cluster.broker is not None
+        since = self.capture.connection
+        data = Path(self.cluster.broker.cfg.data_dir)
+        self.cluster.stop_broker(hard=True)
+        shutil.rmtree(data)
+        data.mkdir()
+        if restore is not None:
+            shutil.copy2(restore, data / restore.name)
+        self.cluster.start_broker()
+        self.capture.wait_subscribed_again(since, timeout=20)
 
     def wait_job(self, timeout: float) -> JobStatus:
         return self.watch.wait_finished(timeout)

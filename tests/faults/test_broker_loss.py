@@ -27,21 +27,6 @@ def _data_dir(r: Rig) -> Path:
     return Path(r.cluster.broker.cfg.data_dir)
 
 
-def _kill_broker(r: Rig, *, restore: Path | None = None) -> None:
-    """kill -9 the broker; start it again from an empty data directory, or from the database `restore`.
-    Returns once the traffic capture is subscribed again (a broker that lost its sessions has none)."""
-    assert r.capture is not None
-    since = r.capture.connection
-    r.cluster.stop_broker(hard=True)
-    data = _data_dir(r)
-    shutil.rmtree(data)
-    data.mkdir()
-    if restore is not None:
-        shutil.copy2(restore, data / restore.name)
-    r.cluster.start_broker()
-    r.capture.wait_subscribed_again(since, timeout=20)
-
-
 def _snapshot(r: Rig, into: Path) -> Path:
     """A copy of the broker's database as it is now (a graceful stop saves it; the broker comes back at once)."""
     r.cluster.restart_broker()
@@ -88,7 +73,7 @@ def test_broker_loses_everything_right_after_create(rig: RigFactory, capsys: pyt
     r = rig(2, exit_round=2, keras=False, proxies=False, common_params={"hold_rounds": "1"})
     r.watch.wait(lambda w: w.status is not None, timeout=30, what="the job accepted")
 
-    _kill_broker(r)
+    r.kill_broker()
     for edge in r.edges:
         r.open_gate(edge, 1)
 
@@ -104,7 +89,7 @@ def test_broker_loses_everything_mid_job(rig: RigFactory, capsys: pytest.Capture
     r.watch.wait_rounds(1, timeout=60)
     uid = r.watch.status.uid if r.watch.status else None
 
-    _kill_broker(r)
+    r.kill_broker()
     _assert_listed(r, capsys, Phase.RUNNING)  # the edges hold round 2: the job cannot have ended
     for edge in r.edges:
         r.open_gate(edge, 2)
@@ -128,7 +113,7 @@ def test_broker_back_from_an_old_snapshot_mid_job(
     r.watch.wait_rounds(1, timeout=60)
     uid = r.watch.status.uid if r.watch.status else None
 
-    _kill_broker(r, restore=old)
+    r.kill_broker(restore=old)
     _assert_listed(r, capsys, Phase.RUNNING)
     for edge in r.edges:
         r.open_gate(edge, 2)
@@ -153,7 +138,7 @@ def test_broker_back_from_an_old_snapshot_after_the_job(
     r.assert_outcome(done)
 
     assert r.cluster.kill_node("cloud0") == -9
-    _kill_broker(r, restore=old)
+    r.kill_broker(restore=old)
     node = r.cluster.restart_node("cloud0")
     wait_until(lambda: "controller ready" in node.log_tail(400), timeout=30, what="the restarted aggregator ready")
 
@@ -183,7 +168,7 @@ def test_deleted_job_stays_deleted_when_an_old_snapshot_brings_it_back(
     wait_until(lambda: '"job deleted"' in node.log_tail(400), timeout=20, what="the delete seen by the aggregator")
     wait_until(lambda: _get(r, capsys, "fl") == [], timeout=20, what="the job deleted")
 
-    _kill_broker(r, restore=old)
+    r.kill_broker(restore=old)
 
     wait_until(
         lambda: "a deleted spec came back from the broker's store" in node.log_tail(400),

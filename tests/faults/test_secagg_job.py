@@ -178,3 +178,35 @@ def test_a_round_completes_when_an_edge_dies_after_its_masked_upload(rig: RigFac
     for round_ in (1, 2):
         assert_global_is_fedavg(r, blobs, round_)
     r.finish()
+
+
+def test_a_secure_round_survives_a_broker_that_comes_back_empty(rig: RigFactory) -> None:
+    """Round 1 in phase masked (keys and bundles exchanged, the edges held in training); the broker is killed
+    and comes back without any retained message, and edge3's service restarts meanwhile (its in-memory copies
+    of the others' bundles gone): the aggregator publishes the round's state and every bundle again from its
+    record, edge3 continues from its round file, and the round unmasks to FedAvg of all three updates."""
+    r = rig(
+        3,
+        exit_round=1,
+        keras=False,
+        hidden=4,
+        proxies=False,
+        agg_params={**SECAGG, "secagg_threshold": "3"},  # edge3's answer is needed: it must read the bundles
+        common_params={**RECORD, "hold_rounds": "1"},
+    )
+    r.watch.wait(
+        lambda x: x.status is not None and "secure aggregation phase masked" in (x.status.message or ""),
+        timeout=120,
+        what="round 1 in phase masked",
+    )
+    r.kill_broker()
+    r.cluster.restart_node("edge3")
+    for edge in r.edges:
+        r.open_gate(edge, 1)
+    status = r.wait_job(180)
+
+    assert status.phase is Phase.SUCCEEDED, r.watch.describe() + r.logs()
+    assert r.capture is not None
+    blobs = reassemble(r.capture.messages, r.topics)
+    assert_global_is_fedavg(r, blobs, 1)
+    r.finish()
