@@ -1,0 +1,402 @@
+"""Load generator: N simulated edges drive the REAL aggregator through the REAL broker (issue 12).
+
+One Mosquitto and one `fl-cloud-aggregator` run as processes (`flctl.cluster.LocalCluster`, as the demo and
+the tests start them); the aggregation script is the fault tests' (tests/faults/scripts/aggregate.py,
+FedAvg). The edges are simulated (`benchmarks/_simfleet.py`): each a real MQTT client with its own identity
+(client id = node name), announcing itself with a node status of role ``edge``, publishing its worker
+statuses, its init and its update of every round with `broker.BlobSender`, reading the retained global
+models and its acks; training is a sleep drawn uniformly from ``--train-ms``. The job is created with
+``flctl create`` (a Dataset per edge, the Model, the FederatedLearningJob).
+
+Measured per round, from the aggregator's round records and the edges' own clocks (one machine, one wall
+clock): the round's duration (opened to closed, `RoundRecord.durationSeconds`), the slowest simulated
+training of the round, the **overhead** (duration minus slowest training), and where it goes: the global
+model of the previous round reaching the last edge, the last update fully acknowledged by the broker, the
+round closing after that. Checked: every round completes with every edge, and the broker's
+``$SYS/broker/publish/messages/dropped`` stays 0 (sys_interval 1 s, read until a $SYS cycle after the job
+ended). Also the CPU seconds of the aggregator, the broker and the generator during the job.
+
+    .venv/bin/python benchmarks/loadgen.py --edges 100 --model seed --rounds 3
+    .venv/bin/python benchmarks/loadgen.py --edges 1000 --model tiny --rounds 3
+
+Output under ``.bench/loadgen/`` (git-ignored): the cluster's folders, the aggregator's service.log,
+Mosquitto's log. Exit 0 when every round completed and nothing was dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import queue
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks._jobs import JOB, job_documents  # noqa: E402
+from benchmarks._simfleet import (  # noqa: E402
+    SEED_LAYOUT,
+    TINY_LAYOUT,
+    FleetConfig,
+    fleet_process,
+    training_seconds,
+)
+from broker import Inbound, MqttSettings, Session  # noqa: E402
+from flctl import cli as flctl_cli  # noqa: E402
+from flctl.cluster import LocalCluster  # noqa: E402
+from runtime import configure_logging  # noqa: E402
+from schemas import JobStatus, Kind, Phase, RoundRecord, Topics  # noqa: E402
+
+SCRIPTS = REPO / "tests" / "faults" / "scripts"
+DROPPED = "$SYS/broker/publish/messages/dropped"
+UPTIME = "$SYS/broker/uptime"
+LAYOUTS = {"seed": SEED_LAYOUT, "tiny": TINY_LAYOUT}
+EDGES_PER_PROCESS = 250  # beyond this one process's GIL, not the broker, sets the pace (2 threads per session)
+
+
+@dataclass
+class LoadConfig:
+    edges: int = 100
+    model: str = "seed"
+    rounds: int = 3
+    train_ms: tuple[float, float] = (0.0, 200.0)
+    procs: int = 0  # 0: one per EDGES_PER_PROCESS edges
+    seed: int = 0
+    workdir: Path = REPO / ".bench" / "loadgen"
+    timeout: float = 900.0
+    agg_args: list[str] = field(default_factory=list)
+    broker_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RoundFigures:
+    round: int
+    participants: int
+    duration: float
+    slowest_training: float
+    overhead: float
+    global_spread: float | None  # opened -> the previous round's global model complete at the last edge
+    last_uploaded: float | None  # opened -> the last update acknowledged by the broker
+    close_lag: float | None  # the last update acknowledged by the broker -> the round closed
+    cycle: float | None  # closed at of the previous round -> closed at of this one
+
+
+@dataclass
+class LoadResult:
+    config: LoadConfig
+    status: JobStatus | None
+    rounds: list[RoundFigures]
+    dropped: list[str]
+    sys_after_job: bool
+    edge_errors: list[str]
+    completed_edges: int
+    cpu: dict[str, float]
+    peak_rss_mb: dict[str, float]
+    sys: dict[str, str]
+    job_seconds: float
+    start_seconds: float | None  # flctl create -> round 1 opened
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.status is not None
+            and self.status.phase is Phase.SUCCEEDED
+            and len(self.rounds) == self.config.rounds
+            and all(r.participants == self.config.edges for r in self.rounds)
+            and self.sys_after_job
+            and bool(self.dropped)
+            and set(self.dropped) == {"0"}
+            and not self.edge_errors
+            and self.completed_edges == self.config.edges
+        )
+
+
+def _proc_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of a process and its reaped children (Linux /proc)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / 100.0
+
+
+def _peak_rss_mb(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _names(edges: int) -> list[str]:
+    width = len(str(edges))
+    return [f"edge{i:0{width}d}" for i in range(1, edges + 1)]
+
+
+def run(cfg: LoadConfig) -> LoadResult:
+    """One job of `cfg.edges` simulated edges on a fresh broker and aggregator under `cfg.workdir`."""
+    if cfg.workdir.exists():
+        shutil.rmtree(cfg.workdir)
+    (cfg.workdir / "cloud0" / "code").mkdir(parents=True)
+    shutil.copy2(SCRIPTS / "aggregate.py", cfg.workdir / "cloud0" / "code" / "aggregate.py")
+    names = _names(cfg.edges)
+    spec = cfg.workdir / "job.yaml"
+    spec.write_text(yaml.safe_dump_all(job_documents(names, rounds=cfg.rounds, features=1, hidden=1, agg_params={})))
+    procs = cfg.procs or max(1, math.ceil(cfg.edges / EDGES_PER_PROCESS))
+    low, high = cfg.train_ms[0] / 1000, cfg.train_ms[1] / 1000
+    topics = Topics()
+    with LocalCluster(cfg.workdir, broker_config={"sys_interval": 1, **cfg.broker_config}) as cluster:
+        broker = cluster.start_broker()
+        agg = cluster.start_node("cloud0", "aggregator", extra_args=cfg.agg_args)
+        inbox: queue.Queue[Inbound] = queue.Queue()
+        watch = Session(MqttSettings(client_id="loadgen-watch", port=cluster.port), inbox=inbox, topics=topics)
+        for flt in ("$SYS/broker/#", topics.status(Kind.JOB, JOB), topics.job_round_records(JOB)):
+            watch.subscribe(flt)
+        watch.start()
+        if not watch.wait_connected(10):
+            raise RuntimeError("the watcher cannot reach the broker")
+        ctx = mp.get_context("spawn")
+        ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+        children = []
+        for p in range(procs):
+            mine = [(n, i) for i, n in enumerate(names) if i % procs == p]
+            fleet = FleetConfig(
+                host="127.0.0.1",
+                port=cluster.port,
+                prefix=cluster.prefix,
+                job=JOB,
+                edges=mine,
+                layout=LAYOUTS[cfg.model],
+                rounds=cfg.rounds,
+                train_low=low,
+                train_high=high,
+                seed=cfg.seed,
+            )
+            child = ctx.Process(target=fleet_process, args=(fleet, ready, stop, results), daemon=True)
+            child.start()
+            children.append(child)
+        try:
+            for _ in children:
+                problem = ready.get(timeout=300)
+                if problem:
+                    raise RuntimeError(f"a fleet process failed to start: {problem}")
+            print(f"{cfg.edges} simulated edges connected in {procs} process(es); creating the job", flush=True)
+            cpu0 = {"aggregator": _proc_cpu(agg.proc.pid), "broker": _proc_cpu(broker.pid)}
+            created = time.time()
+            if flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) != 0:
+                raise RuntimeError("flctl create failed")
+            follow = _follow(inbox, watch, created + cfg.timeout, topics)
+            cpu = {
+                "aggregator": _proc_cpu(agg.proc.pid) - cpu0["aggregator"],
+                "broker": _proc_cpu(broker.pid) - cpu0["broker"],
+            }
+            rss = {"aggregator": _peak_rss_mb(agg.proc.pid), "broker": _peak_rss_mb(broker.pid)}
+        finally:
+            stop.set()
+            edge_results: list[dict[str, Any]] = []
+            gen_cpu = 0.0
+            for _ in children:
+                try:
+                    item = results.get(timeout=60)
+                except queue.Empty:
+                    break
+                edge_results += item["edges"]
+                gen_cpu += item["cpu"]
+            for child in children:
+                child.join(30)
+            watch.stop()
+    cpu["generator"] = gen_cpu
+    return _analyse(cfg, follow, edge_results, cpu, rss, created)
+
+
+@dataclass
+class _Followed:
+    status: JobStatus | None = None
+    records: dict[int, RoundRecord] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    sys: dict[str, str] = field(default_factory=dict)
+    finished_at: float | None = None
+    sys_after: bool = False
+
+
+def _follow(inbox: queue.Queue[Inbound], watch: Session, deadline: float, topics: Topics) -> _Followed:
+    """The job's status and round records until it finishes, then $SYS until a cycle after that."""
+    seen = _Followed()
+    status_topic = topics.status(Kind.JOB, JOB)
+    while time.time() < deadline:
+        if seen.finished_at is not None and (seen.sys_after or time.time() > seen.finished_at + 15):
+            break
+        try:
+            msg = inbox.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        watch.ack(msg)
+        if msg.topic.startswith("$SYS/"):
+            seen.sys[msg.topic] = msg.payload.decode(errors="replace")
+            if msg.topic == DROPPED:
+                seen.dropped.append(msg.payload.decode())
+            elif msg.topic == UPTIME and seen.finished_at is not None and time.time() > seen.finished_at + 1.0:
+                seen.sys_after = True  # a whole $SYS cycle ran after the job: its dropped counter covers it
+        elif msg.topic == status_topic and msg.payload:
+            seen.status = JobStatus.model_validate_json(msg.payload)
+            if seen.status.phase.finished and seen.finished_at is None:
+                seen.finished_at = time.time()
+                print(f"job {seen.status.phase.value}: {seen.status.message}", flush=True)
+        elif msg.payload:
+            record = RoundRecord.model_validate_json(msg.payload)
+            seen.records[record.round] = record
+    return seen
+
+
+def _analyse(
+    cfg: LoadConfig,
+    seen: _Followed,
+    edges: list[dict[str, Any]],
+    cpu: dict[str, float],
+    rss: dict[str, float],
+    created: float,
+) -> LoadResult:
+    index = {n: i for i, n in enumerate(_names(cfg.edges))}
+    low, high = cfg.train_ms[0] / 1000, cfg.train_ms[1] / 1000
+    figures = []
+    previous_close: float | None = None
+    for r in sorted(seen.records):
+        rec = seen.records[r]
+        opened, closed = rec.opened_at.timestamp(), rec.closed_at.timestamp()
+        slowest = max(training_seconds(cfg.seed, index[n], r, low, high) for n in rec.participants)
+        globals_at = [e["globals_at"].get(r - 1) for e in edges]
+        uploaded = [e["uploaded_at"].get(r) for e in edges]
+        spread = max(globals_at) - opened if globals_at and None not in globals_at else None
+        last_up = max(uploaded) if uploaded and None not in uploaded else None
+        figures.append(
+            RoundFigures(
+                round=r,
+                participants=len(rec.participants),
+                duration=rec.duration_seconds,
+                slowest_training=slowest,
+                overhead=rec.duration_seconds - slowest,
+                global_spread=spread,
+                last_uploaded=last_up - opened if last_up is not None else None,
+                close_lag=closed - last_up if last_up is not None else None,
+                cycle=closed - previous_close if previous_close is not None else None,
+            )
+        )
+        previous_close = closed
+    errors = [f"{e['name']}: {err}" for e in edges for err in e["errors"]]
+    first = seen.records.get(1)
+    return LoadResult(
+        config=cfg,
+        status=seen.status,
+        rounds=figures,
+        dropped=seen.dropped,
+        sys_after_job=seen.sys_after,
+        edge_errors=errors,
+        completed_edges=sum(1 for e in edges if e["completed_at"] is not None),
+        cpu=cpu,
+        peak_rss_mb=rss,
+        sys=seen.sys,
+        job_seconds=(seen.finished_at or time.time()) - created,
+        start_seconds=first.opened_at.timestamp() - created if first is not None else None,
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def report(result: LoadResult) -> str:
+    cfg = result.config
+    lines = [
+        f"{cfg.edges} edges, model {cfg.model} ({sum(math.prod(s) for _, s in LAYOUTS[cfg.model]):,} float32), "
+        f"{cfg.rounds} rounds, training {cfg.train_ms[0]:.0f}-{cfg.train_ms[1]:.0f} ms",
+        f"job: {result.status.phase.value if result.status else 'no status'} in {result.job_seconds:.1f} s "
+        f"(flctl create -> round 1 opened: {_fmt(result.start_seconds)} s)",
+        "",
+        "round  edges  duration_s  slowest_train_s  overhead_s  global_at_last_edge_s  last_upload_done_s  "
+        "closed_after_last_upload_s  cycle_s",
+    ]
+    for f in result.rounds:
+        lines.append(
+            f"{f.round:>5}  {f.participants:>5}  {f.duration:>10.3f}  {f.slowest_training:>15.3f}  "
+            f"{f.overhead:>10.3f}  {_fmt(f.global_spread):>21}  {_fmt(f.last_uploaded):>18}  "
+            f"{_fmt(f.close_lag):>26}  {_fmt(f.cycle):>7}"
+        )
+    overheads = [f.overhead for f in result.rounds]
+    sys_ = result.sys
+    lines += [
+        "",
+        f"overhead: max {max(overheads, default=float('nan')):.3f} s, "
+        f"mean {sum(overheads) / max(1, len(overheads)):.3f} s"
+        + (" (goal <= 1 s at 100 edges)" if cfg.edges == 100 else ""),
+        f"broker dropped (every $SYS value seen): {sorted(set(result.dropped)) or 'none received'}; "
+        f"a $SYS cycle after the job: {result.sys_after_job}",
+        "broker: "
+        + ", ".join(
+            f"{k.removeprefix('$SYS/broker/')} {sys_.get(k, '?')}"
+            for k in (
+                "$SYS/broker/clients/maximum",
+                "$SYS/broker/publish/messages/received",
+                "$SYS/broker/publish/messages/sent",
+                "$SYS/broker/bytes/received",
+                "$SYS/broker/bytes/sent",
+                "$SYS/broker/heap/maximum",
+            )
+        ),
+        "CPU seconds during the job: " + ", ".join(f"{k} {v:.1f}" for k, v in result.cpu.items()),
+        "peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in result.peak_rss_mb.items()),
+        f"edges completed: {result.completed_edges}/{cfg.edges}; edge errors: {len(result.edge_errors)}",
+        *result.edge_errors[:10],
+        f"verdict: {'OK' if result.ok else 'FAILED'} (every round with every edge, nothing dropped)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--edges", type=int, default=100)
+    parser.add_argument("--model", choices=sorted(LAYOUTS), default="seed")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--train-ms", type=float, nargs=2, default=(0.0, 200.0), metavar=("LOW", "HIGH"))
+    parser.add_argument("--procs", type=int, default=0, help=f"fleet processes (0: one per {EDGES_PER_PROCESS} edges)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--agg-arg", action="append", default=[], help="extra fl-cloud-aggregator argument")
+    parser.add_argument("--broker", action="append", default=[], metavar="KEY=INT", help="BrokerConfig override")
+    args = parser.parse_args(argv)
+    configure_logging(node="loadgen", role="cli", level="WARNING")
+    cfg = LoadConfig(
+        edges=args.edges,
+        model=args.model,
+        rounds=args.rounds,
+        train_ms=tuple(args.train_ms),
+        procs=args.procs,
+        seed=args.seed,
+        workdir=args.workdir or REPO / ".bench" / "loadgen" / f"{args.edges}-{args.model}",
+        timeout=args.timeout,
+        agg_args=args.agg_arg,
+        broker_config={k: int(v) for k, v in (item.split("=", 1) for item in args.broker)},
+    )
+    result = run(cfg)
+    print(report(result))
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
