@@ -30,6 +30,8 @@ import math
 import multiprocessing as mp
 import queue
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -75,6 +77,7 @@ class LoadConfig:
     timeout: float = 900.0
     agg_args: list[str] = field(default_factory=list)
     broker_config: dict[str, Any] = field(default_factory=dict)
+    profile: Path | None = None  # py-spy's collapsed stacks of the aggregator during the job (needs py-spy)
 
 
 @dataclass
@@ -132,6 +135,15 @@ def _proc_cpu(pid: int | None) -> float:
     return ticks / 100.0
 
 
+def _py_spy(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the aggregator (its threads and the script's process too) into `out`, or None."""
+    if out is None:
+        return None
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    command = [binary, "record", "--pid", str(pid), "--format", "raw", "--output", str(out), "--subprocesses"]
+    return subprocess.Popen([*command, "--rate", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _peak_rss_mb(pid: int | None) -> float:
     if pid is None:
         return 0.0
@@ -144,13 +156,8 @@ def _peak_rss_mb(pid: int | None) -> float:
     return 0.0
 
 
-def _names(edges: int) -> list[str]:
-    width = len(str(edges))
-    return [f"edge{i:0{width}d}" for i in range(1, edges + 1)]
-
-
-def run(cfg: LoadConfig) -> LoadResult:
-    """One job of `cfg.edges` simulated edges on a fresh broker and aggregator under `cfg.workdir`."""
+def _lay_out(cfg: LoadConfig) -> tuple[list[str], Path]:
+    """A fresh work directory: cloud0's aggregation script and the job's documents; the edges' names."""
     if cfg.workdir.exists():
         shutil.rmtree(cfg.workdir)
     (cfg.workdir / "cloud0" / "code").mkdir(parents=True)
@@ -158,8 +165,59 @@ def run(cfg: LoadConfig) -> LoadResult:
     names = _names(cfg.edges)
     spec = cfg.workdir / "job.yaml"
     spec.write_text(yaml.safe_dump_all(job_documents(names, rounds=cfg.rounds, features=1, hidden=1, agg_params={})))
+    return names, spec
+
+
+def _collect(children: list[Any], results: Any) -> tuple[list[dict[str, Any]], float]:
+    """Every fleet's edge results and CPU seconds, once they stopped."""
+    edges: list[dict[str, Any]] = []
+    cpu = 0.0
+    for _ in children:
+        try:
+            item = results.get(timeout=60)
+        except queue.Empty:
+            break
+        edges += item["edges"]
+        cpu += item["cpu"]
+    for child in children:
+        child.join(30)
+    return edges, cpu
+
+
+def _start_fleets(
+    ctx: Any, cfg: LoadConfig, names: list[str], procs: int, *, port: int, channels: tuple[Any, Any, Any]
+) -> list[Any]:
+    """The fleet processes, edges dealt round-robin; `channels` is (ready, stop, results)."""
+    ready, stop, results = channels
+    children = []
+    for p in range(procs):
+        fleet = FleetConfig(
+            host="127.0.0.1",
+            port=port,
+            prefix="fl",
+            job=JOB,
+            edges=[(n, i) for i, n in enumerate(names) if i % procs == p],
+            layout=LAYOUTS[cfg.model],
+            rounds=cfg.rounds,
+            train_low=cfg.train_ms[0] / 1000,
+            train_high=cfg.train_ms[1] / 1000,
+            seed=cfg.seed,
+        )
+        child = ctx.Process(target=fleet_process, args=(fleet, ready, stop, results), daemon=True)
+        child.start()
+        children.append(child)
+    return children
+
+
+def _names(edges: int) -> list[str]:
+    width = len(str(edges))
+    return [f"edge{i:0{width}d}" for i in range(1, edges + 1)]
+
+
+def run(cfg: LoadConfig) -> LoadResult:
+    """One job of `cfg.edges` simulated edges on a fresh broker and aggregator under `cfg.workdir`."""
+    names, spec = _lay_out(cfg)
     procs = cfg.procs or max(1, math.ceil(cfg.edges / EDGES_PER_PROCESS))
-    low, high = cfg.train_ms[0] / 1000, cfg.train_ms[1] / 1000
     topics = Topics()
     with LocalCluster(cfg.workdir, broker_config={"sys_interval": 1, **cfg.broker_config}) as cluster:
         broker = cluster.start_broker()
@@ -173,24 +231,7 @@ def run(cfg: LoadConfig) -> LoadResult:
             raise RuntimeError("the watcher cannot reach the broker")
         ctx = mp.get_context("spawn")
         ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-        children = []
-        for p in range(procs):
-            mine = [(n, i) for i, n in enumerate(names) if i % procs == p]
-            fleet = FleetConfig(
-                host="127.0.0.1",
-                port=cluster.port,
-                prefix=cluster.prefix,
-                job=JOB,
-                edges=mine,
-                layout=LAYOUTS[cfg.model],
-                rounds=cfg.rounds,
-                train_low=low,
-                train_high=high,
-                seed=cfg.seed,
-            )
-            child = ctx.Process(target=fleet_process, args=(fleet, ready, stop, results), daemon=True)
-            child.start()
-            children.append(child)
+        children = _start_fleets(ctx, cfg, names, procs, port=cluster.port, channels=(ready, stop, results))
         try:
             for _ in children:
                 problem = ready.get(timeout=300)
@@ -198,10 +239,14 @@ def run(cfg: LoadConfig) -> LoadResult:
                     raise RuntimeError(f"a fleet process failed to start: {problem}")
             print(f"{cfg.edges} simulated edges connected in {procs} process(es); creating the job", flush=True)
             cpu0 = {"aggregator": _proc_cpu(agg.proc.pid), "broker": _proc_cpu(broker.pid)}
+            spy = _py_spy(agg.proc.pid, cfg.profile)
             created = time.time()
             if flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) != 0:
                 raise RuntimeError("flctl create failed")
             follow = _follow(inbox, watch, created + cfg.timeout, topics)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                spy.wait(60)
             cpu = {
                 "aggregator": _proc_cpu(agg.proc.pid) - cpu0["aggregator"],
                 "broker": _proc_cpu(broker.pid) - cpu0["broker"],
@@ -209,20 +254,13 @@ def run(cfg: LoadConfig) -> LoadResult:
             rss = {"aggregator": _peak_rss_mb(agg.proc.pid), "broker": _peak_rss_mb(broker.pid)}
         finally:
             stop.set()
-            edge_results: list[dict[str, Any]] = []
-            gen_cpu = 0.0
-            for _ in children:
-                try:
-                    item = results.get(timeout=60)
-                except queue.Empty:
-                    break
-                edge_results += item["edges"]
-                gen_cpu += item["cpu"]
-            for child in children:
-                child.join(30)
+            edge_results, gen_cpu = _collect(children, results)
+            for channel in (ready, results):
+                channel.close()
+                channel.join_thread()
             watch.stop()
     cpu["generator"] = gen_cpu
-    return _analyse(cfg, follow, edge_results, cpu, rss, created)
+    return _analyse(cfg, follow, edge_results, created, cpu=cpu, rss=rss)
 
 
 @dataclass
@@ -268,9 +306,10 @@ def _analyse(
     cfg: LoadConfig,
     seen: _Followed,
     edges: list[dict[str, Any]],
+    created: float,
+    *,
     cpu: dict[str, float],
     rss: dict[str, float],
-    created: float,
 ) -> LoadResult:
     index = {n: i for i, n in enumerate(_names(cfg.edges))}
     low, high = cfg.train_ms[0] / 1000, cfg.train_ms[1] / 1000
@@ -378,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--agg-arg", action="append", default=[], help="extra fl-cloud-aggregator argument")
+    parser.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the aggregator during the job")
     parser.add_argument("--broker", action="append", default=[], metavar="KEY=INT", help="BrokerConfig override")
     args = parser.parse_args(argv)
     configure_logging(node="loadgen", role="cli", level="WARNING")
@@ -392,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
         agg_args=args.agg_arg,
         broker_config={k: int(v) for k, v in (item.split("=", 1) for item in args.broker)},
+        profile=args.profile,
     )
     result = run(cfg)
     print(report(result))
