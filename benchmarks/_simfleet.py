@@ -198,7 +198,17 @@ class SimEdge:
         self.sender = BlobSender(self.session)
 
     def status(self, state: WorkerState, round_: int, message: str, **extra: object) -> None:
-        """Publish this edge's worker status (retained, QoS 1; not waited for, as the real edge does)."""
+        """Publish this edge's worker status (retained, QoS 1; not waited for, as the real edge does). Nothing
+        after Completed: an upload thread's late "sent" must not overwrite it (the real edge's one logic
+        thread orders them; here the lock does)."""
+        with self.lock:
+            if self.result.completed_at is not None:
+                return
+            if state is WorkerState.COMPLETED:
+                self.result.completed_at = time.time()
+            self._publish_status(state, round_, message, **extra)
+
+    def _publish_status(self, state: WorkerState, round_: int, message: str, **extra: object) -> None:
         doc = WorkerStatus(
             job=self.fleet.config.job,
             uid=self.uid,
@@ -373,7 +383,6 @@ class Fleet:
                 model_path="/model/versions/sim",
                 model_digest=digest,
             )
-            edge.result.completed_at = time.time()
             return
         if round_ >= 1 and self.config.evaluate:
             # The real script scores each global model on its held-out data while it trains the next round.
