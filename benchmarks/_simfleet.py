@@ -109,6 +109,9 @@ class FleetConfig:
     dispatchers: int = 2
     uploaders: int = 32
     upload_timeout: float = 300.0
+    # Per edge (same order as `edges`): a provisioned identity's settings (password, TLS), as its node.yaml
+    # gives them; None: plain, anonymous connections to host:port.
+    settings: list[MqttSettings] | None = None
 
 
 @dataclass
@@ -189,8 +192,11 @@ class SimEdge:
         self.lock = threading.Lock()
         topics = fleet.topics
         offline = NodeStatus(node=name, role="edge", state=NodeState.OFFLINE).to_json()
+        settings = fleet.settings.get(name) or MqttSettings(
+            client_id=name, host=fleet.config.host, port=fleet.config.port
+        )
         self.session = Session(
-            MqttSettings(client_id=name, host=fleet.config.host, port=fleet.config.port),
+            settings,
             inbox=_Tagged(self, fleet.inboxes[index % len(fleet.inboxes)]),
             will=(topics.node_status(name), offline),
             topics=topics,
@@ -238,6 +244,7 @@ class Fleet:
         self._timer_seq = 0
         self._pool = ThreadPoolExecutor(max_workers=config.uploaders, thread_name_prefix="upload")
         self._stop = threading.Event()
+        self.settings = {name: s for (name, _), s in zip(config.edges, config.settings or [], strict=False)}
         self.edges = [SimEdge(self, name, index, self._blobs(name, index)) for name, index in config.edges]
 
     # -- set-up ----------------------------------------------------------------------------------

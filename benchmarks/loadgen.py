@@ -54,7 +54,7 @@ from benchmarks._simfleet import (  # noqa: E402
 )
 from broker import Inbound, MqttSettings, Session  # noqa: E402
 from flctl import cli as flctl_cli  # noqa: E402
-from flctl.cluster import LocalCluster  # noqa: E402
+from flctl.cluster import ADMIN, MONITOR, LocalCluster  # noqa: E402
 from runtime import configure_logging  # noqa: E402
 from schemas import JobStatus, Kind, Phase, RoundRecord, Topics  # noqa: E402
 
@@ -77,6 +77,7 @@ class LoadConfig:
     timeout: float = 900.0
     agg_args: list[str] = field(default_factory=list)
     broker_config: dict[str, Any] = field(default_factory=dict)
+    secure: bool = False  # the demo's deployment: TLS, passwords, per-node ACLs (flctl broker init)
     profile: Path | None = None  # py-spy's collapsed stacks of the aggregator during the job (needs py-spy)
 
 
@@ -185,7 +186,14 @@ def _collect(children: list[Any], results: Any) -> tuple[list[dict[str, Any]], f
 
 
 def _start_fleets(
-    ctx: Any, cfg: LoadConfig, names: list[str], procs: int, *, port: int, channels: tuple[Any, Any, Any]
+    ctx: Any,
+    cfg: LoadConfig,
+    names: list[str],
+    procs: int,
+    settings: list[MqttSettings] | None,
+    *,
+    port: int,
+    channels: tuple[Any, Any, Any],
 ) -> list[Any]:
     """The fleet processes, edges dealt round-robin; `channels` is (ready, stop, results)."""
     ready, stop, results = channels
@@ -197,6 +205,7 @@ def _start_fleets(
             prefix="fl",
             job=JOB,
             edges=[(n, i) for i, n in enumerate(names) if i % procs == p],
+            settings=[s for i, s in enumerate(settings) if i % procs == p] if settings is not None else None,
             layout=LAYOUTS[cfg.model],
             rounds=cfg.rounds,
             train_low=cfg.train_ms[0] / 1000,
@@ -219,19 +228,32 @@ def run(cfg: LoadConfig) -> LoadResult:
     names, spec = _lay_out(cfg)
     procs = cfg.procs or max(1, math.ceil(cfg.edges / EDGES_PER_PROCESS))
     topics = Topics()
-    with LocalCluster(cfg.workdir, broker_config={"sys_interval": 1, **cfg.broker_config}) as cluster:
+    nodes = ["cloud0", *names] if cfg.secure else []
+    broker_config = {"sys_interval": 1, **cfg.broker_config}
+    with LocalCluster(cfg.workdir, broker_config=broker_config, secure=cfg.secure, nodes=nodes) as cluster:
         broker = cluster.start_broker()
         agg = cluster.start_node("cloud0", "aggregator", extra_args=cfg.agg_args)
-        inbox: queue.Queue[Inbound] = queue.Queue()
-        watch = Session(MqttSettings(client_id="loadgen-watch", port=cluster.port), inbox=inbox, topics=topics)
-        for flt in ("$SYS/broker/#", topics.status(Kind.JOB, JOB), topics.job_round_records(JOB)):
+        inbox: queue.Queue[tuple[Session, Inbound]] = queue.Queue()
+        # Secure: the admin reads the job's status and round records, the monitor $SYS (their ACLs).
+        admin = _Owned(inbox)
+        watch = admin.session = Session(
+            cluster.settings(ADMIN if cfg.secure else "lg-watch"), inbox=admin, topics=topics
+        )
+        watch_sys = watch
+        if cfg.secure:
+            monitor = _Owned(inbox)
+            watch_sys = monitor.session = Session(cluster.settings(MONITOR), inbox=monitor, topics=topics)
+        watch_sys.subscribe("$SYS/broker/#")
+        for flt in (topics.status(Kind.JOB, JOB), topics.job_round_records(JOB)):
             watch.subscribe(flt)
-        watch.start()
-        if not watch.wait_connected(10):
-            raise RuntimeError("the watcher cannot reach the broker")
+        for session in {watch, watch_sys}:
+            session.start()
+            if not session.wait_connected(10):
+                raise RuntimeError("the watcher cannot reach the broker")
         ctx = mp.get_context("spawn")
         ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-        children = _start_fleets(ctx, cfg, names, procs, port=cluster.port, channels=(ready, stop, results))
+        settings = [cluster.settings(n) for n in names] if cfg.secure else None
+        children = _start_fleets(ctx, cfg, names, procs, settings, port=cluster.port, channels=(ready, stop, results))
         try:
             for _ in children:
                 problem = ready.get(timeout=300)
@@ -243,7 +265,7 @@ def run(cfg: LoadConfig) -> LoadResult:
             created = time.time()
             if flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) != 0:
                 raise RuntimeError("flctl create failed")
-            follow = _follow(inbox, watch, created + cfg.timeout, topics)
+            follow = _follow(inbox, created + cfg.timeout, topics)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                 spy.wait(60)
@@ -258,7 +280,8 @@ def run(cfg: LoadConfig) -> LoadResult:
             for channel in (ready, results):
                 channel.close()
                 channel.join_thread()
-            watch.stop()
+            for session in {watch, watch_sys}:
+                session.stop()
     cpu["generator"] = gen_cpu
     return _analyse(cfg, follow, edge_results, created, cpu=cpu, rss=rss)
 
@@ -273,7 +296,19 @@ class _Followed:
     sys_after: bool = False
 
 
-def _follow(inbox: queue.Queue[Inbound], watch: Session, deadline: float, topics: Topics) -> _Followed:
+class _Owned:
+    """A watcher session's inbox: its messages go to one queue with the session that must acknowledge them."""
+
+    def __init__(self, sink: queue.Queue[tuple[Session, Inbound]]) -> None:
+        self._sink = sink
+        self.session: Session | None = None
+
+    def put_nowait(self, item: Inbound, /) -> None:
+        assert self.session is not None
+        self._sink.put_nowait((self.session, item))
+
+
+def _follow(inbox: queue.Queue[tuple[Session, Inbound]], deadline: float, topics: Topics) -> _Followed:
     """The job's status and round records until it finishes, then $SYS until a cycle after that."""
     seen = _Followed()
     status_topic = topics.status(Kind.JOB, JOB)
@@ -281,10 +316,10 @@ def _follow(inbox: queue.Queue[Inbound], watch: Session, deadline: float, topics
         if seen.finished_at is not None and (seen.sys_after or time.time() > seen.finished_at + 15):
             break
         try:
-            msg = inbox.get(timeout=0.5)
+            session, msg = inbox.get(timeout=0.5)
         except queue.Empty:
             continue
-        watch.ack(msg)
+        session.ack(msg)
         if msg.topic.startswith("$SYS/"):
             seen.sys[msg.topic] = msg.payload.decode(errors="replace")
             if msg.topic == DROPPED:
@@ -417,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--agg-arg", action="append", default=[], help="extra fl-cloud-aggregator argument")
+    parser.add_argument("--secure", action="store_true", help="TLS, passwords and ACLs as the demo deploys them")
     parser.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the aggregator during the job")
     parser.add_argument("--broker", action="append", default=[], metavar="KEY=INT", help="BrokerConfig override")
     args = parser.parse_args(argv)
@@ -428,11 +464,13 @@ def main(argv: list[str] | None = None) -> int:
         train_ms=tuple(args.train_ms),
         procs=args.procs,
         seed=args.seed,
-        workdir=args.workdir or REPO / ".bench" / "loadgen" / f"{args.edges}-{args.model}",
+        workdir=args.workdir
+        or REPO / ".bench" / "loadgen" / f"{args.edges}-{args.model}{'-tls' if args.secure else ''}",
         timeout=args.timeout,
         agg_args=args.agg_arg,
         broker_config={k: int(v) for k, v in (item.split("=", 1) for item in args.broker)},
         profile=args.profile,
+        secure=args.secure,
     )
     result = run(cfg)
     print(report(result))
