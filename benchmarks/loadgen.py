@@ -34,7 +34,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,95 +44,29 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks._jobs import JOB, job_documents  # noqa: E402
-from benchmarks._simfleet import (  # noqa: E402
-    SEED_LAYOUT,
-    TINY_LAYOUT,
-    FleetConfig,
-    fleet_process,
-    training_seconds,
+from benchmarks._loadreport import (  # noqa: E402
+    LAYOUTS,
+    Followed,
+    LoadConfig,
+    LoadResult,
+    analyse,
+    edge_names,
+    peak_rss_mb,
+    proc_cpu,
+    report,
 )
+from benchmarks._simedge import FleetConfig  # noqa: E402
+from benchmarks._simfleet import fleet_process  # noqa: E402
 from broker import Inbound, MqttSettings, Session  # noqa: E402
 from flctl import cli as flctl_cli  # noqa: E402
 from flctl.cluster import ADMIN, MONITOR, LocalCluster  # noqa: E402
 from runtime import configure_logging  # noqa: E402
-from schemas import JobStatus, Kind, Phase, RoundRecord, Topics  # noqa: E402
+from schemas import JobStatus, Kind, RoundRecord, Topics  # noqa: E402
 
 SCRIPTS = REPO / "tests" / "faults" / "scripts"
 DROPPED = "$SYS/broker/publish/messages/dropped"
 UPTIME = "$SYS/broker/uptime"
-LAYOUTS = {"seed": SEED_LAYOUT, "tiny": TINY_LAYOUT}
 EDGES_PER_PROCESS = 250  # beyond this one process's GIL, not the broker, sets the pace (2 threads per session)
-
-
-@dataclass
-class LoadConfig:
-    edges: int = 100
-    model: str = "seed"
-    rounds: int = 3
-    train_ms: tuple[float, float] = (0.0, 200.0)
-    procs: int = 0  # 0: one per EDGES_PER_PROCESS edges
-    seed: int = 0
-    workdir: Path = REPO / ".bench" / "loadgen"
-    timeout: float = 900.0
-    agg_args: list[str] = field(default_factory=list)
-    broker_config: dict[str, Any] = field(default_factory=dict)
-    secure: bool = False  # the demo's deployment: TLS, passwords, per-node ACLs (flctl broker init)
-    profile: Path | None = None  # py-spy's collapsed stacks of the aggregator during the job (needs py-spy)
-
-
-@dataclass
-class RoundFigures:
-    round: int
-    participants: int
-    duration: float
-    slowest_training: float
-    overhead: float
-    global_spread: float | None  # opened -> the previous round's global model complete at the last edge
-    last_uploaded: float | None  # opened -> the last update acknowledged by the broker
-    close_lag: float | None  # the last update acknowledged by the broker -> the round closed
-    cycle: float | None  # closed at of the previous round -> closed at of this one
-
-
-@dataclass
-class LoadResult:
-    config: LoadConfig
-    status: JobStatus | None
-    rounds: list[RoundFigures]
-    dropped: list[str]
-    sys_after_job: bool
-    edge_errors: list[str]
-    completed_edges: int
-    cpu: dict[str, float]
-    peak_rss_mb: dict[str, float]
-    sys: dict[str, str]
-    job_seconds: float
-    start_seconds: float | None  # flctl create -> round 1 opened
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.status is not None
-            and self.status.phase is Phase.SUCCEEDED
-            and len(self.rounds) == self.config.rounds
-            and all(r.participants == self.config.edges for r in self.rounds)
-            and self.sys_after_job
-            and bool(self.dropped)
-            and set(self.dropped) == {"0"}
-            and not self.edge_errors
-            and self.completed_edges == self.config.edges
-        )
-
-
-def _proc_cpu(pid: int | None) -> float:
-    """User + system CPU seconds of a process and its reaped children (Linux /proc)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
-    return ticks / 100.0
 
 
 def _py_spy(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
@@ -145,25 +78,13 @@ def _py_spy(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
     return subprocess.Popen([*command, "--rate", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _peak_rss_mb(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def _lay_out(cfg: LoadConfig) -> tuple[list[str], Path]:
     """A fresh work directory: cloud0's aggregation script and the job's documents; the edges' names."""
     if cfg.workdir.exists():
         shutil.rmtree(cfg.workdir)
     (cfg.workdir / "cloud0" / "code").mkdir(parents=True)
     shutil.copy2(SCRIPTS / "aggregate.py", cfg.workdir / "cloud0" / "code" / "aggregate.py")
-    names = _names(cfg.edges)
+    names = edge_names(cfg.edges)
     spec = cfg.workdir / "job.yaml"
     spec.write_text(yaml.safe_dump_all(job_documents(names, rounds=cfg.rounds, features=1, hidden=1, agg_params={})))
     return names, spec
@@ -218,11 +139,6 @@ def _start_fleets(
     return children
 
 
-def _names(edges: int) -> list[str]:
-    width = len(str(edges))
-    return [f"edge{i:0{width}d}" for i in range(1, edges + 1)]
-
-
 def run(cfg: LoadConfig) -> LoadResult:
     """One job of `cfg.edges` simulated edges on a fresh broker and aggregator under `cfg.workdir`."""
     names, spec = _lay_out(cfg)
@@ -260,7 +176,7 @@ def run(cfg: LoadConfig) -> LoadResult:
                 if problem:
                     raise RuntimeError(f"a fleet process failed to start: {problem}")
             print(f"{cfg.edges} simulated edges connected in {procs} process(es); creating the job", flush=True)
-            cpu0 = {"aggregator": _proc_cpu(agg.proc.pid), "broker": _proc_cpu(broker.pid)}
+            cpu0 = {"aggregator": proc_cpu(agg.proc.pid), "broker": proc_cpu(broker.pid)}
             spy = _py_spy(agg.proc.pid, cfg.profile)
             created = time.time()
             if flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) != 0:
@@ -270,10 +186,10 @@ def run(cfg: LoadConfig) -> LoadResult:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                 spy.wait(60)
             cpu = {
-                "aggregator": _proc_cpu(agg.proc.pid) - cpu0["aggregator"],
-                "broker": _proc_cpu(broker.pid) - cpu0["broker"],
+                "aggregator": proc_cpu(agg.proc.pid) - cpu0["aggregator"],
+                "broker": proc_cpu(broker.pid) - cpu0["broker"],
             }
-            rss = {"aggregator": _peak_rss_mb(agg.proc.pid), "broker": _peak_rss_mb(broker.pid)}
+            rss = {"aggregator": peak_rss_mb(agg.proc.pid), "broker": peak_rss_mb(broker.pid)}
         finally:
             stop.set()
             edge_results, gen_cpu = _collect(children, results)
@@ -283,17 +199,7 @@ def run(cfg: LoadConfig) -> LoadResult:
             for session in {watch, watch_sys}:
                 session.stop()
     cpu["generator"] = gen_cpu
-    return _analyse(cfg, follow, edge_results, created, cpu=cpu, rss=rss)
-
-
-@dataclass
-class _Followed:
-    status: JobStatus | None = None
-    records: dict[int, RoundRecord] = field(default_factory=dict)
-    dropped: list[str] = field(default_factory=list)
-    sys: dict[str, str] = field(default_factory=dict)
-    finished_at: float | None = None
-    sys_after: bool = False
+    return analyse(cfg, follow, edge_results, created, cpu=cpu, rss=rss)
 
 
 class _Owned:
@@ -308,9 +214,9 @@ class _Owned:
         self._sink.put_nowait((self.session, item))
 
 
-def _follow(inbox: queue.Queue[tuple[Session, Inbound]], deadline: float, topics: Topics) -> _Followed:
+def _follow(inbox: queue.Queue[tuple[Session, Inbound]], deadline: float, topics: Topics) -> Followed:
     """The job's status and round records until it finishes, then $SYS until a cycle after that."""
-    seen = _Followed()
+    seen = Followed()
     status_topic = topics.status(Kind.JOB, JOB)
     while time.time() < deadline:
         if seen.finished_at is not None and (seen.sys_after or time.time() > seen.finished_at + 15):
@@ -335,110 +241,6 @@ def _follow(inbox: queue.Queue[tuple[Session, Inbound]], deadline: float, topics
             record = RoundRecord.model_validate_json(msg.payload)
             seen.records[record.round] = record
     return seen
-
-
-def _analyse(
-    cfg: LoadConfig,
-    seen: _Followed,
-    edges: list[dict[str, Any]],
-    created: float,
-    *,
-    cpu: dict[str, float],
-    rss: dict[str, float],
-) -> LoadResult:
-    index = {n: i for i, n in enumerate(_names(cfg.edges))}
-    low, high = cfg.train_ms[0] / 1000, cfg.train_ms[1] / 1000
-    figures = []
-    previous_close: float | None = None
-    for r in sorted(seen.records):
-        rec = seen.records[r]
-        opened, closed = rec.opened_at.timestamp(), rec.closed_at.timestamp()
-        slowest = max(training_seconds(cfg.seed, index[n], r, low, high) for n in rec.participants)
-        globals_at = [e["globals_at"].get(r - 1) for e in edges]
-        uploaded = [e["uploaded_at"].get(r) for e in edges]
-        spread = max(globals_at) - opened if globals_at and None not in globals_at else None
-        last_up = max(uploaded) if uploaded and None not in uploaded else None
-        figures.append(
-            RoundFigures(
-                round=r,
-                participants=len(rec.participants),
-                duration=rec.duration_seconds,
-                slowest_training=slowest,
-                overhead=rec.duration_seconds - slowest,
-                global_spread=spread,
-                last_uploaded=last_up - opened if last_up is not None else None,
-                close_lag=closed - last_up if last_up is not None else None,
-                cycle=closed - previous_close if previous_close is not None else None,
-            )
-        )
-        previous_close = closed
-    errors = [f"{e['name']}: {err}" for e in edges for err in e["errors"]]
-    first = seen.records.get(1)
-    return LoadResult(
-        config=cfg,
-        status=seen.status,
-        rounds=figures,
-        dropped=seen.dropped,
-        sys_after_job=seen.sys_after,
-        edge_errors=errors,
-        completed_edges=sum(1 for e in edges if e["completed_at"] is not None),
-        cpu=cpu,
-        peak_rss_mb=rss,
-        sys=seen.sys,
-        job_seconds=(seen.finished_at or time.time()) - created,
-        start_seconds=first.opened_at.timestamp() - created if first is not None else None,
-    )
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def report(result: LoadResult) -> str:
-    cfg = result.config
-    lines = [
-        f"{cfg.edges} edges, model {cfg.model} ({sum(math.prod(s) for _, s in LAYOUTS[cfg.model]):,} float32), "
-        f"{cfg.rounds} rounds, training {cfg.train_ms[0]:.0f}-{cfg.train_ms[1]:.0f} ms",
-        f"job: {result.status.phase.value if result.status else 'no status'} in {result.job_seconds:.1f} s "
-        f"(flctl create -> round 1 opened: {_fmt(result.start_seconds)} s)",
-        "",
-        "round  edges  duration_s  slowest_train_s  overhead_s  global_at_last_edge_s  last_upload_done_s  "
-        "closed_after_last_upload_s  cycle_s",
-    ]
-    for f in result.rounds:
-        lines.append(
-            f"{f.round:>5}  {f.participants:>5}  {f.duration:>10.3f}  {f.slowest_training:>15.3f}  "
-            f"{f.overhead:>10.3f}  {_fmt(f.global_spread):>21}  {_fmt(f.last_uploaded):>18}  "
-            f"{_fmt(f.close_lag):>26}  {_fmt(f.cycle):>7}"
-        )
-    overheads = [f.overhead for f in result.rounds]
-    sys_ = result.sys
-    lines += [
-        "",
-        f"overhead: max {max(overheads, default=float('nan')):.3f} s, "
-        f"mean {sum(overheads) / max(1, len(overheads)):.3f} s"
-        + (" (goal <= 1 s at 100 edges)" if cfg.edges == 100 else ""),
-        f"broker dropped (every $SYS value seen): {sorted(set(result.dropped)) or 'none received'}; "
-        f"a $SYS cycle after the job: {result.sys_after_job}",
-        "broker: "
-        + ", ".join(
-            f"{k.removeprefix('$SYS/broker/')} {sys_.get(k, '?')}"
-            for k in (
-                "$SYS/broker/clients/maximum",
-                "$SYS/broker/publish/messages/received",
-                "$SYS/broker/publish/messages/sent",
-                "$SYS/broker/bytes/received",
-                "$SYS/broker/bytes/sent",
-                "$SYS/broker/heap/maximum",
-            )
-        ),
-        "CPU seconds during the job: " + ", ".join(f"{k} {v:.1f}" for k, v in result.cpu.items()),
-        "peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in result.peak_rss_mb.items()),
-        f"edges completed: {result.completed_edges}/{cfg.edges}; edge errors: {len(result.edge_errors)}",
-        *result.edge_errors[:10],
-        f"verdict: {'OK' if result.ok else 'FAILED'} (every round with every edge, nothing dropped)",
-    ]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

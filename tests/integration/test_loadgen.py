@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks._simfleet import training_seconds
+from benchmarks._simedge import training_seconds
 from benchmarks.loadgen import LoadConfig, report, run
 from schemas import Phase
 
