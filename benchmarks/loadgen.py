@@ -59,13 +59,14 @@ from benchmarks._simedge import FleetConfig  # noqa: E402
 from benchmarks._simfleet import fleet_process  # noqa: E402
 from broker import Inbound, MqttSettings, Session  # noqa: E402
 from flctl import cli as flctl_cli  # noqa: E402
-from flctl.cluster import ADMIN, MONITOR, LocalCluster  # noqa: E402
+from flctl.cluster import MONITOR, LocalCluster  # noqa: E402
 from runtime import configure_logging  # noqa: E402
 from schemas import JobStatus, Kind, RoundRecord, Topics  # noqa: E402
 
 SCRIPTS = REPO / "tests" / "faults" / "scripts"
 DROPPED = "$SYS/broker/publish/messages/dropped"
 UPTIME = "$SYS/broker/uptime"
+WATCHER = "lg-watch"
 EDGES_PER_PROCESS = 250  # beyond this one process's GIL, not the broker, sets the pace (2 threads per session)
 
 
@@ -146,15 +147,19 @@ def run(cfg: LoadConfig) -> LoadResult:
     topics = Topics()
     nodes = ["cloud0", *names] if cfg.secure else []
     broker_config = {"sys_interval": 1, **cfg.broker_config}
-    with LocalCluster(cfg.workdir, broker_config=broker_config, secure=cfg.secure, nodes=nodes) as cluster:
+    # Secure: the watcher is a viewer of its own (statuses, round records), not the admin: flctl create
+    # connects as the admin, and one username is one client id (use_username_as_clientid): they would take
+    # each other's connection over.
+    viewers = [WATCHER] if cfg.secure else []
+    with LocalCluster(
+        cfg.workdir, broker_config=broker_config, secure=cfg.secure, nodes=nodes, viewers=viewers
+    ) as cluster:
         broker = cluster.start_broker()
         agg = cluster.start_node("cloud0", "aggregator", extra_args=cfg.agg_args)
         inbox: queue.Queue[tuple[Session, Inbound]] = queue.Queue()
-        # Secure: the admin reads the job's status and round records, the monitor $SYS (their ACLs).
-        admin = _Owned(inbox)
-        watch = admin.session = Session(
-            cluster.settings(ADMIN if cfg.secure else "lg-watch"), inbox=admin, topics=topics
-        )
+        # Secure: the viewer reads the job's status and round records, the monitor $SYS (their ACLs).
+        owned = _Owned(inbox)
+        watch = owned.session = Session(cluster.settings(WATCHER), inbox=owned, topics=topics)
         watch_sys = watch
         if cfg.secure:
             monitor = _Owned(inbox)
