@@ -115,6 +115,8 @@ def analyse(
     previous_close: float | None = None
     for r in sorted(seen.records):
         rec = seen.records[r]
+        if rec.opened_at is None or rec.closed_at is None or rec.duration_seconds is None:
+            continue  # a closed round's record has all three; anything else is not a round to measure
         opened, closed = rec.opened_at.timestamp(), rec.closed_at.timestamp()
         slowest = max(training_seconds(cfg.seed, index[n], r, low, high) for n in rec.participants)
         globals_at = [e["globals_at"].get(r - 1) for e in edges]
@@ -149,7 +151,7 @@ def analyse(
         peak_rss_mb=rss,
         sys=seen.sys,
         job_seconds=(seen.finished_at or time.time()) - created,
-        start_seconds=first.opened_at.timestamp() - created if first is not None else None,
+        start_seconds=first.opened_at.timestamp() - created if first is not None and first.opened_at else None,
     )
 
 

@@ -183,7 +183,7 @@ class SimEdge:
             num_samples=self.fleet.config.num_samples,
             message=message,
             evaluation=self.evaluation,
-            **extra,  # type: ignore[arg-type]
+            **extra,
         )
         self.session.publish(self.fleet.topics.worker_status(doc.job, self.name), doc.to_json(), retain=True)
 

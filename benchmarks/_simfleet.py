@@ -223,7 +223,11 @@ class Fleet:
         nxt = round_ + 1
         edge.status(WorkerState.TRAINING, nxt, f"training round {nxt}")
         delay = training_seconds(self.config.seed, edge.index, nxt, self.config.train_low, self.config.train_high)
-        self._after(delay, lambda: self._pool.submit(self._upload, edge, nxt))
+
+        def upload() -> None:
+            self._pool.submit(self._upload, edge, nxt)
+
+        self._after(delay, upload)
 
     def _on_ack(self, edge: SimEdge, ack: UpdateAck) -> None:
         if ack.uid != edge.uid:
@@ -316,7 +320,12 @@ def fleet_process(config: FleetConfig, ready: Any, stop: Any, results: Any) -> N
     ready.put("")
     before = os.times()  # the blobs are built: count only what the job costs
     local = threading.Event()
-    watcher = threading.Thread(target=lambda: (stop.wait(), local.set()), daemon=True)
+
+    def relay() -> None:
+        stop.wait()
+        local.set()
+
+    watcher = threading.Thread(target=relay, daemon=True)
     watcher.start()
     edges = fleet.run(local)
     after = os.times()
