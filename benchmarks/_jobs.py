@@ -5,6 +5,7 @@ script's one gradient step costs milliseconds whatever the model's size (``featu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -23,8 +24,8 @@ def _params(values: dict[str, str]) -> list[dict[str, str]]:
 
 def job_documents(
     edges: list[str], *, rounds: int, features: int, hidden: int, agg_params: dict[str, str]
-) -> list[dict]:
-    docs: list[dict] = [
+) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = [
         {
             "apiVersion": "sedna.io/v1alpha1",
             "kind": "Dataset",

@@ -85,7 +85,7 @@ def plain_round(n: int, params: int, rng: np.random.Generator) -> dict[str, floa
     strategy = FedAvg()
 
     def aggregate() -> Any:
-        layout = [("w", "float32", (params,))]
+        layout = (("w", "float32", (params,)),)
         acc = strategy.begin(layout, [base])
         for i, blob in enumerate(blobs):
             acc = strategy.fold(acc, decode_weights(blob)[1], 10 + i)
@@ -260,7 +260,7 @@ def job_table(edge_counts: list[int], params: int, rounds: int) -> None:
                 records = run_numpy_job(
                     Path(tmp), n, rounds=rounds, features=features, hidden=hidden, agg_params=params_agg
                 )
-            durations[secure] = statistics.median(record.duration_seconds for record in records)
+            durations[secure] = statistics.median(r.duration_seconds for r in records if r.duration_seconds is not None)
         plain, secure_s = durations[False], durations[True]
         print(f"| {n} | {plain:.2f} | {secure_s:.2f} | {secure_s - plain:+.2f} | {secure_s / plain:.2f}x |")
 
