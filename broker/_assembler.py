@@ -240,6 +240,9 @@ class Assembler(Generic[K]):
         The chunk is hashed here once, whatever comes later (the manifest, a replaced manifest, the end)."""
         if index < 0 or not data:
             return None  # an empty retained payload is a deleted chunk
+        known = self._pending.get(key)
+        if known is not None and index in known.chunks:
+            return None  # a duplicate of a verified chunk (QoS 1 is at-least-once): not hashed again
         digest = hashlib.sha256(data).hexdigest()
         if self._is_completed_duplicate(key, index, digest):
             return None
