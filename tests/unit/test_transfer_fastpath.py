@@ -23,25 +23,32 @@ from typing import Any
 import numpy as np
 import pytest
 
-import broker._assembler
-import broker._sender
-from broker import Assembler, BlobSender, PublishResult, Session, manifest_from_payload
+from broker import Assembler, BlobSender, PublishResult, Session, TransferError, manifest_from_payload
 from schemas import TransferManifest, TransferOrigin, decode_weights, encode_weights, manifest_for
 
 ORIGIN = TransferOrigin("update", "sdd", "uid-1", 1, "edge1", 10)
 
 
+REAL_SHA256 = hashlib.sha256
+
+
 class CountingSha256:
-    """Stands in for `hashlib` in one module: counts sha256 objects and the bytes they hash."""
+    """Stands in for `hashlib.sha256` while armed: counts sha256 objects and the bytes they hash."""
 
     def __init__(self) -> None:
         self.objects = 0
         self.bytes = 0
+        self.armed = False
+
+    def reset(self) -> None:
+        self.objects = self.bytes = 0
 
     def sha256(self, data: Any = b"") -> Any:
+        if not self.armed:
+            return REAL_SHA256(data)
         self.objects += 1
         counter = self
-        real = hashlib.sha256()
+        real = REAL_SHA256()
 
         class _Hash:
             def update(self, more: Any) -> None:
@@ -58,17 +65,13 @@ class CountingSha256:
 
 
 @pytest.fixture
-def sender_hashes(monkeypatch: pytest.MonkeyPatch) -> CountingSha256:
+def hashes(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingSha256]:
+    """Every `hashlib.sha256` call (the broker's modules look it up at call time), counted while armed."""
     counter = CountingSha256()
-    monkeypatch.setattr(broker._sender, "hashlib", counter)
-    return counter
-
-
-@pytest.fixture
-def receiver_hashes(monkeypatch: pytest.MonkeyPatch) -> CountingSha256:
-    counter = CountingSha256()
-    monkeypatch.setattr(broker._assembler, "hashlib", counter)
-    return counter
+    monkeypatch.setattr(hashlib, "sha256", counter.sha256)
+    counter.armed = True
+    yield counter
+    counter.armed = False
 
 
 class FakeSession:
@@ -129,7 +132,7 @@ def test_one_pass_manifest_equals_the_two_pass_reference(size: int, chunk: int) 
     )
 
 
-def test_send_hashes_each_chunk_once_and_the_blob_in_the_same_pass(sender_hashes: CountingSha256) -> None:
+def test_send_hashes_each_chunk_once_and_the_blob_in_the_same_pass(hashes: CountingSha256) -> None:
     """send: one sha256 per chunk plus one for the blob; every byte hashed twice (its chunk's, the blob's)
     and no more; the manifest goes last and is the two-pass reference."""
     blob = os.urandom(10_000)
@@ -137,27 +140,27 @@ def test_send_hashes_each_chunk_once_and_the_blob_in_the_same_pass(sender_hashes
 
     manifest = sender.send("t/manifest", lambda i: f"t/chunks/{i}", blob, ORIGIN, transfer="cd" * 8)
 
-    assert sender_hashes.objects == 10 + 1
-    assert sender_hashes.bytes == 2 * len(blob)
+    assert hashes.objects == 10 + 1
+    assert hashes.bytes == 2 * len(blob)
     assert same_but_time(manifest, two_pass_manifest(blob, 1000, "cd" * 8))
     assert [t for t, _ in session.published] == [f"t/chunks/{i}" for i in range(10)] + ["t/manifest"]
     assert b"".join(p for _, p in session.published[:-1]) == blob
 
 
-def test_resend_never_rehashes_the_whole_blob(sender_hashes: CountingSha256) -> None:
+def test_resend_never_rehashes_the_whole_blob(hashes: CountingSha256) -> None:
     """The blob prepare just hashed goes out unhashed; any other blob has only the chunks sent hashed."""
     blob = os.urandom(10_000)
     sender, session = fake_sender(1000)
     manifest = sender.prepare(blob, ORIGIN, transfer="ef" * 8)
-    sender_hashes.objects = sender_hashes.bytes = 0
+    hashes.reset()
 
     sender.resend("t/manifest", lambda i: f"t/chunks/{i}", blob, manifest)
-    assert (sender_hashes.objects, sender_hashes.bytes) == (0, 0)
+    assert (hashes.objects, hashes.bytes) == (0, 0)
     assert len(session.published) == 11
 
     other, _ = fake_sender(1000)
     other.resend("t/manifest", lambda i: f"t/chunks/{i}", blob, manifest, [7, 2])
-    assert (sender_hashes.objects, sender_hashes.bytes) == (2, 2000)
+    assert (hashes.objects, hashes.bytes) == (2, 2000)
 
 
 # -- receiver --------------------------------------------------------------------------------------
@@ -174,11 +177,12 @@ def feed_in_order(asm: Assembler[str], manifest: TransferManifest, chunks: list[
 
 @pytest.mark.parametrize("manifest_first", [False, True])
 def test_every_chunk_is_hashed_once_duplicates_of_verified_ones_not_at_all(
-    receiver_hashes: CountingSha256, manifest_first: bool
+    hashes: CountingSha256, manifest_first: bool
 ) -> None:
     blob = os.urandom(10_000)
     manifest = two_pass_manifest(blob, 1000, "12" * 8)
     asm: Assembler[str] = Assembler()
+    hashes.reset()
     if manifest_first:
         asm.add_manifest("k", manifest)
         for i, chunk in enumerate(cut(blob, 1000)[:5]):
@@ -192,8 +196,8 @@ def test_every_chunk_is_hashed_once_duplicates_of_verified_ones_not_at_all(
         done = feed_in_order(asm, manifest, cut(blob, 1000), manifest_first=False)
 
     assert done is not None and done.view == blob
-    assert receiver_hashes.objects == 10
-    assert receiver_hashes.bytes == len(blob)
+    assert hashes.objects == 10
+    assert hashes.bytes == len(blob)
 
 
 def test_the_blob_is_handed_over_without_a_copy_and_decoded_without_another() -> None:
@@ -254,7 +258,7 @@ def test_inconsistent_blob_sha256_is_caught_when_asked_for() -> None:
     blob = os.urandom(3000)
     bad = two_pass_manifest(blob, 1000, "78" * 8).model_copy(update={"sha256": "0" * 64})
 
-    with pytest.raises(broker.TransferError, match="inconsistent manifest"):
+    with pytest.raises(TransferError, match="inconsistent manifest"):
         feed_in_order(Assembler(verify_blob_sha256=True), bad, cut(blob, 1000), manifest_first=False)
     done = feed_in_order(Assembler(), bad, cut(blob, 1000), manifest_first=False)
     assert done is not None and done.view == blob  # by default: every chunk verified, the whole not again
