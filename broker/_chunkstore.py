@@ -123,6 +123,11 @@ class ChunkStore:
         assert self._mem is not None
         return memoryview(self._mem).toreadonly()
 
+    def __del__(self) -> None:
+        # An Assembler dropped with transfers still pending must not keep their spill files' descriptors
+        # (and disk space: the files are unlinked, so only the descriptor holds them).
+        self.close()
+
     def close(self) -> None:
         """Release the store (a view handed out by `blob` stays valid)."""
         self._mem = None

@@ -361,3 +361,22 @@ def test_session_publish_accepts_a_memoryview() -> None:
     import inspect
 
     assert "memoryview" in str(inspect.signature(Session.publish).parameters["payload"].annotation)
+
+
+def test_spill_files_are_released_with_their_transfers(tmp_path: Path) -> None:
+    """Discarded, evicted or abandoned (the Assembler dropped) transfers close their spill files."""
+    import gc
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    asm: Assembler[str] = Assembler(spill_dir=tmp_path, spill_bytes=100, max_transfers=2)
+    for key in ("a", "b", "c", "d"):
+        asm.add_chunk(key, 0, os.urandom(1000))
+    assert asm.pending == ["c", "d"] and asm.spilled_bytes == 2000  # a and b evicted
+    asm.discard("c")
+    assert open_fds() == before + 1
+    del asm
+    gc.collect()
+    assert open_fds() == before
