@@ -4,9 +4,21 @@
 (any hashable: the topic prefix `transfer_key(topic)`, or a tuple such as (round, node, transfer)). A
 chunk is kept only if its SHA-256 matches the manifest's entry for its index (once both are known): a
 mismatching chunk may be a stale retained one, so it is dropped and the transfer waits for the right
-one. The blob is handed over (`CompletedTransfer`) only when every chunk is present and the whole
-SHA-256 matches. Memory is bounded: at most `max_bytes` buffered and `max_transfers` incomplete
+one. The blob is handed over (`CompletedTransfer`) only when every chunk is present, verified and the
+sizes add up to the manifest's. Memory is bounded: at most `max_bytes` buffered and `max_transfers` incomplete
 transfers; beyond that the oldest incomplete transfer is evicted with a warning.
+
+Each chunk is hashed exactly once, when it arrives, and written once into its transfer's `ChunkStore`
+(`broker._chunkstore`): a complete transfer is a read-only view on that store (`CompletedTransfer.view`), decoded by `schemas.decode_weights`
+without another copy. With a `spill_dir`, a transfer larger than `spill_bytes` is written to an unlinked
+file instead of memory (bounded by `max_spill_bytes` on disk), and handed over as a view on its mmap.
+
+The whole blob's SHA-256 is not hashed again by default: every chunk matched its SHA-256 in the manifest,
+so the blob is bit for bit the one the sender hashed, and a weights blob's tensors carry their own SHA-256
+(checked by `schemas.decode_weights`). Re-hashing it would only test the sender's manifest for
+self-consistency, at the cost of a second full pass on the receiver's one logic thread.
+`verify_blob_sha256=True` adds that check (fed chunk by chunk as they arrive, no extra pass over a joined
+blob); a manifest that fails it raises TransferError.
 
 Duplicates (QoS 1 redelivery, retained messages re-sent on every resubscribe) of a transfer completed
 recently are recognised by key and hash and ignored, so they neither complete it twice nor pile up as
@@ -23,11 +35,14 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import pydantic
 from structlog.typing import FilteringBoundLogger
 
+from broker._chunkstore import ChunkStore, Piece
 from broker._errors import TransferError
 from runtime import get_logger
 from schemas import TopicError, TransferManifest, WireError
@@ -89,20 +104,30 @@ def manifest_from_payload(payload: bytes) -> TransferManifest:
 
 @dataclass(frozen=True)
 class CompletedTransfer(Generic[K]):
-    """A verified blob: every chunk matched its hash and the whole SHA-256 matched the manifest."""
+    """A verified blob: every chunk matched its hash (and, with `verify_blob_sha256`, the whole SHA-256).
+
+    `view` is the blob itself, read-only, with no copy (in memory, or an mmap of a spilled file): hand it to
+    `schemas.decode_weights`. `blob` is a ``bytes`` copy of it, made on first use, for code that needs bytes.
+    """
 
     key: K
     manifest: TransferManifest
-    blob: bytes = field(repr=False)
+    view: memoryview = field(repr=False)
+
+    @cached_property
+    def blob(self) -> bytes:
+        return self.view.tobytes()
 
 
 @dataclass
 class _Pending:
+    store: ChunkStore
     manifest: TransferManifest | None = None
     # index -> verified chunk (manifest known) or candidates by sha256, newest last (manifest unknown)
-    chunks: dict[int, bytes] = field(default_factory=dict)
-    candidates: dict[int, OrderedDict[str, bytes]] = field(default_factory=dict)
-    size: int = 0
+    chunks: dict[int, Piece] = field(default_factory=dict)
+    candidates: dict[int, OrderedDict[str, Piece]] = field(default_factory=dict)
+    size: int = 0  # bytes in memory, as last accounted
+    spilled: int = 0  # bytes on disk, as last accounted
 
 
 class Assembler(Generic[K]):
@@ -112,15 +137,28 @@ class Assembler(Generic[K]):
     """
 
     def __init__(
-        self, max_bytes: int = 512 * 1024 * 1024, max_transfers: int = 256, log: FilteringBoundLogger | None = None
+        self,
+        max_bytes: int = 512 * 1024 * 1024,
+        max_transfers: int = 256,
+        log: FilteringBoundLogger | None = None,
+        *,
+        spill_dir: Path | None = None,
+        spill_bytes: int = 64 * 1024 * 1024,
+        max_spill_bytes: int = 16 * 1024 * 1024 * 1024,
+        verify_blob_sha256: bool = False,
     ) -> None:
-        if max_bytes < 1 or max_transfers < 1:
-            raise ValueError("max_bytes and max_transfers must be >= 1")
+        if max_bytes < 1 or max_transfers < 1 or spill_bytes < 1 or max_spill_bytes < 1:
+            raise ValueError("max_bytes, max_transfers, spill_bytes and max_spill_bytes must be >= 1")
         self.max_bytes = max_bytes
         self.max_transfers = max_transfers
+        self.spill_dir = spill_dir
+        self.spill_bytes = spill_bytes
+        self.max_spill_bytes = max_spill_bytes
+        self.verify_blob_sha256 = verify_blob_sha256
         self._log = log.bind(component="assembler") if log is not None else get_logger(component="assembler")
         self._pending: OrderedDict[K, _Pending] = OrderedDict()  # oldest first
         self._buffered = 0
+        self._spilled = 0
         # Recently completed transfers, to recognise duplicates (QoS 1 redelivery, retained re-delivery).
         self._completed: OrderedDict[K, TransferManifest] = OrderedDict()
         self._completed_max = 4 * max_transfers
@@ -128,6 +166,11 @@ class Assembler(Generic[K]):
     @property
     def buffered_bytes(self) -> int:
         return self._buffered
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes of incomplete transfers held in spill files."""
+        return self._spilled
 
     @property
     def pending(self) -> list[K]:
@@ -145,8 +188,9 @@ class Assembler(Generic[K]):
         """Record the manifest of `key`; return the transfer if it completes it. TransferError if the
         manifest is inconsistent or larger than `max_bytes`."""
         problem = _check_manifest(manifest)
-        if problem is None and manifest.total_bytes > self.max_bytes:
-            problem = f"totalBytes {manifest.total_bytes} exceeds this receiver's limit of {self.max_bytes}"
+        limit = self.max_bytes if self.spill_dir is None else max(self.max_bytes, self.max_spill_bytes)
+        if problem is None and manifest.total_bytes > limit:
+            problem = f"totalBytes {manifest.total_bytes} exceeds this receiver's limit of {limit}"
         if problem is not None:
             raise TransferError(f"transfer {manifest.transfer} at {key}: {problem}")
         done = self._completed.get(key)
@@ -167,17 +211,18 @@ class Assembler(Generic[K]):
                 old=pending.manifest.transfer,
                 new=manifest.transfer,
             )
-            # Verified chunks of the old manifest become candidates for the new one.
-            for index, data in pending.chunks.items():
-                pending.candidates.setdefault(index, OrderedDict())[hashlib.sha256(data).hexdigest()] = data
+            # Verified chunks of the old manifest become candidates for the new one (their digests are known).
+            for index, piece in pending.chunks.items():
+                pending.candidates.setdefault(index, OrderedDict())[piece.digest] = piece
             pending.chunks = {}
         pending.manifest = manifest
+        if self.spill_dir is not None and manifest.total_bytes > self.spill_bytes:
+            pending.store.spill(self.spill_dir)  # the rest of this large blob goes straight to its file
+            self._account(pending)
         for index, candidates in list(pending.candidates.items()):
             if index < manifest.chunks and manifest.chunk_sha256[index] in candidates:
-                # already accounted as a candidate
                 pending.chunks[index] = candidates.pop(manifest.chunk_sha256[index])
-            for stale in candidates.values():
-                self._account(pending, -len(stale))
+            # A stale candidate's bytes stay in the append-only store until the transfer ends (counted).
             if candidates:
                 self._log.info(
                     "stale chunks dropped: hash does not match the manifest",
@@ -190,25 +235,31 @@ class Assembler(Generic[K]):
 
     def add_chunk(self, key: K, index: int, data: bytes) -> CompletedTransfer[K] | None:
         """Record chunk `index` of `key`; return the transfer if it completes it. A chunk that does not
-        match the manifest's hash is dropped (the transfer keeps waiting for the right one)."""
+        match the manifest's hash is dropped (the transfer keeps waiting for the right one).
+
+        The chunk is hashed here once, whatever comes later (the manifest, a replaced manifest, the end)."""
         if index < 0 or not data:
             return None  # an empty retained payload is a deleted chunk
-        if self._is_completed_duplicate(key, index, data):
+        known = self._pending.get(key)
+        if known is not None and index in known.chunks:
+            return None  # a duplicate of a verified chunk (QoS 1 is at-least-once): not hashed again
+        digest = hashlib.sha256(data).hexdigest()
+        if self._is_completed_duplicate(key, index, digest):
             return None
         pending = self._pending.get(key) or self._new(key)
         manifest = pending.manifest
         if manifest is None:
-            self._add_candidate(key, pending, index, data)
+            self._add_candidate(key, pending, index, data, digest)
             return None
         if index >= manifest.chunks:
             self._log.warning("chunk index beyond the manifest dropped", key=key, index=index, chunks=manifest.chunks)
         elif index in pending.chunks:
             pass  # duplicate (QoS 1 is at-least-once)
-        elif hashlib.sha256(data).hexdigest() != manifest.chunk_sha256[index]:
+        elif digest != manifest.chunk_sha256[index]:
             self._log.info("chunk dropped: hash does not match the manifest (stale or corrupt)", key=key, index=index)
         else:
-            pending.chunks[index] = data
-            self._account(pending, len(data))
+            pending.chunks[index] = pending.store.append(index, data, digest)
+            self._account(pending)
             completed = self._finish_if_complete(key, pending)
             if completed is None:
                 self._enforce_limits(keep=key)
@@ -220,6 +271,8 @@ class Assembler(Generic[K]):
         pending = self._pending.pop(key, None)
         if pending is not None:
             self._buffered -= pending.size
+            self._spilled -= pending.spilled
+            pending.store.close()
 
     def discard_where(self, predicate: Callable[[K], bool]) -> list[K]:
         """Forget every incomplete transfer whose key matches (e.g. all of a job, or of a round); return their keys."""
@@ -230,42 +283,46 @@ class Assembler(Generic[K]):
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _is_completed_duplicate(self, key: K, index: int, data: bytes) -> bool:
+    def _is_completed_duplicate(self, key: K, index: int, digest: str) -> bool:
         done = self._completed.get(key)
         if done is None or key in self._pending or index >= done.chunks:
             return False
-        return hashlib.sha256(data).hexdigest() == done.chunk_sha256[index]
+        return digest == done.chunk_sha256[index]
 
-    def _add_candidate(self, key: K, pending: _Pending, index: int, data: bytes) -> None:
+    def _add_candidate(self, key: K, pending: _Pending, index: int, data: bytes, digest: str) -> None:
         """Keep a chunk whose manifest is unknown: the newest few per index, by hash."""
-        digest = hashlib.sha256(data).hexdigest()
         candidates = pending.candidates.setdefault(index, OrderedDict())
         if digest in candidates:
             return
-        candidates[digest] = data
-        self._account(pending, len(data))
+        candidates[digest] = pending.store.append(index, data, digest)
         while len(candidates) > _CANDIDATES_PER_INDEX:
-            _old, old_data = candidates.popitem(last=False)
-            self._account(pending, -len(old_data))
+            candidates.popitem(last=False)  # forgotten; its bytes stay counted in the store
+        self._account(pending)
         self._enforce_limits(keep=key)
 
     def _new(self, key: K) -> _Pending:
-        pending = _Pending()
+        pending = _Pending(ChunkStore(hash_blob=self.verify_blob_sha256))
         self._pending[key] = pending
         self._enforce_limits(keep=key)
         return pending
 
-    def _account(self, pending: _Pending, delta: int) -> None:
-        pending.size += delta
-        self._buffered += delta
+    def _account(self, pending: _Pending) -> None:
+        """Bring the totals up to date with `pending`'s store, spilling it once it outgrows `spill_bytes`."""
+        store = pending.store
+        if self.spill_dir is not None and store.in_memory > self.spill_bytes:
+            store.spill(self.spill_dir)
+        self._buffered += store.in_memory - pending.size
+        self._spilled += store.on_disk - pending.spilled
+        pending.size, pending.spilled = store.in_memory, store.on_disk
 
     def _finish_if_complete(self, key: K, pending: _Pending) -> CompletedTransfer[K] | None:
         manifest = pending.manifest
         if manifest is None or len(pending.chunks) < manifest.chunks:
             return None
+        pieces = [pending.chunks[i] for i in range(manifest.chunks)]
+        view = pending.store.blob(manifest, pieces, self.spill_dir)  # the view outlives the store
         self.discard(key)
-        blob = b"".join(pending.chunks[i] for i in range(manifest.chunks))
-        if len(blob) != manifest.total_bytes or hashlib.sha256(blob).hexdigest() != manifest.sha256:
+        if view is None:
             raise TransferError(
                 f"transfer {manifest.transfer} at {key}: every chunk matches its hash but the blob does not match "
                 "the manifest's size or SHA-256 (an inconsistent manifest)"
@@ -274,10 +331,14 @@ class Assembler(Generic[K]):
         self._completed.move_to_end(key)
         while len(self._completed) > self._completed_max:
             self._completed.popitem(last=False)
-        return CompletedTransfer(key=key, manifest=manifest, blob=blob)
+        return CompletedTransfer(key=key, manifest=manifest, view=view)
 
     def _enforce_limits(self, keep: K) -> None:
-        while len(self._pending) > self.max_transfers or self._buffered > self.max_bytes:
+        while (
+            len(self._pending) > self.max_transfers
+            or self._buffered > self.max_bytes
+            or self._spilled > self.max_spill_bytes
+        ):
             victim = next((k for k in self._pending if k != keep), None)
             if victim is None:
                 victim = keep  # the current transfer alone exceeds the memory bound
@@ -288,6 +349,7 @@ class Assembler(Generic[K]):
                 transfer=pending.manifest.transfer if pending.manifest else None,
                 buffered_bytes=self._buffered,
                 max_bytes=self.max_bytes,
+                spilled_bytes=self._spilled,
                 transfers=len(self._pending),
                 max_transfers=self.max_transfers,
             )

@@ -305,7 +305,7 @@ class Session:
     def publish(
         self,
         topic: str,
-        payload: bytes,
+        payload: bytes | memoryview,
         *,
         qos: int = 1,
         retain: bool = False,
@@ -314,6 +314,8 @@ class Session:
         correlation_data: bytes | None = None,
     ) -> PublishResult:
         """Publish; never blocks on the network. Raises PayloadTooLarge before sending an oversized packet.
+
+        A memoryview (a chunk of a larger blob) is copied once into the bytes paho insists on.
 
         While offline the message is queued (QoS 1) and the result completes after the reconnect.
         `response_topic` and `correlation_data` are MQTT v5's request/response properties.
@@ -326,14 +328,15 @@ class Session:
         if size > limit or len(payload) > limit - PACKET_HEADROOM:
             raise PayloadTooLarge(topic, size, limit)
         result = PublishResult(topic)
+        data = payload if isinstance(payload, bytes) else payload.tobytes()
         try:
-            info = self._client.publish(topic, bytes(payload), qos=qos, retain=retain, properties=props)
+            info = self._client.publish(topic, data, qos=qos, retain=retain, properties=props)
         except ValueError as exc:
             raise PublishError(topic, _RC_TOPIC_INVALID, str(exc)) from exc
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0):
             self._reconciler.on_sent(info.mid, result)
             if self._observer is not None:
-                self._observer(topic, bytes(payload), retain)
+                self._observer(topic, data, retain)
         elif info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             result._resolve(PublishError(topic, RC_UNSPECIFIED, "not connected; QoS 0 messages are not queued"))
         else:

@@ -113,6 +113,7 @@ from schemas._wire import (
     UpdateAck,
     WorkerFrame,
     manifest_for,
+    manifest_of_hashes,
     weights_transfer,
 )
 from schemas._worker_env import BaseConfig, Context, WorkerEnv
@@ -221,6 +222,7 @@ __all__ = [
     "encode_weights",
     "load_yaml_documents",
     "manifest_for",
+    "manifest_of_hashes",
     "masked_blob",
     "now",
     "parameter_name_problem",

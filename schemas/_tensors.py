@@ -182,9 +182,9 @@ def join_blob(header: WeightsHeader, parts: Sequence[bytes]) -> bytes:
     return b"".join([_PREFIX.pack(MAGIC, len(head)), head, *parts])
 
 
-def read_header(blob: bytes | memoryview) -> tuple[WeightsHeader, int]:
+def read_header(blob: bytes | bytearray | memoryview) -> tuple[WeightsHeader, int]:
     """Parse and check the header; return it and the offset of the tensor bytes."""
-    view = memoryview(blob)
+    view = memoryview(blob).cast("B")
     if len(view) < _PREFIX.size:
         raise WireError("weights", f"blob of {len(view)} bytes is shorter than its {_PREFIX.size}-byte prefix")
     magic, head_len = _PREFIX.unpack_from(view)
@@ -206,15 +206,23 @@ def read_header(blob: bytes | memoryview) -> tuple[WeightsHeader, int]:
 
 
 def decode_weights(
-    blob: bytes | memoryview, *, verify: bool = True, base: Sequence[npt.NDArray[np.generic]] | None = None
+    blob: bytes | bytearray | memoryview,
+    *,
+    verify: bool = True,
+    base: Sequence[npt.NDArray[np.generic]] | None = None,
 ) -> tuple[WeightsHeader, list[npt.NDArray[np.generic]]]:
-    """Decode a blob into its header and arrays (read-only views into a private copy of the blob; an
-    encoded tensor decodes into an array of its own). `base`: the model a delta-encoded blob is relative to."""
+    """Decode a blob into its header and arrays (an encoded tensor decodes into an array of its own).
+
+    Raw tensors are read-only views on the blob itself when nobody can change it (``bytes``, or a read-only
+    memoryview such as `broker.CompletedTransfer.view`): no copy, so a 100 MB model is not held twice. A
+    writable buffer is copied first, so the arrays never change under the caller. `base`: the model a
+    delta-encoded blob is relative to."""
     header, offset = read_header(blob)
-    payload = bytes(memoryview(blob)[offset:])
+    view = memoryview(blob).cast("B")
+    payload = view[offset:] if view.readonly else memoryview(bytes(view[offset:]))
     if verify and hashlib.sha256(payload).hexdigest() != header.sha256:
         raise WireError("weights", "tensor bytes do not match the header's sha256")
-    return header, decode_tensors(header, memoryview(payload), base=base)
+    return header, decode_tensors(header, payload, base=base)
 
 
 def decode_tensors(

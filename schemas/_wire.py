@@ -4,7 +4,8 @@ MQTT:
 - `JobPlan` (``.../plan``, retained): the job as the controller validated and resolved it. Edges act
   on the plan, never on the raw spec, so a job that fails validation never starts training.
 - `TransferManifest` (``.../manifest``): describes one chunked transfer of a weights blob; built by
-  `manifest_for` from the blob and its `TransferOrigin` (whose blob, for which job run and round).
+  `manifest_for` from the blob and its `TransferOrigin` (whose blob, for which job run and round), or by
+  `manifest_of_hashes` from hashes a sender computed while publishing.
 - `UpdateAck` (``.../acks/<node>``): the aggregator's receipt for an update.
 
 Worker channel (a local socket pair between a node service and the script it runs):
@@ -120,28 +121,51 @@ class TransferOrigin:
     final: bool = False
 
 
-def manifest_for(blob: bytes, origin: TransferOrigin, *, chunk_size: int, transfer: str) -> TransferManifest:
+def manifest_for(
+    blob: bytes | bytearray | memoryview, origin: TransferOrigin, *, chunk_size: int, transfer: str
+) -> TransferManifest:
     """The manifest of `blob` cut into chunks of `chunk_size` bytes: sizes, the blob's SHA-256 and each chunk's.
 
-    Chunks are hashed through a memoryview, so no chunk is copied. Raises ValueError for an empty blob or a
-    chunk size below 1 (and pydantic's ValidationError for fields out of range).
+    One pass: each chunk (a memoryview, never copied) feeds its own hash and the whole blob's while it is
+    in the CPU's cache. Raises ValueError for an empty blob or a chunk size below 1 (and pydantic's
+    ValidationError for fields out of range).
     """
-    if not blob:
+    if not len(blob):
         raise ValueError("a transfer needs a non-empty blob")
     if chunk_size < 1:
         raise ValueError(f"chunk_size {chunk_size} must be >= 1")
-    view = memoryview(blob)
-    count = math.ceil(len(blob) / chunk_size)
+    view = memoryview(blob).cast("B")
+    whole = hashlib.sha256()
+    chunk_sha256 = []
+    for start in range(0, len(view), chunk_size):
+        piece = view[start : start + chunk_size]
+        whole.update(piece)
+        chunk_sha256.append(hashlib.sha256(piece).hexdigest())
+    return manifest_of_hashes(
+        origin,
+        transfer=transfer,
+        total_bytes=len(view),
+        chunk_size=chunk_size,
+        sha256=whole.hexdigest(),
+        chunk_sha256=chunk_sha256,
+    )
+
+
+def manifest_of_hashes(
+    origin: TransferOrigin, *, transfer: str, total_bytes: int, chunk_size: int, sha256: str, chunk_sha256: list[str]
+) -> TransferManifest:
+    """The manifest of a blob whose hashes are already known: for a sender that hashes its chunks while it
+    publishes them (`broker.BlobSender.send`), so the manifest, published last, needs no second pass."""
     return TransferManifest(
         transfer=transfer,
         # Every field of TransferOrigin is a manifest field of the same name. Only those: an origin may be a
         # subclass that carries more (the edge's UploadRequest also holds the blob to send).
         **{f.name: getattr(origin, f.name) for f in fields(TransferOrigin)},
-        total_bytes=len(blob),
+        total_bytes=total_bytes,
         chunk_size=chunk_size,
-        chunks=count,
-        sha256=hashlib.sha256(view).hexdigest(),
-        chunk_sha256=[hashlib.sha256(view[i * chunk_size : (i + 1) * chunk_size]).hexdigest() for i in range(count)],
+        chunks=math.ceil(total_bytes / chunk_size),
+        sha256=sha256,
+        chunk_sha256=chunk_sha256,
     )
 
 

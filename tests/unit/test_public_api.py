@@ -446,6 +446,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "encode_weights",
         "load_yaml_documents",
         "manifest_for",
+        "manifest_of_hashes",
         "masked_blob",
         "now",
         "parameter_name_problem",

@@ -1,0 +1,144 @@
+"""Where the `Assembler` keeps one transfer's chunks: an append-only buffer, in memory or in a file.
+
+Chunks are written once, when they arrive, in arrival order: into a growing ``bytearray`` (CPython grows it
+in place; glibc moves large blocks with ``mremap``, not by copying), or, past the receiver's spill size,
+into an unlinked temporary file (``os.pwrite``), so a large model costs page cache, not heap. The
+message's own bytes are dropped right after, so a transfer is held once, not as chunks plus a joined copy.
+
+A sender publishes chunk 0, 1, 2, ... and the manifest last, so chunks usually arrive in index order
+before anyone knows their hashes. The store remembers the digests of the chunks written in index order;
+at the end, if those are exactly the manifest's, the buffer *is* the blob in order: no join. Anything else
+(a stale retained chunk, a resent one arriving late) falls back to laying the verified chunks out again
+in order, one more copy; that is the rare path.
+
+With `hash_blob` the store also checks the blob's SHA-256 against the manifest, fed chunk by chunk as they
+are written (still in the CPU's cache), so even then there is no second pass over a joined blob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas import TransferManifest
+
+__all__ = ["ChunkStore", "Piece"]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One chunk written to a store: its SHA-256 (computed once, on arrival) and where its bytes are."""
+
+    digest: str
+    offset: int
+    length: int
+
+
+class ChunkStore:
+    """The bytes of one incoming transfer. Not thread-safe (the Assembler's thread only)."""
+
+    def __init__(self, spill_dir: Path | None = None, *, hash_blob: bool = False) -> None:
+        self._mem: bytearray | None = bytearray()
+        self._fd: int | None = None
+        self.length = 0
+        # The digests of the chunks written in index order 0, 1, 2, ..., and (hash_blob) their SHA-256.
+        self._whole = hashlib.sha256() if hash_blob else None
+        self._hashed: list[str] = []
+        self._in_order = True
+        if spill_dir is not None:
+            self.spill(spill_dir)
+
+    @property
+    def in_memory(self) -> int:
+        """Bytes this store holds in memory (0 once spilled to a file)."""
+        return len(self._mem) if self._mem is not None else 0
+
+    @property
+    def on_disk(self) -> int:
+        return self.length if self._fd is not None else 0
+
+    def append(self, index: int, data: bytes | memoryview, digest: str) -> Piece:
+        """Write chunk `index` (whose SHA-256 is `digest`) at the end of the store."""
+        offset = self.length
+        if self._fd is not None:
+            _pwrite_all(self._fd, memoryview(data), offset)
+        else:
+            assert self._mem is not None
+            self._mem += data
+        self.length += len(data)
+        if self._in_order and index == len(self._hashed):
+            if self._whole is not None:
+                self._whole.update(data)
+            self._hashed.append(digest)
+        else:
+            self._in_order = False
+        return Piece(digest, offset, len(data))
+
+    def spill(self, directory: Path) -> None:
+        """Move the store to an unlinked temporary file in `directory` (nothing to clean up after a crash)."""
+        if self._fd is not None:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="transfer-", suffix=".part", dir=directory)
+        os.unlink(path)
+        self._fd = fd
+        if self._mem:
+            _pwrite_all(fd, memoryview(self._mem), 0)
+        self._mem = None
+
+    def read(self, piece: Piece) -> bytes | memoryview:
+        """The bytes of a piece (a view in memory, a copy of that one chunk from the file)."""
+        if self._fd is not None:
+            return os.pread(self._fd, piece.length, piece.offset)
+        assert self._mem is not None
+        return memoryview(self._mem)[piece.offset : piece.offset + piece.length]
+
+    def blob(self, manifest: TransferManifest, pieces: list[Piece], spill_dir: Path | None) -> memoryview | None:
+        """The blob of `pieces` (the verified chunks, in index order) as a read-only view, or None if its
+        size (or, with `hash_blob`, its SHA-256) is not the manifest's. Usually the store itself; else laid
+        out again (this store is closed either way)."""
+        store = self
+        if not (self._in_order and self._hashed == manifest.chunk_sha256 and self.length == manifest.total_bytes):
+            store = ChunkStore(spill_dir if self._fd is not None else None, hash_blob=self._whole is not None)
+            for index, piece in enumerate(pieces):
+                store.append(index, self.read(piece), piece.digest)
+            self.close()
+        whole = store._whole
+        if store.length != manifest.total_bytes or (whole is not None and whole.hexdigest() != manifest.sha256):
+            store.close()
+            return None
+        view = store._view()
+        store.close()
+        return view
+
+    def _view(self) -> memoryview:
+        if self._fd is not None:
+            # mmap keeps its own duplicate of the descriptor: the store may close its own.
+            return memoryview(mmap.mmap(self._fd, self.length, access=mmap.ACCESS_READ))
+        assert self._mem is not None
+        return memoryview(self._mem).toreadonly()
+
+    def __del__(self) -> None:
+        # An Assembler dropped with transfers still pending must not keep their spill files' descriptors
+        # (and disk space: the files are unlinked, so only the descriptor holds them).
+        self.close()
+
+    def close(self) -> None:
+        """Release the store (a view handed out by `blob` stays valid)."""
+        self._mem = None
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data = data[written:]
+        offset += written
