@@ -10,7 +10,10 @@ Rules every strategy keeps:
 
 - **Pure.** No I/O, no clocks, no randomness that is not in the state. Inputs (the state, the arrays,
   the previous weights) are never mutated; `fold` returns a new state and the arrays it holds are
-  read-only.
+  read-only. The engine's fast path, `fold_in_place`, gives the same state bit for bit but adds into
+  the accumulator it owns (three model-sized float64 allocations per update made the pure fold 0.38x a
+  numpy in-place add): the state it is given must not be used again. Restarts do not need per-fold
+  values: a round's accumulator is rebuilt from the checkpoint and the spool (`snapshot` copies one).
 - **Streaming.** `fold` keeps an accumulator of the model's size, never the updates themselves, so
   memory does not grow with the number of edges.
 - **Restartable.** Everything a strategy knows mid-round is in `AggregationState`, a frozen value that
@@ -37,7 +40,7 @@ import io
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -63,6 +66,10 @@ Layout = tuple[tuple[str, str, tuple[int, ...]], ...]
 Arrays = Sequence[npt.NDArray[Any]]
 F64 = npt.NDArray[np.float64]
 
+# Elements folded per block by `add_weighted`: the float64 temporary of a block (512 KiB) stays in the
+# CPU cache, so an update and the accumulator are each streamed through memory once.
+_BLOCK = 1 << 16
+
 
 def _frozen(array: F64) -> F64:
     array.setflags(write=False)
@@ -86,6 +93,15 @@ class AggregationState:
     count: int = 0
     extra: Mapping[str, F64] = field(default_factory=lambda: MappingProxyType({}))
     total_weight: float = 0.0
+    # True when `sums` are writable accumulators private to this state (made by `fold_in_place`): the next
+    # `fold_in_place` adds into them, so the state is a working value until `snapshot` copies it.
+    owned: bool = field(default=False, repr=False, compare=False)
+
+    def snapshot(self) -> AggregationState:
+        """A value copy with read-only arrays (what a working state is at this point, whatever is folded later)."""
+        if not self.owned:
+            return self
+        return replace(self, sums=tuple(_frozen(np.array(s, copy=True)) for s in self.sums), owned=False)
 
     def to_bytes(self) -> bytes:
         """Serialise as an ``.npz`` archive (no pickle): the arrays plus a small JSON description."""
@@ -252,6 +268,14 @@ class Strategy(ABC):
         `scale` in (0, 1] discounts the update: it weighs ``num_samples * scale`` (the asynchronous
         mode's staleness weight); 1 is the update as it is."""
 
+    def fold_in_place(
+        self, state: AggregationState, arrays: Arrays, num_samples: int, scale: float = 1.0
+    ) -> AggregationState:
+        """`fold`, bit for bit, adding into `state`'s accumulator when the state owns it (one made by this
+        method); `state` must not be used afterwards. The engine folds its open round this way. A strategy
+        without a faster path folds as `fold` does."""
+        return self.fold(state, arrays, num_samples, scale)
+
     @abstractmethod
     def finish(self, state: AggregationState, previous: Arrays | None = None) -> list[npt.NDArray[Any]]:
         """The aggregated model: one new array per tensor of the layout, in each tensor's dtype."""
@@ -304,6 +328,29 @@ class FedAvg(Strategy):
             total_weight=state.total_weight + weight,
         )
 
+    def fold_in_place(
+        self, state: AggregationState, arrays: Arrays, num_samples: int, scale: float = 1.0
+    ) -> AggregationState:
+        self.check(state, arrays, num_samples, scale)
+        weight = float(num_samples) * float(scale)
+        if state.owned:
+            sums = state.sums
+            scratch = np.empty(min(_BLOCK, max(s.size for s in sums)), dtype=np.float64)
+            for total, array in zip(sums, arrays, strict=True):
+                add_weighted(total, array, weight, scratch)
+        else:
+            # The first fold of a round allocates the accumulator it will own (the begin state's zeros
+            # stay a value); x + y == y + x in IEEE arithmetic, so this is `fold`'s sum bit for bit.
+            sums = tuple(_weighted_sum(s, a, weight) for s, a in zip(state.sums, arrays, strict=True))
+        return replace(
+            state,
+            sums=sums,
+            total_samples=state.total_samples + int(num_samples),
+            count=state.count + 1,
+            total_weight=state.total_weight + weight,
+            owned=True,
+        )
+
     def finish(self, state: AggregationState, previous: Arrays | None = None) -> list[npt.NDArray[Any]]:
         return [cast_to(mean, dtype) for mean, (_, dtype, _) in zip(self.means(state), state.layout, strict=True)]
 
@@ -313,6 +360,32 @@ class FedAvg(Strategy):
         if state.count == 0 or state.total_samples <= 0 or state.total_weight <= 0:
             raise StrategyError("no update was folded: there is nothing to average")
         return [total / state.total_weight for total in state.sums]
+
+
+def add_weighted(total: F64, array: npt.NDArray[Any], weight: float, scratch: F64 | None = None) -> None:
+    """``total += float64(array) * weight`` in place, block by block through `scratch` (a float64 buffer).
+
+    The same two roundings per element as the pure fold's ``np.add(total, np.multiply(float64(array),
+    weight))``, so the result is equal bit for bit, without a temporary of the tensor's size."""
+    flat_total = total.reshape(-1)
+    flat = np.asarray(array).reshape(-1)
+    if scratch is None or scratch.size == 0:
+        scratch = np.empty(min(_BLOCK, max(1, flat.size)), dtype=np.float64)
+    step = scratch.size
+    for start in range(0, flat.size, step):
+        stop = min(start + step, flat.size)
+        buffer = scratch[: stop - start]
+        # dtype=float64: the product is computed in float64 (a float32 update times a Python float would
+        # otherwise be multiplied in float32 and only then widened).
+        np.multiply(flat[start:stop], weight, out=buffer, dtype=np.float64)
+        np.add(flat_total[start:stop], buffer, out=flat_total[start:stop])
+
+
+def _weighted_sum(total: F64, array: npt.NDArray[Any], weight: float) -> F64:
+    """A new writable ``float64(array) * weight + total`` (the first fold of a round)."""
+    out: F64 = np.multiply(np.asarray(array), weight, dtype=np.float64)
+    np.add(out, total, out=out)
+    return out
 
 
 def cast_to(values: F64, dtype_name: str) -> npt.NDArray[Any]:

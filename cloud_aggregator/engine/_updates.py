@@ -229,7 +229,7 @@ class UpdatePath:
             privacy = open_round.run.privacy
             if privacy is not None:  # DP-FedAvg weighs every update equally (`cloud_aggregator._privacy`)
                 scale = privacy.fold_scale(manifest.num_samples)
-            open_round.acc = strategy.fold(open_round.acc, arrays, manifest.num_samples, scale)
+            open_round.acc = strategy.fold_in_place(open_round.acc, arrays, manifest.num_samples, scale)
         except StrategyError as exc:  # check() passed: a bug in the strategy
             self._closer.fail("AggregationFailed", f"round {round_}: folding the update of {node} failed: {exc}")
             return False
