@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_aggregator._errors import StrategyError
+from cloud_aggregator._fold import BLOCK, add_weighted, weighted_sum
 from schemas import MAX_NUM_SAMPLES, PARAMETER_BOUNDS
 
 __all__ = [
@@ -65,10 +66,6 @@ __all__ = [
 Layout = tuple[tuple[str, str, tuple[int, ...]], ...]
 Arrays = Sequence[npt.NDArray[Any]]
 F64 = npt.NDArray[np.float64]
-
-# Elements folded per block by `add_weighted`: the float64 temporary of a block (512 KiB) stays in the
-# CPU cache, so an update and the accumulator are each streamed through memory once.
-_BLOCK = 1 << 16
 
 
 def _frozen(array: F64) -> F64:
@@ -335,13 +332,13 @@ class FedAvg(Strategy):
         weight = float(num_samples) * float(scale)
         if state.owned:
             sums = state.sums
-            scratch = np.empty(min(_BLOCK, max(s.size for s in sums)), dtype=np.float64)
+            scratch = np.empty(min(BLOCK, max(s.size for s in sums)), dtype=np.float64)
             for total, array in zip(sums, arrays, strict=True):
                 add_weighted(total, array, weight, scratch)
         else:
             # The first fold of a round allocates the accumulator it will own (the begin state's zeros
             # stay a value); x + y == y + x in IEEE arithmetic, so this is `fold`'s sum bit for bit.
-            sums = tuple(_weighted_sum(s, a, weight) for s, a in zip(state.sums, arrays, strict=True))
+            sums = tuple(weighted_sum(s, a, weight) for s, a in zip(state.sums, arrays, strict=True))
         return replace(
             state,
             sums=sums,
@@ -360,32 +357,6 @@ class FedAvg(Strategy):
         if state.count == 0 or state.total_samples <= 0 or state.total_weight <= 0:
             raise StrategyError("no update was folded: there is nothing to average")
         return [total / state.total_weight for total in state.sums]
-
-
-def add_weighted(total: F64, array: npt.NDArray[Any], weight: float, scratch: F64 | None = None) -> None:
-    """``total += float64(array) * weight`` in place, block by block through `scratch` (a float64 buffer).
-
-    The same two roundings per element as the pure fold's ``np.add(total, np.multiply(float64(array),
-    weight))``, so the result is equal bit for bit, without a temporary of the tensor's size."""
-    flat_total = total.reshape(-1)
-    flat = np.asarray(array).reshape(-1)
-    if scratch is None or scratch.size == 0:
-        scratch = np.empty(min(_BLOCK, max(1, flat.size)), dtype=np.float64)
-    step = scratch.size
-    for start in range(0, flat.size, step):
-        stop = min(start + step, flat.size)
-        buffer = scratch[: stop - start]
-        # dtype=float64: the product is computed in float64 (a float32 update times a Python float would
-        # otherwise be multiplied in float32 and only then widened).
-        np.multiply(flat[start:stop], weight, out=buffer, dtype=np.float64)
-        np.add(flat_total[start:stop], buffer, out=flat_total[start:stop])
-
-
-def _weighted_sum(total: F64, array: npt.NDArray[Any], weight: float) -> F64:
-    """A new writable ``float64(array) * weight + total`` (the first fold of a round)."""
-    out: F64 = np.multiply(np.asarray(array), weight, dtype=np.float64)
-    np.add(out, total, out=out)
-    return out
 
 
 def cast_to(values: F64, dtype_name: str) -> npt.NDArray[Any]:
