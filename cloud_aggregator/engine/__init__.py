@@ -43,6 +43,7 @@ from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._kept import KeptState
 from cloud_aggregator.engine._port import FinalModel, Port, ScriptRequest, ScriptSignal
 from cloud_aggregator.engine._stages import Stage
+from cloud_aggregator.engine._transfers import all_finite, decode_checked
 
 __all__ = [
     "Checkpoint",
@@ -57,4 +58,6 @@ __all__ = [
     "ScriptSignal",
     "SpooledUpdate",
     "Stage",
+    "all_finite",
+    "decode_checked",
 ]

@@ -129,6 +129,8 @@ PUBLIC_API: dict[str, list[str]] = {
         "ScriptSignal",
         "SpooledUpdate",
         "Stage",
+        "all_finite",
+        "decode_checked",
     ],
     "cloud_aggregator.service": [
         "AggregationScripts",
