@@ -1,0 +1,91 @@
+"""Bounded memory for many concurrent uploads: the intake keeps `JobSettings.transfer_memory` of in-flight
+chunks in memory and spills the other transfers to disk; the round's model is the same bit for bit."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from cloud_aggregator.engine import JobSettings
+from cloud_aggregator.testing import MemoryPort
+from schemas import weights_digest
+from tests.helpers.fleet import DiskPort, fleet_job, random_model, resend_missing, send_interleaved, upload
+
+SIZES = [3000, 17, 500]  # about 14 kB a model
+
+
+def _round_one(port: MemoryPort, edges: int, *, memory: int, chunk: int, seed: int = 1) -> tuple[str, int]:
+    """Round 1 of `edges` concurrent uploads; the digest of the published round-1 model and the chunks resent."""
+    rng = np.random.default_rng(seed)
+    job = fleet_job(port, edges, random_model(rng, SIZES), settings=JobSettings(transfer_memory=memory))
+    uploads = {
+        f"edge{i}": upload(f"edge{i}", random_model(rng, SIZES), chunk_size=chunk, samples=i)
+        for i in range(1, edges + 1)
+    }
+    send_interleaved(job, uploads, 1.0)
+    resent = resend_missing(job, port, uploads, 2.0)
+    assert job.round == 2, [a.reason for a in port.acks if not a.accepted]
+    assert [g.round for g in port.published_globals] == [0, 1]
+    return weights_digest(port.published_globals[-1].arrays), resent
+
+
+def test_spilled_uploads_make_the_same_model_as_uploads_in_memory() -> None:
+    in_memory = MemoryPort()
+    want, resent = _round_one(in_memory, 5, memory=64 * 1024 * 1024, chunk=1024)
+    assert resent == 0 and in_memory.spills == []
+
+    spilling = MemoryPort()
+    got, resent = _round_one(spilling, 5, memory=8 * 1024, chunk=1024)  # room for about half an upload
+    assert got == want
+    assert spilling.spills and all(s.deleted for s in spilling.spills)  # every spill file went away
+    # Only what a transfer had in memory when it moved to disk is sent again: each moves once, with at most
+    # the budget's worth (the assembler's public API cannot hand chunks over, so they are asked for again).
+    assert 0 < resent <= 5 * 8
+
+
+def test_an_upload_announced_larger_than_the_budget_goes_to_disk_from_its_first_chunk() -> None:
+    """Manifest first (as a sender may do): the transfer is spilled at once and nothing is asked for again."""
+    port = MemoryPort()
+    rng = np.random.default_rng(4)
+    job = fleet_job(port, 2, random_model(rng, SIZES), settings=JobSettings(transfer_memory=4096))
+    manifest, chunks = upload("edge1", random_model(rng, SIZES), chunk_size=1000)
+    job.on_update_manifest("edge1", 1, manifest, 1.0)
+    for i, data in enumerate(chunks):
+        job.on_update_chunk("edge1", 1, manifest.transfer, i, data, now_s=1.0)
+    assert port.acks[-1].accepted and port.acks[-1].reason == "stored"
+    assert len(port.spills) == 1 and port.spills[0].deleted
+    assert not any(a.missing for a in port.acks)
+
+
+def test_ten_concurrent_uploads_hold_at_most_the_budget_plus_one_blob(tmp_path: Path) -> None:
+    """Ten uploads of 1.2 MB in flight at once, 256 kB budget: the intake's peak is far below ten blobs."""
+    edges, sizes = 10, [300_000]
+    blob_bytes = 4 * sum(sizes)
+    budget = 256 * 1024
+    port = DiskPort(tmp_path)
+    rng = np.random.default_rng(9)
+    job = fleet_job(
+        port,
+        edges,
+        [rng.standard_normal(n).astype(np.float32) for n in sizes],
+        settings=JobSettings(transfer_memory=budget),
+    )
+    uploads = {
+        f"edge{i}": upload(f"edge{i}", [rng.standard_normal(n).astype(np.float32) for n in sizes], chunk_size=64 * 1024)
+        for i in range(1, edges + 1)
+    }
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        send_interleaved(job, uploads, 1.0)
+        resend_missing(job, port, uploads, 2.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert job.round == 2
+    # the budget, one blob being decoded, the float64 accumulator and the round's model (finish): not ten blobs
+    assert peak - base < budget + blob_bytes + 2 * 8 * sum(sizes) + 4 * blob_bytes, (peak - base) / blob_bytes
+    assert not list((tmp_path / "state").glob("*/inflight/*"))
