@@ -12,24 +12,22 @@ engine). On the way the intake answers what it can without the weights:
   and taken once the round state is restored.
 
 Memory is bounded by `memory_budget` (`JobSettings.transfer_memory`, 64 MiB: the seed model's 1.7 MB
-uploads always stay in memory; in-flight chunks held in the assembler): a transfer whose next chunk
-(or, manifest first, whose size) does not fit is spilled to disk (`_spill.SpilledTransfer` on
-`Port.open_spill`) from then on; chunks it had in memory are dropped and asked for again at once when its
-manifest is known. So ten concurrent uploads of a large model hold at most the budget in memory, plus the
-one blob being decoded and folded.
+uploads always stay in memory) of in-flight chunks held in the assembler: the chunks that do not fit go to
+disk (`_spill.Overflow` on `Port.open_spill`) and come back when their transfer completes. So ten
+concurrent uploads of a large model hold at most the budget in memory, plus the one blob being decoded
+and folded.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from broker import Assembler, TransferError
 from cloud_aggregator._errors import AggregatorError, UpdateRejectedError
 from cloud_aggregator.engine._context import JobContext
-from cloud_aggregator.engine._spill import SpilledTransfer
+from cloud_aggregator.engine._spill import Overflow
 from cloud_aggregator.engine._stages import Done, Starting, Training, TransferId
 from cloud_aggregator.engine._status import rejected_message
 from cloud_aggregator.engine._transfers import check_manifest
@@ -38,7 +36,6 @@ from schemas import TransferManifest
 __all__ = ["MAX_RESUME_INTERVAL", "Deliver", "Intake"]
 
 MAX_RESUME_INTERVAL = 60.0
-_SPILLED_DONE = 1024  # completed spilled transfers remembered, to ignore their duplicate chunks
 
 # (node, round, manifest, blob) of a complete transfer
 Deliver = Callable[[str, int, TransferManifest, bytes], None]
@@ -66,9 +63,7 @@ class Intake:
         self._ctx = ctx
         self._deliver = deliver
         self._assembler: Assembler[str] = Assembler(log=ctx.log)
-        self._memory_budget = memory_budget
-        self._spilled: dict[str, SpilledTransfer] = {}
-        self._spilled_done: OrderedDict[str, None] = OrderedDict()
+        self._overflow = Overflow(self._assembler, memory_budget, lambda: ctx.port.open_spill(ctx.facts.name), ctx.log)
         self._incoming: dict[str, _Incoming] = {}
         self._retries: dict[str, int] = {}
         # every update stored and counted, and every init acknowledged as accepted
@@ -147,8 +142,7 @@ class Intake:
                 self._forget(key)
         for ident in [i for i in self._first_seen if round_ is None or i[0] <= round_]:
             del self._first_seen[ident]
-        for key in [k for k, t in self._spilled.items() if round_ is None or t.round <= round_]:
-            self._spilled.pop(key).discard()
+        self._overflow.discard_rounds(round_)
         if round_ is None:
             self._assembler.discard_where(lambda _key: True)
 
@@ -209,10 +203,13 @@ class Intake:
             return
         self._first_seen.setdefault((round_, node, transfer), now_s)
         try:
-            done = self._add_chunk(key, round_, index, data)
+            done = self._overflow.add_chunk(key, round_, index, data)
         except TransferError as exc:  # every chunk matched, the whole blob did not: a bad manifest
             self._forget(key)
             self._ctx.log.warning("transfer failed its final check", worker=node, transfer=transfer, error=str(exc))
+            return
+        except AggregatorError as exc:  # the disk: the chunk is asked for again
+            self._ctx.log.warning("chunk could not be spilled to disk", worker=node, transfer=transfer, error=str(exc))
             return
         incoming = self._incoming.get(key)
         if done is not None:
@@ -245,76 +242,24 @@ class Intake:
             return True
         return False
 
-    def _add_chunk(self, key: str, round_: int, index: int, data: bytes) -> tuple[TransferManifest, bytes] | None:
-        """A chunk into memory while the budget allows, else into its transfer's spill; the transfer if complete."""
-        spilled = self._spilled.get(key)
-        if spilled is None:
-            if key in self._spilled_done:
-                return None  # a duplicate chunk of a spilled transfer that completed
-            if self._assembler.buffered_bytes + len(data) <= self._memory_budget:
-                done = self._assembler.add_chunk(key, index, data)
-                return None if done is None else (done.manifest, done.blob)
-            spilled = self._spill(key, round_)
-            if spilled is None:
-                return None  # cannot spill: the chunk is asked for again
-        return self._spill_done(key, spilled, spilled.add_chunk(index, data))
-
-    def _spill(self, key: str, round_: int) -> SpilledTransfer | None:
-        """Move `key` to disk; what it had in memory is dropped (asked for once its manifest is known)."""
-        ctx = self._ctx
-        try:
-            spilled = SpilledTransfer(lambda: ctx.port.open_spill(ctx.facts.name), round_)
-        except AggregatorError as exc:
-            ctx.log.warning("transfer cannot be spilled to disk", key=key, error=str(exc))
-            return None
-        if key in self._assembler.pending:
-            spilled.lost = True
-            self._assembler.discard(key)
-        incoming = self._incoming.get(key)
-        if incoming is not None:
-            spilled.add_manifest(incoming.manifest)  # no chunk yet: it cannot complete here
-        self._spilled[key] = spilled
-        ctx.log.info("transfer spilled to disk", key=key, buffered_bytes=self._assembler.buffered_bytes)
-        return spilled
-
-    def _spill_done(
-        self, key: str, spilled: SpilledTransfer, blob: bytes | None
-    ) -> tuple[TransferManifest, bytes] | None:
-        if blob is None or spilled.manifest is None:
-            return None
-        del self._spilled[key]
-        self._spilled_done[key] = None
-        while len(self._spilled_done) > _SPILLED_DONE:
-            self._spilled_done.popitem(last=False)
-        return spilled.manifest, blob
-
-    def _take_spilled(  # noqa: PLR0911 (one return per way a manifest is answered)
-        self, node: str, round_: int, key: str, manifest: TransferManifest, now_s: float
-    ) -> bool:
-        """A manifest of a spilled transfer (or of one too large for the budget, sent manifest first): taken
-        here (True), or not a spilled one (False: the assembler's)."""
-        spilled = self._spilled.get(key)
-        if spilled is None:
-            fits = self._assembler.buffered_bytes + manifest.total_bytes <= self._memory_budget
-            if fits or key in self._assembler.pending or key in self._spilled_done:
-                return False
-            spilled = self._spill(key, round_)
-            if spilled is None:
-                return False
+    def _take_spilled(self, node: str, round_: int, key: str, manifest: TransferManifest, now_s: float) -> bool:
+        """A manifest of a transfer (partly) on disk, or announced too large for the memory budget: taken here
+        (True), or the assembler's (False)."""
+        overflow = self._overflow
+        if not overflow.takes_manifest(key, manifest):
+            return False
         if len(manifest.chunk_sha256) != manifest.chunks or manifest.total_bytes > self._assembler.max_bytes:
             self._forget(key)
-            self.refuse(
-                node, manifest, f"transfer {manifest.transfer}: inconsistent or larger than this receiver's limit"
-            )
+            self.refuse(node, manifest, f"transfer {manifest.transfer}: inconsistent or larger than the limit")
             return True
-        if key in self._incoming and spilled.manifest is not None and spilled.missing():
+        if key in self._incoming and overflow.manifest(key) is not None:
             self._request_missing(key, now_s)  # a resume request
             return True
         try:
-            done = self._spill_done(key, spilled, spilled.add_manifest(manifest))
-        except TransferError as exc:
+            done = overflow.add_manifest(key, round_, manifest)
+        except (TransferError, AggregatorError) as exc:
             self._forget(key)
-            self._ctx.log.warning("transfer failed its final check", worker=node, error=str(exc))
+            self._ctx.log.warning("transfer failed on disk or its final check", worker=node, error=str(exc))
             return True
         if done is not None:
             self._incoming.pop(key, None)
@@ -322,9 +267,6 @@ class Intake:
             return True
         resume_after = self._ctx.facts.settings.resume_after
         self._incoming.setdefault(key, _Incoming(node, round_, manifest, now_s + resume_after, resume_after))
-        if spilled.lost:  # its chunks were dropped from memory: no need to wait for the timer
-            spilled.lost = False
-            self._request_missing(key, now_s)
         return True
 
     def _take_manifest(self, node: str, round_: int, manifest: TransferManifest, now_s: float) -> None:
@@ -366,8 +308,7 @@ class Intake:
         if incoming is None:
             return
         manifest = incoming.manifest
-        spilled = self._spilled.get(key)
-        missing = spilled.missing() if spilled is not None else self._assembler.missing(key)
+        missing = self._overflow.missing(key)
         if missing is None:  # evicted to bound memory: everything again
             with contextlib.suppress(TransferError):
                 self._assembler.add_manifest(key, manifest)
@@ -394,7 +335,4 @@ class Intake:
 
     def _forget(self, key: str) -> None:
         self._incoming.pop(key, None)
-        self._assembler.discard(key)
-        spilled = self._spilled.pop(key, None)
-        if spilled is not None:
-            spilled.discard()
+        self._overflow.discard(key)

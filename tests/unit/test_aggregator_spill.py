@@ -40,9 +40,7 @@ def test_spilled_uploads_make_the_same_model_as_uploads_in_memory() -> None:
     got, resent = _round_one(spilling, 5, memory=8 * 1024, chunk=1024)  # room for about half an upload
     assert got == want
     assert spilling.spills and all(s.deleted for s in spilling.spills)  # every spill file went away
-    # Only what a transfer had in memory when it moved to disk is sent again: each moves once, with at most
-    # the budget's worth (the assembler's public API cannot hand chunks over, so they are asked for again).
-    assert 0 < resent <= 5 * 8
+    assert resent == 0  # a transfer's chunks in memory stay there: its end on disk is fed back at its manifest
 
 
 def test_an_upload_announced_larger_than_the_budget_goes_to_disk_from_its_first_chunk() -> None:
@@ -89,3 +87,26 @@ def test_ten_concurrent_uploads_hold_at_most_the_budget_plus_one_blob(tmp_path: 
     # the budget, one blob being decoded, the float64 accumulator and the round's model (finish): not ten blobs
     assert peak - base < budget + blob_bytes + 2 * 8 * sum(sizes) + 4 * blob_bytes, (peak - base) / blob_bytes
     assert not list((tmp_path / "state").glob("*/inflight/*"))
+
+
+def test_a_chunk_lost_on_the_way_is_asked_for_and_completes_a_spilled_transfer() -> None:
+    """Mixed transfers (their first chunks in memory, the rest on disk) with one chunk missing each: the
+    resume timer asks for exactly that chunk, and the transfer completes when it comes."""
+    port = MemoryPort()
+    rng = np.random.default_rng(6)
+    settings = JobSettings(transfer_memory=6 * 1024, resume_after=5.0)
+    job = fleet_job(port, 2, random_model(rng, SIZES), settings=settings)
+    uploads = {n: upload(n, random_model(rng, SIZES), chunk_size=1024) for n in ("edge1", "edge2")}
+    lost = {"edge1": 2, "edge2": 11}  # one in memory, one past the budget
+    for i in range(len(uploads["edge1"][1])):
+        for node, (manifest, chunks) in uploads.items():
+            if i != lost[node]:
+                job.on_update_chunk(node, 1, manifest.transfer, i, chunks[i], now_s=1.0)
+    for node, (manifest, _) in uploads.items():
+        job.on_update_manifest(node, 1, manifest, 1.0)
+    assert port.spills and not any(a.accepted for a in port.acks if a.round == 1)
+    job.tick(7.0)
+    asked = {a.node: a.missing for a in port.acks if a.missing}
+    assert asked == {"edge1": [2], "edge2": [11]}
+    assert resend_missing(job, port, uploads, 8.0) == 2
+    assert job.round == 2 and all(s.deleted for s in port.spills)
