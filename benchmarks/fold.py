@@ -20,6 +20,7 @@ Three figures (issue 12's goals in brackets):
 
     .venv/bin/python benchmarks/fold.py
     .venv/bin/python benchmarks/fold.py --parameters 2500000 --edges 4   # a quick look
+    .venv/bin/python benchmarks/fold.py --skip-fold --transfer-memory 1099511627776   # no spill
 
 Not a test: about a minute on 2 cores.
 """
@@ -127,7 +128,7 @@ def bench_path(update: Arrays, repeats: int) -> dict[str, float]:
     }
 
 
-def bench_memory(sizes: list[int], edges: int, folder: Path) -> dict[str, float]:
+def bench_memory(sizes: list[int], edges: int, folder: Path, memory: int) -> dict[str, float]:
     rng = np.random.default_rng(1)
     initial = [rng.standard_normal(n).astype(np.float32) for n in sizes]
     model_bytes = sum(a.nbytes for a in initial)
@@ -135,7 +136,7 @@ def bench_memory(sizes: list[int], edges: int, folder: Path) -> dict[str, float]
     port = DiskPort(folder)
     # edges + 2 participants: the last one's update is folded before the measurement (the open round holds its
     # model and its float64 accumulator from then on: 3x, not the uploads'), and the round stays open after.
-    job = fleet_job(port, edges + 2, initial, settings=JobSettings())
+    job = fleet_job(port, edges + 2, initial, settings=JobSettings(transfer_memory=memory))
     first, first_blob = make_transfer(
         initial, kind="update", job="surface-defect-detection", uid=UID, round_=1, sender=f"edge{edges + 1}",
         num_samples=10, chunk_size=1 << 20,
@@ -199,6 +200,11 @@ def main() -> None:
     parser.add_argument("--edges", type=int, default=10, help="concurrent uploads in the memory part")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-fold", action="store_true", help="the memory part only")
+    parser.add_argument(
+        "--transfer-memory", type=int, default=JobSettings().transfer_memory,
+        help="the intake's in-memory budget (bytes); a huge one shows the intake without the spill",
+    )  # fmt: skip
     args = parser.parse_args()
     configure_logging(node="bench", role="cli", level="WARNING")
     sizes = shapes_for(args.parameters)
@@ -207,27 +213,34 @@ def main() -> None:
     mb = 4 * args.parameters / 1e6
     print(f"model: {args.parameters:,} float32 parameters ({mb:.0f} MB) in {len(sizes)} tensors; 2 cores, shared")
 
-    fold = bench_fold(update, args.repeats)
-    print(
-        f"fold      numpy in-place f64 add {fold['numpy'] * 1e3:7.1f} ms | fold_in_place {fold['in_place'] * 1e3:7.1f} ms"
-        f" -> {fold['numpy'] / fold['in_place']:.2f}x numpy (goal >= 0.5x) | pure fold {fold['pure'] * 1e3:7.1f} ms"
-        f" ({fold['numpy'] / fold['pure']:.2f}x)"
-    )
-    path = bench_path(update, args.repeats)
-    print(
-        f"path      numpy decode+add {path['numpy'] * 1e3:7.1f} ms | engine decode+check+fold {path['engine'] * 1e3:7.1f} ms"
-        f" -> {path['engine'] / path['numpy']:.2f}x numpy (goal <= 2x) | before {path['before'] * 1e3:7.1f} ms"
-        f" ({path['before'] / path['numpy']:.2f}x)"
-    )
+    if args.skip_fold:
+        update = []
+    else:
+        report_speed(update, args.repeats)
     del update
     if not args.skip_memory:
-        memory = bench_memory(sizes, args.edges, REPO / ".bench" / "fold")
+        memory = bench_memory(sizes, args.edges, REPO / ".bench" / "fold", args.transfer_memory)
         print(
             f"memory    {args.edges} concurrent {memory['model_mb']:.0f} MB uploads: peak {memory['peak_x']:.2f}x model "
             f"above the open round's model and accumulator (3x; goal <= 3x + constant), {memory['held_x']:.2f}x "
             f"held after; {memory['stored']}/{args.edges} stored, {memory['resent_chunks']} of "
             f"{memory['chunks']} chunks asked for again, {memory['seconds']:.1f} s"
         )
+
+
+def report_speed(update: Arrays, repeats: int) -> None:
+    fold = bench_fold(update, repeats)
+    print(
+        f"fold      numpy in-place f64 add {fold['numpy'] * 1e3:7.1f} ms | fold_in_place {fold['in_place'] * 1e3:7.1f} ms"
+        f" -> {fold['numpy'] / fold['in_place']:.2f}x numpy (goal >= 0.5x) | pure fold {fold['pure'] * 1e3:7.1f} ms"
+        f" ({fold['numpy'] / fold['pure']:.2f}x)"
+    )
+    path = bench_path(update, repeats)
+    print(
+        f"path      numpy decode+add {path['numpy'] * 1e3:7.1f} ms | engine decode+check+fold {path['engine'] * 1e3:7.1f} ms"
+        f" -> {path['engine'] / path['numpy']:.2f}x numpy (goal <= 2x) | before {path['before'] * 1e3:7.1f} ms"
+        f" ({path['before'] / path['numpy']:.2f}x)"
+    )
 
 
 if __name__ == "__main__":
