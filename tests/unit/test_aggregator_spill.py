@@ -7,8 +7,11 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from cloud_aggregator import StateError
 from cloud_aggregator.engine import JobSettings
+from cloud_aggregator.service import StateStore
 from cloud_aggregator.testing import MemoryPort
 from schemas import weights_digest
 from tests.helpers.fleet import DiskPort, fleet_job, random_model, resend_missing, send_interleaved, upload
@@ -110,3 +113,19 @@ def test_a_chunk_lost_on_the_way_is_asked_for_and_completes_a_spilled_transfer()
     assert asked == {"edge1": [2], "edge2": [11]}
     assert resend_missing(job, port, uploads, 8.0) == 2
     assert job.round == 2 and all(s.deleted for s in port.spills)
+
+
+def test_the_state_store_spills_to_files_that_go_away(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    spill = store.open_spill("job-a")
+    spill.append(b"abc")
+    spill.append(b"defg")
+    assert spill.read(2, 3) == b"cde" and spill.path.parent == tmp_path / "state" / "job-a" / "inflight"
+    spill.delete()
+    assert not spill.path.exists()
+    with pytest.raises(StateError):
+        spill.read(0, 1)
+    left = store.open_spill("job-b")  # a transfer in flight when the service stopped
+    left.append(b"x")
+    store.clear_spills()
+    assert not left.path.exists()
