@@ -161,7 +161,9 @@ def bench_memory(sizes: list[int], edges: int, folder: Path, memory: int) -> dic
         for index in range(longest):
             for node, (manifest, _, chunks) in uploads.items():
                 if index < len(chunks):
-                    job.on_update_chunk(node, 1, manifest.transfer, index, bytes(chunks[index]), now_s=1.0)
+                    job.on_update_chunk(
+                        node, 1, manifest.transfer, index, memoryview(chunks[index]).tobytes(), now_s=1.0
+                    )
                     sent += 1
         for node, (manifest, _, _) in uploads.items():
             job.on_update_manifest(node, 1, manifest, 1.0)
@@ -173,7 +175,9 @@ def bench_memory(sizes: list[int], edges: int, folder: Path, memory: int) -> dic
                 continue
             manifest, _, chunks = uploads[ack.node]
             for index in ack.missing:
-                job.on_update_chunk(ack.node, 1, manifest.transfer, index, bytes(chunks[index]), now_s=2.0)
+                job.on_update_chunk(
+                    ack.node, 1, manifest.transfer, index, memoryview(chunks[index]).tobytes(), now_s=2.0
+                )
                 sent += 1
             job.on_update_manifest(ack.node, 1, manifest, 2.0)
         seconds = time.perf_counter() - start

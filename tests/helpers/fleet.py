@@ -89,7 +89,7 @@ def send_interleaved(job: Job, uploads: dict[str, tuple[TransferManifest, list[b
     for i in range(longest):
         for node, (manifest, chunks) in uploads.items():
             if i < len(chunks):
-                job.on_update_chunk(node, 1, manifest.transfer, i, chunks[i], now_s=now_s)
+                job.on_update_chunk(node, 1, manifest.transfer, i, fresh(chunks[i]), now_s=now_s)
     for node, (manifest, _) in uploads.items():
         job.on_update_manifest(node, 1, manifest, now_s)
 
@@ -107,7 +107,7 @@ def resend_missing(
             continue
         manifest, chunks = uploads[ack.node]
         for i in ack.missing:
-            job.on_update_chunk(ack.node, 1, manifest.transfer, i, chunks[i], now_s=now_s)
+            job.on_update_chunk(ack.node, 1, manifest.transfer, i, fresh(chunks[i]), now_s=now_s)
             sent += 1
         job.on_update_manifest(ack.node, 1, manifest, now_s)
     return sent
@@ -115,3 +115,9 @@ def resend_missing(
 
 def random_model(rng: np.random.Generator, sizes: list[int]) -> Arrays:
     return [rng.standard_normal(n).astype(np.float32) for n in sizes]
+
+
+def fresh(chunk: bytes) -> bytes:
+    """A new bytes object with the chunk's bytes, as each message from the network is (so tracemalloc sees
+    the chunks a receiver keeps: `bytes(chunk)` would be the same object)."""
+    return memoryview(chunk).tobytes()
