@@ -181,8 +181,11 @@ class Overflow:
         for the budget before any chunk came (then the whole transfer goes to disk)."""
         if key in self._spilled:
             return True
+        # Completed here before yet neither stored nor refused (the intake answers those first): taken again,
+        # so its chunks are no longer duplicates.
+        self._done.pop(key, None)
         fits = self._assembler.buffered_bytes + manifest.total_bytes <= self._budget
-        return not (fits or key in self._assembler.pending or key in self._done)
+        return not (fits or key in self._assembler.pending)
 
     def add_manifest(self, key: str, round_: int, manifest: TransferManifest) -> Done | None:
         """The manifest of a transfer `takes_manifest` said is this overflow's; the transfer if it completes."""

@@ -137,3 +137,25 @@ def test_the_state_store_spills_to_files_that_go_away(tmp_path: Path) -> None:
     left.append(b"x")
     store.clear_spills()
     assert not left.path.exists()
+
+
+def test_a_spilled_update_that_could_not_be_stored_is_taken_again() -> None:
+    """The store fails (not acknowledged); the edge sends the manifest again; the chunks it is asked for
+    are not taken for duplicates of the transfer completed before, and the update is stored."""
+    port = MemoryPort()
+    rng = np.random.default_rng(8)
+    job = fleet_job(port, 2, random_model(rng, SIZES), settings=JobSettings(transfer_memory=1024))
+    manifest, chunks = upload("edge1", random_model(rng, SIZES), chunk_size=1000)
+    port.fail_store = StateError("disk full")
+    job.on_update_manifest("edge1", 1, manifest, 1.0)  # manifest first: the transfer goes to disk
+    for i, data in enumerate(chunks):
+        job.on_update_chunk("edge1", 1, manifest.transfer, i, data, now_s=1.0)
+    assert not any(a.accepted for a in port.acks if a.round == 1)
+    port.fail_store = None
+    job.on_update_manifest("edge1", 1, manifest, 10.0)
+    job.tick(20.0)
+    asked = [a for a in port.acks if a.missing]
+    assert asked and sorted(asked[-1].missing) == list(range(len(chunks)))
+    for i in asked[-1].missing:
+        job.on_update_chunk("edge1", 1, manifest.transfer, i, chunks[i], now_s=21.0)
+    assert port.acks[-1].accepted and port.acks[-1].reason == "stored"
