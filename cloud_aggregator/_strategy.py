@@ -10,7 +10,10 @@ Rules every strategy keeps:
 
 - **Pure.** No I/O, no clocks, no randomness that is not in the state. Inputs (the state, the arrays,
   the previous weights) are never mutated; `fold` returns a new state and the arrays it holds are
-  read-only.
+  read-only. The engine's fast path, `fold_in_place`, gives the same state bit for bit but adds into
+  the accumulator it owns (three model-sized float64 allocations per update made the pure fold 0.38x a
+  numpy in-place add): the state it is given must not be used again. Restarts do not need per-fold
+  values: a round's accumulator is rebuilt from the checkpoint and the spool (`snapshot` copies one).
 - **Streaming.** `fold` keeps an accumulator of the model's size, never the updates themselves, so
   memory does not grow with the number of edges.
 - **Restartable.** Everything a strategy knows mid-round is in `AggregationState`, a frozen value that
@@ -37,7 +40,7 @@ import io
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -45,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_aggregator._errors import StrategyError
+from cloud_aggregator._fold import BLOCK, add_weighted, weighted_sum
 from schemas import MAX_NUM_SAMPLES, PARAMETER_BOUNDS
 
 __all__ = [
@@ -86,6 +90,15 @@ class AggregationState:
     count: int = 0
     extra: Mapping[str, F64] = field(default_factory=lambda: MappingProxyType({}))
     total_weight: float = 0.0
+    # True when `sums` are writable accumulators private to this state (made by `fold_in_place`): the next
+    # `fold_in_place` adds into them, so the state is a working value until `snapshot` copies it.
+    owned: bool = field(default=False, repr=False, compare=False)
+
+    def snapshot(self) -> AggregationState:
+        """A value copy with read-only arrays (what a working state is at this point, whatever is folded later)."""
+        if not self.owned:
+            return self
+        return replace(self, sums=tuple(_frozen(np.array(s, copy=True)) for s in self.sums), owned=False)
 
     def to_bytes(self) -> bytes:
         """Serialise as an ``.npz`` archive (no pickle): the arrays plus a small JSON description."""
@@ -252,6 +265,14 @@ class Strategy(ABC):
         `scale` in (0, 1] discounts the update: it weighs ``num_samples * scale`` (the asynchronous
         mode's staleness weight); 1 is the update as it is."""
 
+    def fold_in_place(
+        self, state: AggregationState, arrays: Arrays, num_samples: int, scale: float = 1.0
+    ) -> AggregationState:
+        """`fold`, bit for bit, adding into `state`'s accumulator when the state owns it (one made by this
+        method); `state` must not be used afterwards. The engine folds its open round this way. A strategy
+        without a faster path folds as `fold` does."""
+        return self.fold(state, arrays, num_samples, scale)
+
     @abstractmethod
     def finish(self, state: AggregationState, previous: Arrays | None = None) -> list[npt.NDArray[Any]]:
         """The aggregated model: one new array per tensor of the layout, in each tensor's dtype."""
@@ -302,6 +323,29 @@ class FedAvg(Strategy):
             count=state.count + 1,
             extra=state.extra,
             total_weight=state.total_weight + weight,
+        )
+
+    def fold_in_place(
+        self, state: AggregationState, arrays: Arrays, num_samples: int, scale: float = 1.0
+    ) -> AggregationState:
+        self.check(state, arrays, num_samples, scale)
+        weight = float(num_samples) * float(scale)
+        if state.owned:
+            sums = state.sums
+            scratch = np.empty(min(BLOCK, max(s.size for s in sums)), dtype=np.float64)
+            for total, array in zip(sums, arrays, strict=True):
+                add_weighted(total, array, weight, scratch)
+        else:
+            # The first fold of a round allocates the accumulator it will own (the begin state's zeros
+            # stay a value); x + y == y + x in IEEE arithmetic, so this is `fold`'s sum bit for bit.
+            sums = tuple(weighted_sum(s, a, weight) for s, a in zip(state.sums, arrays, strict=True))
+        return replace(
+            state,
+            sums=sums,
+            total_samples=state.total_samples + int(num_samples),
+            count=state.count + 1,
+            total_weight=state.total_weight + weight,
+            owned=True,
         )
 
     def finish(self, state: AggregationState, previous: Arrays | None = None) -> list[npt.NDArray[Any]]:

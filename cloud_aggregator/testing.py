@@ -37,7 +37,7 @@ from schemas import (
     weights_transfer,
 )
 
-__all__ = ["GlobalModel", "MemoryDisk", "MemoryPort", "chunks_of", "make_transfer"]
+__all__ = ["GlobalModel", "MemoryDisk", "MemoryPort", "MemorySpill", "chunks_of", "make_transfer"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,24 @@ class MemoryDisk:
     secagg: dict[str, dict[int, bytes]] = field(default_factory=dict)  # job -> round -> secure aggregation record
 
 
+class MemorySpill:
+    """A spilled transfer's bytes in memory (`MemoryPort.open_spill`); `MemoryPort.spills` lists every one."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.deleted = False
+
+    def append(self, data: bytes) -> None:
+        self.data += data
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.data[offset : offset + length])
+
+    def delete(self) -> None:
+        self.data = bytearray()
+        self.deleted = True
+
+
 @dataclass
 class MemoryPort:
     """Records every side effect; `fail_*` fields make the next such call raise."""
@@ -84,6 +102,7 @@ class MemoryPort:
     restored_specs: list[tuple[Kind, str, bytes]] = field(default_factory=list)
     retained_globals: dict[str, dict[int, GlobalModel]] = field(default_factory=dict)
     published_globals: list[GlobalModel] = field(default_factory=list)
+    spills: list[MemorySpill] = field(default_factory=list)  # every in-flight transfer the intake spilled
     acks: list[UpdateAck] = field(default_factory=list)
     # Secure aggregation: (job, round) -> the retained state (None: cleared), every publication in order,
     # and every retained edge message cleared: (job, round, step, node).
@@ -196,6 +215,11 @@ class MemoryPort:
 
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
         return list(self.disk.spool.get(job, {}).get(round_, []))
+
+    def open_spill(self, job: str) -> MemorySpill:
+        spill = MemorySpill()
+        self.spills.append(spill)
+        return spill
 
     def read_spooled_update(self, job: str, round_: int, node: str, transfer: str) -> memoryview:
         for entry in self.disk.spool.get(job, {}).get(round_, []):

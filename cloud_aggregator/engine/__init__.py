@@ -42,7 +42,9 @@ from cloud_aggregator.engine._facts import JobFacts, JobSettings
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._kept import KeptState
 from cloud_aggregator.engine._port import FinalModel, Port, ScriptRequest, ScriptSignal
+from cloud_aggregator.engine._spill import SpillFile
 from cloud_aggregator.engine._stages import Stage
+from cloud_aggregator.engine._transfers import all_finite, decode_checked
 
 __all__ = [
     "Checkpoint",
@@ -55,6 +57,9 @@ __all__ = [
     "Port",
     "ScriptRequest",
     "ScriptSignal",
+    "SpillFile",
     "SpooledUpdate",
     "Stage",
+    "all_finite",
+    "decode_checked",
 ]

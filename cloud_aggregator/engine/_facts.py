@@ -79,6 +79,8 @@ class JobSettings:
     # condition, and any change of a finished job, is published at once; others wait for the interval,
     # and the newest is published by `Job.tick` (a 10-edge round changes the status ~50 times).
     status_interval: float = 0.0
+    # Bytes of in-flight update chunks a job holds in memory; transfers beyond it are spilled to disk (`_intake`).
+    transfer_memory: int = 64 * 1024 * 1024
 
 
 def _model_ref(model: Model) -> ModelRef:

@@ -10,6 +10,12 @@ engine). On the way the intake answers what it can without the weights:
   ``UpdateAck(accepted=false, missing=[...])``;
 - a manifest of this run that arrives while a resumed job waits for its script is kept in `Starting`
   and taken once the round state is restored.
+
+Memory is bounded by `memory_budget` (`JobSettings.transfer_memory`, 64 MiB: the seed model's 1.7 MB
+uploads always stay in memory) of in-flight chunks held in the assembler: the chunks that do not fit go to
+disk (`_spill.Overflow` on `Port.open_spill`) and come back when their transfer completes. So ten
+concurrent uploads of a large model hold at most the budget in memory, plus the one blob being decoded
+and folded.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from broker import Assembler, TransferError
-from cloud_aggregator._errors import UpdateRejectedError
+from cloud_aggregator._errors import AggregatorError, UpdateRejectedError
 from cloud_aggregator.engine._context import JobContext
+from cloud_aggregator.engine._spill import Overflow
 from cloud_aggregator.engine._stages import Done, Starting, Training, TransferId
 from cloud_aggregator.engine._status import rejected_message
 from cloud_aggregator.engine._transfers import check_manifest
@@ -52,10 +59,11 @@ def _transfer_key(round_: int, node: str, transfer: str) -> str:
 class Intake:
     """Receives one job's transfers and answers for them; hands each complete one to `deliver`."""
 
-    def __init__(self, ctx: JobContext, deliver: Deliver) -> None:
+    def __init__(self, ctx: JobContext, deliver: Deliver, *, memory_budget: int) -> None:
         self._ctx = ctx
         self._deliver = deliver
         self._assembler: Assembler[str] = Assembler(log=ctx.log)
+        self._overflow = Overflow(self._assembler, memory_budget, lambda: ctx.port.open_spill(ctx.facts.name), ctx.log)
         self._incoming: dict[str, _Incoming] = {}
         self._retries: dict[str, int] = {}
         # every update stored and counted, and every init acknowledged as accepted
@@ -134,6 +142,7 @@ class Intake:
                 self._forget(key)
         for ident in [i for i in self._first_seen if round_ is None or i[0] <= round_]:
             del self._first_seen[ident]
+        self._overflow.discard_rounds(round_)
         if round_ is None:
             self._assembler.discard_where(lambda _key: True)
 
@@ -194,15 +203,18 @@ class Intake:
             return
         self._first_seen.setdefault((round_, node, transfer), now_s)
         try:
-            done = self._assembler.add_chunk(key, index, data)
+            done = self._overflow.add_chunk(key, round_, index, data)
         except TransferError as exc:  # every chunk matched, the whole blob did not: a bad manifest
             self._forget(key)
             self._ctx.log.warning("transfer failed its final check", worker=node, transfer=transfer, error=str(exc))
             return
+        except AggregatorError as exc:  # the disk: the chunk is asked for again
+            self._ctx.log.warning("chunk could not be spilled to disk", worker=node, transfer=transfer, error=str(exc))
+            return
         incoming = self._incoming.get(key)
         if done is not None:
             self._incoming.pop(key, None)
-            self._deliver(node, round_, done.manifest, done.blob)
+            self._deliver(node, round_, *done)
         elif incoming is not None:
             incoming.due = now_s + self._ctx.facts.settings.resume_after
             incoming.interval = self._ctx.facts.settings.resume_after
@@ -230,10 +242,39 @@ class Intake:
             return True
         return False
 
+    def _take_spilled(self, node: str, round_: int, key: str, manifest: TransferManifest, now_s: float) -> bool:
+        """A manifest of a transfer (partly) on disk, or announced too large for the memory budget: taken here
+        (True), or the assembler's (False)."""
+        overflow = self._overflow
+        if not overflow.takes_manifest(key, manifest):
+            return False
+        if len(manifest.chunk_sha256) != manifest.chunks or manifest.total_bytes > self._assembler.max_bytes:
+            self._forget(key)
+            self.refuse(node, manifest, f"transfer {manifest.transfer}: inconsistent or larger than the limit")
+            return True
+        if key in self._incoming and overflow.manifest(key) is not None:
+            self._request_missing(key, now_s)  # a resume request
+            return True
+        try:
+            done = overflow.add_manifest(key, round_, manifest)
+        except (TransferError, AggregatorError) as exc:
+            self._forget(key)
+            self._ctx.log.warning("transfer failed on disk or its final check", worker=node, error=str(exc))
+            return True
+        if done is not None:
+            self._incoming.pop(key, None)
+            self._deliver(node, round_, *done)
+            return True
+        resume_after = self._ctx.facts.settings.resume_after
+        self._incoming.setdefault(key, _Incoming(node, round_, manifest, now_s + resume_after, resume_after))
+        return True
+
     def _take_manifest(self, node: str, round_: int, manifest: TransferManifest, now_s: float) -> None:
         resume_after = self._ctx.facts.settings.resume_after
         ident = (round_, node, manifest.transfer)
         key = self._key(*ident)
+        if self._take_spilled(node, round_, key, manifest, now_s):
+            return
         if key in self._incoming and self._assembler.missing(key) is not None:
             self._request_missing(key, now_s)
             return
@@ -267,7 +308,7 @@ class Intake:
         if incoming is None:
             return
         manifest = incoming.manifest
-        missing = self._assembler.missing(key)
+        missing = self._overflow.missing(key)
         if missing is None:  # evicted to bound memory: everything again
             with contextlib.suppress(TransferError):
                 self._assembler.add_manifest(key, manifest)
@@ -294,4 +335,4 @@ class Intake:
 
     def _forget(self, key: str) -> None:
         self._incoming.pop(key, None)
-        self._assembler.discard(key)
+        self._overflow.discard(key)

@@ -50,7 +50,7 @@ class Job:
         """`previous_status`: the retained status of the run a resumed job (`facts.resume`) continues."""
         self._ctx = ctx = JobContext(facts, port)
         self._committer = committer = Committer(ctx)
-        self._intake = Intake(ctx, deliver=self._deliver)
+        self._intake = Intake(ctx, deliver=self._deliver, memory_budget=facts.settings.transfer_memory)
         self._rounds = RoundEngine(ctx, self._intake, committer)
         recovery = Recovery(ctx, self._intake, committer, self._rounds, previous_status)
         self._workers = Workers(ctx, self._rounds)

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._kept import KeptState
+from cloud_aggregator.engine._spill import SpillFile
 from schemas import (
     EffectiveWorker,
     JobEvent,
@@ -135,6 +136,11 @@ class Port(Protocol):
 
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
         """The updates stored for `round_` (oldest first)."""
+        ...
+
+    def open_spill(self, job: str) -> SpillFile:
+        """A new, empty file for an in-flight transfer that does not fit the intake's memory budget
+        (the service: under ROOT/state/<job>/inflight/, deleted when the transfer completes or is dropped)."""
         ...
 
     def read_spooled_update(self, job: str, round_: int, node: str, transfer: str) -> memoryview:

@@ -68,7 +68,7 @@ class RoundEngine:
         if manifest.kind == "init":
             self.on_init(node, round_, manifest, blob)
         else:
-            self.updates.on_update(node, round_, manifest, blob)
+            self.updates.on_update(node, round_, manifest, blob, verified=True)  # the intake checked every chunk
 
     def on_init(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
         """A complete `init` transfer: the first valid one becomes the global model of round 0."""

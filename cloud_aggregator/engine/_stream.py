@@ -34,6 +34,7 @@ from cloud_aggregator._errors import AggregatorError
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._kept import KeptState
 from cloud_aggregator.engine._port import FinalModel, Port, ScriptRequest, ScriptSignal
+from cloud_aggregator.engine._spill import SpillFile
 from schemas import (
     MAX_EVENTS,
     Event,
@@ -344,6 +345,9 @@ class StreamingPort:
 
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
         return self._inner.spooled_updates(job, round_)
+
+    def open_spill(self, job: str) -> SpillFile:
+        return self._inner.open_spill(job)
 
     def read_spooled_update(self, job: str, round_: int, node: str, transfer: str) -> memoryview:
         return self._inner.read_spooled_update(job, round_, node, transfer)

@@ -10,6 +10,7 @@ event and the ack.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -21,9 +22,9 @@ from cloud_aggregator._strategy import Layout
 from cloud_aggregator.engine._facts import JobFacts
 from cloud_aggregator.engine._stages import Done, Final, Init, JobState, Starting, Training
 from cloud_aggregator.engine._staleness import stale_problem
-from schemas import TransferManifest, WireError, decode_weights, read_header
+from schemas import TransferManifest, WireError, decode_tensors, read_header
 
-__all__ = ["check_manifest", "check_origin", "decode_checked", "describe_layout_difference"]
+__all__ = ["all_finite", "check_manifest", "check_origin", "decode_checked", "describe_layout_difference"]
 
 
 def check_manifest(
@@ -72,21 +73,28 @@ def check_origin(
 
 def decode_checked(
     manifest: TransferManifest,
-    blob: bytes,
+    blob: bytes | memoryview,
     *,
     node: str,
     job: str,
     base: Callable[[], Sequence[npt.NDArray[Any]]] | None = None,
+    verified: bool = False,
 ) -> tuple[Layout, list[npt.NDArray[Any]], list[str]]:
     """The blob's layout, arrays and tensor names, once its header agrees with the manifest and its values are finite.
 
     `base`: the model the update was trained from, called only for a blob of encoded deltas (it may raise
-    UpdateRejectedError: that version is no longer kept); None: deltas are refused (an init)."""
+    UpdateRejectedError: that version is no longer kept); None: deltas are refused (an init).
+    `verified`: every byte of the blob was checked against the manifest's hashes on the way in (the
+    intake's transfers), so the header's SHA-256 is not computed again; a blob read back from the spool
+    is checked against it. Raw tensors are read-only views on `blob` (no copy)."""
     try:
-        header, _ = read_header(blob)
+        header, offset = read_header(blob)
         if header.needs_base and base is None:
             raise WireError("weights", f"an encoded delta cannot be a {manifest.kind}")
-        header, arrays = decode_weights(blob, base=base() if header.needs_base and base is not None else None)
+        payload = memoryview(blob)[offset:]
+        if not verified and hashlib.sha256(payload).hexdigest() != header.sha256:
+            raise WireError("weights", "tensor bytes do not match the header's sha256")
+        arrays = decode_tensors(header, payload, base=base() if header.needs_base and base is not None else None)
     except WireError as exc:
         raise UpdateRejectedError(f"unreadable weights: {exc}") from exc
     for what, got, want in (
@@ -99,9 +107,21 @@ def decode_checked(
         if got != want:
             raise UpdateRejectedError(f"weights header says {what}={got!r}, expected {want!r}")
     for i, (spec, array) in enumerate(zip(header.tensors, arrays, strict=True)):
-        if array.dtype.kind in "fc" and not bool(np.isfinite(array).all()):
+        if array.dtype.kind in "fc" and not all_finite(array):
             raise UpdateRejectedError(f"tensor {i} ({spec.name}) has non-finite values (NaN or inf)")
     return header.layout(), arrays, [t.name for t in header.tensors]
+
+
+def all_finite(array: npt.NDArray[Any]) -> bool:
+    """Whether every value of a floating array is finite, in one read pass and without a temporary.
+
+    A sum over a NaN or an infinity is never finite, so a finite sum proves every value finite; a
+    non-finite sum (finite values can overflow it) is settled by the exact, allocating check."""
+    accumulate = np.float32 if array.dtype.kind == "f" and array.dtype.itemsize < 4 else None  # float16 overflows
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing or NaN sum is an answer, not a fault
+        if bool(np.isfinite(np.add.reduce(array.reshape(-1), dtype=accumulate))):
+            return True
+    return bool(np.isfinite(array).all())
 
 
 def describe_layout_difference(expected: Layout, got: Layout) -> str:

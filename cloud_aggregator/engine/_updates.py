@@ -62,11 +62,20 @@ class UpdatePath:
         self._secagg = secagg
 
     def on_update(
-        self, node: str, round_: int, manifest: TransferManifest, blob: bytes, *, spooled: bool = False
+        self,
+        node: str,
+        round_: int,
+        manifest: TransferManifest,
+        blob: bytes,
+        *,
+        spooled: bool = False,
+        verified: bool = False,
     ) -> None:
         """A complete `update` transfer: checked, stored, counted once per worker and round, folded on arrival.
 
         `spooled`: the update comes from the spool (a restart refolds it): it is stored already.
+        `verified`: every byte was checked against the manifest's hashes on the way in (the intake), so the
+        weights header's hash is not computed again (`decode_checked`).
         """
         ctx = self._ctx
         state = ctx.state
@@ -74,7 +83,7 @@ class UpdatePath:
             self._on_masked(node, round_, manifest, blob, spooled=spooled)
             return
         try:
-            checked = self._check(node, round_, manifest, blob)
+            checked = self._check(node, round_, manifest, blob, verified=verified)
         except UpdateRejectedError as exc:
             self._intake.reject(node, manifest, exc)
             ctx.publish()
@@ -162,7 +171,9 @@ class UpdatePath:
 
     # -- steps -------------------------------------------------------------------------------------
 
-    def _check(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> _Checked | None:
+    def _check(
+        self, node: str, round_: int, manifest: TransferManifest, blob: bytes, *, verified: bool
+    ) -> _Checked | None:
         """The update's checks (raise UpdateRejectedError); None when it is a duplicate (answered here)."""
         facts = self._ctx.facts
         open_round = check_manifest(facts, self._ctx.state, node, round_, manifest)
@@ -182,7 +193,12 @@ class UpdatePath:
                 f"{open_round.origins.get(node, open_round.round)}"
             )
         layout, arrays, _ = decode_checked(
-            manifest, blob, node=node, job=facts.name, base=lambda: self.decode_base(open_round, round_)
+            manifest,
+            blob,
+            node=node,
+            job=facts.name,
+            base=lambda: self.decode_base(open_round, round_),
+            verified=verified,
         )
         if manifest.num_samples <= 0:
             raise UpdateRejectedError("num_samples must be > 0")
@@ -229,7 +245,7 @@ class UpdatePath:
             privacy = open_round.run.privacy
             if privacy is not None:  # DP-FedAvg weighs every update equally (`cloud_aggregator._privacy`)
                 scale = privacy.fold_scale(manifest.num_samples)
-            open_round.acc = strategy.fold(open_round.acc, arrays, manifest.num_samples, scale)
+            open_round.acc = strategy.fold_in_place(open_round.acc, arrays, manifest.num_samples, scale)
         except StrategyError as exc:  # check() passed: a bug in the strategy
             self._closer.fail("AggregationFailed", f"round {round_}: folding the update of {node} failed: {exc}")
             return False

@@ -13,7 +13,7 @@ from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts, aggregation_launch, aggregation_variables
 from cloud_aggregator.service._service import AggregatorService, Event
-from cloud_aggregator.service._state_store import StateStore
+from cloud_aggregator.service._state_store import FileSpill, StateStore
 
 __all__ = [
     "AggregationScripts",
@@ -21,6 +21,7 @@ __all__ = [
     "AggregatorService",
     "BrokerView",
     "Event",
+    "FileSpill",
     "KeptStore",
     "MqttPort",
     "StateStore",

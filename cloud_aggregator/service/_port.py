@@ -24,7 +24,7 @@ from cloud_aggregator.service._kept_store import BrokerView, KeptStore
 from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._scripts import AggregationScripts
-from cloud_aggregator.service._state_store import StateStore
+from cloud_aggregator.service._state_store import FileSpill, StateStore
 from runtime import Ledger
 from schemas import (
     Channel,
@@ -70,6 +70,7 @@ class MqttPort:
     def __post_init__(self) -> None:
         self._sender = BlobSender(self.session, chunk_size=self.chunk_size)
         self._state = StateStore(self.root)
+        self._state.clear_spills()  # transfers in flight when the service stopped are asked for again
         self._kept = KeptStore(self.root, self.topics, self.log)
         self._view = BrokerView()
 
@@ -221,6 +222,9 @@ class MqttPort:
 
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
         return self._state.spooled_updates(job, round_)
+
+    def open_spill(self, job: str) -> FileSpill:
+        return self._state.open_spill(job)
 
     def read_spooled_update(self, job: str, round_: int, node: str, transfer: str) -> memoryview:
         return self._state.read_spooled_update(job, round_, node, transfer)

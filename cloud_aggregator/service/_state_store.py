@@ -4,6 +4,8 @@ Layout (one folder per job, ``ROOT/state/<job>/``)::
 
     spool/<round>/<node>-<transfer>.blob   every accepted update, stored before it is folded and acknowledged
     spool/<round>/secagg.json              a secure aggregation round's protocol record (dropped with the spool)
+    inflight/<random>.part                 an in-flight transfer spilled to disk (`open_spill`); not durable:
+                                           deleted when it completes, is dropped, or the service starts again
     global-<r>.blob                        the global model of the last closed round r (a weights blob; the
                                            asynchronous mode keeps the last max_staleness + 1 rounds)
     server-<r>.npz                         the strategy's server state after round r (FedAdam's moments, ...)
@@ -26,8 +28,10 @@ spool deleted; a crash anywhere in between leaves a state the restart can resume
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -36,10 +40,52 @@ from cloud_aggregator._errors import StateError
 from cloud_aggregator.engine import Checkpoint, SpooledUpdate
 from runtime import fsync_dir, write_atomic
 
-__all__ = ["StateStore"]
+__all__ = ["FileSpill", "StateStore"]
 
 _SECAGG_RECORD = "secagg.json"  # not a spooled update's name (`_SPOOL_NAME`): the spool's listing skips it
 _SPOOL_NAME = re.compile(r"^(?P<node>[a-z0-9]([a-z0-9.-]*[a-z0-9])?)-(?P<transfer>[0-9a-f]{8,64})\.blob$")
+
+
+class FileSpill:
+    """One in-flight transfer's chunks in an unlinked-on-delete file: appended, read back with pread.
+
+    The bytes live in the page cache, not in the service's memory, so ten concurrent uploads of a large
+    model cost the aggregator a bounded amount of memory (`engine.SpilledTransfer`)."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=folder, suffix=".part")
+        except OSError as exc:
+            raise StateError(f"cannot spill a transfer to {folder}: {exc}") from exc
+        self._fd: int | None = fd
+        self.path = Path(name)
+
+    def append(self, data: bytes) -> None:
+        try:
+            os.write(self._open(), data)
+        except OSError as exc:
+            raise StateError(f"cannot write the spilled transfer {self.path.name}: {exc}") from exc
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self._open(), length, offset)
+        except OSError as exc:
+            raise StateError(f"cannot read the spilled transfer {self.path.name}: {exc}") from exc
+        if len(data) != length:
+            raise StateError(f"the spilled transfer {self.path.name} is short: {len(data)} of {length} bytes")
+        return data
+
+    def delete(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
+
+    def _open(self) -> int:
+        if self._fd is None:
+            raise StateError(f"the spilled transfer {self.path.name} was deleted")
+        return self._fd
 
 
 class StateStore:
@@ -61,6 +107,15 @@ class StateStore:
             fsync_dir(path.parent.parent)
         except OSError as exc:
             raise StateError(f"cannot store the update of {node} for round {round_}: {exc}") from exc
+
+    def open_spill(self, job: str) -> FileSpill:
+        """A new file for an in-flight transfer of `job` (``inflight/``; `clear_spills` empties the folder)."""
+        return FileSpill(self.job_dir(job) / "inflight")
+
+    def clear_spills(self) -> None:
+        """Delete every job's spilled transfers (best effort): one in flight when the service stopped is asked for again."""
+        for folder in self.base.glob("*/inflight"):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
         folder = self._spool(job, round_)
