@@ -53,6 +53,7 @@ from schemas import (
     WorkerState,
     WorkerStatus,
     parse_documents,
+    weights_digest,
 )
 
 UID = "0123456789abcdef0123456789abcdef"
@@ -219,7 +220,8 @@ class Fleet:
         figures = self.figures(node, r)
         self.status(node, WorkerState.SAVING, r, f"saving the final model of round {r}", **figures)
         final = {**figures, "evaluation": self.evaluation(node, r), "model_path": "/model/model.ckpt"}
-        self.status(node, WorkerState.COMPLETED, r, "final model saved at /model", model_digest="ab" * 32, **final)
+        digest = weights_digest(self.port.published_globals[-1].arrays)  # what the edge's saved weights hash to
+        self.status(node, WorkerState.COMPLETED, r, "final model saved at /model", model_digest=digest, **final)
 
     # -- the run -----------------------------------------------------------------------------------
 

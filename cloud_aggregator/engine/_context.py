@@ -27,6 +27,9 @@ __all__ = ["EventType", "JobContext"]
 
 EventType = Literal["Normal", "Warning"]
 
+# The wait before a status change that is not urgent doubles at most this many times (8 x the interval).
+_MAX_DOUBLINGS = 3
+
 
 class JobContext:
     """One job's shared state: `facts` (fixed), `state` (its stage), `book` (its status), `clock`."""
@@ -44,6 +47,7 @@ class JobContext:
         self._published_at: float | None = None  # `clock` of the last status publication
         self._published_shape: tuple[object, ...] | None = None  # what makes a change urgent (`_shape`)
         self._deferred = False  # a change not published yet (`status_interval`)
+        self._calm = 0  # publications since the last urgent one: each doubles the wait (`_wait`)
         self._signalled: ScriptSignal | None = None
         # node -> (`clock`, wall time) of its last will, while its worker shows Offline (`Workers` keeps it;
         # `RoundEngine` stops waiting for it after the job's offline_grace)
@@ -94,31 +98,38 @@ class JobContext:
 
     def publish(self) -> None:
         """Publish the status (retained), with whom the job waits for and the open round's message, and the
-        full records of the rounds that are due on their own topics; within `status_interval` of the last
-        publication only a change of phase, round or condition (or of a finished job) goes out at once, the
-        rest waits for `flush_due`."""
+        full records of the rounds that are due on their own topics. A change of phase, round or condition
+        (or of a finished job) goes out at once; any other change waits until `_wait` has passed since the
+        last publication (`flush_due`), so a round publishes its status a few times however many workers
+        report in it. Every change still goes on the event stream at once (`Port.status_changed`)."""
         show_state(self.status, self.state, self.facts)
-        interval = self.facts.settings.status_interval
         urgent = self.finished or self._published_shape != self._shape()
-        if urgent or interval <= 0 or self._published_at is None or self.clock - self._published_at >= interval:
-            self._publish_now()
+        if urgent or self._published_at is None or self.clock - self._published_at >= self._wait():
+            self._publish_now(urgent=urgent)
         else:
             self._deferred = True
             self.safely(self.port.status_changed, self.facts.name, self.book.snapshot())
 
     def flush_due(self, now_s: float) -> None:
-        """Publish a deferred status change once `status_interval` has passed (the service's timer)."""
+        """Publish a deferred status change once `_wait` has passed (the service's timer)."""
         self.advance(now_s)
-        if self._deferred and (
-            self._published_at is None or now_s - self._published_at >= self.facts.settings.status_interval
-        ):
-            self._publish_now()
+        if self._deferred and (self._published_at is None or now_s - self._published_at >= self._wait()):
+            self._publish_now(urgent=False)
 
-    def _publish_now(self) -> None:
+    def _wait(self) -> float:
+        """How long a change that is not urgent waits after the last publication: `status_interval`, doubled
+        by each publication since the last urgent one (the open round's), at most `_MAX_DOUBLINGS` times.
+        A round of any length then publishes its status about log2(length / interval) times besides its
+        close, and in a long one nothing waits more than 8 intervals; 0 publishes every change."""
+        interval = self.facts.settings.status_interval
+        return interval * (1 << min(self._calm, _MAX_DOUBLINGS))
+
+    def _publish_now(self, *, urgent: bool) -> None:
         for record in self.ledger.to_publish(finished=self.finished):
             self.safely(self.port.publish_round_record, self.facts.name, record.round, record)
         self.safely(self.port.publish_status, Kind.JOB, self.facts.name, self.book.snapshot())
         self._published_at, self._published_shape, self._deferred = self.clock, self._shape(), False
+        self._calm = 0 if urgent else self._calm + 1
 
     def _shape(self) -> tuple[object, ...]:
         status = self.status

@@ -34,6 +34,7 @@ __all__ = [
     "completed_message",
     "final_message",
     "initial_status",
+    "named",
     "rejected_message",
     "show_state",
     "waiting_for",
@@ -145,13 +146,13 @@ def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
     status.current_round = state.round
     if not isinstance(state, Training):
         return
-    who = ", ".join(status.waiting_for)
+    who = named(status.waiting_for)
     n, total = len(state.counted), len(facts.participants)
     # Said because an offline participant is what a round waits for longest (until the deadline or, past
     # the offline grace and with the quorum in, not at all: `RoundEngine.closes_early`).
     waiting = set(status.waiting_for)
     offline = [w.node for w in status.workers if w.state is WorkerState.OFFLINE and w.node in waiting]
-    gone = f"; offline: {', '.join(offline)}" if offline else ""
+    gone = f"; offline: {named(offline)}" if offline else ""
     if facts.asynchrony is not None:
         k = facts.asynchrony.buffer_size
         status.message = (
@@ -170,6 +171,18 @@ def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
     status.message += gone
     if state.secagg is not None:
         status.message += f"; secure aggregation phase {state.secagg.phase}"
+
+
+# Nodes a status message names before it counts the rest: `waitingFor` lists them all, and a message that
+# named a hundred edges in every publication would be most of the document.
+_NAMED = 5
+
+
+def named(nodes: list[str]) -> str:
+    """``edge1, edge2`` or, for many, ``edge1, ..., edge5 and 95 more``."""
+    if len(nodes) <= _NAMED + 1:
+        return ", ".join(nodes)
+    return f"{', '.join(nodes[:_NAMED])} and {len(nodes) - _NAMED} more"
 
 
 def final_message(round_: int) -> str:
