@@ -33,26 +33,27 @@ from typing import Any
 import numpy as np
 import structlog
 
-from cloud_aggregator.engine import Job, JobFacts, JobSettings, Stage
-from cloud_aggregator.engine._stream import StreamingPort
+import yaml
+
+from cloud_aggregator.engine import Controller, Job, JobSettings, Stage
 from cloud_aggregator.testing import MemoryPort, chunks_of, make_transfer
 from schemas import (
-    Dataset,
     Evaluation,
-    FederatedLearningJob,
     JobEvent,
     JobPlan,
     JobStatus,
     Kind,
     LedgerSummary,
-    Model,
+    NodeState,
+    NodeStatus,
     ResourceStatus,
     RoundRecord,
+    Topics,
     UpdateAck,
     WorkerFrame,
     WorkerState,
     WorkerStatus,
-    parse_documents,
+    load_yaml_documents,
     weights_digest,
 )
 
@@ -109,7 +110,8 @@ class CountingPort(MemoryPort):
         self.tallies[kind].add(self.round_of(), payload)
 
     def publish_status(self, kind: Kind, name: str, status: JobStatus | ResourceStatus | None) -> None:
-        self.count("job status", status.to_json() if status is not None else b"")
+        label = "job status" if kind is Kind.JOB else "resource statuses"
+        self.count(label, status.to_json() if status is not None else b"")
         super().publish_status(kind, name, status)
 
     def publish_event(self, event: JobEvent) -> None:
@@ -137,15 +139,23 @@ class Fleet:
         self.rounds = rounds
         self.train_s = train_s
         self.rng = random.Random(seed)
-        parsed = parse_documents(job_spec(self.edges), "generated")
-        spec = next(r for r in parsed if isinstance(r, FederatedLearningJob))
-        datasets = {r.metadata.name: r for r in parsed if isinstance(r, Dataset)}
-        models = {r.metadata.name: r for r in parsed if isinstance(r, Model)}
         self.port = CountingPort(lambda: self.job.round if hasattr(self, "job") else 0)
+        # The controller, as the service runs it: it puts the event stream (`StreamingPort`) in front of the port.
         settings = JobSettings(chunk_size=1 << 20, status_interval=interval)
-        facts = JobFacts.of(spec, datasets, models, node="cloud0", uid=UID, settings=settings)
-        streaming = StreamingPort(self.port, structlog.get_logger("bench"))
-        self.job = Job(facts, streaming)
+        controller = Controller(node="cloud0", port=self.port, settings=settings, new_uid=lambda: UID)
+        for node in self.edges:
+            presence = NodeStatus(node=node, role="edge", state=NodeState.ONLINE)
+            controller.on_node_status(node, presence.to_json(), 0.0)
+        controller.ready(0.0)
+        kinds = {"Dataset": Kind.DATASET, "Model": Kind.MODEL, "FederatedLearningJob": Kind.JOB}
+        for document in load_yaml_documents(job_spec(self.edges), "generated"):
+            kind, name = kinds[document["kind"]], document["metadata"]["name"]
+            payload = yaml.safe_dump(document, sort_keys=False).encode()
+            controller.on_spec(kind, name, Topics().spec(kind, name), payload, 0.0)
+        job = controller.job(JOB)
+        if job is None:
+            raise SystemExit(f"the controller did not start the job: {self.port.statuses}")
+        self.job: Job = job
         self.samples = {e: 1000 + i for i, e in enumerate(self.edges)}
         self.queue: list[tuple[float, int, Callable[[], None]]] = []
         self.seq = itertools.count()
@@ -236,7 +246,6 @@ class Fleet:
                 self.at(self.now + delay, lambda n=node, r=r: self.edge_train(n, r))
 
     def run(self) -> None:
-        self.job.start(0.0)
         self.job.on_script_frame(
             WorkerFrame(type="config", aggregation="FedAvg", exit_round=self.rounds, participants_count=len(self.edges)),
             0.1,

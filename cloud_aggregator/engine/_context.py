@@ -27,7 +27,7 @@ __all__ = ["EventType", "JobContext"]
 
 EventType = Literal["Normal", "Warning"]
 
-# The wait before a status change that is not urgent doubles at most this many times (8 x the interval).
+# The wait before a status change that is not urgent doubles up to this many times (8 x the interval).
 _MAX_DOUBLINGS = 3
 
 
@@ -47,7 +47,8 @@ class JobContext:
         self._published_at: float | None = None  # `clock` of the last status publication
         self._published_shape: tuple[object, ...] | None = None  # what makes a change urgent (`_shape`)
         self._deferred = False  # a change not published yet (`status_interval`)
-        self._calm = 0  # publications since the last urgent one: each doubles the wait (`_wait`)
+        self._calm = 1  # 1 + publications since the last urgent one: each doubles the wait (`_wait`)
+        self._rounds_stale = False  # workers' figures the round summaries do not show yet (`note_worker`)
         self._signalled: ScriptSignal | None = None
         # node -> (`clock`, wall time) of its last will, while its worker shows Offline (`Workers` keeps it;
         # `RoundEngine` stops waiting for it after the job's offline_grace)
@@ -86,11 +87,14 @@ class JobContext:
         """A closed round's record: kept by the ledger, summarised in the status, published with the status."""
         self.ledger.close(record)
         self.book.show_rounds(self.ledger.recent())
+        self._rounds_stale = False
 
     def note_worker(self, worker: WorkerStatus) -> None:
-        """The training metrics and evaluation a worker's status carries, into the rounds they belong to."""
+        """The training metrics and evaluation a worker's status carries, into the rounds they belong to. The
+        round summaries follow at the next publication (`_publish_now`): every edge reports its figures each
+        round, and summing them all again on each report cost the square of the edges."""
         if self.ledger.note(worker):
-            self.book.show_rounds(self.ledger.recent())
+            self._rounds_stale = True
 
     def restore_rounds(self) -> None:
         """A resumed run: the ledger starts from the round summaries of the restored status."""
@@ -102,13 +106,13 @@ class JobContext:
         (or of a finished job) goes out at once; any other change waits until `_wait` has passed since the
         last publication (`flush_due`), so a round publishes its status a few times however many workers
         report in it. Every change still goes on the event stream at once (`Port.status_changed`)."""
-        show_state(self.status, self.state, self.facts)
+        self.status.current_round = self.state.round  # the rest of `show_state` only for a publication
         urgent = self.finished or self._published_shape != self._shape()
         if urgent or self._published_at is None or self.clock - self._published_at >= self._wait():
             self._publish_now(urgent=urgent)
         else:
             self._deferred = True
-            self.safely(self.port.status_changed, self.facts.name, self.book.snapshot())
+            self.safely(self.port.status_changed, self.facts.name, self.book.snapshot(counts=False))
 
     def flush_due(self, now_s: float) -> None:
         """Publish a deferred status change once `_wait` has passed (the service's timer)."""
@@ -117,19 +121,25 @@ class JobContext:
             self._publish_now(urgent=False)
 
     def _wait(self) -> float:
-        """How long a change that is not urgent waits after the last publication: `status_interval`, doubled
-        by each publication since the last urgent one (the open round's), at most `_MAX_DOUBLINGS` times.
-        A round of any length then publishes its status about log2(length / interval) times besides its
-        close, and in a long one nothing waits more than 8 intervals; 0 publishes every change."""
+        """How long a change that is not urgent waits after the last publication: `status_interval` times 2,
+        4, then 8 (`_MAX_DOUBLINGS`), doubling with each publication since the last urgent one. Right after
+        a round opens every edge reports its new state within moments, so the first wait of two intervals
+        takes them all in one publication; a round then publishes its status about log2(length / interval)
+        times besides its close (2 for a 3 s round, 4 for a 30 s one), however many edges report in it, and
+        nothing waits more than 8 intervals. 0 publishes every change."""
         interval = self.facts.settings.status_interval
         return interval * (1 << min(self._calm, _MAX_DOUBLINGS))
 
     def _publish_now(self, *, urgent: bool) -> None:
+        show_state(self.status, self.state, self.facts)
+        if self._rounds_stale:
+            self.book.show_rounds(self.ledger.recent())
+            self._rounds_stale = False
         for record in self.ledger.to_publish(finished=self.finished):
             self.safely(self.port.publish_round_record, self.facts.name, record.round, record)
         self.safely(self.port.publish_status, Kind.JOB, self.facts.name, self.book.snapshot())
         self._published_at, self._published_shape, self._deferred = self.clock, self._shape(), False
-        self._calm = 0 if urgent else self._calm + 1
+        self._calm = 1 if urgent else self._calm + 1
 
     def _shape(self) -> tuple[object, ...]:
         status = self.status

@@ -48,18 +48,34 @@ class StatusBook:
 
     def __init__(self, status: JobStatus) -> None:
         self.status = status
+        # (node, role) -> position in `status.workers`: every report looks its worker up, and a scan of a
+        # hundred entries per report made a round cost the square of its edges.
+        self._index: dict[tuple[str, str], int] = {}
+
+    def _find(self, node: str, role: str) -> int | None:
+        workers = self.status.workers
+        i = self._index.get((node, role))
+        if i is not None and i < len(workers) and workers[i].node == node and workers[i].role == role:
+            return i
+        # Not indexed yet, or the list was replaced (a restored status): index it again.
+        self._index = {}
+        for j, w in enumerate(workers):
+            self._index.setdefault((w.node, w.role), j)
+        return self._index.get((node, role))
 
     def worker(self, node: str, role: Role = "training") -> WorkerStatus | None:
-        return next((w for w in self.status.workers if w.node == node and w.role == role), None)
+        i = self._find(node, role)
+        return None if i is None else self.status.workers[i]
 
     def replace_worker(self, worker: WorkerStatus) -> None:
         """Put `worker` in place of the entry with its node and role (or append it)."""
         workers = self.status.workers
-        for i, w in enumerate(workers):
-            if w.node == worker.node and w.role == worker.role:
-                workers[i] = worker
-                return
+        i = self._find(worker.node, worker.role)
+        if i is not None:
+            workers[i] = worker
+            return
         workers.append(worker)
+        self._index[(worker.node, worker.role)] = len(workers) - 1
 
     def set_worker(
         self, node: str, state: WorkerState, message: str, *, role: Role = "training", round_: int | None = None
@@ -100,9 +116,14 @@ class StatusBook:
         """The round summaries the status shows (the ledger's newest)."""
         self.status.rounds = recent
 
-    def snapshot(self) -> JobStatus:
-        """The status with fresh counts and timestamp, ready to publish."""
+    def snapshot(self, *, counts: bool = True) -> JobStatus:
+        """The status with a fresh timestamp and (`counts`) fresh worker counts, ready to publish; the event
+        stream of a held-back change reads no counts, and counting every worker on every change is what
+        made a round's cost grow with the square of its edges."""
         status = self.status
+        if not counts:
+            status.updated_at = now()
+            return status
         status.active = sum(1 for w in status.workers if not w.state.terminal)
         status.succeeded = sum(1 for w in status.workers if w.state is WorkerState.COMPLETED)
         status.failed = sum(1 for w in status.workers if w.state is WorkerState.FAILED)
