@@ -28,11 +28,11 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import structlog
-
 import yaml
 
 from cloud_aggregator.engine import Controller, Job, JobSettings, Stage
@@ -216,7 +216,7 @@ class Fleet:
 
     def edge_train(self, node: str, r: int) -> None:
         self.status(node, WorkerState.TRAINING, r, f"training round {r}")
-        self.at(self.now + self.train_s * self.rng.uniform(0.8, 1.2), lambda: self.edge_upload(node, r))
+        self.at(self.now + self.train_s * self.rng.uniform(0.8, 1.2), partial(self.edge_upload, node, r))
 
     def edge_upload(self, node: str, r: int) -> None:
         figures = self.figures(node, r)
@@ -241,9 +241,9 @@ class Fleet:
         for node in self.edges:
             delay = self.rng.uniform(0.01, 0.2)
             if final:
-                self.at(self.now + delay, lambda n=node: self.edge_finish(n))
+                self.at(self.now + delay, partial(self.edge_finish, node))
             else:
-                self.at(self.now + delay, lambda n=node, r=r: self.edge_train(n, r))
+                self.at(self.now + delay, partial(self.edge_train, node, r))
 
     def run(self) -> None:
         self.job.on_script_frame(
@@ -251,7 +251,7 @@ class Fleet:
             0.1,
         )  # fmt: skip
         for node in self.edges:
-            self.at(0.2 + self.rng.uniform(0, 0.5), lambda n=node: self.edge_start(n))
+            self.at(0.2 + self.rng.uniform(0, 0.5), partial(self.edge_start, node))
         published = 0
         next_tick = TICK
         while self.queue and not self.job.finished:

@@ -212,10 +212,10 @@ def job_events(before: Seen | None, status: JobStatus) -> tuple[list[JobEvent], 
             )
         )
     for worker in _replaced(status.workers, old.held, seen):
-        key = (worker.node, worker.role)
-        was = old.workers.get(key)
+        entry = (worker.node, worker.role)
+        was = old.workers.get(entry)
         now_is = (worker.state.value, worker.round)
-        seen.workers[key] = now_is
+        seen.workers[entry] = now_is
         if was == now_is or (was is None and worker.state.value == "Pending"):
             continue  # a worker listed before it did anything is not news
         who = "worker" if worker.role == "training" else "aggregation worker"
