@@ -129,7 +129,7 @@ def test_a_rounds_figures_are_summed_per_publication_not_per_report(n: int, monk
     fleet.run()
 
     # Measured: 2 per round at 4 and at 40 edges; summed on every report it was 5 at 4 and 41 at 40.
-    assert 1 <= min(calls[r] for r in STEADY) and max(calls[r] for r in STEADY) <= 6, calls
+    assert min(calls[r] for r in STEADY) >= 1 and max(calls[r] for r in STEADY) <= 6, calls
 
 
 def test_the_message_names_a_few_nodes_and_counts_the_rest() -> None:
