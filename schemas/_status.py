@@ -21,7 +21,7 @@ from pydantic.alias_generators import to_camel
 
 from schemas._ledger import LedgerSummary
 
-# The newest events a job status keeps: the status is republished on every change, so it must stay small.
+# The newest events a job status keeps: every publication of the status carries them, so they stay few.
 MAX_EVENTS = 30
 # The recent rounds a job status keeps (summaries); every round's full record is on its own topic.
 MAX_STATUS_ROUNDS = 10
