@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--status-interval",
         type=_non_negative,
         default=1.0,
-        help="seconds between two publications of a job's status; a change of phase, round or condition is "
-        "published at once, others wait for the interval (0: every change; default: 1)",
+        help="how long other changes of a job's status wait after its last publication: 2, 4, then 8 times this "
+        "since the last change of phase, round or condition (those are published at once), so a round "
+        "publishes the status a few times however many edges report (0: every change; default: 1)",
     )
     parser.add_argument(
         "--chunk-size", type=int, default=512 * 1024, help="bytes per chunk of a weights transfer (default: 524288)"

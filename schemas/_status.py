@@ -21,7 +21,7 @@ from pydantic.alias_generators import to_camel
 
 from schemas._ledger import LedgerSummary
 
-# The newest events a job status keeps: the status is republished on every change, so it must stay small.
+# The newest events a job status keeps: every publication of the status carries them, so they stay few.
 MAX_EVENTS = 30
 # The recent rounds a job status keeps (summaries); every round's full record is on its own topic.
 MAX_STATUS_ROUNDS = 10
@@ -274,6 +274,13 @@ class RoundRecord(_Wire):
         return self.model_copy(update={"workers": None, "eval": evaluation})
 
 
+# What a worker's entry in the published job status leaves out: the figures its own retained status
+# (``.../workers/<node>/status``) carries. Every entry in every publication repeating each worker's metrics,
+# evaluation and ledger made the job status grow with the edges times their changes (issue 12); the entry
+# keeps what `flctl get` and `describe` show (state, round, samples, message, the saved model).
+_BRIEF_OMITS = frozenset({"uid", "metrics", "metrics_round", "evaluation", "ledger", "skipped_lines"})
+
+
 class JobStatus(_Wire):
     api_version: Literal["sedna.io/v1alpha1"] = "sedna.io/v1alpha1"
     kind: Literal["FederatedLearningJob"] = "FederatedLearningJob"
@@ -301,6 +308,12 @@ class JobStatus(_Wire):
     # Differential privacy's settings and the epsilon spent so far (None: the job has none).
     privacy: PrivacyStatus | None = None
     updated_at: datetime = Field(default_factory=now)
+
+    def to_json(self) -> bytes:
+        """Compact JSON, one line, each worker's entry brief (`_BRIEF_OMITS`): the wire form. The object
+        keeps every field (the aggregator's metrics read them); a document without them parses as before."""
+        omit = {"workers": {"__all__": set(_BRIEF_OMITS)}}
+        return self.model_dump_json(by_alias=True, exclude_none=True, exclude=omit).encode()
 
     def add_event(self, event: Event) -> None:
         """Keep the newest MAX_EVENTS events: the retained status must stay small."""

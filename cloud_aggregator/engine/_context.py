@@ -27,6 +27,9 @@ __all__ = ["EventType", "JobContext"]
 
 EventType = Literal["Normal", "Warning"]
 
+# The wait before a status change that is not urgent doubles up to this many times (8 x the interval).
+_MAX_DOUBLINGS = 3
+
 
 class JobContext:
     """One job's shared state: `facts` (fixed), `state` (its stage), `book` (its status), `clock`."""
@@ -44,6 +47,8 @@ class JobContext:
         self._published_at: float | None = None  # `clock` of the last status publication
         self._published_shape: tuple[object, ...] | None = None  # what makes a change urgent (`_shape`)
         self._deferred = False  # a change not published yet (`status_interval`)
+        self._calm = 1  # 1 + publications since the last urgent one: each doubles the wait (`_wait`)
+        self._rounds_stale = False  # workers' figures the round summaries do not show yet (`note_worker`)
         self._signalled: ScriptSignal | None = None
         # node -> (`clock`, wall time) of its last will, while its worker shows Offline (`Workers` keeps it;
         # `RoundEngine` stops waiting for it after the job's offline_grace)
@@ -82,11 +87,14 @@ class JobContext:
         """A closed round's record: kept by the ledger, summarised in the status, published with the status."""
         self.ledger.close(record)
         self.book.show_rounds(self.ledger.recent())
+        self._rounds_stale = False
 
     def note_worker(self, worker: WorkerStatus) -> None:
-        """The training metrics and evaluation a worker's status carries, into the rounds they belong to."""
+        """The training metrics and evaluation a worker's status carries, into the rounds they belong to. The
+        round summaries follow at the next publication (`_publish_now`): every edge reports its figures each
+        round, and summing them all again on each report cost the square of the edges."""
         if self.ledger.note(worker):
-            self.book.show_rounds(self.ledger.recent())
+            self._rounds_stale = True
 
     def restore_rounds(self) -> None:
         """A resumed run: the ledger starts from the round summaries of the restored status."""
@@ -94,31 +102,44 @@ class JobContext:
 
     def publish(self) -> None:
         """Publish the status (retained), with whom the job waits for and the open round's message, and the
-        full records of the rounds that are due on their own topics; within `status_interval` of the last
-        publication only a change of phase, round or condition (or of a finished job) goes out at once, the
-        rest waits for `flush_due`."""
-        show_state(self.status, self.state, self.facts)
-        interval = self.facts.settings.status_interval
+        full records of the rounds that are due on their own topics. A change of phase, round or condition
+        (or of a finished job) goes out at once; any other change waits until `_wait` has passed since the
+        last publication (`flush_due`), so a round publishes its status a few times however many workers
+        report in it. Every change still goes on the event stream at once (`Port.status_changed`)."""
+        self.status.current_round = self.state.round  # the rest of `show_state` only for a publication
         urgent = self.finished or self._published_shape != self._shape()
-        if urgent or interval <= 0 or self._published_at is None or self.clock - self._published_at >= interval:
-            self._publish_now()
+        if urgent or self._published_at is None or self.clock - self._published_at >= self._wait():
+            self._publish_now(urgent=urgent)
         else:
             self._deferred = True
-            self.safely(self.port.status_changed, self.facts.name, self.book.snapshot())
+            self.safely(self.port.status_changed, self.facts.name, self.book.snapshot(counts=False))
 
     def flush_due(self, now_s: float) -> None:
-        """Publish a deferred status change once `status_interval` has passed (the service's timer)."""
+        """Publish a deferred status change once `_wait` has passed (the service's timer)."""
         self.advance(now_s)
-        if self._deferred and (
-            self._published_at is None or now_s - self._published_at >= self.facts.settings.status_interval
-        ):
-            self._publish_now()
+        if self._deferred and (self._published_at is None or now_s - self._published_at >= self._wait()):
+            self._publish_now(urgent=False)
 
-    def _publish_now(self) -> None:
+    def _wait(self) -> float:
+        """How long a change that is not urgent waits after the last publication: `status_interval` times 2,
+        4, then 8 (`_MAX_DOUBLINGS`), doubling with each publication since the last urgent one. Right after
+        a round opens every edge reports its new state within moments, so the first wait of two intervals
+        takes them all in one publication; a round then publishes its status about log2(length / interval)
+        times besides its close (2 for a 3 s round, 4 for a 30 s one), however many edges report in it, and
+        nothing waits more than 8 intervals. 0 publishes every change."""
+        interval = self.facts.settings.status_interval
+        return interval * (1 << min(self._calm, _MAX_DOUBLINGS))
+
+    def _publish_now(self, *, urgent: bool) -> None:
+        show_state(self.status, self.state, self.facts)
+        if self._rounds_stale:
+            self.book.show_rounds(self.ledger.recent())
+            self._rounds_stale = False
         for record in self.ledger.to_publish(finished=self.finished):
             self.safely(self.port.publish_round_record, self.facts.name, record.round, record)
         self.safely(self.port.publish_status, Kind.JOB, self.facts.name, self.book.snapshot())
         self._published_at, self._published_shape, self._deferred = self.clock, self._shape(), False
+        self._calm = 1 if urgent else self._calm + 1
 
     def _shape(self) -> tuple[object, ...]:
         status = self.status

@@ -50,9 +50,11 @@ class RoundLedger:
         self._evals: dict[tuple[str, int], Evaluation] = {}
         self._complete: set[int] = set()  # rounds published with every participant's evaluation
         self._unpublished: set[int] = set()  # changed since the record topic last got them
+        self._dirty: set[int] = set()  # rounds with figures noted but not filled in yet
 
     def note(self, worker: WorkerStatus) -> list[int]:
-        """Take the figures of a worker's status; return the rounds whose records changed."""
+        """Take the figures of a worker's status; return the rounds it brought new figures for (their records
+        are filled in when next read)."""
         changed: list[int] = []
         newest = max(self.records, default=0)
         if worker.metrics and worker.metrics_round is not None and worker.metrics_round > newest - _WINDOW:
@@ -66,13 +68,22 @@ class RoundLedger:
             if self._evals.get(key) != evaluation:
                 self._evals[key] = evaluation
                 changed.append(evaluation.round)
-        updated = [r for r in dict.fromkeys(changed) if r in self.records and self._refresh(r)]
-        self._unpublished.update(updated)
-        return updated
+        # Filled in when read (`recent`, `to_publish`): each of N edges reports each round, and refreshing a
+        # record (N workers) on every report made a round cost N squared.
+        noted = [r for r in dict.fromkeys(changed) if r in self.records]
+        self._dirty.update(noted)
+        return noted
+
+    def _refresh_dirty(self) -> None:
+        for r in sorted(self._dirty):
+            if r in self.records and self._refresh(r):
+                self._unpublished.add(r)
+        self._dirty.clear()
 
     def close(self, record: RoundRecord) -> RoundRecord:
         """A round closed: its record, with what the workers already said, kept from now on."""
         self.records[record.round] = record
+        self._refresh_dirty()
         self._refresh(record.round)
         for old in [r for r in self.records if r <= record.round - _WINDOW]:
             del self.records[old]
@@ -84,11 +95,13 @@ class RoundLedger:
 
     def recent(self) -> list[RoundRecord]:
         """The newest `MAX_STATUS_ROUNDS` records as the job status keeps them, oldest first."""
+        self._refresh_dirty()
         return [self.records[r].summary() for r in sorted(self.records)[-MAX_STATUS_ROUNDS:]]
 
     def to_publish(self, *, finished: bool) -> list[RoundRecord]:
         """Records the round topics should get now: a closed round at once, then again once every
         participant's evaluation is in, or when the job has `finished` (whatever came)."""
+        self._refresh_dirty()
         due: list[RoundRecord] = []
         for r in sorted(self._unpublished):
             record = self.records.get(r)

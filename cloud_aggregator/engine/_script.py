@@ -26,6 +26,7 @@ from cloud_aggregator.engine._port import ScriptRequest
 from cloud_aggregator.engine._recovery import Recovery
 from cloud_aggregator.engine._rounds import RoundEngine
 from cloud_aggregator.engine._stages import Done, Init, Run, Starting
+from cloud_aggregator.engine._status import named
 from cloud_aggregator.engine._workers import Workers
 from schemas import (
     MAX_EXIT_ROUND,
@@ -342,7 +343,7 @@ class AggregationScript:
         if status.start_time is None:
             status.start_time = now()
         status.exit_round = run.plan.exit_round
-        status.message = f"round 0: waiting for an initial model from {', '.join(facts.participants)}"
+        status.message = f"round 0: waiting for an initial model from {named(facts.participants)}"
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", "waiting for the round-0 model")
         mode = f", {facts.asynchrony.describe()}" if facts.asynchrony is not None else ""
         if run.privacy is not None:

@@ -34,6 +34,7 @@ __all__ = [
     "completed_message",
     "final_message",
     "initial_status",
+    "named",
     "rejected_message",
     "show_state",
     "waiting_for",
@@ -47,18 +48,34 @@ class StatusBook:
 
     def __init__(self, status: JobStatus) -> None:
         self.status = status
+        # (node, role) -> position in `status.workers`: every report looks its worker up, and a scan of a
+        # hundred entries per report made a round cost the square of its edges.
+        self._index: dict[tuple[str, str], int] = {}
+
+    def _find(self, node: str, role: str) -> int | None:
+        workers = self.status.workers
+        i = self._index.get((node, role))
+        if i is not None and i < len(workers) and workers[i].node == node and workers[i].role == role:
+            return i
+        # Not indexed yet, or the list was replaced (a restored status): index it again.
+        self._index = {}
+        for j, w in enumerate(workers):
+            self._index.setdefault((w.node, w.role), j)
+        return self._index.get((node, role))
 
     def worker(self, node: str, role: Role = "training") -> WorkerStatus | None:
-        return next((w for w in self.status.workers if w.node == node and w.role == role), None)
+        i = self._find(node, role)
+        return None if i is None else self.status.workers[i]
 
     def replace_worker(self, worker: WorkerStatus) -> None:
         """Put `worker` in place of the entry with its node and role (or append it)."""
         workers = self.status.workers
-        for i, w in enumerate(workers):
-            if w.node == worker.node and w.role == worker.role:
-                workers[i] = worker
-                return
+        i = self._find(worker.node, worker.role)
+        if i is not None:
+            workers[i] = worker
+            return
         workers.append(worker)
+        self._index[(worker.node, worker.role)] = len(workers) - 1
 
     def set_worker(
         self, node: str, state: WorkerState, message: str, *, role: Role = "training", round_: int | None = None
@@ -99,9 +116,14 @@ class StatusBook:
         """The round summaries the status shows (the ledger's newest)."""
         self.status.rounds = recent
 
-    def snapshot(self) -> JobStatus:
-        """The status with fresh counts and timestamp, ready to publish."""
+    def snapshot(self, *, counts: bool = True) -> JobStatus:
+        """The status with a fresh timestamp and (`counts`) fresh worker counts, ready to publish; the event
+        stream of a held-back change reads no counts, and counting every worker on every change is what
+        made a round's cost grow with the square of its edges."""
         status = self.status
+        if not counts:
+            status.updated_at = now()
+            return status
         status.active = sum(1 for w in status.workers if not w.state.terminal)
         status.succeeded = sum(1 for w in status.workers if w.state is WorkerState.COMPLETED)
         status.failed = sum(1 for w in status.workers if w.state is WorkerState.FAILED)
@@ -145,13 +167,13 @@ def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
     status.current_round = state.round
     if not isinstance(state, Training):
         return
-    who = ", ".join(status.waiting_for)
+    who = named(status.waiting_for)
     n, total = len(state.counted), len(facts.participants)
     # Said because an offline participant is what a round waits for longest (until the deadline or, past
     # the offline grace and with the quorum in, not at all: `RoundEngine.closes_early`).
     waiting = set(status.waiting_for)
     offline = [w.node for w in status.workers if w.state is WorkerState.OFFLINE and w.node in waiting]
-    gone = f"; offline: {', '.join(offline)}" if offline else ""
+    gone = f"; offline: {named(offline)}" if offline else ""
     if facts.asynchrony is not None:
         k = facts.asynchrony.buffer_size
         status.message = (
@@ -170,6 +192,18 @@ def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
     status.message += gone
     if state.secagg is not None:
         status.message += f"; secure aggregation phase {state.secagg.phase}"
+
+
+# Nodes a status message names before it counts the rest: `waitingFor` lists them all, and a message that
+# named a hundred edges in every publication would be most of the document.
+_NAMED = 5
+
+
+def named(nodes: list[str]) -> str:
+    """``edge1, edge2`` or, for many, ``edge1, ..., edge5 and 95 more``."""
+    if len(nodes) <= _NAMED + 1:
+        return ", ".join(nodes)
+    return f"{', '.join(nodes[:_NAMED])} and {len(nodes) - _NAMED} more"
 
 
 def final_message(round_: int) -> str:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import compress
+from operator import is_not
 from typing import Any
 
 from pydantic import ValidationError
@@ -48,6 +50,7 @@ from schemas import (
     SecAggState,
     ShareBundle,
     UpdateAck,
+    WorkerStatus,
 )
 
 __all__ = ["Seen", "StreamingPort", "job_events"]
@@ -73,15 +76,21 @@ class Seen:
     evaluated: set[tuple[int, datetime]] = field(default_factory=set)  # ... and of those whose evaluation was
     current_round: int = 0
     opened: dict[int, datetime] = field(default_factory=dict)  # when RoundOpened was said, for durations
+    # The worker entries (objects, in order) `workers` was read from. The engine replaces an entry in place
+    # when it changes, so only the entries that are not these same objects need a look: found by identity
+    # at C speed (`_replaced`), not by comparing every worker on every report in Python, which cost the
+    # square of the edges per round.
+    held: list[WorkerStatus] = field(default_factory=list)
 
     @classmethod
-    def of(cls, status: JobStatus, *, evaluated: bool = True) -> Seen:
+    def of(cls, status: JobStatus, *, evaluated: bool = True, workers: bool = True) -> Seen:
         """What `status` says; `evaluated=False` leaves out which records have an evaluation (the caller
-        works that out only for the records it has not seen evaluated)."""
+        works that out only for the records it has not seen evaluated), `workers=False` the workers (the
+        caller takes them over from what it saw before)."""
         return cls(
             uid=status.uid,
             events={_key(e) for e in status.events},
-            workers={(w.node, w.role): (w.state.value, w.round) for w in status.workers},
+            workers={(w.node, w.role): (w.state.value, w.round) for w in status.workers} if workers else {},
             rounds={(r.round, r.closed_at) for r in status.rounds},
             evaluated={(r.round, r.closed_at) for r in status.rounds if evaluated and _evaluation(r)},
             current_round=status.current_round,
@@ -131,10 +140,18 @@ def _record_data(record: RoundRecord, status: JobStatus, opened: dict[int, datet
     return data
 
 
+def _replaced(workers: list[WorkerStatus], held: list[WorkerStatus], seen: Seen) -> list[WorkerStatus]:
+    """The entries of `workers` that are not the object `held` had at their place, and the ones added after
+    (in order); `seen` holds these. A list replaced whole (a restored status) is all new: its values tell."""
+    seen.held = list(workers)
+    return list(compress(workers, map(is_not, workers, held))) + workers[len(held) :]
+
+
 def job_events(before: Seen | None, status: JobStatus) -> tuple[list[JobEvent], Seen]:
     """The lines that say how `status` differs from what `before` recorded, and the new record."""
-    seen = Seen.of(status, evaluated=False)
+    seen = Seen.of(status, evaluated=False, workers=False)
     old = before or Seen()
+    seen.workers = dict(old.workers)
     seen.opened = dict(old.opened)
     seen.events = set(sorted(seen.events | old.events)[-_REMEMBERED:])
     common: dict[str, Any] = {"job": status.name, "uid": status.uid}
@@ -196,9 +213,11 @@ def job_events(before: Seen | None, status: JobStatus) -> tuple[list[JobEvent], 
                 **common,
             )
         )
-    for worker in status.workers:
-        was = old.workers.get((worker.node, worker.role))
+    for worker in _replaced(status.workers, old.held, seen):
+        entry = (worker.node, worker.role)
+        was = old.workers.get(entry)
         now_is = (worker.state.value, worker.round)
+        seen.workers[entry] = now_is
         if was == now_is or (was is None and worker.state.value == "Pending"):
             continue  # a worker listed before it did anything is not news
         who = "worker" if worker.role == "training" else "aggregation worker"

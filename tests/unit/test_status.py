@@ -127,7 +127,7 @@ def test_job_status_json_is_camel_case() -> None:
     assert all(CAMEL.match(k) for k in keys), sorted(k for k in keys if not CAMEL.match(k))
     assert {"apiVersion", "startTime", "currentRound", "exitRound", "aggregationNode", "specHash", "updatedAt"} <= keys
     assert {"numSamples", "totalSamples", "closedAt", "lastProbeTime", "lastHeartbeatTime"} <= keys
-    assert data["workers"][1]["metrics"] == {"loss": 0.4}
+    assert "metrics" not in data["workers"][1], "a worker's figures are on its own status topic"
     assert (data["apiVersion"], data["kind"], data["phase"]) == ("sedna.io/v1alpha1", "FederatedLearningJob", "Running")
 
 
@@ -152,12 +152,31 @@ def test_job_status_json_is_readable() -> None:
 
 
 def test_job_status_round_trips_through_json() -> None:
-    """JobStatus.model_validate_json(to_json()) gives back an equal status."""
+    """JobStatus.model_validate_json(to_json()) gives back an equal status, each worker's entry brief: its
+    figures (metrics, evaluation, ledger, skipped lines) and run are on the worker's own status topic."""
     # Arrange
     status = full_status()
+    brief = {"uid", "metrics", "metrics_round", "evaluation", "ledger", "skipped_lines"}
 
     # Act
     again = JobStatus.model_validate_json(status.to_json())
+
+    # Assert
+    assert again.model_dump(exclude={"workers"}) == status.model_dump(exclude={"workers"})
+    for got, sent in zip(again.workers, status.workers, strict=True):
+        assert got.model_dump(exclude=brief) == sent.model_dump(exclude=brief)
+        assert (got.metrics, got.evaluation, got.ledger, got.uid) == ({}, None, None, None)
+    assert JobStatus.model_validate_json(again.to_json()) == again
+
+
+def test_a_job_status_with_whole_worker_entries_still_parses() -> None:
+    """A status published before the entries were brief (every worker's figures in it) reads as it was."""
+    # Arrange
+    status = full_status()
+    before = status.model_dump_json(by_alias=True, exclude_none=True)
+
+    # Act
+    again = JobStatus.model_validate_json(before)
 
     # Assert
     assert again == status
