@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cloud_aggregator.engine import Controller, JobSettings, Stage
@@ -217,6 +217,9 @@ def test_random_json_values_parse_or_raise_spec_error(value: Any) -> None:
 
 @SETTINGS
 @given(mutated_text())
+# Found by this test: PyYAML's chr() on an escape past U+10FFFF (ValueError) or past a C int (OverflowError).
+@example(payload=b'kind: Model\nspec:\n  format: "\\U10010000"\n')
+@example(payload=b'kind: Model\nspec:\n  format: "\\U80010000"\n')
 def test_mutated_seed_files_parse_or_raise_spec_error(payload: bytes) -> None:
     check_parse_documents(payload)
 
