@@ -13,12 +13,12 @@ Each chunk is hashed exactly once, when it arrives, and written once into its tr
 without another copy. With a `spill_dir`, a transfer larger than `spill_bytes` is written to an unlinked
 file instead of memory (bounded by `max_spill_bytes` on disk), and handed over as a view on its mmap.
 
-The whole blob's SHA-256 is not hashed again by default: every chunk matched its SHA-256 in the manifest,
-so the blob is bit for bit the one the sender hashed, and a weights blob's tensors carry their own SHA-256
-(checked by `schemas.decode_weights`). Re-hashing it would only test the sender's manifest for
-self-consistency, at the cost of a second full pass on the receiver's one logic thread.
-`verify_blob_sha256=True` adds that check (fed chunk by chunk as they arrive, no extra pass over a joined
-blob); a manifest that fails it raises TransferError.
+The whole blob's SHA-256 is checked too, by default (`verify_blob_sha256`), fed chunk by chunk as they arrive
+(no extra pass over a joined blob): a manifest whose blob hash contradicts its chunk hashes (a buggy or
+hostile sender) never completes, so what a node's ledger and the residency audit record as the blob's
+hash is the blob's. It costs the receiver a second SHA-256 over the data (every chunk already matched its
+own hash, and a weights blob's tensors carry their own SHA-256): `verify_blob_sha256=False` saves it where
+the sender is trusted (measured in benchmarks/transfer.py).
 
 Duplicates (QoS 1 redelivery, retained messages re-sent on every resubscribe) of a transfer completed
 recently are recognised by key and hash and ignored, so they neither complete it twice nor pile up as
@@ -145,7 +145,7 @@ class Assembler(Generic[K]):
         spill_dir: Path | None = None,
         spill_bytes: int = 64 * 1024 * 1024,
         max_spill_bytes: int = 16 * 1024 * 1024 * 1024,
-        verify_blob_sha256: bool = False,
+        verify_blob_sha256: bool = True,
     ) -> None:
         if max_bytes < 1 or max_transfers < 1 or spill_bytes < 1 or max_spill_bytes < 1:
             raise ValueError("max_bytes, max_transfers, spill_bytes and max_spill_bytes must be >= 1")
