@@ -53,7 +53,8 @@ WEIGHTS = [np.zeros((8, 4), np.float32), np.zeros(4, np.float32)]
 TICK = 0.2  # the service's timer (cloud_aggregator.service POLL_SECONDS)
 
 
-def job_spec(edges: list[str]) -> str:
+def job_spec(edges: list[str], job: str = JOB) -> str:
+    """The Datasets, the Model and a FedAvg job of `edges` (one document stream, as `flctl create` reads it)."""
     docs = [
         f"apiVersion: sedna.io/v1alpha1\nkind: Dataset\nmetadata: {{name: d-{e}}}\n"
         f"spec: {{url: /data/1.txt, format: txt, nodeName: {e}}}\n"
@@ -66,7 +67,7 @@ def job_spec(edges: list[str]) -> str:
         for e in edges
     )
     docs.append(
-        f"apiVersion: sedna.io/v1alpha1\nkind: FederatedLearningJob\nmetadata: {{name: {JOB}}}\nspec:\n"
+        f"apiVersion: sedna.io/v1alpha1\nkind: FederatedLearningJob\nmetadata: {{name: {job}}}\nspec:\n"
         "  aggregationWorker:\n    model: {name: m}\n    nodeName: cloud0\n"
         "    workerSpec: {scriptDir: /code, scriptBootFile: aggregate.py, frameworkType: tensorflow}\n"
         f"  trainingWorkers:\n{workers}"

@@ -28,6 +28,7 @@ from schemas import (
     WorkerStatus,
     parse_documents,
 )
+from tests.helpers.status_fleet import job_spec
 
 UID = "0123456789abcdef0123456789abcdef"
 JOB = "history"
@@ -35,29 +36,8 @@ WEIGHTS = [np.zeros((3, 2), np.float32), np.zeros(4, np.float32)]
 TRAIN = {"loss": 0.5, "categorical_accuracy": 0.75}
 
 
-def job_spec(edges: list[str]) -> str:
-    docs = [
-        f"apiVersion: sedna.io/v1alpha1\nkind: Dataset\nmetadata: {{name: d-{e}}}\n"
-        f"spec: {{url: /data/1.txt, format: txt, nodeName: {e}}}\n"
-        for e in edges
-    ]
-    docs.append("apiVersion: sedna.io/v1alpha1\nkind: Model\nmetadata: {name: m}\nspec: {url: /model, format: ckpt}\n")
-    workers = "".join(
-        f"    - nodeName: {e}\n      dataset: {{name: d-{e}}}\n"
-        "      workerSpec: {scriptDir: /code, scriptBootFile: train.py, frameworkType: tensorflow}\n"
-        for e in edges
-    )
-    docs.append(
-        f"apiVersion: sedna.io/v1alpha1\nkind: FederatedLearningJob\nmetadata: {{name: {JOB}}}\nspec:\n"
-        "  aggregationWorker:\n    model: {name: m}\n    nodeName: cloud0\n"
-        "    workerSpec: {scriptDir: /code, scriptBootFile: aggregate.py, frameworkType: tensorflow}\n"
-        f"  trainingWorkers:\n{workers}"
-    )
-    return "---\n".join(docs)
-
-
 def resources(edges: list[str]) -> tuple[FederatedLearningJob, dict[str, Dataset], dict[str, Model]]:
-    parsed = parse_documents(job_spec(edges), "generated")
+    parsed = parse_documents(job_spec(edges, JOB), "generated")
     spec = next(r for r in parsed if isinstance(r, FederatedLearningJob))
     datasets = {r.metadata.name: r for r in parsed if isinstance(r, Dataset)}
     models = {r.metadata.name: r for r in parsed if isinstance(r, Model)}
