@@ -8,7 +8,7 @@
    `PublishResult`s, all bounded by `timeout`. Each chunk is hashed right after it is handed to paho, so
    hashing overlaps with paho's network thread writing it (hashlib releases the GIL), and the blob's
    SHA-256 is fed the same chunk in the same pass: the blob is read once;
-3. publish the manifest (`schemas.manifest_of_hashes`: sizes, the blob's SHA-256 and every chunk's) once
+3. publish the manifest (`schemas.ChunkedBlob.manifest`: sizes, the blob's SHA-256 and every chunk's) once
    every chunk is acknowledged, and wait for its acknowledgement. The manifest goes last anyway (a receiver
    that sees it may ask for what it misses), so the hashes are ready when it is due;
 4. global models are sent with ``retain=True`` so a late subscriber still gets them; `clear` deletes
@@ -24,7 +24,6 @@ sender just prepared for that manifest, which it sends without hashing at all.
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 import time
 from collections import deque
@@ -33,7 +32,7 @@ from collections.abc import Callable, Iterable
 from broker._errors import TransferError
 from broker._messages import PublishResult
 from broker._session import Session
-from schemas import TransferManifest, TransferOrigin, manifest_for, manifest_of_hashes
+from schemas import ChunkedBlob, TransferManifest, TransferOrigin, manifest_for
 
 __all__ = ["BlobSender", "new_transfer_id"]
 
@@ -76,32 +75,18 @@ class BlobSender:
         Raises TransferError if the broker does not acknowledge within `timeout` seconds, PublishError if
         it refuses a message (e.g. not authorized).
         """
-        view = memoryview(blob).cast("B")
-        if not len(view):
+        if not len(blob):
             raise TransferError("cannot send an empty blob")
-        chunk_size = self._chunk_size()
+        chunked = ChunkedBlob(blob, self._chunk_size())
         transfer = transfer or new_transfer_id()
         deadline = time.monotonic() + timeout
-        whole = hashlib.sha256()
-        chunk_sha256: list[str] = []
         in_flight: deque[tuple[int, PublishResult]] = deque()
-        count = math.ceil(len(view) / chunk_size)
-        for index in range(count):
+        for index, piece in chunked.pieces():
             if len(in_flight) >= self.window:
-                self._wait(in_flight.popleft(), deadline, transfer, count, timeout)
-            piece = view[index * chunk_size : (index + 1) * chunk_size]
+                self._wait(in_flight.popleft(), deadline, transfer, chunked.count, timeout)
+            # Published first, hashed (its own hash and the blob's) while paho's thread writes it.
             in_flight.append((index, self.session.publish(chunk_topic(index), piece, qos=1, retain=retain)))
-            # Hashed while paho's thread writes it: the chunk's own hash and the blob's, in one pass.
-            whole.update(piece)
-            chunk_sha256.append(hashlib.sha256(piece).hexdigest())
-        manifest = manifest_of_hashes(
-            origin,
-            transfer=transfer,
-            total_bytes=len(view),
-            chunk_size=chunk_size,
-            sha256=whole.hexdigest(),
-            chunk_sha256=chunk_sha256,
-        )
+        manifest = chunked.manifest(origin, transfer)
         self._finish(manifest_topic, manifest, in_flight, deadline, retain=retain, timeout=timeout)
         return manifest
 

@@ -103,6 +103,7 @@ from schemas._tensors import (
 )
 from schemas._topics import SECAGG_STEPS, AclPattern, Channel, Kind, ParsedTopic, Topics, check_name
 from schemas._wire import (
+    ChunkedBlob,
     DatasetRef,
     JobPlan,
     ModelRef,
@@ -113,7 +114,6 @@ from schemas._wire import (
     UpdateAck,
     WorkerFrame,
     manifest_for,
-    manifest_of_hashes,
     weights_transfer,
 )
 from schemas._worker_env import BaseConfig, Context, WorkerEnv
@@ -147,6 +147,7 @@ __all__ = [
     "AclPattern",
     "BaseConfig",
     "Channel",
+    "ChunkedBlob",
     "Codec",
     "Condition",
     "ConditionType",
@@ -222,7 +223,6 @@ __all__ = [
     "encode_weights",
     "load_yaml_documents",
     "manifest_for",
-    "manifest_of_hashes",
     "masked_blob",
     "now",
     "parameter_name_problem",

@@ -5,7 +5,7 @@ MQTT:
   on the plan, never on the raw spec, so a job that fails validation never starts training.
 - `TransferManifest` (``.../manifest``): describes one chunked transfer of a weights blob; built by
   `manifest_for` from the blob and its `TransferOrigin` (whose blob, for which job run and round), or by
-  `manifest_of_hashes` from hashes a sender computed while publishing.
+  `ChunkedBlob` for a sender that hashes its chunks while it publishes them.
 - `UpdateAck` (``.../acks/<node>``): the aggregator's receipt for an update.
 
 Worker channel (a local socket pair between a node service and the script it runs):
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Annotated, Literal
@@ -126,47 +126,54 @@ def manifest_for(
 ) -> TransferManifest:
     """The manifest of `blob` cut into chunks of `chunk_size` bytes: sizes, the blob's SHA-256 and each chunk's.
 
-    One pass: each chunk (a memoryview, never copied) feeds its own hash and the whole blob's while it is
-    in the CPU's cache. Raises ValueError for an empty blob or a chunk size below 1 (and pydantic's
-    ValidationError for fields out of range).
-    """
-    if not len(blob):
-        raise ValueError("a transfer needs a non-empty blob")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size {chunk_size} must be >= 1")
-    view = memoryview(blob).cast("B")
-    whole = hashlib.sha256()
-    chunk_sha256 = []
-    for start in range(0, len(view), chunk_size):
-        piece = view[start : start + chunk_size]
-        whole.update(piece)
-        chunk_sha256.append(hashlib.sha256(piece).hexdigest())
-    return manifest_of_hashes(
-        origin,
-        transfer=transfer,
-        total_bytes=len(view),
-        chunk_size=chunk_size,
-        sha256=whole.hexdigest(),
-        chunk_sha256=chunk_sha256,
-    )
+    Raises ValueError for an empty blob or a chunk size below 1 (and pydantic's ValidationError for fields
+    out of range)."""
+    chunked = ChunkedBlob(blob, chunk_size)
+    for _ in chunked.pieces():
+        pass
+    return chunked.manifest(origin, transfer)
 
 
-def manifest_of_hashes(
-    origin: TransferOrigin, *, transfer: str, total_bytes: int, chunk_size: int, sha256: str, chunk_sha256: list[str]
-) -> TransferManifest:
-    """The manifest of a blob whose hashes are already known: for a sender that hashes its chunks while it
-    publishes them (`broker.BlobSender.send`), so the manifest, published last, needs no second pass."""
-    return TransferManifest(
-        transfer=transfer,
-        # Every field of TransferOrigin is a manifest field of the same name. Only those: an origin may be a
-        # subclass that carries more (the edge's UploadRequest also holds the blob to send).
-        **{f.name: getattr(origin, f.name) for f in fields(TransferOrigin)},
-        total_bytes=total_bytes,
-        chunk_size=chunk_size,
-        chunks=math.ceil(total_bytes / chunk_size),
-        sha256=sha256,
-        chunk_sha256=chunk_sha256,
-    )
+class ChunkedBlob:
+    """A blob cut into chunks of `chunk_size` bytes (memoryviews, never copied), hashed in one pass.
+
+    `pieces()` yields (index, chunk) and hashes each chunk (its own SHA-256 and the blob's) when the caller
+    asks for the next one: a sender publishes a chunk first and it is hashed while paho's thread writes it
+    (`broker.BlobSender.send`). Once every piece was taken, `manifest()` is the transfer's manifest, with no
+    second pass over the blob. ValueError for an empty blob or a chunk size below 1."""
+
+    def __init__(self, blob: bytes | bytearray | memoryview, chunk_size: int) -> None:
+        if not len(blob):
+            raise ValueError("a transfer needs a non-empty blob")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size {chunk_size} must be >= 1")
+        self.view = memoryview(blob).cast("B")
+        self.chunk_size = chunk_size
+        self.count = math.ceil(len(self.view) / chunk_size)
+        self._whole = hashlib.sha256()
+        self._chunk_sha256: list[str] = []
+
+    def pieces(self) -> Iterator[tuple[int, memoryview]]:
+        for index in range(self.count):
+            piece = self.view[index * self.chunk_size : (index + 1) * self.chunk_size]
+            yield index, piece
+            self._whole.update(piece)
+            self._chunk_sha256.append(hashlib.sha256(piece).hexdigest())
+
+    def manifest(self, origin: TransferOrigin, transfer: str) -> TransferManifest:
+        if len(self._chunk_sha256) != self.count:
+            raise ValueError(f"{len(self._chunk_sha256)} of {self.count} chunks hashed: take every piece first")
+        return TransferManifest(
+            transfer=transfer,
+            # Every field of TransferOrigin is a manifest field of the same name. Only those: an origin may be
+            # a subclass that carries more (the edge's UploadRequest also holds the blob to send).
+            **{f.name: getattr(origin, f.name) for f in fields(TransferOrigin)},
+            total_bytes=len(self.view),
+            chunk_size=self.chunk_size,
+            chunks=self.count,
+            sha256=self._whole.hexdigest(),
+            chunk_sha256=list(self._chunk_sha256),
+        )
 
 
 def weights_transfer(
