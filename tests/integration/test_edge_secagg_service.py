@@ -27,6 +27,7 @@ from schemas import (
     PlannedWorker,
     ScriptRef,
     SecAggMember,
+    SecAggPhase,
     SecAggState,
     ShareBundle,
     Topics,
@@ -37,6 +38,7 @@ from schemas import (
 )
 from tests.helpers.mqtt import SessionFactory, take
 from tests.helpers.secagg_edge import node_root
+from tests.helpers.secagg_edge import state as helper_state
 
 T = Topics()
 JOB, UID, NODE, PEER = "sa-job", "uid-sa-1", "edge1", "edge2"
@@ -131,20 +133,9 @@ def start_edge(
         edge.close()
 
 
-def state(phase: str, u1: list[SecAggMember] | None = None) -> SecAggState:
-    members = u1 or []
-    return SecAggState.model_validate(
-        {
-            "job": JOB,
-            "uid": UID,
-            "round": 1,
-            "phase": phase,
-            "threshold": 2,
-            "clip": 1.0,
-            "max_weight": max((m.num_samples for m in members), default=1),
-            "u1": [m.model_dump() for m in members],
-        }
-    )
+def state(phase: SecAggPhase, u1: list[SecAggMember] | None = None) -> SecAggState:
+    """The helper's round state, for this test's job run and clip."""
+    return helper_state(phase, u1=u1, job=JOB, uid=UID, clip=1.0)
 
 
 def test_the_edge_service_answers_retained_states_with_its_keys_and_bundle(
