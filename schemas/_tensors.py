@@ -93,9 +93,10 @@ class WeightsHeader(BaseModel):
     version: Literal[1] = 1
     kind: WeightsKind
     job: str
-    round: int = Field(ge=0)
+    # Strict: JSON `true` is not round 1 (lax pydantic coerces it, and True == 1 passes the round checks).
+    round: int = Field(ge=0, strict=True)
     sender: str
-    num_samples: int = Field(ge=0, le=MAX_NUM_SAMPLES, alias="numSamples")
+    num_samples: int = Field(ge=0, le=MAX_NUM_SAMPLES, alias="numSamples", strict=True)
     tensors: tuple[TensorSpec, ...] = Field(max_length=MAX_TENSORS)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: datetime = Field(alias="createdAt")
