@@ -7,7 +7,7 @@ held-out data) that some round has, and LEFT OUT when a round closed without som
 Where the records come from is pluggable: each `RoundSource` names the topics it needs and turns what
 the broker holds into `RoundRecord`s; the records of all sources are merged by round number, a later
 source's record of a round replacing an earlier one's. `StatusRounds` reads the job status's `rounds`
-(the newest 10 summaries), `RetainedRoundRecords` the full record every closed round keeps on its own
+(the newest 5 summaries), `RetainedRoundRecords` the full record every closed round keeps on its own
 retained topic (``.../rounds/<r>/record``), so the table has every round of a long job. `read_rounds` is
 the one reader of a job's rounds: `flctl report` plots what it returns.
 """

@@ -21,10 +21,13 @@ from pydantic.alias_generators import to_camel
 
 from schemas._ledger import LedgerSummary
 
-# The newest events a job status keeps: every publication of the status carries them, so they stay few.
-MAX_EVENTS = 30
-# The recent rounds a job status keeps (summaries); every round's full record is on its own topic.
-MAX_STATUS_ROUNDS = 10
+# The newest events a job status keeps: every publication of the status carries them, so they stay few
+# (15 events and 5 summaries keep a 10-edge job's control traffic under 5 kB per round and edge;
+# docs/performance.md). Every event is on the job's event stream; every round's full record is on its
+# own retained topic (`flctl top` reads them all).
+MAX_EVENTS = 15
+# The recent rounds a job status keeps (summaries).
+MAX_STATUS_ROUNDS = 5
 # Classes an evaluation may report (a confusion matrix is classes x classes integers).
 MAX_EVAL_CLASSES = 64
 

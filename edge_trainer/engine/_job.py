@@ -216,19 +216,17 @@ class EdgeJob(JobCore):
             return
         if self.state is WorkerState.UPLOADING and self.round == done.round:
             if done.pending:
+                self._set(WorkerState.UPLOADING, done.round, _not_through(done.kind, done.round))
+            elif done.kind == "init":
+                self._set(WorkerState.READY, 0, "waiting for the first global model")
+            elif self.message == _not_through(done.kind, done.round):
+                # Through after a "not through yet" notice: say so. Otherwise the update stays Uploading,
+                # unpublished, until the aggregator's ack says it is stored (milliseconds later as a rule):
+                # a status for the moment in between was a fifth of the edge's control bytes per round.
                 self._set(
                     WorkerState.UPLOADING,
                     done.round,
-                    f"the {done.kind} of round {done.round} is not through yet (link down?); "
-                    "it is kept in the outbox and sent again",
-                )
-            elif done.kind == "init":
-                self._set(WorkerState.READY, 0, "waiting for the first global model")
-            else:
-                self._set(
-                    WorkerState.WAITING,
-                    done.round,
-                    f"update of round {done.round} sent; waiting for the round to close",
+                    f"update of round {done.round} sent; waiting for the aggregator to store it",
                 )
 
     def on_acked(self, kind: WeightsKind, round_: int) -> None:
@@ -386,3 +384,8 @@ class EdgeJob(JobCore):
             self._base = (r + 1, decode_weights(blob)[1])
         self._worker.send(WorkerFrame(type="train", round=r + 1, has_body=True), blob)
         self._set(WorkerState.TRAINING, r + 1, f"training round {r + 1}")
+
+
+def _not_through(kind: WeightsKind, round_: int) -> str:
+    """The status message of an upload the broker has not fully acknowledged."""
+    return f"the {kind} of round {round_} is not through yet (link down?); it is kept in the outbox and sent again"

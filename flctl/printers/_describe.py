@@ -146,6 +146,9 @@ def describe_job(view: JobView, now: datetime) -> str:
         + (["EPSILON"] if with_epsilon else [])
     )
     lines += section("Rounds", headers, rounds)
+    if records and records[0].round > 1:
+        # The status keeps the newest summaries only; every round's full record is retained on its own topic.
+        lines.append(f"{INDENT}(the newest {len(records)}; every round: flctl top fl {view.name})")
     if view.job is not None:
         lines += _job_spec(view.job)
     else:

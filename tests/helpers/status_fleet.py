@@ -215,7 +215,6 @@ class Fleet:
         figures = self.figures(node, r)
         self.status(node, WorkerState.UPLOADING, r, f"uploading the update of round {r}", **figures)
         self.upload(node, "update", r)
-        self.status(node, WorkerState.WAITING, r, f"update of round {r} sent", **figures)
         self.status(node, WorkerState.WAITING, r, f"update of round {r} stored by the aggregator", **figures)
 
     def edge_finish(self, node: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas import Evaluation, JobStatus, Kind, Phase, RoundRecord, Topics, WorkerRound, now
+from schemas import MAX_STATUS_ROUNDS, Evaluation, JobStatus, Kind, Phase, RoundRecord, Topics, WorkerRound, now
 from tests.helpers.flctl import FlctlRunner, publish_retained
 from tests.helpers.mqtt import BrokerHandle
 
@@ -58,8 +58,8 @@ def record(r: int) -> RoundRecord:
 
 
 def publish_job(broker: BrokerHandle, records: list[RoundRecord]) -> None:
-    """The status keeps the newest 10 summaries; each round's full record is on its own retained topic."""
-    summaries = [r.summary() for r in records[-10:]]
+    """The status keeps the newest MAX_STATUS_ROUNDS summaries; each round's full record is on its own retained topic."""
+    summaries = [r.summary() for r in records[-MAX_STATUS_ROUNDS:]]
     job = JobStatus(
         name=JOB, phase=Phase.SUCCEEDED, message="done", current_round=ROUNDS, exit_round=ROUNDS, rounds=summaries
     )

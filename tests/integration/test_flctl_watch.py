@@ -21,7 +21,18 @@ from pathlib import Path
 
 import pytest
 
-from schemas import Evaluation, JobStatus, Kind, Phase, RoundRecord, Topics, WorkerState, WorkerStatus, now
+from schemas import (
+    MAX_STATUS_ROUNDS,
+    Evaluation,
+    JobStatus,
+    Kind,
+    Phase,
+    RoundRecord,
+    Topics,
+    WorkerState,
+    WorkerStatus,
+    now,
+)
 from tests.helpers.flctl import FlctlRunner, publish_retained
 from tests.helpers.mqtt import BrokerHandle
 
@@ -248,7 +259,7 @@ def test_watch_with_o_name_prints_the_name_again_on_each_change(flctl: FlctlRunn
 def test_top_shows_every_round_of_a_long_job_from_the_retained_records(
     flctl: FlctlRunner, broker: BrokerHandle
 ) -> None:
-    """The status keeps the newest 10 round summaries; the full record of every round is retained on its own
+    """The status keeps the newest MAX_STATUS_ROUNDS round summaries; the full record of every round is retained on its own
     topic, so `flctl top` of a 14-round job shows 14 rows, with the records' evaluation where the summaries
     have none."""
     start = now() - timedelta(minutes=10)
@@ -264,7 +275,7 @@ def test_top_shows_every_round_of_a_long_job_from_the_retained_records(
         )
         for r in range(1, 15)
     ]
-    summaries = [r.model_copy(update={"eval": None}) for r in records[-10:]]
+    summaries = [r.model_copy(update={"eval": None}) for r in records[-MAX_STATUS_ROUNDS:]]
     job = JobStatus(name=JOB, phase=Phase.SUCCEEDED, message="done", current_round=14, exit_round=14, rounds=summaries)
     publish_retained(broker, TOPICS.status(Kind.JOB, JOB), job.to_json())
     for record in records:

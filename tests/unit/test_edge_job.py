@@ -229,7 +229,9 @@ def test_global_round_r_trains_round_r_plus_1(root: Path) -> None:
 
 
 def test_update_is_uploaded_for_its_round(root: Path) -> None:
-    """The script's update of round 1 is uploaded with its metrics; then the worker waits."""
+    """The script's update of round 1 is uploaded with its metrics; the worker stays Uploading, with no
+    status of its own for the moment between the broker's acknowledgement and the aggregator's, and waits
+    once the aggregator says it stored the update."""
     h = started(root)
     h.job.on_global(*global_model(0))
     h.job.on_frame(
@@ -238,8 +240,24 @@ def test_update_is_uploaded_for_its_round(root: Path) -> None:
     )
     assert [(u.kind, u.round) for u in h.ports.uploads] == [("init", 0), ("update", 1)]
     assert h.ports.last.state is WorkerState.UPLOADING and h.ports.last.metrics == {"loss": 0.5}
+    published = len(h.ports.statuses)
     h.job.on_uploaded(UploadDone(JOB, h.job.run_id, "update", 1))
+    assert len(h.ports.statuses) == published and h.job.state is WorkerState.UPLOADING
+    h.job.on_acked("update", 1)
     assert (h.ports.last.state, h.ports.last.round) == (WorkerState.WAITING, 1)
+    assert "stored by the aggregator" in h.ports.last.message and h.ports.last.metrics == {"loss": 0.5}
+
+
+def test_an_update_through_after_a_link_notice_says_it_is_sent(root: Path) -> None:
+    """After a "not through yet" notice, the upload getting through is said (still Uploading until the ack)."""
+    h = started(root)
+    h.job.on_global(*global_model(0))
+    h.job.on_frame(WorkerFrame(type="update", round=1, num_samples=8, has_body=True), weights_blob("update", 1))
+    h.job.on_uploaded(UploadDone(JOB, h.job.run_id, "update", 1, transfer="ab" * 8, pending=True))
+    assert "not through yet" in h.ports.last.message
+    h.job.on_uploaded(UploadDone(JOB, h.job.run_id, "update", 1, transfer="ab" * 8))
+    assert h.ports.last.state is WorkerState.UPLOADING
+    assert h.ports.last.message == "update of round 1 sent; waiting for the aggregator to store it"
 
 
 def test_final_global_finishes_and_saved_completes(root: Path) -> None:

@@ -23,6 +23,7 @@ from flctl.printers import (
     workers_column,
 )
 from schemas import (
+    MAX_STATUS_ROUNDS,
     Condition,
     ConditionType,
     Event,
@@ -226,6 +227,20 @@ def test_describe_job_has_every_section() -> None:
     ):
         assert expected in text.splitlines(), expected
     assert text.index("Rounds:") < text.index("Spec:") < text.index("Events:")
+
+
+def test_describe_job_points_to_flctl_top_when_the_status_holds_only_the_newest_rounds() -> None:
+    """The status keeps the newest MAX_STATUS_ROUNDS summaries; describe says where every round is."""
+    status = running_status(worker("edge1", WorkerState.TRAINING), worker("edge2", WorkerState.TRAINING))
+    status.rounds = [
+        RoundRecord(round=r, participants=["edge1", "edge2"], total_samples=240, closed_at=NOW)
+        for r in range(8 - MAX_STATUS_ROUNDS, 8)
+    ]
+    lines = describe_job(job_view(status), NOW).splitlines()
+    hint = f"  (the newest {MAX_STATUS_ROUNDS}; every round: flctl top fl surface-defect-detection)"
+    assert hint in lines and lines.index(hint) > lines.index("Rounds:")
+    status.rounds = [status.rounds[0].model_copy(update={"round": 1})]
+    assert not any("every round: flctl top" in line for line in describe_job(job_view(status), NOW).splitlines())
 
 
 def test_describe_job_says_the_privacy_spent_and_each_rounds_epsilon() -> None:

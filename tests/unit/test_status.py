@@ -193,7 +193,7 @@ def test_events_are_capped_keeping_the_newest() -> None:
         status.add_event(Event(reason="Tick", message=f"event {i}", time=T0))
 
     # Assert
-    assert MAX_EVENTS == 30
+    assert MAX_EVENTS == 15
     assert len(status.events) == MAX_EVENTS
     assert status.events[0].message == "event 50"
     assert status.events[-1].message == f"event {MAX_EVENTS + 49}"
