@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,14 +145,27 @@ class Outbox:
                 found.append(OutboxEntry(manifest, blob_path))
         return sorted(found, key=lambda e: (e.round, e.manifest.created_at))
 
-    def read(self, entry: OutboxEntry) -> bytes:
-        """The entry's blob, checked against its manifest's SHA-256."""
+    def read(self, entry: OutboxEntry, chunks: Sequence[int] | None = None) -> bytes:
+        """The entry's blob, checked against its manifest: the whole blob's SHA-256, or with `chunks` only
+        those chunks' hashes (a resend of a few chunks does not hash a large blob again; the chunks not
+        resent are the aggregator's already, verified there)."""
         try:
             blob = entry.blob_path.read_bytes()
         except OSError as exc:
             raise OutboxError(f"outbox entry {entry.transfer} cannot be read: {exc}") from exc
-        if hashlib.sha256(blob).hexdigest() != entry.manifest.sha256:
-            raise OutboxError(f"outbox entry {entry.transfer} is corrupt: its SHA-256 does not match its manifest")
+        m = entry.manifest
+        if chunks is None:
+            intact = hashlib.sha256(blob).hexdigest() == m.sha256
+        else:
+            view = memoryview(blob)
+            intact = len(blob) == m.total_bytes and all(
+                0 <= i < m.chunks
+                and hashlib.sha256(view[i * m.chunk_size : (i + 1) * m.chunk_size]).hexdigest() == m.chunk_sha256[i]
+                for i in chunks
+            )
+        if not intact:
+            what = "its SHA-256 does" if chunks is None else f"chunks {list(chunks)} do"
+            raise OutboxError(f"outbox entry {entry.transfer} is corrupt: {what} not match its manifest")
         return blob
 
     def remove(self, entry: OutboxEntry) -> None:

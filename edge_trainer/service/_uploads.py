@@ -312,7 +312,7 @@ class Uploads:
     def _resend_one(self, entry: OutboxEntry, indices: list[int] | None) -> ResendDone:
         """Publish chunks `indices` of a stored entry (None: all; empty: none), then its manifest."""
         try:
-            blob = self.outbox.read(entry)
+            blob = self.outbox.read(entry, indices)
         except OutboxError as exc:
             gone = not entry.meta_path.exists()  # confirmed (and deleted) meanwhile: nothing to send
             return ResendDone(entry, complete=gone, error=None if gone else str(exc))

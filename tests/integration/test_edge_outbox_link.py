@@ -425,7 +425,9 @@ def test_restarted_edge_resends_its_outbox_instead_of_training_again_and_a_compl
     first = start_edge(ack_timeout=30.0)
     try:
         wait_until(lambda: agg.manifests.total() >= 2, 30.0, "round-1 manifest sent")
-        wait_until(lambda: (s := status()) is not None and s.state is WorkerState.WAITING, 10.0, "waiting")
+        # No ack: the update stays Uploading (it is in the outbox, on the broker, not stored by the aggregator).
+        uploading = (WorkerState.UPLOADING, 1)
+        wait_until(lambda: (s := status()) is not None and (s.state, s.round) == uploading, 10.0, "uploading")
         first.close()
         [entry] = [n for n in outbox_files(edge_root) if n.endswith(".json")]
         transfer = entry.removesuffix(".json")

@@ -345,13 +345,14 @@ def test_keras_script_trains_a_round_and_saves_a_checkpoint(tmp_path: Path, edge
 
     start = [np.asarray(a) + np.float32(0.01) for a in init_arrays]
     edge.job.on_global(*global_model(start, names, 0, final=False))
-    edge.pump(lambda: len(edge.ports.uploads) == 2 and edge.state is WorkerState.WAITING, "the update of round 1")
+    # No aggregator acknowledges it here, so the worker stays Uploading (with the round's metrics).
+    edge.pump(lambda: len(edge.ports.uploads) == 2 and edge.state is WorkerState.UPLOADING, "the update of round 1")
     update = edge.ports.uploads[1]
     assert (update.kind, update.round, update.num_samples) == ("update", 1, 8)
     _, trained = decode_weights(update.blob)
     assert any(not np.array_equal(a, b) for a, b in zip(trained, start, strict=True))
-    waiting = edge.ports.statuses[-1]
-    assert "loss" in waiting.metrics and "accuracy" in waiting.metrics
+    uploading = edge.ports.statuses[-1]
+    assert "loss" in uploading.metrics and "accuracy" in uploading.metrics
 
     final = [np.asarray(a) * np.float32(0.5) for a in trained]
     edge.job.on_global(*global_model(final, names, 1, final=True))

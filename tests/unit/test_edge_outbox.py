@@ -102,6 +102,32 @@ def test_corrupt_blob_is_refused_on_read(tmp_path: Path) -> None:
         box.read(entry)
 
 
+def test_a_resend_of_some_chunks_checks_those_chunks_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resend of chunks [1] hashes chunk 1 (100 bytes), not the whole blob again; a corrupt chunk among
+    those to send is refused, one that is not resent is no concern (the aggregator holds it, verified)."""
+    box = Outbox(tmp_path / "state")
+    blob = os.urandom(350)
+    entry = box.put(manifest_for(blob), blob)
+    hashed: list[int] = []
+    real = hashlib.sha256
+
+    def counting(data: bytes | memoryview = b"") -> Any:
+        hashed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    assert box.read(entry, [1]) == blob and hashed == [100]
+    assert box.read(entry, []) == blob and hashed == [100]
+    assert box.read(entry) == blob and hashed == [100, 350]
+    entry.blob_path.write_bytes(blob[:300] + b"z" * 50)  # chunk 3 damaged
+    assert box.read(entry, [0, 1]) == blob[:300] + b"z" * 50
+    with pytest.raises(OutboxError, match=r"corrupt: chunks \[2, 3\] do not match"):
+        box.read(entry, [2, 3])
+    entry.blob_path.write_bytes(blob[:200])  # truncated: no chunk of it is trusted
+    with pytest.raises(OutboxError, match="corrupt"):
+        box.read(entry, [0])
+
+
 def test_remove_and_clear(tmp_path: Path) -> None:
     """remove deletes one entry; clear deletes the job's outbox."""
     box = Outbox(tmp_path / "state")
