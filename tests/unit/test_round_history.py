@@ -346,4 +346,6 @@ def test_status_publications_are_rate_limited_but_nothing_is_lost() -> None:
     # As published: each worker's entry brief (its figures are on its own status topic).
     engine = JobStatus.model_validate_json(limited.job.status.to_json())
     assert final.model_dump(exclude={"updated_at"}) == engine.model_dump(exclude={"updated_at"})
-    assert [r.round for r in final.rounds] == list(range(51 - MAX_STATUS_ROUNDS, 51)) and all(r.eval for r in final.rounds)
+    assert [r.round for r in final.rounds] == list(range(51 - MAX_STATUS_ROUNDS, 51)) and all(
+        r.eval for r in final.rounds
+    )
