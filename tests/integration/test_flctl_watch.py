@@ -126,8 +126,16 @@ class Flctl:
         return ANSI.sub("", self.text).replace("\r\n", "\n")
 
     def finish(self) -> int:
-        """The exit code, once the output is read to its end."""
-        code = self.proc.wait(WAIT)
+        """The exit code, once the output is read to its end (killed, and the test failed, if it lingers)."""
+        try:
+            code = self.proc.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # never left running into the next test
+            self.proc.wait(WAIT)
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+            raise AssertionError(f"flctl did not exit within {WAIT:g} s:\n{self.plain}") from None
         self._reader.join(WAIT)
         while (chunk := self.chunks.get_nowait() if not self.chunks.empty() else None) is not None:
             self.text += chunk
