@@ -242,6 +242,18 @@ class EdgeJob(JobCore):
                 f"update of round {round_} stored by the aggregator; waiting for the round to close",
             )
 
+    def on_unconfirmed(self, kind: WeightsKind, round_: int, waited: float) -> None:
+        """The update of `round_` went out but the aggregator has not confirmed it for `waited` seconds (it
+        may be down; the service asks again): say so, since Uploading would suggest a stuck link."""
+        if not self.active or self.round != round_ or kind != "update" or self.state is not WorkerState.UPLOADING:
+            return
+        self._set(
+            WorkerState.WAITING,
+            round_,
+            f"update of round {round_} sent; the aggregator has not confirmed it for {waited:g} s "
+            "(down or busy?); asking again",
+        )
+
     def on_refused(self, kind: WeightsKind, round_: int, reason: str) -> None:
         """The aggregator refused this node's `kind` weights of `round_` for good (e.g. the round closed):
         say so; the job goes on with the next global model (catch-up)."""

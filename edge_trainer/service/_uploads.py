@@ -124,6 +124,9 @@ class Uploads:
                 self.deliveries.rearm(delivery)  # offline: paho holds what was sent; try when back
                 continue
             delivery.resends += 1
+            m = delivery.entry.manifest
+            if delivery.resends == 1 and (job := self._job(m.job, m.uid)) is not None:
+                job.on_unconfirmed(m.kind, m.round, self.deliveries.ack_timeout)
             self._log.info(
                 "no ack for an update; republishing its manifest",
                 job=delivery.entry.manifest.job,

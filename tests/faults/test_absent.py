@@ -45,7 +45,12 @@ def test_offline_edge_does_not_hold_rounds_and_rejoins(rig: RigFactory) -> None:
     second = w.status.rounds[1]
     assert second.round == 2 and second.missing == ["edge3"], second
     assert second.duration_seconds < DEADLINE / 4, second
-    closed = [e.message for e in w.status.events if e.reason == "RoundClosedWithout" and e.round == 2]
+
+    def closed_without(x: JobWatcher) -> list[str]:
+        return [e.message for e in x.events if e.reason == "RoundClosedWithout" and e.round == 2]
+
+    w.wait(lambda x: bool(closed_without(x)), 15, "the RoundClosedWithout event of round 2")  # its own topic
+    closed = closed_without(w)
     assert len(closed) == 1 and "before its deadline (edge3 offline since" in closed[0], closed
 
     # The restarted edge3's train calls count from 1 again: its 2nd (round 4) must not wait for a gate.

@@ -50,7 +50,7 @@ def test_a_slow_edges_stale_update_is_folded_into_a_later_buffer(rig: RigFactory
         ("edge3", 0, 2),
     ], round3
     assert round3.missing == [] and round3.stale == 1
-    stale = [e.message for e in status.events if e.reason == "UpdateAccepted" and "versions stale" in e.message]
+    stale = [e.message for e in r.watch.events if e.reason == "UpdateAccepted" and "versions stale" in e.message]
     assert any(m.startswith("update from edge3 for round 1 ") and "2 versions stale) into round 3" in m for m in stale)
 
     # Round 3 by hand: edge3's update rebased onto v2, weighed n3 / sqrt(3); edge2's as it is, weighed n2.

@@ -91,10 +91,7 @@ def test_duplicate_update_and_update_for_closed_round(rig: RigFactory) -> None:
     assert "closed" in refused.reason, refused
     # The late update is logged where users look: a Warning event naming the worker and round.
     w.wait(
-        lambda x: (
-            x.status is not None
-            and any(e.type == "Warning" and e.node == "edge1" and "closed" in e.message for e in x.status.events)
-        ),
+        lambda x: any(e.type == "Warning" and e.node == "edge1" and "closed" in e.message for e in x.events),
         15,
         "a Warning event for the late update",
     )

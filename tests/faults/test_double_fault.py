@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from schemas import Channel, JobStatus, TransferManifest, WorkerState
+from schemas import Channel, JobEvent, TransferManifest, WorkerState
 from tests.faults.conftest import Rig, RigFactory
 from tests.helpers.status import JobWatcher
 
@@ -27,8 +27,8 @@ def _transfers(r: Rig) -> dict[tuple[str, str, int], set[str]]:
     return found
 
 
-def _rejections(statuses: list[JobStatus]) -> list[str]:
-    return sorted({e.message for s in statuses for e in s.events if e.reason == "UpdateRejected"})
+def _rejections(events: list[JobEvent]) -> list[str]:
+    return sorted({e.message for e in events if e.reason == "UpdateRejected"})
 
 
 def test_edge_killed_while_the_aggregator_is_down_does_not_train_its_delivered_round_again(rig: RigFactory) -> None:
@@ -71,5 +71,5 @@ def test_edge_killed_while_the_aggregator_is_down_does_not_train_its_delivered_r
             assert len(transfers[("update", edge, round_)]) == 1, (
                 f"{edge} published {len(transfers[('update', edge, round_)])} updates for round {round_}"
             )
-    assert _rejections(w.history) == [], _rejections(w.history)
+    assert _rejections(w.events) == [], _rejections(w.events)
     r.finish()

@@ -44,7 +44,7 @@ def test_a_distributed_dp_job_noises_on_the_edges_and_stops_at_its_budget(rig: R
     privacy = status.privacy
     assert privacy is not None and privacy.mode == "distributed" and privacy.budget_spent and privacy.rounds == 2
     assert "privacy budget spent" in status.message
-    assert any(e.reason == "PrivacyBudgetSpent" for e in status.events)
+    assert any(e.reason == "PrivacyBudgetSpent" for e in r.watch.events)
 
     assert r.capture is not None
     blobs = reassemble(r.capture.messages, r.topics)

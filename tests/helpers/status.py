@@ -1,7 +1,9 @@
 """Following a job from the outside, for fault tests: wait on status changes instead of sleeping.
 
-`JobWatcher` subscribes to a job's status, its workers' statuses, node presence and update acks, keeps
-the newest of each and every ack, and lets a test block until a predicate over them holds (bounded).
+`JobWatcher` subscribes to a job's status, its workers' statuses, node presence, update acks and the job's
+event stream, keeps the newest of each and every ack and event, and lets a test block until a predicate
+over them holds (bounded). Wait on `events` for an event: the stream carries each one at once, while the
+job status publishes a few times a round and keeps only the newest MAX_EVENTS.
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ from types import TracebackType
 from pydantic import ValidationError
 
 from broker import Inbound, MqttSettings, Session
-from schemas import Channel, JobStatus, Kind, NodeState, NodeStatus, TopicError, Topics, UpdateAck, WorkerStatus
+from schemas import (
+    Channel,
+    JobEvent,
+    JobStatus,
+    Kind,
+    NodeState,
+    NodeStatus,
+    TopicError,
+    Topics,
+    UpdateAck,
+    WorkerStatus,
+)
 
 
 class JobWatcher:
@@ -34,6 +47,7 @@ class JobWatcher:
             f"{job_levels}/workers/+/status",
             topics.all_node_statuses(),
             f"{job_levels}/rounds/+/acks/+",
+            topics.events(job),
         ):
             self._session.subscribe(flt)
         self.status: JobStatus | None = None
@@ -42,6 +56,7 @@ class JobWatcher:
         self.worker_history: list[WorkerStatus] = []
         self.presence: dict[str, NodeState] = {}
         self.acks: list[UpdateAck] = []
+        self.events: list[JobEvent] = []  # every event of the stream since the watcher connected
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, name=f"watch-{job}", daemon=True)
@@ -97,7 +112,7 @@ class JobWatcher:
         if s is None:
             return "no job status yet"
         workers = ", ".join(f"{w.node}={w.state.value}@{w.round}" for w in s.workers)
-        events = "; ".join(f"{e.type} {e.reason}: {e.message}" for e in s.events[-8:])
+        events = "; ".join(f"{e.type} {e.reason}: {e.message}" for e in (self.events or s.events)[-8:])
         return (
             f"phase {s.phase.value}, round {s.current_round}/{s.exit_round}, rounds closed "
             f"{[r.round for r in s.rounds]}, waiting for {s.waiting_for}, workers [{workers}], "
@@ -139,6 +154,8 @@ class JobWatcher:
                     self.presence[node.node] = node.state
                 elif parsed.channel is Channel.ACK:
                     self.acks.append(UpdateAck.model_validate_json(msg.payload))
+                elif parsed.channel is Channel.EVENTS:
+                    self.events.append(JobEvent.model_validate_json(msg.payload))
                 self._cond.notify_all()
         except ValidationError:
             return

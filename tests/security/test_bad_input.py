@@ -292,10 +292,9 @@ def start_rogue(d: Deployment) -> Rogue:
 def rejection(d: Deployment, transfer: str) -> tuple[str, str] | None:
     """(ack reason, Warning event message) once both exist for `transfer`."""
     ack = next((a for a in d.watcher.acks if a.transfer == transfer and not a.accepted and not a.missing), None)
-    status = d.watcher.status
-    if ack is None or status is None:
+    if ack is None:
         return None
-    for event in status.events:
+    for event in d.watcher.events:  # the stream: the status publishes a few times a round
         if (
             event.type == "Warning"
             and event.node == "edge1"

@@ -248,6 +248,26 @@ def test_update_is_uploaded_for_its_round(root: Path) -> None:
     assert "stored by the aggregator" in h.ports.last.message and h.ports.last.metrics == {"loss": 0.5}
 
 
+def test_an_update_the_aggregator_does_not_confirm_in_time_is_said_sent_and_waiting(root: Path) -> None:
+    """No receipt within the ack timeout (the aggregator down or busy): the worker says its update went out
+    and is waiting, once; the receipt then moves it on as usual. Nothing for another round or an init."""
+    h = started(root)
+    h.job.on_global(*global_model(0))
+    h.job.on_frame(WorkerFrame(type="update", round=1, num_samples=8, has_body=True), weights_blob("update", 1))
+    h.job.on_uploaded(UploadDone(JOB, h.job.run_id, "update", 1))
+    published = len(h.ports.statuses)
+    h.job.on_unconfirmed("update", 2, 30.0)
+    h.job.on_unconfirmed("init", 1, 30.0)
+    assert len(h.ports.statuses) == published
+    h.job.on_unconfirmed("update", 1, 30.0)
+    assert (h.ports.state(), h.ports.last.round) == (WorkerState.WAITING, 1)
+    assert h.ports.last.message.startswith("update of round 1 sent; the aggregator has not confirmed it for 30 s")
+    h.job.on_unconfirmed("update", 1, 30.0)
+    assert len(h.ports.statuses) == published + 1
+    h.job.on_acked("update", 1)
+    assert "stored by the aggregator" in h.ports.last.message
+
+
 def test_an_update_through_after_a_link_notice_says_it_is_sent(root: Path) -> None:
     """After a "not through yet" notice, the upload getting through is said (still Uploading until the ack)."""
     h = started(root)
