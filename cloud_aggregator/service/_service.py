@@ -22,6 +22,7 @@ before the first connection, so a scrape answers even while the broker cannot be
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import replace
@@ -48,6 +49,7 @@ from schemas import (
     SchemaError,
     TopicError,
     Topics,
+    TransferManifest,
     WireError,
 )
 
@@ -373,22 +375,33 @@ class AggregatorService:
 
     def _runtime(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
         channel = parsed.channel
+        if channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
+            self._transfer(controller, parsed, msg)  # recorded there, with what the transfer computes anyway
+            return
         if channel in _LEDGER_CHANNELS:
             self._record(controller, parsed, msg)
         if channel is Channel.WORKER_STATUS and parsed.node is not None:
             controller.on_worker_status(parsed.job, parsed.node, msg.payload, retained=msg.retain)
-        elif channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
-            self._transfer(controller, parsed, msg)
         elif channel is Channel.NODE_STATUS and parsed.node is not None:
             controller.on_node_status(parsed.node, msg.payload, time.monotonic())
         elif channel in _SECAGG_CHANNELS:
             controller.on_secagg(parsed, msg.topic, msg.payload, time.monotonic())
 
-    def _record(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
-        """Note a message on an edge's topic of a job this node aggregates in the job's ledger."""
+    def _record(
+        self,
+        controller: Controller,
+        parsed: ParsedTopic,
+        msg: Inbound,
+        sha256: str | None = None,
+        manifest: TransferManifest | None = None,
+    ) -> None:
+        """Note a message on an edge's topic of a job this node aggregates in the job's ledger (`sha256`, `manifest`:
+        the payload's digest or parsed manifest, when known already)."""
         uid = controller.run_of(parsed.job)  # also a job that finished before this process started
         if uid is not None and parsed.node is not None:
-            self._ledger.received(msg.topic, msg.payload, job=parsed.job, uid=uid, node=parsed.node)
+            self._ledger.received(
+                msg.topic, msg.payload, job=parsed.job, uid=uid, node=parsed.node, sha256=sha256, manifest=manifest
+            )
 
     def _uid_of(self, job: str) -> str | None:
         return self._controller.run_of(job) if self._controller is not None else None
@@ -413,19 +426,25 @@ class AggregatorService:
             self._port.retained_globals.setdefault(parsed.job, {})[parsed.round] = manifest.chunks
 
     def _transfer(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
-        """An update manifest or chunk: the job engine assembles, stores and acknowledges (before our MQTT ack)."""
+        """An update manifest or chunk: in the ledger, then the job engine assembles, stores and acknowledges (before
+        our MQTT ack). A chunk is hashed here once for both: the assembler checks this digest against the manifest's."""
         now_s = time.monotonic()
-        if parsed.channel is Channel.UPDATE_MANIFEST:
-            if not msg.payload:
-                return
+        if parsed.channel is Channel.UPDATE_CHUNK:
+            digest = hashlib.sha256(msg.payload).hexdigest() if msg.payload else None
+            self._record(controller, parsed, msg, sha256=digest)
+            controller.on_update_chunk(parsed, msg.payload, now_s, digest=digest)
+            return
+        manifest, problem = None, None
+        if msg.payload:
             try:
                 manifest = manifest_from_payload(msg.payload)
             except WireError as exc:
-                controller.on_malformed_manifest(parsed, exc.reason)
-                return
+                problem = exc.reason
+        self._record(controller, parsed, msg, manifest=manifest)
+        if manifest is not None:
             controller.on_update_manifest(parsed, manifest, now_s)
-        else:
-            controller.on_update_chunk(parsed, msg.payload, now_s)
+        elif problem is not None:
+            controller.on_malformed_manifest(parsed, problem)
 
     # -- shutdown --------------------------------------------------------------------------------
 
@@ -434,4 +453,5 @@ class AggregatorService:
         self._scripts.stop_all(SHUTDOWN_GRACE)
         session.stop(timeout=5.0, final=(self.topics.node_status(self.node), offline))
         self.metrics.close()
+        self._ledger.close()
         self._log.info("stopped")
