@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +103,8 @@ class Ledger:
         self._layouts: dict[str, Layout] = {}  # transfer -> its blob's layout, until its manifest goes out
         self._summaries: dict[tuple[str, str | None], LedgerSummary] = {}
         self._files: OrderedDict[Path, BinaryIO] = OrderedDict()  # open for appending, least recently used first
+        # A ledger dropped without `close` (a test's, a stopped service's) closes its files with it.
+        weakref.finalize(self, _close_all, self._files)
 
     def path(self, job: str) -> Path:
         return self.state_dir / check_name(job, "job name") / LEDGER_FILE
@@ -267,9 +270,7 @@ class Ledger:
     def close(self) -> None:
         """Close the ledger files kept open (a later line opens its file again)."""
         with self._lock:
-            while self._files:
-                with contextlib.suppress(OSError):
-                    self._files.popitem()[1].close()
+            _close_all(self._files)
 
     def _file(self, path: Path) -> BinaryIO:
         """`path` open for appending (lock held): the one kept open, unless its file was unlinked since."""
@@ -306,6 +307,12 @@ class Ledger:
                     summary = _add(summary, entry)
         self._summaries[key] = summary
         return summary
+
+
+def _close_all(files: OrderedDict[Path, BinaryIO]) -> None:
+    while files:
+        with contextlib.suppress(OSError):
+            files.popitem()[1].close()
 
 
 def _add(summary: LedgerSummary, entry: LedgerEntry) -> LedgerSummary:

@@ -38,7 +38,7 @@ __all__ = ["MAX_RESUME_INTERVAL", "Deliver", "Intake"]
 MAX_RESUME_INTERVAL = 60.0
 
 # (node, round, manifest, blob) of a complete transfer
-Deliver = Callable[[str, int, TransferManifest, bytes], None]
+Deliver = Callable[[str, int, TransferManifest, bytes | memoryview], None]
 
 
 @dataclass
@@ -289,7 +289,7 @@ class Intake:
             return
         if done is not None:
             self._incoming.pop(key, None)
-            self._deliver(node, round_, done.manifest, done.blob)
+            self._deliver(node, round_, done.manifest, done.view)  # no copy of the blob
             return
         if self._assembler.missing(key) is None:
             # Completed before but neither stored nor refused (it could not be stored): take it again,

@@ -216,7 +216,7 @@ class Job:
         """The medium could not take this transfer (e.g. larger than the receiver's limit): reject it."""
         self._intake.refuse(node, manifest, reason)
 
-    def on_init_transfer(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
+    def on_init_transfer(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> None:
         """A complete `init` transfer: the first valid one becomes the global model of round 0."""
         self._rounds.on_init(node, round_, manifest, blob)
 
@@ -234,7 +234,7 @@ class Job:
         else:
             self._rounds.secagg.on_message(step, node, round_, topic, payload)
 
-    def _deliver(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
+    def _deliver(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> None:
         # The intake is made before the round engine (which needs it), so it delivers through here.
         self._rounds.on_transfer(node, round_, manifest, blob)
 

@@ -100,7 +100,7 @@ class StateStore:
     def _spool(self, job: str, round_: int) -> Path:
         return self.job_dir(job) / "spool" / str(round_)
 
-    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes | memoryview) -> None:
         path = self._spool(job, round_) / f"{node}-{transfer}.blob"
         try:
             write_atomic(path, blob)
