@@ -102,12 +102,16 @@ class Ledger:
         self._lock = threading.Lock()
         self._layouts: dict[str, Layout] = {}  # transfer -> its blob's layout, until its manifest goes out
         self._summaries: dict[tuple[str, str | None], LedgerSummary] = {}
+        self._paths: dict[str, Path] = {}
         self._files: OrderedDict[Path, BinaryIO] = OrderedDict()  # open for appending, least recently used first
         # A ledger dropped without `close` (a test's, a stopped service's) closes its files with it.
         weakref.finalize(self, _close_all, self._files)
 
     def path(self, job: str) -> Path:
-        return self.state_dir / check_name(job, "job name") / LEDGER_FILE
+        known = self._paths.get(job)
+        if known is None:  # the name is checked once per job, not once per line
+            known = self._paths[job] = self.state_dir / check_name(job, "job name") / LEDGER_FILE
+        return known
 
     # -- what the node does ------------------------------------------------------------------------
 
@@ -157,15 +161,18 @@ class Ledger:
         node: str,
         sha256: str | None = None,
         manifest: TransferManifest | None = None,
+        parsed: ParsedTopic | None = None,
     ) -> None:
         """A message that arrived on `node`'s topic of `job` (the aggregator's side of the account).
 
         `sha256`: the payload's SHA-256 in hex, when the caller computed it already (not computed again);
-        `manifest`: the payload parsed, when it is a manifest the caller parsed already."""
-        try:
-            parsed = self.topics.parse(topic)
-        except TopicError:
-            return
+        `manifest`: the payload parsed, when it is a manifest the caller parsed already; `parsed`: the topic
+        parsed (`topics.parse(topic)`), likewise."""
+        if parsed is None:
+            try:
+                parsed = self.topics.parse(topic)
+            except TopicError:
+                return
         cls = _CLASSES.get(parsed.channel, "other")
         fields = self._describe(parsed, cls, payload, sha256=sha256, manifest=manifest)
         uid = fields.pop("uid", None) or uid

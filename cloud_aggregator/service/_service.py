@@ -22,7 +22,6 @@ before the first connection, so a scrape answers even while the broker cannot be
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import replace
@@ -34,6 +33,7 @@ from broker import BrokerError, Inbound, MqttSettings, RequestServer, Session, m
 from cloud_aggregator._errors import AggregatorError
 from cloud_aggregator.engine import Controller, JobSettings
 from cloud_aggregator.service._audit import AuditBarrier, ReconnectAudit
+from cloud_aggregator.service._inbound import record, route_transfer
 from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts
@@ -49,7 +49,6 @@ from schemas import (
     SchemaError,
     TopicError,
     Topics,
-    TransferManifest,
     WireError,
 )
 
@@ -376,32 +375,16 @@ class AggregatorService:
     def _runtime(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
         channel = parsed.channel
         if channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
-            self._transfer(controller, parsed, msg)  # recorded there, with what the transfer computes anyway
+            route_transfer(self._ledger, controller, parsed, msg)  # in the ledger too, hashed once for both
             return
         if channel in _LEDGER_CHANNELS:
-            self._record(controller, parsed, msg)
+            record(self._ledger, controller, parsed, msg)
         if channel is Channel.WORKER_STATUS and parsed.node is not None:
             controller.on_worker_status(parsed.job, parsed.node, msg.payload, retained=msg.retain)
         elif channel is Channel.NODE_STATUS and parsed.node is not None:
             controller.on_node_status(parsed.node, msg.payload, time.monotonic())
         elif channel in _SECAGG_CHANNELS:
             controller.on_secagg(parsed, msg.topic, msg.payload, time.monotonic())
-
-    def _record(
-        self,
-        controller: Controller,
-        parsed: ParsedTopic,
-        msg: Inbound,
-        sha256: str | None = None,
-        manifest: TransferManifest | None = None,
-    ) -> None:
-        """Note a message on an edge's topic of a job this node aggregates in the job's ledger (`sha256`, `manifest`:
-        the payload's digest or parsed manifest, when known already)."""
-        uid = controller.run_of(parsed.job)  # also a job that finished before this process started
-        if uid is not None and parsed.node is not None:
-            self._ledger.received(
-                msg.topic, msg.payload, job=parsed.job, uid=uid, node=parsed.node, sha256=sha256, manifest=manifest
-            )
 
     def _uid_of(self, job: str) -> str | None:
         return self._controller.run_of(job) if self._controller is not None else None
@@ -424,27 +407,6 @@ class AggregatorService:
             return
         if manifest.sender == self.node:
             self._port.retained_globals.setdefault(parsed.job, {})[parsed.round] = manifest.chunks
-
-    def _transfer(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
-        """An update manifest or chunk: in the ledger, then the job engine assembles, stores and acknowledges (before
-        our MQTT ack). A chunk is hashed here once for both: the assembler checks this digest against the manifest's."""
-        now_s = time.monotonic()
-        if parsed.channel is Channel.UPDATE_CHUNK:
-            digest = hashlib.sha256(msg.payload).hexdigest() if msg.payload else None
-            self._record(controller, parsed, msg, sha256=digest)
-            controller.on_update_chunk(parsed, msg.payload, now_s, digest=digest)
-            return
-        manifest, problem = None, None
-        if msg.payload:
-            try:
-                manifest = manifest_from_payload(msg.payload)
-            except WireError as exc:
-                problem = exc.reason
-        self._record(controller, parsed, msg, manifest=manifest)
-        if manifest is not None:
-            controller.on_update_manifest(parsed, manifest, now_s)
-        elif problem is not None:
-            controller.on_malformed_manifest(parsed, problem)
 
     # -- shutdown --------------------------------------------------------------------------------
 
