@@ -155,8 +155,8 @@ def _keep_freed_memory() -> None:
 
     Every update chunk is a fresh ~1 MiB buffer, several times over (paho's packet, the message, the
     assembler's store). By default glibc serves those from fresh mmaps, or trims the heap as soon as they
-    are freed, so each one costs its page faults again: at 100 edges x 1.7 MB, about 5 % of the aggregator's
-    CPU (docs/performance.md, "Load generator"). Blobs above 16 MiB still get their own mmap, and at most
+    are freed, so each one costs its page faults again: several percent of the aggregator's CPU at 100 edges
+    x 1.7 MB (docs/performance.md, "Load generator"). Blobs above 16 MiB still get their own mmap, and at most
     128 MiB of freed heap is kept. A libc without mallopt (not glibc) is left as it is."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
