@@ -31,6 +31,7 @@ class LoadConfig:
     broker_config: dict[str, Any] = field(default_factory=dict)
     secure: bool = False  # the demo's deployment: TLS, passwords, per-node ACLs (flctl broker init)
     profile: Path | None = None  # py-spy's collapsed stacks of the aggregator during the job (needs py-spy)
+    profile_gil: bool = False  # py-spy samples only the thread holding the GIL
 
 
 @dataclass

@@ -70,12 +70,14 @@ WATCHER = "lg-watch"
 EDGES_PER_PROCESS = 250  # beyond this one process's GIL, not the broker, sets the pace (2 threads per session)
 
 
-def _py_spy(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
-    """py-spy sampling the aggregator (its threads and the script's process too) into `out`, or None."""
+def _py_spy(pid: int, out: Path | None, *, gil: bool = False) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the aggregator (its threads and the script's process too) into `out`, or None. `gil`: only
+    the thread holding the GIL (what costs CPU in Python; without it a thread waiting for the GIL counts too)."""
     if out is None:
         return None
     binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     command = [binary, "record", "--pid", str(pid), "--format", "raw", "--output", str(out), "--subprocesses"]
+    command += ["--gil"] if gil else []
     return subprocess.Popen([*command, "--rate", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -182,7 +184,7 @@ def run(cfg: LoadConfig) -> LoadResult:
                     raise RuntimeError(f"a fleet process failed to start: {problem}")
             print(f"{cfg.edges} simulated edges connected in {procs} process(es); creating the job", flush=True)
             cpu0 = {"aggregator": proc_cpu(agg.proc.pid), "broker": proc_cpu(broker.pid)}
-            spy = _py_spy(agg.proc.pid, cfg.profile)
+            spy = _py_spy(agg.proc.pid, cfg.profile, gil=cfg.profile_gil)
             created = time.time()
             if flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) != 0:
                 raise RuntimeError("flctl create failed")
@@ -261,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agg-arg", action="append", default=[], help="extra fl-cloud-aggregator argument")
     parser.add_argument("--secure", action="store_true", help="TLS, passwords and ACLs as the demo deploys them")
     parser.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the aggregator during the job")
+    parser.add_argument("--profile-gil", action="store_true", help="--profile samples only the thread holding the GIL")
     parser.add_argument("--broker", action="append", default=[], metavar="KEY=INT", help="BrokerConfig override")
     args = parser.parse_args(argv)
     configure_logging(node="loadgen", role="cli", level="WARNING")
@@ -277,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         agg_args=args.agg_arg,
         broker_config={k: int(v) for k, v in (item.split("=", 1) for item in args.broker)},
         profile=args.profile,
+        profile_gil=args.profile_gil,
         secure=args.secure,
     )
     result = run(cfg)

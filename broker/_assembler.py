@@ -233,17 +233,19 @@ class Assembler(Generic[K]):
         pending.candidates = {}
         return self._finish_if_complete(key, pending)
 
-    def add_chunk(self, key: K, index: int, data: bytes) -> CompletedTransfer[K] | None:
+    def add_chunk(self, key: K, index: int, data: bytes, *, digest: str | None = None) -> CompletedTransfer[K] | None:
         """Record chunk `index` of `key`; return the transfer if it completes it. A chunk that does not
         match the manifest's hash is dropped (the transfer keeps waiting for the right one).
 
-        The chunk is hashed here once, whatever comes later (the manifest, a replaced manifest, the end)."""
+        The chunk is hashed here once, whatever comes later (the manifest, a replaced manifest, the end);
+        not at all when the caller passes its SHA-256 (hex) as `digest`, having hashed it for another
+        purpose already (the aggregator's residency ledger): that digest is trusted as the chunk's."""
         if index < 0 or not data:
             return None  # an empty retained payload is a deleted chunk
         known = self._pending.get(key)
         if known is not None and index in known.chunks:
             return None  # a duplicate of a verified chunk (QoS 1 is at-least-once): not hashed again
-        digest = hashlib.sha256(data).hexdigest()
+        digest = digest or hashlib.sha256(data).hexdigest()
         if self._is_completed_duplicate(key, index, digest):
             return None
         pending = self._pending.get(key) or self._new(key)

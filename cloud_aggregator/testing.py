@@ -206,12 +206,12 @@ class MemoryPort:
         self.models.append((final.job, model, [np.array(a) for a in final.arrays], list(final.names), dict(final.meta)))
         return f"/memory{model.url.rstrip('/')}/{model.name}.npz"
 
-    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes | memoryview) -> None:
         if self.fail_store is not None:
             raise self.fail_store
         entries = self.disk.spool.setdefault(job, {}).setdefault(round_, [])
         if not any(e.node == node and e.transfer == transfer for e in entries):
-            entries.append(SpooledUpdate(node, transfer, blob))
+            entries.append(SpooledUpdate(node, transfer, bytes(blob)))  # a copy, as a disk holds one
 
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:
         return list(self.disk.spool.get(job, {}).get(round_, []))

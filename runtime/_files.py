@@ -39,7 +39,7 @@ def fsync_tree(root: Path) -> None:
     fsync_dir(root)
 
 
-def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+def write_atomic(path: Path, data: bytes | memoryview, *, sync_dir: bool = True) -> None:
     """Write `data` to `path`: temp sibling, fsync, rename, then (by default) fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")

@@ -195,7 +195,7 @@ def masked_blob(masked: npt.NDArray[np.uint32], *, job: str, round_: int, sender
     )
 
 
-def read_masked(blob: bytes) -> tuple[WeightsHeader, npt.NDArray[np.uint32]] | None:
+def read_masked(blob: bytes | bytearray | memoryview) -> tuple[WeightsHeader, npt.NDArray[np.uint32]] | None:
     """The header and masked vector of a masked update's blob; None when the blob is not one (WireError:
     not a weights blob at all)."""
     header, arrays = decode_weights(blob)

@@ -38,7 +38,7 @@ __all__ = ["MAX_RESUME_INTERVAL", "Deliver", "Intake"]
 MAX_RESUME_INTERVAL = 60.0
 
 # (node, round, manifest, blob) of a complete transfer
-Deliver = Callable[[str, int, TransferManifest, bytes], None]
+Deliver = Callable[[str, int, TransferManifest, bytes | memoryview], None]
 
 
 @dataclass
@@ -193,8 +193,11 @@ class Intake:
         )
         ctx.publish()
 
-    def on_chunk(self, node: str, round_: int, transfer: str, index: int, data: bytes, *, now_s: float) -> None:
-        """One chunk of a transfer; the transfer is delivered when its last chunk arrives."""
+    def on_chunk(
+        self, node: str, round_: int, transfer: str, index: int, data: bytes, *, now_s: float, digest: str | None = None
+    ) -> None:
+        """One chunk of a transfer; the transfer is delivered when its last chunk arrives (`digest`: the chunk's
+        SHA-256 if the caller hashed it already)."""
         self._ctx.advance(now_s)
         if node not in self._ctx.facts.participants or not self.wants(round_):
             return
@@ -203,7 +206,7 @@ class Intake:
             return
         self._first_seen.setdefault((round_, node, transfer), now_s)
         try:
-            done = self._overflow.add_chunk(key, round_, index, data)
+            done = self._overflow.add_chunk(key, round_, index, data, digest=digest)
         except TransferError as exc:  # every chunk matched, the whole blob did not: a bad manifest
             self._forget(key)
             self._ctx.log.warning("transfer failed its final check", worker=node, transfer=transfer, error=str(exc))
@@ -286,7 +289,7 @@ class Intake:
             return
         if done is not None:
             self._incoming.pop(key, None)
-            self._deliver(node, round_, done.manifest, done.blob)
+            self._deliver(node, round_, done.manifest, done.view)  # no copy of the blob
             return
         if self._assembler.missing(key) is None:
             # Completed before but neither stored nor refused (it could not be stored): take it again,

@@ -205,15 +205,18 @@ class Job:
         """A manifest on this job's update topic that is not a valid manifest: refused, and said so."""
         self._intake.on_malformed(node, round_, transfer, reason)
 
-    def on_update_chunk(self, node: str, round_: int, transfer: str, index: int, data: bytes, *, now_s: float) -> None:
-        """One chunk of an update transfer; the transfer is handled when its last chunk arrives."""
-        self._intake.on_chunk(node, round_, transfer, index, data, now_s=now_s)
+    def on_update_chunk(
+        self, node: str, round_: int, transfer: str, index: int, data: bytes, *, now_s: float, digest: str | None = None
+    ) -> None:
+        """One chunk of an update transfer; the transfer is handled when its last chunk arrives. `digest`: the
+        chunk's SHA-256 (hex) if the caller hashed it already (the service does, for the ledger too)."""
+        self._intake.on_chunk(node, round_, transfer, index, data, now_s=now_s, digest=digest)
 
     def reject_transfer(self, node: str, manifest: TransferManifest, reason: str) -> None:
         """The medium could not take this transfer (e.g. larger than the receiver's limit): reject it."""
         self._intake.refuse(node, manifest, reason)
 
-    def on_init_transfer(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
+    def on_init_transfer(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> None:
         """A complete `init` transfer: the first valid one becomes the global model of round 0."""
         self._rounds.on_init(node, round_, manifest, blob)
 
@@ -231,7 +234,7 @@ class Job:
         else:
             self._rounds.secagg.on_message(step, node, round_, topic, payload)
 
-    def _deliver(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
+    def _deliver(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> None:
         # The intake is made before the round engine (which needs it), so it delivers through here.
         self._rounds.on_transfer(node, round_, manifest, blob)
 

@@ -131,7 +131,7 @@ class Port(Protocol):
 
     # -- durable state (the service: ROOT/state/<job>/, `StateStore`) ------------------------------
 
-    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes | memoryview) -> None:
         """Store an accepted update durably (spool/<round>/<node>-<transfer>.blob) before it is folded."""
 
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:

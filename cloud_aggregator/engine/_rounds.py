@@ -36,7 +36,12 @@ from cloud_aggregator.engine._robust_close import robust_close
 from cloud_aggregator.engine._secagg import SecureAggregation
 from cloud_aggregator.engine._stages import Done, Final, GlobalWeights, Init, Run, Training
 from cloud_aggregator.engine._status import budget_message, completed_message, final_message
-from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
+from cloud_aggregator.engine._transfers import (
+    check_manifest,
+    checked_header,
+    decode_checked,
+    describe_layout_difference,
+)
 from cloud_aggregator.engine._updates import UpdatePath
 from schemas import (
     ConditionType,
@@ -63,26 +68,36 @@ class RoundEngine:
 
     # -- transfers -------------------------------------------------------------------------------
 
-    def on_transfer(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
-        """A complete transfer from the intake."""
+    def on_transfer(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> None:
+        """A complete transfer from the intake (every chunk checked against the manifest's hashes)."""
         if manifest.kind == "init":
-            self.on_init(node, round_, manifest, blob)
+            self.on_init(node, round_, manifest, blob, verified=True)
         else:
-            self.updates.on_update(node, round_, manifest, blob, verified=True)  # the intake checked every chunk
+            self.updates.on_update(node, round_, manifest, blob, verified=True)
 
-    def on_init(self, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
-        """A complete `init` transfer: the first valid one becomes the global model of round 0."""
+    def on_init(
+        self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview, *, verified: bool = False
+    ) -> None:
+        """A complete `init` transfer: the first valid one becomes the global model of round 0. Once it is
+        chosen, a later init is compared by its header's layout alone: its tensors are never used, so they are
+        not decoded (at 100 edges, 99 inits of which one is used)."""
         ctx = self._ctx
+        decoded = None
         try:
             if check_manifest(ctx.facts, ctx.state, node, round_, manifest) is not None:
                 raise UpdateRejectedError(f"expected an init transfer, got kind {manifest.kind}")
-            layout, arrays, names = decode_checked(manifest, blob, node=node, job=ctx.facts.name)
+            if isinstance(ctx.state, Init):
+                decoded = decode_checked(manifest, blob, node=node, job=ctx.facts.name, verified=verified)
+                layout = decoded[0]
+            else:
+                layout = checked_header(manifest, blob, node=node, job=ctx.facts.name).layout()
         except UpdateRejectedError as exc:
             self._intake.reject(node, manifest, exc)
             ctx.publish()
             return
         state = ctx.state
-        if isinstance(state, Init):
+        if isinstance(state, Init) and decoded is not None:
+            _, arrays, names = decoded
             model = GlobalWeights.of([np.array(a) for a in self._committer.published(arrays)], layout, names, node)
             self._committer.folded[0] = [(node, manifest.transfer)]
             params = sum(int(np.prod(shape)) for _, _, shape in layout)

@@ -48,14 +48,15 @@ class JobRoutes(ABC):
             return
         engine.on_malformed_manifest(topic.node, topic.round, topic.transfer, reason)
 
-    def on_update_chunk(self, topic: ParsedTopic, data: bytes, now_s: float) -> None:
-        """One chunk of an update transfer, for a running job of this node."""
+    def on_update_chunk(self, topic: ParsedTopic, data: bytes, now_s: float, *, digest: str | None = None) -> None:
+        """One chunk of an update transfer, for a running job of this node; `digest`: its SHA-256 (hex) if the
+        caller hashed it already (then it is not hashed again)."""
         engine = self._running(topic.job)
         if engine is None or topic.node is None or topic.round is None or topic.transfer is None:
             return
         if topic.chunk is None:
             return
-        engine.on_update_chunk(topic.node, topic.round, topic.transfer, topic.chunk, data, now_s=now_s)
+        engine.on_update_chunk(topic.node, topic.round, topic.transfer, topic.chunk, data, now_s=now_s, digest=digest)
 
     def on_secagg(self, topic: ParsedTopic, raw_topic: str, payload: bytes, now_s: float) -> None:
         """An edge's key advert, share bundle or unmask answer, for a running job of this node; a state (this

@@ -284,7 +284,7 @@ class SecureAggregation:
     # -- masked updates (the update path's secure aggregation branch) ---------------------------------
 
     def check_masked(
-        self, open_round: Training, node: str, manifest: TransferManifest, blob: bytes, *, spooled: bool
+        self, open_round: Training, node: str, manifest: TransferManifest, blob: bytes | memoryview, *, spooled: bool
     ) -> npt.NDArray[np.uint32]:
         """The masked vector of `node`'s update, once it may go into the round's sum (UpdateRejectedError).
 

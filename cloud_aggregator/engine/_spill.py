@@ -29,7 +29,7 @@ from schemas import TransferManifest
 
 __all__ = ["Overflow", "SpillFile", "SpilledTransfer"]
 
-Done = tuple[TransferManifest, bytes]
+Done = tuple[TransferManifest, bytes | memoryview]  # a memoryview: the assembler's blob, not copied
 _DONE_REMEMBERED = 1024  # completed spilled transfers remembered, to ignore their duplicate chunks
 
 _CANDIDATES_PER_INDEX = 2  # as the assembler: a stale retained copy and the right one may both be in
@@ -89,11 +89,12 @@ class SpilledTransfer:
                 del candidates[digest]  # stale: its bytes stay in the file until the transfer ends
         return self._finish_if_complete()
 
-    def add_chunk(self, index: int, data: bytes) -> bytes | None:
-        """Record chunk `index`; the blob if it completes the transfer (TransferError: an inconsistent manifest)."""
+    def add_chunk(self, index: int, data: bytes, digest: str | None = None) -> bytes | None:
+        """Record chunk `index` (`digest`: its SHA-256 if known already); the blob if it completes the transfer
+        (TransferError: an inconsistent manifest)."""
         if index < 0 or not data:
             return None
-        digest = hashlib.sha256(data).hexdigest()
+        digest = digest or hashlib.sha256(data).hexdigest()
         manifest = self.manifest
         if manifest is not None and (index >= manifest.chunks or manifest.chunk_sha256[index] != digest):
             return None  # stale or corrupt: the transfer waits for the right one
@@ -162,7 +163,7 @@ class Overflow:
     def holds(self, key: str) -> bool:
         return key in self._spilled
 
-    def add_chunk(self, key: str, round_: int, index: int, data: bytes) -> Done | None:
+    def add_chunk(self, key: str, round_: int, index: int, data: bytes, digest: str | None = None) -> Done | None:
         """A chunk into memory while the budget allows, else to disk; the transfer if it completes (TransferError:
         an inconsistent manifest). An error of the disk (`AggregatorError`) drops the chunk: asked for again."""
         spilled = self._spilled.get(key)
@@ -170,10 +171,10 @@ class Overflow:
             if key in self._done:
                 return None  # a duplicate chunk of a spilled transfer that completed
             if self._assembler.buffered_bytes + len(data) <= self._budget:
-                done = self._assembler.add_chunk(key, index, data)
-                return None if done is None else (done.manifest, done.blob)
+                done = self._assembler.add_chunk(key, index, data, digest=digest)
+                return None if done is None else (done.manifest, done.view)
             spilled = self._spill(key, round_)
-        blob = spilled.add_chunk(index, data)
+        blob = spilled.add_chunk(index, data, digest)
         return self._finished(key, spilled, blob) if blob is not None else self._merge(key, spilled)
 
     def takes_manifest(self, key: str, manifest: TransferManifest) -> bool:
@@ -195,7 +196,7 @@ class Overflow:
             done = self._assembler.add_manifest(key, manifest)
             if done is not None:
                 self.discard(key)
-                return done.manifest, done.blob
+                return done.manifest, done.view
         blob = spilled.add_manifest(manifest)
         if blob is not None:
             return self._finished(key, spilled, blob)
@@ -242,7 +243,7 @@ class Overflow:
         for index in missing:
             done = self._assembler.add_chunk(key, index, spilled.chunk(index))
         self._finished(key, spilled, None)
-        return None if done is None else (done.manifest, done.blob)
+        return None if done is None else (done.manifest, done.view)
 
     def _finished(self, key: str, spilled: SpilledTransfer, blob: bytes | None) -> Done | None:
         spilled.discard()

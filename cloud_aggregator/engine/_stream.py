@@ -359,7 +359,7 @@ class StreamingPort:
     def kept(self) -> KeptState:
         return self._inner.kept()
 
-    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes | memoryview) -> None:
         self._inner.store_update(job, round_, node, transfer, blob)
 
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:

@@ -22,9 +22,16 @@ from cloud_aggregator._strategy import Layout
 from cloud_aggregator.engine._facts import JobFacts
 from cloud_aggregator.engine._stages import Done, Final, Init, JobState, Starting, Training
 from cloud_aggregator.engine._staleness import stale_problem
-from schemas import TransferManifest, WireError, decode_tensors, read_header
+from schemas import TransferManifest, WeightsHeader, WireError, decode_tensors, read_header
 
-__all__ = ["all_finite", "check_manifest", "check_origin", "decode_checked", "describe_layout_difference"]
+__all__ = [
+    "all_finite",
+    "check_manifest",
+    "check_origin",
+    "checked_header",
+    "decode_checked",
+    "describe_layout_difference",
+]
 
 
 def check_manifest(
@@ -97,6 +104,28 @@ def decode_checked(
         arrays = decode_tensors(header, payload, base=base() if header.needs_base and base is not None else None)
     except WireError as exc:
         raise UpdateRejectedError(f"unreadable weights: {exc}") from exc
+    _check_agrees(header, manifest, node, job)
+    for i, (spec, array) in enumerate(zip(header.tensors, arrays, strict=True)):
+        if array.dtype.kind in "fc" and not all_finite(array):
+            raise UpdateRejectedError(f"tensor {i} ({spec.name}) has non-finite values (NaN or inf)")
+    return header.layout(), arrays, [t.name for t in header.tensors]
+
+
+def checked_header(manifest: TransferManifest, blob: bytes | memoryview, *, node: str, job: str) -> WeightsHeader:
+    """The blob's header, once it agrees with the manifest (as `decode_checked` checks it, for a blob without
+    deltas), without reading its tensors: for a blob whose weights are not used (an init after the round-0
+    model was chosen), whose layout is all that matters."""
+    try:
+        header, _ = read_header(blob)
+    except WireError as exc:
+        raise UpdateRejectedError(f"unreadable weights: {exc}") from exc
+    if header.needs_base:
+        raise UpdateRejectedError(f"unreadable weights: weights: an encoded delta cannot be a {manifest.kind}")
+    _check_agrees(header, manifest, node, job)
+    return header
+
+
+def _check_agrees(header: WeightsHeader, manifest: TransferManifest, node: str, job: str) -> None:
     for what, got, want in (
         ("kind", header.kind, manifest.kind),
         ("job", header.job, job),
@@ -106,10 +135,6 @@ def decode_checked(
     ):
         if got != want:
             raise UpdateRejectedError(f"weights header says {what}={got!r}, expected {want!r}")
-    for i, (spec, array) in enumerate(zip(header.tensors, arrays, strict=True)):
-        if array.dtype.kind in "fc" and not all_finite(array):
-            raise UpdateRejectedError(f"tensor {i} ({spec.name}) has non-finite values (NaN or inf)")
-    return header.layout(), arrays, [t.name for t in header.tensors]
 
 
 def all_finite(array: npt.NDArray[Any]) -> bool:

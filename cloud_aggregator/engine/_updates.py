@@ -66,7 +66,7 @@ class UpdatePath:
         node: str,
         round_: int,
         manifest: TransferManifest,
-        blob: bytes,
+        blob: bytes | memoryview,
         *,
         spooled: bool = False,
         verified: bool = False,
@@ -142,7 +142,9 @@ class UpdatePath:
             manifest = manifest_for(entry.blob, origin, chunk_size=max(1, len(entry.blob)), transfer=entry.transfer)
             self.on_update(entry.node, header.round, manifest, entry.blob, spooled=state.round == round_)
 
-    def _on_masked(self, node: str, round_: int, manifest: TransferManifest, blob: bytes, *, spooled: bool) -> None:
+    def _on_masked(
+        self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview, *, spooled: bool
+    ) -> None:
         """Secure aggregation: a masked update (checked as any update's origin, then by the round's phase),
         stored, added into the masked sum, counted and acknowledged; all of U2 in moves the round on."""
         ctx = self._ctx
@@ -172,7 +174,7 @@ class UpdatePath:
     # -- steps -------------------------------------------------------------------------------------
 
     def _check(
-        self, node: str, round_: int, manifest: TransferManifest, blob: bytes, *, verified: bool
+        self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview, *, verified: bool
     ) -> _Checked | None:
         """The update's checks (raise UpdateRejectedError); None when it is a duplicate (answered here)."""
         facts = self._ctx.facts
@@ -212,7 +214,9 @@ class UpdatePath:
         base = None if carry else self.base_of(open_round, round_)
         return _Checked(open_round, arrays, base, carry)
 
-    def _store(self, open_round: Training, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> bool:
+    def _store(
+        self, open_round: Training, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview
+    ) -> bool:
         """Store the update under the round that folds it (a stale update's own round may be closed)."""
         ctx = self._ctx
         try:
@@ -277,7 +281,9 @@ class UpdatePath:
             node=node,
         )
 
-    def _carry(self, open_round: Training, node: str, round_: int, manifest: TransferManifest, blob: bytes) -> None:
+    def _carry(
+        self, open_round: Training, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview
+    ) -> None:
         """Asynchronous: `node`'s update of `round_` while its older one is in the buffer: stored for the next
         round (its spool), acknowledged, and folded when that round opens (`RoundEngine.open_round`)."""
         ctx, facts = self._ctx, self._ctx.facts

@@ -217,7 +217,7 @@ class MqttPort:
         self.model_written(model.url)
         return str(path)
 
-    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes | memoryview) -> None:
         self._state.store_update(job, round_, node, transfer, blob)
 
     def spooled_updates(self, job: str, round_: int) -> list[SpooledUpdate]:

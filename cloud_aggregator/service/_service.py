@@ -33,6 +33,7 @@ from broker import BrokerError, Inbound, MqttSettings, RequestServer, Session, m
 from cloud_aggregator._errors import AggregatorError
 from cloud_aggregator.engine import Controller, JobSettings
 from cloud_aggregator.service._audit import AuditBarrier, ReconnectAudit
+from cloud_aggregator.service._inbound import record, route_transfer
 from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts
@@ -373,22 +374,17 @@ class AggregatorService:
 
     def _runtime(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
         channel = parsed.channel
+        if channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
+            route_transfer(self._ledger, controller, parsed, msg)  # in the ledger too, hashed once for both
+            return
         if channel in _LEDGER_CHANNELS:
-            self._record(controller, parsed, msg)
+            record(self._ledger, controller, parsed, msg)
         if channel is Channel.WORKER_STATUS and parsed.node is not None:
             controller.on_worker_status(parsed.job, parsed.node, msg.payload, retained=msg.retain)
-        elif channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
-            self._transfer(controller, parsed, msg)
         elif channel is Channel.NODE_STATUS and parsed.node is not None:
             controller.on_node_status(parsed.node, msg.payload, time.monotonic())
         elif channel in _SECAGG_CHANNELS:
             controller.on_secagg(parsed, msg.topic, msg.payload, time.monotonic())
-
-    def _record(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
-        """Note a message on an edge's topic of a job this node aggregates in the job's ledger."""
-        uid = controller.run_of(parsed.job)  # also a job that finished before this process started
-        if uid is not None and parsed.node is not None:
-            self._ledger.received(msg.topic, msg.payload, job=parsed.job, uid=uid, node=parsed.node)
 
     def _uid_of(self, job: str) -> str | None:
         return self._controller.run_of(job) if self._controller is not None else None
@@ -412,21 +408,6 @@ class AggregatorService:
         if manifest.sender == self.node:
             self._port.retained_globals.setdefault(parsed.job, {})[parsed.round] = manifest.chunks
 
-    def _transfer(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
-        """An update manifest or chunk: the job engine assembles, stores and acknowledges (before our MQTT ack)."""
-        now_s = time.monotonic()
-        if parsed.channel is Channel.UPDATE_MANIFEST:
-            if not msg.payload:
-                return
-            try:
-                manifest = manifest_from_payload(msg.payload)
-            except WireError as exc:
-                controller.on_malformed_manifest(parsed, exc.reason)
-                return
-            controller.on_update_manifest(parsed, manifest, now_s)
-        else:
-            controller.on_update_chunk(parsed, msg.payload, now_s)
-
     # -- shutdown --------------------------------------------------------------------------------
 
     def _shutdown(self, session: Session, offline: bytes) -> None:
@@ -434,4 +415,5 @@ class AggregatorService:
         self._scripts.stop_all(SHUTDOWN_GRACE)
         session.stop(timeout=5.0, final=(self.topics.node_status(self.node), offline))
         self.metrics.close()
+        self._ledger.close()
         self._log.info("stopped")

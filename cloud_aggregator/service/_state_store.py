@@ -30,8 +30,11 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import secrets
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -42,6 +45,8 @@ from runtime import fsync_dir, write_atomic
 
 __all__ = ["FileSpill", "StateStore"]
 
+_DROPPED = ".drop-"  # a spool folder set aside for deletion (never a round's name: those are digits)
+_SETTLE_SECONDS = 30.0  # how long clearing a job's state waits for its spool deletions still running
 _SECAGG_RECORD = "secagg.json"  # not a spooled update's name (`_SPOOL_NAME`): the spool's listing skips it
 _SPOOL_NAME = re.compile(r"^(?P<node>[a-z0-9]([a-z0-9.-]*[a-z0-9])?)-(?P<transfer>[0-9a-f]{8,64})\.blob$")
 
@@ -93,6 +98,7 @@ class StateStore:
 
     def __init__(self, root: Path) -> None:
         self.base = root / "state"
+        self._drops: list[threading.Thread] = []  # spool deletions running in the background
 
     def job_dir(self, job: str) -> Path:
         return self.base / job
@@ -100,7 +106,7 @@ class StateStore:
     def _spool(self, job: str, round_: int) -> Path:
         return self.job_dir(job) / "spool" / str(round_)
 
-    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes | memoryview) -> None:
         path = self._spool(job, round_) / f"{node}-{transfer}.blob"
         try:
             write_atomic(path, blob)
@@ -159,16 +165,38 @@ class StateStore:
             raise StateError(f"cannot read the secure aggregation record of round {round_}: {exc}") from exc
 
     def drop_spool(self, job: str, upto: int) -> None:
-        """Delete the spool of every round <= `upto` (those rounds are in a checkpoint now)."""
+        """Delete the spool of every round <= `upto` (those rounds are in a checkpoint now).
+
+        Each such round's folder is renamed aside at once and deleted by a background thread: removing a
+        round's 100 update files took about 0.2 s of the logic thread between two rounds at 100 edges. A
+        folder set aside and not yet deleted is no round's spool any more; one a crash left goes at the next
+        drop."""
         spool = self.job_dir(job) / "spool"
+        doomed: list[Path] = []
         try:
             if not spool.is_dir():
                 return
             for folder in spool.iterdir():
-                if folder.name.isdigit() and int(folder.name) <= upto:
-                    shutil.rmtree(folder, ignore_errors=True)
+                if folder.name.startswith(_DROPPED):
+                    doomed.append(folder)
+                elif folder.name.isdigit() and int(folder.name) <= upto:
+                    aside = spool / f"{_DROPPED}{folder.name}-{secrets.token_hex(4)}"
+                    folder.rename(aside)
+                    doomed.append(aside)
         except OSError as exc:
             raise StateError(f"cannot clean the spool: {exc}") from exc
+        if doomed:
+            thread = threading.Thread(target=_remove_all, args=(doomed,), name=f"spool-drop-{job}", daemon=True)
+            self._drops = [t for t in self._drops if t.is_alive()] + [thread]
+            thread.start()
+
+    def settle(self, timeout: float = _SETTLE_SECONDS) -> bool:
+        """Wait (at most `timeout` seconds) until the spool deletions started so far are done; whether they are."""
+        deadline = time.monotonic() + timeout
+        for thread in self._drops:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._drops = [t for t in self._drops if t.is_alive()]
+        return not self._drops
 
     def save_checkpoint(
         self, checkpoint: Checkpoint, global_blob: bytes, server_state: bytes | None = None, *, keep_globals: int = 1
@@ -224,9 +252,15 @@ class StateStore:
         return checkpoint, blob
 
     def clear_state(self, job: str) -> None:
+        self.settle()  # a spool deletion still running would race this one
         try:
             shutil.rmtree(self.job_dir(job), ignore_errors=False)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise StateError(f"cannot clear the state of job {job}: {exc}") from exc
+
+
+def _remove_all(folders: list[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)  # what stays (an error) goes at the next drop of the job

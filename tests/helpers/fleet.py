@@ -29,7 +29,7 @@ class DiskPort(MemoryPort):
         super().__init__()
         self.store = StateStore(root)
 
-    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes) -> None:
+    def store_update(self, job: str, round_: int, node: str, transfer: str, blob: bytes | memoryview) -> None:
         self.store.store_update(job, round_, node, transfer, blob)
 
     def open_spill(self, job: str) -> FileSpill:  # type: ignore[override]
