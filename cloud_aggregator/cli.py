@@ -11,9 +11,6 @@ and SIGINT stop the service cleanly (exit code 0).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -144,30 +141,9 @@ def _metrics_endpoint(args: argparse.Namespace) -> tuple[str, int | None]:
     return bind, port
 
 
-# glibc's mallopt parameters (malloc.h) and what the aggregator sets them to.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD = 16 * 1024 * 1024
-_TRIM_THRESHOLD = 128 * 1024 * 1024
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc reuse the memory of freed megabyte-sized buffers instead of returning it to the kernel.
-
-    Every update chunk is a fresh ~1 MiB buffer, several times over (paho's packet, the message, the
-    assembler's store). By default glibc serves those from fresh mmaps, or trims the heap as soon as they
-    are freed, so each one costs its page faults again: several percent of the aggregator's CPU at 100 edges
-    x 1.7 MB (docs/performance.md, "Load generator"). Blobs above 16 MiB still get their own mmap, and at most
-    128 MiB of freed heap is kept. A libc without mallopt (not glibc) is left as it is."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the service until SIGTERM or SIGINT; return the process exit code."""
     args = build_parser().parse_args(argv)
-    _keep_freed_memory()
     try:
         Topics(args.prefix)
         config = node_config_from_args(args)
