@@ -274,15 +274,9 @@ class Fleet:
         except (BrokerError, TransferError, WireError) as exc:
             edge.result.errors.append(f"upload of round {round_}: {exc}")
             return
+        # As the edge: no status between the broker's acknowledgement and the aggregator's (Waiting comes with
+        # the ack, "stored by the aggregator").
         edge.result.uploaded_at.setdefault(round_, time.time())
-        if indices is None and round_ >= 1 and round_ not in edge.result.acked_at:
-            edge.status(
-                WorkerState.WAITING,
-                round_,
-                f"update of round {round_} sent; waiting for the round to close",
-                metrics=METRICS,
-                metrics_round=round_,
-            )
 
     # -- the timer -------------------------------------------------------------------------------
 
