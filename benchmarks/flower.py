@@ -9,29 +9,39 @@ Each side's final model is scored afterwards, by the same script (benchmarks/_fl
 held-out test.txt: accuracy and balanced accuracy.
 
 Fairness rules:
-- Both sides are real processes on this machine over loopback, in their normal deployment, started before
-  the clock: this project's broker (Mosquitto), aggregator and two edge services (long-running daemons,
-  each online); Flower's deployment engine, a SuperLink and two SuperNodes (each online), the engine Flower
-  recommends for real deployments (the older server/client API is deprecated in 1.x). Neither side runs
-  TLS (Mosquitto on plain MQTT, Flower ``--insecure``).
-- Timed from submitting the job with the user's CLI (``flctl create -f``; ``flwr run <app> bench
-  --stream``) to its end: our job Succeeded (every edge has saved the final model), ``flwr run`` returned
-  (the ServerApp has the final model and wrote it). Both CLIs start as processes inside the timing.
-- The same model code and Keras training: Flower's ClientApp calls the example's very ``Estimator.train``
-  with the job's parameters, on the same files. Same initial weights (the Estimator's seeded init, which
-  our edges upload as round 0 and Flower's ServerApp passes as ``initial_arrays``). Adam's state carries
-  over between rounds on both sides (our script keeps it in memory; Flower runs every message in a fresh
-  process, so the ClientApp keeps it in ``context.state``).
+- Both sides are real processes on this machine over loopback. Neither runs TLS (Mosquitto on plain MQTT,
+  Flower ``--insecure``). This project runs in its normal deployment: the broker (Mosquitto), the
+  aggregator and two edge services are long-running daemons, started and online before the clock; timed
+  from ``flctl create -f`` (the CLI as a process) until the job is Succeeded, i.e. every edge has saved
+  the final model.
+- Flower is timed three ways, because its two APIs put the clock in different places:
+  ``flower-deployment``: the deployment engine Flower recommends (SuperLink + two SuperNodes, started and
+  online before the clock), timed from ``flwr run <app> bench --stream`` until it returns after the
+  ServerApp wrote the final model. Each message runs in a fresh ``flwr-clientapp`` process (subprocess
+  isolation, the default) that imports TensorFlow and loads its data: that is Flower's cost, as our edge
+  pays one TensorFlow import per job without a warm worker.
+  ``flower-legacy-cold``: the older (deprecated) server/client API, timed from launching the server and
+  the two clients to the server's exit: a legacy client serves one run and holds that job's model code
+  and data, so its processes start per job.
+  ``flower-legacy-warm``: the same run timed from the moment server and clients are connected with
+  TensorFlow imported and the data loaded (Flower's best case, what no deployment gets for a new job).
+- The same model code and Keras training: Flower's ClientApp/client calls the example's very
+  ``Estimator.train`` with the job's parameters, on the same files. Same initial weights (the Estimator's
+  seeded init, which our edges upload as round 0, Flower's ServerApp passes as ``initial_arrays`` and the
+  legacy server takes from a client as Flower does by default). Adam's state carries over between rounds
+  on every side (our script and the legacy client keep it in memory; the deployment engine runs each
+  message in a fresh process, so its ClientApp keeps it in ``context.state``).
 - The same evaluation work: our edges score each round's global model on their held-out share (the last
   20 %, what Keras validates on) once per round; Flower's FedAvg runs one evaluate round per round on the
-  same share (``fraction_evaluate=1``). No centralised evaluation inside either run.
-- Flower's own per-run and per-message costs are Flower's: its ClientApp runs in a fresh
-  ``flwr-clientapp`` process per message (subprocess isolation, the default) and imports TensorFlow each
-  time. Ours starts one training script per edge per job, which imports TensorFlow once per job (or not at
-  all with a warm worker: ``--project-edge-arg=--warm-worker``, off by default, once the edge service has it).
+  same share (``fraction_evaluate=1``). No centralised evaluation inside any run.
+- The final model of every side is scored after its clock stops, by the same script.
+- Our side's edge services take extra arguments (``--project-edge-arg``; ``--project-warm-worker`` adds
+  ``--warm-worker``, off by default, for the edge service's warm worker once it has one).
 - Threads: both sides use TensorFlow's defaults (no intra/inter-op limits), two trainers sharing two cores.
-- The sides alternate (ours, Flower, ours, ...), each on a fresh deployment; ``--repeats`` (default 3)
-  runs; medians of the wall times, their ratio, and each side's accuracies per run and their mean.
+- The sides alternate (ours, Flower's deployment engine, Flower's legacy API; again), each on a fresh
+  deployment; ``--repeats`` (default 3) runs; medians of the wall times, their ratios, and each side's
+  accuracies per run and their mean. Training is not seeded (Keras shuffles, dropout), as in the demo,
+  so accuracies vary by 1-4 points from run to run on both sides.
 - The machine has 2 cores and other work may run on it: the ratio measured in one run is what counts.
 
 Flower is an optional extra, never a runtime or test dependency. Every flwr release pins protobuf<7 (this
