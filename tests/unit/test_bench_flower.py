@@ -3,11 +3,14 @@ where our side's time went, read from the job's round records."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from benchmarks._flower_common import Run, median_phases, summarize
+from benchmarks._flower_flwr import phases as flower_phases
 from benchmarks._flower_project import phases
 from schemas import JobStatus, Phase, RoundRecord
 
@@ -64,3 +67,34 @@ def test_project_phases_split_the_wall_time_at_the_round_records() -> None:
     got = phases(status, submitted, submitted + 25.0)
     # Start-up to round 1's opening, each round's own duration, then from the last close to Succeeded.
     assert got == {"startup_s": 4.0, "round1_s": 5.0, "round2_s": 5.0, "round3_s": 5.0, "finish_s": 4.0}
+
+
+def test_flower_phases_read_the_serverapp_marks_and_the_clientapp_timings(tmp_path: Path) -> None:
+    # The files the Flower app writes; the runner module itself imports nothing of Flower's.
+    out = tmp_path / "out"
+    out.mkdir()
+    marks = [
+        {"round": 1, "phase": "train_sent", "t": 110.0},
+        {"round": 1, "phase": "train_replies", "t": 118.0},
+        {"round": 1, "phase": "evaluate_replies", "t": 121.0},
+    ]
+    timings = {"main_start": 104.0, "initial_ready": 108.0, "marks": marks, "end": 122.0}
+    (out / "server-timings.json").write_text(json.dumps(timings))
+    node = tmp_path / "edge1-timings.jsonl"
+    lines = [
+        {"process_start": 110.0, "handler_start": 112.0, "tf_import_s": 4.0},
+        {"process_start": 118.0, "handler_start": 121.0, "tf_import_s": 5.0},
+        {"process_start": 130.0, "handler_start": 131.0, "tf_import_s": 6.0},
+    ]
+    node.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    got = flower_phases(out, [node, tmp_path / "missing.jsonl"], submitted=100.0, ended=123.5)
+    assert got == {
+        "submit_to_serverapp_s": 4.0,
+        "serverapp_model_s": 4.0,
+        "round1_train_s": 8.0,
+        "round1_eval_s": 3.0,
+        "finish_s": 1.5,
+        "clientapp_spawn_to_handler_s": 2.0,
+        "clientapp_tf_import_s": 5.0,
+        "clientapp_messages": 3,
+    }
