@@ -122,7 +122,7 @@ def bench_path(update: Arrays, repeats: int) -> dict[str, float]:
     accumulators = [np.zeros(a.shape) for a in update]
 
     def engine() -> None:
-        got, arrays, _ = decode_checked(manifest, blob, node="edge1", job="j", verified=True)
+        got, arrays, _ = decode_checked(manifest, blob, node="edge1", job="j")
         assert got == layout
         strategy.check(state, arrays, 7)
         strategy.fold_in_place(state, arrays, 7)

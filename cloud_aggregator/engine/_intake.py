@@ -62,7 +62,10 @@ class Intake:
     def __init__(self, ctx: JobContext, deliver: Deliver, *, memory_budget: int) -> None:
         self._ctx = ctx
         self._deliver = deliver
-        self._assembler: Assembler[str] = Assembler(log=ctx.log)
+        # Every chunk is checked against the manifest's hashes here; the whole blob is checked by the weights
+        # header's own SHA-256 when it is decoded (`decode_checked`): one pass that also covers the encoder's
+        # output end to end, so the assembler's whole-blob hash would be a second pass for nothing more.
+        self._assembler: Assembler[str] = Assembler(log=ctx.log, verify_blob_sha256=False)
         self._overflow = Overflow(self._assembler, memory_budget, lambda: ctx.port.open_spill(ctx.facts.name), ctx.log)
         self._incoming: dict[str, _Incoming] = {}
         self._retries: dict[str, int] = {}

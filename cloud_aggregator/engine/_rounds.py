@@ -71,13 +71,11 @@ class RoundEngine:
     def on_transfer(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> None:
         """A complete transfer from the intake (every chunk checked against the manifest's hashes)."""
         if manifest.kind == "init":
-            self.on_init(node, round_, manifest, blob, verified=True)
+            self.on_init(node, round_, manifest, blob)
         else:
-            self.updates.on_update(node, round_, manifest, blob, verified=True)
+            self.updates.on_update(node, round_, manifest, blob)
 
-    def on_init(
-        self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview, *, verified: bool = False
-    ) -> None:
+    def on_init(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> None:
         """A complete `init` transfer: the first valid one becomes the global model of round 0. Once it is
         chosen, a later init is compared by its header's layout alone: its tensors are never used, so they are
         not decoded (at 100 edges, 99 inits of which one is used)."""
@@ -87,7 +85,7 @@ class RoundEngine:
             if check_manifest(ctx.facts, ctx.state, node, round_, manifest) is not None:
                 raise UpdateRejectedError(f"expected an init transfer, got kind {manifest.kind}")
             if isinstance(ctx.state, Init):
-                decoded = decode_checked(manifest, blob, node=node, job=ctx.facts.name, verified=verified)
+                decoded = decode_checked(manifest, blob, node=node, job=ctx.facts.name)
                 layout = decoded[0]
             else:
                 layout = checked_header(manifest, blob, node=node, job=ctx.facts.name).layout()

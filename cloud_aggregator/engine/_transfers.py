@@ -85,21 +85,21 @@ def decode_checked(
     node: str,
     job: str,
     base: Callable[[], Sequence[npt.NDArray[Any]]] | None = None,
-    verified: bool = False,
 ) -> tuple[Layout, list[npt.NDArray[Any]], list[str]]:
     """The blob's layout, arrays and tensor names, once its header agrees with the manifest and its values are finite.
 
     `base`: the model the update was trained from, called only for a blob of encoded deltas (it may raise
     UpdateRejectedError: that version is no longer kept); None: deltas are refused (an init).
-    `verified`: every byte of the blob was checked against the manifest's hashes on the way in (the
-    intake's transfers), so the header's SHA-256 is not computed again; a blob read back from the spool
-    is checked against it. Raw tensors are read-only views on `blob` (no copy)."""
+    The header's SHA-256 is checked against the payload always: the intake verified each chunk against
+    the manifest, and this pass is the whole blob's check (the encoder's hash, so a payload that is not
+    what the encoder wrote is refused even when the transfer carried it faithfully). Raw tensors are
+    read-only views on `blob` (no copy)."""
     try:
         header, offset = read_header(blob)
         if header.needs_base and base is None:
             raise WireError("weights", f"an encoded delta cannot be a {manifest.kind}")
         payload = memoryview(blob)[offset:]
-        if not verified and hashlib.sha256(payload).hexdigest() != header.sha256:
+        if hashlib.sha256(payload).hexdigest() != header.sha256:
             raise WireError("weights", "tensor bytes do not match the header's sha256")
         arrays = decode_tensors(header, payload, base=base() if header.needs_base and base is not None else None)
     except WireError as exc:

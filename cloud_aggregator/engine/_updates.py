@@ -69,13 +69,10 @@ class UpdatePath:
         blob: bytes | memoryview,
         *,
         spooled: bool = False,
-        verified: bool = False,
     ) -> None:
         """A complete `update` transfer: checked, stored, counted once per worker and round, folded on arrival.
 
         `spooled`: the update comes from the spool (a restart refolds it): it is stored already.
-        `verified`: every byte was checked against the manifest's hashes on the way in (the intake), so the
-        weights header's hash is not computed again (`decode_checked`).
         """
         ctx = self._ctx
         state = ctx.state
@@ -83,7 +80,7 @@ class UpdatePath:
             self._on_masked(node, round_, manifest, blob, spooled=spooled)
             return
         try:
-            checked = self._check(node, round_, manifest, blob, verified=verified)
+            checked = self._check(node, round_, manifest, blob)
         except UpdateRejectedError as exc:
             self._intake.reject(node, manifest, exc)
             ctx.publish()
@@ -173,9 +170,7 @@ class UpdatePath:
 
     # -- steps -------------------------------------------------------------------------------------
 
-    def _check(
-        self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview, *, verified: bool
-    ) -> _Checked | None:
+    def _check(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> _Checked | None:
         """The update's checks (raise UpdateRejectedError); None when it is a duplicate (answered here)."""
         facts = self._ctx.facts
         open_round = check_manifest(facts, self._ctx.state, node, round_, manifest)
@@ -200,7 +195,6 @@ class UpdatePath:
             node=node,
             job=facts.name,
             base=lambda: self.decode_base(open_round, round_),
-            verified=verified,
         )
         if manifest.num_samples <= 0:
             raise UpdateRejectedError("num_samples must be > 0")

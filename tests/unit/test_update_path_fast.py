@@ -1,5 +1,6 @@
-"""The per-update path without needless passes: finite checks by one sum, no copy and no second hash of a
-blob the intake verified, and the hash still checked where the bytes were not (a blob read back from the spool)."""
+"""The per-update path without needless passes: finite checks by one sum, no copy of the blob, and one hash of
+it (the weights header's: the intake checks chunks only, `verify_blob_sha256=False`), which refuses a payload
+that is not what the encoder wrote even when its transfer carried it faithfully."""
 
 from __future__ import annotations
 
@@ -31,16 +32,17 @@ def _blob() -> tuple[object, bytes]:
     return make_transfer(arrays, kind="update", job="j", uid="u" * 32, round_=1, sender="edge1", num_samples=3)
 
 
-def test_a_verified_blob_decodes_to_views_on_it_without_another_copy() -> None:
+def test_a_blob_decodes_to_views_on_it_without_another_copy() -> None:
     manifest, blob = _blob()
-    _, arrays, _ = decode_checked(manifest, blob, node="edge1", job="j", verified=True)  # type: ignore[arg-type]
+    _, arrays, _ = decode_checked(manifest, blob, node="edge1", job="j")  # type: ignore[arg-type]
     for array in arrays:
         assert not array.flags.writeable and not array.flags.owndata
         assert np.shares_memory(array, np.frombuffer(blob, dtype=np.uint8))
 
 
-def test_an_unverified_blob_still_has_its_header_hash_checked() -> None:
-    """The spool's copy is not covered by the transport's hashes: a flipped payload byte is refused."""
+def test_a_blob_whose_payload_is_not_its_headers_is_refused() -> None:
+    """A flipped payload byte is refused, whether the bytes come from a transfer (whose manifest may vouch for
+    them: the sender hashed them after the flip) or from the spool."""
     manifest, blob = _blob()
     corrupt = bytearray(blob)
     corrupt[-1] ^= 0x01
