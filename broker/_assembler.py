@@ -113,6 +113,8 @@ class CompletedTransfer(Generic[K]):
     key: K
     manifest: TransferManifest
     view: memoryview = field(repr=False)
+    # With the Assembler's `payload_at`: the SHA-256 of the blob from that offset, hashed as the chunks came
+    payload_sha256: str | None = None
 
     @cached_property
     def blob(self) -> bytes:
@@ -146,6 +148,7 @@ class Assembler(Generic[K]):
         spill_bytes: int = 64 * 1024 * 1024,
         max_spill_bytes: int = 16 * 1024 * 1024 * 1024,
         verify_blob_sha256: bool = True,
+        payload_at: Callable[[memoryview], int | None] | None = None,
     ) -> None:
         if max_bytes < 1 or max_transfers < 1 or spill_bytes < 1 or max_spill_bytes < 1:
             raise ValueError("max_bytes, max_transfers, spill_bytes and max_spill_bytes must be >= 1")
@@ -155,6 +158,7 @@ class Assembler(Generic[K]):
         self.spill_bytes = spill_bytes
         self.max_spill_bytes = max_spill_bytes
         self.verify_blob_sha256 = verify_blob_sha256
+        self.payload_at = payload_at
         self._log = log.bind(component="assembler") if log is not None else get_logger(component="assembler")
         self._pending: OrderedDict[K, _Pending] = OrderedDict()  # oldest first
         self._buffered = 0
@@ -303,7 +307,7 @@ class Assembler(Generic[K]):
         self._enforce_limits(keep=key)
 
     def _new(self, key: K) -> _Pending:
-        pending = _Pending(ChunkStore(hash_blob=self.verify_blob_sha256))
+        pending = _Pending(ChunkStore(hash_blob=self.verify_blob_sha256, payload_at=self.payload_at))
         self._pending[key] = pending
         self._enforce_limits(keep=key)
         return pending
@@ -323,6 +327,7 @@ class Assembler(Generic[K]):
             return None
         pieces = [pending.chunks[i] for i in range(manifest.chunks)]
         view = pending.store.blob(manifest, pieces, self.spill_dir)  # the view outlives the store
+        payload_sha256 = pending.store.payload_sha256
         self.discard(key)
         if view is None:
             raise TransferError(
@@ -333,7 +338,7 @@ class Assembler(Generic[K]):
         self._completed.move_to_end(key)
         while len(self._completed) > self._completed_max:
             self._completed.popitem(last=False)
-        return CompletedTransfer(key=key, manifest=manifest, view=view)
+        return CompletedTransfer(key=key, manifest=manifest, view=view, payload_sha256=payload_sha256)
 
     def _enforce_limits(self, keep: K) -> None:
         while (

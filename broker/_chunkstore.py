@@ -12,7 +12,9 @@ at the end, if those are exactly the manifest's, the buffer *is* the blob in ord
 in order, one more copy; that is the rare path.
 
 With `hash_blob` the store also checks the blob's SHA-256 against the manifest, fed chunk by chunk as they
-are written (still in the CPU's cache), so even then there is no second pass over a joined blob.
+are written (still in the CPU's cache), so even then there is no second pass over a joined blob. With
+`payload_at` it hashes, the same way, the blob from the offset that function reads off the first chunk
+(a weights blob's tensor bytes, whose SHA-256 its own header carries): `payload_sha256`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import mmap
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +45,23 @@ class Piece:
 class ChunkStore:
     """The bytes of one incoming transfer. Not thread-safe (the Assembler's thread only)."""
 
-    def __init__(self, spill_dir: Path | None = None, *, hash_blob: bool = False) -> None:
+    def __init__(
+        self,
+        spill_dir: Path | None = None,
+        *,
+        hash_blob: bool = False,
+        payload_at: Callable[[memoryview], int | None] | None = None,
+    ) -> None:
         self._mem: bytearray | None = bytearray()
         self._fd: int | None = None
         self.length = 0
         # The digests of the chunks written in index order 0, 1, 2, ..., and (hash_blob) their SHA-256.
         self._whole = hashlib.sha256() if hash_blob else None
+        # (payload_at) the SHA-256 of the bytes from the offset it gives, and how many bytes are still to skip
+        self._payload_at = payload_at
+        self._payload: hashlib._Hash | None = None
+        self._skip = 0
+        self.payload_sha256: str | None = None  # set by `blob` when the payload was hashed
         self._hashed: list[str] = []
         self._in_order = True
         if spill_dir is not None:
@@ -74,10 +88,24 @@ class ChunkStore:
         if self._in_order and index == len(self._hashed):
             if self._whole is not None:
                 self._whole.update(data)
+            self._hash_payload(index, memoryview(data))
             self._hashed.append(digest)
         else:
             self._in_order = False
         return Piece(digest, offset, len(data))
+
+    def _hash_payload(self, index: int, data: memoryview) -> None:
+        if index == 0 and self._payload_at is not None:
+            offset = self._payload_at(data)
+            if offset is not None and offset >= 0:
+                self._payload, self._skip = hashlib.sha256(), offset
+        if self._payload is None:
+            return
+        if self._skip >= len(data):
+            self._skip -= len(data)
+        else:
+            self._payload.update(data[self._skip :])
+            self._skip = 0
 
     def spill(self, directory: Path) -> None:
         """Move the store to an unlinked temporary file in `directory` (nothing to clean up after a crash)."""
@@ -104,7 +132,11 @@ class ChunkStore:
         out again (this store is closed either way)."""
         store = self
         if not (self._in_order and self._hashed == manifest.chunk_sha256 and self.length == manifest.total_bytes):
-            store = ChunkStore(spill_dir if self._fd is not None else None, hash_blob=self._whole is not None)
+            store = ChunkStore(
+                spill_dir if self._fd is not None else None,
+                hash_blob=self._whole is not None,
+                payload_at=self._payload_at,
+            )
             for index, piece in enumerate(pieces):
                 store.append(index, self.read(piece), piece.digest)
             self.close()
@@ -112,6 +144,8 @@ class ChunkStore:
         if store.length != manifest.total_bytes or (whole is not None and whole.hexdigest() != manifest.sha256):
             store.close()
             return None
+        if store._payload is not None and store._skip == 0:
+            self.payload_sha256 = store.payload_sha256 = store._payload.hexdigest()
         view = store._view()
         store.close()
         return view

@@ -100,6 +100,7 @@ from schemas._tensors import (
     encode_weights,
     read_header,
     weights_digest,
+    weights_payload_offset,
 )
 from schemas._topics import SECAGG_STEPS, AclPattern, Channel, Kind, ParsedTopic, Topics, check_name
 from schemas._wire import (
@@ -234,5 +235,6 @@ __all__ = [
     "read_masked",
     "update_compression",
     "weights_digest",
+    "weights_payload_offset",
     "weights_transfer",
 ]

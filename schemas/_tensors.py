@@ -183,6 +183,19 @@ def join_blob(header: WeightsHeader, parts: Sequence[bytes]) -> bytes:
     return b"".join([_PREFIX.pack(MAGIC, len(head)), head, *parts])
 
 
+def weights_payload_offset(first: bytes | bytearray | memoryview) -> int | None:
+    """Where a weights blob's tensor bytes start, read off its first bytes (the 8-byte prefix suffices), or
+    None when they are not a weights blob's: a receiver hashes the payload as the chunks arrive, and
+    `read_header`'s checks follow once the blob is whole."""
+    view = memoryview(first).cast("B")
+    if len(view) < _PREFIX.size:
+        return None
+    magic, head_len = _PREFIX.unpack_from(view)
+    if magic != MAGIC or head_len > MAX_HEADER_BYTES:
+        return None
+    return int(_PREFIX.size + head_len)
+
+
 def read_header(blob: bytes | bytearray | memoryview) -> tuple[WeightsHeader, int]:
     """Parse and check the header; return it and the offset of the tensor bytes."""
     view = memoryview(blob).cast("B")

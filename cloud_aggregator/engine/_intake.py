@@ -31,14 +31,15 @@ from cloud_aggregator.engine._spill import Overflow
 from cloud_aggregator.engine._stages import Done, Starting, Training, TransferId
 from cloud_aggregator.engine._status import rejected_message
 from cloud_aggregator.engine._transfers import check_manifest
-from schemas import TransferManifest
+from schemas import TransferManifest, weights_payload_offset
 
 __all__ = ["MAX_RESUME_INTERVAL", "Deliver", "Intake"]
 
 MAX_RESUME_INTERVAL = 60.0
 
 # (node, round, manifest, blob) of a complete transfer
-Deliver = Callable[[str, int, TransferManifest, bytes | memoryview], None]
+# (node, round, manifest, blob, the SHA-256 of its tensor bytes if the assembler hashed them on the way in)
+Deliver = Callable[[str, int, TransferManifest, bytes | memoryview, str | None], None]
 
 
 @dataclass
@@ -62,10 +63,13 @@ class Intake:
     def __init__(self, ctx: JobContext, deliver: Deliver, *, memory_budget: int) -> None:
         self._ctx = ctx
         self._deliver = deliver
-        # Every chunk is checked against the manifest's hashes here; the whole blob is checked by the weights
-        # header's own SHA-256 when it is decoded (`decode_checked`): one pass that also covers the encoder's
-        # output end to end, so the assembler's whole-blob hash would be a second pass for nothing more.
-        self._assembler: Assembler[str] = Assembler(log=ctx.log, verify_blob_sha256=False)
+        # Every chunk is checked against the manifest's hashes here. The whole blob is checked by the weights
+        # header's own SHA-256 (`decode_checked`), which covers the encoder's output end to end; the assembler
+        # hashes the tensor bytes for it as the chunks arrive (`payload_at`), in place of the manifest's
+        # whole-blob hash, so a blob is still hashed once besides its chunks and decoding hashes nothing.
+        self._assembler: Assembler[str] = Assembler(
+            log=ctx.log, verify_blob_sha256=False, payload_at=weights_payload_offset
+        )
         self._overflow = Overflow(self._assembler, memory_budget, lambda: ctx.port.open_spill(ctx.facts.name), ctx.log)
         self._incoming: dict[str, _Incoming] = {}
         self._retries: dict[str, int] = {}
@@ -292,7 +296,7 @@ class Intake:
             return
         if done is not None:
             self._incoming.pop(key, None)
-            self._deliver(node, round_, done.manifest, done.view)  # no copy of the blob
+            self._deliver(node, round_, done.manifest, done.view, done.payload_sha256)  # no copy of the blob
             return
         if self._assembler.missing(key) is None:
             # Completed before but neither stored nor refused (it could not be stored): take it again,

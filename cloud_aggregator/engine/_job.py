@@ -234,9 +234,11 @@ class Job:
         else:
             self._rounds.secagg.on_message(step, node, round_, topic, payload)
 
-    def _deliver(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> None:
+    def _deliver(
+        self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview, payload_sha256: str | None
+    ) -> None:
         # The intake is made before the round engine (which needs it), so it delivers through here.
-        self._rounds.on_transfer(node, round_, manifest, blob)
+        self._rounds.on_transfer(node, round_, manifest, blob, payload_sha256)
 
     # -- workers and nodes -----------------------------------------------------------------------
 

@@ -68,14 +68,25 @@ class RoundEngine:
 
     # -- transfers -------------------------------------------------------------------------------
 
-    def on_transfer(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> None:
-        """A complete transfer from the intake (every chunk checked against the manifest's hashes)."""
+    def on_transfer(
+        self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview, payload_sha256: str | None
+    ) -> None:
+        """A complete transfer from the intake (every chunk checked against the manifest's hashes;
+        `payload_sha256`: its tensor bytes' SHA-256, hashed as they arrived, or None)."""
         if manifest.kind == "init":
-            self.on_init(node, round_, manifest, blob)
+            self.on_init(node, round_, manifest, blob, payload_sha256=payload_sha256)
         else:
-            self.updates.on_update(node, round_, manifest, blob)
+            self.updates.on_update(node, round_, manifest, blob, payload_sha256=payload_sha256)
 
-    def on_init(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> None:
+    def on_init(
+        self,
+        node: str,
+        round_: int,
+        manifest: TransferManifest,
+        blob: bytes | memoryview,
+        *,
+        payload_sha256: str | None = None,
+    ) -> None:
         """A complete `init` transfer: the first valid one becomes the global model of round 0. Once it is
         chosen, a later init is compared by its header's layout alone: its tensors are never used, so they are
         not decoded (at 100 edges, 99 inits of which one is used)."""
@@ -85,7 +96,7 @@ class RoundEngine:
             if check_manifest(ctx.facts, ctx.state, node, round_, manifest) is not None:
                 raise UpdateRejectedError(f"expected an init transfer, got kind {manifest.kind}")
             if isinstance(ctx.state, Init):
-                decoded = decode_checked(manifest, blob, node=node, job=ctx.facts.name)
+                decoded = decode_checked(manifest, blob, node=node, job=ctx.facts.name, payload_sha256=payload_sha256)
                 layout = decoded[0]
             else:
                 layout = checked_header(manifest, blob, node=node, job=ctx.facts.name).layout()

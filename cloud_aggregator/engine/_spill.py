@@ -29,7 +29,8 @@ from schemas import TransferManifest
 
 __all__ = ["Overflow", "SpillFile", "SpilledTransfer"]
 
-Done = tuple[TransferManifest, bytes | memoryview]  # a memoryview: the assembler's blob, not copied
+# (manifest, blob, the SHA-256 of its tensor bytes if hashed on the way in); a memoryview: the assembler's blob, not copied
+Done = tuple[TransferManifest, bytes | memoryview, str | None]
 _DONE_REMEMBERED = 1024  # completed spilled transfers remembered, to ignore their duplicate chunks
 
 _CANDIDATES_PER_INDEX = 2  # as the assembler: a stale retained copy and the right one may both be in
@@ -172,7 +173,7 @@ class Overflow:
                 return None  # a duplicate chunk of a spilled transfer that completed
             if self._assembler.buffered_bytes + len(data) <= self._budget:
                 done = self._assembler.add_chunk(key, index, data, digest=digest)
-                return None if done is None else (done.manifest, done.view)
+                return None if done is None else (done.manifest, done.view, done.payload_sha256)
             spilled = self._spill(key, round_)
         blob = spilled.add_chunk(index, data, digest)
         return self._finished(key, spilled, blob) if blob is not None else self._merge(key, spilled)
@@ -196,7 +197,7 @@ class Overflow:
             done = self._assembler.add_manifest(key, manifest)
             if done is not None:
                 self.discard(key)
-                return done.manifest, done.view
+                return done.manifest, done.view, done.payload_sha256
         blob = spilled.add_manifest(manifest)
         if blob is not None:
             return self._finished(key, spilled, blob)
@@ -243,7 +244,7 @@ class Overflow:
         for index in missing:
             done = self._assembler.add_chunk(key, index, spilled.chunk(index))
         self._finished(key, spilled, None)
-        return None if done is None else (done.manifest, done.view)
+        return None if done is None else (done.manifest, done.view, done.payload_sha256)
 
     def _finished(self, key: str, spilled: SpilledTransfer, blob: bytes | None) -> Done | None:
         spilled.discard()
@@ -251,4 +252,4 @@ class Overflow:
         self._done[key] = None
         while len(self._done) > _DONE_REMEMBERED:
             self._done.popitem(last=False)
-        return None if blob is None or spilled.manifest is None else (spilled.manifest, blob)
+        return None if blob is None or spilled.manifest is None else (spilled.manifest, blob, None)

@@ -85,21 +85,22 @@ def decode_checked(
     node: str,
     job: str,
     base: Callable[[], Sequence[npt.NDArray[Any]]] | None = None,
+    payload_sha256: str | None = None,
 ) -> tuple[Layout, list[npt.NDArray[Any]], list[str]]:
     """The blob's layout, arrays and tensor names, once its header agrees with the manifest and its values are finite.
 
     `base`: the model the update was trained from, called only for a blob of encoded deltas (it may raise
     UpdateRejectedError: that version is no longer kept); None: deltas are refused (an init).
-    The header's SHA-256 is checked against the payload always: the intake verified each chunk against
-    the manifest, and this pass is the whole blob's check (the encoder's hash, so a payload that is not
-    what the encoder wrote is refused even when the transfer carried it faithfully). Raw tensors are
-    read-only views on `blob` (no copy)."""
+    The header's SHA-256 is checked against the payload always (the encoder's hash: a payload that is not
+    what the encoder wrote is refused even when its transfer carried it faithfully): `payload_sha256` is
+    that digest when the intake's assembler took it as the chunks arrived, else the payload is hashed here
+    (a blob read back from the spool). Raw tensors are read-only views on `blob` (no copy)."""
     try:
         header, offset = read_header(blob)
         if header.needs_base and base is None:
             raise WireError("weights", f"an encoded delta cannot be a {manifest.kind}")
         payload = memoryview(blob)[offset:]
-        if hashlib.sha256(payload).hexdigest() != header.sha256:
+        if (payload_sha256 or hashlib.sha256(payload).hexdigest()) != header.sha256:
             raise WireError("weights", "tensor bytes do not match the header's sha256")
         arrays = decode_tensors(header, payload, base=base() if header.needs_base and base is not None else None)
     except WireError as exc:

@@ -69,10 +69,12 @@ class UpdatePath:
         blob: bytes | memoryview,
         *,
         spooled: bool = False,
+        payload_sha256: str | None = None,
     ) -> None:
         """A complete `update` transfer: checked, stored, counted once per worker and round, folded on arrival.
 
         `spooled`: the update comes from the spool (a restart refolds it): it is stored already.
+        `payload_sha256`: the SHA-256 of its tensor bytes, hashed as they arrived (else hashed when decoded).
         """
         ctx = self._ctx
         state = ctx.state
@@ -80,7 +82,7 @@ class UpdatePath:
             self._on_masked(node, round_, manifest, blob, spooled=spooled)
             return
         try:
-            checked = self._check(node, round_, manifest, blob)
+            checked = self._check(node, round_, manifest, blob, payload_sha256)
         except UpdateRejectedError as exc:
             self._intake.reject(node, manifest, exc)
             ctx.publish()
@@ -170,7 +172,9 @@ class UpdatePath:
 
     # -- steps -------------------------------------------------------------------------------------
 
-    def _check(self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> _Checked | None:
+    def _check(
+        self, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview, payload_sha256: str | None
+    ) -> _Checked | None:
         """The update's checks (raise UpdateRejectedError); None when it is a duplicate (answered here)."""
         facts = self._ctx.facts
         open_round = check_manifest(facts, self._ctx.state, node, round_, manifest)
@@ -195,6 +199,7 @@ class UpdatePath:
             node=node,
             job=facts.name,
             base=lambda: self.decode_base(open_round, round_),
+            payload_sha256=payload_sha256,
         )
         if manifest.num_samples <= 0:
             raise UpdateRejectedError("num_samples must be > 0")

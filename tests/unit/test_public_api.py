@@ -469,6 +469,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "read_masked",
         "update_compression",
         "weights_digest",
+        "weights_payload_offset",
         "weights_transfer",
     ],
 }

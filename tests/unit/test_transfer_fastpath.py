@@ -24,7 +24,15 @@ import numpy as np
 import pytest
 
 from broker import Assembler, BlobSender, PublishResult, Session, TransferError, manifest_from_payload
-from schemas import TransferManifest, TransferOrigin, decode_weights, encode_weights, manifest_for
+from schemas import (
+    TransferManifest,
+    TransferOrigin,
+    decode_weights,
+    encode_weights,
+    manifest_for,
+    read_header,
+    weights_payload_offset,
+)
 
 ORIGIN = TransferOrigin("update", "sdd", "uid-1", 1, "edge1", 10)
 
@@ -266,6 +274,37 @@ def test_inconsistent_blob_sha256_is_caught_unless_turned_off() -> None:
         feed_in_order(Assembler(), bad, cut(blob, 1000), manifest_first=False)
     done = feed_in_order(Assembler(verify_blob_sha256=False), bad, cut(blob, 1000), manifest_first=False)
     assert done is not None and done.view == blob
+
+
+@pytest.mark.parametrize("spill", [False, True])
+@pytest.mark.parametrize("chunk", [64, 1000, 100_000])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_the_payload_of_a_weights_blob_is_hashed_as_it_arrives(
+    tmp_path: Path, spill: bool, chunk: int, shuffled: bool
+) -> None:
+    """With `payload_at=weights_payload_offset` the assembler hands over the SHA-256 of the tensor bytes (what
+    the weights header carries), in order or not, in memory or spilled, with a header longer than a chunk."""
+    arrays = [np.arange(5000, dtype=np.float32), np.ones((30, 7), dtype=np.float64)]
+    blob = encode_weights(arrays, kind="update", job="sdd", round_=1, sender="edge1", num_samples=3)
+    header, offset = read_header(blob)
+    manifest = two_pass_manifest(blob, chunk, "9a" * 8)
+    asm: Assembler[str] = Assembler(
+        spill_dir=tmp_path if spill else None, spill_bytes=1, payload_at=weights_payload_offset
+    )
+    order = list(range(manifest.chunks))
+    if shuffled:
+        random.Random(5).shuffle(order)
+    pieces = cut(blob, chunk)
+    done = asm.add_manifest("k", manifest)
+    for i in order:
+        done = asm.add_chunk("k", i, pieces[i]) or done
+
+    assert done is not None and done.view == blob
+    assert done.payload_sha256 == header.sha256 == hashlib.sha256(blob[offset:]).hexdigest()
+    assert weights_payload_offset(blob[:8]) == offset and weights_payload_offset(b"FLW0" + blob[4:8]) is None
+    assert weights_payload_offset(blob[:7]) is None
+    plain = feed_in_order(Assembler(), manifest, pieces, manifest_first=True)
+    assert plain.payload_sha256 is None  # only asked for
 
 
 def chunk_stream(total: int, size: int, seed: int) -> Iterator[bytes]:

@@ -4,6 +4,8 @@ that is not what the encoder wrote even when its transfer carried it faithfully.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -48,3 +50,13 @@ def test_a_blob_whose_payload_is_not_its_headers_is_refused() -> None:
     corrupt[-1] ^= 0x01
     with pytest.raises(UpdateRejectedError, match="sha256"):
         decode_checked(manifest, bytes(corrupt), node="edge1", job="j")  # type: ignore[arg-type]
+
+
+def test_a_payload_digest_taken_on_the_way_in_is_used_instead_of_hashing_again() -> None:
+    """The intake's assembler hashes the tensor bytes as they arrive: decode compares that digest with the
+    header's and does not hash again (a wrong digest is refused, so it is the one compared)."""
+    manifest, blob = _blob()
+    header_sha = json.loads(bytes(blob[8 : 8 + int.from_bytes(blob[4:8], "big")]))["sha256"]
+    decode_checked(manifest, blob, node="edge1", job="j", payload_sha256=header_sha)  # type: ignore[arg-type]
+    with pytest.raises(UpdateRejectedError, match="sha256"):
+        decode_checked(manifest, blob, node="edge1", job="j", payload_sha256="0" * 64)  # type: ignore[arg-type]
