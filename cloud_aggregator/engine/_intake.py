@@ -63,13 +63,11 @@ class Intake:
     def __init__(self, ctx: JobContext, deliver: Deliver, *, memory_budget: int) -> None:
         self._ctx = ctx
         self._deliver = deliver
-        # Every chunk is checked against the manifest's hashes here. The whole blob is checked by the weights
-        # header's own SHA-256 (`decode_checked`), which covers the encoder's output end to end; the assembler
-        # hashes the tensor bytes for it as the chunks arrive (`payload_at`), in place of the manifest's
-        # whole-blob hash, so a blob is still hashed once besides its chunks and decoding hashes nothing.
-        self._assembler: Assembler[str] = Assembler(
-            log=ctx.log, verify_blob_sha256=False, payload_at=weights_payload_offset
-        )
+        # Every chunk is checked against the manifest's hashes here, and the whole blob against the manifest's
+        # SHA-256 (an inconsistent manifest is refused). A weights blob also carries its tensor bytes' SHA-256
+        # in its header (the encoder's, end to end): the assembler hashes those bytes too as the chunks arrive
+        # (`payload_at`), so `decode_checked` only compares digests and decoding hashes nothing.
+        self._assembler: Assembler[str] = Assembler(log=ctx.log, payload_at=weights_payload_offset)
         self._overflow = Overflow(self._assembler, memory_budget, lambda: ctx.port.open_spill(ctx.facts.name), ctx.log)
         self._incoming: dict[str, _Incoming] = {}
         self._retries: dict[str, int] = {}

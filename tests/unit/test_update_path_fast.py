@@ -1,6 +1,7 @@
-"""The per-update path without needless passes: finite checks by one sum, no copy of the blob, and one hash of
-it (the weights header's: the intake checks chunks only, `verify_blob_sha256=False`), which refuses a payload
-that is not what the encoder wrote even when its transfer carried it faithfully."""
+"""The per-update path without needless passes: finite checks by one sum, no copy of the blob, and no hash at
+decode when the intake's assembler took the tensor bytes' SHA-256 on the way in (`payload_at`); the header's
+hash is compared always, so a payload that is not what the encoder wrote is refused even when its transfer
+vouches for it."""
 
 from __future__ import annotations
 
