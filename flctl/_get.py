@@ -11,8 +11,11 @@ runs out first.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -232,23 +235,55 @@ def _watch(
     if _finished(rtype, shown, names):
         return _outcome(ctx, shown)
     deadline = None if request.watch_timeout is None else time.monotonic() + request.watch_timeout
+    interrupted = threading.Event()
+    with _interrupt_sets(interrupted):
+        try:
+            return _watch_loop(ctx, client, rtype, request, shown, printer, deadline, interrupted)
+        except KeyboardInterrupt:  # raised where no handler of ours was installed (not the main thread)
+            return 0
+
+
+def _watch_loop(  # noqa: PLR0917 - the watch's state, passed on as it is
+    ctx: Context,
+    client: BrokerClient,
+    rtype: ResourceType,
+    request: GetRequest,
+    shown: list[View],
+    printer: _WatchPrinter,
+    deadline: float | None,
+    interrupted: threading.Event,
+) -> int:
+    names = request.names
+    while not interrupted.is_set():
+        remaining = _WATCH_SLICE if deadline is None else deadline - time.monotonic()
+        if remaining <= 0:
+            return _watch_timed_out(rtype, shown, names, request.watch_timeout)
+        if not client.changes(min(remaining, _WATCH_SLICE)):
+            continue
+        views, _ = _select(_collect(client.topics, rtype, client.latest), names)
+        gone = [n for n in names if n not in {v.name for v in views}]
+        if names and gone:
+            raise FlctlError(f"{resource_ref(rtype.plural, gone[0])} was deleted while being watched")
+        printer.update(views)
+        shown = views
+        if _finished(rtype, views, names):
+            return _outcome(ctx, views)
+    return 0  # Ctrl-C: the normal way to end a watch of a list
+
+
+@contextlib.contextmanager
+def _interrupt_sets(event: threading.Event) -> Iterator[None]:
+    """While a watch runs in the main thread, SIGINT sets `event`: the loop ends within a slice and the
+    session closes from a known point. A KeyboardInterrupt raised wherever the thread happens to be (in the
+    inbox's queue, in the session) once left a watch that did not exit within 20 s on a loaded machine."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: event.set())
     try:
-        while True:
-            remaining = _WATCH_SLICE if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                return _watch_timed_out(rtype, shown, names, request.watch_timeout)
-            if not client.changes(min(remaining, _WATCH_SLICE)):
-                continue
-            views, _ = _select(_collect(client.topics, rtype, client.latest), names)
-            gone = [n for n in names if n not in {v.name for v in views}]
-            if names and gone:
-                raise FlctlError(f"{resource_ref(rtype.plural, gone[0])} was deleted while being watched")
-            printer.update(views)
-            shown = views
-            if _finished(rtype, views, names):
-                return _outcome(ctx, views)
-    except KeyboardInterrupt:
-        return 0
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _watch_timed_out(rtype: ResourceType, views: Sequence[View], names: Sequence[str], timeout: float | None) -> int:
