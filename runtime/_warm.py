@@ -46,7 +46,8 @@ def _import_time(env: Mapping[str, str]) -> dict[str, str]:
 class WarmWorker:
     """One spawned interpreter waiting for its launch."""
 
-    def __init__(self, preload: Sequence[str], log_path: Path | None) -> None:
+    def __init__(self, preload: Sequence[str], log_path: Path | None, log: FilteringBoundLogger) -> None:
+        self._log = log
         self.env = script_environment({}, fd=-1)
         del self.env[WorkerEnv.WORKER_FD]
         self.executable = sys.executable
@@ -88,8 +89,10 @@ class WarmWorker:
             with contextlib.suppress(OSError):
                 if self._control.recv(1) == b"R":
                     self.ready.set()
+                    self._log.info("warm worker ready", pid=self.proc.pid)
                     return
-            self.proc.wait()  # EOF before ready: it died (or was discarded); reap it so `alive` says so
+            code = self.proc.wait()  # EOF before ready: it died (or was discarded); reap it so `alive` says so
+            self._log.warning("warm worker ended before it was ready", pid=self.proc.pid, returncode=code)
         finally:
             self.settled.set()
 
@@ -137,7 +140,7 @@ class WarmPool:
             if self._closed or (self._idle is not None and self._idle.alive()):
                 return
             try:
-                self._idle = WarmWorker(self._preload, self._log_path)
+                self._idle = WarmWorker(self._preload, self._log_path, self._log)
             except (OSError, ValueError) as exc:
                 self._idle = None
                 self._log.warning("cannot start a warm worker; scripts start cold", error=str(exc))
