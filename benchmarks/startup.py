@@ -7,7 +7,8 @@ before its job (the realistic case: a node service runs for days, jobs come and 
 moment before ``flctl create`` publishes the spec, read from the edges' service logs (UTC timestamps of
 the same clock):
 
-- script: the edge started the training script (cold interpreter or warm worker);
+- cloud script: the aggregator started its aggregation script (always cold: the warm worker is the edge's);
+- script: the first edge started its training script (cold interpreter or warm worker);
 - first upload: the first weights left an edge (the example uploads its initial weights first, kind
   ``init``);
 - first update: the first round-1 update left an edge (after round 1's local training);
@@ -90,7 +91,9 @@ def run_once(demo: ModuleType, workdir: Path, *, warm: bool, scale: float) -> di
     assert all(e.get("start") == ("warm" if warm else "cold") for e in started), started
     uploads = [e for e in events if e.get("event") == "weights uploaded"]
     updates = [e for e in uploads if e.get("kind") == "update" and e.get("round") == 1]
+    cloud = [e for e in _events(workdir / demo.AGGREGATOR / "service.log") if e.get("event") == "script started"]
     return {
+        "cloud script": min(map(_at, cloud)) - t0,
         "script": min(map(_at, started)) - t0,
         "first upload": min(map(_at, uploads)) - t0,
         "first update": min(map(_at, updates)) - t0,
