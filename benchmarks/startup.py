@@ -76,9 +76,11 @@ def run_once(demo: ModuleType, workdir: Path, *, warm: bool, scale: float) -> di
         for edge in edges:
             cluster.start_node(edge, "edge", extra_args=["--warm-worker"] if warm else [])
         logs = [workdir / e / "service.log" for e in edges]
-        if warm:
-            for log in logs:
-                wait_until(lambda log=log: log.exists() and "warm worker ready" in log.read_text(), 120, "warm worker")
+        # Both modes: every service is up and connected before the job; warm: the edges' workers are ready.
+        wanted = [(workdir / n / "service.log", '"event": "mqtt connected"') for n in (demo.AGGREGATOR, *edges)]
+        wanted += [(log, "warm worker ready") for log in logs] if warm else []
+        for log, line in wanted:
+            wait_until(lambda log=log, line=line: log.exists() and line in log.read_text(), 120, f"{log}: {line}")
         with JobWatcher(cluster.settings("bench-startup"), Topics(), demo.JOB) as watcher:
             with contextlib.redirect_stdout(io.StringIO()):
                 t0 = time.time()
