@@ -395,4 +395,6 @@ class ScriptSupervisor:
         if isinstance(event, ScriptExited):
             with self._lock:
                 self._scripts.pop((event.job, event.run_id), None)
+            if self._warm is not None:
+                self._warm.start()  # the next job's warm worker, now that this run no longer needs the cores
         self._emit(event)

@@ -4,7 +4,8 @@
 (never forked: TensorFlow and the service's threads do not survive a fork) running `_warm_main.py`,
 imports the `preload` modules, says ready, and blocks on its control socket for ONE launch; it then
 runs that script and exits, so nothing leaks from one job to the next and a crash ends only that run.
-`WarmPool.take` hands the next launch to the idle worker and spawns its successor at once.
+`WarmPool.take` hands the next launch to the idle worker; its successor is spawned when that run
+exits (`ScriptSupervisor` calls `start`), not at once: on a small node its import would slow the run.
 
 A warm start is used only when it is indistinguishable from a cold one: the same interpreter and the
 same values of every variable read at import time (`IMPORT_TIME_PREFIXES`). Otherwise `take` says why
@@ -122,7 +123,7 @@ class WarmWorker:
 
 
 class WarmPool:
-    """At most one idle warm worker; `take` returns it (and spawns the next) or says why not."""
+    """At most one idle warm worker; `take` returns it or says why not; `start` spawns the next."""
 
     def __init__(
         self, preload: Sequence[str], *, log_path: Path | None = None, log: FilteringBoundLogger | None = None
@@ -149,7 +150,7 @@ class WarmPool:
 
     def take(self, env: Mapping[str, str]) -> tuple[WarmWorker | None, str]:
         """The idle worker if it can run a script with environment `env` exactly as a cold start, else
-        (None, why). A worker that is taken or dead is replaced at once."""
+        (None, why). A dead worker is dropped; `start` spawns its successor."""
         with self._lock:
             worker = self._idle
             if worker is None:
@@ -173,7 +174,9 @@ class WarmPool:
                 reason = ""
         if reason:
             worker.discard()  # dead: close our end of its control socket
-        self.start()
+        # No successor here: the supervisor spawns it when this run exits (`ScriptSupervisor`). Spawned at
+        # once, its TensorFlow import competed with the run's first epoch for the node's cores and ate the
+        # gain (benchmarks/startup.py, docs/performance.md).
         return (worker if not reason else None), reason
 
     def wait_ready(self, timeout: float) -> bool:

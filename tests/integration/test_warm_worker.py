@@ -120,7 +120,7 @@ def test_a_crash_ends_only_its_run_and_the_next_job_is_warm(tmp_path: Path, pool
     assert exited.code == cold_exit.code == code
     if in_log is not None:
         assert in_log in exited.tail and in_log in cold_exit.tail
-    assert pool.wait_ready(TIMEOUT)  # a fresh worker was spawned when the first was taken
+    assert pool.wait_ready(TIMEOUT)  # a fresh worker was spawned when the crashed run exited
     second = runner.supervisor.start(runner.launch("next", "print('fine')\n"))
     assert second.warm and second.pid != first.pid
     assert runner.exited("next").code == 0
@@ -131,9 +131,11 @@ def test_a_warm_started_script_is_stopped_by_pid(tmp_path: Path, pool: WarmPool)
     loop = "import time\nprint('started', flush=True)\nwhile True:\n    time.sleep(0.05)\n"
     script = runner.supervisor.start(runner.launch("forever", loop))
     assert script.warm
+    assert not pool.wait_ready(0.0)  # no successor importing while the run has the cores
     runner.supervisor.end("forever", "r1")  # the script ignores the stop frame: SIGTERM after the grace
     assert runner.exited("forever").code == -signal.SIGTERM
     assert runner.supervisor.running() == []
+    assert pool.wait_ready(TIMEOUT)  # spawned when the run exited
 
 
 def test_an_import_time_variable_that_differs_starts_cold(tmp_path: Path, pool: WarmPool) -> None:
