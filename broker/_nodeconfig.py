@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from schemas import check_name
 
@@ -63,6 +63,9 @@ class NodeConfig(_Strict):
     password: str | None = Field(default=None, repr=False)
     password_file: str | None = None
     tls: NodeTls | None = None
+    # Edge only: `fl-edge-trainer --warm-worker` (scripts start with TensorFlow imported); None: not set
+    # (the service's default, off), so configs that do not use it are written without it.
+    warm_worker: StrictBool | None = None
 
     @model_validator(mode="after")
     def _check(self) -> NodeConfig:
@@ -72,6 +75,8 @@ class NodeConfig(_Strict):
         if self.username is not None and self.username != self.node:
             # The broker replaces the client id by the username and its ACLs key on it: they must agree.
             raise ValueError(f"username {self.username!r} must equal node {self.node!r}")
+        if self.warm_worker is not None and self.role != "edge":
+            raise ValueError(f"warm_worker is a setting of edge nodes; this config is for role {self.role!r}")
         return self
 
     def with_base(self, base: Path) -> NodeConfig:

@@ -73,9 +73,11 @@ from runtime._supervisor import (
     ScriptProcess,
     ScriptSupervisor,
 )
+from runtime._warm import IMPORT_TIME_PREFIXES, WarmPool
 
 __all__ = [
     "DEFAULT_KEEP_VERSIONS",
+    "IMPORT_TIME_PREFIXES",
     "MAX_BODY",
     "MAX_HEADER",
     "MODEL_LATEST",
@@ -109,6 +111,7 @@ __all__ = [
     "ServiceGone",
     "ServiceWatch",
     "Share",
+    "WarmPool",
     "WorkerChannel",
     "answer_request",
     "blob_layout",

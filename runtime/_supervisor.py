@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from structlog.typing import FilteringBoundLogger
 
@@ -38,6 +38,7 @@ from runtime._channel import WorkerChannel, spawn_channel_pair
 from runtime._errors import ChannelClosed, ChannelError, ScriptStartError
 from runtime._logging import get_logger
 from runtime._script_env import script_environment
+from runtime._warm import WarmPool, WarmWorker
 from schemas import SchemaError, WorkerFrame, now
 
 __all__ = ["ScriptEvent", "ScriptExited", "ScriptFrame", "ScriptLaunch", "ScriptProcess", "ScriptSupervisor"]
@@ -115,6 +116,7 @@ class ScriptProcess:
         self._emit = emit
         self._log = log
         self._term_grace = term_grace
+        self.warm = False  # True when the run went to a warm worker (`runtime.WarmPool`) instead of a new interpreter
         self._outbox: queue.SimpleQueue[tuple[WorkerFrame, bytes | None] | None] = queue.SimpleQueue()
         self._exited = threading.Event()
         self._end_lock = threading.Lock()
@@ -130,8 +132,11 @@ class ScriptProcess:
         *,
         log: FilteringBoundLogger | None = None,
         term_grace: float = DEFAULT_TERM_GRACE,
+        warm: WarmPool | None = None,
     ) -> ScriptProcess:
-        """Start the script with its environment and channel; ScriptStartError saying why it cannot start."""
+        """Start the script with its environment and channel, in `warm`'s idle worker when it can run it
+        exactly as a cold start (else cold; the log says which and why); ScriptStartError saying why it
+        cannot start."""
         log = (log or get_logger()).bind(job=launch.job, run=launch.run_id)
         try:
             launch.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,33 +144,78 @@ class ScriptProcess:
         except OSError as exc:
             raise ScriptStartError(f"cannot open the script's log {launch.log_path}: {exc}") from exc
         with out:
-            out.write(f"\n=== {now().isoformat()} job {launch.job} run {launch.run_id}: {launch.script} ===\n".encode())
-            out.flush()
-            offset = out.tell()
             parent, child_fd = spawn_channel_pair()
             try:
-                proc = subprocess.Popen(
-                    [sys.executable, str(launch.script)],
-                    cwd=launch.cwd,
-                    env=script_environment(launch.variables, fd=child_fd),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(child_fd,),
-                    # Its own session: a Ctrl-C on the service's terminal is for the service, which stops
-                    # its scripts cleanly; and the script's process group can be signalled as a whole.
-                    start_new_session=True,
+                env = script_environment(launch.variables, fd=child_fd)
+                worker, cold_why = warm.take(env) if warm is not None else (None, "")
+                how = "warm start" if worker is not None else f"cold start: {cold_why}" if cold_why else "cold start"
+                header = (
+                    f"\n=== {now().isoformat()} job {launch.job} run {launch.run_id}: {launch.script} ({how}) ===\n"
                 )
-            except (OSError, ValueError) as exc:  # ValueError: an environment the OS cannot take
+                out.write(header.encode())
+                out.flush()
+                offset = out.tell()
+                proc = cls._warm_start(launch, env, worker, child_fd, out, log=log) if worker is not None else None
+                if proc is None:
+                    proc = cls._cold_start(launch, env, child_fd, out)
+            except BaseException:
                 parent.close()
-                raise ScriptStartError(f"cannot start {launch.script}: {exc}") from exc
+                raise
             finally:
                 parent.close_child_fd()  # the child holds its own copy; ours would hide the child's EOF
         script = cls(launch, _Started(proc, parent, offset), emit=emit, log=log, term_grace=term_grace)
+        script.warm = worker is not None and proc is worker.proc
         script._reader.start()
         script._writer.start()
-        log.info("script started", pid=proc.pid, script=str(launch.script), log_file=str(launch.log_path))
+        log.info(
+            "script started",
+            pid=proc.pid,
+            script=str(launch.script),
+            log_file=str(launch.log_path),
+            start="warm" if script.warm else "cold",
+            **({"cold_reason": cold_why} if cold_why and not script.warm else {}),
+        )
         return script
+
+    @staticmethod
+    def _cold_start(launch: ScriptLaunch, env: dict[str, str], child_fd: int, out: BinaryIO) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(
+                [sys.executable, str(launch.script)],
+                cwd=launch.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                pass_fds=(child_fd,),
+                # Its own session: a Ctrl-C on the service's terminal is for the service, which stops
+                # its scripts cleanly; and the script's process group can be signalled as a whole.
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:  # ValueError: an environment the OS cannot take
+            raise ScriptStartError(f"cannot start {launch.script}: {exc}") from exc
+
+    @staticmethod
+    def _warm_start(
+        launch: ScriptLaunch,
+        env: dict[str, str],
+        worker: WarmWorker,
+        child_fd: int,
+        out: BinaryIO,
+        *,
+        log: FilteringBoundLogger,
+    ) -> subprocess.Popen[bytes] | None:
+        # The warm worker is already its own session leader (spawned like a cold start), so pid-based
+        # stop and kill of its process group work unchanged; None: it could not take the run, start cold.
+        try:
+            worker.launch(launch.script, launch.cwd, env, child_fd, out.fileno())
+        except ScriptStartError as exc:
+            log.warning("warm worker failed; starting the script cold", error=str(exc))
+            out.write(f"(warm worker failed: {exc}; cold start)\n".encode())
+            out.flush()
+            return None
+        proc: subprocess.Popen[bytes] = worker.proc
+        return proc
 
     @property
     def pid(self) -> int:
@@ -290,8 +340,10 @@ class ScriptSupervisor:
         stop_grace: float = DEFAULT_STOP_GRACE,
         term_grace: float = DEFAULT_TERM_GRACE,
         log: FilteringBoundLogger | None = None,
+        warm: WarmPool | None = None,
     ) -> None:
         self._emit = emit
+        self._warm = warm  # scripts start in its warm workers when they can (`ScriptProcess.start`)
         self.stop_grace = stop_grace
         self._term_grace = term_grace
         self._log = log or get_logger()
@@ -300,7 +352,9 @@ class ScriptSupervisor:
 
     def start(self, launch: ScriptLaunch) -> ScriptProcess:
         """Start `launch`'s script; ScriptStartError saying why it cannot start."""
-        script = ScriptProcess.start(launch, self._on_event, log=self._log, term_grace=self._term_grace)
+        script = ScriptProcess.start(
+            launch, self._on_event, log=self._log, term_grace=self._term_grace, warm=self._warm
+        )
         with self._lock:
             self._scripts[(launch.job, launch.run_id)] = script
         return script
@@ -325,6 +379,8 @@ class ScriptSupervisor:
         after the term grace), wait until they are gone; return those still running after that (none,
         unless the kernel cannot reap them)."""
         grace = self.stop_grace if grace is None else grace
+        if self._warm is not None:
+            self._warm.close()
         with self._lock:
             scripts = list(self._scripts.values())
         for script in scripts:
@@ -339,4 +395,6 @@ class ScriptSupervisor:
         if isinstance(event, ScriptExited):
             with self._lock:
                 self._scripts.pop((event.job, event.run_id), None)
+            if self._warm is not None:
+                self._warm.start()  # the next job's warm worker, now that this run no longer needs the cores
         self._emit(event)

@@ -54,6 +54,7 @@ from edge_trainer.engine import (
 from edge_trainer.service._resume import completed_before
 from edge_trainer.service._secagg_wire import SECAGG_CHANNELS, SecAggWire
 from edge_trainer.service._uploads import OutboxWritten, ResendDone, Uploads, UploadWiring
+from edge_trainer.service._warm import edge_warm_pool
 from runtime import (
     EventLoop,
     JobFiles,
@@ -113,6 +114,7 @@ class EdgeService:
         clock: Callable[[], float] = time.monotonic,
         log: FilteringBoundLogger | None = None,
         code_root: str = DEFAULT_CODE_ROOT,
+        warm_worker: bool = False,  # scripts start in a warm worker (`edge_warm_pool`) when they can
     ) -> None:
         self.node = node
         Path(root).mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,8 @@ class EdgeService:
         # Global models being reassembled, by (job, round).
         self._assembler: Assembler[tuple[str, int]] = Assembler(log=self._log)
         self._jobs: dict[str, EdgeJob] = {}
-        self._scripts = ScriptSupervisor(self._events.put, stop_grace=stop_grace, log=self._log)
+        warm = edge_warm_pool(self.root.path, self._log) if warm_worker else None
+        self._scripts = ScriptSupervisor(self._events.put, stop_grace=stop_grace, log=self._log, warm=warm)
         self._deliveries = Deliveries(ack_timeout, clock)
         self._uploads = Uploads(
             Outbox(self.root.path / "state"),

@@ -10,7 +10,7 @@ What it does, in order:
 4. provisions the deployment like ``flctl broker init`` (``.demo/secrets``: CA, TLS certificates, passwords,
    ACL, one node.yaml per node), starts Mosquitto with the generated config (TLS, no anonymous access,
    per-node ACLs), the cloud aggregator on node cloud0 and edge trainers on edge1 and edge2, each with
-   ``--config`` its node.yaml;
+   ``--config`` its node.yaml, the edges with ``--warm-worker`` (TensorFlow imported before the job);
 5. publishes the page's Dataset, Model and FederatedLearningJob with ``flctl create`` as the admin, the
    job with one parameter added per training worker, ``TEST_DATASET_URL: /data/test.txt``;
 6. follows the job's status topic round by round until it is Succeeded or Failed;
@@ -54,6 +54,28 @@ VIEWER = "viewer"
 
 def say(text: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+WARM_WAIT = 60.0
+
+
+def wait_for_warm_workers(workdir: Path) -> None:
+    """Wait (bounded) until each edge says its warm worker is ready, as a node started well before its
+    first job would be; a worker still importing when the job comes would leave round 1 to a cold start."""
+    deadline = time.monotonic() + WARM_WAIT
+    waiting = set(EDGES)
+    while waiting and time.monotonic() < deadline:
+        waiting = {e for e in waiting if "warm worker ready" not in _read(workdir / e / "service.log")}
+        if waiting:
+            time.sleep(0.2)  # no event to wait on across processes but the log line
+    say(f"warm workers ready on {', '.join(EDGES)}" if not waiting else f"warm workers not ready: {sorted(waiting)}")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 # role -> (the example's folder, the scripts a node of that role runs from its /code).
@@ -183,11 +205,13 @@ def start_cluster(cluster: LocalCluster, workdir: Path) -> None:
     )
     cluster.start_node(AGGREGATOR, "aggregator")
     for edge in EDGES:
-        cluster.start_node(edge, "edge")
+        # A warm worker per edge: the training script starts with TensorFlow already imported.
+        cluster.start_node(edge, "edge", extra_args=["--warm-worker"])
     say(
         f"services started with --config {secrets}/nodes/<node>/node.yaml: {AGGREGATOR} (aggregator), "
-        f"{', '.join(EDGES)} (edge trainers); logs in {workdir}/<node>/service.log"
+        f"{', '.join(EDGES)} (edge trainers, --warm-worker); logs in {workdir}/<node>/service.log"
     )
+    wait_for_warm_workers(workdir)
     say(
         f"watch it yourself (read-only): flctl --config {secrets}/viewer/{VIEWER}.yaml --host 127.0.0.1 --port {cluster.port} "
         f"get fl {JOB} -w"

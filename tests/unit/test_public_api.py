@@ -176,7 +176,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "read_label_file",
         "save_model",
     ],
-    "edge_trainer.cli": ["build_parser", "main"],
+    "edge_trainer.cli": ["build_parser", "main", "warm_worker_from"],
     "edge_trainer.engine": [
         "AckOutcome",
         "Compression",
@@ -279,6 +279,7 @@ PUBLIC_API: dict[str, list[str]] = {
     ],
     "runtime": [
         "DEFAULT_KEEP_VERSIONS",
+        "IMPORT_TIME_PREFIXES",
         "MAX_BODY",
         "MAX_HEADER",
         "MODEL_LATEST",
@@ -312,6 +313,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "ServiceGone",
         "ServiceWatch",
         "Share",
+        "WarmPool",
         "WorkerChannel",
         "answer_request",
         "blob_layout",
