@@ -81,6 +81,12 @@ def _estimator(msg: Message, context: Context) -> tuple[Any, dict[str, float], f
     return estimator, {"tf_import_s": time.time() - t_tf}, t_tf
 
 
+def _log_handler(context: Context, kind: str, round_: int, started: float, timing: dict[str, Any]) -> None:
+    """One handler's timing line (spawn, module load, handler start, end and the handler's own phases)."""
+    record = {"kind": kind, "round": round_, "process_start": _process_start(), "module_loaded": _LOADED}
+    _log(str(context.node_config["timings"]), {**record, "handler_start": started, "end": time.time(), **timing})
+
+
 @client.train()
 def train(msg: Message, context: Context) -> Message:
     started = time.time()
@@ -116,18 +122,7 @@ def train(msg: Message, context: Context) -> Message:
             "metrics": MetricRecord({**metrics, "num-examples": len(x)}),
         }
     )
-    _log(
-        str(context.node_config["timings"]),
-        {
-            "kind": "train",
-            "round": int(config["server-round"]),
-            "process_start": _process_start(),
-            "module_loaded": _LOADED,
-            "handler_start": started,
-            "end": time.time(),
-            **timing,
-        },
-    )
+    _log_handler(context, "train", int(config["server-round"]), started, timing)
     return Message(content=reply, reply_to=msg)
 
 
@@ -150,18 +145,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             )
         }
     )
-    _log(
-        str(context.node_config["timings"]),
-        {
-            "kind": "evaluate",
-            "round": int(config["server-round"]),
-            "process_start": _process_start(),
-            "module_loaded": _LOADED,
-            "handler_start": started,
-            "end": time.time(),
-            **timing,
-        },
-    )
+    _log_handler(context, "evaluate", int(config["server-round"]), started, timing)
     return Message(content=reply, reply_to=msg)
 
 
