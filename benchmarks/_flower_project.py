@@ -64,6 +64,22 @@ def _wait_online(cluster: LocalCluster, nodes: Sequence[str], timeout: float) ->
                     pending.discard(status.node)
 
 
+def _wait_warm(root: Path, edges: Sequence[str], timeout: float) -> None:
+    """Until every edge's service log says its warm worker is ready: a node up before its job has one (a job
+    that comes while it still imports starts cold, and the run would measure a cold start)."""
+    waiting = set(edges)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"warm workers not ready within {timeout:.0f} s: {sorted(waiting)}")
+        for edge in list(waiting):
+            log = root / edge / "service.log"
+            if log.exists() and "warm worker ready" in log.read_text(errors="replace"):
+                waiting.discard(edge)
+        if waiting:
+            time.sleep(0.2)  # no event to wait on across processes but the log line
+
+
 def _seconds(a: datetime | None, b: datetime | None) -> float | None:
     return (b - a).total_seconds() if a is not None and b is not None else None
 
@@ -96,6 +112,8 @@ def run_project(workdir: Path, root: Path, test_labels: Path, *, edge_args: Sequ
         for edge in EDGES:
             cluster.start_node(edge, "edge", extra_args=list(edge_args))
         _wait_online(cluster, [AGGREGATOR, *EDGES], timeout=60)
+        if "--warm-worker" in edge_args:
+            _wait_warm(root, EDGES, timeout=60)
         submitted = time.time()
         t0 = time.perf_counter()
         created = subprocess.run(
