@@ -238,36 +238,22 @@ def _watch(
     interrupted = threading.Event()
     with _interrupt_sets(interrupted):
         try:
-            return _watch_loop(ctx, client, rtype, request, shown, printer, deadline, interrupted)
+            while not interrupted.is_set():
+                remaining = _WATCH_SLICE if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    return _watch_timed_out(rtype, shown, names, request.watch_timeout)
+                if not client.changes(min(remaining, _WATCH_SLICE)):
+                    continue
+                views, _ = _select(_collect(client.topics, rtype, client.latest), names)
+                gone = [n for n in names if n not in {v.name for v in views}]
+                if names and gone:
+                    raise FlctlError(f"{resource_ref(rtype.plural, gone[0])} was deleted while being watched")
+                printer.update(views)
+                shown = views
+                if _finished(rtype, views, names):
+                    return _outcome(ctx, views)
         except KeyboardInterrupt:  # raised where no handler of ours was installed (not the main thread)
             return 0
-
-
-def _watch_loop(  # noqa: PLR0917 - the watch's state, passed on as it is
-    ctx: Context,
-    client: BrokerClient,
-    rtype: ResourceType,
-    request: GetRequest,
-    shown: list[View],
-    printer: _WatchPrinter,
-    deadline: float | None,
-    interrupted: threading.Event,
-) -> int:
-    names = request.names
-    while not interrupted.is_set():
-        remaining = _WATCH_SLICE if deadline is None else deadline - time.monotonic()
-        if remaining <= 0:
-            return _watch_timed_out(rtype, shown, names, request.watch_timeout)
-        if not client.changes(min(remaining, _WATCH_SLICE)):
-            continue
-        views, _ = _select(_collect(client.topics, rtype, client.latest), names)
-        gone = [n for n in names if n not in {v.name for v in views}]
-        if names and gone:
-            raise FlctlError(f"{resource_ref(rtype.plural, gone[0])} was deleted while being watched")
-        printer.update(views)
-        shown = views
-        if _finished(rtype, views, names):
-            return _outcome(ctx, views)
     return 0  # Ctrl-C: the normal way to end a watch of a list
 
 
