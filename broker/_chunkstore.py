@@ -61,7 +61,7 @@ class ChunkStore:
         self._payload_at = payload_at
         self._payload: hashlib._Hash | None = None
         self._skip = 0
-        self.payload_sha256: str | None = None  # set by `blob` when the payload was hashed
+        self.payload_sha256: str | None = None  # set by `blob` when the payload was hashed whole
         self._hashed: list[str] = []
         self._in_order = True
         if spill_dir is not None:
@@ -145,7 +145,7 @@ class ChunkStore:
             store.close()
             return None
         if store._payload is not None and store._skip == 0:
-            self.payload_sha256 = store.payload_sha256 = store._payload.hexdigest()
+            self.payload_sha256 = store._payload.hexdigest()  # read off this store, the one its Assembler holds
         view = store._view()
         store.close()
         return view
