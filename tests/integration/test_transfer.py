@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import queue
@@ -23,6 +22,7 @@ from broker import (
     transfer_key,
 )
 from schemas import Topics, TransferManifest, TransferOrigin, WireError
+from tests.helpers.manifests import chunks_of, reference_manifest
 from tests.helpers.mqtt import SessionFactory, take_all
 
 T = Topics("fltest")
@@ -56,22 +56,8 @@ def send_update(session: Session, blob: bytes, transfer: str, *, chunk_size: int
 
 
 def make_manifest(blob: bytes, chunk_size: int) -> tuple[TransferManifest, list[bytes]]:
-    chunks = [blob[i : i + chunk_size] for i in range(0, len(blob), chunk_size)]
-    manifest = TransferManifest(
-        transfer=new_transfer_id(),
-        kind="update",
-        job=JOB,
-        uid=UID,
-        round=1,
-        sender="edge1",
-        total_bytes=len(blob),
-        chunk_size=chunk_size,
-        chunks=len(chunks),
-        sha256=hashlib.sha256(blob).hexdigest(),
-        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
-        num_samples=1,
-    )
-    return manifest, chunks
+    manifest = reference_manifest(blob, chunk_size, transfer=new_transfer_id(), job=JOB, uid=UID)
+    return manifest, chunks_of(blob, chunk_size)
 
 
 @pytest.mark.parametrize("broker", [{"max_packet_size": 32768}], indirect=True)

@@ -12,6 +12,7 @@ import pytest
 from edge_trainer import OutboxError
 from edge_trainer.engine import AckOutcome, Deliveries, Outbox
 from schemas import TransferManifest, UpdateAck
+from tests.helpers.manifests import reference_manifest
 
 JOB, UID, NODE = "sdd", "uid-1", "edge1"
 
@@ -19,19 +20,15 @@ JOB, UID, NODE = "sdd", "uid-1", "edge1"
 def manifest_for(
     blob: bytes, *, round_: int = 1, uid: str = UID, chunk_size: int = 100, transfer: str = ""
 ) -> TransferManifest:
-    chunks = [blob[i : i + chunk_size] for i in range(0, len(blob), chunk_size)]
-    return TransferManifest(
+    return reference_manifest(
+        blob,
+        chunk_size,
         transfer=transfer or os.urandom(8).hex(),
         kind="update" if round_ else "init",
         job=JOB,
         uid=uid,
-        round=round_,
+        round_=round_,
         sender=NODE,
-        total_bytes=len(blob),
-        chunk_size=chunk_size,
-        chunks=len(chunks),
-        sha256=hashlib.sha256(blob).hexdigest(),
-        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
         num_samples=4,
     )
 

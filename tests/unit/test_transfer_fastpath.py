@@ -33,6 +33,7 @@ from schemas import (
     read_header,
     weights_payload_offset,
 )
+from tests.helpers.manifests import reference_manifest
 
 ORIGIN = TransferOrigin("update", "sdd", "uid-1", 1, "edge1", 10)
 
@@ -103,21 +104,7 @@ def fake_sender(chunk_size: int) -> tuple[BlobSender, FakeSession]:
 
 def two_pass_manifest(blob: bytes, chunk_size: int, transfer: str) -> TransferManifest:
     """The manifest as it was built before the fast path: the whole blob hashed, then every chunk."""
-    chunks = [blob[i : i + chunk_size] for i in range(0, len(blob), chunk_size)]
-    return TransferManifest(
-        transfer=transfer,
-        kind="update",
-        job="sdd",
-        uid="uid-1",
-        round=1,
-        sender="edge1",
-        total_bytes=len(blob),
-        chunk_size=chunk_size,
-        chunks=len(chunks),
-        sha256=hashlib.sha256(blob).hexdigest(),
-        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
-        num_samples=10,
-    )
+    return reference_manifest(blob, chunk_size, transfer=transfer, job="sdd", uid="uid-1", num_samples=10)
 
 
 def same_but_time(a: TransferManifest, b: TransferManifest) -> bool:
