@@ -17,7 +17,7 @@ from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import Phase, Topics
 from tests.faults.conftest import SERVICE_FLAGS
-from tests.helpers.nodes import lay_out_nodes
+from tests.helpers.nodes import job_documents, lay_out_nodes
 from tests.helpers.status import JobWatcher, wait_no_processes_under
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
@@ -28,28 +28,9 @@ MODEL = "shared-model"
 
 
 def spec() -> str:
-    docs = [
-        f"apiVersion: sedna.io/v1alpha1\nkind: Dataset\nmetadata: {{name: {e}-data}}\n"
-        f"spec: {{url: /data/train.txt, format: txt, nodeName: {e}}}\n"
-        for e in EDGES
-    ]
-    docs.append(
-        f"apiVersion: sedna.io/v1alpha1\nkind: Model\nmetadata: {{name: {MODEL}}}\nspec: {{url: /model, format: ckpt}}\n"
+    return job_documents(
+        JOBS, EDGES, model=MODEL, edge_parameters={"features": 8}, aggregator_parameters={"exit_round": 2}
     )
-    worker = "{scriptDir: /code, scriptBootFile: %s, frameworkType: tensorflow, parameters: %s}"
-    for job in JOBS:
-        trainers = "".join(
-            f"    - nodeName: {e}\n      dataset: {{name: {e}-data}}\n"
-            f"      workerSpec: {worker % ('train_numpy.py', '[{key: features, value: 8}]')}\n"
-            for e in EDGES
-        )
-        aggregator = worker % ("aggregate.py", "[{key: exit_round, value: '2'}]")
-        docs.append(
-            f"apiVersion: sedna.io/v1alpha1\nkind: FederatedLearningJob\nmetadata: {{name: {job}}}\nspec:\n"
-            f"  aggregationWorker:\n    model: {{name: {MODEL}}}\n    nodeName: cloud0\n    workerSpec: {aggregator}\n"
-            f"  trainingWorkers:\n{trainers}"
-        )
-    return "---\n".join(docs)
 
 
 def test_two_jobs_on_one_model_both_succeed_and_keep_their_models(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import Phase, Topics
 from tests.helpers.mqtt import wait_until
-from tests.helpers.nodes import lay_out_nodes
+from tests.helpers.nodes import job_documents, lay_out_nodes
 from tests.helpers.status import JobWatcher
 
 pytestmark = pytest.mark.timeout(240)
@@ -24,28 +24,14 @@ WAIT = 120.0
 
 
 def job_yaml() -> str:
-    docs = [
-        f"apiVersion: sedna.io/v1alpha1\nkind: Dataset\nmetadata: {{name: {e}-data}}\n"
-        f"spec: {{url: /data/train.txt, format: txt, nodeName: {e}}}\n"
-        for e in EDGES
-    ]
-    docs.append(
-        "apiVersion: sedna.io/v1alpha1\nkind: Model\nmetadata: {name: warm-model}\nspec: {url: /model, format: ckpt}\n"
+    return job_documents(
+        [JOB],
+        EDGES,
+        model="warm-model",
+        script="train_keras.py",
+        edge_parameters={"features": 4, "hidden": 3},
+        aggregator_parameters={"exit_round": 2, "participants_count": 2},
     )
-    trainers = "".join(
-        f"    - nodeName: {e}\n      dataset: {{name: {e}-data}}\n"
-        "      workerSpec: {scriptDir: /code, scriptBootFile: train_keras.py, frameworkType: tensorflow, "
-        "parameters: [{key: features, value: '4'}, {key: hidden, value: '3'}]}\n"
-        for e in EDGES
-    )
-    docs.append(
-        f"apiVersion: sedna.io/v1alpha1\nkind: FederatedLearningJob\nmetadata: {{name: {JOB}}}\nspec:\n"
-        "  aggregationWorker:\n    model: {name: warm-model}\n    nodeName: cloud0\n"
-        "    workerSpec: {scriptDir: /code, scriptBootFile: aggregate.py, frameworkType: tensorflow, "
-        "parameters: [{key: exit_round, value: '2'}, {key: participants_count, value: '2'}]}\n"
-        f"  trainingWorkers:\n{trainers}"
-    )
-    return "---\n".join(docs)
 
 
 def test_a_job_runs_in_the_edges_warm_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,7 +21,7 @@ import pytest
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import Phase, Topics
-from tests.helpers.nodes import SCRIPTS, lay_out_nodes
+from tests.helpers.nodes import SCRIPTS, job_documents, lay_out_nodes
 from tests.helpers.status import JobWatcher
 
 pytestmark = pytest.mark.timeout(180)
@@ -36,37 +36,19 @@ F32 = npt.NDArray[np.float32]
 
 
 def job_yaml() -> str:
-    docs = [
-        f"apiVersion: sedna.io/v1alpha1\nkind: Dataset\nmetadata: {{name: {e}-data}}\n"
-        f"spec: {{url: /data/train.txt, format: txt, nodeName: {e}}}\n"
-        for e in EDGES
-    ]
-    docs.append(
-        "apiVersion: sedna.io/v1alpha1\nkind: Model\nmetadata: {name: prox-model}\nspec: {url: /model, format: ckpt}\n"
+    return job_documents(
+        [JOB],
+        EDGES,
+        model="prox-model",
+        edge_parameters={
+            "features": FEATURES,
+            "hidden": HIDDEN,
+            "local_steps": LOCAL_STEPS,
+            "learning_rate": RATE,
+            "mu": MU,
+        },
+        aggregator_parameters={"exit_round": EXIT_ROUND, "participants_count": 2},
     )
-    parameters = ", ".join(
-        f"{{key: {k}, value: '{v}'}}"
-        for k, v in (
-            ("features", FEATURES),
-            ("hidden", HIDDEN),
-            ("local_steps", LOCAL_STEPS),
-            ("learning_rate", RATE),
-            ("mu", MU),
-        )
-    )
-    trainers = "".join(
-        f"    - nodeName: {e}\n      dataset: {{name: {e}-data}}\n"
-        f"      workerSpec: {{scriptDir: /code, scriptBootFile: train_numpy.py, frameworkType: tensorflow, parameters: [{parameters}]}}\n"
-        for e in EDGES
-    )
-    docs.append(
-        f"apiVersion: sedna.io/v1alpha1\nkind: FederatedLearningJob\nmetadata: {{name: {JOB}}}\nspec:\n"
-        "  aggregationWorker:\n    model: {name: prox-model}\n    nodeName: cloud0\n"
-        "    workerSpec: {scriptDir: /code, scriptBootFile: aggregate.py, frameworkType: tensorflow, "
-        f"parameters: [{{key: exit_round, value: '{EXIT_ROUND}'}}, {{key: participants_count, value: '2'}}]}}\n"
-        f"  trainingWorkers:\n{trainers}"
-    )
-    return "---\n".join(docs)
 
 
 def common() -> ModuleType:

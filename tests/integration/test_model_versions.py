@@ -19,7 +19,7 @@ import pytest
 from flctl import cli as flctl_cli
 from flctl.cluster import LocalCluster
 from schemas import JobStatus, NodeStatus, Phase, Topics
-from tests.helpers.nodes import lay_out_nodes
+from tests.helpers.nodes import job_documents, lay_out_nodes
 from tests.helpers.status import JobWatcher, wait_no_processes_under
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,27 +33,9 @@ WAIT = 60.0
 
 
 def spec() -> str:
-    docs = [
-        f"apiVersion: sedna.io/v1alpha1\nkind: Dataset\nmetadata: {{name: {e}-data}}\n"
-        f"spec: {{url: /data/train.txt, format: txt, nodeName: {e}}}\n"
-        for e in EDGES
-    ]
-    docs.append(
-        f"apiVersion: sedna.io/v1alpha1\nkind: Model\nmetadata: {{name: {MODEL}}}\nspec: {{url: /model, format: ckpt}}\n"
+    return job_documents(
+        [JOB], EDGES, model=MODEL, edge_parameters={"features": 8}, aggregator_parameters={"exit_round": 1}
     )
-    worker = "{scriptDir: /code, scriptBootFile: %s, frameworkType: tensorflow, parameters: %s}"
-    trainers = "".join(
-        f"    - nodeName: {e}\n      dataset: {{name: {e}-data}}\n"
-        f"      workerSpec: {worker % ('train_numpy.py', '[{key: features, value: 8}]')}\n"
-        for e in EDGES
-    )
-    aggregator = worker % ("aggregate.py", "[{key: exit_round, value: '1'}]")
-    docs.append(
-        f"apiVersion: sedna.io/v1alpha1\nkind: FederatedLearningJob\nmetadata: {{name: {JOB}}}\nspec:\n"
-        f"  aggregationWorker:\n    model: {{name: {MODEL}}}\n    nodeName: cloud0\n    workerSpec: {aggregator}\n"
-        f"  trainingWorkers:\n{trainers}"
-    )
-    return "---\n".join(docs)
 
 
 def prepare(tmp_path: Path) -> None:
