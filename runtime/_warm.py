@@ -7,8 +7,9 @@ runs that script and exits, so nothing leaks from one job to the next and a cras
 `WarmPool.take` hands the next launch to the idle worker; its successor is spawned when that run
 exits (`ScriptSupervisor` calls `start`), not at once: on a small node its import would slow the run.
 
-A warm start is used only when it is indistinguishable from a cold one: the same interpreter and the
-same values of every variable read at import time (`IMPORT_TIME_PREFIXES`). Otherwise `take` says why
+A warm start is used only when it is indistinguishable from a cold one: the same interpreter (both are
+this service's `sys.executable`) and the same values of every variable read at import time
+(`IMPORT_TIME_PREFIXES`). Otherwise `take` says why
 and the supervisor starts the script cold.
 """
 
@@ -51,7 +52,6 @@ class WarmWorker:
         self._log = log
         self.env = script_environment({}, fd=-1)
         del self.env[WorkerEnv.WORKER_FD]
-        self.executable = sys.executable
         self.ready = threading.Event()
         self.settled = threading.Event()  # ready, or died before it was
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -76,7 +76,7 @@ class WarmWorker:
 
     def _popen(self, preload: Sequence[str], control_fd: int, out: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [self.executable, str(_MAIN), str(control_fd), *preload],
+            [sys.executable, str(_MAIN), str(control_fd), *preload],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -160,8 +160,6 @@ class WarmPool:
                 reason = f"the warm worker died (exit code {worker.proc.returncode})"
             elif not worker.ready.is_set():
                 return None, "the warm worker is not ready yet"
-            elif worker.executable != sys.executable:
-                return None, "the script's interpreter differs from the warm worker's"
             else:
                 differ = sorted(
                     k
