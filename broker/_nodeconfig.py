@@ -8,6 +8,7 @@ FL_NODE_CONFIG).
     username: edge1
     password: "..."        # or password_file: /etc/fl/edge1.password
     tls: {ca: ca.crt, cert: edge1.crt, key: edge1.key}
+    site: site-a           # optional: the factory site whose broker this node uses
 
 Relative paths (password_file, tls.*) are relative to the file's folder. Flags and environment variables
 override what the file says (`broker.ConnectionSettings`). The password is never part of a repr or a log line.
@@ -66,6 +67,10 @@ class NodeConfig(_Strict):
     # Edge only: `fl-edge-trainer --warm-worker` (scripts start with TensorFlow imported); None: not set
     # (the service's default, off), so configs that do not use it are written without it.
     warm_worker: StrictBool | None = None
+    # The factory site whose broker this node connects to (`flctl site add`), None for a node of the cloud
+    # broker. Edges announce it in their presence, so the aggregator can tell which edges sit behind
+    # which site's bridge.
+    site: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> NodeConfig:
@@ -75,6 +80,8 @@ class NodeConfig(_Strict):
         if self.username is not None and self.username != self.node:
             # The broker replaces the client id by the username and its ACLs key on it: they must agree.
             raise ValueError(f"username {self.username!r} must equal node {self.node!r}")
+        if self.site is not None:
+            check_name(self.site, "site")
         if self.warm_worker is not None and self.role != "edge":
             raise ValueError(f"warm_worker is a setting of edge nodes; this config is for role {self.role!r}")
         return self

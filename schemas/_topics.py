@@ -20,6 +20,8 @@ by plural kind and name; a job's runtime traffic lives under the job's own path,
     fl/nodes/<node>/requests/<client>                       a request to a node service (logs, ledger)
     fl/nodes/<node>/replies/<client>                        its answer (the request's MQTT v5 response topic)
     fl/clients/<client>/sync                                a client's own barrier topic
+    fl/sites/<site>/bridge                                  a site bridge's state, "1" up / "0" down (the
+                                                            bridge's own notification, retained)
 
 A request's topic names the node asked and the client asking, its reply's topic the node answering and
 the client it answers: the broker's ACL lets only admins write requests (each on its own level), a node
@@ -233,6 +235,13 @@ class Topics:
 
     def node_status(self, node: str | AclPattern) -> str:
         return self._build("nodes", _node(node), "status")
+
+    def site_bridge(self, site: str) -> str:
+        """Where a site broker's bridge announces its state on both brokers (Mosquitto's notification_topic)."""
+        return self._build("sites", check_name(site, "site"), "bridge")
+
+    def all_site_bridges(self) -> str:
+        return self._build("sites", "+", "bridge")
 
     def sync(self, client_id: str) -> str:
         return self._build("clients", _client(client_id), "sync")
