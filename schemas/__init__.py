@@ -92,6 +92,7 @@ from schemas._status import (
 )
 from schemas._tensors import (
     MAX_NUM_SAMPLES,
+    PartShare,
     TensorSpec,
     WeightsHeader,
     WeightsKind,
@@ -178,6 +179,7 @@ __all__ = [
     "NodeStatus",
     "NumberBound",
     "ParsedTopic",
+    "PartShare",
     "PathEscapeError",
     "Phase",
     "PlannedWorker",

@@ -258,6 +258,9 @@ PARAMETER_CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "global_compression": ("none", "float16"),
         # secure aggregation (an aggregation-worker parameter): the aggregator learns only each round's sum
         "secure_aggregation": ("false", "true"),
+        # hierarchical rounds (an aggregation-worker parameter): each site's aggregator folds its edges'
+        # updates and forwards one partial aggregate per round (cloud_aggregator.engine's Hierarchy)
+        "hierarchical": ("false", "true"),
     }
 )
 """The parameters this system knows that hold one of a few words (compared case-insensitively)."""

@@ -42,7 +42,20 @@ MAX_DIMS = 8
 MAX_NUM_SAMPLES = 10**9
 
 DType = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint32", "bool"]
-WeightsKind = Literal["init", "update", "global"]
+# "partial": a site aggregator's partial aggregate of a hierarchical job (the weighted mean of its site's
+# updates, `num_samples` their total, `WeightsHeader.parts` the per-edge breakdown).
+WeightsKind = Literal["init", "update", "global", "partial"]
+# Edges one partial aggregate may cover (schemas.MAX_TRAINING_WORKERS per job; a site holds at most all of them).
+MAX_PARTS = 1000
+
+
+class PartShare(BaseModel):
+    """One edge's share of a partial aggregate: its node and the sample count its update was folded with."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node: str = Field(min_length=1, max_length=253)
+    samples: int = Field(ge=1, le=MAX_NUM_SAMPLES, strict=True)
 
 
 class TensorSpec(BaseModel):
@@ -100,6 +113,22 @@ class WeightsHeader(BaseModel):
     tensors: tuple[TensorSpec, ...] = Field(max_length=MAX_TENSORS)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: datetime = Field(alias="createdAt")
+    # A partial aggregate's per-edge breakdown (kind "partial" only; absent from every other blob, whose
+    # header is byte for byte what it was). It rides in the blob, so a spooled partial keeps it.
+    parts: tuple[PartShare, ...] | None = Field(default=None, max_length=MAX_PARTS)
+
+    @model_validator(mode="after")
+    def _parts_match(self) -> Self:
+        if (self.kind == "partial") != (self.parts is not None):
+            raise ValueError("a partial aggregate, and only one, lists its parts")
+        if self.parts is not None:
+            nodes = [p.node for p in self.parts]
+            if not nodes or len(set(nodes)) != len(nodes):
+                raise ValueError(f"a partial aggregate lists each edge once, at least one: {nodes}")
+            total = sum(p.samples for p in self.parts)
+            if total != self.num_samples:
+                raise ValueError(f"the parts' samples add up to {total}, the header says numSamples={self.num_samples}")
+        return self
 
     @property
     def payload_bytes(self) -> int:
@@ -148,14 +177,15 @@ def encode_weights(
     num_samples: int,
     names: Sequence[str] | None = None,
     float16: bool = False,
+    parts: Sequence[PartShare] | None = None,
 ) -> bytes:
     """Encode arrays as a blob. The arrays are copied once into the payload, little-endian, C order.
 
     `float16`: floating-point tensors are stored as half precision (a compressed global model); they
-    decode to their own dtype again."""
+    decode to their own dtype again. `parts`: a partial aggregate's per-edge breakdown (kind "partial")."""
     specs = tensor_specs(arrays, names)
     digest = hashlib.sha256()
-    parts: list[bytes] = []
+    payload: list[bytes] = []
     for i, (spec, arr) in enumerate(zip(specs, arrays, strict=True)):
         if float16 and spec.dtype.startswith("float"):
             encoding, data, _ = encode_tensor(np.asarray(arr, dtype=np.float64), "float16", delta=False)
@@ -163,7 +193,7 @@ def encode_weights(
         else:
             data = np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype).newbyteorder("<")).tobytes()
         digest.update(data)
-        parts.append(data)
+        payload.append(data)
     header = WeightsHeader(
         kind=kind,
         job=job,
@@ -173,8 +203,9 @@ def encode_weights(
         tensors=tuple(specs),
         sha256=digest.hexdigest(),
         created_at=datetime.now(UTC),
+        parts=tuple(parts) if parts is not None else None,
     )
-    return join_blob(header, parts)
+    return join_blob(header, payload)
 
 
 def join_blob(header: WeightsHeader, parts: Sequence[bytes]) -> bytes:

@@ -39,6 +39,7 @@ phases (`_secagg`, with the round's record in `_secagg_record` and its unmasked 
 from cloud_aggregator.engine._checkpoint import Checkpoint, SpooledUpdate
 from cloud_aggregator.engine._controller import Controller
 from cloud_aggregator.engine._facts import JobFacts, JobSettings
+from cloud_aggregator.engine._hier import Hierarchy, SiteFold
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._kept import KeptState
 from cloud_aggregator.engine._port import FinalModel, Port, ScriptRequest, ScriptSignal
@@ -50,6 +51,7 @@ __all__ = [
     "Checkpoint",
     "Controller",
     "FinalModel",
+    "Hierarchy",
     "Job",
     "JobFacts",
     "JobSettings",
@@ -57,6 +59,7 @@ __all__ = [
     "Port",
     "ScriptRequest",
     "ScriptSignal",
+    "SiteFold",
     "SpillFile",
     "SpooledUpdate",
     "Stage",

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
+from cloud_aggregator.engine._hier import Hierarchy, hierarchy_of
 from schemas import (
     Dataset,
     DatasetRef,
@@ -231,6 +233,21 @@ class JobFacts:
         """The global models are published as float16 (aggregation worker parameter ``global_compression``)."""
         params = {k.lower(): v for k, v in self.aggregation_worker.parameters.items()}
         return str(params.get("global_compression", "none")).strip().lower() == "float16"
+
+    @cached_property
+    def hierarchy(self) -> Hierarchy | None:
+        """The job's sites (``hierarchical: "true"``), None for a flat job or when its parameters are wrong:
+        the script's config (`engine/_script`) refuses those with `hierarchy_of`'s message first."""
+        try:
+            return hierarchy_of(self.aggregation_worker.parameters, self.planned)
+        except ValueError:
+            return None
+
+    @property
+    def senders(self) -> list[str]:
+        """Who may send this job weights: its training workers and, hierarchical, its site aggregators."""
+        extra = list(self.hierarchy.aggregators.values()) if self.hierarchy is not None else []
+        return [*self.participants, *extra]
 
     def topk_workers(self) -> list[str]:
         """The training workers that send top-k sparsified updates (parameter ``compression: topk``)."""

@@ -176,7 +176,7 @@ class Intake:
             self.reject(node, manifest, exc)
             ctx.publish()
             return
-        if manifest.kind == "update" and isinstance(state, Training) and state.holds(node, round_):
+        if manifest.kind in ("update", "partial") and isinstance(state, Training) and state.holds(node, round_):
             self.duplicate(node, manifest)
             return
         self._first_seen.setdefault((round_, node, manifest.transfer), now_s)
@@ -204,7 +204,7 @@ class Intake:
         """One chunk of a transfer; the transfer is delivered when its last chunk arrives (`digest`: the chunk's
         SHA-256 if the caller hashed it already)."""
         self._ctx.advance(now_s)
-        if node not in self._ctx.facts.participants or not self.wants(round_):
+        if node not in self._ctx.facts.senders or not self.wants(round_):
             return
         key = self._key(round_, node, transfer)
         if (round_, node, transfer) in self._stored:

@@ -106,7 +106,8 @@ class Recovery:
             self._rounds.fail("PublishFailed", str(exc))
             return
         if final:
-            participants = [n for n, _ in self._committer.folded.get(closed, [])]
+            # A hierarchical round's ledger names its site aggregators too: they train nothing to complete.
+            participants = [n for n, _ in self._committer.folded.get(closed, []) if n in ctx.facts.participants]
             # The final round is the one that closed: its events and the aggregation worker's entry say so
             # (before the split a run resumed here reported round 0, a round it never had).
             ctx.state = Final(run=run, model=model, round=closed, participants=participants)

@@ -284,9 +284,11 @@ class RoundEngine:
         total = closing.acc.total_samples
         counted = list(closing.counted)
         # A buffer waits for no one in particular: nobody is "missing" from an asynchronous round.
-        missing = closing.waiting_for(facts.participants) if facts.asynchrony is None else []
+        # (Hierarchical: a site's edges its partial left out are missing too, though the round no longer waited.)
+        missing = [p for p in facts.participants if p not in closing.counted] if facts.asynchrony is None else []
         stamp = now()
         self._committer.folded[r] = [(n, closing.transfers.get(n, "")) for n in counted]
+        self._committer.folded[r] += list(closing.partials.items())  # a replayed partial is answered as stored
         self._committer.origins[r] = {n: o for n, o in closing.origins.items() if o != r}
         model = closing.model.evolved(self._committer.published(weights))
         blob = self._committer.encode(r, model.arrays, model.names, total)

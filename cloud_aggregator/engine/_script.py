@@ -21,6 +21,7 @@ from cloud_aggregator._robust import RobustStrategy
 from cloud_aggregator._strategy import Strategy, get_strategy
 from cloud_aggregator.engine._checkpoint import Checkpoint
 from cloud_aggregator.engine._context import JobContext
+from cloud_aggregator.engine._hier import Hierarchy, hierarchy_conflict, hierarchy_of, plan_parameters
 from cloud_aggregator.engine._intake import Intake
 from cloud_aggregator.engine._port import ScriptRequest
 from cloud_aggregator.engine._recovery import Recovery
@@ -192,10 +193,10 @@ class AggregationScript:
         secagg = self._secagg(strategy, privacy)
         if secagg is False:
             return
-        edge = privacy.edge_parameters() if privacy is not None else {}
-        if secagg is not None:
-            edge["secure_aggregation"] = "true"  # how an edge knows to mask its updates
-        plan = facts.plan(strategy.name, exit_round, edge or None)
+        hierarchy = self._hierarchy(strategy, privacy, secagg)
+        if hierarchy is False:
+            return
+        plan = facts.plan(strategy.name, exit_round, _edge_parameters(privacy, secagg, hierarchy) or None)
         run = Run(strategy=strategy, plan=plan, privacy=privacy, secagg=secagg)
         # The plan counts as issued from here on: failing the job clears it, also when publishing it failed.
         ctx.state = Init(run)
@@ -335,6 +336,30 @@ class AggregationScript:
             return False
         return settings
 
+    def _hierarchy(
+        self, strategy: Strategy, privacy: Privacy | None, secagg: SecAggSettings | None
+    ) -> Hierarchy | Literal[False] | None:
+        """The run's sites (``hierarchical: "true"``; None: a flat job; False: the job failed on them,
+        `InvalidHierarchyParameters`, naming the parameter)."""
+        facts = self.ctx.facts
+        try:
+            hierarchy = hierarchy_of(facts.aggregation_worker.parameters, facts.planned)
+        except ValueError as exc:
+            self._refuse("InvalidHierarchyParameters", f"aggregationWorker parameter {exc}")
+            return False
+        if hierarchy is None:
+            return None
+        conflict = hierarchy_conflict(
+            strategy, privacy, secagg, facts.planned, asynchronous=facts.asynchrony is not None
+        )
+        if conflict is not None:
+            self._refuse(
+                "InvalidHierarchyParameters",
+                f"aggregationWorker parameter hierarchical=true cannot be combined with {conflict}",
+            )
+            return False
+        return hierarchy
+
     def _running(self, run: Run) -> None:
         """The job runs (a new run, or one resumed without a checkpoint): round 0 waits for an init."""
         ctx, facts = self.ctx, self.ctx.facts
@@ -351,6 +376,8 @@ class AggregationScript:
             status.privacy = run.privacy.status(0)
         if run.secagg is not None:
             mode += f", secure aggregation ({run.secagg.threshold} of {len(facts.participants)})"
+        if facts.hierarchy is not None:
+            mode += f", {facts.hierarchy.describe()}"
         ctx.set_agg_worker(WorkerState.READY, f"{run.strategy.describe()}, {run.plan.exit_round} rounds{mode}")
         ctx.event(
             "Normal",
@@ -358,6 +385,18 @@ class AggregationScript:
             f"plan published: {run.strategy.describe()}, {run.plan.exit_round} rounds{mode}, participants "
             f"{', '.join(facts.participants)}" + (" (resumed without a checkpoint: round 0)" if facts.resume else ""),
         )
+
+
+def _edge_parameters(
+    privacy: Privacy | None, secagg: SecAggSettings | None, hierarchy: Hierarchy | None
+) -> dict[str, str]:
+    """What the plan adds to every training worker's parameters for the run's modes."""
+    edge = privacy.edge_parameters() if privacy is not None else {}
+    if secagg is not None:
+        edge["secure_aggregation"] = "true"  # how an edge knows to mask its updates
+    if hierarchy is not None:
+        edge.update(plan_parameters(hierarchy))  # where each edge's updates go: its site's aggregator
+    return edge
 
 
 def _said_by(name: str, parameters: Mapping[str, str]) -> str:

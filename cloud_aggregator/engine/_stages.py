@@ -137,14 +137,21 @@ class Training:
     # Secure aggregation (`Run.secagg`): the round's protocol record; the masked sum replaces `acc` until
     # the round is unmasked (`_secagg`).
     secagg: SecAggRound | None = None
+    # Hierarchical rounds (`_hier`): site aggregator -> the partial folded, and the edges of those sites
+    # (counted or not: a site sends one partial per round, so the round waits for none of them any more).
+    partials: dict[str, str] = field(default_factory=dict)
+    settled: set[str] = field(default_factory=set)
 
     stage: ClassVar[Stage] = Stage.TRAINING
 
     def waiting_for(self, participants: list[str]) -> list[str]:
-        return [p for p in participants if p not in self.counted]
+        return [p for p in participants if p not in self.counted and p not in self.settled]
 
     def holds(self, node: str, round_: int) -> bool:
-        """Whether `node`'s update of `round_` is counted in this round or carried to the next one."""
+        """Whether `node`'s update of `round_` is counted in this round or carried to the next one (a site
+        aggregator: its partial of this round is folded)."""
+        if node in self.partials:
+            return round_ == self.round
         counted = node in self.counted and self.origins.get(node, self.round) == round_
         return counted or self.carried.get(node) == round_
 

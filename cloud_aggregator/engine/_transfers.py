@@ -43,14 +43,20 @@ def check_manifest(
     An update belongs to the open round; in the asynchronous mode also to an earlier one, up to
     ``max_staleness`` rounds back (`_staleness`).
     """
-    check_origin(manifest, node=node, round_=round_, uid=facts.uid, job=facts.name, participants=facts.participants)
+    if manifest.kind == "partial" and (facts.hierarchy is None or node not in facts.senders):
+        raise UpdateRejectedError(f"{node} is not a site aggregator of this job (a partial comes from one)")
+    if manifest.kind == "update" and facts.hierarchy is not None:
+        site = facts.hierarchy.site_of(node)
+        via = f" via {facts.hierarchy.aggregators[site]}" if site is not None else ""
+        raise UpdateRejectedError(f"this job is hierarchical: {node}'s update goes to its site aggregator{via}")
+    check_origin(manifest, node=node, round_=round_, uid=facts.uid, job=facts.name, participants=facts.senders)
     if isinstance(state, Starting | Done):
         raise UpdateRejectedError(f"the job is not running (stage {state.stage.value})")
     if manifest.kind == "init":
         if round_ != 0:
             raise UpdateRejectedError(f"an init transfer belongs to round 0, not round {round_}")
         return None
-    if manifest.kind != "update":
+    if manifest.kind not in ("update", "partial"):
         raise UpdateRejectedError(f"kind {manifest.kind} is not an update")
     if isinstance(state, Init):
         raise UpdateRejectedError(f"round {round_} has not started: no round-0 model yet")

@@ -24,7 +24,15 @@ from cloud_aggregator.engine._secagg import SecureAggregation
 from cloud_aggregator.engine._stages import Training
 from cloud_aggregator.engine._staleness import rebase
 from cloud_aggregator.engine._transfers import check_manifest, decode_checked, describe_layout_difference
-from schemas import TransferManifest, TransferOrigin, WireError, manifest_for, read_header
+from schemas import (
+    PartShare,
+    TransferManifest,
+    TransferOrigin,
+    WeightsKind,
+    WireError,
+    manifest_for,
+    read_header,
+)
 
 __all__ = ["Closer", "UpdatePath"]
 
@@ -47,6 +55,7 @@ class _Checked:
     arrays: Arrays
     base: Arrays | None  # the model it was trained from, when not the open round's (asynchronous)
     carry: bool  # asynchronous: its node's older update is in the buffer; this one goes to the next
+    parts: tuple[PartShare, ...] = ()  # a site's partial aggregate (`_hier`): the edges it counts for
 
 
 class UpdatePath:
@@ -95,7 +104,10 @@ class UpdatePath:
         elif (spooled or self._store(open_round, node, round_, manifest, blob)) and self._fold(
             checked, node, round_, manifest
         ):
-            self._count(open_round, node, round_, manifest, spooled=spooled)
+            if checked.parts:
+                self._count_partial(open_round, node, checked.parts, manifest, spooled=spooled)
+            else:
+                self._count(open_round, node, round_, manifest, spooled=spooled)
             if self._closer.closable(open_round):
                 self._closer.close(open_round)
         ctx.publish()
@@ -128,7 +140,7 @@ class UpdatePath:
             state = ctx.state
             if not isinstance(state, Training) or (state.round != round_ and facts.asynchrony is None):
                 break  # the round closed (or the job ended) on an update folded before this one
-            if entry.node not in facts.participants:
+            if entry.node not in facts.senders:
                 continue
             try:
                 header, _ = read_header(entry.blob)
@@ -137,7 +149,8 @@ class UpdatePath:
                 continue
             if state.holds(entry.node, header.round):
                 continue
-            origin = TransferOrigin("update", facts.name, facts.uid, header.round, entry.node, header.num_samples)
+            kind: WeightsKind = "partial" if header.kind == "partial" else "update"
+            origin = TransferOrigin(kind, facts.name, facts.uid, header.round, entry.node, header.num_samples)
             manifest = manifest_for(entry.blob, origin, chunk_size=max(1, len(entry.blob)), transfer=entry.transfer)
             self.on_update(entry.node, header.round, manifest, entry.blob, spooled=state.round == round_)
 
@@ -211,7 +224,10 @@ class UpdatePath:
         except StrategyError as exc:
             raise UpdateRejectedError(str(exc)) from exc
         base = None if carry else self.base_of(open_round, round_)
-        return _Checked(open_round, arrays, base, carry)
+        parts: tuple[PartShare, ...] = ()
+        if manifest.kind == "partial" and facts.hierarchy is not None:
+            parts = facts.hierarchy.check_parts(node, read_header(blob)[0], open_round.counted)
+        return _Checked(open_round, arrays, base, carry, parts)
 
     def _store(
         self, open_round: Training, node: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview
@@ -277,6 +293,42 @@ class UpdatePath:
             + (f" into round {open_round.round}" if stale else "")
             + (", from the spool" if spooled else "")
             + f"; {len(open_round.counted)}/{wanted} in",
+            node=node,
+        )
+
+    def _count_partial(
+        self,
+        open_round: Training,
+        node: str,
+        parts: tuple[PartShare, ...],
+        manifest: TransferManifest,
+        *,
+        spooled: bool,
+    ) -> None:
+        """A site's folded partial counts for each edge it lists (their sample counts go on the round's
+        record) and settles the site's other edges for the round; acknowledged to its site aggregator."""
+        ctx, facts = self._ctx, self._ctx.facts
+        assert facts.hierarchy is not None  # `_check` took a partial only for a hierarchical job
+        site = facts.hierarchy.site_of_aggregator(node) or node
+        seconds = self._intake.receive_seconds(open_round.round, node, manifest.transfer)
+        for part in parts:
+            open_round.counted[part.node] = part.samples
+            open_round.transfers[part.node] = manifest.transfer
+        if parts:  # the blob's bytes and time once, on the first edge: the WAN carried one model
+            open_round.received[parts[0].node] = (manifest.total_bytes, seconds)
+        open_round.partials[node] = manifest.transfer
+        open_round.settled.update(facts.hierarchy.edges.get(site, ()))
+        self._intake.mark_stored(open_round.round, node, manifest.transfer)
+        ctx.answer(node, manifest, True, "stored")
+        sites_in = len(open_round.partials)
+        ctx.event(
+            "Normal",
+            "PartialAccepted",
+            f"partial aggregate of site {site} from {node} for round {open_round.round} ("
+            + ", ".join(f"{p.node}: {p.samples}" for p in parts)
+            + f"; {manifest.num_samples} samples)"
+            + (", from the spool" if spooled else "")
+            + f"; {sites_in}/{len(facts.hierarchy.aggregators)} sites in",
             node=node,
         )
 
