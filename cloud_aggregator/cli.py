@@ -35,6 +35,13 @@ def _node(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _site(value: str) -> str:
+    try:
+        return check_name(value, "site name")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _positive(value: str) -> float:
     number = float(value)
     if not number > 0:
@@ -66,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $FL_CODE_ROOT or /code, i.e. ROOT/code)",
     )
     parser.add_argument("--prefix", default="fl", help="topic prefix (default: fl)")
+    parser.add_argument(
+        "--site",
+        type=_site,
+        help="run as the site aggregator of this factory site (hierarchical jobs: connect to the site's broker; "
+        "default: the --config file's site:, else the cloud's controller and aggregator)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     parser.add_argument(
         "--reference-grace",
@@ -165,7 +178,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Imported here so that `--help` and bad arguments answer before paho and the engine are loaded.
     from cloud_aggregator.engine import JobSettings
-    from cloud_aggregator.service import AggregatorService
+    from cloud_aggregator.service import AggregatorService, SiteAggregatorService
+
+    # An aggregator node provisioned for a site (node.yaml `site:`) is that site's aggregator.
+    site = args.site if args.site is not None else (config.site if config is not None else None)
+    if site is not None:
+        site_service = SiteAggregatorService(
+            node=node, site=site, root=args.root, settings=settings, prefix=args.prefix
+        )
+        signal.signal(signal.SIGTERM, lambda _s, _f: site_service.stop())
+        signal.signal(signal.SIGINT, lambda _s, _f: site_service.stop())
+        try:
+            return site_service.run()
+        finally:
+            root_lock.release()
 
     jobs = JobSettings(
         chunk_size=max(1024, args.chunk_size),

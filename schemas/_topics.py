@@ -243,6 +243,25 @@ class Topics:
     def all_site_bridges(self) -> str:
         return self._build("sites", "+", "bridge")
 
+    def site_local(self, site: str) -> Topics:
+        """The layout of a site's own traffic, under ``<prefix>/sites/<site>``: a hierarchical job's updates
+        from the site's edges to its site aggregator and that aggregator's acks. No site bridge carries it
+        (the bridge's topic lines name the prefix's own trees), so individual updates stay on the site."""
+        return Topics(f"{self.prefix}/sites/{check_name(site, 'site')}")
+
+    def parse_site_local(self, topic: str) -> tuple[str, ParsedTopic]:
+        """(site, what `site_local(site).parse` makes of `topic`); TopicError if it is no site's own topic."""
+        levels = topic.split("/")
+        depth = self._depth
+        if len(levels) < depth + 3 or "/".join(levels[:depth]) != self.prefix or levels[depth] != "sites":
+            raise TopicError(topic, f"not under {self.prefix}/sites/<site>/")
+        site = levels[depth + 1]
+        try:
+            check_name(site, "site")
+        except ValueError as exc:
+            raise TopicError(topic, str(exc)) from exc
+        return site, self.site_local(site).parse(topic)
+
     def sync(self, client_id: str) -> str:
         return self._build("clients", _client(client_id), "sync")
 

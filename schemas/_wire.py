@@ -88,6 +88,17 @@ class JobPlan(_Wire):
     def worker(self, node: str) -> PlannedWorker | None:
         return next((w for w in self.workers if w.node == node), None)
 
+    def site_of(self, node: str) -> str | None:
+        """The site whose aggregator takes `node`'s updates in a hierarchical job (the plan gives every
+        training worker ``hierarchical: "true"`` and its own ``site``); None for a flat job or another node."""
+        worker = self.worker(node)
+        if worker is None:
+            return None
+        params = {k.lower(): v for k, v in worker.parameters.items()}
+        if params.get("hierarchical", "").strip().lower() != "true":
+            return None
+        return params.get("site", "").strip() or None
+
 
 class TransferManifest(_Wire):
     """One chunked transfer. Chunk i carries bytes [i*chunkSize, (i+1)*chunkSize) of the blob."""

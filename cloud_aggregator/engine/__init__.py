@@ -43,6 +43,7 @@ from cloud_aggregator.engine._hier import Hierarchy, SiteFold
 from cloud_aggregator.engine._job import Job
 from cloud_aggregator.engine._kept import KeptState
 from cloud_aggregator.engine._port import FinalModel, Port, ScriptRequest, ScriptSignal
+from cloud_aggregator.engine._site import SiteJob, SitePort
 from cloud_aggregator.engine._spill import SpillFile
 from cloud_aggregator.engine._stages import Stage
 from cloud_aggregator.engine._transfers import all_finite, decode_checked
@@ -60,6 +61,8 @@ __all__ = [
     "ScriptRequest",
     "ScriptSignal",
     "SiteFold",
+    "SiteJob",
+    "SitePort",
     "SpillFile",
     "SpooledUpdate",
     "Stage",

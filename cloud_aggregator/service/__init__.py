@@ -4,6 +4,7 @@
 session; `MqttPort` is how the engine's decisions reach the broker, the aggregation scripts
 (`AggregationScripts`, on `runtime.ScriptSupervisor`) and the disk (`write_model`, `StateStore`: the spool and the checkpoints;
 `KeptStore`: the kept copy of the retained state, compared with what the broker holds through a `BrokerView`).
+`SiteAggregatorService` (`--site`) is a site aggregator of hierarchical jobs on a site broker.
 `AggregatorMetrics` is what /metrics serves (Prometheus): the engine's statuses and acks, bytes, nodes, `$SYS`.
 """
 
@@ -13,6 +14,7 @@ from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts, aggregation_launch, aggregation_variables
 from cloud_aggregator.service._service import AggregatorService, Event
+from cloud_aggregator.service._site_service import SiteAggregatorService
 from cloud_aggregator.service._state_store import FileSpill, StateStore
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "FileSpill",
     "KeptStore",
     "MqttPort",
+    "SiteAggregatorService",
     "StateStore",
     "aggregation_launch",
     "aggregation_variables",

@@ -329,6 +329,10 @@ class Uploads:
         """(complete, permanent error). A timeout is no error: the entry stays and is sent again."""
         m = entry.manifest
         topics, node = self._w.topics, self._w.node
+        job = self._w.jobs.get(m.job)
+        site = job.plan.site_of(node) if job is not None and m.kind == "update" else None
+        if site is not None:  # hierarchical: to the site aggregator on the site's own topics (not bridged)
+            topics = topics.site_local(site)
         self._w.note_blob(m.transfer, blob)
         try:
             sender.resend(
