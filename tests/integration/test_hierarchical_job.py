@@ -28,7 +28,10 @@ WAIT = 150.0
 pytestmark = pytest.mark.timeout(300)
 
 
-def job_yaml() -> str:
+def job_yaml(hold: dict[str, str] | None = None) -> str:
+    """Datasets, a Model per job, the flat job and the hierarchical one (`hold`: edge -> the rounds its
+    hierarchical job's script waits for a gate file before training, tests/faults/scripts/_common.py)."""
+
     def listed(pairs: dict[str, object]) -> str:
         return "[" + ", ".join(f"{{key: {k}, value: '{v}'}}" for k, v in pairs.items()) + "]"
 
@@ -49,7 +52,7 @@ def job_yaml() -> str:
         workers = "".join(
             f"    - nodeName: {edge}\n      dataset: {{name: {edge}-data}}\n"
             "      workerSpec: {scriptDir: /code, scriptBootFile: train_numpy.py, parameters: "
-            + listed({"features": 6, "hidden": 3, **({"site": site} if job == "hier" else {})})
+            + listed({"features": 6, "hidden": 3, **(_hier_worker(site, edge, hold) if job == "hier" else {})})
             + "}\n"
             for site, edge in edges
         )
@@ -60,6 +63,10 @@ def job_yaml() -> str:
             f"  trainingWorkers:\n{workers}"
         )
     return "---\n".join(docs)
+
+
+def _hier_worker(site: str, edge: str, hold: dict[str, str] | None) -> dict[str, object]:
+    return {"site": site, **({"hold_rounds": hold[edge]} if hold and edge in hold else {})}
 
 
 @pytest.fixture
