@@ -12,6 +12,7 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 from broker._settings import check_port
+from broker.mosquitto._bridge import Bridge, render_bridge
 
 __all__ = ["BrokerConfig", "TlsListener", "render_config"]
 
@@ -78,6 +79,8 @@ class BrokerConfig:
     tls: TlsListener | None = None
     run_as_root: bool | None = None  # None: `user root` exactly when running as root
     extra: str = ""
+    # A site broker's bridge to the cloud broker (`flctl site add`), rendered last: it is a section.
+    bridge: Bridge | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -218,4 +221,6 @@ def render_config(cfg: BrokerConfig) -> str:
             "# -- extra settings ------------------------------------------------------------------------------",
             cfg.extra.strip(),
         ]
+    if cfg.bridge is not None:
+        lines += ["", *render_bridge(cfg.bridge)]
     return "\n".join(lines) + "\n"

@@ -18,6 +18,8 @@ Secrets (keys, passwd, node configs) are 0600, folders 0700. No secret is printe
     _acl.py          the ACL, built from `schemas.Topics`: one block per role
     _files.py        files created with their final mode
     _passwd.py       mosquitto's password-file format (no mosquitto_passwd, no password on a command line)
+    _site.py         `provision_site` (`flctl site add`): a site broker bridged to the cloud broker
+    _cloud_site.py   the site's bridge user and ACL block on the cloud broker
 """
 
 from __future__ import annotations
@@ -25,13 +27,18 @@ from __future__ import annotations
 from flctl.provision._acl import render_acl
 from flctl.provision._deployment import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, Provisioned, provision
 from flctl.provision._passwd import hash_password, render_passwd
+from flctl.provision._site import QueueLimits, SiteProvisioned, bridge_topics, provision_site
 
 __all__ = [
     "DEFAULT_PLAIN_PORT",
     "DEFAULT_TLS_PORT",
     "Provisioned",
+    "QueueLimits",
+    "SiteProvisioned",
+    "bridge_topics",
     "hash_password",
     "provision",
+    "provision_site",
     "render_acl",
     "render_passwd",
 ]
