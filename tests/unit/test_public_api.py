@@ -261,11 +261,18 @@ PUBLIC_API: dict[str, list[str]] = {
     "flctl.provision": [
         "DEFAULT_PLAIN_PORT",
         "DEFAULT_TLS_PORT",
+        "Deployment",
+        "FleetChange",
         "Provisioned",
+        "add_node",
+        "deployment_lock",
         "hash_password",
+        "open_deployment",
         "provision",
+        "remove_node",
         "render_acl",
         "render_passwd",
+        "rotate_node",
     ],
     "flctl.synth": [
         "CLASS_COUNTS",
