@@ -32,7 +32,13 @@ from broker.mosquitto import Bridge, BridgeTopic, BrokerConfig, TlsListener, ren
 from flctl._errors import InputError, UsageError
 from flctl.provision._acl import render_acl
 from flctl.provision._cloud_site import bridge_user, install_site_on_cloud, site_acl_block
-from flctl.provision._deployment import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, _names, _write_mosquitto_sub_options
+from flctl.provision._deployment import (
+    DEFAULT_PLAIN_PORT,
+    DEFAULT_TLS_PORT,
+    PID_FILE,
+    _names,
+    _write_mosquitto_sub_options,
+)
 from flctl.provision._files import PUBLIC, SECRET, mkdir, write, write_passwd
 from flctl.provision._pki import CertificateAuthority
 from schemas import Topics, check_name
@@ -241,6 +247,7 @@ def provision_site(
         acl_file=installed / "acl",
         use_username_as_clientid=True,
         run_as_root=run_as_root,
+        pid_file=installed / PID_FILE,  # `flctl node` reloads the site broker through it
         max_queued_messages=queue.messages,
         max_queued_bytes=queue.bytes,
         tls=TlsListener(
