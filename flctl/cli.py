@@ -34,6 +34,7 @@ from flctl._delete import delete
 from flctl._errors import EXIT_USAGE, FlctlError, InputError, UsageError
 from flctl._get import GetRequest, describe, get
 from flctl._node import add_node_command, run_node
+from flctl._site import add_site_command, run_site
 from flctl._top import add_arguments as add_top_arguments
 from flctl._top import top
 from flctl._version import __version__
@@ -300,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_deployment_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    """`flctl broker init` (flctl._broker_init) and `flctl node add|rotate|remove` (flctl._node)."""
+    """`flctl broker init` (flctl._broker_init), `flctl node add|rotate|remove` (flctl._node), `flctl site add`
+    (flctl._site)."""
     p = command("broker", "Set up a secured broker deployment.", _run_missing_subcommand)
     add_broker_init(p, _run_broker_init)
     p = command(
@@ -311,6 +313,13 @@ def _add_deployment_commands(command: Callable[..., argparse.ArgumentParser]) ->
         "  flctl node remove edge3 -d ./fl-secrets --reload-command 'systemctl reload mosquitto'",
     )
     add_node_command(p, run_node)
+    p = command(
+        "site",
+        "Add a factory site: its own broker, bridged to the cloud broker, and its edges' configs.",
+        _run_missing_subcommand,
+        "example:\n  flctl site add site-a --nodes edge3,edge4 --cloud-dir ./fl-secrets --hostname site-a-gw --out ./site-a",
+    )
+    add_site_command(p, run_site)
 
 
 # -- handlers --------------------------------------------------------------------------------------
