@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from broker import Inbound, MqttSettings, Session, load_node_config
 from broker.mosquitto import BrokerConfig, LocalBroker
 from flctl._errors import FlctlError
-from flctl.provision import Provisioned, provision
+from flctl.provision import Provisioned, SiteProvisioned, provision, provision_site
 from schemas import JobStatus, Kind, Topics
 
 __all__ = ["ADMIN", "MONITOR", "LocalCluster", "NodeProcess", "free_port"]
@@ -92,13 +92,23 @@ class LocalCluster:
         nodes: Sequence[str] = (),
         admins: Sequence[str] = (),
         viewers: Sequence[str] = (),
+        sites: Mapping[str, Sequence[str]] | None = None,
+        wan: Callable[[str, int], int] | None = None,
+        site_options: Mapping[str, object] | None = None,
     ) -> None:
         """`secure=True` provisions the deployment the way `flctl broker init` does (into workdir/secrets,
         for `nodes`, the admin `admin` and any `admins`, the read-only `viewers` and the monitor `monitor`):
         the broker refuses anonymous clients and applies the ACL, every service connects over TLS with its
         own node.yaml (`--config`), flctl with the admin's config, and this object's own sessions (`watch`,
         `settings`) as `monitor` (it reads statuses) unless they name an identity.
+
+        `sites` (site -> its edges; needs `secure`) adds a site broker per site, provisioned the way `flctl
+        site add` does into workdir/sites/<site> and bridged to the cloud broker; those edges connect to their
+        site's broker. `wan(site, cloud_port)` returns the port the site's bridge dials instead of the cloud's
+        TLS port (tests put a link they can cut there); `site_options` go to `provision_site`.
         """
+        if sites and not secure:
+            raise ValueError("sites need secure=True: a bridge logs in to the cloud broker with its own identity")
         if secure and not nodes:
             raise ValueError("secure=True needs the node names (nodes=[...]): provisioning issues their credentials")
         self.workdir = workdir.resolve()
@@ -119,6 +129,11 @@ class LocalCluster:
         self.retired: list[NodeProcess] = []
         # name -> (role, extra_args, port): how each node was started, so it can be started again alike.
         self._launches: dict[str, tuple[str, list[str], int | None]] = {}
+        self._sites = {site: list(edges) for site, edges in (sites or {}).items()}
+        self._wan = wan
+        self._site_options = dict(site_options or {})
+        self.site_provisioned: dict[str, SiteProvisioned] = {}
+        self.site_brokers: dict[str, LocalBroker] = {}
 
     # -- broker ------------------------------------------------------------------------------
 
@@ -131,6 +146,7 @@ class LocalCluster:
             return self.broker
         if self.secure:
             self.provisioned = self._provision()
+            self._provision_sites(self.provisioned)
             cfg = self.provisioned.broker_config
             if self._broker_config:
                 cfg = dataclasses.replace(cfg, **self._broker_config)  # type: ignore[arg-type]
@@ -142,7 +158,49 @@ class LocalCluster:
             cfg = BrokerConfig(port=self._port or free_port(), data_dir=broker_dir / "data", **self._broker_config)  # type: ignore[arg-type]
         self.broker = LocalBroker(cfg, broker_dir)
         self.broker.start()
+        for site in self._sites:
+            self.start_site_broker(site)
         return self.broker
+
+    def start_site_broker(self, site: str) -> LocalBroker:
+        """Start site `site`'s broker (the first time: provisioned then); again after `stop_site_broker`,
+        on the same ports with the same data."""
+        broker = self.site_brokers.get(site)
+        if broker is None:
+            raise FlctlError(f"no site {site!r} (sites: {', '.join(self._sites) or 'none'})")
+        return broker if broker.running else broker.start()
+
+    def stop_site_broker(self, site: str, *, hard: bool = False) -> None:
+        """Stop site `site`'s broker (SIGTERM saves its persistence, with its bridge's queue; `hard`: SIGKILL)."""
+        self.site_brokers[site].stop(hard=hard)
+
+    def site_of(self, node: str) -> str | None:
+        """The site whose broker `node` connects to; None for a node of the cloud broker."""
+        return next((site for site, edges in self._sites.items() if node in edges), None)
+
+    def _provision_sites(self, cloud: Provisioned) -> None:
+        """`flctl site add` for every site, against the cloud deployment just written (before its broker
+        starts, so it reads the sites' bridge users and ACL blocks at once)."""
+        for site, edges in self._sites.items():
+            port = self._wan(site, cloud.tls_port) if self._wan is not None else cloud.tls_port
+            done = provision_site(
+                self.workdir / "sites" / site,
+                site,
+                edges,
+                cloud_dir=cloud.out,
+                cloud_address=f"127.0.0.1:{port}",
+                port=free_port(),
+                plain_port=free_port(),
+                bind="127.0.0.1",
+                prefix=self.prefix,
+                force=True,
+                **self._site_options,  # type: ignore[arg-type]
+            )
+            self.site_provisioned[site] = done
+            cfg = done.broker_config
+            if self._broker_config:  # the same overrides as the cloud broker's (tests: $SYS, autosave timings)
+                cfg = dataclasses.replace(cfg, **self._broker_config)  # type: ignore[arg-type]
+            self.site_brokers[site] = LocalBroker(cfg, done.out / "broker")
 
     def stop_broker(self, *, hard: bool = False) -> None:
         """Stop the broker (SIGTERM saves its persistence database; `hard` is SIGKILL); `start_broker` brings it back."""
@@ -157,9 +215,10 @@ class LocalCluster:
 
     def _provision(self) -> Provisioned:
         """`flctl broker init --nodes ... --admin admin --out workdir/secrets` on free loopback ports."""
+        site_edges = {edge for edges in self._sites.values() for edge in edges}
         return provision(
             self.workdir / "secrets",
-            self._node_names,
+            [n for n in self._node_names if n not in site_edges],
             admins=self._admins,
             viewers=self._viewers,
             monitors=[MONITOR],
@@ -183,7 +242,10 @@ class LocalCluster:
         """The node.yaml (or admin config) of a provisioned identity (secure clusters only)."""
         if self.provisioned is None:
             raise FlctlError("the cluster is not secure (or its broker is not started)")
+        site = self.site_of(identity)
         try:
+            if site is not None:
+                return self.site_provisioned[site].configs[identity]
             return self.provisioned.configs[identity]
         except KeyError:
             raise FlctlError(f"no provisioned identity {identity!r}") from None
@@ -212,9 +274,12 @@ class LocalCluster:
     ) -> NodeProcess:
         """Start `fl-cloud-aggregator` or `fl-edge-trainer` for node `name` with root workdir/name.
 
-        `port` (default: the broker's) lets a node connect somewhere else on 127.0.0.1, e.g. through a
-        fault-injecting proxy in front of the broker.
+        `port` (default: the broker's, or its site broker's TLS port) lets a node connect somewhere else on
+        127.0.0.1, e.g. through a fault-injecting proxy in front of the broker.
         """
+        site = self.site_of(name)
+        if port is None and site is not None:
+            port = self.site_provisioned[site].tls_port
         if name in self.nodes and self.nodes[name].alive():
             raise FlctlError(f"node {name} is already running")
         script, module = _SERVICES[role]
@@ -273,6 +338,8 @@ class LocalCluster:
         """Stop every node service, then the broker."""
         for node in list(self.nodes.values()):
             node.stop()
+        for broker in self.site_brokers.values():
+            broker.stop()
         if self.broker is not None:
             self.broker.stop()
 

@@ -107,6 +107,7 @@ def render_acl(
                 f"topic read {t.all_round_records()}",
                 f"topic read {t.all_node_statuses()}",
                 f"topic read {t.all_events()}",
+                f"topic read {t.all_site_bridges()}",
                 # flctl logs / audit: requests to any node, under this admin's own name only
                 f"topic write {t.requests_from(admin)}",
                 _secagg_denial(t),
@@ -122,6 +123,7 @@ def render_acl(
                 f"topic read {t.all_round_records()}",
                 f"topic read {t.all_node_statuses()}",
                 f"topic read {t.all_events()}",
+                f"topic read {t.all_site_bridges()}",
                 *_read_only_denials(t, viewer),
             ],
         )
@@ -135,6 +137,8 @@ def render_acl(
                 f"topic read {t.all_statuses()}",
                 f"topic read {t.all_node_statuses()}",
                 f"topic read {t.all_events()}",
+                # whether each site's bridge is up (`flctl site add`)
+                f"topic read {t.all_site_bridges()}",
                 *_read_only_denials(t, monitor),
             ],
         )

@@ -1,0 +1,182 @@
+"""The bridged test bed: a cloud broker and site brokers, real Mosquitto processes, provisioned the way
+`flctl broker init` + `flctl site add` do (TLS everywhere, per-node passwords and ACLs), each site's bridge
+reaching the cloud broker through its own `FlakyProxy` (the site's WAN link: cut it, blackhole it, restore it).
+
+    bed = SiteBed(tmp_path, {"site-a": ["edge1"], "site-b": ["edge2"]})   # cloud node: cloud0
+    bed.start()                         # provisions, starts the three brokers, waits until both bridges are up
+    bed.cluster.start_node("cloud0", "aggregator")        # on the cloud broker
+    bed.cluster.start_node("edge1", "edge")               # on site-a's broker (its node.yaml says so)
+    bed.wan["site-a"].cut(); bed.wait_bridge("site-a", up=False)
+    bed.assert_nothing_dropped()        # $SYS/broker/publish/messages/dropped is 0 on every broker
+    bed.stop()
+
+`bed.cluster` is a secure `flctl.cluster.LocalCluster` with sites: `settings(identity)` (cloud identities),
+`site_settings(site, identity)`, `flctl_args()` (the cloud admin), `start_site_broker` / `stop_site_broker`,
+`site_provisioned[site]` (the site folder: `out`, `configs`, `broker_config`). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from broker import Inbound, MqttSettings, Session, load_node_config
+from flctl.cluster import MONITOR, LocalCluster
+from schemas import Topics
+from tests.helpers.proxy import FlakyProxy
+
+DROPPED = "$SYS/broker/publish/messages/dropped"
+# Mosquitto 2.0 publishes a $SYS counter only when it changes (the last value stays retained) but the
+# uptime every sys_interval: an uptime message that is not a retained copy proves a $SYS cycle ran
+# after the subscription, so the dropped value seen by then is current.
+UPTIME = "$SYS/broker/uptime"
+CLOUD = "cloud"
+# Test timings: a dead WAN is noticed within seconds (keepalive 5 s, Mosquitto's minimum) and the
+# bridge retries every 1-2 s; $SYS every second.
+BRIDGE_OPTIONS: dict[str, object] = {"keepalive": 5, "restart_timeout": (1, 2)}
+BROKER_OPTIONS: dict[str, object] = {"sys_interval": 1, "autosave_interval": 1}
+
+
+class SiteBed:
+    """A cloud broker (nodes `cloud`, admin, monitor) and one bridged site broker per entry of `sites`."""
+
+    def __init__(
+        self,
+        root: Path,
+        sites: Mapping[str, Sequence[str]],
+        *,
+        cloud: Sequence[str] = ("cloud0",),
+        env: Mapping[str, str] | None = None,
+        site_options: Mapping[str, object] | None = None,
+    ) -> None:
+        self.root = root
+        self.sites = {site: list(edges) for site, edges in sites.items()}
+        self.topics = Topics()
+        self.wan: dict[str, FlakyProxy] = {}
+        self.cluster = LocalCluster(
+            root,
+            secure=True,
+            nodes=list(cloud),
+            sites=self.sites,
+            wan=self._wan_link,
+            site_options={**BRIDGE_OPTIONS, **(site_options or {})},
+            broker_config=dict(BROKER_OPTIONS),
+            env=dict(env or {}),
+        )
+
+    def _wan_link(self, site: str, cloud_port: int) -> int:
+        self.wan[site] = FlakyProxy(cloud_port)
+        return self.wan[site].port
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 20.0) -> SiteBed:
+        """Provision, start the cloud broker and the site brokers ($SYS and autosave every second), and wait until every bridge says "1" on the cloud broker."""
+        self.cluster.start_broker()
+        for site in self.sites:
+            self.wait_bridge(site, up=True, timeout=timeout)
+        return self
+
+    def stop(self) -> None:
+        """Stop every service and broker, then close the WAN links."""
+        try:
+            self.cluster.stop()
+        finally:
+            for proxy in self.wan.values():
+                proxy.close()
+
+    def __enter__(self) -> SiteBed:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- sessions ----------------------------------------------------------------------------------
+
+    def settings(self, where: str, identity: str, client_id: str | None = None) -> MqttSettings:
+        """Settings for `identity` (a node, `admin` or `monitor`) on broker `where`: CLOUD or a site's name."""
+        if where == CLOUD:
+            return self.cluster.settings(identity)
+        done = self.cluster.site_provisioned[where]
+        values = load_node_config(done.configs[identity]).mqtt_values()
+        values.update(host="127.0.0.1", port=done.tls_port)
+        return MqttSettings(client_id=client_id or identity, **values)
+
+    def session(self, where: str, identity: str, *filters: str) -> tuple[Session, queue.Queue[Inbound]]:
+        """A started, connected session as `identity` on `where`, subscribed to `filters` (stop it yourself)."""
+        inbox: queue.Queue[Inbound] = queue.Queue()
+        session = Session(self.settings(where, identity), inbox=inbox)
+        for flt in filters:
+            session.subscribe(flt)
+        session.start()
+        if not session.wait_connected(10.0):
+            session.stop(timeout=2.0)
+            raise AssertionError(f"{identity} could not connect to the {where} broker within 10 s")
+        return session, inbox
+
+    # -- observations ------------------------------------------------------------------------------
+
+    def wait_bridge(self, site: str, *, up: bool, timeout: float = 30.0, where: str = CLOUD) -> None:
+        """Until site `site`'s bridge notification on `where` (the cloud by default) says "1" (`up`) or "0"."""
+        want = b"1" if up else b"0"
+        session, inbox = self.session(where, MONITOR, self.topics.site_bridge(site))
+        try:
+            deadline = time.monotonic() + timeout
+            last: bytes | None = None
+            while last != want:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"site {site}'s bridge not {'up' if up else 'down'} on {where} within {timeout} s (last: {last!r})"
+                    )
+                try:
+                    msg = inbox.get(timeout=remaining)
+                except queue.Empty:
+                    continue
+                last = msg.payload
+                session.ack(msg)
+        finally:
+            session.stop(timeout=2.0)
+
+    def dropped(self, where: str, timeout: float = 10.0) -> int:
+        """`$SYS/broker/publish/messages/dropped` of broker `where` (CLOUD or a site), current as of a $SYS
+        cycle that ran after this call began."""
+        session, inbox = self.session(where, MONITOR, DROPPED, UPTIME)
+        try:
+            value: int | None = None
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no fresh $SYS cycle from the {where} broker within {timeout} s")
+                try:
+                    msg = inbox.get(timeout=remaining)
+                except queue.Empty:
+                    continue
+                session.ack(msg)
+                if msg.topic == DROPPED:
+                    value = int(msg.payload)
+                elif not msg.retain and value is not None:
+                    return value
+        finally:
+            session.stop(timeout=2.0)
+
+    def dropped_counts(self) -> dict[str, int]:
+        """The dropped counter of every broker: {"cloud": n, "<site>": n, ...}."""
+        return {where: self.dropped(where) for where in [CLOUD, *self.sites]}
+
+    def assert_nothing_dropped(self) -> None:
+        counts = self.dropped_counts()
+        assert set(counts.values()) == {0}, f"a broker dropped messages: {counts}"
+        for where, log in self.broker_logs().items():
+            assert "being dropped" not in log, f"{where}: {log[-2000:]}"
+
+    def broker_logs(self) -> dict[str, str]:
+        logs = {CLOUD: self.cluster.broker.log_text() if self.cluster.broker else ""}
+        logs.update({site: broker.log_text() for site, broker in self.cluster.site_brokers.items()})
+        return logs
