@@ -95,6 +95,7 @@ class LocalCluster:
         sites: Mapping[str, Sequence[str]] | None = None,
         wan: Callable[[str, int], int] | None = None,
         site_options: Mapping[str, object] | None = None,
+        site_aggregators: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """`secure=True` provisions the deployment the way `flctl broker init` does (into workdir/secrets,
         for `nodes`, the admin `admin` and any `admins`, the read-only `viewers` and the monitor `monitor`):
@@ -132,6 +133,8 @@ class LocalCluster:
         self._sites = {site: list(edges) for site, edges in (sites or {}).items()}
         self._wan = wan
         self._site_options = dict(site_options or {})
+        # site -> its site aggregators (hierarchical jobs): provisioned at the site, role aggregator.
+        self._site_aggregators = {site: list(aggs) for site, aggs in (site_aggregators or {}).items()}
         self.site_provisioned: dict[str, SiteProvisioned] = {}
         self.site_brokers: dict[str, LocalBroker] = {}
 
@@ -176,7 +179,14 @@ class LocalCluster:
 
     def site_of(self, node: str) -> str | None:
         """The site whose broker `node` connects to; None for a node of the cloud broker."""
-        return next((site for site, edges in self._sites.items() if node in edges), None)
+        return next(
+            (
+                site
+                for site, edges in self._sites.items()
+                if node in edges or node in self._site_aggregators.get(site, ())
+            ),
+            None,
+        )
 
     def _provision_sites(self, cloud: Provisioned) -> None:
         """`flctl site add` for every site, against the cloud deployment just written (before its broker
@@ -194,6 +204,7 @@ class LocalCluster:
                 bind="127.0.0.1",
                 prefix=self.prefix,
                 force=True,
+                aggregators=self._site_aggregators.get(site, ()),
                 **self._site_options,  # type: ignore[arg-type]
             )
             self.site_provisioned[site] = done
@@ -216,6 +227,7 @@ class LocalCluster:
     def _provision(self) -> Provisioned:
         """`flctl broker init --nodes ... --admin admin --out workdir/secrets` on free loopback ports."""
         site_edges = {edge for edges in self._sites.values() for edge in edges}
+        site_edges |= {agg for aggs in self._site_aggregators.values() for agg in aggs}
         return provision(
             self.workdir / "secrets",
             [n for n in self._node_names if n not in site_edges],
@@ -400,6 +412,10 @@ class LocalCluster:
                 try:
                     status = JobStatus.model_validate_json(msg.payload)
                 except ValidationError:
+                    continue
+                if status.name != job:
+                    # Secure clusters watch as `monitor` (the broker's client id is the username), whose
+                    # persistent session may still hold an earlier wait's subscription and messages.
                     continue
                 last = status
                 if on_change is not None:

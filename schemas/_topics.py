@@ -319,6 +319,9 @@ class Topics:
     def job_round_records(self, job: str) -> str:
         return self._build(Kind.JOB.value, _name(job), "rounds", "+", "record")
 
+    def all_acks(self) -> str:
+        return self._build(Kind.JOB.value, "+", "rounds", "+", "acks", "+")
+
     def acks_for(self, node: str | AclPattern) -> str:
         return self._build(Kind.JOB.value, "+", "rounds", "+", "acks", _node(node))
 

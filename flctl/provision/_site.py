@@ -41,7 +41,7 @@ from flctl.provision._deployment import (
 )
 from flctl.provision._files import PUBLIC, SECRET, mkdir, write, write_passwd
 from flctl.provision._pki import CertificateAuthority
-from schemas import Topics, check_name
+from schemas import AclPattern, Topics, check_name
 
 # Sizing the bridge queue (docs/operations.md, "Per-site brokers"): what the site sends during the longest
 # outage, with headroom, never below the cloud broker's own defaults.
@@ -84,6 +84,7 @@ class SiteProvisioned:
     configs: dict[str, Path] = field(default_factory=dict)  # edge or monitor -> its node.yaml
     cloud_passwd: Path | None = None
     cloud_acl: Path | None = None
+    aggregators: list[str] = field(default_factory=list)  # the site aggregators (hierarchical jobs)
 
     @property
     def bridge_user(self) -> str:
@@ -183,24 +184,21 @@ def provision_site(
     prefix: str = "fl",
     run_as_root: bool | None = None,
     force: bool = False,
+    aggregators: Sequence[str] = (),
 ) -> SiteProvisioned:
     """Write site `site`'s broker folder under `out` for edges `nodes`, bridged to the deployment in
     `cloud_dir` (its CA, passwd and acl; see the module docstring), and register the bridge user there.
 
     UsageError for bad arguments, InputError when `out` is not empty (without `force`) or `cloud_dir` is
-    not a deployment folder or names one of the edges already."""
+    not a deployment folder or names one of the edges already. `aggregators`: the site's aggregator nodes
+    (`fl-cloud-aggregator --site`, hierarchical jobs): bridged like the edges (their partials out, their
+    acks in), on the site broker they read the edges' site-local updates and write their acks."""
     try:
         check_name(site, "site")
         t = Topics(prefix)
     except ValueError as exc:
         raise UsageError(f"site {site!r} / --prefix {prefix!r}: {exc}") from exc
-    edges = _names(nodes, "node")
-    if not edges:
-        raise UsageError("--nodes needs at least one edge name")
-    people = _names(monitors, "monitor")
-    clash = sorted(set(edges) & set(people))
-    if clash:
-        raise UsageError(f"--monitor {', '.join(clash)}: already an edge name; identities must be distinct")
+    edges, people, aggs = _identities(nodes, monitors, aggregators)
     if port == plain_port:
         raise UsageError(f"--port and --plain-port are both {port}")
     cloud_dir = cloud_dir.absolute()
@@ -213,8 +211,9 @@ def provision_site(
     _check_out(out, force=force)
     bridge_password = secrets.token_urlsafe(24)
     # The cloud side first: it refuses edges another site or the cloud already has, before a file is written.
+    nodes = [*edges, *aggs]  # what crosses the bridge is the same for both: their own topics, by name
     cloud_passwd, cloud_acl = install_site_on_cloud(
-        cloud_dir, site, edges, bridge_password, site_acl_block(t, site, edges)
+        cloud_dir, site, nodes, bridge_password, site_acl_block(t, site, nodes)
     )
     out = _prepare_out(out)
     broker_out = mkdir(out / "broker")
@@ -231,10 +230,12 @@ def provision_site(
     write(broker_out / "server.key", server.key_pem, SECRET)
     write(broker_out / "cloud-ca.crt", cloud_ca.read_bytes(), PUBLIC)
 
-    passwords = {name: secrets.token_urlsafe(24) for name in [*edges, *people]}
+    passwords = {name: secrets.token_urlsafe(24) for name in [*nodes, *people]}
     write_passwd(broker_out / "passwd", passwords)
-    # The same ACL as the cloud's, without aggregators or admins: from an edge's point of view nothing changes.
-    write(broker_out / "acl", render_acl([], [], prefix, monitors=people), SECRET)
+    # The same ACL as the cloud's, without aggregators or admins: from an edge's point of view nothing changes;
+    # plus the site's own topics of hierarchical jobs (`site_local_acl`).
+    acl = render_acl([], [], prefix, monitors=people) + site_local_acl(t, site, aggs)
+    write(broker_out / "acl", acl, SECRET)
 
     bridge = Bridge(
         "cloud",
@@ -242,7 +243,7 @@ def provision_site(
         cloud_port,
         username=bridge_user(site),
         password=bridge_password,
-        topics=bridge_topics(t, edges),
+        topics=bridge_topics(t, nodes),
         notification_topic=t.site_bridge(site),
         cafile=installed / "cloud-ca.crt",
         keepalive=keepalive,
@@ -273,9 +274,49 @@ def provision_site(
 
     address = BrokerAddress(host=hostnames[0] if hostnames else "localhost", port=port)
     configs = _write_identities(
-        out, site, edges, people, passwords=passwords, ca=ca, address=address, plain_port=plain_port
+        out, site, nodes, people, passwords=passwords, ca=ca, address=address, plain_port=plain_port, aggs=aggs
     )
-    return SiteProvisioned(out, site, cfg, edges, configs, cloud_passwd, cloud_acl)
+    return SiteProvisioned(out, site, cfg, edges, configs, cloud_passwd, cloud_acl, aggs)
+
+
+def _identities(
+    nodes: Sequence[str], monitors: Sequence[str], aggregators: Sequence[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """The site's edges, monitors and site aggregators, checked (UsageError): names, at least one edge, distinct."""
+    edges = _names(nodes, "node")
+    if not edges:
+        raise UsageError("--nodes needs at least one edge name")
+    people = _names(monitors, "monitor")
+    aggs = _names(aggregators, "aggregator") if aggregators else []
+    clash = sorted((set(edges) | set(aggs)) & set(people))
+    if clash:
+        raise UsageError(f"--monitor {', '.join(clash)}: already an edge name; identities must be distinct")
+    both = sorted(set(edges) & set(aggs))
+    if both:
+        raise UsageError(f"aggregators {', '.join(both)}: already an edge name; identities must be distinct")
+    return edges, people, aggs
+
+
+def site_local_acl(t: Topics, site: str, aggregators: Sequence[str]) -> str:
+    """The site broker's lines for hierarchical jobs' site-local topics (`Topics.site_local`): every node
+    writes its own updates and reads its own acks there; each site aggregator reads every update and writes
+    the acks. None of it is bridged."""
+    local = t.site_local(site)
+    lines = [
+        "# Hierarchical jobs: an edge's updates to its site aggregator and their acks, on the site's own topics.",
+        f"pattern write {local.updates_of(AclPattern.USERNAME)}",
+        f"pattern read {local.acks_for(AclPattern.USERNAME)}",
+        "",
+    ]
+    for agg in aggregators:
+        lines += [
+            f"# {agg}: the site aggregator of {site}: takes the edges' updates, answers them.",
+            f"user {agg}",
+            f"topic read {local.all_updates()}",
+            f"topic write {local.all_acks()}",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def _write_identities(
@@ -288,12 +329,15 @@ def _write_identities(
     ca: CertificateAuthority,
     address: BrokerAddress,
     plain_port: int,
+    aggs: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Each edge's DIR/nodes/<edge>/node.yaml and each monitor's DIR/monitor/<name>/, with the site's CA."""
     configs: dict[str, Path] = {}
     for name in [*edges, *monitors]:
-        role: Literal["edge", "monitor"] = "edge" if name in edges else "monitor"
-        folder = mkdir(out / "nodes" / name) if role == "edge" else mkdir(out / "monitor" / name)
+        role: Literal["edge", "aggregator", "monitor"] = (
+            "aggregator" if name in aggs else "edge" if name in edges else "monitor"
+        )
+        folder = mkdir(out / "nodes" / name) if role != "monitor" else mkdir(out / "monitor" / name)
         write(folder / "ca.crt", ca.cert_pem, PUBLIC)
         node_cfg = NodeConfig(
             node=name,

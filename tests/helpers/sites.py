@@ -51,6 +51,7 @@ class SiteBed:
         cloud: Sequence[str] = ("cloud0",),
         env: Mapping[str, str] | None = None,
         site_options: Mapping[str, object] | None = None,
+        site_aggregators: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.root = root
         self.sites = {site: list(edges) for site, edges in sites.items()}
@@ -63,6 +64,7 @@ class SiteBed:
             sites=self.sites,
             wan=self._wan_link,
             site_options={**BRIDGE_OPTIONS, **(site_options or {})},
+            site_aggregators=site_aggregators,
             broker_config=dict(BROKER_OPTIONS),
             env=dict(env or {}),
         )

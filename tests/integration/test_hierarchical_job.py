@@ -28,9 +28,12 @@ WAIT = 150.0
 pytestmark = pytest.mark.timeout(300)
 
 
-def job_yaml(hold: dict[str, str] | None = None) -> str:
+def job_yaml(
+    hold: dict[str, str] | None = None, *, jobs: tuple[str, ...] = ("flat", "hier"), features: int = 6, hidden: int = 3
+) -> str:
     """Datasets, a Model per job, the flat job and the hierarchical one (`hold`: edge -> the rounds its
-    hierarchical job's script waits for a gate file before training, tests/faults/scripts/_common.py)."""
+    hierarchical job's script waits for a gate file before training, tests/faults/scripts/_common.py;
+    `features` x `hidden`: the model's size)."""
 
     def listed(pairs: dict[str, object]) -> str:
         return "[" + ", ".join(f"{{key: {k}, value: '{v}'}}" for k, v in pairs.items()) + "]"
@@ -41,7 +44,7 @@ def job_yaml(hold: dict[str, str] | None = None) -> str:
         f"metadata: {{name: {edge}-data}}\nspec: {{url: /data/train.txt, format: txt, nodeName: {edge}}}\n"
         for _, edge in edges
     ]
-    for job in ("flat", "hier"):
+    for job in jobs:
         docs.append(
             f"apiVersion: sedna.io/v1alpha1\nkind: Model\nmetadata: {{name: {job}-model}}\n"
             f"spec: {{url: /model-{job}, format: ckpt}}\n"
@@ -52,7 +55,9 @@ def job_yaml(hold: dict[str, str] | None = None) -> str:
         workers = "".join(
             f"    - nodeName: {edge}\n      dataset: {{name: {edge}-data}}\n"
             "      workerSpec: {scriptDir: /code, scriptBootFile: train_numpy.py, parameters: "
-            + listed({"features": 6, "hidden": 3, **(_hier_worker(site, edge, hold) if job == "hier" else {})})
+            + listed(
+                {"features": features, "hidden": hidden, **(_hier_worker(site, edge, hold) if job == "hier" else {})}
+            )
             + "}\n"
             for site, edge in edges
         )

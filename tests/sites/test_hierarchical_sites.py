@@ -1,0 +1,79 @@
+"""Hierarchical rounds across bridged sites: site-a's broker (edge1, edge2 and its site aggregator agg-a) and
+site-b's (edge3, agg-b) bridged over their WAN links to the cloud broker (cloud0), TLS and per-node ACLs as
+`flctl site add` writes them. The same job runs flat, then hierarchical: both end with the same model; site-a's
+WAN link carries about one model per round instead of two; the cloud took one partial per site per round;
+no broker denied or dropped anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flctl import cli as flctl_cli
+from schemas import Phase
+from tests.faults.conftest import SERVICE_FLAGS
+from tests.helpers.nodes import lay_out_nodes
+from tests.helpers.sites import CLOUD
+from tests.integration.test_hierarchical_job import AGGS, EXIT_ROUND, SAMPLES, SITES, job_yaml
+from tests.sites.conftest import SiteBedFactory
+
+pytestmark = [pytest.mark.sites, pytest.mark.timeout(300)]
+
+FEATURES, HIDDEN = 96, 64  # a 24 KiB float32 model: the models, not the statuses, are most of the WAN traffic
+MODEL_BYTES = (FEATURES * HIDDEN + HIDDEN) * 4
+WAIT = 150.0
+
+
+def test_hierarchical_job_across_bridged_sites(tmp_path: Path, site_bed_factory: SiteBedFactory) -> None:
+    lay_out_nodes(tmp_path, {e: [f"sample-{e}-{i},{i % 2}" for i in range(n)] for e, n in SAMPLES.items()})
+    bed = site_bed_factory(
+        sites={site: list(edges) for site, edges in SITES.items()},
+        site_aggregators={site: [agg] for site, agg in AGGS.items()},
+    )
+    cluster = bed.cluster
+    cluster.start_node("cloud0", "aggregator", extra_args=SERVICE_FLAGS["aggregator"])
+    for agg in AGGS.values():  # its node.yaml says `site:` and role aggregator: a site aggregator
+        cluster.start_node(agg, "aggregator", extra_args=SERVICE_FLAGS["aggregator"])
+    for edge in SAMPLES:
+        cluster.start_node(edge, "edge", extra_args=SERVICE_FLAGS["edge"])
+
+    wan_bytes: dict[str, int] = {}
+    statuses = {}
+    for job in ("flat", "hier"):
+        before = bed.wan["site-a"].upstream_bytes
+        spec = tmp_path / f"{job}.yaml"
+        spec.write_text(job_yaml(jobs=(job,), features=FEATURES, hidden=HIDDEN))
+        assert flctl_cli.main([*cluster.flctl_args(), "create", "-f", str(spec)]) == 0
+        statuses[job] = cluster.wait_for_job(job, timeout=WAIT)
+        assert statuses[job].phase is Phase.SUCCEEDED, statuses[job].message
+        wan_bytes[job] = bed.wan["site-a"].upstream_bytes - before
+
+    with (
+        np.load(tmp_path / "cloud0" / "model-flat" / "flat-model.npz") as want,
+        np.load(tmp_path / "cloud0" / "model-hier" / "hier-model.npz") as got,
+    ):
+        for name in want.files:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+    hier = statuses["hier"]
+    accepted = [e.message for e in hier.events if e.reason == "PartialAccepted"]
+    for r in range(1, EXIT_ROUND + 1):
+        assert sum(f"for round {r} " in m for m in accepted) == len(AGGS), accepted
+    for record in hier.rounds:
+        assert sorted(record.participants) == sorted(SAMPLES) and record.total_samples == sum(SAMPLES.values())
+
+    # Site-a's WAN link (site -> cloud): flat, two edges' updates a round (plus round 0's inits); hierarchical,
+    # one partial a round (plus the inits). The rest (statuses, acks of the bridge) is the same for both.
+    saved = wan_bytes["flat"] - wan_bytes["hier"]
+    print(f"site-a WAN bytes up: flat {wan_bytes['flat']}, hierarchical {wan_bytes['hier']}, model {MODEL_BYTES}")
+    assert saved >= 0.8 * EXIT_ROUND * MODEL_BYTES, wan_bytes  # one model per round fewer
+    assert saved <= 1.3 * EXIT_ROUND * MODEL_BYTES, wan_bytes  # and not more: the partial itself crossed
+
+    logs = bed.broker_logs()
+    for where, log in logs.items():
+        assert "Denied" not in log, (where, [line for line in log.splitlines() if "Denied" in line][:5])
+    assert " as agg-a " in logs["site-a"] and " as agg-a " not in logs[CLOUD]
+    bed.assert_nothing_dropped()
