@@ -239,6 +239,9 @@ PARAMETER_BOUNDS: Mapping[str, NumberBound] = MappingProxyType(
         # delta is clipped to before the fixed-point encoding (schemas.SecAggSettings).
         "secagg_threshold": NumberBound(whole=True, low=0, high=MAX_TRAINING_WORKERS),
         "secagg_clip": NumberBound(whole=False, low=0, high=1e6, low_open=True),
+        # Hierarchical rounds (``hierarchical: "true"``): seconds a site aggregator waits from its round's
+        # start before it forwards the partial of the edges it has (0: it waits for every edge of its site).
+        "site_deadline": NumberBound(whole=False, low=0, high=7 * 24 * 3600, unit="of seconds"),
     }
 )
 """The parameters whose meaning this system knows and their bounds. A bound holds for the name as

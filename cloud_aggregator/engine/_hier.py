@@ -53,6 +53,8 @@ class Hierarchy:
 
     aggregators: Mapping[str, str]  # site -> its aggregator's node
     edges: Mapping[str, tuple[str, ...]]  # site -> its training workers' nodes, in the spec's order
+    # Seconds a site aggregator waits from its round's start before it forwards what it has (0: every edge)
+    site_deadline: float = 0.0
 
     def site_of_aggregator(self, node: str) -> str | None:
         return next((site for site, agg in self.aggregators.items() if agg == node), None)
@@ -123,16 +125,27 @@ def hierarchy_of(parameters: Mapping[str, str], planned: Sequence[PlannedWorker]
     empty = [site for site, members in edges.items() if not members]
     if empty:
         raise ValueError(f"site_aggregators: no training worker is in site {', '.join(empty)}")
-    return Hierarchy(aggregators=aggregators, edges={site: tuple(members) for site, members in edges.items()})
+    try:
+        deadline = float(params.get("site_deadline", "0") or 0)
+    except ValueError:
+        deadline = 0.0  # the spec's check (PARAMETER_BOUNDS) reports it
+    return Hierarchy(
+        aggregators=aggregators,
+        edges={site: tuple(members) for site, members in edges.items()},
+        site_deadline=max(0.0, deadline),
+    )
 
 
 def plan_parameters(hierarchy: Hierarchy) -> dict[str, str]:
     """What the plan tells every training worker (and so each site aggregator reading the plan): the job is
     hierarchical, and each site's aggregator; each worker's own ``site`` parameter says which is its own."""
-    return {
+    out = {
         "hierarchical": "true",
         "site_aggregators": ",".join(f"{site}={node}" for site, node in hierarchy.aggregators.items()),
     }
+    if hierarchy.site_deadline > 0:
+        out["site_deadline"] = f"{hierarchy.site_deadline:g}"
+    return out
 
 
 def hierarchy_conflict(

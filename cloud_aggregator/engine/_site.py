@@ -106,6 +106,13 @@ class SiteJob:
         self._dtypes: list[np.dtype[Any]] = []
         self._layout: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
         self.fold: SiteFold | None = None
+        self._opened = 0.0  # when the open round opened here
+        mine = plan.worker(self.edges[0]) if self.edges else None
+        raw = {k.lower(): v for k, v in mine.parameters.items()}.get("site_deadline", "0") if mine else "0"
+        try:
+            self.deadline = max(0.0, float(raw or 0))  # 0: every edge of the site, however long it takes
+        except ValueError:
+            self.deadline = 0.0
         self.pending: _Pending | None = None
         self.forwarded = 0  # the last round whose partial was sent (each round's once)
         saved = port.load_partial(plan.job)
@@ -142,6 +149,7 @@ class SiteJob:
         if round_ >= self.plan.exit_round or header.kind != "global":
             return
         self.fold = SiteFold(job=self.plan.job, round=round_ + 1, sender=self.node)
+        self._opened = self._clock()
         for entry in self._port.spooled_updates(self.plan.job, round_ + 1):
             self._refold(entry)
         self._forward_if_complete()
@@ -165,7 +173,11 @@ class SiteJob:
         self.pending = None
 
     def tick(self) -> None:
-        """An unconfirmed partial's manifest again after `ack_timeout` (the cloud answers what it holds)."""
+        """An unconfirmed partial's manifest again after `ack_timeout` (the cloud answers what it holds); past
+        the site deadline, the partial of the edges that are in."""
+        fold = self.fold
+        if fold is not None and fold.parts and self.deadline and self._clock() - self._opened >= self.deadline:
+            self._forward_if_complete(deadline_passed=True)
         pending = self.pending
         if pending is not None and self._clock() - pending.sent_at >= self._ack_timeout:
             pending.sent_at = self._clock()
@@ -210,6 +222,10 @@ class SiteJob:
             if round_ <= self.global_round:
                 raise UpdateRejectedError(f"round {round_} is closed")
             return None
+        if self.forwarded >= round_:
+            raise UpdateRejectedError(
+                f"round {round_}'s partial went to the cloud without it (the site deadline passed)"
+            )
         _, arrays, _ = decode_checked(manifest, blob, node=edge, job=self.plan.job, base=lambda: self._base)
         if manifest.num_samples <= 0:
             raise UpdateRejectedError("num_samples must be > 0")
@@ -221,8 +237,8 @@ class SiteJob:
     def _refold(self, entry: SpooledUpdate) -> None:
         """A spooled update of the open round (a restart): folded again, each edge once, not answered."""
         assert self.fold is not None
-        if entry.node not in self.edges or entry.node in self.fold.parts:
-            return
+        if entry.node not in self.edges or entry.node in self.fold.parts or self.forwarded >= self.fold.round:
+            return  # (a partial in the outbox is what the round forwards: it goes out again as it is)
         try:
             header, _ = read_header(entry.blob)
             origin = TransferOrigin(
@@ -237,10 +253,15 @@ class SiteJob:
             self.fold.fold(entry.node, arrays, header.num_samples)
             self._log.info("update refolded from the spool", worker=entry.node, round=self.fold.round)
 
-    def _forward_if_complete(self) -> None:
+    def _forward_if_complete(self, *, deadline_passed: bool = False) -> None:
         fold = self.fold
-        if fold is None or set(fold.parts) != set(self.edges) or fold.round <= self.forwarded:
+        if fold is None or fold.round <= self.forwarded or not fold.parts:
             return
+        missing = sorted(set(self.edges) - set(fold.parts))
+        if missing and not deadline_passed:
+            return
+        if missing:
+            self._log.warning("site deadline passed: partial without some edges", round=fold.round, missing=missing)
         self.forwarded = fold.round
         blob = fold.partial(self._names, self._dtypes)
         origin = TransferOrigin("partial", self.plan.job, self.plan.uid, fold.round, self.node, fold.total)

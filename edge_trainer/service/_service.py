@@ -246,7 +246,8 @@ class EdgeService:
         try:
             parsed = self.topics.parse(msg.topic)
         except TopicError:
-            self._on_site_local(msg)
+            if not self._uploads.on_site_local(msg.topic, msg.payload):
+                self._log.debug("message on an unknown topic ignored", topic=msg.topic)
             return
         if parsed.channel is Channel.PLAN:
             self._on_plan(parsed.job, msg.payload)
@@ -262,16 +263,6 @@ class EdgeService:
             self._secagg.route(parsed, msg, job := self._jobs.get(parsed.job))
             if job is not None:
                 self._after(job)
-
-    def _on_site_local(self, msg: Inbound) -> None:
-        """A message on a site's own topics: the site aggregator's ack of a hierarchical job's update."""
-        try:
-            _, parsed = self.topics.parse_site_local(msg.topic)
-        except TopicError:
-            self._log.debug("message on an unknown topic ignored", topic=msg.topic)
-            return
-        if parsed.channel is Channel.ACK and parsed.node == self.node:
-            self._uploads.on_ack(msg.payload)
 
     def _on_plan(self, name: str, payload: bytes) -> None:
         current = self._jobs.get(name)
@@ -312,9 +303,7 @@ class EdgeService:
         )
         self._jobs[name] = job
         self._log.info("job planned on this node", job=name, uid=plan.uid, exit_round=plan.exit_round)
-        site = plan.site_of(self.node)
-        if site is not None:  # hierarchical: its updates go to the site aggregator, whose acks come site-local
-            self._session.subscribe(self.topics.site_local(site).acks_for(self.node))
+        self._uploads.follow_site(plan)
         self._uploads.resume(job)
         completed = completed_before(self._own_status.get(plan.job), plan, self.root, self._log)
         if completed is not None:

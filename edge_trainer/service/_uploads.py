@@ -38,7 +38,7 @@ from edge_trainer.engine import (
     UploadDone,
     UploadRequest,
 )
-from schemas import Topics, UpdateAck, WireError, compress_update
+from schemas import Channel, JobPlan, TopicError, Topics, UpdateAck, WireError, compress_update
 
 __all__ = ["OutboxWritten", "ResendDone", "UploadEvent", "UploadWiring", "Uploads"]
 
@@ -201,6 +201,22 @@ class Uploads:
         job = self._job(m.job, m.uid)
         if job is not None:
             job.on_refused(m.kind, m.round, done.error)
+
+    def follow_site(self, plan: JobPlan) -> None:
+        """A hierarchical job's updates go to this node's site aggregator: its acks come on the site's topics."""
+        site = plan.site_of(self._w.node)
+        if site is not None:
+            self._w.session.subscribe(self._w.topics.site_local(site).acks_for(self._w.node))
+
+    def on_site_local(self, topic: str, payload: bytes) -> bool:
+        """A message on a site's own topics: the site aggregator's ack (handled); False: no such topic."""
+        try:
+            _, parsed = self._w.topics.parse_site_local(topic)
+        except TopicError:
+            return False
+        if parsed.channel is Channel.ACK and parsed.node == self._w.node:
+            self.on_ack(payload)
+        return True
 
     def on_ack(self, payload: bytes) -> None:
         try:
