@@ -88,6 +88,13 @@ def add_site_command(p: argparse.ArgumentParser, handler: Callable[[Context, arg
     s.add_argument("--bind", metavar="ADDR", help="address of the TLS listener (default: every interface)")
     s.add_argument("--monitor", action="append", metavar="NAME", help="the site broker's monitoring identities")
     s.add_argument(
+        "--aggregator",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a site aggregator of hierarchical jobs at this site (fl-cloud-aggregator; its node.yaml says site:)",
+    )
+    s.add_argument(
         "--max-outage",
         type=_positive(float),
         default=DEFAULT_MAX_OUTAGE_MIN,
@@ -158,6 +165,7 @@ def run_site(ctx: Context, args: argparse.Namespace) -> int:
             prefix=ctx.options.prefix,
             run_as_root=args.run_as_root,
             force=args.force,
+            aggregators=args.aggregator,
         )
         bridge = done.broker_config.bridge
         assert bridge is not None
@@ -169,6 +177,7 @@ def run_site(ctx: Context, args: argparse.Namespace) -> int:
         )
         ctx.say(f"  queue:   {queue.messages} messages / {queue.bytes} bytes per client (the bridge's outage queue)")
         for name, path in done.configs.items():
-            ctx.say(f"  {'edge' if name in done.edges else 'monitor':<8} {name}: {path}")
+            role = "edge" if name in done.edges else "site-agg" if name in done.aggregators else "monitor"
+            ctx.say(f"  {role:<8} {name}: {path}")
         ctx.say(f"  cloud:   {done.bridge_user} added to {done.cloud_passwd} and {done.cloud_acl}")
         return _reload(ctx, cloud, args)
