@@ -134,6 +134,11 @@ def test_a_hierarchical_job_ends_with_the_flat_jobs_model_and_one_partial_per_si
     assert any("/federatedlearningjobs/hier/rounds/1/updates/edge3/" in t for t in local)
     assert any("/federatedlearningjobs/hier/rounds/1/acks/edge1" in t for t in local)
 
+    cluster.stop()  # a site aggregator stops cleanly on SIGTERM, as the other services do
+    for agg in AGGS.values():
+        node = cluster.nodes[agg]
+        assert node.proc.returncode == 0, f"{agg} exited with {node.proc.returncode}:\n{node.log_tail()}"
+
     record = hier.rounds[-1]
     assert sorted(record.participants) == sorted(SAMPLES) and record.total_samples == sum(SAMPLES.values())
     assert any(e.reason == "PartialAccepted" and "site-b" in e.message for e in hier.events)
