@@ -109,7 +109,9 @@ class SiteBed:
         if where == CLOUD:
             return self.cluster.settings(identity)
         done = self.cluster.site_provisioned[where]
-        values = load_node_config(done.configs[identity]).mqtt_values()
+        # An edge added later (`flctl node add ... --site`) has its node.yaml beside the provisioned ones.
+        config = done.configs.get(identity, done.out / "nodes" / identity / "node.yaml")
+        values = load_node_config(config).mqtt_values()
         values.update(host="127.0.0.1", port=done.tls_port)
         return MqttSettings(client_id=client_id or identity, **values)
 

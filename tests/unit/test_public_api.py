@@ -80,6 +80,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "find_mosquitto",
         "find_mosquitto_passwd",
         "port_open",
+        "render_bridge_topics",
         "render_config",
     ],
     "broker.mosquitto.cli": ["main"],
@@ -268,6 +269,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "Provisioned",
         "QueueLimits",
         "SiteProvisioned",
+        "SiteSynced",
         "add_node",
         "bridge_topics",
         "deployment_lock",
@@ -279,6 +281,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "render_acl",
         "render_passwd",
         "rotate_node",
+        "sync_site",
     ],
     "flctl.synth": [
         "CLASS_COUNTS",
