@@ -23,14 +23,26 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from broker import load_node_config
 from flctl._context import Context
 from flctl._errors import FlctlError, UsageError
-from flctl.provision import Deployment, FleetChange, add_node, deployment_lock, remove_node, rotate_node
+from flctl._takeover import take_session_over
+from flctl.provision import (
+    Deployment,
+    FleetChange,
+    add_node,
+    deployment_lock,
+    open_deployment,
+    remove_node,
+    revoke_node,
+    rotate_node,
+)
 
 __all__ = ["add_node_command", "run_node"]
 
 ROLE_CHOICES = ("edge", "aggregator", "admin", "viewer", "monitor")
 RELOAD_COMMAND_TIMEOUT = 60.0
+TAKEOVER_TIMEOUT = 10.0
 
 
 class ReloadError(FlctlError):
@@ -109,9 +121,47 @@ def run_node(ctx: Context, args: argparse.Namespace) -> int:
     if args.broker_pid is not None and args.broker_pid <= 0:
         raise UsageError(f"--broker-pid {args.broker_pid}: expected a process id (a positive number)")
     with deployment_lock(_checked_folder(args.deployment)):
+        dep = open_deployment(args.deployment, ctx.options.prefix)
+        cut = dep.client_certs and args.verb in ("rotate", "remove") and not args.no_reload
+        if cut and args.verb == "remove":
+            # Revoke and reload first, so that the session taken over below cannot come back with the
+            # certificate; the password it is taken over with goes with the removal after it.
+            revoked = revoke_node(
+                args.deployment,
+                args.name,
+                role=args.role,
+                prefix=ctx.options.prefix,
+                force=args.force,
+                using=_flctl_config(args),
+            )
+            assert revoked.config is not None
+            password = load_node_config(revoked.config).resolved_password()
+            _reload(ctx, dep, args)
+            _take_over(ctx, dep, args.name, password, keep_session=False)
         change = _apply(ctx, args)
         _report(ctx, change)
-        return _reload(ctx, change.deployment, args)
+        code = _reload(ctx, change.deployment, args)
+        if cut and args.verb == "rotate":
+            assert change.config is not None
+            _take_over(ctx, dep, args.name, load_node_config(change.config).resolved_password(), keep_session=True)
+        return code
+
+
+def _take_over(ctx: Context, dep: Deployment, name: str, password: str | None, *, keep_session: bool) -> None:
+    """Close `name`'s live session (logged in with the now revoked certificate) by a takeover on the
+    loopback listener; ReloadError when that cannot be done."""
+    if password is None:
+        raise ReloadError(f"{name}'s config has no password to take its live session over with: restart the broker")
+    why = take_session_over(
+        "127.0.0.1", dep.plain_port, name, password, keep_session=keep_session, timeout=TAKEOVER_TIMEOUT
+    )
+    if why is not None:
+        raise ReloadError(
+            f"the broker refuses {name}'s revoked certificate from now on, but its live session (if any) could "
+            f"not be closed ({why}): Mosquitto 2.0 does not re-check connected certificates at a reload; "
+            "restart the broker to close it"
+        )
+    ctx.say(f"  session: closed {name}'s live connection, if it had one (takeover on 127.0.0.1:{dep.plain_port})")
 
 
 def _checked_folder(folder: Path) -> Path:

@@ -26,7 +26,15 @@ from __future__ import annotations
 
 from flctl.provision._acl import render_acl
 from flctl.provision._deployment import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, Provisioned, provision
-from flctl.provision._fleet import Deployment, FleetChange, add_node, open_deployment, remove_node, rotate_node
+from flctl.provision._fleet import (
+    Deployment,
+    FleetChange,
+    add_node,
+    open_deployment,
+    remove_node,
+    revoke_node,
+    rotate_node,
+)
 from flctl.provision._fleet_files import deployment_lock
 from flctl.provision._passwd import hash_password, render_passwd
 
@@ -44,5 +52,6 @@ __all__ = [
     "remove_node",
     "render_acl",
     "render_passwd",
+    "revoke_node",
     "rotate_node",
 ]

@@ -43,7 +43,7 @@ from schemas import AclPattern, Topics, check_name
 
 ROLES: tuple[Role, ...] = ("edge", "aggregator", "admin", "viewer", "monitor")
 SITE_ROLES = ("edge", "aggregator")  # the services that connect to a site's broker
-Action = Literal["add", "rotate", "remove"]
+Action = Literal["add", "rotate", "revoke", "remove"]
 
 
 @dataclass(frozen=True)
@@ -363,6 +363,42 @@ def rotate_node(out: Path, name: str, *, role: Role | None = None, prefix: str =
     return FleetChange("rotate", name, ident.role, dep, ident.config, revoked)
 
 
+def check_removal(dep: Deployment, name: str, role: Role | None, *, force: bool, using: Path | None) -> Identity:
+    """`name`'s identity, if removing it is allowed: unless `force`, not the last aggregator or admin,
+    nor the admin whose config is `using` (flctl's own)."""
+    ident = dep.identity(name, role)
+    if not force:
+        if ident.role in ("aggregator", "admin") and dep.of_role(ident.role) == [name]:
+            raise UsageError(
+                f"{name} is the deployment's last {ident.role}: without one no job "
+                + ("runs" if ident.role == "aggregator" else "can be created")
+                + " (add another first, or use --force)"
+            )
+        if using is not None and using.absolute() == ident.config:
+            raise UsageError(f"{name} is the identity of the flctl config in use ({using}); use --force to remove it")
+    return ident
+
+
+def revoke_node(
+    out: Path,
+    name: str,
+    *,
+    role: Role | None = None,
+    prefix: str = "fl",
+    force: bool = False,
+    using: Path | None = None,
+) -> FleetChange:
+    """Only revoke `name`'s client certificate (the first step of removing a node of a deployment with
+    client certificates: the broker refuses the certificate from the reload on, before its live session
+    is taken over and its password goes). Call under `deployment_lock`."""
+    dep = open_deployment(out, prefix)
+    ident = check_removal(dep, name, role, force=force, using=using)
+    crl, revoked = _revoke(dep, _load_ca(dep), _serial_of(ident))
+    if crl is not None:
+        write_atomic(dep.crl, crl, PUBLIC)
+    return FleetChange("revoke", name, ident.role, dep, ident.config, revoked)
+
+
 def remove_node(
     out: Path,
     name: str,
@@ -376,16 +412,7 @@ def remove_node(
     `force`, to remove the last aggregator or admin, or the admin whose config is `using`. Call under
     `deployment_lock`."""
     dep = open_deployment(out, prefix)
-    ident = dep.identity(name, role)
-    if not force:
-        if ident.role in ("aggregator", "admin") and dep.of_role(ident.role) == [name]:
-            raise UsageError(
-                f"{name} is the deployment's last {ident.role}: without one no job "
-                + ("runs" if ident.role == "aggregator" else "can be created")
-                + " (add another first, or use --force)"
-            )
-        if using is not None and using.absolute() == ident.config:
-            raise UsageError(f"{name} is the identity of the flctl config in use ({using}); use --force to remove it")
+    ident = check_removal(dep, name, role, force=force, using=using)
     crl: bytes | None = None
     revoked: list[int] = []
     if dep.client_certs:

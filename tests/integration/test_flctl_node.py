@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from broker import Inbound, MqttSettings, Session, load_node_config
 from broker.mosquitto import LocalBroker
@@ -172,3 +173,64 @@ def test_add_rotate_remove_against_a_running_broker(rig: Rig) -> None:
     assert _files(rig.out, skip={"broker/passwd", "broker/acl"}) == before
     assert _passwd_lines(rig.out, "edge3") == passwd_before
     assert (rig.out / "broker" / "acl").read_bytes() == acl_before
+
+
+@pytest.fixture
+def cert_rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path / "deployment", client_certs=True)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _verify_failures(rig: Rig) -> int:
+    return rig.local.log_text().count("certificate verify failed")
+
+
+def _serial(cert: Path) -> int:
+    return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+
+
+def test_with_client_certificates_a_rotated_or_removed_certificate_is_revoked_and_its_session_cut(
+    cert_rig: Rig,
+) -> None:
+    rig = cert_rig
+    others = [Bystander(rig, "edge1"), Bystander(rig, "cloud0")]
+    before = _files(rig.out, skip={"broker/passwd", "broker/acl", "broker/crl.pem", "nodes/edge3/"})
+
+    rig.flctl("add", "edge3", "--role", "edge")
+    config = rig.out / "nodes" / "edge3" / "node.yaml"
+    cert = rig.out / "nodes" / "edge3" / "edge3.crt"
+    first_serial = _serial(cert)
+    edge3, _ = rig.session(rig.settings(config))
+    assert edge3.wait_connected(10.0), edge3.connect_error
+    for bystander in others:
+        bystander.check("add")
+
+    # rotate: the live session (a certificate login, which a reload does not re-check) is taken over and
+    # closed; its reconnects with the revoked certificate fail the TLS handshake; the new one connects
+    failures = _verify_failures(rig)
+    out = rig.flctl("rotate", "edge3").stdout
+    assert "closed edge3's live connection" in out
+    wait_until(lambda: not edge3.connected, 10.0, "edge3's session with the old certificate is closed")
+    wait_until(lambda: _verify_failures(rig) >= failures + 2, 10.0, "the revoked certificate is refused")
+    assert not edge3.connected and edge3.connection == 1
+    edge3.stop(timeout=2.0)
+    assert _serial(cert) != first_serial
+    rotated, _ = rig.session(rig.settings(config))
+    assert rotated.wait_connected(10.0), rotated.connect_error
+    for bystander in others:
+        bystander.check("rotate")
+
+    second_serial = _serial(cert)
+    failures = _verify_failures(rig)
+    rig.flctl("remove", "edge3")
+    wait_until(lambda: not rotated.connected, 10.0, "the removed edge3's session is closed")
+    wait_until(lambda: _verify_failures(rig) >= failures + 2, 10.0, "the removed edge3's certificate is refused")
+    assert not rotated.connected and rotated.connection == 1
+    crl = x509.load_pem_x509_crl((rig.out / "broker" / "crl.pem").read_bytes())
+    assert {entry.serial_number for entry in crl} == {first_serial, second_serial}
+    for bystander in others:
+        bystander.check("remove")
+    assert _files(rig.out, skip={"broker/passwd", "broker/acl", "broker/crl.pem"}) == before

@@ -272,6 +272,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "remove_node",
         "render_acl",
         "render_passwd",
+        "revoke_node",
         "rotate_node",
     ],
     "flctl.synth": [
