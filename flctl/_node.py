@@ -120,7 +120,9 @@ def _flctl_config(args: argparse.Namespace) -> Path | None:
 def run_node(ctx: Context, args: argparse.Namespace) -> int:
     if args.broker_pid is not None and args.broker_pid <= 0:
         raise UsageError(f"--broker-pid {args.broker_pid}: expected a process id (a positive number)")
-    with deployment_lock(_checked_folder(args.deployment)):
+    # Checked before the lock, whose file would otherwise be left in any folder given by mistake.
+    open_deployment(_checked_folder(args.deployment), ctx.options.prefix)
+    with deployment_lock(args.deployment):
         dep = open_deployment(args.deployment, ctx.options.prefix)
         cut = dep.client_certs and args.verb in ("rotate", "remove") and not args.no_reload
         if cut and args.verb == "remove":
