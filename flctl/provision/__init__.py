@@ -35,7 +35,15 @@ from flctl.provision._fleet import (
     revoke_node,
     rotate_node,
 )
-from flctl.provision._fleet_files import deployment_lock
+from flctl.provision._fleet_files import (
+    acl_block,
+    acl_insert,
+    acl_remove,
+    deployment_lock,
+    passwd_remove,
+    passwd_set,
+    write_atomic,
+)
 from flctl.provision._passwd import hash_password, render_passwd
 
 __all__ = [
@@ -44,14 +52,20 @@ __all__ = [
     "Deployment",
     "FleetChange",
     "Provisioned",
+    "acl_block",
+    "acl_insert",
+    "acl_remove",
     "add_node",
     "deployment_lock",
     "hash_password",
     "open_deployment",
+    "passwd_remove",
+    "passwd_set",
     "provision",
     "remove_node",
     "render_acl",
     "render_passwd",
     "revoke_node",
     "rotate_node",
+    "write_atomic",
 ]

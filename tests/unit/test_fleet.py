@@ -14,8 +14,7 @@ import yaml
 
 from broker import load_node_config
 from flctl.cli import main
-from flctl.provision import provision, render_acl
-from flctl.provision._fleet_files import acl_block, acl_insert, acl_remove, passwd_remove, passwd_set
+from flctl.provision import acl_block, acl_insert, acl_remove, passwd_remove, passwd_set, provision, render_acl
 
 NODES = ["cloud0", "edge1", "edge2"]
 
