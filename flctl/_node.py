@@ -256,6 +256,17 @@ def _reload(ctx: Context, dep: Deployment, args: argparse.Namespace) -> int:
             )
         ctx.say(f"  reload:  ran {args.reload_command}")
         return 0
+    installed = dep.conf.get("password_file")
+    if installed and Path(installed) != dep.passwd:
+        # The broker reads copies elsewhere (`broker init --broker-dir`): a reload now would re-read stale files.
+        changed = " ".join(
+            str(dep.broker / name) for name in ("passwd", "acl", "crl.pem") if (dep.broker / name).exists()
+        )
+        raise ReloadError(
+            f"the broker reads {installed}, not {dep.passwd}: copy {changed} to {Path(installed).parent} "
+            "(keeping owner and modes), then reload it (`kill -HUP <pid>` or `systemctl reload mosquitto`); "
+            "or give --reload-command that does both"
+        )
     pid = args.broker_pid if args.broker_pid is not None else _broker_pid(dep)
     _check_is_mosquitto(pid)
     try:

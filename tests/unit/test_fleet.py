@@ -187,6 +187,16 @@ def test_reload_failures_say_what_to_run_and_keep_the_files(dep: Path, capsys: p
     assert "ran true" in capsys.readouterr().out
 
 
+def test_a_broker_that_reads_copies_elsewhere_is_not_signalled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dep = provision(tmp_path / "dep", NODES, broker_dir=Path("/etc/fl/broker")).out
+    assert _node(dep, "add", "edge3", "--role", "edge", "--broker-pid", str(os.getpid())) == 1
+    err = capsys.readouterr().err
+    assert "the broker reads /etc/fl/broker/passwd" in err and "copy" in err and "acl" in err
+    assert (dep / "nodes" / "edge3" / "node.yaml").exists()  # the files are written
+
+
 def test_concurrent_commands_lose_no_update(dep: Path) -> None:
     names = {"edge3": "edge", "edge4": "edge", "ops1": "viewer", "ops2": "viewer", "mon2": "monitor"}
     procs = [
