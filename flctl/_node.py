@@ -33,10 +33,11 @@ from flctl.provision import (
     add_node,
     deployment_lock,
     open_deployment,
+    prepare_removal,
     remove_node,
-    revoke_node,
     rotate_node,
 )
+from schemas import Topics
 
 __all__ = ["add_node_command", "run_node"]
 
@@ -124,46 +125,84 @@ def run_node(ctx: Context, args: argparse.Namespace) -> int:
     open_deployment(_checked_folder(args.deployment), ctx.options.prefix)
     with deployment_lock(args.deployment):
         dep = open_deployment(args.deployment, ctx.options.prefix)
-        cut = dep.client_certs and args.verb in ("rotate", "remove") and not args.no_reload
-        if cut and args.verb == "remove":
-            # Revoke and reload first, so that the session taken over below cannot come back with the
-            # certificate; the password it is taken over with goes with the removal after it.
-            revoked = revoke_node(
-                args.deployment,
-                args.name,
-                role=args.role,
-                prefix=ctx.options.prefix,
-                force=args.force,
-                using=_flctl_config(args),
-            )
-            assert revoked.config is not None
-            password = load_node_config(revoked.config).resolved_password()
-            _reload(ctx, dep, args)
-            _take_over(ctx, dep, args.name, password, keep_session=False)
+        pending: ReloadError | None = None
+        if args.verb == "remove" and not args.no_reload:
+            pending = _before_removal(ctx, dep, args)
         change = _apply(ctx, args)
         _report(ctx, change)
         code = _reload(ctx, change.deployment, args)
-        if cut and args.verb == "rotate":
+        if dep.client_certs and args.verb == "rotate" and not args.no_reload:
             assert change.config is not None
-            _take_over(ctx, dep, args.name, load_node_config(change.config).resolved_password(), keep_session=True)
+            password = load_node_config(change.config).resolved_password()
+            pending = _take_over(ctx, dep, args.name, password, keep_session=True, required=True)
+        if pending is not None:
+            raise pending
         return code
 
 
-def _take_over(ctx: Context, dep: Deployment, name: str, password: str | None, *, keep_session: bool) -> None:
-    """Close `name`'s live session (logged in with the now revoked certificate) by a takeover on the
-    loopback listener; ReloadError when that cannot be done."""
-    if password is None:
-        raise ReloadError(f"{name}'s config has no password to take its live session over with: restart the broker")
-    why = take_session_over(
-        "127.0.0.1", dep.plain_port, name, password, keep_session=keep_session, timeout=TAKEOVER_TIMEOUT
+def _before_removal(ctx: Context, dep: Deployment, args: argparse.Namespace) -> ReloadError | None:
+    """Revoke the certificate and give the node a one-time password, reload (its own connections are
+    refused from then on; a password login is disconnected), then log in as it with that password: the
+    takeover closes a certificate login the reload leaves open, and its retained presence and claim are
+    deleted (its will, sent when it was cut, is among them). What cannot be done is returned, to be
+    raised once the removal itself is done."""
+    prepared = prepare_removal(
+        args.deployment,
+        args.name,
+        role=args.role,
+        prefix=ctx.options.prefix,
+        force=args.force,
+        using=_flctl_config(args),
     )
-    if why is not None:
-        raise ReloadError(
+    try:
+        _reload(ctx, dep, args)
+    except ReloadError as exc:
+        return exc  # the removal goes on; its own reload fails the same way and says what to run
+    topics = Topics(ctx.options.prefix)
+    clear = (topics.node_status(args.name), topics.sync(args.name)) if prepared.role in ("edge", "aggregator") else ()
+    return _take_over(
+        ctx, dep, args.name, prepared.password, keep_session=False, required=dep.client_certs, clear=clear
+    )
+
+
+def _take_over(
+    ctx: Context,
+    dep: Deployment,
+    name: str,
+    password: str | None,
+    *,
+    keep_session: bool,
+    required: bool,
+    clear: tuple[str, ...] = (),
+) -> ReloadError | None:
+    """Close `name`'s live session by a takeover on the loopback listener (and clear `clear`). When that
+    fails: a ReloadError to raise if `required` (a certificate login stays open), else a warning."""
+    why = (
+        take_session_over(
+            "127.0.0.1",
+            dep.plain_port,
+            name,
+            password,
+            keep_session=keep_session,
+            timeout=TAKEOVER_TIMEOUT,
+            clear=clear,
+        )
+        if password is not None
+        else "its config has no password to log in with"
+    )
+    if why is None:
+        ctx.say(f"  session: closed {name}'s live connection, if it had one (takeover on 127.0.0.1:{dep.plain_port})")
+        if clear:
+            ctx.say(f"  cleared: {name}'s retained presence (flctl get nodes no longer lists it)")
+        return None
+    if required:
+        return ReloadError(
             f"the broker refuses {name}'s revoked certificate from now on, but its live session (if any) could "
             f"not be closed ({why}): Mosquitto 2.0 does not re-check connected certificates at a reload; "
             "restart the broker to close it"
         )
-    ctx.say(f"  session: closed {name}'s live connection, if it had one (takeover on 127.0.0.1:{dep.plain_port})")
+    ctx.warn(f"could not log in as {name} on 127.0.0.1:{dep.plain_port} ({why}): its retained presence stays")
+    return None
 
 
 def _checked_folder(folder: Path) -> Path:

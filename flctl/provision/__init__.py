@@ -31,8 +31,8 @@ from flctl.provision._fleet import (
     FleetChange,
     add_node,
     open_deployment,
+    prepare_removal,
     remove_node,
-    revoke_node,
     rotate_node,
 )
 from flctl.provision._fleet_files import (
@@ -61,11 +61,11 @@ __all__ = [
     "open_deployment",
     "passwd_remove",
     "passwd_set",
+    "prepare_removal",
     "provision",
     "remove_node",
     "render_acl",
     "render_passwd",
-    "revoke_node",
     "rotate_node",
     "write_atomic",
 ]

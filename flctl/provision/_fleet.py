@@ -43,7 +43,7 @@ from schemas import AclPattern, Topics, check_name
 
 ROLES: tuple[Role, ...] = ("edge", "aggregator", "admin", "viewer", "monitor")
 SITE_ROLES = ("edge", "aggregator")  # the services that connect to a site's broker
-Action = Literal["add", "rotate", "revoke", "remove"]
+Action = Literal["add", "rotate", "prepare", "remove"]
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,8 @@ def open_deployment(out: Path, prefix: str = "fl") -> Deployment:
 
 @dataclass(frozen=True)
 class FleetChange:
-    """What one `flctl node` command wrote (no secret): the caller reloads the broker and reports it."""
+    """What one `flctl node` command wrote (no secret but `password`, see there): the caller reloads the
+    broker and reports it."""
 
     action: Action
     name: str
@@ -184,6 +185,8 @@ class FleetChange:
     deployment: Deployment
     config: Path | None  # the identity's config (None once removed)
     revoked: list[int] = field(default_factory=list)  # certificate serial numbers revoked in the CRL
+    # `prepare_removal` only: the one-time password that now logs in as the identity (never printed).
+    password: str | None = field(default=None, repr=False)
 
 
 def _load_ca(dep: Deployment) -> CertificateAuthority:
@@ -379,7 +382,7 @@ def check_removal(dep: Deployment, name: str, role: Role | None, *, force: bool,
     return ident
 
 
-def revoke_node(
+def prepare_removal(
     out: Path,
     name: str,
     *,
@@ -388,15 +391,20 @@ def revoke_node(
     force: bool = False,
     using: Path | None = None,
 ) -> FleetChange:
-    """Only revoke `name`'s client certificate (the first step of removing a node of a deployment with
-    client certificates: the broker refuses the certificate from the reload on, before its live session
-    is taken over and its password goes). Call under `deployment_lock`."""
+    """The first step of a removal with the broker at hand: check it is allowed (as `remove_node`), revoke
+    `name`'s certificate (with client certificates) and replace its password by a one-time one, returned
+    in `FleetChange.password`. After a reload `name`'s own connections are refused and only this
+    password logs in as `name`: to close a certificate login the reload leaves open, and to delete what
+    `name` left retained, before `remove_node` takes the line away. Call under `deployment_lock`."""
     dep = open_deployment(out, prefix)
     ident = check_removal(dep, name, role, force=force, using=using)
-    crl, revoked = _revoke(dep, _load_ca(dep), _serial_of(ident))
+    crl, revoked = _revoke(dep, _load_ca(dep), _serial_of(ident)) if dep.client_certs else (None, [])
+    password = secrets.token_urlsafe(24)
+    passwd = passwd_set(dep.passwd.read_text(), name, hash_password(password))
     if crl is not None:
         write_atomic(dep.crl, crl, PUBLIC)
-    return FleetChange("revoke", name, ident.role, dep, ident.config, revoked)
+    write_atomic(dep.passwd, passwd, SECRET)
+    return FleetChange("prepare", name, ident.role, dep, ident.config, revoked, password=password)
 
 
 def remove_node(

@@ -127,6 +127,23 @@ class Bystander:
         assert self.session.connection == 1, f"{self.name} reconnected during {step}"
 
 
+def _retained_status(rig: Rig, node: str) -> list[bytes]:
+    """What the broker keeps retained on `node`'s presence topic, read by the admin (a read barrier
+    guarantees every retained message of the subscription has arrived)."""
+    topic = TOPICS.node_status(node)
+    reader = rig.settings(rig.prov.configs["admin"], clean_start=True, session_expiry=0)  # as flctl reads
+    admin, inbox = rig.session(reader, subscribe=(topic,))
+    assert admin.wait_connected(10.0), admin.connect_error
+    admin.barrier(10.0)
+    admin.stop(timeout=2.0)
+    found = []
+    while not inbox.empty():
+        got = inbox.get_nowait()
+        if got.topic == topic:
+            found.append(bytes(got.payload))
+    return found
+
+
 def _refused(session: Session) -> bool:
     error = session.connect_error
     return error is not None and error.reason_code in REFUSED
@@ -161,12 +178,17 @@ def test_add_rotate_remove_against_a_running_broker(rig: Rig) -> None:
     for bystander in others:
         bystander.check("rotate")
 
-    # remove: the live session goes, its reconnects are refused, its folder, passwd line are gone
-    rig.flctl("remove", "edge3")
+    # remove: the live session goes, its reconnects are refused, its folder, passwd line and the presence
+    # it left retained are gone
+    rotated.publish(TOPICS.node_status("edge3"), b'{"node": "edge3"}', qos=1, retain=True).wait(10.0)
+    assert _retained_status(rig, "edge3") == [b'{"node": "edge3"}']
+    out = rig.flctl("remove", "edge3").stdout
+    assert "cleared: edge3's retained presence" in out
     wait_until(lambda: not rotated.connected, 10.0, "the removed edge3's session is disconnected")
     wait_until(lambda: _refused(rotated), 10.0, "the removed edge3's reconnect is refused")
     assert not (rig.out / "nodes" / "edge3").exists()
     assert "edge3:" not in (rig.out / "broker" / "passwd").read_text()
+    assert _retained_status(rig, "edge3") == []
     for bystander in others:
         bystander.check("remove")
 
@@ -234,3 +256,19 @@ def test_with_client_certificates_a_rotated_or_removed_certificate_is_revoked_an
     for bystander in others:
         bystander.check("remove")
     assert _files(rig.out, skip={"broker/passwd", "broker/acl", "broker/crl.pem"}) == before
+
+
+def test_an_added_aggregator_gets_its_acl_block_and_loses_it_at_removal(rig: Rig) -> None:
+    edge1 = Bystander(rig, "edge1")
+    rig.flctl("add", "cloud1", "--role", "aggregator")
+    cloud1, inbox = rig.session(rig.settings(rig.out / "nodes" / "cloud1" / "node.yaml"), subscribe=(edge1.topic,))
+    assert cloud1.wait_connected(10.0), cloud1.connect_error
+    cloud1.barrier(10.0)
+    edge1.check("add cloud1")  # edge1's own round trip, which cloud1 may now read as well (its ACL block)
+    assert inbox.get(timeout=10.0).topic == edge1.topic
+
+    rig.flctl("remove", "cloud1")
+    wait_until(lambda: not cloud1.connected, 10.0, "the removed cloud1's session is disconnected")
+    wait_until(lambda: _refused(cloud1), 10.0, "the removed cloud1's reconnect is refused")
+    assert "user cloud1" not in (rig.out / "broker" / "acl").read_text()
+    edge1.check("remove cloud1")
