@@ -236,6 +236,14 @@ def _report(ctx: Context, change: FleetChange) -> None:
     ctx.say(f"  broker:  {', '.join(str(dep.broker / name) for name in changed)}")
     if change.revoked:
         ctx.say(f"  revoked: certificate serial {', '.join(f'{s:x}' for s in change.revoked)}")
+    if "connection" in dep.conf and change.role == "edge" and change.action in ("add", "remove"):
+        # A site broker (`flctl site add`): its bridge's topic lines and the cloud's ACL block for the site
+        # name each edge, and a bridge is not reloaded by SIGHUP.
+        ctx.warn(
+            f"{dep.broker / 'mosquitto.conf'} bridges this broker to the cloud, and the bridge's topics and the "
+            f"cloud's ACL block name the site's edges: {change.name} is not in them yet (write the site again "
+            "with `flctl site add ... --force`, or edit both by hand and restart this broker)"
+        )
 
 
 def _broker_pid(dep: Deployment) -> int:

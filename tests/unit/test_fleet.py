@@ -14,7 +14,16 @@ import yaml
 
 from broker import load_node_config
 from flctl.cli import main
-from flctl.provision import acl_block, acl_insert, acl_remove, passwd_remove, passwd_set, provision, render_acl
+from flctl.provision import (
+    acl_block,
+    acl_insert,
+    acl_remove,
+    deployment_lock,
+    passwd_remove,
+    passwd_set,
+    provision,
+    render_acl,
+)
 
 NODES = ["cloud0", "edge1", "edge2"]
 
@@ -214,6 +223,23 @@ def test_concurrent_commands_lose_no_update(dep: Path) -> None:
     assert set(names) <= set(users) and len(users) == len(set(users))
     acl = (dep / "broker" / "acl").read_text()
     assert all(f"user {name}" in acl for name in ("ops1", "ops2", "mon2"))
+
+
+def test_a_command_waits_for_the_lock_another_holds(dep: Path) -> None:
+    passwd = (dep / "broker" / "passwd").read_bytes()
+    with deployment_lock(dep):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flctl", "node", "add", "edge3", "--role", "edge", "-d", str(dep), "--no-reload"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        # Still waiting after the time a run takes unhindered (well under a second), and nothing written.
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=3.0)
+        assert (dep / "broker" / "passwd").read_bytes() == passwd
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "edge3:" in (dep / "broker" / "passwd").read_text()
 
 
 def test_broker_init_writes_the_pid_file_and_warm_workers(tmp_path: Path) -> None:
