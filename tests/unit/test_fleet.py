@@ -186,7 +186,7 @@ def test_reload_failures_say_what_to_run_and_keep_the_files(dep: Path, capsys: p
     assert "mosquitto.pid" in err and "kill -HUP" in err and "--reload-command" in err
     assert (dep / "nodes" / "edge3" / "node.yaml").exists()
 
-    (dep / "broker" / "mosquitto.pid").write_text(str(os.getpid()))  # a stale pid file naming another program
+    (dep / "broker" / "data" / "mosquitto.pid").write_text(str(os.getpid()))  # a stale pid file naming another program
     assert _node(dep, "rotate", "edge3") == 1
     assert "not mosquitto (stale pid file?)" in capsys.readouterr().err
 
@@ -245,7 +245,7 @@ def test_a_command_waits_for_the_lock_another_holds(dep: Path) -> None:
 def test_broker_init_writes_the_pid_file_and_warm_workers(tmp_path: Path) -> None:
     assert main(["broker", "init", "--nodes", "cloud0,edge1", "--out", str(tmp_path / "d"), "--warm-worker"]) == 0
     conf = (tmp_path / "d" / "broker" / "mosquitto.conf").read_text()
-    assert f"pid_file {tmp_path / 'd' / 'broker' / 'mosquitto.pid'}" in conf
+    assert f"pid_file {tmp_path / 'd' / 'broker' / 'data' / 'mosquitto.pid'}" in conf
     assert "crlfile" not in conf
     assert load_node_config(tmp_path / "d" / "nodes" / "edge1" / "node.yaml").warm_worker is True
     assert load_node_config(tmp_path / "d" / "nodes" / "cloud0" / "node.yaml").warm_worker is None
