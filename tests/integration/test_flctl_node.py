@@ -225,8 +225,9 @@ def test_with_client_certificates_a_rotated_or_removed_certificate_is_revoked_an
     config = rig.out / "nodes" / "edge3" / "node.yaml"
     cert = rig.out / "nodes" / "edge3" / "edge3.crt"
     first_serial = _serial(cert)
-    edge3, _ = rig.session(rig.settings(config))
+    edge3, _ = rig.session(rig.settings(config), subscribe=(TOPICS.acks_for("edge3"),))
     assert edge3.wait_connected(10.0), edge3.connect_error
+    edge3.barrier(10.0)  # the subscription is in place
     for bystander in others:
         bystander.check("add")
 
@@ -238,10 +239,14 @@ def test_with_client_certificates_a_rotated_or_removed_certificate_is_revoked_an
     wait_until(lambda: not edge3.connected, 10.0, "edge3's session with the old certificate is closed")
     wait_until(lambda: _verify_failures(rig) >= failures + 2, 10.0, "the revoked certificate is refused")
     assert not edge3.connected and edge3.connection == 1
+    # the session was kept: what the aggregator sent edge3 meanwhile is delivered on its next connection
+    ack_topic = TOPICS.acks_for("edge3").replace("+", "job-x", 1).replace("+", "1", 1)
+    others[1].session.publish(ack_topic, b"queued while edge3 was away", qos=1).wait(10.0)
     edge3.stop(timeout=2.0)
     assert _serial(cert) != first_serial
-    rotated, _ = rig.session(rig.settings(config))
+    rotated, inbox = rig.session(rig.settings(config))
     assert rotated.wait_connected(10.0), rotated.connect_error
+    assert inbox.get(timeout=10.0).payload == b"queued while edge3 was away"
     for bystander in others:
         bystander.check("rotate")
 

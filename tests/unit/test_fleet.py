@@ -120,6 +120,13 @@ def test_add_edge_at_a_site_and_rotate_keeps_its_settings(dep: Path) -> None:
     )
 
 
+def test_an_edge_of_a_bridged_site_broker_gets_a_warning(dep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = dep / "broker" / "mosquitto.conf"
+    conf.write_text(conf.read_text() + "connection cloud\naddress cloud.example:8883\n")  # as `flctl site add`
+    assert _node(dep, "add", "edge3", "--role", "edge", "--no-reload") == 0
+    assert "the bridge's topics and the cloud's ACL block name the site's edges" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
