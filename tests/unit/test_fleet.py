@@ -184,6 +184,20 @@ def test_rotate_with_client_certificates_needs_a_crl(tmp_path: Path, capsys: pyt
     assert _snapshot(dep) == before
 
 
+def test_with_client_certificates_add_needs_the_ca_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dep = provision(tmp_path / "dep", NODES, client_certs=True).out
+    (dep / "ca" / "ca.key").rename(tmp_path / "offline.key")  # kept offline, as the docs say
+    before = _snapshot(dep)
+    assert _node(dep, "add", "edge3", "--role", "edge", "--no-reload") == 1
+    assert "ca/ca.key is missing" in capsys.readouterr().err
+    assert _snapshot(dep) == before
+    (tmp_path / "offline.key").rename(dep / "ca" / "ca.key")
+    assert _node(dep, "add", "edge3", "--role", "edge", "--no-reload") == 0
+    cfg = load_node_config(dep / "nodes" / "edge3" / "node.yaml")
+    assert cfg.tls is not None and cfg.tls.cert is not None and cfg.tls.cert.endswith("edge3.crt")
+    assert oct((dep / "nodes" / "edge3" / "edge3.key").stat().st_mode & 0o777) == "0o600"
+
+
 # -- the reload -------------------------------------------------------------------------------------
 
 
