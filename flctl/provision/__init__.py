@@ -29,8 +29,24 @@ from __future__ import annotations
 
 from flctl.provision._acl import render_acl
 from flctl.provision._deployment import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, Provisioned, provision
-from flctl.provision._fleet import Deployment, FleetChange, add_node, open_deployment, remove_node, rotate_node
-from flctl.provision._fleet_files import deployment_lock
+from flctl.provision._fleet import (
+    Deployment,
+    FleetChange,
+    add_node,
+    open_deployment,
+    prepare_removal,
+    remove_node,
+    rotate_node,
+)
+from flctl.provision._fleet_files import (
+    acl_block,
+    acl_insert,
+    acl_remove,
+    deployment_lock,
+    passwd_remove,
+    passwd_set,
+    write_atomic,
+)
 from flctl.provision._passwd import hash_password, render_passwd
 from flctl.provision._site import QueueLimits, SiteProvisioned, bridge_topics, provision_site
 from flctl.provision._site_sync import SiteSynced, sync_site
@@ -44,11 +60,17 @@ __all__ = [
     "QueueLimits",
     "SiteProvisioned",
     "SiteSynced",
+    "acl_block",
+    "acl_insert",
+    "acl_remove",
     "add_node",
     "bridge_topics",
     "deployment_lock",
     "hash_password",
     "open_deployment",
+    "passwd_remove",
+    "passwd_set",
+    "prepare_removal",
     "provision",
     "provision_site",
     "remove_node",
@@ -56,4 +78,5 @@ __all__ = [
     "render_passwd",
     "rotate_node",
     "sync_site",
+    "write_atomic",
 ]
