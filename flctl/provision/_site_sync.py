@@ -2,7 +2,8 @@
 SITE -d SITE_DIR`, `flctl node remove`), make the site's bridge and its block on the cloud broker name exactly
 the site's edges again.
 
-The edges are the site folder's node configs (DIR/nodes/*/node.yaml, role edge, `site: SITE`). The bridge's
+The edges are the site folder's node configs (DIR/nodes/*/node.yaml, role edge, `site: SITE`; a site
+aggregator's, role aggregator, is bridged the same way). The bridge's
 `topic` lines in DIR/broker/mosquitto.conf are rewritten (the rest of the file, the bridge password
 included, stays), and the cloud ACL's `site-<SITE>` block is replaced; the bridge's password line on the
 cloud is kept. The cloud broker reads the ACL on SIGHUP; the site broker must be restarted, because
@@ -34,20 +35,22 @@ class SiteSynced:
     cloud_acl: Path
 
 
-def _site_edges(site_dir: Path, site: str) -> list[str]:
-    edges = []
+def _site_nodes(site_dir: Path, site: str) -> list[str]:
+    """The site's bridged nodes: its edges, then any site aggregators (hierarchical jobs), whose own topics
+    cross the bridge exactly like an edge's."""
+    found: dict[str, list[str]] = {"edge": [], "aggregator": []}
     for file in sorted(site_dir.glob("nodes/*/node.yaml")):
         try:
             cfg = load_node_config(file)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
-        if cfg.role == "edge":
+        if cfg.role in found:
             if cfg.site != site:
-                raise InputError(f"{file}: an edge of site {cfg.site!r}, not of {site}: is --site-dir site {site}'s?")
-            edges.append(cfg.node)
-    if not edges:
+                raise InputError(f"{file}: a node of site {cfg.site!r}, not of {site}: is --site-dir site {site}'s?")
+            found[cfg.role].append(cfg.node)
+    if not found["edge"]:
         raise InputError(f"--site-dir {site_dir}: no edge's node.yaml under nodes/ (a site needs at least one edge)")
-    return edges
+    return [*found["edge"], *found["aggregator"]]
 
 
 def _with_topics(conf: str, topics: list[str], path: Path) -> str:
@@ -76,7 +79,7 @@ def sync_site(site_dir: Path, site: str, *, cloud_dir: Path, prefix: str = "fl")
         conf = conf_path.read_text()
     except OSError as exc:
         raise InputError(f"--site-dir {site_dir}: cannot read broker/mosquitto.conf ({exc.strerror})") from exc
-    edges = _site_edges(site_dir, site)
+    edges = _site_nodes(site_dir, site)
     new_conf = _with_topics(conf, render_bridge_topics(bridge_topics(t, edges)), conf_path)
     # The cloud first: it refuses an edge that is also the cloud's or another site's, before the site changes.
     _, acl = install_site_on_cloud(cloud_dir.absolute(), site, edges, None, site_acl_block(t, site, edges))
