@@ -23,14 +23,27 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from broker import load_node_config
 from flctl._context import Context
 from flctl._errors import FlctlError, UsageError
-from flctl.provision import Deployment, FleetChange, add_node, deployment_lock, remove_node, rotate_node
+from flctl._takeover import take_session_over
+from flctl.provision import (
+    Deployment,
+    FleetChange,
+    add_node,
+    deployment_lock,
+    open_deployment,
+    prepare_removal,
+    remove_node,
+    rotate_node,
+)
+from schemas import Topics
 
 __all__ = ["add_node_command", "run_node"]
 
 ROLE_CHOICES = ("edge", "aggregator", "admin", "viewer", "monitor")
 RELOAD_COMMAND_TIMEOUT = 60.0
+TAKEOVER_TIMEOUT = 10.0
 
 
 class ReloadError(FlctlError):
@@ -108,10 +121,88 @@ def _flctl_config(args: argparse.Namespace) -> Path | None:
 def run_node(ctx: Context, args: argparse.Namespace) -> int:
     if args.broker_pid is not None and args.broker_pid <= 0:
         raise UsageError(f"--broker-pid {args.broker_pid}: expected a process id (a positive number)")
-    with deployment_lock(_checked_folder(args.deployment)):
+    # Checked before the lock, whose file would otherwise be left in any folder given by mistake.
+    open_deployment(_checked_folder(args.deployment), ctx.options.prefix)
+    with deployment_lock(args.deployment):
+        dep = open_deployment(args.deployment, ctx.options.prefix)
+        pending: ReloadError | None = None
+        if args.verb == "remove" and not args.no_reload:
+            pending = _before_removal(ctx, dep, args)
         change = _apply(ctx, args)
         _report(ctx, change)
-        return _reload(ctx, change.deployment, args)
+        code = _reload(ctx, change.deployment, args)
+        if dep.client_certs and args.verb == "rotate" and not args.no_reload:
+            assert change.config is not None
+            password = load_node_config(change.config).resolved_password()
+            pending = _take_over(ctx, dep, args.name, password, keep_session=True, required=True)
+        if pending is not None:
+            raise pending
+        return code
+
+
+def _before_removal(ctx: Context, dep: Deployment, args: argparse.Namespace) -> ReloadError | None:
+    """Revoke the certificate and give the node a one-time password, reload (its own connections are
+    refused from then on; a password login is disconnected), then log in as it with that password: the
+    takeover closes a certificate login the reload leaves open, and its retained presence and claim are
+    deleted (its will, sent when it was cut, is among them). What cannot be done is returned, to be
+    raised once the removal itself is done."""
+    prepared = prepare_removal(
+        args.deployment,
+        args.name,
+        role=args.role,
+        prefix=ctx.options.prefix,
+        force=args.force,
+        using=_flctl_config(args),
+    )
+    try:
+        _reload(ctx, dep, args)
+    except ReloadError as exc:
+        return exc  # the removal goes on; its own reload fails the same way and says what to run
+    topics = Topics(ctx.options.prefix)
+    clear = (topics.node_status(args.name), topics.sync(args.name)) if prepared.role in ("edge", "aggregator") else ()
+    return _take_over(
+        ctx, dep, args.name, prepared.password, keep_session=False, required=dep.client_certs, clear=clear
+    )
+
+
+def _take_over(
+    ctx: Context,
+    dep: Deployment,
+    name: str,
+    password: str | None,
+    *,
+    keep_session: bool,
+    required: bool,
+    clear: tuple[str, ...] = (),
+) -> ReloadError | None:
+    """Close `name`'s live session by a takeover on the loopback listener (and clear `clear`). When that
+    fails: a ReloadError to raise if `required` (a certificate login stays open), else a warning."""
+    why = (
+        take_session_over(
+            "127.0.0.1",
+            dep.plain_port,
+            name,
+            password,
+            keep_session=keep_session,
+            timeout=TAKEOVER_TIMEOUT,
+            clear=clear,
+        )
+        if password is not None
+        else "its config has no password to log in with"
+    )
+    if why is None:
+        ctx.say(f"  session: closed {name}'s live connection, if it had one (takeover on 127.0.0.1:{dep.plain_port})")
+        if clear:
+            ctx.say(f"  cleared: {name}'s retained presence (flctl get nodes no longer lists it)")
+        return None
+    if required:
+        return ReloadError(
+            f"the broker refuses {name}'s revoked certificate from now on, but its live session (if any) could "
+            f"not be closed ({why}): Mosquitto 2.0 does not re-check connected certificates at a reload; "
+            "restart the broker to close it"
+        )
+    ctx.warn(f"could not log in as {name} on 127.0.0.1:{dep.plain_port} ({why}): its retained presence stays")
+    return None
 
 
 def _checked_folder(folder: Path) -> Path:
@@ -145,6 +236,14 @@ def _report(ctx: Context, change: FleetChange) -> None:
     ctx.say(f"  broker:  {', '.join(str(dep.broker / name) for name in changed)}")
     if change.revoked:
         ctx.say(f"  revoked: certificate serial {', '.join(f'{s:x}' for s in change.revoked)}")
+    if "connection" in dep.conf and change.role == "edge" and change.action in ("add", "remove"):
+        # A site broker (`flctl site add`): its bridge's topic lines and the cloud's ACL block for the site
+        # name each edge, and a bridge is not reloaded by SIGHUP.
+        ctx.warn(
+            f"{dep.broker / 'mosquitto.conf'} bridges this broker to the cloud, and the bridge's topics and the "
+            f"cloud's ACL block name the site's edges: {change.name} is not in them yet (run `flctl site sync "
+            f"SITE --site-dir {dep.out} --cloud-dir CLOUD_DIR`, then restart this broker)"
+        )
 
 
 def _broker_pid(dep: Deployment) -> int:
@@ -204,6 +303,17 @@ def _reload(ctx: Context, dep: Deployment, args: argparse.Namespace) -> int:
             )
         ctx.say(f"  reload:  ran {args.reload_command}")
         return 0
+    installed = dep.conf.get("password_file")
+    if installed and Path(installed) != dep.passwd:
+        # The broker reads copies elsewhere (`broker init --broker-dir`): a reload now would re-read stale files.
+        changed = " ".join(
+            str(dep.broker / name) for name in ("passwd", "acl", "crl.pem") if (dep.broker / name).exists()
+        )
+        raise ReloadError(
+            f"the broker reads {installed}, not {dep.passwd}: copy {changed} to {Path(installed).parent} "
+            "(keeping owner and modes), then reload it (`kill -HUP <pid>` or `systemctl reload mosquitto`); "
+            "or give --reload-command that does both"
+        )
     pid = args.broker_pid if args.broker_pid is not None else _broker_pid(dep)
     _check_is_mosquitto(pid)
     try:

@@ -1,4 +1,5 @@
-"""`flctl site add`: a factory site's broker bridged to the cloud broker (the work is `flctl.provision.provision_site`).
+"""`flctl site add` and `flctl site sync`: a factory site's broker bridged to the cloud broker (the work is
+`flctl.provision.provision_site` and `sync_site`).
 
 A verb of its own rather than `flctl broker init --site`: init creates a new deployment (a new CA and
 secrets for everyone), while a site joins an existing one, reading and changing the cloud deployment's
@@ -22,6 +23,7 @@ from flctl.provision import (
     deployment_lock,
     open_deployment,
     provision_site,
+    sync_site,
 )
 from flctl.provision._site import DEFAULT_MAX_OUTAGE_MIN, DEFAULT_MESSAGE_KIB, DEFAULT_MESSAGE_RATE
 
@@ -124,6 +126,29 @@ def add_site_command(p: argparse.ArgumentParser, handler: Callable[[Context, arg
     s.add_argument("--broker-dir", type=Path, metavar="PATH", help="where DIR/broker will live on the site host")
     s.add_argument("--run-as-root", action=argparse.BooleanOptionalAction, help="write `user root` into mosquitto.conf")
     s.add_argument("--force", action="store_true", help="replace the layout in an existing DIR (new CA and secrets)")
+    _reload_options(s)
+    y = verbs.add_parser(
+        "sync",
+        help="after `flctl node add/remove` at a site: its bridge's topics and its cloud ACL block name its edges again",
+        description="Read the site's edges from SITE_DIR/nodes/*/node.yaml, rewrite the bridge's topic lines in "
+        "SITE_DIR/broker/mosquitto.conf and the site's block in CLOUD/broker/acl, and reload the cloud broker. "
+        "Restart the site broker afterwards: Mosquitto does not reload bridges on SIGHUP.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  flctl node add edge5 --role edge --site site-a -d ./site-a\n"
+        "  flctl site sync site-a --site-dir ./site-a --cloud-dir ./fl-secrets\n"
+        "  systemctl restart mosquitto  # on site-a's gateway",
+    )
+    y.set_defaults(handler=handler)
+    y.add_argument("site", metavar="SITE", help="the site's name")
+    y.add_argument("--site-dir", required=True, type=Path, metavar="DIR", help="the site's folder (`site add --out`)")
+    y.add_argument(
+        "--cloud-dir", required=True, type=Path, metavar="DIR", help="the cloud deployment (`broker init --out`)"
+    )
+    _reload_options(y)
+
+
+def _reload_options(s: argparse.ArgumentParser) -> None:
+    """How the cloud broker is told to re-read its passwd and acl (as `flctl node` does)."""
     reload = s.add_mutually_exclusive_group()
     reload.add_argument("--broker-pid", type=int, metavar="PID", help="send SIGHUP to this cloud broker process")
     reload.add_argument("--reload-command", metavar="CMD", help="reload the cloud broker with CMD (no shell)")
@@ -144,6 +169,8 @@ def run_site(ctx: Context, args: argparse.Namespace) -> int:
         raise UsageError(
             f"--cloud-dir {args.cloud_dir}: not a folder (give the folder `flctl broker init --out` wrote)"
         )
+    if args.verb == "sync":
+        return _run_sync(ctx, args)
     queue = _queue(args)
     with deployment_lock(args.cloud_dir):
         cloud = open_deployment(args.cloud_dir, ctx.options.prefix)
@@ -180,4 +207,14 @@ def run_site(ctx: Context, args: argparse.Namespace) -> int:
             role = "edge" if name in done.edges else "site-agg" if name in done.aggregators else "monitor"
             ctx.say(f"  {role:<8} {name}: {path}")
         ctx.say(f"  cloud:   {done.bridge_user} added to {done.cloud_passwd} and {done.cloud_acl}")
+        return _reload(ctx, cloud, args)
+
+
+def _run_sync(ctx: Context, args: argparse.Namespace) -> int:
+    with deployment_lock(args.cloud_dir):
+        cloud = open_deployment(args.cloud_dir, ctx.options.prefix)
+        done = sync_site(args.site_dir, args.site, cloud_dir=args.cloud_dir, prefix=ctx.options.prefix)
+        ctx.say(f"site {done.site}: the bridge and the cloud ACL block now name {', '.join(done.edges)}")
+        ctx.say(f"  bridge:  {done.conf_path}  (restart the site broker: bridges are not reloaded on SIGHUP)")
+        ctx.say(f"  cloud:   {done.cloud_acl}")
         return _reload(ctx, cloud, args)

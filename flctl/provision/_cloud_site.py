@@ -59,9 +59,10 @@ def site_edges(acl: str) -> dict[str, list[str]]:
 
 
 def install_site_on_cloud(
-    cloud_dir: Path, site: str, edges: Sequence[str], password: str, block: list[str]
+    cloud_dir: Path, site: str, edges: Sequence[str], password: str | None, block: list[str]
 ) -> tuple[Path, Path]:
     """Add (or replace) site `site`'s bridge user and ACL block in `cloud_dir`/broker; returns (passwd, acl).
+    `password` None keeps the bridge user's password line as it is (it must exist).
 
     InputError when the files are missing, or an edge is already an identity of the cloud broker or of
     another site (node names are unique across all sites)."""
@@ -87,6 +88,10 @@ def install_site_on_cloud(
             raise InputError(f"--nodes {', '.join(taken)}: already an edge of site {other} ({acl})")
     if user in users and site not in sites:
         raise InputError(f"{user} is already a user of the cloud broker ({passwd}) but not a site's bridge")
-    write_atomic(passwd, passwd_set(passwd_text, user, hash_password(password)), SECRET)
+    if password is None:
+        if user not in users:
+            raise InputError(f"site {site} has no bridge user {user} in {passwd}: add the site first (flctl site add)")
+    else:
+        write_atomic(passwd, passwd_set(passwd_text, user, hash_password(password)), SECRET)
     write_atomic(acl, acl_insert(acl_remove(acl_text, user), block), SECRET)
     return passwd, acl

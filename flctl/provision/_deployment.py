@@ -20,9 +20,11 @@ from schemas import Topics, check_name
 DEFAULT_TLS_PORT = 8883
 DEFAULT_PLAIN_PORT = 1883
 _LAYOUT = ("broker", "ca", "nodes", "admin", "viewer", "monitor")
-# In DIR/broker: the broker's process id (flctl node signals it to reload) and, with client certificates,
-# the CA's revocation list.
-PID_FILE = "mosquitto.pid"
+# The broker's process id (flctl node signals it to reload), in DIR/broker/data: mosquitto writes it after
+# dropping privileges, and the data folder is the one it may write (systemd's ReadWritePaths, Kubernetes'
+# volume; the rest of DIR/broker is read-only there, and an unwritable pid file stops the broker at start).
+PID_FILE = "data/mosquitto.pid"
+# In DIR/broker, with client certificates: the CA's revocation list.
 CRL_FILE = "crl.pem"
 Role = Literal["edge", "aggregator", "admin", "viewer", "monitor"]
 

@@ -43,7 +43,7 @@ from schemas import AclPattern, Topics, check_name
 
 ROLES: tuple[Role, ...] = ("edge", "aggregator", "admin", "viewer", "monitor")
 SITE_ROLES = ("edge", "aggregator")  # the services that connect to a site's broker
-Action = Literal["add", "rotate", "remove"]
+Action = Literal["add", "rotate", "prepare", "remove"]
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,8 @@ def open_deployment(out: Path, prefix: str = "fl") -> Deployment:
 
 @dataclass(frozen=True)
 class FleetChange:
-    """What one `flctl node` command wrote (no secret): the caller reloads the broker and reports it."""
+    """What one `flctl node` command wrote (no secret but `password`, see there): the caller reloads the
+    broker and reports it."""
 
     action: Action
     name: str
@@ -184,6 +185,8 @@ class FleetChange:
     deployment: Deployment
     config: Path | None  # the identity's config (None once removed)
     revoked: list[int] = field(default_factory=list)  # certificate serial numbers revoked in the CRL
+    # `prepare_removal` only: the one-time password that now logs in as the identity (never printed).
+    password: str | None = field(default=None, repr=False)
 
 
 def _load_ca(dep: Deployment) -> CertificateAuthority:
@@ -363,6 +366,47 @@ def rotate_node(out: Path, name: str, *, role: Role | None = None, prefix: str =
     return FleetChange("rotate", name, ident.role, dep, ident.config, revoked)
 
 
+def check_removal(dep: Deployment, name: str, role: Role | None, *, force: bool, using: Path | None) -> Identity:
+    """`name`'s identity, if removing it is allowed: unless `force`, not the last aggregator or admin,
+    nor the admin whose config is `using` (flctl's own)."""
+    ident = dep.identity(name, role)
+    if not force:
+        if ident.role in ("aggregator", "admin") and dep.of_role(ident.role) == [name]:
+            raise UsageError(
+                f"{name} is the deployment's last {ident.role}: without one no job "
+                + ("runs" if ident.role == "aggregator" else "can be created")
+                + " (add another first, or use --force)"
+            )
+        if using is not None and using.absolute() == ident.config:
+            raise UsageError(f"{name} is the identity of the flctl config in use ({using}); use --force to remove it")
+    return ident
+
+
+def prepare_removal(
+    out: Path,
+    name: str,
+    *,
+    role: Role | None = None,
+    prefix: str = "fl",
+    force: bool = False,
+    using: Path | None = None,
+) -> FleetChange:
+    """The first step of a removal with the broker at hand: check it is allowed (as `remove_node`), revoke
+    `name`'s certificate (with client certificates) and replace its password by a one-time one, returned
+    in `FleetChange.password`. After a reload `name`'s own connections are refused and only this
+    password logs in as `name`: to close a certificate login the reload leaves open, and to delete what
+    `name` left retained, before `remove_node` takes the line away. Call under `deployment_lock`."""
+    dep = open_deployment(out, prefix)
+    ident = check_removal(dep, name, role, force=force, using=using)
+    crl, revoked = _revoke(dep, _load_ca(dep), _serial_of(ident)) if dep.client_certs else (None, [])
+    password = secrets.token_urlsafe(24)
+    passwd = passwd_set(dep.passwd.read_text(), name, hash_password(password))
+    if crl is not None:
+        write_atomic(dep.crl, crl, PUBLIC)
+    write_atomic(dep.passwd, passwd, SECRET)
+    return FleetChange("prepare", name, ident.role, dep, ident.config, revoked, password=password)
+
+
 def remove_node(
     out: Path,
     name: str,
@@ -376,16 +420,7 @@ def remove_node(
     `force`, to remove the last aggregator or admin, or the admin whose config is `using`. Call under
     `deployment_lock`."""
     dep = open_deployment(out, prefix)
-    ident = dep.identity(name, role)
-    if not force:
-        if ident.role in ("aggregator", "admin") and dep.of_role(ident.role) == [name]:
-            raise UsageError(
-                f"{name} is the deployment's last {ident.role}: without one no job "
-                + ("runs" if ident.role == "aggregator" else "can be created")
-                + " (add another first, or use --force)"
-            )
-        if using is not None and using.absolute() == ident.config:
-            raise UsageError(f"{name} is the identity of the flctl config in use ({using}); use --force to remove it")
+    ident = check_removal(dep, name, role, force=force, using=using)
     crl: bytes | None = None
     revoked: list[int] = []
     if dep.client_certs:

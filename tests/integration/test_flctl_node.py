@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from broker import Inbound, MqttSettings, Session, load_node_config
 from broker.mosquitto import LocalBroker
@@ -93,7 +94,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 def _files(out: Path, skip: set[str]) -> dict[str, bytes]:
     """Every file's bytes under `out` except the broker's runtime files and those under `skip` prefixes."""
-    runtime = ("broker/data/", "broker/mosquitto.log", "broker/mosquitto.pid", ".flctl-node.lock")
+    runtime = ("broker/data/", "broker/mosquitto.log", ".flctl-node.lock")
     found: dict[str, bytes] = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
@@ -126,13 +127,30 @@ class Bystander:
         assert self.session.connection == 1, f"{self.name} reconnected during {step}"
 
 
+def _retained_status(rig: Rig, node: str) -> list[bytes]:
+    """What the broker keeps retained on `node`'s presence topic, read by the admin (a read barrier
+    guarantees every retained message of the subscription has arrived)."""
+    topic = TOPICS.node_status(node)
+    reader = rig.settings(rig.prov.configs["admin"], clean_start=True, session_expiry=0)  # as flctl reads
+    admin, inbox = rig.session(reader, subscribe=(topic,))
+    assert admin.wait_connected(10.0), admin.connect_error
+    admin.barrier(10.0)
+    admin.stop(timeout=2.0)
+    found = []
+    while not inbox.empty():
+        got = inbox.get_nowait()
+        if got.topic == topic:
+            found.append(bytes(got.payload))
+    return found
+
+
 def _refused(session: Session) -> bool:
     error = session.connect_error
     return error is not None and error.reason_code in REFUSED
 
 
 def test_add_rotate_remove_against_a_running_broker(rig: Rig) -> None:
-    assert (rig.out / "broker" / "mosquitto.pid").read_text().strip() == str(rig.local.pid)
+    assert (rig.out / "broker" / "data" / "mosquitto.pid").read_text().strip() == str(rig.local.pid)
     others = [Bystander(rig, "edge1"), Bystander(rig, "cloud0")]
     before = _files(rig.out, skip={"broker/passwd", "broker/acl", "nodes/edge3/"})
     passwd_before = _passwd_lines(rig.out, "edge3")
@@ -160,15 +178,102 @@ def test_add_rotate_remove_against_a_running_broker(rig: Rig) -> None:
     for bystander in others:
         bystander.check("rotate")
 
-    # remove: the live session goes, its reconnects are refused, its folder, passwd line are gone
-    rig.flctl("remove", "edge3")
+    # remove: the live session goes, its reconnects are refused, its folder, passwd line and the presence
+    # it left retained are gone
+    rotated.publish(TOPICS.node_status("edge3"), b'{"node": "edge3"}', qos=1, retain=True).wait(10.0)
+    assert _retained_status(rig, "edge3") == [b'{"node": "edge3"}']
+    out = rig.flctl("remove", "edge3").stdout
+    assert "cleared: edge3's retained presence" in out
     wait_until(lambda: not rotated.connected, 10.0, "the removed edge3's session is disconnected")
     wait_until(lambda: _refused(rotated), 10.0, "the removed edge3's reconnect is refused")
     assert not (rig.out / "nodes" / "edge3").exists()
     assert "edge3:" not in (rig.out / "broker" / "passwd").read_text()
+    assert _retained_status(rig, "edge3") == []
     for bystander in others:
         bystander.check("remove")
 
     assert _files(rig.out, skip={"broker/passwd", "broker/acl"}) == before
     assert _passwd_lines(rig.out, "edge3") == passwd_before
     assert (rig.out / "broker" / "acl").read_bytes() == acl_before
+
+
+@pytest.fixture
+def cert_rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path / "deployment", client_certs=True)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _verify_failures(rig: Rig) -> int:
+    return rig.local.log_text().count("certificate verify failed")
+
+
+def _serial(cert: Path) -> int:
+    return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+
+
+def test_with_client_certificates_a_rotated_or_removed_certificate_is_revoked_and_its_session_cut(
+    cert_rig: Rig,
+) -> None:
+    rig = cert_rig
+    others = [Bystander(rig, "edge1"), Bystander(rig, "cloud0")]
+    before = _files(rig.out, skip={"broker/passwd", "broker/acl", "broker/crl.pem", "nodes/edge3/"})
+
+    rig.flctl("add", "edge3", "--role", "edge")
+    config = rig.out / "nodes" / "edge3" / "node.yaml"
+    cert = rig.out / "nodes" / "edge3" / "edge3.crt"
+    first_serial = _serial(cert)
+    edge3, _ = rig.session(rig.settings(config), subscribe=(TOPICS.acks_for("edge3"),))
+    assert edge3.wait_connected(10.0), edge3.connect_error
+    edge3.barrier(10.0)  # the subscription is in place
+    for bystander in others:
+        bystander.check("add")
+
+    # rotate: the live session (a certificate login, which a reload does not re-check) is taken over and
+    # closed; its reconnects with the revoked certificate fail the TLS handshake; the new one connects
+    failures = _verify_failures(rig)
+    out = rig.flctl("rotate", "edge3").stdout
+    assert "closed edge3's live connection" in out
+    wait_until(lambda: not edge3.connected, 10.0, "edge3's session with the old certificate is closed")
+    wait_until(lambda: _verify_failures(rig) >= failures + 2, 10.0, "the revoked certificate is refused")
+    assert not edge3.connected and edge3.connection == 1
+    # the session was kept: what the aggregator sent edge3 meanwhile is delivered on its next connection
+    ack_topic = TOPICS.acks_for("edge3").replace("+", "job-x", 1).replace("+", "1", 1)
+    others[1].session.publish(ack_topic, b"queued while edge3 was away", qos=1).wait(10.0)
+    edge3.stop(timeout=2.0)
+    assert _serial(cert) != first_serial
+    rotated, inbox = rig.session(rig.settings(config))
+    assert rotated.wait_connected(10.0), rotated.connect_error
+    assert inbox.get(timeout=10.0).payload == b"queued while edge3 was away"
+    for bystander in others:
+        bystander.check("rotate")
+
+    second_serial = _serial(cert)
+    failures = _verify_failures(rig)
+    rig.flctl("remove", "edge3")
+    wait_until(lambda: not rotated.connected, 10.0, "the removed edge3's session is closed")
+    wait_until(lambda: _verify_failures(rig) >= failures + 2, 10.0, "the removed edge3's certificate is refused")
+    assert not rotated.connected and rotated.connection == 1
+    crl = x509.load_pem_x509_crl((rig.out / "broker" / "crl.pem").read_bytes())
+    assert {entry.serial_number for entry in crl} == {first_serial, second_serial}
+    for bystander in others:
+        bystander.check("remove")
+    assert _files(rig.out, skip={"broker/passwd", "broker/acl", "broker/crl.pem"}) == before
+
+
+def test_an_added_aggregator_gets_its_acl_block_and_loses_it_at_removal(rig: Rig) -> None:
+    edge1 = Bystander(rig, "edge1")
+    rig.flctl("add", "cloud1", "--role", "aggregator")
+    cloud1, inbox = rig.session(rig.settings(rig.out / "nodes" / "cloud1" / "node.yaml"), subscribe=(edge1.topic,))
+    assert cloud1.wait_connected(10.0), cloud1.connect_error
+    cloud1.barrier(10.0)
+    edge1.check("add cloud1")  # edge1's own round trip, which cloud1 may now read as well (its ACL block)
+    assert inbox.get(timeout=10.0).topic == edge1.topic
+
+    rig.flctl("remove", "cloud1")
+    wait_until(lambda: not cloud1.connected, 10.0, "the removed cloud1's session is disconnected")
+    wait_until(lambda: _refused(cloud1), 10.0, "the removed cloud1's reconnect is refused")
+    assert "user cloud1" not in (rig.out / "broker" / "acl").read_text()
+    edge1.check("remove cloud1")

@@ -1,6 +1,6 @@
 """`flctl site add`: what it writes for the site and the cloud, what it refuses, and that a site written by it
 and started as a user starts it (`mosquitto -c DIR/broker/mosquitto.conf`) bridges to a running cloud broker
-that the command reloaded."""
+that the command reloaded; `flctl site sync` after an edge was added to a site."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from flctl.cluster import LocalCluster
 from flctl.provision import QueueLimits, bridge_topics
 from schemas import Topics
 from tests.helpers.mqtt import free_port, take
+from tests.helpers.sites import CLOUD, SiteBed
 
 pytestmark = [pytest.mark.sites, pytest.mark.timeout(60)]
 
@@ -179,3 +180,44 @@ def test_a_site_added_to_a_running_cloud_broker_bridges_to_it(tmp_path: Path) ->
             watcher.stop(timeout=2.0)
         assert cluster.broker is not None
         assert " as site-site-a " in cluster.broker.log_text()
+
+
+def test_an_edge_added_to_a_site_reaches_the_cloud_after_site_sync(site_bed: SiteBed, tmp_path: Path) -> None:
+    """`flctl node add edge4 --role edge --site site-a -d SITE_DIR` (the site broker reloads its passwd), then
+    `flctl site sync` (the bridge's topics and the cloud block name edge4; the cloud reloads its ACL), then the
+    site broker restarts from its file: edge4's update reaches the aggregator's identity on the cloud."""
+    bed, t = site_bed, site_bed.topics
+    site_dir = bed.cluster.site_provisioned["site-a"].out
+    cloud_dir = tmp_path / "secrets"
+    assert flctl_cli.main(["node", "add", "edge4", "--role", "edge", "--site", "site-a", "-d", str(site_dir)]) == 0
+    assert "edges: edge1,edge4" not in (cloud_dir / "broker" / "acl").read_text()
+    args = ["site", "sync", "site-a", "--site-dir", str(site_dir), "--cloud-dir", str(cloud_dir)]
+    assert flctl_cli.main(args) == 0
+    assert "edges: edge1,edge4" in (cloud_dir / "broker" / "acl").read_text()
+    conf = (site_dir / "broker" / "mosquitto.conf").read_text()
+    assert f"topic {t.updates_of('edge4')} out 1" in conf and f"topic {t.acks_for('edge4')} in 1" in conf
+
+    bed.cluster.stop_site_broker("site-a")  # bridges are not reloaded on SIGHUP: restart from the file
+    bed.wait_bridge("site-a", up=False)
+    log = (tmp_path / "site-a-restarted.log").open("wb")
+    site = subprocess.Popen(
+        [find_mosquitto() or "mosquitto", "-c", str(site_dir / "broker" / "mosquitto.conf")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        bed.wait_bridge("site-a", up=True)
+        watcher, inbox = bed.session(CLOUD, "cloud0", t.updates_of("edge4"))
+        edge4, _ = bed.session("site-a", "edge4")
+        try:
+            topic = t.update_manifest("sync-job", 1, "edge4", "0123abcd")
+            edge4.publish(topic, b'{"edge4": "added"}', qos=1).wait(5.0)
+            got = take(inbox, 1, timeout=15.0)[0]
+            assert (got.topic, got.payload) == (topic, b'{"edge4": "added"}')
+        finally:
+            edge4.stop(timeout=2.0)
+            watcher.stop(timeout=2.0)
+    finally:
+        site.terminate()
+        site.wait(10)
+        log.close()
