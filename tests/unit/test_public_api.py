@@ -142,6 +142,8 @@ PUBLIC_API: dict[str, list[str]] = {
         "FileSpill",
         "KeptStore",
         "MqttPort",
+        "SpoolItem",
+        "SpoolWriter",
         "StateStore",
         "aggregation_launch",
         "aggregation_variables",
