@@ -23,7 +23,7 @@ class LoadConfig:
     model: str = "seed"
     rounds: int = 3
     train_ms: tuple[float, float] = (0.0, 200.0)
-    procs: int = 0  # 0: one per EDGES_PER_PROCESS edges
+    procs: int = 0  # generator processes (0: the default, 2); at least one per EDGES_PER_PROCESS edges
     seed: int = 0
     workdir: Path = REPO / ".bench" / "loadgen"
     timeout: float = 900.0
