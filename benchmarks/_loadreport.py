@@ -23,7 +23,7 @@ class LoadConfig:
     model: str = "seed"
     rounds: int = 3
     train_ms: tuple[float, float] = (0.0, 200.0)
-    procs: int = 0  # 0: one per EDGES_PER_PROCESS edges
+    procs: int = 0  # generator processes (0: the default, 2); at least one per EDGES_PER_PROCESS edges
     seed: int = 0
     workdir: Path = REPO / ".bench" / "loadgen"
     timeout: float = 900.0
@@ -61,6 +61,9 @@ class LoadResult:
     sys: dict[str, str]
     job_seconds: float
     start_seconds: float | None  # flctl create -> round 1 opened
+    # round 1 opened -> the last edge's init acknowledged by the aggregator: the first init is the round-0
+    # model, the others (every edge uploads its initial weights) still arrive during round 1
+    inits_after_open: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -140,6 +143,12 @@ def analyse(
         previous_close = closed
     errors = [f"{e['name']}: {err}" for e in edges for err in e["errors"]]
     first = seen.records.get(1)
+    init_acks = [e["acked_at"].get(0) for e in edges]
+    inits_after = (
+        max(init_acks) - first.opened_at.timestamp()
+        if first is not None and first.opened_at and init_acks and None not in init_acks
+        else None
+    )
     return LoadResult(
         config=cfg,
         status=seen.status,
@@ -153,6 +162,7 @@ def analyse(
         sys=seen.sys,
         job_seconds=(seen.finished_at or time.time()) - created,
         start_seconds=first.opened_at.timestamp() - created if first is not None and first.opened_at else None,
+        inits_after_open=inits_after,
     )
 
 
@@ -166,7 +176,8 @@ def report(result: LoadResult) -> str:
         f"{cfg.edges} edges, model {cfg.model} ({sum(math.prod(s) for _, s in LAYOUTS[cfg.model]):,} float32), "
         f"{cfg.rounds} rounds, training {cfg.train_ms[0]:.0f}-{cfg.train_ms[1]:.0f} ms",
         f"job: {result.status.phase.value if result.status else 'no status'} in {result.job_seconds:.1f} s "
-        f"(flctl create -> round 1 opened: {_fmt(result.start_seconds)} s)",
+        f"(flctl create -> round 1 opened: {_fmt(result.start_seconds)} s; the edges' inits acknowledged until "
+        f"{_fmt(result.inits_after_open)} s after round 1 opened)",
         "",
         "round  edges  duration_s  slowest_train_s  overhead_s  global_at_last_edge_s  last_upload_done_s  "
         "closed_after_last_upload_s  cycle_s",

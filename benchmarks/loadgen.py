@@ -68,6 +68,7 @@ DROPPED = "$SYS/broker/publish/messages/dropped"
 UPTIME = "$SYS/broker/uptime"
 WATCHER = "lg-watch"
 EDGES_PER_PROCESS = 250  # beyond this one process's GIL, not the broker, sets the pace (2 threads per session)
+PROCESSES = 2  # the default: one generator process's GIL read every edge's copy of the global model
 
 
 def _py_spy(pid: int, out: Path | None, *, gil: bool = False) -> subprocess.Popen[bytes] | None:
@@ -145,7 +146,7 @@ def _start_fleets(
 def run(cfg: LoadConfig) -> LoadResult:
     """One job of `cfg.edges` simulated edges on a fresh broker and aggregator under `cfg.workdir`."""
     names, spec = _lay_out(cfg)
-    procs = cfg.procs or max(1, math.ceil(cfg.edges / EDGES_PER_PROCESS))
+    procs = min(cfg.edges, max(cfg.procs or PROCESSES, math.ceil(cfg.edges / EDGES_PER_PROCESS)))
     topics = Topics()
     nodes = ["cloud0", *names] if cfg.secure else []
     broker_config = {"sys_interval": 1, **cfg.broker_config}
@@ -256,7 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=sorted(LAYOUTS), default="seed")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-ms", type=float, nargs=2, default=(0.0, 200.0), metavar=("LOW", "HIGH"))
-    parser.add_argument("--procs", type=int, default=0, help=f"fleet processes (0: one per {EDGES_PER_PROCESS} edges)")
+    parser.add_argument(
+        "--processes",
+        "--procs",
+        dest="procs",
+        type=int,
+        default=PROCESSES,
+        help=f"generator processes the edges are dealt over (at least one per {EDGES_PER_PROCESS} edges)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=900.0)

@@ -149,6 +149,7 @@ class Assembler(Generic[K]):
         max_spill_bytes: int = 16 * 1024 * 1024 * 1024,
         verify_blob_sha256: bool = True,
         payload_at: Callable[[memoryview], int | None] | None = None,
+        background_hashing: bool = False,
     ) -> None:
         if max_bytes < 1 or max_transfers < 1 or spill_bytes < 1 or max_spill_bytes < 1:
             raise ValueError("max_bytes, max_transfers, spill_bytes and max_spill_bytes must be >= 1")
@@ -159,6 +160,7 @@ class Assembler(Generic[K]):
         self.max_spill_bytes = max_spill_bytes
         self.verify_blob_sha256 = verify_blob_sha256
         self.payload_at = payload_at
+        self.background_hashing = background_hashing  # the blob's running hashes off the caller's thread
         self._log = log.bind(component="assembler") if log is not None else get_logger(component="assembler")
         self._pending: OrderedDict[K, _Pending] = OrderedDict()  # oldest first
         self._buffered = 0
@@ -307,7 +309,11 @@ class Assembler(Generic[K]):
         self._enforce_limits(keep=key)
 
     def _new(self, key: K) -> _Pending:
-        pending = _Pending(ChunkStore(hash_blob=self.verify_blob_sha256, payload_at=self.payload_at))
+        pending = _Pending(
+            ChunkStore(
+                hash_blob=self.verify_blob_sha256, payload_at=self.payload_at, background=self.background_hashing
+            )
+        )
         self._pending[key] = pending
         self._enforce_limits(keep=key)
         return pending

@@ -15,6 +15,10 @@ With `hash_blob` the store also checks the blob's SHA-256 against the manifest, 
 are written (still in the CPU's cache), so even then there is no second pass over a joined blob. With
 `payload_at` it hashes, the same way, the blob from the offset that function reads off the first chunk
 (a weights blob's tensor bytes, whose SHA-256 its own header carries): `payload_sha256`.
+
+With `background` those two running hashes are fed on one hashing thread shared by the process (FIFO, so
+each store's chunks are hashed in order) instead of the caller's: the receiver's thread goes on with the
+next message while the last one is hashed (hashlib releases the GIL), and `blob` waits for its own.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import hashlib
 import mmap
 import os
 import tempfile
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +48,18 @@ class Piece:
     length: int
 
 
+_hasher: list[ThreadPoolExecutor] = []  # at most one: ONE thread, so each store's chunks are hashed in order
+_hasher_lock = threading.Lock()
+
+
+def _background() -> ThreadPoolExecutor:
+    """The process's one hashing thread for stores made with `background` (made on first use)."""
+    with _hasher_lock:
+        if not _hasher:
+            _hasher.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-hash"))
+        return _hasher[0]
+
+
 class ChunkStore:
     """The bytes of one incoming transfer. Not thread-safe (the Assembler's thread only)."""
 
@@ -51,6 +69,7 @@ class ChunkStore:
         *,
         hash_blob: bool = False,
         payload_at: Callable[[memoryview], int | None] | None = None,
+        background: bool = False,
     ) -> None:
         self._mem: bytearray | None = bytearray()
         self._fd: int | None = None
@@ -64,6 +83,8 @@ class ChunkStore:
         self.payload_sha256: str | None = None  # set by `blob` when the payload was hashed whole
         self._hashed: list[str] = []
         self._in_order = True
+        self._background = background and (hash_blob or payload_at is not None)
+        self._last_hash: Future[None] | None = None  # the newest chunk's hashing on the background thread
         if spill_dir is not None:
             self.spill(spill_dir)
 
@@ -86,13 +107,19 @@ class ChunkStore:
             self._mem += data
         self.length += len(data)
         if self._in_order and index == len(self._hashed):
-            if self._whole is not None:
-                self._whole.update(data)
-            self._hash_payload(index, memoryview(data))
+            if self._background:
+                self._last_hash = _background().submit(self._hash_chunk, index, data)
+            else:
+                self._hash_chunk(index, data)
             self._hashed.append(digest)
         else:
             self._in_order = False
         return Piece(digest, offset, len(data))
+
+    def _hash_chunk(self, index: int, data: bytes | memoryview) -> None:
+        if self._whole is not None:
+            self._whole.update(data)
+        self._hash_payload(index, memoryview(data))
 
     def _hash_payload(self, index: int, data: memoryview) -> None:
         if index == 0 and self._payload_at is not None:
@@ -130,6 +157,8 @@ class ChunkStore:
         """The blob of `pieces` (the verified chunks, in index order) as a read-only view, or None if its
         size (or, with `hash_blob`, its SHA-256) is not the manifest's. Usually the store itself; else laid
         out again (this store is closed either way)."""
+        if self._last_hash is not None:
+            self._last_hash.result()  # this store's running hashes are up to date (FIFO: its earlier chunks too)
         store = self
         if not (self._in_order and self._hashed == manifest.chunk_sha256 and self.length == manifest.total_bytes):
             store = ChunkStore(

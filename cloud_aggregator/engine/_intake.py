@@ -67,7 +67,10 @@ class Intake:
         # SHA-256 (an inconsistent manifest is refused). A weights blob also carries its tensor bytes' SHA-256
         # in its header (the encoder's, end to end): the assembler hashes those bytes too as the chunks arrive
         # (`payload_at`), so `decode_checked` only compares digests and decoding hashes nothing.
-        self._assembler: Assembler[str] = Assembler(log=ctx.log, payload_at=weights_payload_offset)
+        # Those running hashes are fed on the assembler's hashing thread, beside the logic thread.
+        self._assembler: Assembler[str] = Assembler(
+            log=ctx.log, payload_at=weights_payload_offset, background_hashing=True
+        )
         self._overflow = Overflow(self._assembler, memory_budget, lambda: ctx.port.open_spill(ctx.facts.name), ctx.log)
         self._incoming: dict[str, _Incoming] = {}
         self._retries: dict[str, int] = {}

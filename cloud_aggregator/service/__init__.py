@@ -3,7 +3,7 @@
 `AggregatorService` runs the controller (`cloud_aggregator.engine`) on one logic thread over one MQTT
 session; `MqttPort` is how the engine's decisions reach the broker, the aggregation scripts
 (`AggregationScripts`, on `runtime.ScriptSupervisor`) and the disk (`write_model`, `StateStore`: the spool and the checkpoints;
-`KeptStore`: the kept copy of the retained state, compared with what the broker holds through a `BrokerView`).
+`SpoolWriter`: the spool stored in groups off the logic thread; `KeptStore`: the kept copy of the retained state, compared with what the broker holds through a `BrokerView`).
 `SiteAggregatorService` (`--site`) is a site aggregator of hierarchical jobs on a site broker.
 `AggregatorMetrics` is what /metrics serves (Prometheus): the engine's statuses and acks, bytes, nodes, `$SYS`.
 """
@@ -15,7 +15,8 @@ from cloud_aggregator.service._port import MqttPort
 from cloud_aggregator.service._scripts import AggregationScripts, aggregation_launch, aggregation_variables
 from cloud_aggregator.service._service import AggregatorService, Event
 from cloud_aggregator.service._site_service import SiteAggregatorService
-from cloud_aggregator.service._state_store import FileSpill, StateStore
+from cloud_aggregator.service._spool_writer import SpoolWriter
+from cloud_aggregator.service._state_store import FileSpill, SpoolItem, StateStore
 
 __all__ = [
     "AggregationScripts",
@@ -27,6 +28,8 @@ __all__ = [
     "KeptStore",
     "MqttPort",
     "SiteAggregatorService",
+    "SpoolItem",
+    "SpoolWriter",
     "StateStore",
     "aggregation_launch",
     "aggregation_variables",

@@ -44,12 +44,15 @@ def record(
         )
 
 
-def route_transfer(ledger: Ledger, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
+def route_transfer(
+    ledger: Ledger, controller: Controller, parsed: ParsedTopic, msg: Inbound, *, digest: str | None = None
+) -> None:
     """An update manifest or chunk: in the ledger, then the job engine assembles, stores and acknowledges (before
-    the MQTT ack of the message)."""
+    the MQTT ack of the message). `digest`: a chunk's SHA-256, when it was hashed as it arrived."""
     now_s = time.monotonic()
     if parsed.channel is Channel.UPDATE_CHUNK:
-        digest = hashlib.sha256(msg.payload).hexdigest() if msg.payload else None
+        if digest is None and msg.payload:
+            digest = hashlib.sha256(msg.payload).hexdigest()
         record(ledger, controller, parsed, msg, sha256=digest)
         controller.on_update_chunk(parsed, msg.payload, now_s, digest=digest)
         return

@@ -4,7 +4,10 @@ Threads: paho's network thread and the session's reconciler only put `broker.Inb
 service's `runtime.EventLoop`; each script's reader thread puts `runtime.ScriptFrame` /
 `runtime.ScriptExited` events there too. ONE thread (`run`) takes them in order, dispatches by
 `Topics.parse(topic).channel`, runs the controller's timers, and acknowledges each MQTT message after
-handling it. No work happens in callbacks.
+handling it. No work happens in callbacks. Two helpers take work off that thread: update chunks are
+hashed on a small pool as they arrive (`ChunkHasher`: the session's inbox, which queues each chunk with
+its digest's future in arrival order), and spooled updates are written in groups by the port's
+`SpoolWriter`, whose `SpoolDurable` events release the messages held until those updates are durable.
 
 Startup: connect, announce the node online (offline is the last will), subscribe to every spec, status,
 plan, global model, worker status, update and node status, then `Session.barrier` so every retained
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,7 +40,9 @@ from cloud_aggregator.service._audit import AuditBarrier, ReconnectAudit
 from cloud_aggregator.service._inbound import record, route_transfer
 from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._port import MqttPort
+from cloud_aggregator.service._prehash import ChunkHasher, Prehashed
 from cloud_aggregator.service._scripts import AggregationScripts
+from cloud_aggregator.service._spool_writer import SpoolDurable
 from runtime import EventLoop, JobFiles, Ledger, ModelUrlBook, ScriptExited, ScriptFrame, get_logger, held_models
 from schemas import (
     DEFAULT_CODE_ROOT,
@@ -61,7 +67,7 @@ SHUTDOWN_GRACE = 5.0
 MODEL_URLS_FILE = "_model_urls.json"
 
 #: Everything the logic thread handles.
-Event = Inbound | ScriptFrame | ScriptExited | AuditBarrier
+Event = Inbound | Prehashed | ScriptFrame | ScriptExited | AuditBarrier | SpoolDurable
 
 # What the broker is seen to hold of these is compared with the kept copy (`MqttPort.resync`).
 _KEPT_CHANNELS = (Channel.SPEC, Channel.STATUS, Channel.PLAN, Channel.GLOBAL_MANIFEST)
@@ -111,6 +117,7 @@ class AggregatorService:
             expected=(AggregatorError, SchemaError, BrokerError),
             log=self._log,
         )
+        self._hasher = ChunkHasher(self._loop.put)  # the session's inbox: update chunks hashed as they arrive
         self._stopping = threading.Event()
         self._scripts = AggregationScripts(
             root=NodeRoot(self.root, code_root),
@@ -166,7 +173,7 @@ class AggregatorService:
         offline = NodeStatus(node=self.node, role="aggregator", state=NodeState.OFFLINE).to_json()
         session = Session(
             self.settings,
-            inbox=self._loop,
+            inbox=self._hasher,
             will=(self.topics.node_status(self.node), offline),
             topics=self.topics,
         )
@@ -212,6 +219,7 @@ class AggregatorService:
             model_written=self._model_written,
             metrics=self.metrics,
             ledger=self._ledger,
+            spool_durable=lambda: self._loop.put(SpoolDurable()),
         )
         self._controller = Controller(node=self.node, port=self._port, settings=jobs)
         self._audit = ReconnectAudit(
@@ -278,9 +286,10 @@ class AggregatorService:
         deferred: list[Event] = []
         controller = self._ready_controller()
         for event in self._loop.take_pending():
-            if isinstance(event, Inbound) and self._is_runtime(event.topic):
+            msg = event.msg if isinstance(event, Prehashed) else event
+            if isinstance(msg, Inbound) and self._is_runtime(msg.topic):
                 deferred.append(event)
-                self._note_presence(controller, event)
+                self._note_presence(controller, msg)
             else:
                 self._loop.handle(event)
         for flt in startup_only:
@@ -335,14 +344,18 @@ class AggregatorService:
             case AuditBarrier():
                 if self._audit is not None and self._port is not None:
                     self._audit.finish(event, controller, self._port, self._announce)
-            case Inbound():
+            case SpoolDurable():
+                if self._port is not None:
+                    self._port.release()
+            case Inbound() | Prehashed():
+                msg = event.msg if isinstance(event, Prehashed) else event
                 try:
-                    self._dispatch(controller, event)
+                    self._dispatch(controller, msg, event.digest if isinstance(event, Prehashed) else None)
                 finally:
                     if self._session is not None:
-                        self._session.ack(event)
+                        self._session.ack(msg)
 
-    def _dispatch(self, controller: Controller, msg: Inbound) -> None:
+    def _dispatch(self, controller: Controller, msg: Inbound, digest: Future[str] | None = None) -> None:
         if msg.topic.startswith("$SYS/"):
             self.metrics.observe_sys(msg.topic, msg.payload)
             return
@@ -370,12 +383,15 @@ class AggregatorService:
         elif channel is Channel.GLOBAL_MANIFEST:
             self._seen_global(controller, parsed, msg)
         elif controller.is_ready:  # runtime traffic before the catch-up belongs to earlier runs
-            self._runtime(controller, parsed, msg)
+            self._runtime(controller, parsed, msg, digest)
 
-    def _runtime(self, controller: Controller, parsed: ParsedTopic, msg: Inbound) -> None:
+    def _runtime(
+        self, controller: Controller, parsed: ParsedTopic, msg: Inbound, digest: Future[str] | None = None
+    ) -> None:
         channel = parsed.channel
         if channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
-            route_transfer(self._ledger, controller, parsed, msg)  # in the ledger too, hashed once for both
+            # In the ledger too, hashed once for both (`digest`: hashed as it arrived, `ChunkHasher`).
+            route_transfer(self._ledger, controller, parsed, msg, digest=digest.result() if digest else None)
             return
         if channel in _LEDGER_CHANNELS:
             record(self._ledger, controller, parsed, msg)
@@ -412,6 +428,9 @@ class AggregatorService:
 
     def _shutdown(self, session: Session, offline: bytes) -> None:
         self._log.info("stopping")
+        self._hasher.close()
+        if self._port is not None:
+            self._port.close(SHUTDOWN_GRACE)  # updates being stored, and the acks that wait for them
         self._scripts.stop_all(SHUTDOWN_GRACE)
         session.stop(timeout=5.0, final=(self.topics.node_status(self.node), offline))
         self.metrics.close()

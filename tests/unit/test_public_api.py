@@ -150,6 +150,8 @@ PUBLIC_API: dict[str, list[str]] = {
         "KeptStore",
         "MqttPort",
         "SiteAggregatorService",
+        "SpoolItem",
+        "SpoolWriter",
         "StateStore",
         "aggregation_launch",
         "aggregation_variables",
