@@ -435,6 +435,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "SecAggSettings",
         "SecAggState",
         "ShareBundle",
+        "SiteStatus",
         "SpecError",
         "SpecTooLargeError",
         "TensorEncoding",
