@@ -159,8 +159,8 @@ class SiteView:
             ctx.event(
                 "Warning",
                 "SiteUnreachable",
-                f"site {site} unreachable{when} (its bridge to the cloud broker is down): {who} keep their "
-                "last state; their messages wait on the site broker",
+                f"site {site} unreachable{when} (its bridge to the cloud broker is down): {who}; their entries "
+                "keep the last state they sent, their messages wait on the site broker",
             )
             return
         away = ""

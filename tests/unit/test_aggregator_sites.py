@@ -69,7 +69,9 @@ def test_a_site_down_shows_its_edges_unreachable_and_back_again() -> None:
     assert worker is not None and worker.state is WorkerState.TRAINING  # its last state, kept
     [event] = [e for e in port.job_events(JOB) if e.reason == "SiteUnreachable"]
     assert event.type == "Warning" and event.message.startswith("site site-a unreachable since ")
-    assert event.message.endswith(": edge1 keep their last state; their messages wait on the site broker")
+    assert event.message.endswith(
+        ": edge1; their entries keep the last state they sent, their messages wait on the site broker"
+    )
 
     controller.on_site_bridge("site-a", b"0", 3.0)  # the same again (a retained copy): nothing new
     assert reasons(port) == ["SiteUnreachable"]
