@@ -254,6 +254,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "round_time_column",
         "rounds_table",
         "row_line",
+        "sites_line",
         "table",
         "table_rows",
         "timestamp",
