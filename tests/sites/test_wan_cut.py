@@ -29,10 +29,10 @@ def test_a_wan_cut_mid_round_loses_nothing_and_counts_nothing_twice(site_bed_fac
         assert watch.status is not None and site_a(watch.status) is True
 
         # A silent WAN (packets vanish, sockets stay open): the cloud broker notices the bridge's keepalive and
-        # publishes its last will "0"; then the link is refused outright, so the bridge's retries fail fast.
+        # publishes its last will "0"; the bridge's reconnects hang until the link returns. (Not `cut()`: a link
+        # that accepts and resets wedges Mosquitto 2.0.11's TLS bridge after a few retries; docs/operations.md.)
         bed.wan["site-a"].blackhole()
         bed.wait_bridge("site-a", up=False, timeout=30)
-        bed.wan["site-a"].cut()
         watch.wait(lambda w: site_a(w.status) is False, 20, "site-a shown unreachable")
 
         # edge1 trains round 2 and publishes its update: it can only go as far as site-a's broker.
