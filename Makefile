@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check mosquitto prometheus venv clean
+.PHONY: demo demo-sites test lint typecheck check mosquitto prometheus venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ prometheus:
 demo: venv mosquitto
 	$(BIN)/python examples/surface_defect_detection/run_demo.py
 
+# The same job across two factory sites: a cloud broker and two site brokers bridged to it (docs/operations.md).
+demo-sites: venv mosquitto
+	$(BIN)/python examples/surface_defect_detection/run_demo.py --sites --workdir .demo-sites
+
 test: venv mosquitto prometheus
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -48,4 +52,4 @@ typecheck:
 	$(BIN)/mypy
 
 clean:
-	rm -rf .demo .bench
+	rm -rf .demo .demo-sites .bench

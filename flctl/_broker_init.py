@@ -97,6 +97,12 @@ def add_broker_init(p: argparse.ArgumentParser, handler: Callable[[Context, argp
         action=argparse.BooleanOptionalAction,  # None when not given: decided when the files are written
         help="write `user root` into mosquitto.conf (default: exactly when this command runs as root)",
     )
+    s.add_argument(
+        "--warm-worker",
+        action="store_true",
+        help="write `warm_worker: true` into the edges' node.yaml (their service keeps a worker with "
+        "TensorFlow imported, so each round's script starts without the import)",
+    )
     s.add_argument("--force", action="store_true", help="replace the layout in an existing DIR (new CA and secrets)")
 
 
@@ -117,6 +123,7 @@ def run_broker_init(ctx: Context, args: argparse.Namespace) -> int:
         prefix=ctx.options.prefix,
         run_as_root=args.run_as_root,
         force=args.force,
+        warm_worker=args.warm_worker,
     )
     ctx.say(f"wrote a secured deployment to {done.out} (secrets are 0600; none is printed):")
     ctx.say(f"  broker:   {done.conf_path}  (mosquitto -c {done.conf_path})")

@@ -33,6 +33,8 @@ from flctl._dataset import split, synth
 from flctl._delete import delete
 from flctl._errors import EXIT_USAGE, FlctlError, InputError, UsageError
 from flctl._get import GetRequest, describe, get
+from flctl._node import add_node_command, run_node
+from flctl._site import add_site_command, run_site
 from flctl._top import add_arguments as add_top_arguments
 from flctl._top import top
 from flctl._version import __version__
@@ -292,11 +294,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", required=True, type=Path, metavar="FILE", help="e.g. ROOT/1.txt")
     s.add_argument("--dest", required=True, type=Path, metavar="DIR")
 
-    p = command("broker", "Set up a secured broker deployment.", _run_missing_subcommand)
-    add_broker_init(p, _run_broker_init)
+    _add_deployment_commands(command)
 
     command("version", "Print the client version.", _run_version)
     return parser
+
+
+def _add_deployment_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """`flctl broker init` (flctl._broker_init), `flctl node add|rotate|remove` (flctl._node), `flctl site add`
+    (flctl._site)."""
+    p = command("broker", "Set up a secured broker deployment.", _run_missing_subcommand)
+    add_broker_init(p, _run_broker_init)
+    p = command(
+        "node",
+        "Add, rotate or remove one identity of a deployment (no re-provisioning); reload the broker.",
+        _run_missing_subcommand,
+        "examples:\n  flctl node add edge3 --role edge -d ./fl-secrets\n  flctl node rotate edge3 -d ./fl-secrets\n"
+        "  flctl node remove edge3 -d ./fl-secrets --reload-command 'systemctl reload mosquitto'",
+    )
+    add_node_command(p, run_node)
+    p = command(
+        "site",
+        "Add a factory site: its own broker, bridged to the cloud broker, and its edges' configs.",
+        _run_missing_subcommand,
+        "example:\n  flctl site add site-a --nodes edge3,edge4 --cloud-dir ./fl-secrets --hostname site-a-gw --out ./site-a",
+    )
+    add_site_command(p, run_site)
 
 
 # -- handlers --------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 `LocalBroker` runs one Mosquitto process for tests, the demo and `fl-broker run`.
 """
 
-from broker.mosquitto._bridge import Bridge, BridgeTopic
+from broker.mosquitto._bridge import Bridge, BridgeTopic, render_bridge_topics
 from broker.mosquitto._config import BrokerConfig, TlsListener, render_config
 from broker.mosquitto._launcher import LocalBroker, find_mosquitto, find_mosquitto_passwd, port_open
 
@@ -18,5 +18,6 @@ __all__ = [
     "find_mosquitto",
     "find_mosquitto_passwd",
     "port_open",
+    "render_bridge_topics",
     "render_config",
 ]

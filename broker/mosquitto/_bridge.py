@@ -19,7 +19,7 @@ from typing import Literal
 
 from broker._settings import check_port
 
-__all__ = ["Bridge", "BridgeTopic", "render_bridge"]
+__all__ = ["Bridge", "BridgeTopic", "render_bridge", "render_bridge_topics"]
 
 Direction = Literal["in", "out"]
 
@@ -119,10 +119,13 @@ def render_bridge(bridge: Bridge) -> list[str]:
             "# TLS to the cloud: its server certificate must be signed by this CA.",
             f"bridge_cafile {bridge.cafile}",
         ]
-    outs = [t for t in bridge.topics if t.direction == "out"]
-    ins = [t for t in bridge.topics if t.direction == "in"]
-    lines.append("# site -> cloud: what this site's edges publish (one direction per topic: nothing loops)")
-    lines += [f"topic {t.pattern} out {t.qos}" for t in outs]
+    return [*lines, *render_bridge_topics(bridge.topics)]
+
+
+def render_bridge_topics(topics: tuple[BridgeTopic, ...]) -> list[str]:
+    """The section's `topic` lines, `out` first, then `in` (`flctl site sync` rewrites only these)."""
+    lines = ["# site -> cloud: what this site's edges publish (one direction per topic: nothing loops)"]
+    lines += [f"topic {t.pattern} out {t.qos}" for t in topics if t.direction == "out"]
     lines.append("# cloud -> site: what the edges read")
-    lines += [f"topic {t.pattern} in {t.qos}" for t in ins]
+    lines += [f"topic {t.pattern} in {t.qos}" for t in topics if t.direction == "in"]
     return lines

@@ -38,6 +38,9 @@ class TlsListener:
     tls_version: str = "tlsv1.2"
     require_certificate: bool = False
     use_identity_as_username: bool = False
+    # A certificate revocation list (PEM) signed by `cafile`'s CA: `flctl node rotate/remove` revoke a
+    # node's certificate there. Mosquitto 2.0 reads it again on SIGHUP for new connections.
+    crlfile: Path | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -46,7 +49,9 @@ class TlsListener:
             problems.append(f"tls_version {self.tls_version!r} must be tlsv1.2 or tlsv1.3")
         if self.use_identity_as_username and not self.require_certificate:
             problems.append("use_identity_as_username needs require_certificate")
-        for name in ("cafile", "certfile", "keyfile", "bind"):
+        if self.crlfile is not None and not self.require_certificate:
+            problems.append("crlfile needs require_certificate (it revokes client certificates)")
+        for name in ("cafile", "certfile", "keyfile", "bind", "crlfile"):
             value = getattr(self, name)
             if value is not None and any(ch.isspace() for ch in str(value)):
                 problems.append(f"{name} {str(value)!r} contains whitespace, which mosquitto.conf cannot express")
@@ -78,6 +83,9 @@ class BrokerConfig:
     # A second listener with TLS; `port`/`bind` stay the plain one (loopback for local tools, when secured).
     tls: TlsListener | None = None
     run_as_root: bool | None = None  # None: `user root` exactly when running as root
+    # Where the broker writes its process id at start: `flctl node add/rotate/remove` signal it (SIGHUP) to
+    # reload the password file and ACL. None: no pid file (what `fl-broker config` writes).
+    pid_file: Path | None = None
     extra: str = ""
     # A site broker's bridge to the cloud broker (`flctl site add`), rendered last: it is a section.
     bridge: Bridge | None = None
@@ -98,7 +106,7 @@ class BrokerConfig:
                 problems.append(f"{name} must be >= 0")
         if not 0 < self.max_inflight_messages <= 65535:
             problems.append("max_inflight_messages must be in 1..65535 (it is advertised as ReceiveMaximum)")
-        for name in ("data_dir", "password_file", "acl_file", "bind", "persistent_client_expiration"):
+        for name in ("data_dir", "password_file", "acl_file", "bind", "persistent_client_expiration", "pid_file"):
             value = getattr(self, name)
             if value is not None and any(ch.isspace() for ch in str(value)):
                 problems.append(f"{name} {str(value)!r} contains whitespace, which mosquitto.conf cannot express")
@@ -131,6 +139,11 @@ def render_config(cfg: BrokerConfig) -> str:
             "# a 0600 password file nor write the persistence database in a root-owned directory.",
             "user root",
         ]
+    if cfg.pid_file is not None:
+        lines += [
+            "# The process id, for `flctl node add/rotate/remove` (they send SIGHUP to reload passwd and acl).",
+            f"pid_file {cfg.pid_file}",
+        ]
     lines += [
         "",
         "# -- listeners ----------------------------------------------------------------------------------",
@@ -153,6 +166,11 @@ def render_config(cfg: BrokerConfig) -> str:
             lines += ["# Mutual TLS: every client presents a certificate issued by the CA.", "require_certificate true"]
         if tls.use_identity_as_username:
             lines += ["# The certificate's CN is the username the ACL keys on.", "use_identity_as_username true"]
+        if tls.crlfile is not None:
+            lines += [
+                "# Revoked client certificates (flctl node rotate/remove); re-read on SIGHUP.",
+                f"crlfile {tls.crlfile}",
+            ]
         if cfg.use_username_as_clientid:
             lines += _CLIENTID_LINES
     lines += [

@@ -20,6 +20,11 @@ What it does, in order:
    held-out set next to the federated evaluation of the same model on the same images (summed over the
    edges' shares).
 
+With ``--sites`` (``make demo-sites``) the same job runs across two factory sites: each edge connects to
+its own site's Mosquitto (provisioned like ``flctl site add``: its own CA, passwords and ACL, a bridge over
+TLS to the cloud broker as the site's bridge identity), and only the bridges talk to the cloud broker,
+where the aggregator runs. The outcome printed is the same.
+
 Exit code 0 when the job Succeeded and both edges hold the model, non-zero with the reason otherwise.
 """
 
@@ -50,6 +55,8 @@ AGGREGATOR = "cloud0"
 # An admin identity for the user to follow the job with (one connection per identity: the broker forces
 # the client id to the username).
 VIEWER = "viewer"
+# --sites: one factory site per edge, each with its own broker bridged to the cloud broker.
+SITES = {"site-a": ["edge1"], "site-b": ["edge2"]}
 
 
 def say(text: str) -> None:
@@ -189,9 +196,9 @@ def evaluate(workdir: Path, test_labels: Path) -> dict[str, float] | None:
     return None
 
 
-def start_cluster(cluster: LocalCluster, workdir: Path) -> None:
+def start_cluster(cluster: LocalCluster, workdir: Path, *, sites: bool = False) -> None:
     """Provision (as `flctl broker init` does), start the broker and every node service with its node.yaml."""
-    nodes = [AGGREGATOR, *EDGES]
+    nodes = [AGGREGATOR] if sites else [AGGREGATOR, *EDGES]
     cluster.start_broker()
     secrets = workdir / "secrets"
     assert cluster.provisioned is not None
@@ -203,12 +210,21 @@ def start_cluster(cluster: LocalCluster, workdir: Path) -> None:
         f"mosquitto: TLS on 127.0.0.1:{cluster.port}, anonymous refused, per-node ACLs "
         f"(config: {cluster.provisioned.conf_path})"
     )
+    for site, done in cluster.site_provisioned.items():
+        say(
+            f"site {site}: like `flctl site add {site} --nodes {','.join(done.edges)} --cloud-dir {secrets} "
+            f"--out {done.out}`: its own mosquitto on TLS 127.0.0.1:{done.tls_port} for its edges, bridged over "
+            f"TLS to the cloud broker as {done.bridge_user} (config: {done.conf_path})"
+        )
     cluster.start_node(AGGREGATOR, "aggregator")
     for edge in EDGES:
         # A warm worker per edge: the training script starts with TensorFlow already imported.
         cluster.start_node(edge, "edge", extra_args=["--warm-worker"])
+    configs = f"{secrets}/nodes/<node>/node.yaml" + (
+        f", {workdir}/sites/<site>/nodes/<edge>/node.yaml" if sites else ""
+    )
     say(
-        f"services started with --config {secrets}/nodes/<node>/node.yaml: {AGGREGATOR} (aggregator), "
+        f"services started with --config {configs}: {AGGREGATOR} (aggregator), "
         f"{', '.join(EDGES)} (edge trainers, --warm-worker); logs in {workdir}/<node>/service.log"
     )
     wait_for_warm_workers(workdir)
@@ -257,6 +273,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, st
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the job may take")
     parser.add_argument(
+        "--sites",
+        action="store_true",
+        help="two factory sites: edge1 behind site-a's broker, edge2 behind site-b's, each bridged to the cloud broker",
+    )
+    parser.add_argument(
         "--aggregation-parameter",
         action="append",
         default=[],
@@ -280,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     # their own files.
     configure_logging(node="demo", role="cli", level="WARNING")
     test_labels = prepare(workdir, args.scale, args.seed)
-    with LocalCluster(workdir, port=args.port, secure=True, nodes=[AGGREGATOR, *EDGES], viewers=[VIEWER]) as cluster:
-        start_cluster(cluster, workdir)
+    layout = {"nodes": [AGGREGATOR], "sites": SITES} if args.sites else {"nodes": [AGGREGATOR, *EDGES]}
+    with LocalCluster(workdir, port=args.port, secure=True, viewers=[VIEWER], **layout) as cluster:
+        start_cluster(cluster, workdir, sites=args.sites)
         spec = job_with_held_out_data(
             HERE / "surface-defect-detection.yaml", workdir / "surface-defect-detection.yaml", aggregation
         )

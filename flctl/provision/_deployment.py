@@ -20,6 +20,12 @@ from schemas import Topics, check_name
 DEFAULT_TLS_PORT = 8883
 DEFAULT_PLAIN_PORT = 1883
 _LAYOUT = ("broker", "ca", "nodes", "admin", "viewer", "monitor")
+# The broker's process id (flctl node signals it to reload), in DIR/broker/data: mosquitto writes it after
+# dropping privileges, and the data folder is the one it may write (systemd's ReadWritePaths, Kubernetes'
+# volume; the rest of DIR/broker is read-only there, and an unwritable pid file stops the broker at start).
+PID_FILE = "data/mosquitto.pid"
+# In DIR/broker, with client certificates: the CA's revocation list.
+CRL_FILE = "crl.pem"
 Role = Literal["edge", "aggregator", "admin", "viewer", "monitor"]
 
 
@@ -147,7 +153,15 @@ def _prepare_out(out: Path, *, force: bool) -> Path:
 
 
 def _write_identity(
-    file: Path, name: str, role: Role, *, password: str, ca: CertificateAuthority, address: BrokerAddress, cert: bool
+    file: Path,
+    name: str,
+    role: Role,
+    *,
+    password: str,
+    ca: CertificateAuthority,
+    address: BrokerAddress,
+    cert: bool,
+    warm_worker: bool = False,
 ) -> Path:
     """One identity's config (and next to it the CA certificate, with `cert` its own key and certificate)."""
     folder = file.parent
@@ -158,7 +172,15 @@ def _write_identity(
         write(folder / f"{name}.key", issued.key_pem, SECRET)
         write(folder / f"{name}.crt", issued.cert_pem, PUBLIC)
         tls = NodeTls(ca="ca.crt", cert=f"{name}.crt", key=f"{name}.key")
-    node_cfg = NodeConfig(node=name, role=role, broker=address, username=name, password=password, tls=tls)
+    node_cfg = NodeConfig(
+        node=name,
+        role=role,
+        broker=address,
+        username=name,
+        password=password,
+        tls=tls,
+        warm_worker=True if warm_worker and role == "edge" else None,
+    )
     header = f"# {name} ({role}): connection settings written by `flctl broker init`. Secret: keep it 0600.\n"
     return write(file, header + node_cfg.to_yaml(), SECRET)
 
@@ -167,15 +189,20 @@ def _write_mosquitto_sub_options(folder: Path, name: str, password: str, plain_p
     """`folder/mosquitto_sub`: the monitor's options for mosquitto_sub on the broker host's loopback
     listener. mosquitto_sub reads `$XDG_CONFIG_HOME/mosquitto_sub`, so `XDG_CONFIG_HOME=folder
     mosquitto_sub -t ...` logs in as the monitor with no password on the command line."""
+    return write(folder / "mosquitto_sub", mosquitto_sub_options(name, password, plain_port), SECRET)
+
+
+def mosquitto_sub_options(name: str, password: str, plain_port: int) -> str:
+    """The text of a monitor's `mosquitto_sub` options file (see `_write_mosquitto_sub_options`)."""
     lines = [
-        f"# {name} (monitor): mosquitto_sub options written by `flctl broker init`. Secret: keep it 0600.",
+        f"# {name} (monitor): mosquitto_sub options written by `flctl`. Secret: keep it 0600.",
         "# Use: XDG_CONFIG_HOME=<this folder> mosquitto_sub -v -t '$SYS/broker/clients/connected'",
         "-h 127.0.0.1",
         f"-p {plain_port}",
         f"-u {name}",
         f"-P {password}",
     ]
-    return write(folder / "mosquitto_sub", "\n".join(lines) + "\n", SECRET)
+    return "\n".join(lines) + "\n"
 
 
 def _config_file(out: Path, name: str, role: Role, first_admin: str) -> Path:
@@ -208,12 +235,14 @@ def provision(
     prefix: str = "fl",
     run_as_root: bool | None = None,
     force: bool = False,
+    warm_worker: bool = False,
 ) -> Provisioned:
     """Write the deployment's broker files, CA, certificates, passwords and configs under `out`: one per
     node, admin (writes specs), viewer (read-only flctl) and monitor ($SYS and statuses, read-only).
 
     `broker_dir` is where DIR/broker will be on the broker host (mosquitto.conf names its files there;
-    default: where it is written). Raises UsageError for bad arguments, InputError when `out` exists
+    default: where it is written). `warm_worker` writes `warm_worker: true` into the edges' node.yaml.
+    Raises UsageError for bad arguments, InputError when `out` exists
     (without `force`).
     """
     ids = _check_arguments(
@@ -248,6 +277,8 @@ def provision(
     write(broker_out / "ca.crt", ca.cert_pem, PUBLIC)
     write(broker_out / "server.crt", server.cert_pem, PUBLIC)
     write(broker_out / "server.key", server.key_pem, SECRET)
+    if client_certs:  # an empty CRL from the start: the broker reads the file named at start (no restart later)
+        write(broker_out / CRL_FILE, ca.crl({}, 0), PUBLIC)
 
     # passwords and ACL
     write_passwd(broker_out / "passwd", passwords)
@@ -263,6 +294,7 @@ def provision(
         acl_file=installed / "acl",
         use_username_as_clientid=True,
         run_as_root=run_as_root,
+        pid_file=installed / PID_FILE,
         tls=TlsListener(
             port,
             bind=bind,
@@ -271,6 +303,7 @@ def provision(
             keyfile=installed / "server.key",
             require_certificate=client_certs,
             use_identity_as_username=client_certs,
+            crlfile=installed / CRL_FILE if client_certs else None,
         ),
     )
     write(broker_out / "mosquitto.conf", render_config(cfg), SECRET)
@@ -281,7 +314,14 @@ def provision(
     for name, role in roles.items():
         file = _config_file(out, name, role, ids.admins[0])
         configs[name] = _write_identity(
-            file, name, role, password=passwords[name], ca=ca, address=address, cert=client_certs
+            file,
+            name,
+            role,
+            password=passwords[name],
+            ca=ca,
+            address=address,
+            cert=client_certs,
+            warm_worker=warm_worker,
         )
         if role == "monitor":
             _write_mosquitto_sub_options(file.parent, name, passwords[name], plain_port)

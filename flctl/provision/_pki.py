@@ -1,10 +1,11 @@
-"""The deployment's PKI: one CA (ECDSA P-256) and the server and client certificates it issues."""
+"""The deployment's PKI: one CA (ECDSA P-256), the server and client certificates it issues, and its
+certificate revocation list (`flctl node rotate/remove` revoke a node's client certificate there)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -85,8 +86,17 @@ def _alt_names(server_names: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(alt)
 
 
+@dataclass(frozen=True)
+class Revocations:
+    """What a CRL says: revoked serial numbers (with the time of revocation) and the CRL's own number."""
+
+    revoked: Mapping[int, dt.datetime]
+    number: int
+
+
 class CertificateAuthority:
-    """A new self-signed CA (`label` goes into its name) that issues the deployment's certificates."""
+    """A new self-signed CA (`label` goes into its name) that issues the deployment's certificates;
+    `load` reads an existing one (DIR/ca/ca.key and ca.crt) to issue more."""
 
     def __init__(self, label: str) -> None:
         self._key = _key()
@@ -98,9 +108,56 @@ class CertificateAuthority:
             .sign(self._key, hashes.SHA256())
         )
 
+    @classmethod
+    def load(cls, key_pem: bytes, cert_pem: bytes) -> CertificateAuthority:
+        """The CA whose key and certificate these are; ValueError when they are not a P-256 key and the
+        self-signed CA certificate of that key."""
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("the CA key is not an EC private key")
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        public = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        if cert.public_key().public_bytes(*public) != key.public_key().public_bytes(*public):
+            raise ValueError("the CA certificate is not the certificate of the CA key")
+        ca = cls.__new__(cls)
+        ca._key = key
+        ca._cert = cert
+        return ca
+
     @property
     def cert_pem(self) -> bytes:
         return _cert_pem(self._cert)
+
+    def revocations(self, crl_pem: bytes | None) -> Revocations:
+        """What the CRL `crl_pem` revokes (nothing for None); ValueError when this CA did not sign it."""
+        if crl_pem is None:
+            return Revocations({}, 0)
+        crl = x509.load_pem_x509_crl(crl_pem)
+        public = self._key.public_key()
+        if crl.issuer != self._cert.subject or not crl.is_signature_valid(public):
+            raise ValueError("the CRL is not signed by this deployment's CA")
+        try:
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except x509.ExtensionNotFound:
+            number = 0
+        return Revocations({entry.serial_number: entry.revocation_date_utc for entry in crl}, number)
+
+    def crl(self, revoked: Mapping[int, dt.datetime], number: int) -> bytes:
+        """A CRL (PEM) revoking these serial numbers. Its next update is the CA's own expiry: OpenSSL
+        refuses every client once a CRL it checks has expired, and nothing here re-signs it on a timer."""
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(self._cert.not_valid_after_utc)
+            .add_extension(x509.CRLNumber(number), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)
+        )
+        for serial, when in sorted(revoked.items()):
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            builder = builder.add_revoked_certificate(entry)
+        return builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
     @property
     def key_pem(self) -> bytes:

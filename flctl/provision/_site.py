@@ -32,17 +32,25 @@ from broker.mosquitto import Bridge, BridgeTopic, BrokerConfig, TlsListener, ren
 from flctl._errors import InputError, UsageError
 from flctl.provision._acl import render_acl
 from flctl.provision._cloud_site import bridge_user, install_site_on_cloud, site_acl_block
-from flctl.provision._deployment import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, _names, _write_mosquitto_sub_options
+from flctl.provision._deployment import (
+    DEFAULT_PLAIN_PORT,
+    DEFAULT_TLS_PORT,
+    PID_FILE,
+    _names,
+    _write_mosquitto_sub_options,
+)
 from flctl.provision._files import PUBLIC, SECRET, mkdir, write, write_passwd
 from flctl.provision._pki import CertificateAuthority
 from schemas import Topics, check_name
 
-# Sizing the bridge queue (docs/operations.md, "Per-site brokers"): messages = outage x rate x headroom.
+# Sizing the bridge queue (docs/operations.md, "Per-site brokers"): what the site sends during the longest
+# outage, with headroom, never below the cloud broker's own defaults.
 DEFAULT_MAX_OUTAGE_MIN = 60
-DEFAULT_MESSAGE_RATE = 100  # messages per minute from the whole site to the cloud
+DEFAULT_MESSAGE_RATE = 20  # messages a minute from the whole site to the cloud (chunks, manifests, statuses)
 DEFAULT_MESSAGE_KIB = 512  # a queued message is at most one chunk (the services' default chunk size)
 QUEUE_HEADROOM = 1.5  # resends after an outage and statuses come on top of the steady rate
-MIN_QUEUE_MESSAGES = 10000  # never below the cloud broker's own default
+MIN_QUEUE_MESSAGES = 10000  # the cloud broker's default max_queued_messages
+MIN_QUEUE_BYTES = 1024 * 1024 * 1024  # and its default max_queued_bytes
 _LAYOUT = ("broker", "ca", "nodes", "monitor")
 
 
@@ -57,11 +65,12 @@ class QueueLimits:
     def for_outage(
         cls, minutes: float, rate: float = DEFAULT_MESSAGE_RATE, message_kib: int = DEFAULT_MESSAGE_KIB
     ) -> QueueLimits:
-        """Enough for `minutes` of the site's traffic at `rate` messages a minute of up to `message_kib` KiB."""
+        """Enough for `minutes` of the site's traffic at `rate` messages a minute of up to `message_kib` KiB:
+        messages = ceil(minutes x rate x 1.5), bytes = messages x message_kib KiB, at least the cloud's defaults."""
         if minutes <= 0 or rate <= 0 or message_kib <= 0:
             raise UsageError("--max-outage, --message-rate and --message-kib must be > 0")
-        messages = max(MIN_QUEUE_MESSAGES, math.ceil(minutes * rate * QUEUE_HEADROOM))
-        return cls(messages, messages * message_kib * 1024)
+        expected = math.ceil(minutes * rate * QUEUE_HEADROOM)
+        return cls(max(MIN_QUEUE_MESSAGES, expected), max(MIN_QUEUE_BYTES, expected * message_kib * 1024))
 
 
 @dataclass(frozen=True)
@@ -135,17 +144,23 @@ def _cloud_address(cloud_dir: Path, address: str | None) -> tuple[str, int]:
     return cfg.broker.host, cfg.broker.port
 
 
-def _prepare_out(out: Path, *, force: bool) -> Path:
-    out = out.absolute()
+def _check_out(out: Path, *, force: bool) -> None:
+    """InputError when `out` is a file, or holds something and `force` is not given."""
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise InputError(f"--out {out} already exists and is not empty: refusing to overwrite it (use --force)")
-        for part in _LAYOUT:
-            target = out / part
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
+        raise InputError(f"--out {out.absolute()} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise InputError(
+            f"--out {out.absolute()} already exists and is not empty: refusing to overwrite it (use --force)"
+        )
+
+
+def _prepare_out(out: Path) -> Path:
+    """`out`, absolute, without the layout's folders (anything else in it stays)."""
+    out = mkdir(out.absolute())
+    for part in _LAYOUT:
+        target = out / part
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
     return out
 
 
@@ -195,15 +210,16 @@ def provision_site(
     host, cloud_port = _cloud_address(cloud_dir, cloud_address)
     queue = queue or QueueLimits.for_outage(DEFAULT_MAX_OUTAGE_MIN)
 
-    out = _prepare_out(out, force=force)
-    broker_out = mkdir(out / "broker")
-    mkdir(broker_out / "data")
-    installed = (broker_dir or broker_out).absolute()
+    _check_out(out, force=force)
     bridge_password = secrets.token_urlsafe(24)
-    # The cloud side first: it refuses edges another site or the cloud already has, before anything is used.
+    # The cloud side first: it refuses edges another site or the cloud already has, before a file is written.
     cloud_passwd, cloud_acl = install_site_on_cloud(
         cloud_dir, site, edges, bridge_password, site_acl_block(t, site, edges)
     )
+    out = _prepare_out(out)
+    broker_out = mkdir(out / "broker")
+    mkdir(broker_out / "data")
+    installed = (broker_dir or broker_out).absolute()
 
     ca = CertificateAuthority(f"site {site}")
     write(mkdir(out / "ca") / "ca.key", ca.key_pem, SECRET)
@@ -241,6 +257,7 @@ def provision_site(
         acl_file=installed / "acl",
         use_username_as_clientid=True,
         run_as_root=run_as_root,
+        pid_file=installed / PID_FILE,  # `flctl node` reloads the site broker through it
         max_queued_messages=queue.messages,
         max_queued_bytes=queue.bytes,
         tls=TlsListener(

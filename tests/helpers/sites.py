@@ -10,9 +10,15 @@ reaching the cloud broker through its own `FlakyProxy` (the site's WAN link: cut
     bed.assert_nothing_dropped()        # $SYS/broker/publish/messages/dropped is 0 on every broker
     bed.stop()
 
-`bed.cluster` is a secure `flctl.cluster.LocalCluster` with sites: `settings(identity)` (cloud identities),
-`site_settings(site, identity)`, `flctl_args()` (the cloud admin), `start_site_broker` / `stop_site_broker`,
-`site_provisioned[site]` (the site folder: `out`, `configs`, `broker_config`). Every wait is bounded.
+The bed: `settings(where, identity)` / `session(where, identity, *filters)` for any identity on any broker
+(`where` is CLOUD or a site; cloud identities: cloud0, admin, monitor; a site's: its edges and monitor),
+`wait_bridge(site, up=, where=)` (the bridge's notification topic), `dropped(where)`, `dropped_counts()`,
+`assert_nothing_dropped()`, `broker_logs()`, `wan[site]` (the `FlakyProxy`: `cut`, `blackhole`, `restore`).
+`bed.cluster` is a secure `flctl.cluster.LocalCluster` with sites: `start_node` (an edge of a site connects
+to its site broker), `flctl_args()` (the cloud admin), `wait_for_job`, `start_site_broker(site)` /
+`stop_site_broker(site, hard=)`, `site_of(node)`, `site_brokers[site]` (its `LocalBroker`) and
+`site_provisioned[site]` (`out`, `configs`, `broker_config`, `bridge_user`, `tls_port`). Bridges use a 5 s
+keepalive and a 1-2 s reconnect backoff; every broker publishes $SYS every second. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -103,7 +109,9 @@ class SiteBed:
         if where == CLOUD:
             return self.cluster.settings(identity)
         done = self.cluster.site_provisioned[where]
-        values = load_node_config(done.configs[identity]).mqtt_values()
+        # An edge added later (`flctl node add ... --site`) has its node.yaml beside the provisioned ones.
+        config = done.configs.get(identity, done.out / "nodes" / identity / "node.yaml")
+        values = load_node_config(config).mqtt_values()
         values.update(host="127.0.0.1", port=done.tls_port)
         return MqttSettings(client_id=client_id or identity, **values)
 
