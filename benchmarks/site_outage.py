@@ -110,11 +110,19 @@ def main() -> int:
             report["site events"] = [
                 f"{e.type} {e.reason}: {e.message}" for e in job.watch.events if e.reason.startswith("Site")
             ]
-            report["dropped"] = bed.dropped_counts()
             report["checks"] = "every round has both edges once; globals = FedAvg of the recorded updates; finals equal"
+            report["dropped"] = {where: bed.dropped(where, timeout=30) for where in ["cloud", *SITES]}
+        except AssertionError as exc:
+            report["failed"] = str(exc)
         finally:
             job.watch.__exit__(None, None, None)
             bed.stop()
+    _print(report)
+    dropped = report.get("dropped")
+    return 0 if isinstance(dropped, dict) and set(dropped.values()) == {0} else 1
+
+
+def _print(report: dict[str, object]) -> None:
     for key, value in report.items():
         if isinstance(value, dict | list):
             print(f"{key}:")
@@ -122,8 +130,6 @@ def main() -> int:
                 print(f"  {item[0]}: {item[1]}" if isinstance(value, dict) else f"  - {item[1]}")
         else:
             print(f"{key}: {value}")
-    dropped = report.get("dropped")
-    return 0 if isinstance(dropped, dict) and set(dropped.values()) == {0} else 1
 
 
 if __name__ == "__main__":
