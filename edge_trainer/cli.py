@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log=log,
             code_root=args.code_root,
             warm_worker=warm_worker_from(args, config),
+            site=config.site if config is not None else None,
         )
         service.run(stop)
     except (BrokerError, OSError) as exc:

@@ -24,7 +24,7 @@ from flctl._context import Context
 from flctl._errors import NotFoundError, UsageError
 from flctl._get import subscriptions
 from flctl._kinds import JOBS, resolve
-from flctl.printers import JobView, Retained, collect_jobs, round_rows, rounds_table
+from flctl.printers import JobView, Retained, collect_jobs, round_rows, rounds_table, sites_line
 from schemas import Channel, JobStatus, RoundRecord, TopicError, Topics
 
 
@@ -121,4 +121,7 @@ def top(ctx: Context, type_word: str, names: Sequence[str], sources: Sequence[Ro
         ctx.note(f"No rounds closed yet ({view.phase.value}: {view.message}).")
         return 0
     ctx.say(rounds_table(round_rows(records)))
+    away = sites_line(view.status)
+    if away:  # the open round may be waiting for them: their updates wait on the site broker
+        ctx.note(f"{away}.")
     return 0

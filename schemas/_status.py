@@ -60,6 +60,8 @@ class ConditionType(StrEnum):
     TRAINING = "Training"
     COMPLETE = "Complete"
     FAILED = "Failed"
+    # Only in jobs with edges behind site brokers: False while a site's bridge to the cloud broker is down.
+    SITES_REACHABLE = "SitesReachable"
 
 
 class Condition(_Wire):
@@ -284,6 +286,18 @@ class RoundRecord(_Wire):
 _BRIEF_OMITS = frozenset({"uid", "metrics", "metrics_round", "evaluation", "ledger", "skipped_lines"})
 
 
+class SiteStatus(_Wire):
+    """A factory site whose broker is bridged to the cloud broker, as one job sees it: its edges in the job and
+    whether the bridge is up (the bridge's notification topic, `Topics.site_bridge`). While it is down the
+    edges' own statuses and last wills cannot reach the cloud: their entries keep their last state."""
+
+    name: str
+    reachable: bool = True
+    # When the aggregator saw the bridge go down (reachable: False) or come back (True); None: never changed.
+    since: datetime | None = None
+    nodes: list[str] = Field(default_factory=list)
+
+
 class JobStatus(_Wire):
     api_version: Literal["sedna.io/v1alpha1"] = "sedna.io/v1alpha1"
     kind: Literal["FederatedLearningJob"] = "FederatedLearningJob"
@@ -310,6 +324,8 @@ class JobStatus(_Wire):
     model_path: str | None = None
     # Differential privacy's settings and the epsilon spent so far (None: the job has none).
     privacy: PrivacyStatus | None = None
+    # The sites of the job's edges that sit behind a site broker (None: every edge is on the cloud broker).
+    sites: list[SiteStatus] | None = None
     updated_at: datetime = Field(default_factory=now)
 
     def to_json(self) -> bytes:
@@ -376,5 +392,8 @@ class NodeStatus(_Wire):
     state: NodeState
     since: datetime = Field(default_factory=now)
     version: str | None = None
+    # The factory site whose broker this node connects to (node.yaml `site:`); None: the cloud broker. Sent
+    # only when set, so a node without a site publishes what it always did.
+    site: str | None = None
     # The model versions this node holds, per Model url it wrote to (None: not reported, e.g. the last will).
     models: list[HeldModel] | None = Field(default=None, max_length=MAX_HELD_MODELS)

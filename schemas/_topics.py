@@ -122,6 +122,7 @@ class Channel(StrEnum):
     SECAGG_KEYS = "secagg-keys"
     SECAGG_SHARES = "secagg-shares"
     SECAGG_UNMASK = "secagg-unmask"
+    SITE_BRIDGE = "site-bridge"  # `ParsedTopic.name` is the site
 
 
 #: The per-node steps of secure aggregation (`Channel` of each): what an edge publishes under
@@ -439,6 +440,8 @@ def _parse_levels(rest: list[str]) -> ParsedTopic | None:  # noqa: PLR0911, PLR0
             raise ValueError(f"client id {rest[3]!r} is not 1-128 of [A-Za-z0-9_.:-]")
         channel = Channel.NODE_REQUEST if rest[2] == "requests" else Channel.NODE_REPLY
         return ParsedTopic(channel, node=check_name(rest[1]), name=rest[3])
+    if n == 3 and rest[0] == "sites" and rest[2] == "bridge":
+        return ParsedTopic(Channel.SITE_BRIDGE, name=check_name(rest[1], "site"))
     if n == 3 and rest[0] == "clients" and rest[2] == "sync":
         # Validate the client id as sync() does, so parse() accepts only what the builders write.
         if not _CLIENT_RE.fullmatch(rest[1]):

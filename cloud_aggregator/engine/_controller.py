@@ -50,6 +50,7 @@ from cloud_aggregator.engine._restart import (
     restart_rule,
 )
 from cloud_aggregator.engine._routes import JobRoutes
+from cloud_aggregator.engine._sites import SiteMap
 from cloud_aggregator.engine._stream import StreamingPort
 from schemas import (
     Condition,
@@ -66,6 +67,7 @@ from schemas import (
     SpecError,
     SpecTooLargeError,
     WorkerStatus,
+    now,
     parse_for_topic,
 )
 
@@ -119,6 +121,7 @@ class Controller(JobRoutes):
         self._nodes = Nodes()  # every node status seen: what the gate and the foreign reports judge by
         self._gate = Gate(node=node, nodes=self._nodes, port=port, settings=self._settings, log=self._log)
         self._foreign = ForeignJobs(nodes=self._nodes, port=port, settings=self._settings, log=self._log)
+        self._sites = SiteMap(self._log)  # which edges sit behind which site broker, and is its bridge up
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -371,6 +374,7 @@ class Controller(JobRoutes):
         for node in facts.participants:
             if self._nodes.offline(node):  # its last will came before the job: the job knows it is gone
                 engine.on_node_status(node, NodeState.OFFLINE, now_s)
+        engine.on_sites(self._sites.statuses(), now_s)
         for (job, node), payload in list(self._old_worker_statuses.items()):
             if job == entry.name:
                 del self._old_worker_statuses[(job, node)]
@@ -423,3 +427,15 @@ class Controller(JobRoutes):
             self._recheck(now_s, f"node {node} appeared")
         for engine in self.engines():
             engine.on_node_status(node, status.state, now_s)
+        if self._sites.saw_node(status):
+            self._show_sites(now_s)
+
+    def on_site_bridge(self, site: str, payload: bytes, now_s: float, *, retained: bool = False) -> None:
+        """A site bridge's notification (``sites/<site>/bridge``: "1" up, "0" down, retained; `_sites`)."""
+        if self._sites.on_bridge(site, payload, now(), retained=retained):
+            self._show_sites(now_s)
+
+    def _show_sites(self, now_s: float) -> None:
+        sites = self._sites.statuses()
+        for engine in self.engines():
+            engine.on_sites(sites, now_s)

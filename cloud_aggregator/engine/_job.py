@@ -25,6 +25,7 @@ from cloud_aggregator.engine._port import Port
 from cloud_aggregator.engine._recovery import Recovery
 from cloud_aggregator.engine._rounds import RoundEngine
 from cloud_aggregator.engine._script import AggregationScript
+from cloud_aggregator.engine._sites import SiteView
 from cloud_aggregator.engine._stages import Done, Final, Stage, Starting, Training
 from cloud_aggregator.engine._workers import Workers
 from schemas import (
@@ -33,6 +34,7 @@ from schemas import (
     Kind,
     NodeState,
     Phase,
+    SiteStatus,
     TransferManifest,
     WireError,
     WorkerFrame,
@@ -55,6 +57,7 @@ class Job:
         recovery = Recovery(ctx, self._intake, committer, self._rounds, previous_status)
         self._workers = Workers(ctx, self._rounds)
         self._script = AggregationScript(ctx, self._intake, self._rounds, recovery, self._workers)
+        self._sites = SiteView(ctx)
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -249,3 +252,9 @@ class Job:
     def on_node_status(self, node: str, state: NodeState, now_s: float) -> None:
         """A participant's node went offline (its last will) or came back."""
         self._workers.on_node_status(node, state, now_s)
+
+    def on_sites(self, sites: list[SiteStatus], now_s: float) -> None:
+        """The factory sites as the controller sees them (`SiteMap.statuses`): whether the sites of this job's
+        edges are reachable, into the status and the event stream (`SiteView`)."""
+        self._ctx.advance(now_s)
+        self._sites.show(sites)

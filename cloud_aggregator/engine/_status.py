@@ -90,12 +90,16 @@ class StatusBook:
     def all_training(self, nodes: list[str], state: WorkerState) -> bool:
         return all((w := self.worker(n)) is not None and w.state is state for n in nodes)
 
-    def condition(self, type_: ConditionType, reason: str, message: str) -> None:
-        """Set the condition of `type_` (True) in place, or add it. Complete or Failed ends Training: its row
-        turns False, keeping its last message."""
+    def condition(
+        self, type_: ConditionType, reason: str, message: str, *, status: Literal["True", "False"] = "True"
+    ) -> None:
+        """Set the condition of `type_` (True unless `status`) in place, or add it. Complete or Failed ends
+        Training: its row turns False, keeping its last message."""
         conditions = self.status.conditions
         stamp = now()
-        row = Condition(type=type_, reason=reason, message=message, last_probe_time=stamp, last_heartbeat_time=stamp)
+        row = Condition(
+            type=type_, status=status, reason=reason, message=message, last_probe_time=stamp, last_heartbeat_time=stamp
+        )
         for i, existing in enumerate(conditions):
             if existing.type is type_:
                 conditions[i] = row
@@ -174,6 +178,12 @@ def show_state(status: JobStatus, state: JobState, facts: JobFacts) -> None:
     waiting = set(status.waiting_for)
     offline = [w.node for w in status.workers if w.state is WorkerState.OFFLINE and w.node in waiting]
     gone = f"; offline: {named(offline)}" if offline else ""
+    # A site whose bridge is down: its edges' updates wait on the site broker (`_sites`).
+    away = [s for s in status.sites or [] if not s.reachable]
+    if away:
+        gone += "; " + "; ".join(
+            f"site {s.name} unreachable" + (f" since {s.since:%H:%M:%S} UTC" if s.since else "") for s in away
+        )
     if facts.asynchrony is not None:
         k = facts.asynchrony.buffer_size
         status.message = (

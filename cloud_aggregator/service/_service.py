@@ -268,6 +268,7 @@ class AggregatorService:
             self.topics.all_updates(),
             self.topics.all_node_statuses(),
             self.topics.all_secagg(),  # the edges' secure aggregation steps (retained: a restart reads them)
+            self.topics.all_site_bridges(),  # whether each site's bridge is up (engine/_sites)
         ):
             session.subscribe(flt)
         if self.metrics.serving:
@@ -382,6 +383,8 @@ class AggregatorService:
             controller.on_retained_plan(parsed.job, msg.payload)
         elif channel is Channel.GLOBAL_MANIFEST:
             self._seen_global(controller, parsed, msg)
+        elif channel is Channel.SITE_BRIDGE and parsed.name is not None:
+            controller.on_site_bridge(parsed.name, msg.payload, time.monotonic(), retained=msg.retain)
         elif controller.is_ready:  # runtime traffic before the catch-up belongs to earlier runs
             self._runtime(controller, parsed, msg, digest)
 

@@ -115,8 +115,10 @@ class EdgeService:
         log: FilteringBoundLogger | None = None,
         code_root: str = DEFAULT_CODE_ROOT,
         warm_worker: bool = False,  # scripts start in a warm worker (`edge_warm_pool`) when they can
+        site: str | None = None,  # node.yaml `site:`: announced in the presence (the aggregator's site view)
     ) -> None:
         self.node = node
+        self.site = site
         Path(root).mkdir(parents=True, exist_ok=True)
         self.root = NodeRoot(root, code_root)  # training scripts run only from its code root
         self.topics = topics or Topics()
@@ -451,4 +453,6 @@ class EdgeService:
                 held = held_models(self.root, self._model_urls.urls)
             except OSError as exc:
                 self._log.warning("cannot list the model versions this node holds", error=str(exc))
-        return NodeStatus(node=self.node, role="edge", state=state, version=_version(), models=held).to_json()
+        return NodeStatus(
+            node=self.node, role="edge", state=state, version=_version(), models=held, site=self.site
+        ).to_json()

@@ -23,6 +23,7 @@ from flctl.printers._rounds import (
     round_time_column,
     rounds_table,
 )
+from flctl.printers._sites import sites_line
 from flctl.printers._tables import (
     action_line,
     deleted_line,
@@ -85,6 +86,7 @@ __all__ = [
     "round_time_column",
     "rounds_table",
     "row_line",
+    "sites_line",
     "table",
     "table_rows",
     "timestamp",

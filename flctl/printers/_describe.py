@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
+from flctl.printers._sites import UNREACHABLE, site_of, site_rows, unreachable
 from flctl.printers._tables import NONE, age, cell, round_column, table, timestamp, workers_column
 from flctl.printers._views import JobView, NodeView, ResourceView, SpecView
 from schemas import API_VERSION, Dataset, EffectiveWorker, FederatedLearningJob, Model, PrivacyStatus
@@ -119,18 +120,25 @@ def describe_job(view: JobView, now: datetime) -> str:
         for c in (status.conditions if status else [])
     ]
     lines += section("Conditions", ["TYPE", "STATUS", "REASON", "MESSAGE", "LAST-TRANSITION"], conditions)
+    # Edges behind site brokers: a SITE column, and the state of those behind an unreachable site marked so
+    # (the last state they sent; `flctl.printers._sites`).
+    sites, away = site_of(status), unreachable(status)
     workers = [
         [
             w.node,
             w.role,
-            w.state.value,
+            w.state.value + (f" {UNREACHABLE}" if w.node in away else ""),
             str(w.round),
             "-" if w.num_samples is None else str(w.num_samples),
+            *([sites.get(w.node, NONE)] if sites else []),
             cell(w.message),
         ]
         for w in (status.workers if status else [])
     ]
-    lines += section("Workers", ["NODE", "ROLE", "STATE", "ROUND", "SAMPLES", "MESSAGE"], workers)
+    site_header = ["SITE"] if sites else []
+    lines += section("Workers", ["NODE", "ROLE", "STATE", "ROUND", "SAMPLES", *site_header, "MESSAGE"], workers)
+    if status is not None and status.sites:
+        lines += section("Sites", ["NAME", "REACHABLE", "SINCE", "NODES"], site_rows(status, now))
     records = status.rounds if status else []
     with_missing = any(r.missing for r in records)
     with_epsilon = any(r.epsilon is not None for r in records)

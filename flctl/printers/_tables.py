@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from flctl.printers._rounds import eval_accuracy_column, round_time_column
+from flctl.printers._sites import UNREACHABLE, unreachable
 from flctl.printers._text import GAP, NONE, UNKNOWN, age, cell, human_duration, table, timestamp
 from flctl.printers._views import JobView, NodeView, ResourceView
 from schemas import Dataset, JobStatus, Model, WorkerState
@@ -59,18 +60,22 @@ def round_column(status: JobStatus | None) -> str:
 
 
 def workers_column(status: JobStatus | None, participants: int | None) -> str:
-    """``2/2``: training workers that are neither Failed nor Offline, out of the job's participants."""
+    """``2/2``: training workers that are neither Failed nor Offline nor behind an unreachable site, out of the
+    job's participants."""
     workers = [w for w in status.workers if w.role == "training"] if status is not None else []
-    healthy = sum(1 for w in workers if w.state not in UNHEALTHY)
+    away = unreachable(status)
+    healthy = sum(1 for w in workers if w.state not in UNHEALTHY and w.node not in away)
     total = max(participants or 0, len(workers))
     return f"{healthy}/{total}" if total else "-"
 
 
 def worker_states(status: JobStatus | None) -> str:
-    """``edge1=Training,edge2=Waiting``: every worker's state, aggregator included."""
+    """``edge1=Training,edge2=Waiting``: every worker's state, aggregator included (``edge1=Training(unreachable)``
+    behind a site whose bridge is down: the last state it sent)."""
     if status is None or not status.workers:
         return NONE
-    return ",".join(f"{w.node}={w.state.value}" for w in status.workers)
+    away = unreachable(status)
+    return ",".join(f"{w.node}={w.state.value}{UNREACHABLE if w.node in away else ''}" for w in status.workers)
 
 
 JOB_HEADERS = ("NAME", "PHASE", "ROUND", "WORKERS", "EVAL ACC", "ROUND TIME", "AGE")
