@@ -72,7 +72,9 @@ class EdgeJob(JobCore):
     def start(self) -> bool:
         """Check the plan locally and start the script; publish Starting, or Failed saying why not."""
         try:
-            self.launch = prepare_launch(self.plan, self.node, self._root, tf_version=self._tf_version())
+            self.launch = prepare_launch(
+                self.plan, self.node, self._root, tf_version=self._tf_version(), site=self.site
+            )
         except PlanRejectedError as exc:
             self._log.warning("plan refused", reason=exc.reason)
             self._fail(exc.reason)

@@ -52,13 +52,15 @@ class JobCore:
         pending_rounds: Callable[[], set[int]] | None = None,
         delivered_round: Callable[[], int] | None = None,
         log: FilteringBoundLogger | None = None,
+        site: str | None = None,
     ) -> None:
-        """`pending_rounds`: rounds whose update of this run (round 0: the init) is in the node's outbox,
+        """`site`: the node's own site (node.yaml `site:`), checked against a hierarchical plan's. `pending_rounds`: rounds whose update of this run (round 0: the init) is in the node's outbox,
         not confirmed by the aggregator yet (None: an outbox that is always empty). `delivered_round`: the
         newest round of this run whose update (0: the init) the aggregator confirmed, as the node recorded
         it durably; -1 for none (None: nothing recorded, ever)."""
         self.plan = plan
         self.node = node
+        self.site = site
         self.run_id = uuid.uuid4().hex
         self.state = WorkerState.PENDING
         self.round = 0

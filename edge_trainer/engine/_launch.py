@@ -71,15 +71,27 @@ def installed_tensorflow_version() -> str | None:
     return None
 
 
-def prepare_launch(plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str | None) -> LaunchSpec:
+def prepare_launch(
+    plan: JobPlan, node: str, root: NodeRoot, *, tf_version: str | None, site: str | None = None
+) -> LaunchSpec:
     """Check this node's part of `plan` and build its launch; raise PlanRejectedError saying why not.
 
-    Scripts must lie in the root's code root (`NodeRoot.script`).
+    Scripts must lie in the root's code root (`NodeRoot.script`). `site` is the node's own (node.yaml
+    `site:`; None: not set, e.g. every node on one broker).
     """
     worker = plan.worker(node)
     if worker is None:
         raise PlanRejectedError(plan.job, f"the plan has no training worker on node {node}")
     field = f"spec.trainingWorkers[{plan.workers.index(worker)}].workerSpec"
+    planned_site = plan.site_of(node)
+    if planned_site is not None and site is not None and planned_site != site:
+        # Its updates would go to the planned site's aggregator, on a broker this node does not reach: they
+        # would wait unacknowledged until the round's deadline. Refuse now, saying so.
+        raise PlanRejectedError(
+            plan.job,
+            f"{field}.parameters site is {planned_site!r} but this node is at site {site!r} (its node.yaml "
+            f"site:); a hierarchical job's edge must name the site whose broker it connects to",
+        )
     warnings = [*_check_framework(plan.job, worker, tf_version)]
     dataset = worker.dataset
     if dataset.node_name != node:

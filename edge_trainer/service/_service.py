@@ -302,6 +302,7 @@ class EdgeService:
             pending_rounds=self._uploads.pending_rounds(plan.job, plan.uid),
             delivered_round=self._uploads.delivered_round(plan.job, plan.uid),
             log=self._log,
+            site=self.site,
         )
         self._jobs[name] = job
         self._log.info("job planned on this node", job=name, uid=plan.uid, exit_round=plan.exit_round)

@@ -10,27 +10,17 @@ round's global model is the sample-weighted mean of exactly one update per edge,
 
 from __future__ import annotations
 
-import dataclasses
-import queue
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from broker import Inbound, Session
 from flctl import cli as flctl_cli
-from flctl.cluster import ADMIN, MONITOR
+from flctl.cluster import ADMIN
 from schemas import JobStatus, Phase
 from tests.helpers.nodes import job_documents, lay_out_nodes
-from tests.helpers.sites import CLOUD, DROPPED, UPTIME, SiteBed
+from tests.helpers.sites import CLOUD, SiteBed
 from tests.helpers.status import JobWatcher
-
-# Mosquitto 2.0 publishes a $SYS counter (retained) only when it changes, and its $SYS messages expire: a
-# subscriber that comes more than about a minute after the last change gets no value at all, only the
-# uptime. So the counters are read at points less than a minute apart, and "no value" means "unchanged
-# since the last read".
-_SYS_EXPIRY = 60.0
 
 JOB = "site-job"
 # Fast failure detection and retries, as in tests/faults: the aggregator asks for missing chunks after 1 s,
@@ -51,7 +41,6 @@ class SiteJob:
     edges: list[str]
     exit_round: int
     watch: JobWatcher
-    dropped: DroppedCounters
 
     def samples(self, edge: str) -> int:
         return samples_of(self.edges.index(edge))
@@ -116,66 +105,6 @@ class SiteJob:
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"round {round_}'s global model")
 
 
-@dataclass
-class DroppedCounters:
-    """`$SYS/broker/publish/messages/dropped` of every broker of a bed, read at points a test chooses (each read
-    waits for a $SYS cycle that began after it); `read()` at least once a minute keeps the values current."""
-
-    bed: SiteBed
-    values: dict[str, int] = field(default_factory=dict)
-    read_at: dict[str, float] = field(default_factory=dict)
-    highest: dict[str, int] = field(default_factory=dict)  # a restarted broker counts from 0 again
-
-    def read(self, timeout: float = 15.0) -> dict[str, int]:
-        for where in [CLOUD, *self.bed.sites]:
-            value = _read_dropped(self.bed, where, timeout)
-            now_s = time.monotonic()
-            if value is None:
-                last = self.read_at.get(where)
-                assert last is not None and now_s - last < _SYS_EXPIRY + timeout, (
-                    f"the {where} broker's dropped counter expired unread (last read "
-                    f"{'never' if last is None else f'{now_s - last:.0f} s ago'}): read it at least once a minute"
-                )
-                value = self.values[where]
-            self.values[where], self.read_at[where] = value, now_s
-            self.highest[where] = max(value, self.highest.get(where, 0))
-        return dict(self.values)
-
-    def assert_zero(self) -> None:
-        """Every broker's counter read 0 every time (a broker restarted in between counted from 0 again)."""
-        self.read()
-        assert set(self.highest.values()) == {0}, f"a broker dropped messages: {self.highest}"
-        for where, log in self.bed.broker_logs().items():
-            assert "being dropped" not in log, f"{where}: {log[-2000:]}"
-
-
-def _read_dropped(bed: SiteBed, where: str, timeout: float) -> int | None:
-    """The counter as of a $SYS cycle after this call (a clean session: a persistent one would first get the
-    uptimes queued while it was away); None when the broker holds no value (unchanged for a minute)."""
-    settings = dataclasses.replace(bed.settings(where, MONITOR), clean_start=True, session_expiry=0)
-    inbox: queue.Queue[Inbound] = queue.Queue()
-    session = Session(settings, inbox=inbox)
-    session.subscribe(DROPPED)
-    session.subscribe(UPTIME)
-    session.start()
-    try:
-        value: int | None = None
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = inbox.get(timeout=left)
-            except queue.Empty:
-                break
-            session.ack(msg)
-            if msg.topic == DROPPED:
-                value = int(msg.payload)
-            elif not msg.retain:
-                return value  # a fresh cycle: the retained value, if any, came before it
-        raise AssertionError(f"no fresh $SYS cycle from the {where} broker within {timeout:g} s")
-    finally:
-        session.stop(timeout=2.0)
-
-
 Arrays = list[np.ndarray]
 
 
@@ -221,11 +150,9 @@ def start_site_job(
             aggregator_parameters={"exit_round": exit_round, "participants_count": len(edges)},
         )
     )
-    dropped = DroppedCounters(bed)
-    dropped.read()  # the first values, while they are fresh
     bed.cluster.start_node("cloud0", "aggregator", extra_args=AGGREGATOR_FLAGS)
     for edge in edges:
         bed.cluster.start_node(edge, "edge", extra_args=[*EDGE_FLAGS, "--ack-timeout", f"{ack_timeout:g}"])
     assert flctl_cli.main([*bed.cluster.flctl_args(), "create", "-f", str(spec)]) == 0
     watch = JobWatcher(bed.settings(CLOUD, ADMIN), bed.topics, JOB).__enter__()
-    return SiteJob(bed, root, edges, exit_round, watch, dropped)
+    return SiteJob(bed, root, edges, exit_round, watch)

@@ -24,7 +24,7 @@ keepalive and a 1-2 s reconnect backoff; every broker publishes $SYS every secon
 from __future__ import annotations
 
 import queue
-import time
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -63,6 +63,7 @@ class SiteBed:
         self.sites = {site: list(edges) for site, edges in sites.items()}
         self.topics = Topics()
         self.wan: dict[str, FlakyProxy] = {}
+        self._watches: dict[str, _BrokerWatch] = {}
         self.cluster = LocalCluster(
             root,
             secure=True,
@@ -84,12 +85,17 @@ class SiteBed:
     def start(self, timeout: float = 20.0) -> SiteBed:
         """Provision, start the cloud broker and the site brokers ($SYS and autosave every second), and wait until every bridge says "1" on the cloud broker."""
         self.cluster.start_broker()
+        for where in [CLOUD, *self.sites]:
+            self._watches[where] = _BrokerWatch(self.settings(where, MONITOR), where, self.topics)
         for site in self.sites:
             self.wait_bridge(site, up=True, timeout=timeout)
         return self
 
     def stop(self) -> None:
         """Stop every service and broker, then close the WAN links."""
+        for watch in self._watches.values():
+            watch.stop()
+        self._watches.clear()
         try:
             self.cluster.stop()
         finally:
@@ -133,48 +139,12 @@ class SiteBed:
 
     def wait_bridge(self, site: str, *, up: bool, timeout: float = 30.0, where: str = CLOUD) -> None:
         """Until site `site`'s bridge notification on `where` (the cloud by default) says "1" (`up`) or "0"."""
-        want = b"1" if up else b"0"
-        session, inbox = self.session(where, MONITOR, self.topics.site_bridge(site))
-        try:
-            deadline = time.monotonic() + timeout
-            last: bytes | None = None
-            while last != want:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"site {site}'s bridge not {'up' if up else 'down'} on {where} within {timeout} s (last: {last!r})"
-                    )
-                try:
-                    msg = inbox.get(timeout=remaining)
-                except queue.Empty:
-                    continue
-                last = msg.payload
-                session.ack(msg)
-        finally:
-            session.stop(timeout=2.0)
+        self._watch(where).wait_bridge(site, b"1" if up else b"0", timeout)
 
     def dropped(self, where: str, timeout: float = 10.0) -> int:
-        """`$SYS/broker/publish/messages/dropped` of broker `where` (CLOUD or a site), current as of a $SYS
-        cycle that ran after this call began."""
-        session, inbox = self.session(where, MONITOR, DROPPED, UPTIME)
-        try:
-            value: int | None = None
-            deadline = time.monotonic() + timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"no fresh $SYS cycle from the {where} broker within {timeout} s")
-                try:
-                    msg = inbox.get(timeout=remaining)
-                except queue.Empty:
-                    continue
-                session.ack(msg)
-                if msg.topic == DROPPED:
-                    value = int(msg.payload)
-                elif not msg.retain and value is not None:
-                    return value
-        finally:
-            session.stop(timeout=2.0)
+        """The highest `$SYS/broker/publish/messages/dropped` broker `where` (CLOUD or a site) published since
+        the bed started (a restarted broker counts from 0 again), as of a $SYS cycle after this call began."""
+        return self._watch(where).dropped(timeout)
 
     def dropped_counts(self) -> dict[str, int]:
         """The dropped counter of every broker: {"cloud": n, "<site>": n, ...}."""
@@ -186,7 +156,82 @@ class SiteBed:
         for where, log in self.broker_logs().items():
             assert "being dropped" not in log, f"{where}: {log[-2000:]}"
 
+    def _watch(self, where: str) -> _BrokerWatch:
+        watch = self._watches.get(where)
+        if watch is None:
+            raise AssertionError(f"no broker {where!r} in the bed (cloud, {', '.join(self.sites)}); start() it first")
+        return watch
+
     def broker_logs(self) -> dict[str, str]:
         logs = {CLOUD: self.cluster.broker.log_text() if self.cluster.broker else ""}
         logs.update({site: broker.log_text() for site, broker in self.cluster.site_brokers.items()})
         return logs
+
+
+class _BrokerWatch:
+    """The bed's one monitor session on one broker, for the bed's whole life (one identity is one client id, so
+    the bed's checks share it): the bridges' notifications and the $SYS dropped counter as they are published.
+
+    Why for the whole life: Mosquitto 2.0 publishes a $SYS counter only when it changes, retained, and its $SYS
+    messages expire after a minute, so a subscriber that comes later than that gets no value at all. Watching
+    from the start sees every value, a restarted broker's too (the session reconnects and subscribes again)."""
+
+    def __init__(self, settings: MqttSettings, where: str, topics: Topics) -> None:
+        self.where = where
+        self._inbox: queue.Queue[Inbound] = queue.Queue()
+        self._session = Session(settings, inbox=self._inbox)
+        self._changed = threading.Condition()
+        self._bridges: dict[str, bytes] = {}
+        self._highest: int | None = None
+        self._cycles = 0  # uptime messages that were not retained copies: $SYS cycles seen running
+        self._stopping = threading.Event()
+        for flt in (DROPPED, UPTIME, topics.all_site_bridges()):
+            self._session.subscribe(flt)
+        self._topics = topics
+        self._thread = threading.Thread(target=self._run, name=f"bed-watch-{where}", daemon=True)
+        self._session.start()
+        self._thread.start()
+        if not self._session.wait_connected(10.0):
+            self.stop()
+            raise AssertionError(f"the monitor could not connect to the {where} broker within 10 s")
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                msg = self._inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            with self._changed:
+                if msg.topic == DROPPED:
+                    value = int(msg.payload)
+                    self._highest = value if self._highest is None else max(self._highest, value)
+                elif msg.topic == UPTIME:
+                    self._cycles += 0 if msg.retain else 1
+                else:
+                    self._bridges[str(self._topics.parse(msg.topic).name)] = msg.payload
+                self._changed.notify_all()
+            self._session.ack(msg)
+
+    def wait_bridge(self, site: str, want: bytes, timeout: float) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._bridges.get(site) == want, timeout):
+                raise AssertionError(
+                    f"site {site}'s bridge not {'up' if want == b'1' else 'down'} on {self.where} within {timeout} s "
+                    f"(last: {self._bridges.get(site)!r})"
+                )
+
+    def dropped(self, timeout: float) -> int:
+        """The highest value seen, once two more $SYS cycles ran (whatever order a cycle publishes in, one whole
+        cycle then began after this call)."""
+        with self._changed:
+            target = self._cycles + 2
+            if not self._changed.wait_for(lambda: self._cycles >= target, timeout):
+                raise AssertionError(f"no fresh $SYS cycle from the {self.where} broker within {timeout} s")
+            if self._highest is None:
+                raise AssertionError(f"the {self.where} broker published no dropped counter since the bed started")
+            return self._highest
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5.0)
+        self._session.stop(timeout=2.0)

@@ -133,6 +133,34 @@ def test_plan_for_another_nodes_dataset_is_refused(root: Path) -> None:
     assert h.launches == []
 
 
+def hierarchical_plan(site: str) -> JobPlan:
+    plan = make_plan()
+    worker = plan.workers[0].model_copy(update={"parameters": {"hierarchical": "true", "site": site}})
+    return plan.model_copy(update={"workers": [worker]})
+
+
+def test_hierarchical_plan_naming_another_site_is_refused(root: Path) -> None:
+    """An edge whose node.yaml says site-b, planned at site-a of a hierarchical job, fails at once, naming both
+    sites and the field, instead of sending updates that site-a's aggregator could never receive."""
+    h = make_job(root, hierarchical_plan("site-a"))
+    h.job.site = "site-b"
+    assert not h.job.start()
+    assert h.ports.last.state is WorkerState.FAILED
+    message = h.ports.last.message
+    assert "spec.trainingWorkers[0].workerSpec.parameters site is 'site-a'" in message
+    assert "this node is at site 'site-b'" in message
+    assert h.launches == []
+
+
+@pytest.mark.parametrize("own_site", ["site-a", None])
+def test_hierarchical_plan_at_the_nodes_site_or_a_node_without_one_starts(root: Path, own_site: str | None) -> None:
+    """The same site, or a node that names none (every node on one broker), starts as usual."""
+    h = make_job(root, hierarchical_plan("site-a"))
+    h.job.site = own_site
+    assert h.job.start()
+    assert len(h.launches) == 1
+
+
 def test_framework_other_than_tensorflow_is_refused(root: Path) -> None:
     """frameworkType pytorch is refused with a clear reason."""
     h = make_job(root, make_plan(framework="pytorch"))
