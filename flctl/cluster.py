@@ -92,13 +92,16 @@ class LocalCluster:
         nodes: Sequence[str] = (),
         admins: Sequence[str] = (),
         viewers: Sequence[str] = (),
+        monitors: Sequence[str] = (),
         sites: Mapping[str, Sequence[str]] | None = None,
         wan: Callable[[str, int], int] | None = None,
         site_options: Mapping[str, object] | None = None,
         site_aggregators: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """`secure=True` provisions the deployment the way `flctl broker init` does (into workdir/secrets,
-        for `nodes`, the admin `admin` and any `admins`, the read-only `viewers` and the monitor `monitor`):
+        for `nodes`, the admin `admin` and any `admins`, the read-only `viewers`, the monitor `monitor` and any
+        `monitors`, on the cloud broker and every site broker: one identity is one client id, so an observer
+        that stays connected needs its own):
         the broker refuses anonymous clients and applies the ACL, every service connects over TLS with its
         own node.yaml (`--config`), flctl with the admin's config, and this object's own sessions (`watch`,
         `settings`) as `monitor` (it reads statuses) unless they name an identity.
@@ -117,6 +120,7 @@ class LocalCluster:
         self._node_names = list(nodes)
         self._admins = [ADMIN, *(a for a in admins if a != ADMIN)]
         self._viewers = list(viewers)
+        self._monitors = [MONITOR, *(m for m in monitors if m != MONITOR)]
         self.provisioned: Provisioned | None = None
         self.prefix = prefix
         self.topics = Topics(prefix)
@@ -205,6 +209,7 @@ class LocalCluster:
                 prefix=self.prefix,
                 force=True,
                 aggregators=self._site_aggregators.get(site, ()),
+                monitors=self._monitors,
                 **self._site_options,  # type: ignore[arg-type]
             )
             self.site_provisioned[site] = done
@@ -233,7 +238,7 @@ class LocalCluster:
             [n for n in self._node_names if n not in site_edges],
             admins=self._admins,
             viewers=self._viewers,
-            monitors=[MONITOR],
+            monitors=self._monitors,
             port=self._port or free_port(),
             plain_port=free_port(),
             bind="127.0.0.1",

@@ -11,7 +11,8 @@ reaching the cloud broker through its own `FlakyProxy` (the site's WAN link: cut
     bed.stop()
 
 The bed: `settings(where, identity)` / `session(where, identity, *filters)` for any identity on any broker
-(`where` is CLOUD or a site; cloud identities: cloud0, admin, monitor; a site's: its edges and monitor),
+(`where` is CLOUD or a site; cloud identities: cloud0, admin, monitor; a site's: its edges and monitor;
+the bed's own checks hold `bed-watch` on every broker),
 `wait_bridge(site, up=, where=)` (the bridge's notification topic), `dropped(where)`, `dropped_counts()`,
 `assert_nothing_dropped()`, `broker_logs()`, `wan[site]` (the `FlakyProxy`: `cut`, `blackhole`, `restore`).
 `bed.cluster` is a secure `flctl.cluster.LocalCluster` with sites: `start_node` (an edge of a site connects
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 from broker import Inbound, MqttSettings, Session, load_node_config
-from flctl.cluster import MONITOR, LocalCluster
+from flctl.cluster import LocalCluster
 from schemas import Topics
 from tests.helpers.proxy import FlakyProxy
 
@@ -40,6 +41,9 @@ DROPPED = "$SYS/broker/publish/messages/dropped"
 # after the subscription, so the dropped value seen by then is current.
 UPTIME = "$SYS/broker/uptime"
 CLOUD = "cloud"
+# The bed's own monitor identity on every broker (its checks keep one session each for the bed's life); the
+# cluster's `monitor` stays free for `cluster.watch` and `wait_for_job`, which connect and go.
+WATCHER = "bed-watch"
 # Test timings: a dead WAN is noticed within seconds (keepalive 5 s, Mosquitto's minimum) and the
 # bridge retries every 1-2 s; $SYS every second.
 BRIDGE_OPTIONS: dict[str, object] = {"keepalive": 5, "restart_timeout": (1, 2)}
@@ -73,6 +77,7 @@ class SiteBed:
             site_options={**BRIDGE_OPTIONS, **(site_options or {})},
             site_aggregators=site_aggregators,
             broker_config=dict(BROKER_OPTIONS),
+            monitors=[WATCHER],
             env=dict(env or {}),
         )
 
@@ -86,7 +91,7 @@ class SiteBed:
         """Provision, start the cloud broker and the site brokers ($SYS and autosave every second), and wait until every bridge says "1" on the cloud broker."""
         self.cluster.start_broker()
         for where in [CLOUD, *self.sites]:
-            self._watches[where] = _BrokerWatch(self.settings(where, MONITOR), where, self.topics)
+            self._watches[where] = _BrokerWatch(self.settings(where, WATCHER), where, self.topics)
         for site in self.sites:
             self.wait_bridge(site, up=True, timeout=timeout)
         return self
