@@ -29,14 +29,11 @@ CRL_FILE = "crl.pem"
 Role = Literal["edge", "aggregator", "admin", "viewer", "monitor"]
 
 
-@dataclass(frozen=True)
-class Provisioned:
-    """What `provision` wrote: where, for whom, and the broker's settings (no secrets)."""
+class BrokerFolder:
+    """Where a provisioned broker's files are and its ports: the cloud deployment's and a site's."""
 
     out: Path
     broker_config: BrokerConfig
-    roles: Mapping[str, str]  # identity -> edge | aggregator | admin | viewer | monitor
-    configs: dict[str, Path] = field(default_factory=dict)  # identity -> its node.yaml / flctl.yaml
 
     @property
     def conf_path(self) -> Path:
@@ -50,6 +47,16 @@ class Provisioned:
     @property
     def plain_port(self) -> int:
         return self.broker_config.port
+
+
+@dataclass(frozen=True)
+class Provisioned(BrokerFolder):
+    """What `provision` wrote: where, for whom, and the broker's settings (no secrets)."""
+
+    out: Path
+    broker_config: BrokerConfig
+    roles: Mapping[str, str]  # identity -> edge | aggregator | admin | viewer | monitor
+    configs: dict[str, Path] = field(default_factory=dict)  # identity -> its node.yaml / flctl.yaml
 
 
 # -- arguments -------------------------------------------------------------------------------------

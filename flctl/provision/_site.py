@@ -36,6 +36,7 @@ from flctl.provision._deployment import (
     DEFAULT_PLAIN_PORT,
     DEFAULT_TLS_PORT,
     PID_FILE,
+    BrokerFolder,
     _names,
     _write_mosquitto_sub_options,
 )
@@ -74,7 +75,7 @@ class QueueLimits:
 
 
 @dataclass(frozen=True)
-class SiteProvisioned:
+class SiteProvisioned(BrokerFolder):
     """What `provision_site` wrote (no secrets)."""
 
     out: Path
@@ -89,19 +90,6 @@ class SiteProvisioned:
     @property
     def bridge_user(self) -> str:
         return bridge_user(self.site)
-
-    @property
-    def conf_path(self) -> Path:
-        return self.out / "broker" / "mosquitto.conf"
-
-    @property
-    def tls_port(self) -> int:
-        assert self.broker_config.tls is not None
-        return self.broker_config.tls.port
-
-    @property
-    def plain_port(self) -> int:
-        return self.broker_config.port
 
 
 def bridge_topics(topics: Topics, edges: Sequence[str]) -> tuple[BridgeTopic, ...]:
