@@ -49,6 +49,41 @@ class BrokerFolder:
         return self.broker_config.port
 
 
+def secured_broker(
+    installed: Path,
+    plain_port: int,
+    port: int,
+    *,
+    bind: str | None,
+    run_as_root: bool | None,
+    client_certs: bool = False,
+) -> BrokerConfig:
+    """The broker every provisioned folder runs, the cloud's and a site's: the plain listener on loopback
+    only, TLS for the nodes, passwords and the ACL from `installed`, the username as client id, the pid file
+    `flctl node` reloads it through; with `client_certs`, the certificate's name as username and the CRL."""
+    return BrokerConfig(
+        plain_port,
+        bind="127.0.0.1",
+        data_dir=installed / "data",
+        allow_anonymous=False,
+        password_file=installed / "passwd",
+        acl_file=installed / "acl",
+        use_username_as_clientid=True,
+        run_as_root=run_as_root,
+        pid_file=installed / PID_FILE,
+        tls=TlsListener(
+            port,
+            bind=bind,
+            cafile=installed / "ca.crt",
+            certfile=installed / "server.crt",
+            keyfile=installed / "server.key",
+            require_certificate=client_certs,
+            use_identity_as_username=client_certs,
+            crlfile=installed / CRL_FILE if client_certs else None,
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class Provisioned(BrokerFolder):
     """What `provision` wrote: where, for whom, and the broker's settings (no secrets)."""
@@ -292,27 +327,7 @@ def provision(
     acl = render_acl(ids.aggregators, ids.admins, prefix, viewers=ids.viewers, monitors=ids.monitors)
     write(broker_out / "acl", acl, SECRET)
 
-    cfg = BrokerConfig(
-        plain_port,
-        bind="127.0.0.1",
-        data_dir=installed / "data",
-        allow_anonymous=False,
-        password_file=installed / "passwd",
-        acl_file=installed / "acl",
-        use_username_as_clientid=True,
-        run_as_root=run_as_root,
-        pid_file=installed / PID_FILE,
-        tls=TlsListener(
-            port,
-            bind=bind,
-            cafile=installed / "ca.crt",
-            certfile=installed / "server.crt",
-            keyfile=installed / "server.key",
-            require_certificate=client_certs,
-            use_identity_as_username=client_certs,
-            crlfile=installed / CRL_FILE if client_certs else None,
-        ),
-    )
+    cfg = secured_broker(installed, plain_port, port, bind=bind, run_as_root=run_as_root, client_certs=client_certs)
     write(broker_out / "mosquitto.conf", render_config(cfg), SECRET)
 
     # one config per identity

@@ -19,6 +19,7 @@ The site gets its own CA rather than the cloud's: provisioning a site never need
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 import shutil
@@ -28,17 +29,17 @@ from pathlib import Path
 from typing import Literal
 
 from broker import BrokerAddress, NodeConfig, NodeTls, load_node_config
-from broker.mosquitto import Bridge, BridgeTopic, BrokerConfig, TlsListener, render_config
+from broker.mosquitto import Bridge, BridgeTopic, BrokerConfig, render_config
 from flctl._errors import InputError, UsageError
 from flctl.provision._acl import render_acl
 from flctl.provision._cloud_site import bridge_user, install_site_on_cloud, site_acl_block
 from flctl.provision._deployment import (
     DEFAULT_PLAIN_PORT,
     DEFAULT_TLS_PORT,
-    PID_FILE,
     BrokerFolder,
     _names,
     _write_mosquitto_sub_options,
+    secured_broker,
 )
 from flctl.provision._files import PUBLIC, SECRET, mkdir, write, write_passwd
 from flctl.provision._pki import CertificateAuthority
@@ -237,25 +238,10 @@ def provision_site(
         keepalive=keepalive,
         restart_timeout=restart_timeout,
     )
-    cfg = BrokerConfig(
-        plain_port,
-        bind="127.0.0.1",
-        data_dir=installed / "data",
-        allow_anonymous=False,
-        password_file=installed / "passwd",
-        acl_file=installed / "acl",
-        use_username_as_clientid=True,
-        run_as_root=run_as_root,
-        pid_file=installed / PID_FILE,  # `flctl node` reloads the site broker through it
+    cfg = dataclasses.replace(
+        secured_broker(installed, plain_port, port, bind=bind, run_as_root=run_as_root),
         max_queued_messages=queue.messages,
         max_queued_bytes=queue.bytes,
-        tls=TlsListener(
-            port,
-            bind=bind,
-            cafile=installed / "ca.crt",
-            certfile=installed / "server.crt",
-            keyfile=installed / "server.key",
-        ),
         bridge=bridge,
     )
     write(broker_out / "mosquitto.conf", render_config(cfg), SECRET)
