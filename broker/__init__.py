@@ -17,6 +17,7 @@ from broker._options import (
     node_from_args,
     port_number,
 )
+from broker._paho_decode import decode_publish, paho_decode_publish
 from broker._requests import RequestServer
 from broker._sender import BlobSender, new_transfer_id
 from broker._session import Session
@@ -56,6 +57,7 @@ __all__ = [
     "add_mqtt_arguments",
     "chunk_index",
     "connection_flags",
+    "decode_publish",
     "load_node_config",
     "manifest_from_payload",
     "mqtt_settings_from_args",
@@ -63,6 +65,7 @@ __all__ = [
     "node_config_from",
     "node_config_from_args",
     "node_from_args",
+    "paho_decode_publish",
     "port_number",
     "transfer_key",
 ]
