@@ -197,7 +197,9 @@ class AggregationScript:
         if hierarchy is False:
             return
         online = starting.online - starting.offline
-        plan = facts.plan(strategy.name, exit_round, _edge_parameters(privacy, secagg, hierarchy) or None, online=online)
+        plan = facts.plan(
+            strategy.name, exit_round, _edge_parameters(privacy, secagg, hierarchy) or None, online=online
+        )
         run = Run(strategy=strategy, plan=plan, privacy=privacy, secagg=secagg)
         # The plan counts as issued from here on: failing the job clears it, also when publishing it failed.
         ctx.state = Init(run)
