@@ -6,6 +6,9 @@ exit there; the uploader thread (`Uploads`) puts `OutboxWritten`, `UploadDone` a
 The logic thread (`EdgeService.run`, the caller's thread) takes one event at a time and hands it to the
 job's `engine.EdgeJob` or to `Uploads`; an MQTT message is acknowledged only after it was handled.
 
+Timers run on the logic thread between events (`runtime.EventLoop`'s `tick` and `next_deadline`): the
+deliveries' ack timeouts, and each job's wait for another edge's round-0 model (`EdgeJob.tick`).
+
 Restarts: when a plan arrives, the job's outbox entries of the same run (uid) are taken over and their
 manifests republished (the aggregator answers with an ack or with what it misses); entries of another
 run are deleted. An accepted ack is recorded in the job's delivery record before its entry is deleted,
