@@ -94,6 +94,9 @@ def test_an_init_from_another_worker_is_still_the_round_0_model() -> None:
     job.on_script_frame(WorkerFrame(type="config", aggregation="FedAvg", exit_round=3, participants_count=2), 0.1)
     plan = port.plans[JOB]
     assert plan is not None and plan.init_source == "edge1"
+    status = port.job_status(JOB)
+    assert status.waiting_for == ["edge1"]  # the init source's init, not everyone's
+    assert status.message == "round 0: waiting for the initial model from edge1 (the plan's init source)"
     send(job, "edge2", *transfer("edge2", 0, weights(0.0), kind="init"), 25.0)
     assert job.round == 1
     [event] = [e for e in port.job_status(JOB).events if e.reason == "InitialModel"]
