@@ -61,9 +61,12 @@ class LoadResult:
     sys: dict[str, str]
     job_seconds: float
     start_seconds: float | None  # flctl create -> round 1 opened
-    # round 1 opened -> the last edge's init acknowledged by the aggregator: the first init is the round-0
-    # model, the others (every edge uploads its initial weights) still arrive during round 1
+    # round 1 opened -> the last uploaded init acknowledged by the aggregator (negative: before it opened).
+    # Since issue 12 only the plan's init source uploads one; the others wait for the round-0 model and
+    # upload theirs only as a fallback, so more than one init means a fallback fired.
     inits_after_open: float | None = None
+    inits_uploaded: int = 0
+    init_source: str | None = None  # the edge whose init became the round-0 model (event InitialModel)
 
     @property
     def ok(self) -> bool:
@@ -143,7 +146,7 @@ def analyse(
         previous_close = closed
     errors = [f"{e['name']}: {err}" for e in edges for err in e["errors"]]
     first = seen.records.get(1)
-    init_acks = [e["acked_at"].get(0) for e in edges]
+    init_acks = [e["acked_at"].get(0) for e in edges if 0 in e["upload_started"]]
     inits_after = (
         max(init_acks) - first.opened_at.timestamp()
         if first is not None and first.opened_at and init_acks and None not in init_acks
@@ -163,6 +166,8 @@ def analyse(
         job_seconds=(seen.finished_at or time.time()) - created,
         start_seconds=first.opened_at.timestamp() - created if first is not None and first.opened_at else None,
         inits_after_open=inits_after,
+        inits_uploaded=len(init_acks),
+        init_source=seen.init_source,
     )
 
 
@@ -176,8 +181,9 @@ def report(result: LoadResult) -> str:
         f"{cfg.edges} edges, model {cfg.model} ({sum(math.prod(s) for _, s in LAYOUTS[cfg.model]):,} float32), "
         f"{cfg.rounds} rounds, training {cfg.train_ms[0]:.0f}-{cfg.train_ms[1]:.0f} ms",
         f"job: {result.status.phase.value if result.status else 'no status'} in {result.job_seconds:.1f} s "
-        f"(flctl create -> round 1 opened: {_fmt(result.start_seconds)} s; the edges' inits acknowledged until "
-        f"{_fmt(result.inits_after_open)} s after round 1 opened)",
+        f"(flctl create -> round 1 opened: {_fmt(result.start_seconds)} s; round-0 model from "
+        f"{result.init_source or '-'}, {result.inits_uploaded} of {cfg.edges} edges uploaded an init, the last "
+        f"acknowledged {_fmt(result.inits_after_open)} s after round 1 opened)",
         "",
         "round  edges  duration_s  slowest_train_s  overhead_s  global_at_last_edge_s  last_upload_done_s  "
         "closed_after_last_upload_s  cycle_s",
@@ -226,6 +232,7 @@ class Followed:
     sys: dict[str, str] = field(default_factory=dict)
     finished_at: float | None = None
     sys_after: bool = False
+    init_source: str | None = None  # the node the InitialModel event named (the round-0 model's)
 
 
 def edge_names(edges: int) -> list[str]:

@@ -4,8 +4,9 @@ protocol of `fl-edge-trainer`, without a training script or TensorFlow.
 One `Fleet` runs in one process and holds many edges. Each edge has its own `broker.Session` (client id =
 node name, its retained `NodeStatus` with role ``edge`` and the offline last will), reads the job's plan,
 publishes its worker statuses in the order the real edge does (Starting, Uploading, Ready, then per round
-Training, Uploading, Waiting sent, Waiting stored; Saving, Completed), uploads its init and one update per
-round with `broker.BlobSender` (``prepare`` then ``resend``, the edge uploader's path) and reads the
+Training, Uploading, Waiting sent, Waiting stored; Saving, Completed), uploads its init (only the plan's init
+source does; the others are Ready and wait for the round-0 model, with the real edge's init_wait fallback)
+and one update per round with `broker.BlobSender` (``prepare`` then ``resend``, the edge uploader's path) and reads the
 retained global models and its acks. "Training" is a sleep drawn by `training_seconds`, a pure function of
 (seed, edge, round), so the orchestrating process knows every edge's training time without being told.
 
@@ -193,7 +194,25 @@ class Fleet:
                 )
                 edge.manifests[r] = sender.prepare(blob, origin)
         edge.status(WorkerState.STARTING, 0, "starting the training script")
+        if plan.waits_for_init(edge.name):
+            # As the real edge (issue 12): only the plan's init source uploads its init; the others wait
+            # for the round-0 model and upload theirs after init_wait only if it did not come.
+            edge.status(WorkerState.READY, 0, f"waiting for the round-0 model from {plan.init_source}")
+            self._after(plan.init_wait, lambda: self._init_fallback(edge, plan))
+            return
         edge.status(WorkerState.UPLOADING, 0, "uploading the initial weights")
+        self._pool.submit(self._upload, edge, 0)
+
+    def _init_fallback(self, edge: SimEdge, plan: JobPlan) -> None:
+        """The init wait ran out: upload this edge's init unless a global model came (or the run changed)."""
+        with edge.lock:
+            if edge.uid != plan.uid or edge.newest_global >= 0:
+                return
+        edge.status(
+            WorkerState.UPLOADING,
+            0,
+            f"uploading the initial weights (no round-0 model from {plan.init_source} within {plan.init_wait:g} s)",
+        )
         self._pool.submit(self._upload, edge, 0)
 
     def _on_global_part(self, edge: SimEdge, round_: int, index: int) -> None:

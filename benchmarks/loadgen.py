@@ -242,6 +242,8 @@ def _follow(inbox: queue.Queue[tuple[Session, Inbound]], deadline: float, topics
                 seen.sys_after = True  # a whole $SYS cycle ran after the job: its dropped counter covers it
         elif msg.topic == status_topic and msg.payload:
             seen.status = JobStatus.model_validate_json(msg.payload)
+            if seen.init_source is None:  # the status keeps its newest events only: noted when seen
+                seen.init_source = next((e.node for e in seen.status.events if e.reason == "InitialModel"), None)
             if seen.status.phase.finished and seen.finished_at is None:
                 seen.finished_at = time.time()
                 print(f"job {seen.status.phase.value}: {seen.status.message}", flush=True)

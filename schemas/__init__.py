@@ -30,9 +30,11 @@ from schemas._ledger import (
 )
 from schemas._node_root import CODE_ROOT_ENV, DEFAULT_CODE_ROOT, NodeRoot
 from schemas._parameters import (
+    DEFAULT_INIT_WAIT,
     DENIED_PARAMETER_NAMES,
     DENIED_PARAMETER_PREFIXES,
     MAX_EXIT_ROUND,
+    MAX_INIT_WAIT,
     MAX_PARAMETER_NAME_CHARS,
     MAX_PARAMETER_VALUE_CHARS,
     MAX_PARAMETERS,
@@ -125,6 +127,7 @@ __all__ = [
     "API_VERSION",
     "CODE_ROOT_ENV",
     "DEFAULT_CODE_ROOT",
+    "DEFAULT_INIT_WAIT",
     "DENIED_PARAMETER_NAMES",
     "DENIED_PARAMETER_PREFIXES",
     "LEDGER_FILE",
@@ -135,6 +138,7 @@ __all__ = [
     "MAX_EXIT_ROUND",
     "MAX_HELD_MODELS",
     "MAX_HELD_VERSIONS",
+    "MAX_INIT_WAIT",
     "MAX_LOG_TAIL_LINES",
     "MAX_NUM_SAMPLES",
     "MAX_PARAMETERS",

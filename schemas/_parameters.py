@@ -40,9 +40,11 @@ from types import MappingProxyType
 from schemas._worker_env import WorkerEnv
 
 __all__ = [
+    "DEFAULT_INIT_WAIT",
     "DENIED_PARAMETER_NAMES",
     "DENIED_PARAMETER_PREFIXES",
     "MAX_EXIT_ROUND",
+    "MAX_INIT_WAIT",
     "MAX_PARAMETERS",
     "MAX_PARAMETER_NAME_CHARS",
     "MAX_PARAMETER_VALUE_CHARS",
@@ -61,6 +63,12 @@ MAX_PARAMETERS = 256  # per worker (workerSpec.parameters or a container's env)
 MAX_PARAMETER_NAME_CHARS = 128
 MAX_PARAMETER_VALUE_CHARS = 8192  # hyper-parameters, not payloads; Linux allows 128 KiB per variable
 MAX_EXIT_ROUND = 10_000  # also what the aggregator accepts from a script's config frame and edges in a plan
+# Seconds the edges a plan does not ask for the initial weights wait for the round-0 model before they
+# upload their own (`JobPlan.init_wait`, aggregationWorker parameter ``init_wait``): long enough for one
+# edge's script to start and its init to arrive, short enough that a designated edge that never comes
+# costs one wait, not a stuck job.
+DEFAULT_INIT_WAIT = 20.0
+MAX_INIT_WAIT = 3600.0
 
 # -- names ---------------------------------------------------------------------------------------------
 _K8S_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
@@ -196,6 +204,9 @@ PARAMETER_BOUNDS: Mapping[str, NumberBound] = MappingProxyType(
         "round_deadline": NumberBound(whole=False, low=0, high=7 * 24 * 3600, unit="of seconds"),
         # how long a participant must stay offline before an open round stops waiting for it
         "offline_grace": NumberBound(whole=False, low=0, high=24 * 3600, unit="of seconds"),
+        # how long the edges not asked for the initial weights wait for the round-0 model before they upload
+        # their own (0: every edge uploads its init at once, as before the plan named an init source)
+        "init_wait": NumberBound(whole=False, low=0, high=MAX_INIT_WAIT, unit="of seconds"),
         "batch_size": NumberBound(whole=True, low=1, high=65536),
         "epochs": NumberBound(whole=True, low=1, high=10_000),
         "learning_rate": NumberBound(whole=False, low=0, high=10, low_open=True),

@@ -23,10 +23,10 @@ from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from schemas._parameters import MAX_EXIT_ROUND
+from schemas._parameters import DEFAULT_INIT_WAIT, MAX_EXIT_ROUND, MAX_INIT_WAIT
 from schemas._status import Evaluation, now
 from schemas._tensors import MAX_NUM_SAMPLES, WeightsKind, encode_weights
 
@@ -84,9 +84,25 @@ class JobPlan(_Wire):
     pretrained_model: ModelRef | None = None
     workers: list[PlannedWorker]
     chunk_size: int = Field(ge=1024)
+    # The one training worker asked for the initial weights (the round-0 model), as Flower asks one client
+    # for its parameters: the others wait `init_wait` seconds for the round-0 model before they upload
+    # their own init (a fallback). None (older plans, ``init_wait: 0``): every edge uploads its init.
+    init_source: str | None = None
+    init_wait: float = Field(default=DEFAULT_INIT_WAIT, ge=0, le=MAX_INIT_WAIT)
+
+    @model_validator(mode="after")
+    def _init_source_is_a_worker(self) -> JobPlan:
+        if self.init_source is not None and self.worker(self.init_source) is None:
+            raise ValueError(f"initSource {self.init_source!r} is not a training worker of the plan")
+        return self
 
     def worker(self, node: str) -> PlannedWorker | None:
         return next((w for w in self.workers if w.node == node), None)
+
+    def waits_for_init(self, node: str) -> bool:
+        """Whether `node` waits (`init_wait` seconds) for the round-0 model of another worker, the plan's
+        `init_source`, before it uploads its own initial weights; False: it uploads them at once."""
+        return self.init_source is not None and self.init_source != node and self.init_wait > 0
 
     def site_of(self, node: str) -> str | None:
         """The site whose aggregator takes `node`'s updates in a hierarchical job (the plan gives every

@@ -374,6 +374,8 @@ class Controller(JobRoutes):
         for node in facts.participants:
             if self._nodes.offline(node):  # its last will came before the job: the job knows it is gone
                 engine.on_node_status(node, NodeState.OFFLINE, now_s)
+            elif self._nodes.online(node):  # the plan asks an online node for the initial weights
+                engine.on_node_status(node, NodeState.ONLINE, now_s)
         engine.on_sites(self._sites.statuses(), now_s)
         for (job, node), payload in list(self._old_worker_statuses.items()):
             if job == entry.name:

@@ -82,6 +82,10 @@ class Nodes:
         """`node`'s last status said offline (its last will)."""
         return node in self._offline
 
+    def online(self, node: str) -> bool:
+        """`node` was seen and its last status did not say offline."""
+        return node in self._roles and node not in self._offline
+
     def problem(self, node: str, role: Role) -> str | None:
         """Why `node` cannot take a `role` part (None: it can)."""
         seen = self._roles.get(node)

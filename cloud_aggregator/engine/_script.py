@@ -196,7 +196,10 @@ class AggregationScript:
         hierarchy = self._hierarchy(strategy, privacy, secagg)
         if hierarchy is False:
             return
-        plan = facts.plan(strategy.name, exit_round, _edge_parameters(privacy, secagg, hierarchy) or None)
+        online = starting.online - starting.offline
+        plan = facts.plan(
+            strategy.name, exit_round, _edge_parameters(privacy, secagg, hierarchy) or None, online=online
+        )
         run = Run(strategy=strategy, plan=plan, privacy=privacy, secagg=secagg)
         # The plan counts as issued from here on: failing the job clears it, also when publishing it failed.
         ctx.state = Init(run)
@@ -368,7 +371,11 @@ class AggregationScript:
         if status.start_time is None:
             status.start_time = now()
         status.exit_round = run.plan.exit_round
-        status.message = f"round 0: waiting for an initial model from {named(facts.participants)}"
+        source = run.plan.init_source
+        if source is not None:  # the others wait init_wait for its round-0 model before sending theirs
+            status.message = f"round 0: waiting for the initial model from {source} (the plan's init source)"
+        else:
+            status.message = f"round 0: waiting for an initial model from {named(facts.participants)}"
         ctx.book.condition(ConditionType.TRAINING, "DoTraining", "waiting for the round-0 model")
         mode = f", {facts.asynchrony.describe()}" if facts.asynchrony is not None else ""
         if run.privacy is not None:

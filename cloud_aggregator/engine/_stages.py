@@ -81,12 +81,14 @@ class Starting:
 
     A resumed run keeps here what arrives before the round state is restored: the checkpoint it
     loaded, and the worker statuses and manifests of this run (replayed once the job runs). Every run
-    keeps the participants whose node is offline (`offline`, replayed after the worker statuses).
+    keeps the participants whose node is offline (`offline`, replayed after the worker statuses) and those
+    whose node is known online (`online`: the plan asks the first of them for the initial weights).
     """
 
     config_deadline: float
     checkpoint: tuple[Checkpoint, bytes] | None = None
     offline: set[str] = field(default_factory=set)
+    online: set[str] = field(default_factory=set)
     early_statuses: dict[str, tuple[WorkerStatus, bool]] = field(default_factory=dict)
     early_manifests: dict[TransferId, TransferManifest] = field(default_factory=dict)
     # Secure aggregation messages of this run (retained ones arrive at the restart's subscription), in

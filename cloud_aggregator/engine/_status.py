@@ -154,9 +154,11 @@ def initial_status(facts: JobFacts) -> JobStatus:
 
 
 def waiting_for(state: JobState, participants: list[str]) -> list[str]:
-    """Whose transfer the job waits for: everyone's init, then the open round's missing updates."""
+    """Whose transfer the job waits for: the plan's init source (without one, everyone's init), then the open
+    round's missing updates."""
     if isinstance(state, Init):
-        return list(participants)
+        source = state.run.plan.init_source
+        return [source] if source is not None else list(participants)
     if isinstance(state, Training):
         return state.waiting_for(participants)
     return []

@@ -101,8 +101,10 @@ class Workers:
             # A resumed run's status is restored at its config: the newest presence is replayed after it.
             if state is NodeState.OFFLINE:
                 starting.offline.add(node)
+                starting.online.discard(node)
             else:
                 starting.offline.discard(node)
+                starting.online.add(node)
             return
         worker = ctx.book.worker(node)
         if worker is None or worker.state.terminal:

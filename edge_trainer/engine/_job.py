@@ -5,6 +5,9 @@ status, upload a weights blob) and a launcher that starts the script (`WorkerHan
 
     start()                     check the plan locally; start the script      -> Starting | Failed
     on_frame(hello)             script ready; upload its initial weights      -> Uploading (round 0)
+                                (the plan names another init source: wait     -> Ready (round 0))
+    tick(now)                   no global model within the plan's init_wait:
+                                upload the initial weights after all (fallback) -> Uploading (round 0)
     on_uploaded(init)                                                         -> Ready
     on_global(round r)          train round r+1 from the global model         -> Training (r+1)
     on_frame(evaluated)         the script scored global model r (kept; said with the next status)
@@ -25,6 +28,10 @@ A confirmed update leaves the outbox, so the job also asks the node's delivery r
 restart (e.g. killed while the aggregator was down, issue 7), a global model older than a delivered
 round trains nothing and the init is not uploaded again; the job waits for that round's global model.
 A job this node already completed (`resume_completed`) starts no script at all.
+A plan whose `init_source` names another worker (issue 12) keeps this node's init instead of uploading it:
+one edge gives the round-0 model, the others wait for it; with none in `plan.init_wait` seconds (the
+service calls `tick` at `next_deadline`) the init goes out as a fallback. The job keeps no timer of its
+own and never sleeps: it reads the service's clock and is told when time passed.
 With ``secure_aggregation`` (docs/dev/secagg.md) the script's update is not uploaded when it comes: it
 is held by `SecAggParty` (`secagg`), which masks it and uploads it once the round's phase allows it
 (`on_secagg_state`, `on_secagg_bundle`), or drops it when this node sits the round out.
@@ -200,12 +207,39 @@ class EdgeJob(JobCore):
         if problem is not None:
             self._log.error(f"global model ignored: {problem}", round=manifest.round)
             return
+        if self._init_wait is not None:
+            self._init_wait = None  # the round-0 model (or a later one) is here: our init is not needed
+            self._log.info("global model came; this node's initial weights are not uploaded", round=manifest.round)
         if self.secagg is not None:
             self.secagg.on_global(manifest.round)
         if not self._hello or self._busy:
             self._pending = (manifest, blob)
             return
         self._use_global(manifest, blob)
+
+    def next_deadline(self) -> float | None:
+        """When `tick` has something to do (a `clock` time): the end of the wait for the round-0 model."""
+        return self._init_wait[0] if self._init_wait is not None and self.active else None
+
+    def tick(self, now: float) -> None:
+        """Timers: no round-0 model within the plan's `init_wait` seconds: upload this node's init after all
+        (the designated worker may be down; any valid init becomes the round-0 model)."""
+        if self._init_wait is None or not self.active or now < self._init_wait[0]:
+            return
+        _, body = self._init_wait
+        self._init_wait = None
+        waited = self.plan.init_wait
+        self._log.warning(
+            "no round-0 model in time; uploading this node's initial weights (fallback)",
+            init_source=self.plan.init_source,
+            waited=waited,
+        )
+        self._set(
+            WorkerState.UPLOADING,
+            0,
+            f"uploading the initial weights (no round-0 model from {self.plan.init_source} within {waited:g} s)",
+        )
+        self._upload("init", 0, body)
 
     def on_uploaded(self, done: UploadDone) -> None:
         """An upload this job asked for finished."""
@@ -302,6 +336,11 @@ class EdgeJob(JobCore):
             # A restart: the round-0 model exists already (or an update or the init of ours is pending or
             # was confirmed, which implies it), so the initial weights are not needed.
             self._set(WorkerState.READY, 0, "waiting for the newest global model")
+        elif self.plan.waits_for_init(self.node):
+            # Another worker gives the round-0 model (issue 12: one init, not one per edge); ours is kept
+            # for the fallback in case that worker never sends its own.
+            self._init_wait = (self._clock() + self.plan.init_wait, body)
+            self._set(WorkerState.READY, 0, f"waiting for the round-0 model from {self.plan.init_source}")
         else:
             self._set(WorkerState.UPLOADING, 0, "uploading the initial weights")
             self._upload("init", 0, body)

@@ -7,6 +7,7 @@ the outbox. `EdgeJob` (`_job`) decides, per event, which of these to do.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -53,11 +54,13 @@ class JobCore:
         delivered_round: Callable[[], int] | None = None,
         log: FilteringBoundLogger | None = None,
         site: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`site`: the node's own site (node.yaml `site:`), checked against a hierarchical plan's. `pending_rounds`: rounds whose update of this run (round 0: the init) is in the node's outbox,
         not confirmed by the aggregator yet (None: an outbox that is always empty). `delivered_round`: the
         newest round of this run whose update (0: the init) the aggregator confirmed, as the node recorded
-        it durably; -1 for none (None: nothing recorded, ever)."""
+        it durably; -1 for none (None: nothing recorded, ever). `clock`: the service's, for the init wait's
+        deadline (`EdgeJob.next_deadline`, `EdgeJob.tick`)."""
         self.plan = plan
         self.node = node
         self.site = site
@@ -94,6 +97,10 @@ class JobCore:
         self.skipped: int | None = None  # label lines the script's data loader skipped (its hello)
         self.skipped_lines: list[str] | None = None
         self._retired = False  # deleted or shut down: events of the old run are ignored
+        self._clock = clock
+        # The plan asks another worker for the initial weights: this node's init (its hello's body) is kept
+        # until the round-0 model comes, or uploaded as a fallback at the deadline (a `clock` time).
+        self._init_wait: tuple[float, bytes] | None = None
         planned = plan.worker(node)
         # The update encoding (training-worker parameter ``compression``) and, while the script trains a
         # round, the global model it trains from: the base the update's delta is taken from.

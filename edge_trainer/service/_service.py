@@ -6,6 +6,9 @@ exit there; the uploader thread (`Uploads`) puts `OutboxWritten`, `UploadDone` a
 The logic thread (`EdgeService.run`, the caller's thread) takes one event at a time and hands it to the
 job's `engine.EdgeJob` or to `Uploads`; an MQTT message is acknowledged only after it was handled.
 
+Timers run on the logic thread between events (`runtime.EventLoop`'s `tick` and `next_deadline`): the
+deliveries' ack timeouts, and each job's wait for another edge's round-0 model (`EdgeJob.tick`).
+
 Restarts: when a plan arrives, the job's outbox entries of the same run (uid) are taken over and their
 manifests republished (the aggregator answers with an ack or with what it misses); entries of another
 run are deleted. An accepted ack is recorded in the job's delivery record before its entry is deleted,
@@ -229,16 +232,26 @@ class EdgeService:
 
     # -- timers ------------------------------------------------------------------------------------
 
-    def _tick(self, _now: float) -> None:
+    def _tick(self, now: float) -> None:
         connected = self._session.connected
         if connected != self._online:
             self._online = connected
             if connected:
                 self._announce()
         self._uploads.tick(connected)
+        for job in list(self._jobs.values()):
+            if job.next_deadline() is not None:
+                job.tick(now)
+                self._after(job)
 
     def _next_deadline(self) -> float | None:
-        return self._deliveries.next_deadline()
+        # The jobs' timers (the wait for another edge's round-0 model) wake the loop as the deliveries' do.
+        deadlines = [
+            d
+            for d in (self._deliveries.next_deadline(), *(j.next_deadline() for j in self._jobs.values()))
+            if d is not None
+        ]
+        return min(deadlines, default=None)
 
     # -- MQTT messages -----------------------------------------------------------------------------
 
@@ -303,6 +316,7 @@ class EdgeService:
             delivered_round=self._uploads.delivered_round(plan.job, plan.uid),
             log=self._log,
             site=self.site,
+            clock=self._clock,
         )
         self._jobs[name] = job
         self._log.info("job planned on this node", job=name, uid=plan.uid, exit_round=plan.exit_round)

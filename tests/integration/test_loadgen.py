@@ -28,6 +28,9 @@ def test_five_simulated_edges_run_a_job_to_succeeded(tmp_path: Path) -> None:
     assert result.sys_after_job and set(result.dropped) == {"0"}, text
     assert result.completed_edges == 5 and not result.edge_errors, text
     assert result.ok
+    # Issue 12: only the plan's init source (the first edge, all online) uploads an init; it is the round-0 model.
+    assert (result.init_source, result.inits_uploaded) == ("edge1", 1), text
+    assert "round-0 model from edge1, 1 of 5 edges uploaded an init" in text
     for r in result.rounds:
         # The slowest training is the generator's own draw for that round; the overhead is the rest.
         slowest = max(training_seconds(0, i, r.round, 0.0, 0.02) for i in range(5))

@@ -82,7 +82,8 @@ def test_a_real_prometheus_scrapes_the_aggregator_during_a_job(tmp_path: Path) -
                 f"fl_job_exit_round{{{job}}}": 3.0,
                 f"fl_job_round_deadline_seconds{{{job}}}": float(DEADLINE),
                 f"fl_round_duration_seconds_count{{{job}}}": 1.0,
-                # edge1 and edge2's round-1 updates and the round-0 model (the other init is a duplicate)
+                # edge1 and edge2's round-1 updates and the round-0 model (the init source's; a fallback init
+                # from the other edge would be a duplicate, not counted)
                 f"fl_updates_accepted_total{{{job}}}": 3.0,
                 f'fl_job_workers{{{job},state="Training"}}': 2.0,
                 'fl_node_online{node="edge1"}': 1.0,
