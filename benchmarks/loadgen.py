@@ -77,7 +77,18 @@ def _py_spy(pid: int, out: Path | None, *, gil: bool = False) -> subprocess.Pope
     if out is None:
         return None
     binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    command = [binary, "record", "--pid", str(pid), "--format", "raw", "--output", str(out), "--subprocesses", "--threads"]
+    command = [
+        binary,
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--subprocesses",
+        "--threads",
+    ]
     command += ["--gil"] if gil else []
     return subprocess.Popen([*command, "--rate", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

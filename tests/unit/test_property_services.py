@@ -338,6 +338,15 @@ def test_mutated_global_models_never_reach_the_training_script(tmp_path_factory:
         assert all(bool(np.isfinite(a).all()) for a in arrays if a.dtype.kind in "fc")
         # A re-encoding with another tensor layout is not recognisable by the edge (it does not compare
         # with its model's layout); with the right layout the values are the aggregator's, bit for bit.
+        if r not in valid:
+            # A re-encoding labelled with a round the test never published, header and manifest agreeing
+            # (e.g. round 5): from the aggregator's own sender, indistinguishable from a real newer global
+            # model, so the edge takes it. Its values are still one of the published models', bit for bit.
+            assert any(
+                len(v) == len(arrays) and all(g.tobytes() == w.tobytes() for g, w in zip(arrays, v, strict=True))
+                for v in valid.values()
+            )
+            continue
         layout = [(a.dtype, a.shape) for a in valid[r]]
         if [(a.dtype, a.shape) for a in arrays] == layout:
             assert all(g.tobytes() == w.tobytes() for g, w in zip(arrays, valid[r], strict=True))
