@@ -11,14 +11,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from broker import Assembler, BlobSender, Inbound, MqttSettings, Session, manifest_from_payload
+from broker import Assembler, BlobSender, Inbound, MqttSettings, Session, manifest_from_payload, new_transfer_id
 from schemas import (
     Evaluation,
     NodeState,
     NodeStatus,
     TransferManifest,
+    TransferOrigin,
     WorkerState,
     WorkerStatus,
+    manifest_for,
     read_header,
 )
 
@@ -161,6 +163,20 @@ class SimEdge:
             topics=topics,
         )
         self.sender = BlobSender(self.session)
+        # Each blob's chunk hashes, taken now, before any job (outside every figure), at the sender's chunk size.
+        self.hashed = {
+            r: manifest_for(blob, _origin(name, r), chunk_size=self.sender.chunk_size, transfer=new_transfer_id())
+            for r, blob in blobs.items()
+        }
+
+    def manifest(self, round_: int, origin: TransferOrigin, chunk_size: int) -> TransferManifest:
+        """The manifest of this edge's blob of `round_` for `origin` (a new transfer id): from the hashes taken
+        at the start when the plan's chunk size is the one they were taken at, else hashed now."""
+        hashed = self.hashed.get(round_)
+        fields = {f: getattr(origin, f) for f in ("kind", "job", "uid", "round", "sender", "num_samples")}
+        if hashed is not None and hashed.chunk_size == chunk_size:
+            return hashed.model_copy(update={**fields, "transfer": new_transfer_id()})
+        return manifest_for(self.blobs[round_], origin, chunk_size=chunk_size, transfer=new_transfer_id())
 
     def status(self, state: WorkerState, round_: int, message: str, **extra: object) -> None:
         """Publish this edge's worker status (retained, QoS 1; not waited for, as the real edge does). Nothing
@@ -190,3 +206,10 @@ class SimEdge:
 
 # The local fit's metrics the real edge reports with its update (Keras' last epoch).
 METRICS = {"loss": 0.41, "categorical_accuracy": 0.83}
+
+
+def _origin(name: str, round_: int) -> TransferOrigin:
+    """A placeholder origin for hashing a blob before its job's plan is known (the plan fills in the rest)."""
+    return TransferOrigin(
+        kind="init" if round_ == 0 else "update", job="pending", uid="pending", round=round_, sender=name, num_samples=1
+    )

@@ -181,9 +181,12 @@ class Fleet:
             return
         with edge.lock:
             edge.uid = plan.uid
-            sender = edge.sender
-            sender.chunk_size = plan.chunk_size
-            for r, blob in edge.blobs.items():
+            edge.sender.chunk_size = plan.chunk_size
+            # The manifests from the chunk hashes taken before the job started (`SimEdge.hashed`): a real
+            # edge hashes each blob as it produces it, on its own machine; here all edges share the
+            # aggregator's two cores, and hashing 100 x 4 blobs at the plan put all of it into round 1.
+            size = max(1, min(plan.chunk_size, edge.session.max_payload))
+            for r in edge.blobs:
                 origin = TransferOrigin(
                     kind="init" if r == 0 else "update",
                     job=plan.job,
@@ -192,7 +195,7 @@ class Fleet:
                     sender=edge.name,
                     num_samples=self.config.num_samples,
                 )
-                edge.manifests[r] = sender.prepare(blob, origin)
+                edge.manifests[r] = edge.manifest(r, origin, size)
         edge.status(WorkerState.STARTING, 0, "starting the training script")
         if plan.waits_for_init(edge.name):
             # As the real edge (issue 12): only the plan's init source uploads its init; the others wait
