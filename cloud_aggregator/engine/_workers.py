@@ -50,7 +50,9 @@ class Workers:
         ctx.book.replace_worker(worker.model_copy(update={"role": "training"}))
         changed = previous is None or previous.state is not worker.state
         if changed:
-            ctx.log.info("worker state", worker=node, state=worker.state.value, worker_round=worker.round)
+            # Debug: at 100 edges that is 400 lines a round, a quarter of a worker status's cost on the
+            # logic thread (issue 12); users read the same change as WorkerStateChanged on the event stream.
+            ctx.log.debug("worker state", worker=node, state=worker.state.value, worker_round=worker.round)
         if worker.skipped and (previous is None or previous.skipped != worker.skipped):
             # Said once per count: the lines stay in the worker's entry, the event makes them visible.
             first = "; ".join(worker.skipped_lines or [])
