@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import ValidationError
+
 from cloud_aggregator._errors import AggregatorError, StrategyError
 from cloud_aggregator._privacy import Privacy
 from cloud_aggregator._robust import RobustStrategy
@@ -32,6 +34,7 @@ from cloud_aggregator.engine._workers import Workers
 from schemas import (
     MAX_EXIT_ROUND,
     ConditionType,
+    JobPlan,
     NodeState,
     PathEscapeError,
     Phase,
@@ -200,6 +203,8 @@ class AggregationScript:
         plan = facts.plan(
             strategy.name, exit_round, _edge_parameters(privacy, secagg, hierarchy) or None, online=online
         )
+        if facts.resume:
+            plan = _same_init_source(plan, ctx.port.kept().plans.get(facts.name))
         run = Run(strategy=strategy, plan=plan, privacy=privacy, secagg=secagg)
         # The plan counts as issued from here on: failing the job clears it, also when publishing it failed.
         ctx.state = Init(run)
@@ -404,6 +409,23 @@ def _edge_parameters(
     if hierarchy is not None:
         edge.update(plan_parameters(hierarchy))  # where each edge's updates go: its site's aggregator
     return edge
+
+
+def _same_init_source(plan: JobPlan, kept: bytes | None) -> JobPlan:
+    """A resumed run names the init source its first plan named (`kept`: the plan this node published),
+    whoever is online now: its edges ignore a plan of the same run, so the ones waiting for the round-0
+    model wait for that worker, and the job status should say so."""
+    if not kept:
+        return plan
+    try:
+        before = JobPlan.model_validate_json(kept)
+    except ValidationError:
+        return plan
+    if before.uid != plan.uid or before.init_source == plan.init_source:
+        return plan
+    if before.init_source is not None and before.init_source not in plan.participants:
+        return plan
+    return plan.model_copy(update={"init_source": before.init_source})
 
 
 def _said_by(name: str, parameters: Mapping[str, str]) -> str:

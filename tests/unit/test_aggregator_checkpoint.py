@@ -241,3 +241,34 @@ def test_update_arriving_while_a_resumed_run_waits_for_its_script_is_taken_after
 
     assert port.acks[-1].accepted and port.acks[-1].transfer == manifest.transfer
     assert port.job_status(JOB).waiting_for == ["edge1"]
+
+
+def test_resume_without_a_checkpoint_keeps_the_first_plans_init_source() -> None:
+    """The run's first plan asked edge2 (edge1 was offline then); after a restart without a checkpoint the
+    rebuilt plan still names edge2, though nothing says edge1 is offline now: the running edges ignore a
+    plan of the same run and keep waiting for edge2's init."""
+    old = MemoryPort()
+    old.keep_spec(Kind.JOB, JOB, b"{}")  # a plan is kept for a job whose spec is kept
+    _, first = restarted(old)
+    plan = first.plan
+    assert plan is not None and plan.init_source == "edge1"
+    old.publish_plan(JOB, plan.model_copy(update={"init_source": "edge2"}))
+
+    port, _ = restarted(old)
+
+    plan = port.plans[JOB]
+    assert plan is not None and plan.uid == UID and plan.init_source == "edge2"
+    assert port.job_status(JOB).waiting_for == ["edge2"]
+
+
+def test_a_kept_plan_of_another_run_does_not_choose_the_init_source() -> None:
+    old = MemoryPort()
+    old.keep_spec(Kind.JOB, JOB, b"{}")
+    _, first = restarted(old)
+    assert first.plan is not None
+    old.publish_plan(JOB, first.plan.model_copy(update={"init_source": "edge2", "uid": "0" * 32}))
+
+    port, _ = restarted(old)
+
+    plan = port.plans[JOB]
+    assert plan is not None and plan.init_source == "edge1"
