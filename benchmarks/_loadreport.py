@@ -32,6 +32,7 @@ class LoadConfig:
     secure: bool = False  # the demo's deployment: TLS, passwords, per-node ACLs (flctl broker init)
     profile: Path | None = None  # py-spy's collapsed stacks of the aggregator during the job (needs py-spy)
     profile_gil: bool = False  # py-spy samples only the thread holding the GIL
+    generator_nice: int = 0  # the generator processes' niceness (a diagnostic; the figures of record use 0)
 
 
 @dataclass
@@ -179,7 +180,8 @@ def report(result: LoadResult) -> str:
     cfg = result.config
     lines = [
         f"{cfg.edges} edges, model {cfg.model} ({sum(math.prod(s) for _, s in LAYOUTS[cfg.model]):,} float32), "
-        f"{cfg.rounds} rounds, training {cfg.train_ms[0]:.0f}-{cfg.train_ms[1]:.0f} ms",
+        f"{cfg.rounds} rounds, training {cfg.train_ms[0]:.0f}-{cfg.train_ms[1]:.0f} ms"
+        + (f", generator at nice +{cfg.generator_nice} (a diagnostic)" if cfg.generator_nice else ""),
         f"job: {result.status.phase.value if result.status else 'no status'} in {result.job_seconds:.1f} s "
         f"(flctl create -> round 1 opened: {_fmt(result.start_seconds)} s; round-0 model from "
         f"{result.init_source or '-'}, {result.inits_uploaded} of {cfg.edges} edges uploaded an init, the last "

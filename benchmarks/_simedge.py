@@ -73,6 +73,9 @@ class FleetConfig:
     # Per edge (same order as `edges`): a provisioned identity's settings (password, TLS), as its node.yaml
     # gives them; None: plain, anonymous connections to host:port.
     settings: list[MqttSettings] | None = None
+    # Added to the process's niceness before anything runs (a diagnostic: the edges of a real fleet run on
+    # their own machines, not on the aggregator's cores).
+    nice: int = 0
 
 
 @dataclass

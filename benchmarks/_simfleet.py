@@ -327,6 +327,8 @@ def fleet_process(config: FleetConfig, ready: Any, stop: Any, results: Any) -> N
     """A fleet as a child process (multiprocessing, spawn): connect, say ``ready`` (or the error), run until
     `stop` is set, put the edges' results (plain dicts) and the process's CPU seconds on `results`."""
     configure_logging(node="loadgen", role="cli", level="WARNING")
+    if config.nice:
+        os.nice(config.nice)  # before any thread starts: the threads inherit it
     try:
         fleet = Fleet(config)
         fleet.connect(timeout=120.0)

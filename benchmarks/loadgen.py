@@ -147,6 +147,7 @@ def _start_fleets(
             train_low=cfg.train_ms[0] / 1000,
             train_high=cfg.train_ms[1] / 1000,
             seed=cfg.seed,
+            nice=cfg.generator_nice,
         )
         child = ctx.Process(target=fleet_process, args=(fleet, ready, stop, results), daemon=True)
         child.start()
@@ -286,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the aggregator during the job")
     parser.add_argument("--profile-gil", action="store_true", help="--profile samples only the thread holding the GIL")
     parser.add_argument("--broker", action="append", default=[], metavar="KEY=INT", help="BrokerConfig override")
+    parser.add_argument(
+        "--generator-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the simulated edges N nice levels below the aggregator and the broker (a diagnostic: real edges "
+        "do not share their cores; the figures of record use 0)",
+    )
     args = parser.parse_args(argv)
     configure_logging(node="loadgen", role="cli", level="WARNING")
     cfg = LoadConfig(
@@ -303,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         profile=args.profile,
         profile_gil=args.profile_gil,
         secure=args.secure,
+        generator_nice=args.generator_nice,
     )
     result = run(cfg)
     print(report(result))
