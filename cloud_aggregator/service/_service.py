@@ -5,8 +5,8 @@ service's `runtime.EventLoop`; each script's reader thread puts `runtime.ScriptF
 `runtime.ScriptExited` events there too. ONE thread (`run`) takes them in order, dispatches by
 `Topics.parse(topic).channel`, runs the controller's timers, and acknowledges each MQTT message after
 handling it. No work happens in callbacks. Two helpers take work off that thread: update chunks are
-hashed on a small pool as they arrive (`ChunkHasher`: the session's inbox, which queues each chunk with
-its digest's future in arrival order), and spooled updates are written in groups by the port's
+hashed on two threads as they arrive (`ChunkHasher`: the session's inbox, which queues each chunk with
+its `Digest` in arrival order), and spooled updates are written in groups by the port's
 `SpoolWriter`, whose `SpoolDurable` events release the messages held until those updates are durable.
 
 Startup: connect, announce the node online (offline is the last will), subscribe to every spec, status,
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from cloud_aggregator.service._audit import AuditBarrier, ReconnectAudit
 from cloud_aggregator.service._inbound import record, route_transfer
 from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._port import MqttPort
-from cloud_aggregator.service._prehash import ChunkHasher, Prehashed
+from cloud_aggregator.service._prehash import ChunkHasher, Digest, Prehashed
 from cloud_aggregator.service._scripts import AggregationScripts
 from cloud_aggregator.service._spool_writer import SpoolDurable
 from runtime import EventLoop, JobFiles, Ledger, ModelUrlBook, ScriptExited, ScriptFrame, get_logger, held_models
@@ -356,7 +355,7 @@ class AggregatorService:
                     if self._session is not None:
                         self._session.ack(msg)
 
-    def _dispatch(self, controller: Controller, msg: Inbound, digest: Future[str] | None = None) -> None:
+    def _dispatch(self, controller: Controller, msg: Inbound, digest: Digest | None = None) -> None:
         if msg.topic.startswith("$SYS/"):
             self.metrics.observe_sys(msg.topic, msg.payload)
             return
@@ -388,9 +387,7 @@ class AggregatorService:
         elif controller.is_ready:  # runtime traffic before the catch-up belongs to earlier runs
             self._runtime(controller, parsed, msg, digest)
 
-    def _runtime(
-        self, controller: Controller, parsed: ParsedTopic, msg: Inbound, digest: Future[str] | None = None
-    ) -> None:
+    def _runtime(self, controller: Controller, parsed: ParsedTopic, msg: Inbound, digest: Digest | None = None) -> None:
         channel = parsed.channel
         if channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
             # In the ledger too, hashed once for both (`digest`: hashed as it arrived, `ChunkHasher`).
