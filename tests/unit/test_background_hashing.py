@@ -64,3 +64,21 @@ def test_an_inconsistent_manifest_is_still_refused() -> None:
     assert asm.add_manifest("k", bad) is None
     with pytest.raises(TransferError, match="inconsistent manifest"):
         asm.add_chunk("k", len(pieces) - 1, pieces[-1])
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_an_error_of_the_payload_offset_reaches_the_receiver_either_way(background: bool) -> None:
+    """What `payload_at` raises on the hashing thread comes out of the call that completes the transfer, as it
+    does inline (the hand-off is no Future, so it carries the error itself)."""
+
+    def broken(_first: memoryview) -> int | None:
+        raise ValueError("no header here")
+
+    blob = _blob(3)
+    manifest = two_pass_manifest(blob, 600, "cd" * 8)
+    asm: Assembler[str] = Assembler(payload_at=broken, background_hashing=background)
+    asm.add_manifest("k", manifest)
+    pieces = cut(blob, 600)
+    with pytest.raises(ValueError, match="no header here"):
+        for i, piece in enumerate(pieces):
+            asm.add_chunk("k", i, piece)
