@@ -64,3 +64,14 @@ def job_documents(
             f"  trainingWorkers:\n{trainers}"
         )
     return "---\n".join(docs)
+
+
+def edge_node_root(parent: Path, node: str = "edge1", *, script: str = "print('hi')\n") -> Path:
+    """An edge's node root under `parent` for the engine's tests: a one-line label file (data/1.txt) and a
+    training script (code/train.py) that those tests never run."""
+    root = parent / node
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "1.txt").write_text("a.jpg,0\n")
+    (root / "code").mkdir()
+    (root / "code" / "train.py").write_text(script)
+    return root

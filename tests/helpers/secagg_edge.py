@@ -30,6 +30,7 @@ from schemas import (
     b64encode,
     encode_weights,
 )
+from tests.helpers.nodes import edge_node_root
 
 JOB, UID, NODE = "sdd", "uid-1", "edge1"
 PEERS = {"edge2": 20, "edge3": 12}  # the other parties and their sample counts
@@ -75,12 +76,7 @@ class Peer:
 
 def node_root(tmp_path: Path) -> Path:
     """The node's root: its label file and its (never run) training script."""
-    node = tmp_path / NODE
-    (node / "data").mkdir(parents=True)
-    (node / "data" / "1.txt").write_text("a.jpg,0\n")
-    (node / "code").mkdir()
-    (node / "code" / "train.py").write_text("print('hi')\n")
-    return node
+    return edge_node_root(tmp_path, NODE)
 
 
 def plan() -> JobPlan:

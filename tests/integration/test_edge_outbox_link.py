@@ -43,6 +43,7 @@ from schemas import (
     encode_weights,
 )
 from tests.helpers.mqtt import SessionFactory, wait_until
+from tests.helpers.nodes import edge_node_root
 from tests.helpers.proxy import FlakyProxy
 
 T = Topics()
@@ -280,12 +281,7 @@ class FakeAggregator:
 
 @pytest.fixture
 def edge_root(tmp_path: Path) -> Path:
-    root = tmp_path / NODE
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "1.txt").write_text("a.jpg,0\n")
-    (root / "code").mkdir()
-    (root / "code" / "train.py").write_text("print('never run')\n")
-    return root
+    return edge_node_root(tmp_path, NODE, script="print('never run')\n")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 
 from cloud_aggregator.testing import MemoryPort
 from schemas import WorkerFrame, WorkerState
+from tests.helpers.nodes import edge_node_root
 from tests.unit.test_edge_job import NODE, make_job, weights_blob
 from tests.unit.test_job_rounds import JOB, report, training
 
@@ -19,12 +20,7 @@ DATA_ERROR = "1.txt line 3: image MT_Free/Imgs/x.jpg not found under /data"
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A node root with the Dataset's label file and the script the plan names (as test_edge_job's)."""
-    node = tmp_path / NODE
-    (node / "data").mkdir(parents=True)
-    (node / "data" / "1.txt").write_text("a.jpg,0\n")
-    (node / "code").mkdir()
-    (node / "code" / "train.py").write_text("print('hi')\n")
-    return node
+    return edge_node_root(tmp_path, NODE)
 
 
 SKIPPED = ["2.txt line 469: Magnetic-tile-defect-datasets/dataset.jpg: 1888x1272 px is larger than a tile"]

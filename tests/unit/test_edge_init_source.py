@@ -10,6 +10,7 @@ import pytest
 from edge_trainer.engine import EdgeJob, LaunchSpec, UploadDone
 from edge_trainer.testing import RecordingPorts, ScriptedWorker
 from schemas import JobPlan, NodeRoot, PlannedWorker, WorkerFrame, WorkerState
+from tests.helpers.nodes import edge_node_root
 from tests.unit.test_edge_job import JOB, NODE, Harness, global_model, make_plan, weights_blob
 
 OTHER = "edge0"  # the worker a plan names as the init source, when it is not this node
@@ -18,12 +19,7 @@ OTHER = "edge0"  # the worker a plan names as the init source, when it is not th
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A node root with the test plan's label file and script (as test_edge_job's)."""
-    node = tmp_path / NODE
-    (node / "data").mkdir(parents=True)
-    (node / "data" / "1.txt").write_text("a.jpg,0\n")
-    (node / "code").mkdir()
-    (node / "code" / "train.py").write_text("print('hi')\n")
-    return node
+    return edge_node_root(tmp_path, NODE)
 
 
 class Clock:

@@ -26,6 +26,7 @@ from schemas import (
     decode_weights,
     encode_weights,
 )
+from tests.helpers.nodes import edge_node_root
 
 JOB = "sdd"
 UID = "uid-1"
@@ -42,12 +43,7 @@ class Harness:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    node = tmp_path / NODE
-    (node / "data").mkdir(parents=True)
-    (node / "data" / "1.txt").write_text("a.jpg,0\n")
-    (node / "code").mkdir()
-    (node / "code" / "train.py").write_text("print('hi')\n")
-    return node
+    return edge_node_root(tmp_path, NODE)
 
 
 def make_plan(
