@@ -19,9 +19,8 @@ are written (still in the CPU's cache), so even then there is no second pass ove
 With `background` those two running hashes are fed on one hashing thread shared by the process (FIFO, so
 each store's chunks are hashed in order) instead of the caller's: the receiver's thread goes on with the
 next message while the last one is hashed (hashlib releases the GIL), and `blob` waits for its own (and
-raises what the hashing raised). A chunk is handed over with a queue put and one plain lock, not a
-`ThreadPoolExecutor` Future: at 100 edges the executor's own locking cost the receiving thread more than
-the hand-off is worth.
+raises what the hashing raised). A chunk is handed over with `runtime.WorkThreads` (a queue put and one
+plain lock, not a `ThreadPoolExecutor` Future, whose own locking cost the receiving thread more at 100 edges).
 """
 
 from __future__ import annotations
@@ -30,14 +29,13 @@ import contextlib
 import hashlib
 import mmap
 import os
-import queue
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from runtime import Pending, WorkThreads
 from schemas import TransferManifest
 
 __all__ = ["ChunkStore", "Piece"]
@@ -52,52 +50,9 @@ class Piece:
     length: int
 
 
-class _Hashed:
-    """One chunk's hashing on the background thread: `wait` returns once it ran (raising what it raised).
-    A plain lock, not a Future: handing a chunk over costs the receiving thread a queue put (issue 12)."""
-
-    __slots__ = ("_error", "_lock")
-
-    def __init__(self) -> None:
-        self._error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._lock.acquire()  # released once the work ran
-
-    def run(self, work: Callable[[], None]) -> None:
-        try:
-            work()
-        except BaseException as exc:  # handed to the waiter, as a Future would
-            self._error = exc
-        finally:
-            self._lock.release()
-
-    def wait(self) -> None:
-        with self._lock:
-            pass
-        if self._error is not None:
-            raise self._error
-
-
-_work: queue.SimpleQueue[tuple[Callable[[], None], _Hashed]] = queue.SimpleQueue()
-_worker: list[threading.Thread] = []  # at most one: ONE thread, so each store's chunks are hashed in order
-_worker_lock = threading.Lock()
-
-
-def _hash_in_background(work: Callable[[], None]) -> _Hashed:
-    """`work` queued for the process's one hashing thread (started on first use), in order."""
-    with _worker_lock:
-        if not _worker:
-            _worker.append(threading.Thread(target=_hash_loop, name="blob-hash", daemon=True))
-            _worker[0].start()
-    hashed = _Hashed()
-    _work.put((work, hashed))
-    return hashed
-
-
-def _hash_loop() -> None:
-    while True:
-        work, hashed = _work.get()
-        hashed.run(work)
+# The process's one hashing thread for stores made with `background`: ONE, so each store's chunks are fed
+# to its running hashes in order.
+_hasher = WorkThreads("blob-hash", 1)
 
 
 class ChunkStore:
@@ -124,7 +79,7 @@ class ChunkStore:
         self._hashed: list[str] = []
         self._in_order = True
         self._background = background and (hash_blob or payload_at is not None)
-        self._last_hash: _Hashed | None = None  # the newest chunk's hashing on the background thread
+        self._last_hash: Pending[None] | None = None  # the newest chunk's hashing on the background thread
         self._hash_error: BaseException | None = None  # the first one raised there, raised by `blob`
         if spill_dir is not None:
             self.spill(spill_dir)
@@ -149,7 +104,7 @@ class ChunkStore:
         self.length += len(data)
         if self._in_order and index == len(self._hashed):
             if self._background:
-                self._last_hash = _hash_in_background(partial(self._hash_in_order, index, data))
+                self._last_hash = _hasher.submit(partial(self._hash_in_order, index, data))
             else:
                 self._hash_chunk(index, data)
             self._hashed.append(digest)
@@ -209,7 +164,7 @@ class ChunkStore:
         size (or, with `hash_blob`, its SHA-256) is not the manifest's. Usually the store itself; else laid
         out again (this store is closed either way)."""
         if self._last_hash is not None:
-            self._last_hash.wait()  # this store's running hashes are up to date (FIFO: its earlier chunks too)
+            self._last_hash.result()  # this store's running hashes are up to date (FIFO: its earlier chunks too)
             if self._hash_error is not None:
                 raise self._hash_error  # as inline hashing would have, from the chunk that caused it
         store = self

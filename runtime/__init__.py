@@ -5,7 +5,8 @@ the worker link (the local channel between a node service and the job script it 
 the one supervisor both services run scripts with: `ScriptSupervisor`, `ScriptProcess`, `ScriptLaunch`;
 the script's environment: `script_environment`; on the script's side, the watch on its service:
 `ServiceWatch`, so a script whose service died exits with one line and `SERVICE_GONE_EXIT`), the one
-shape of a service's logic thread (`EventLoop`), the layout of model versions under a Model url
+shape of a service's logic thread (`EventLoop`), work handed cheaply to background threads (`WorkThreads`,
+`Pending`), the layout of model versions under a Model url
 (`version_name`, `commit_version`, `set_latest`, `prune_versions` under `model_lock`; `write_version`
 runs them in their one order) and what a node
 reports of them (`held_models`, `ModelUrlBook`), and the lock that keeps one service per node root
@@ -29,6 +30,7 @@ from runtime._errors import (
 from runtime._file_reads import JobFiles, answer_request, read_from, read_tail
 from runtime._files import TMP_PREFIX, fsync_dir, fsync_tree, write_atomic
 from runtime._fixed_point import SECAGG_MODULUS, FixedPoint
+from runtime._handoff import Pending, WorkThreads
 from runtime._held_models import ModelUrlBook, held_models
 from runtime._ledger import Ledger, blob_layout
 from runtime._logging import configure_logging, get_logger
@@ -98,6 +100,7 @@ __all__ = [
     "NodeRootLock",
     "NodeRootLockedError",
     "NodeRuntimeError",
+    "Pending",
     "RoundContext",
     "RoundSecrets",
     "ScriptEvent",
@@ -112,6 +115,7 @@ __all__ = [
     "ServiceWatch",
     "Share",
     "WarmPool",
+    "WorkThreads",
     "WorkerChannel",
     "answer_request",
     "blob_layout",

@@ -12,7 +12,7 @@ from cloud_aggregator.service._kept_store import BrokerView, KeptStore
 from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._model_files import write_model
 from cloud_aggregator.service._port import MqttPort
-from cloud_aggregator.service._prehash import ChunkHasher, Digest, Prehashed
+from cloud_aggregator.service._prehash import ChunkHasher, Prehashed
 from cloud_aggregator.service._scripts import AggregationScripts, aggregation_launch, aggregation_variables
 from cloud_aggregator.service._service import AggregatorService, Event
 from cloud_aggregator.service._site_service import SiteAggregatorService
@@ -25,7 +25,6 @@ __all__ = [
     "AggregatorService",
     "BrokerView",
     "ChunkHasher",
-    "Digest",
     "Event",
     "FileSpill",
     "KeptStore",

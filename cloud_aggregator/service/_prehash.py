@@ -3,49 +3,30 @@
 Every update chunk is hashed once (`_inbound.route_transfer`: the digest goes to the residency ledger and to
 the assembler). At 100 edges x 1.7 MB that was 170 MB of SHA-256 a round on the logic thread. The session's
 inbox is this `ChunkHasher`: on paho's thread it only hands the chunk to the hashing threads and queues the
-message, with its `Digest`, for the logic thread, in arrival order (hashlib releases the GIL, so the hashing
-runs beside the logic thread, on the other core).
+message, with its digest's `runtime.Pending`, for the logic thread, in arrival order (hashlib releases
+the GIL, so the hashing runs beside the logic thread, on the other core).
 
-The hand-off is a `queue.SimpleQueue` and one plain lock per chunk, not a `ThreadPoolExecutor`: its
-``submit`` (a Future with its condition, a work item, the pool's idle semaphore) cost paho's thread 18 % of
-its GIL time at 100 edges, most of it waiting for locks the hashing threads held (issue 12).
+The hand-off is `runtime.WorkThreads` (a queue put and one plain lock), not a `ThreadPoolExecutor`, whose
+``submit`` cost paho's thread 18 % of its GIL time at 100 edges (issue 12).
 """
 
 from __future__ import annotations
 
 import hashlib
-import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from broker import Inbound
+from runtime import Pending, WorkThreads
 
-__all__ = ["ChunkHasher", "Digest", "Prehashed"]
+__all__ = ["ChunkHasher", "Prehashed"]
 
 _WORKERS = 2  # the machines this targets have 2+ cores; the logic thread is the other consumer
 
 
-class Digest:
-    """The SHA-256 (hex) of one payload, computed on a hashing thread; `result` waits for it."""
-
-    __slots__ = ("_done", "_payload", "_value")
-
-    def __init__(self, payload: bytes) -> None:
-        self._payload: bytes | None = payload
-        self._value = ""
-        self._done = threading.Lock()
-        self._done.acquire()  # released once the value is in
-
-    def compute(self) -> None:
-        payload, self._payload = self._payload, None
-        if payload is not None:
-            self._value = hashlib.sha256(payload).hexdigest()
-            self._done.release()
-
-    def result(self) -> str:
-        with self._done:
-            return self._value
+def _sha256(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -53,7 +34,7 @@ class Prehashed:
     """An update chunk and its SHA-256 (hex), being computed."""
 
     msg: Inbound
-    digest: Digest
+    digest: Pending[str]
 
 
 def is_update_chunk(topic: str) -> bool:
@@ -67,39 +48,20 @@ class ChunkHasher:
 
     def __init__(self, emit: Callable[[Inbound | Prehashed], None]) -> None:
         self._emit = emit
-        self._work: queue.SimpleQueue[Digest | None] = queue.SimpleQueue()
-        # Taken to hand a chunk over and to close: a chunk handed over before the close is hashed (the
-        # threads stop at the close's markers, behind it), one after it is not handed over at all.
-        self._lock = threading.Lock()
-        self._closed = False
-        self._threads = [
-            threading.Thread(target=self._run, name=f"chunk-hash_{i}", daemon=True) for i in range(_WORKERS)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self) -> None:
-        while (digest := self._work.get()) is not None:
-            digest.compute()
+        self._hashers = WorkThreads("chunk-hash", _WORKERS)
 
     def put_nowait(self, item: Inbound, /) -> None:
         if item.payload and is_update_chunk(item.topic):
-            digest = Digest(item.payload)
-            with self._lock:
-                handed = not self._closed
-                if handed:
-                    self._work.put(digest)
-            if handed:
+            try:
+                digest = self._hashers.submit(partial(_sha256, item.payload))
+            except RuntimeError:  # closed (the service is stopping): hashed where it is used
+                pass
+            else:
                 self._emit(Prehashed(item, digest))
                 return
-        self._emit(item)  # the service is stopping: hashed where it is used
+        self._emit(item)
 
     def close(self) -> None:
-        """Stop the hashing threads once every chunk handed over is hashed (the logic thread may still wait
-        for one); later chunks go to the logic thread unhashed."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for _ in self._threads:
-                self._work.put(None)
+        """Later chunks go to the logic thread unhashed; one handed over before is still hashed (the logic
+        thread may wait for it)."""
+        self._hashers.close()

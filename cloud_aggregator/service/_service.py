@@ -6,7 +6,7 @@ service's `runtime.EventLoop`; each script's reader thread puts `runtime.ScriptF
 `Topics.parse(topic).channel`, runs the controller's timers, and acknowledges each MQTT message after
 handling it. No work happens in callbacks. Two helpers take work off that thread: update chunks are
 hashed on two threads as they arrive (`ChunkHasher`: the session's inbox, which queues each chunk with
-its `Digest` in arrival order), and spooled updates are written in groups by the port's
+its digest's `runtime.Pending` in arrival order), and spooled updates are written in groups by the port's
 `SpoolWriter`, whose `SpoolDurable` events release the messages held until those updates are durable.
 
 Startup: connect, announce the node online (offline is the last will), subscribe to every spec, status,
@@ -39,10 +39,20 @@ from cloud_aggregator.service._audit import AuditBarrier, ReconnectAudit
 from cloud_aggregator.service._inbound import record, route_transfer
 from cloud_aggregator.service._metrics import AggregatorMetrics
 from cloud_aggregator.service._port import MqttPort
-from cloud_aggregator.service._prehash import ChunkHasher, Digest, Prehashed
+from cloud_aggregator.service._prehash import ChunkHasher, Prehashed
 from cloud_aggregator.service._scripts import AggregationScripts
 from cloud_aggregator.service._spool_writer import SpoolDurable
-from runtime import EventLoop, JobFiles, Ledger, ModelUrlBook, ScriptExited, ScriptFrame, get_logger, held_models
+from runtime import (
+    EventLoop,
+    JobFiles,
+    Ledger,
+    ModelUrlBook,
+    Pending,
+    ScriptExited,
+    ScriptFrame,
+    get_logger,
+    held_models,
+)
 from schemas import (
     DEFAULT_CODE_ROOT,
     Channel,
@@ -355,7 +365,7 @@ class AggregatorService:
                     if self._session is not None:
                         self._session.ack(msg)
 
-    def _dispatch(self, controller: Controller, msg: Inbound, digest: Digest | None = None) -> None:
+    def _dispatch(self, controller: Controller, msg: Inbound, digest: Pending[str] | None = None) -> None:
         if msg.topic.startswith("$SYS/"):
             self.metrics.observe_sys(msg.topic, msg.payload)
             return
@@ -387,7 +397,9 @@ class AggregatorService:
         elif controller.is_ready:  # runtime traffic before the catch-up belongs to earlier runs
             self._runtime(controller, parsed, msg, digest)
 
-    def _runtime(self, controller: Controller, parsed: ParsedTopic, msg: Inbound, digest: Digest | None = None) -> None:
+    def _runtime(
+        self, controller: Controller, parsed: ParsedTopic, msg: Inbound, digest: Pending[str] | None = None
+    ) -> None:
         channel = parsed.channel
         if channel in (Channel.UPDATE_MANIFEST, Channel.UPDATE_CHUNK):
             # In the ledger too, hashed once for both (`digest`: hashed as it arrived, `ChunkHasher`).
