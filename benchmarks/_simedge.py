@@ -4,6 +4,7 @@ the model layouts, the reproducible training times, a fleet's configuration and 
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import random
 import threading
@@ -176,7 +177,8 @@ class SimEdge:
         """The manifest of this edge's blob of `round_` for `origin` (a new transfer id): from the hashes taken
         at the start when the plan's chunk size is the one they were taken at, else hashed now."""
         hashed = self.hashed.get(round_)
-        fields = {f: getattr(origin, f) for f in ("kind", "job", "uid", "round", "sender", "num_samples")}
+        # Every field of TransferOrigin is a manifest field of the same name (as `ChunkedBlob.manifest` uses it).
+        fields = {f.name: getattr(origin, f.name) for f in dataclasses.fields(TransferOrigin)}
         if hashed is not None and hashed.chunk_size == chunk_size:
             return hashed.model_copy(update={**fields, "transfer": new_transfer_id()})
         return manifest_for(self.blobs[round_], origin, chunk_size=chunk_size, transfer=new_transfer_id())
