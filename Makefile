@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# make test's pytest worker processes (pytest-xdist): the process tests mostly wait on brokers and services,
+# so two workers on a 2-core machine take about two thirds of one worker's time. TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 2
+
 .PHONY: demo demo-sites test lint typecheck check mosquitto prometheus venv clean
 
 $(STAMP): pyproject.toml
@@ -42,7 +46,7 @@ demo-sites: venv mosquitto
 test: venv mosquitto prometheus
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint:
 	$(BIN)/ruff check .

@@ -205,8 +205,10 @@ class SiteJob:
             self._log.error("update not stored (not acknowledged)", worker=edge, round=round_, error=str(exc))
             return
         fold.fold(edge, arrays, manifest.num_samples)
-        self._answer(manifest, True, "stored")
+        # Logged before the edge hears of it: whoever sees the ack (a test that kills this process then, an
+        # operator reading the log) finds the fold already written down.
         self._log.info("update folded", worker=edge, round=round_, samples=manifest.num_samples, have=len(fold.parts))
+        self._answer(manifest, True, "stored")
         self._forward_if_complete()
 
     def _check(self, edge: str, round_: int, manifest: TransferManifest, blob: bytes | memoryview) -> Arrays | None:
