@@ -285,6 +285,10 @@ class Fleet:
             edge.status(WorkerState.UPLOADING, round_, f"uploading the update of round {round_}")
         edge.result.upload_started.setdefault(round_, time.time())
         try:
+            if indices is None:
+                # Its chunks were hashed before the job (`SimEdge.hashed`): a real edge's `prepare` hashed them
+                # moments before too, on its own CPU; here that CPU is the one the aggregator and broker use.
+                edge.sender.adopt(edge.blobs[round_], manifest)
             edge.sender.resend(
                 self.topics.update_manifest(job, round_, name, manifest.transfer),
                 lambda i: self.topics.update_chunk(job, round_, name, manifest.transfer, i),

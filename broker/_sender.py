@@ -99,6 +99,18 @@ class BlobSender:
         self._prepared = (blob, manifest)
         return manifest
 
+    def adopt(self, blob: Blob, manifest: TransferManifest) -> None:
+        """Take `manifest` as what `prepare` would have returned for `blob`: the next `resend` of exactly this
+        pair publishes without hashing the chunks again. For a caller that hashed `blob` itself, earlier
+        (`schemas.manifest_for` on these very bytes, kept unchanged since); a `resend` of another blob, or of
+        this one with another manifest, still checks every chunk it publishes."""
+        if len(memoryview(blob).cast("B")) != manifest.total_bytes:
+            raise TransferError(
+                f"transfer {manifest.transfer}: the blob does not match its manifest "
+                f"({len(blob)} bytes, the manifest says {manifest.total_bytes})"
+            )
+        self._prepared = (blob, manifest)
+
     def _chunk_size(self) -> int:
         return max(1, min(self.chunk_size, self.session.max_payload))
 

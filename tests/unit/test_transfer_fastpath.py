@@ -158,6 +158,31 @@ def test_resend_never_rehashes_the_whole_blob(hashes: CountingSha256) -> None:
     assert (hashes.objects, hashes.bytes) == (2, 2000)
 
 
+def test_an_adopted_manifest_sends_its_blob_unhashed_once_and_only_that_pair(hashes: CountingSha256) -> None:
+    """adopt: a manifest the caller made earlier for these bytes counts as prepared (one resend, no hashing);
+    a resend with another manifest, or a second resend, checks its chunks; a manifest of another size is
+    refused at once."""
+    blob = os.urandom(10_000)
+    manifest, other = two_pass_manifest(blob, 1000, "ab" * 8), two_pass_manifest(blob, 1000, "cd" * 8)
+    sender, session = fake_sender(1000)
+    hashes.reset()
+
+    sender.adopt(blob, manifest)
+    sender.resend("t/manifest", lambda i: f"t/chunks/{i}", blob, manifest)
+    assert (hashes.objects, hashes.bytes) == (0, 0)
+    assert b"".join(p for _, p in session.published[:-1]) == blob
+
+    sender.resend("t/manifest", lambda i: f"t/chunks/{i}", blob, manifest, [3])
+    assert (hashes.objects, hashes.bytes) == (1, 1000)
+
+    sender.adopt(blob, manifest)
+    sender.resend("t/manifest", lambda i: f"t/chunks/{i}", blob, other, [4])
+    assert (hashes.objects, hashes.bytes) == (2, 2000)
+
+    with pytest.raises(TransferError, match="10001 bytes, the manifest says 10000"):
+        sender.adopt(blob + b"x", manifest)
+
+
 # -- receiver --------------------------------------------------------------------------------------
 
 
