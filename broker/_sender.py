@@ -104,11 +104,7 @@ class BlobSender:
         pair publishes without hashing the chunks again. For a caller that hashed `blob` itself, earlier
         (`schemas.manifest_for` on these very bytes, kept unchanged since); a `resend` of another blob, or of
         this one with another manifest, still checks every chunk it publishes."""
-        if len(memoryview(blob).cast("B")) != manifest.total_bytes:
-            raise TransferError(
-                f"transfer {manifest.transfer}: the blob does not match its manifest "
-                f"({len(blob)} bytes, the manifest says {manifest.total_bytes})"
-            )
+        _same_size(memoryview(blob).cast("B"), manifest)
         self._prepared = (blob, manifest)
 
     def _chunk_size(self) -> int:
@@ -138,11 +134,7 @@ class BlobSender:
         PublishError if it refuses a message.
         """
         view = memoryview(blob).cast("B")
-        if len(view) != manifest.total_bytes:
-            raise TransferError(
-                f"transfer {manifest.transfer}: the blob does not match its manifest "
-                f"({len(view)} bytes, the manifest says {manifest.total_bytes})"
-            )
+        _same_size(view, manifest)
         wanted = range(manifest.chunks) if indices is None else sorted(set(indices))
         bad = [i for i in wanted if not 0 <= i < manifest.chunks]
         if bad:
@@ -211,3 +203,11 @@ class BlobSender:
         except TimeoutError as exc:
             what = "manifest" if index < 0 else f"chunk {index}/{chunks}"
             raise TransferError(f"transfer {transfer}: {what} not acknowledged within {timeout} s") from exc
+
+
+def _same_size(view: memoryview, manifest: TransferManifest) -> None:
+    if len(view) != manifest.total_bytes:
+        raise TransferError(
+            f"transfer {manifest.transfer}: the blob does not match its manifest "
+            f"({len(view)} bytes, the manifest says {manifest.total_bytes})"
+        )
