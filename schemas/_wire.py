@@ -99,6 +99,13 @@ class JobPlan(_Wire):
     def worker(self, node: str) -> PlannedWorker | None:
         return next((w for w in self.workers if w.node == node), None)
 
+    def to_json(self) -> bytes:
+        """Without an init source (``init_wait: 0``) `init_wait` means nothing and is left out, so the plan
+        has only the fields it had before issue 12: edges older than `init_source` refuse fields they do not
+        know, and this is how an aggregator runs jobs with them during an upgrade."""
+        exclude = {"init_wait"} if self.init_source is None else None
+        return self.model_dump_json(by_alias=True, exclude_none=True, exclude=exclude).encode()
+
     def waits_for_init(self, node: str) -> bool:
         """Whether `node` waits (`init_wait` seconds) for the round-0 model of another worker, the plan's
         `init_source`, before it uploads its own initial weights; False: it uploads them at once."""

@@ -3,11 +3,13 @@ known online when the plan is made, else the first; any valid init is still acce
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cloud_aggregator.engine import Controller, JobSettings
 from cloud_aggregator.testing import MemoryPort
-from schemas import DEFAULT_INIT_WAIT, Kind, NodeState, NodeStatus, WorkerFrame
+from schemas import DEFAULT_INIT_WAIT, JobPlan, Kind, NodeState, NodeStatus, WorkerFrame
 from tests.unit.test_aggregator_intake import send, transfer
 from tests.unit.test_controller import FIXED, announce, documents, job_payload, publish
 from tests.unit.test_job_rounds import JOB, UID, new_job, weights
@@ -77,6 +79,23 @@ def test_init_wait_sets_the_wait_and_zero_names_no_source() -> None:
     assert plan is not None and (plan.init_source, plan.init_wait) == ("edge1", 2.5)
     plan = planned(online=("edge1", "edge2"), params={"init_wait": "0"}).plans[JOB]
     assert plan is not None and plan.init_source is None  # every edge uploads its init, as before
+
+
+def test_a_plan_without_an_init_source_has_only_the_fields_older_edges_know() -> None:
+    """init_wait 0: neither initSource nor initWait on the wire (an edge from before them, which refuses
+    unknown fields, reads the plan), and it reads back as the same plan: no edge waits for an init."""
+    plan = planned(online=("edge1", "edge2"), params={"init_wait": "0"}).plans[JOB]
+    assert plan is not None
+    wire = json.loads(plan.to_json())
+    assert "initSource" not in wire and "initWait" not in wire
+    back = JobPlan.model_validate_json(plan.to_json())
+    assert back.init_source is None and not any(back.waits_for_init(n) for n in back.participants)
+    assert back.model_dump(exclude={"init_wait"}) == plan.model_dump(exclude={"init_wait"})
+
+    with_source = planned(online=("edge1", "edge2"), params={"init_wait": "2.5"}).plans[JOB]
+    assert with_source is not None
+    assert json.loads(with_source.to_json())["initWait"] == 2.5
+    assert JobPlan.model_validate_json(with_source.to_json()) == with_source
 
 
 def test_a_bad_init_wait_is_refused_naming_the_parameter() -> None:
