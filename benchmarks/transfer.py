@@ -25,6 +25,7 @@ the figures are the whole machine's CPU, not a network's; compare ratios within 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
 import statistics
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt import _packet as paho_packet  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from broker import (  # noqa: E402
@@ -53,6 +55,7 @@ from broker import (  # noqa: E402
     Session,
     chunk_index,
     manifest_from_payload,
+    paho_decode_publish,
     transfer_key,
 )
 from broker.mosquitto import BrokerConfig, LocalBroker  # noqa: E402
@@ -84,6 +87,20 @@ def free_port() -> int:
 
 
 # -- raw paho ------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stock_paho() -> Iterator[None]:
+    """paho's own PUBLISH decoder for the raw baseline. Importing `broker` installs the project's
+    (`broker.decode_publish`, one payload copy) for every paho client of the process, which would make the
+    baseline run the project's receive path instead of stock paho-mqtt's."""
+    ours = paho_packet.decode_publish
+    if paho_decode_publish is not None:
+        paho_packet.decode_publish = paho_decode_publish
+    try:
+        yield
+    finally:
+        paho_packet.decode_publish = ours
 
 
 def paho_client(port: int, client_id: str) -> mqtt.Client:
@@ -233,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                     raw_t, proj_t, dec_t, re_t = [], [], [], []
                     for _ in range(args.repeats):
                         run += 1
-                        raw_t.append(raw_paho(port, blob, run, args.timeout))
+                        with stock_paho():
+                            raw_t.append(raw_paho(port, blob, run, args.timeout))
                         run += 1
                         received, decoded = project(tx, out, blob, run, args.timeout)
                         proj_t.append(received)
@@ -248,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 tx.stop(timeout=2.0)
                 rx.stop(timeout=2.0)
     print(f"chunk {CHUNK // 1024} KiB; MB/s of the best of {args.repeats} (median in brackets); cpus {os.cpu_count()}")
+    print("raw paho: stock paho-mqtt (its own PUBLISH decoder); the project: broker.decode_publish")
     print(f"{'MB':>7} {'raw paho':>14} {'chunks only':>14} {'+decode':>14} {'project':>14}  ratio best (median)")
     for mb, raw_t, proj_t, dec_t, re_t in rows:
         cells = " ".join(f"{mb / min(t):6.0f} ({mb / statistics.median(t):5.0f})" for t in (raw_t, proj_t, dec_t, re_t))
