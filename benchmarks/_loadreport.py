@@ -33,6 +33,7 @@ class LoadConfig:
     profile: Path | None = None  # py-spy's collapsed stacks of the aggregator during the job (needs py-spy)
     profile_gil: bool = False  # py-spy samples only the thread holding the GIL
     generator_nice: int = 0  # the generator processes' niceness (a diagnostic; the figures of record use 0)
+    edge_client: str = "lean"  # the simulated edges' clients: one network thread per process, or a Session each
 
 
 @dataclass
@@ -180,7 +181,7 @@ def report(result: LoadResult) -> str:
     cfg = result.config
     lines = [
         f"{cfg.edges} edges, model {cfg.model} ({sum(math.prod(s) for _, s in LAYOUTS[cfg.model]):,} float32), "
-        f"{cfg.rounds} rounds, training {cfg.train_ms[0]:.0f}-{cfg.train_ms[1]:.0f} ms"
+        f"{cfg.rounds} rounds, training {cfg.train_ms[0]:.0f}-{cfg.train_ms[1]:.0f} ms, edge clients {cfg.edge_client}"
         + (f", generator at nice +{cfg.generator_nice} (a diagnostic)" if cfg.generator_nice else ""),
         f"job: {result.status.phase.value if result.status else 'no status'} in {result.job_seconds:.1f} s "
         f"(flctl create -> round 1 opened: {_fmt(result.start_seconds)} s; round-0 model from "

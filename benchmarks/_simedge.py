@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from benchmarks._simnet import SimSession
 from broker import Assembler, BlobSender, Inbound, MqttSettings, Session, manifest_from_payload, new_transfer_id
 from schemas import (
     Evaluation,
@@ -74,6 +75,9 @@ class FleetConfig:
     # Per edge (same order as `edges`): a provisioned identity's settings (password, TLS), as its node.yaml
     # gives them; None: plain, anonymous connections to host:port.
     settings: list[MqttSettings] | None = None
+    # The edges' MQTT clients: "lean" drives every client of the process from one network thread
+    # (benchmarks/_simnet.py), "session" gives each a `broker.Session` (paho's thread and a reconciler each).
+    client: str = "lean"
     # Added to the process's niceness before anything runs (a diagnostic: the edges of a real fleet run on
     # their own machines, not on the aggregator's cores).
     nice: int = 0
@@ -160,11 +164,12 @@ class SimEdge:
         settings = fleet.settings.get(name) or MqttSettings(
             client_id=name, host=fleet.config.host, port=fleet.config.port
         )
-        self.session = Session(
-            settings,
-            inbox=_Tagged(self, fleet.inboxes[index % len(fleet.inboxes)]),
-            will=(topics.node_status(name), offline),
-            topics=topics,
+        inbox = _Tagged(self, fleet.inboxes[index % len(fleet.inboxes)])
+        will = (topics.node_status(name), offline)
+        self.session: Session | SimSession = (
+            SimSession(fleet.net, settings, inbox=inbox, will=will)
+            if fleet.net is not None
+            else Session(settings, inbox=inbox, will=will, topics=topics)
         )
         self.sender = BlobSender(self.session)
         # Each blob's chunk hashes, taken now, before any job (outside every figure), at the sender's chunk size.

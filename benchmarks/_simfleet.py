@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._simedge import METRICS, EdgeResult, FleetConfig, Globals, SimEdge, training_seconds
+from benchmarks._simnet import SimNet
 from broker import BrokerError, Inbound, TransferError
 from runtime import configure_logging
 from schemas import (
@@ -72,6 +73,7 @@ class Fleet:
         self._pool = ThreadPoolExecutor(max_workers=config.uploaders, thread_name_prefix="upload")
         self._stop = threading.Event()
         self.settings = {name: s for (name, _), s in zip(config.edges, config.settings or [], strict=False)}
+        self.net = SimNet() if config.client == "lean" else None
         self.edges = [SimEdge(self, name, index, self._blobs(name, index)) for name, index in config.edges]
 
     # -- set-up ----------------------------------------------------------------------------------
@@ -104,7 +106,10 @@ class Fleet:
         deadline = time.monotonic() + timeout
         for edge in self.edges:
             if not edge.session.wait_connected(max(0.0, deadline - time.monotonic())):
-                raise BrokerError(f"simulated edge {edge.name} did not connect within {timeout} s")
+                lost = getattr(edge.session, "lost", None)
+                raise BrokerError(
+                    f"simulated edge {edge.name} did not connect within {timeout} s" + (f": {lost}" if lost else "")
+                )
         results = []
         for edge in self.edges:
             online = NodeStatus(node=edge.name, role="edge", state=NodeState.ONLINE).to_json()
@@ -127,6 +132,12 @@ class Fleet:
         for edge in self.edges:
             offline = NodeStatus(node=edge.name, role="edge", state=NodeState.OFFLINE).to_json()
             edge.session.stop(timeout=2.0, final=(self.topics.node_status(edge.name), offline))
+        if self.net is not None:
+            self.net.close()
+        for edge in self.edges:
+            lost = getattr(edge.session, "lost", None)
+            if lost is not None:
+                edge.result.errors.append(f"connection: {lost}")
         return [edge.result for edge in self.edges]
 
     def done(self) -> bool:

@@ -148,6 +148,7 @@ def _start_fleets(
             train_high=cfg.train_ms[1] / 1000,
             seed=cfg.seed,
             nice=cfg.generator_nice,
+            client=cfg.edge_client,
         )
         child = ctx.Process(target=fleet_process, args=(fleet, ready, stop, results), daemon=True)
         child.start()
@@ -295,6 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run the simulated edges N nice levels below the aggregator and the broker (a diagnostic: real edges "
         "do not share their cores; the figures of record use 0)",
     )
+    parser.add_argument(
+        "--edge-client",
+        choices=("lean", "session"),
+        default="lean",
+        help="the simulated edges' MQTT clients: one network thread per generator process (lean, default), or a "
+        "broker.Session each with its own two threads, as edge services have on their own machines",
+    )
     args = parser.parse_args(argv)
     configure_logging(node="loadgen", role="cli", level="WARNING")
     cfg = LoadConfig(
@@ -313,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_gil=args.profile_gil,
         secure=args.secure,
         generator_nice=args.generator_nice,
+        edge_client=args.edge_client,
     )
     result = run(cfg)
     print(report(result))

@@ -15,9 +15,19 @@ from schemas import Phase
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_five_simulated_edges_run_a_job_to_succeeded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", ["lean", "session"])
+def test_five_simulated_edges_run_a_job_to_succeeded(tmp_path: Path, client: str) -> None:
+    """Both kinds of simulated edge clients: one network thread for the process (the default), or a
+    `broker.Session` each."""
     cfg = LoadConfig(
-        edges=5, model="tiny", rounds=2, train_ms=(0.0, 20.0), procs=1, workdir=tmp_path / "lg", timeout=150
+        edges=5,
+        model="tiny",
+        rounds=2,
+        train_ms=(0.0, 20.0),
+        procs=1,
+        workdir=tmp_path / "lg",
+        timeout=150,
+        edge_client=client,
     )
 
     result = run(cfg)
@@ -31,6 +41,7 @@ def test_five_simulated_edges_run_a_job_to_succeeded(tmp_path: Path) -> None:
     # Issue 12: only the plan's init source (the first edge, all online) uploads an init; it is the round-0 model.
     assert (result.init_source, result.inits_uploaded) == ("edge1", 1), text
     assert "round-0 model from edge1, 1 of 5 edges uploaded an init" in text
+    assert f"edge clients {client}" in text
     for r in result.rounds:
         # The slowest training is the generator's own draw for that round; the overhead is the rest.
         slowest = max(training_seconds(0, i, r.round, 0.0, 0.02) for i in range(5))
