@@ -31,43 +31,20 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from broker import BrokerError, Inbound, Inbox, MqttSettings
+from broker import (
+    PACKET_HEADROOM,
+    BrokerError,
+    Inbound,
+    Inbox,
+    MqttSettings,
+    PublishResult,
+    connect_properties,
+    paho_client,
+)
 
-# As `broker.Session` connects (broker/_session.py): paho's in-flight window and the CONNECT's receive maximum.
-MAX_INFLIGHT = 20
-RECEIVE_MAXIMUM = 65535
-HEADROOM = 1024  # what `Session.max_payload` leaves of the packet limit for the topic and properties
 _MISC_EVERY = 1.0  # seconds between paho's keepalive checks (loop_misc) of every client
-
-
-class SimResult:
-    """A publish's outcome, as `broker.PublishResult` offers it to `BlobSender`: `wait` until the broker's
-    PUBACK (QoS 1), raising TimeoutError if none in time, or the error that ended it."""
-
-    __slots__ = ("_done", "_error", "topic")
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self._done = threading.Event()
-        self._error: BrokerError | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def resolve(self, error: BrokerError | None = None) -> None:
-        self._error = error
-        self._done.set()
-
-    def wait(self, timeout: float | None) -> None:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"publish to {self.topic!r} not acknowledged within {timeout} s")
-        if self._error is not None:
-            raise self._error
 
 
 class SimNet:
@@ -168,23 +145,9 @@ class SimSession:
         self._connected = threading.Event()
         self._stopping = False
         self._packet_limit = settings.max_packet_size
-        self._pending: dict[int, SimResult] = {}  # mid -> result (network thread only)
+        self._pending: dict[int, PublishResult] = {}  # mid -> result (network thread only)
         self.lost: str | None = None  # why the connection ended, if not by `stop`
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5, manual_ack=True
-        )
-        client.max_inflight_messages_set(MAX_INFLIGHT)
-        if settings.username is not None:
-            client.username_pw_set(settings.username, settings.password)
-        if settings.tls_ca or settings.tls_cert or settings.tls_key:
-            client.tls_set(
-                ca_certs=settings.tls_ca,
-                certfile=settings.tls_cert,
-                keyfile=settings.tls_key,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        client.will_set(will[0], will[1], qos=1, retain=True)
+        client = paho_client(settings, will)  # as `broker.Session` builds it: v5, manual acks, TLS, the will
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -193,7 +156,7 @@ class SimSession:
 
     @property
     def max_payload(self) -> int:
-        return self._packet_limit - HEADROOM
+        return self._packet_limit - PACKET_HEADROOM
 
     def subscribe(self, filter: str, qos: int = 1) -> None:
         """Before `start`: subscribed at the connect."""
@@ -201,10 +164,7 @@ class SimSession:
 
     def start(self) -> None:
         s = self.settings
-        props = Properties(PacketTypes.CONNECT)
-        if s.session_expiry > 0:
-            props.SessionExpiryInterval = s.session_expiry
-        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        props = connect_properties(s)
 
         def connect() -> None:
             self._net.add(self._client)
@@ -218,9 +178,9 @@ class SimSession:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def publish(self, topic: str, payload: bytes | memoryview, *, qos: int = 1, retain: bool = False) -> SimResult:
+    def publish(self, topic: str, payload: bytes | memoryview, *, qos: int = 1, retain: bool = False) -> PublishResult:
         """Queue a publish for the network thread; the result completes with the broker's PUBACK."""
-        result = SimResult(topic)
+        result = PublishResult(topic)
         if len(payload) > self.max_payload:
             raise BrokerError(f"payload of {len(payload)} bytes on {topic!r} exceeds {self.max_payload}")
         data = payload if isinstance(payload, bytes) else payload.tobytes()

@@ -17,6 +17,7 @@ from broker._options import (
     node_from_args,
     port_number,
 )
+from broker._paho_client import PACKET_HEADROOM, connect_properties, paho_client
 from broker._paho_decode import decode_publish, paho_decode_publish
 from broker._requests import RequestServer
 from broker._sender import BlobSender, new_transfer_id
@@ -33,6 +34,7 @@ from broker._settings import (
 __all__ = [
     "FLCTL_ENV_PREFIX",
     "NODE_CONFIG_ENV",
+    "PACKET_HEADROOM",
     "SERVICE_ENV_PREFIX",
     "Assembler",
     "BlobSender",
@@ -56,6 +58,7 @@ __all__ = [
     "add_connection_options",
     "add_mqtt_arguments",
     "chunk_index",
+    "connect_properties",
     "connection_flags",
     "decode_publish",
     "load_node_config",
@@ -65,6 +68,7 @@ __all__ = [
     "node_config_from",
     "node_config_from_args",
     "node_from_args",
+    "paho_client",
     "paho_decode_publish",
     "port_number",
     "transfer_key",

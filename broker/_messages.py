@@ -93,7 +93,9 @@ class PublishResult:
         if self._error is not None:
             raise self._error
 
-    def _resolve(self, error: BrokerError | None = None) -> None:
+    def resolve(self, error: BrokerError | None = None) -> None:
+        """Complete the result: acknowledged (None) or failed with `error`. For the publisher that made it
+        (`Session`'s reconciler; a client of one's own, as the load generator's)."""
         self._error = error
         self._done.set()
 

@@ -236,7 +236,7 @@ class Reconciler:
         def step(books: _Books) -> None:
             books.ended = True
             for result in books.sent.values():
-                result._resolve(PublishError(result.topic, RC_UNSPECIFIED, reason))
+                result.resolve(PublishError(result.topic, RC_UNSPECIFIED, reason))
             for waiter in books.barriers.values():
                 waiter.error = BrokerError(f"barrier: {reason}")
                 waiter.event.set()
@@ -261,6 +261,6 @@ class Reconciler:
     def _resolve(self, result: PublishResult, reason_code: int, reason: str) -> None:
         if reason_code >= 0x80:
             self.log.warning("publish refused by the broker", topic=result.topic, reason=reason)
-            result._resolve(PublishError(result.topic, reason_code, reason))
+            result.resolve(PublishError(result.topic, reason_code, reason))
         else:
-            result._resolve()  # 0x00 Success, 0x10 No matching subscribers
+            result.resolve()  # 0x00 Success, 0x10 No matching subscribers

@@ -1,7 +1,7 @@
 """The MQTT session: one paho-mqtt 2.x client (MQTT v5) per process role, safe to use from many threads.
 
-This module is the only place that touches paho, sockets and TLS: it translates their errors into
-`broker._errors` with ``raise ... from exc``.
+This module (with `broker._paho_client`, which builds the paho client from the settings) is the only place
+that touches paho, sockets and TLS: it translates their errors into `broker._errors` with ``raise ... from exc``.
 
 Threads and ownership:
 
@@ -36,7 +36,6 @@ import os
 import queue
 import secrets
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -44,7 +43,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -61,6 +60,7 @@ from broker._messages import (
     new_properties,
     publish_packet_size,
 )
+from broker._paho_client import connect_properties, paho_client
 from broker._reconciler import CLAIM_PREFIX, RC_UNSPECIFIED, Reconciler
 from broker._settings import MqttSettings
 from runtime import get_logger
@@ -68,14 +68,6 @@ from schemas import Topics
 
 __all__ = ["Session"]
 
-# paho resends queued QoS>0 messages on reconnect without honouring this (PR #698); keep it at or
-# below Mosquitto's advertised ReceiveMaximum (its max_inflight_messages, 20 by default).
-MAX_INFLIGHT = 20
-# Un-acked QoS>0 messages the broker may have in flight *to* us. Without it Mosquitto applies its own
-# max_inflight_messages (20): with manual acks, a caller holding 20 un-acked messages (say, retained
-# ones it has not handled yet) would stall delivery and every barrier behind them. 65535 is the
-# protocol maximum; the inbox is the buffer, and the broker's queue limits bound it.
-RECEIVE_MAXIMUM = 65535
 _RC_TOPIC_INVALID = 0x90
 # paho's PUBLISH decoder copies a chunk a dozen times; ours copies its payload once (broker._paho_decode).
 _FAST_DECODE = _paho_decode.install()
@@ -150,35 +142,10 @@ class Session:
     # -- construction (the translation boundary for TLS and settings errors) ---------------------
 
     def _make_client(self, settings: MqttSettings, will: tuple[str, bytes] | None) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
+        client = paho_client(settings, will)
         client.suppress_exceptions = True  # our callbacks catch everything; never kill the network thread
         # paho annotates the delays as int but computes with any number.
         client.reconnect_delay_set(cast(int, settings.reconnect_min), cast(int, settings.reconnect_max))
-        client.max_inflight_messages_set(MAX_INFLIGHT)
-        if settings.username is not None:
-            client.username_pw_set(settings.username, settings.password)
-        if settings.tls_ca or settings.tls_cert or settings.tls_key:
-            try:
-                client.tls_set(
-                    ca_certs=settings.tls_ca,
-                    certfile=settings.tls_cert,
-                    keyfile=settings.tls_key,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                raise ConnectError(f"TLS setup for {settings.client_id!r} failed: {exc}") from exc
-        if will is not None:
-            topic, payload = will
-            try:
-                client.will_set(topic, payload, qos=1, retain=True)
-            except ValueError as exc:
-                raise ConnectError(f"invalid last will on {topic!r}: {exc}") from exc
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -197,10 +164,7 @@ class Session:
                 raise BrokerError("session was stopped; create a new Session")
             self._started = True
         s = self.settings
-        props = new_properties(PacketTypes.CONNECT)
-        if s.session_expiry > 0:
-            props.SessionExpiryInterval = s.session_expiry
-        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        props = connect_properties(s)
         if not s.clean_start and s.session_expiry == 0:
             self._log.warning("session_expiry is 0: the broker drops this session at every disconnect")
         self._reconciler.start()
@@ -347,7 +311,7 @@ class Session:
             if self._observer is not None:
                 self._observer(topic, data, retain)
         elif info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-            result._resolve(PublishError(topic, RC_UNSPECIFIED, "not connected; QoS 0 messages are not queued"))
+            result.resolve(PublishError(topic, RC_UNSPECIFIED, "not connected; QoS 0 messages are not queued"))
         else:
             raise PublishError(topic, RC_UNSPECIFIED, f"paho did not accept the message: {mqtt.error_string(info.rc)}")
         return result

@@ -37,6 +37,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "broker": [
         "FLCTL_ENV_PREFIX",
         "NODE_CONFIG_ENV",
+        "PACKET_HEADROOM",
         "SERVICE_ENV_PREFIX",
         "Assembler",
         "BlobSender",
@@ -60,6 +61,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "add_connection_options",
         "add_mqtt_arguments",
         "chunk_index",
+        "connect_properties",
         "connection_flags",
         "decode_publish",
         "load_node_config",
@@ -69,6 +71,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "node_config_from",
         "node_config_from_args",
         "node_from_args",
+        "paho_client",
         "paho_decode_publish",
         "port_number",
         "transfer_key",

@@ -93,7 +93,7 @@ class FakeSession:
     def publish(self, topic: str, payload: bytes | memoryview, *, qos: int = 1, retain: bool = False) -> PublishResult:
         self.published.append((topic, bytes(payload)))
         result = PublishResult(topic)
-        result._resolve()
+        result.resolve()
         return result
 
 
