@@ -6,7 +6,7 @@ is re-exported here (see docs/dev/internal-apis.md); the modules behind it are p
 
 from broker._assembler import Assembler, CompletedTransfer, chunk_index, manifest_from_payload, transfer_key
 from broker._errors import BrokerError, ConnectError, PayloadTooLarge, PublishError, TransferError
-from broker._messages import Inbound, Inbox, PublishObserver, PublishResult
+from broker._messages import PACKET_HEADROOM, Inbound, Inbox, PublishObserver, PublishResult
 from broker._nodeconfig import BrokerAddress, NodeConfig, NodeTls, load_node_config
 from broker._options import (
     add_connection_options,
@@ -17,7 +17,7 @@ from broker._options import (
     node_from_args,
     port_number,
 )
-from broker._paho_client import PACKET_HEADROOM, connect_properties, paho_client
+from broker._paho_client import connect_properties, paho_client
 from broker._paho_decode import decode_publish, paho_decode_publish
 from broker._requests import RequestServer
 from broker._sender import BlobSender, new_transfer_id

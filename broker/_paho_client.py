@@ -16,10 +16,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from broker._errors import ConnectError
-from broker._messages import PACKET_HEADROOM, new_properties
+from broker._messages import new_properties
 from broker._settings import MqttSettings
 
-__all__ = ["MAX_INFLIGHT", "PACKET_HEADROOM", "RECEIVE_MAXIMUM", "connect_properties", "paho_client"]
+__all__ = ["MAX_INFLIGHT", "RECEIVE_MAXIMUM", "connect_properties", "paho_client"]
 
 # paho resends queued QoS>0 messages on reconnect without honouring this (PR #698); keep it at or
 # below Mosquitto's advertised ReceiveMaximum (its max_inflight_messages, 20 by default).
