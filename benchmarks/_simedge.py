@@ -178,6 +178,11 @@ class SimEdge:
             for r, blob in blobs.items()
         }
 
+    @property
+    def lost(self) -> str | None:
+        """Why this edge's connection ended other than by `stop` (a lean client's; a `Session` reconnects)."""
+        return self.session.lost if isinstance(self.session, SimSession) else None
+
     def manifest(self, round_: int, origin: TransferOrigin, chunk_size: int) -> TransferManifest:
         """The manifest of this edge's blob of `round_` for `origin` (a new transfer id): from the hashes taken
         at the start when the plan's chunk size is the one they were taken at, else hashed now."""

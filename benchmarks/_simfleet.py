@@ -106,9 +106,9 @@ class Fleet:
         deadline = time.monotonic() + timeout
         for edge in self.edges:
             if not edge.session.wait_connected(max(0.0, deadline - time.monotonic())):
-                lost = getattr(edge.session, "lost", None)
                 raise BrokerError(
-                    f"simulated edge {edge.name} did not connect within {timeout} s" + (f": {lost}" if lost else "")
+                    f"simulated edge {edge.name} did not connect within {timeout} s"
+                    + (f": {edge.lost}" if edge.lost else "")
                 )
         results = []
         for edge in self.edges:
@@ -135,9 +135,8 @@ class Fleet:
         if self.net is not None:
             self.net.close()
         for edge in self.edges:
-            lost = getattr(edge.session, "lost", None)
-            if lost is not None:
-                edge.result.errors.append(f"connection: {lost}")
+            if edge.lost is not None:
+                edge.result.errors.append(f"connection: {edge.lost}")
         return [edge.result for edge in self.edges]
 
     def done(self) -> bool:
